@@ -1,0 +1,1 @@
+//! The ssi-dp data plane: the coherence protocol, shards, page-state tables and the node.

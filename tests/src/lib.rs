@@ -1,0 +1,1 @@
+//! Helpers shared by the multi-node integration tests in `tests/tests/`.

@@ -1,0 +1,3 @@
+//! Safe wrapper over Linux userfaultfd through raw ioctls.
+//!
+//! Filled in by issue #2.
