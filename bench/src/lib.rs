@@ -148,31 +148,7 @@ pub fn current_affinity() -> String {
         // SAFETY: `i` is below CPU_SETSIZE, the capacity of `set`.
         .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
         .collect();
-    cpulist(&cpus)
-}
-
-/// Formats sorted CPU numbers as a cpulist (`0-3,6`).
-pub fn cpulist(cpus: &[usize]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let start = cpus[i];
-        let mut end = start;
-        while i + 1 < cpus.len() && cpus[i + 1] == end + 1 {
-            i += 1;
-            end = cpus[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}-{end}"));
-        }
-        i += 1;
-    }
-    out
+    dataplane::cpulist::format(&cpus)
 }
 
 /// Number of online CPUs.
@@ -200,13 +176,6 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpulist_formats_ranges() {
-        assert_eq!(cpulist(&[]), "");
-        assert_eq!(cpulist(&[0]), "0");
-        assert_eq!(cpulist(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
-    }
 
     #[test]
     fn percentiles_follow_samples() {
