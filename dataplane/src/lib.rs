@@ -1,3 +1,5 @@
 //! The ssi-dp data plane: the coherence protocol, shards, page-state tables and the node.
 
 pub mod cpulist;
+pub mod doorbell;
+pub mod spsc;
