@@ -333,7 +333,25 @@ fn check_case(iasl: &Path, case: &common::Case, work: &Path) {
             )
         })
         .collect();
-    assert_eq!(devices, want, "{}: DSDT processor devices", case.name);
+    let (cpus, others): (Vec<_>, Vec<_>) = devices.into_iter().partition(|d| d.1 == "ACPI0007");
+    assert_eq!(cpus, want, "{}: DSDT processor devices", case.name);
+    // COM1: a 16550 with its I/O range and GSI, for a hardware-reduced guest's console.
+    assert_eq!(others.len(), 1, "{}: DSDT devices {others:?}", case.name);
+    assert_eq!(
+        (others[0].0.as_str(), others[0].1.as_str()),
+        ("COM1", "PNP0501")
+    );
+    let crs: String = dsdt
+        .split("Device (COM1)")
+        .nth(1)
+        .unwrap_or_default()
+        .into();
+    assert!(
+        crs.contains("0x03F8,             // Range Minimum"),
+        "{crs}"
+    );
+    assert!(crs.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive"));
+    assert!(crs.contains("0x00000004,"), "{crs}");
 
     // XSDT: pointers to FADT, MADT, SRAT, SLIT, HMAT where the image put them.
     let xsdt = fields(&dsl("XSDT"));

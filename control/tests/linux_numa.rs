@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::guest::{self, GuestView};
 use common::Case;
-use control::acpi::{figures, Topology};
+use control::acpi::{figures, Placement, Topology};
 
 /// Per-boot limit; a TCG boot takes seconds, but CI machines are shared.
 const BOOT_DEADLINE: Duration = Duration::from_secs(240);
@@ -361,7 +361,7 @@ fn linux_sees_the_numa_topology_we_describe() {
             &qemu,
             &kernel,
             &initrd,
-            &tables,
+            guest::Tables::Added(&tables),
             mem_mib,
             topology.vcpus().len(),
             BOOT_DEADLINE,
@@ -378,7 +378,16 @@ fn linux_sees_the_numa_topology_we_describe() {
             view.boot_time.as_secs_f64(),
             view.dmesg.join("\n  ")
         );
-        let problems = check(case, &topology, &view);
+        let mut problems = check(case, &topology, &view);
+        let ours = control::acpi::tables(&topology);
+        problems.extend(same_tables(
+            &view,
+            &[
+                ("SRAT", &ours.srat),
+                ("SLIT", &ours.slit),
+                ("HMAT", &ours.hmat),
+            ],
+        ));
         if !problems.is_empty() {
             failures.push(format!(
                 "{}\nguest console:\n{}",
@@ -387,6 +396,85 @@ fn linux_sees_the_numa_topology_we_describe() {
             ));
         }
     }
-    std::fs::remove_dir_all(&work).ok();
+    // Our whole table set, as the VMM will place it: RSDP, XSDT, hardware-reduced FADT, DSDT,
+    // MADT, SRAT, SLIT, HMAT written into guest memory by AcpiImage::write_into and found by
+    // the kernel through acpi_rsdp= (the boot_params.acpi_rsdp_addr equivalent under QEMU).
+    let case = &common::FOUR_NODES_ASYMMETRIC;
+    let topology = case.topology();
+    let set = control::acpi::tables(&topology);
+    let placement = Placement {
+        rsdp_gpa: WHOLE_SET_GPA,
+        tables_gpa: WHOLE_SET_GPA + 64,
+    };
+    let image = set.image(placement).unwrap();
+    let len = image.tables_gpa - WHOLE_SET_GPA + image.tables.len() as u64;
+    let mut blob = vec![0u8; len as usize];
+    image.write_into(&mut blob, WHOLE_SET_GPA).unwrap();
+    let blob_path = work.join("acpi-image.bin");
+    std::fs::write(&blob_path, &blob).unwrap();
+    let whole = guest::Tables::Whole {
+        image: &blob_path,
+        gpa: WHOLE_SET_GPA,
+        len,
+    };
+    let mem_mib = case.qemu_mem_mib.unwrap_or_default();
+    let cpus = topology.vcpus().len();
+    match guest::boot(&qemu, &kernel, &initrd, whole, mem_mib, cpus, BOOT_DEADLINE) {
+        Err(e) => failures.push(format!("whole set: {e}")),
+        Ok(view) => {
+            eprintln!(
+                "whole set ({}): booted and reported in {:.1} s; kernel said:\n  {}",
+                case.name,
+                view.boot_time.as_secs_f64(),
+                view.dmesg.join("\n  ")
+            );
+            let mut problems = check(case, &topology, &view);
+            problems.extend(same_tables(
+                &view,
+                &[
+                    ("SRAT", &set.srat),
+                    ("SLIT", &set.slit),
+                    ("HMAT", &set.hmat),
+                    ("APIC", &set.madt),
+                    ("DSDT", &set.dsdt),
+                    ("FACP", image.table(b"FACP").unwrap_or_default()),
+                ],
+            ));
+            let rsdp_line = format!("RSDP {WHOLE_SET_GPA:#018X}").replace("0X", "0x");
+            if !view.dmesg.iter().any(|l| l.contains(&rsdp_line)) {
+                problems.push(format!("the kernel did not use our RSDP ({rsdp_line})"));
+            }
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "whole set:\n  {}\nguest console:\n{}",
+                    problems.join("\n  "),
+                    view.console
+                ));
+            }
+        }
+    }
+    if std::env::var_os("SSI_DP_KEEP_WORK").is_some() {
+        eprintln!("kept {}", work.display());
+    } else {
+        std::fs::remove_dir_all(&work).ok();
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Where the whole-set boot loads our image (inside node 1's RAM, reserved with memmap=).
+const WHOLE_SET_GPA: u64 = 0x0800_0000;
+
+/// The guest's /sys/firmware/acpi/tables copies must be our bytes exactly.
+fn same_tables(view: &GuestView, ours: &[(&str, &[u8])]) -> Vec<String> {
+    ours.iter()
+        .filter_map(|(sig, bytes)| match view.tables.get(*sig) {
+            Some(got) if got == bytes => None,
+            Some(got) => Some(format!(
+                "the guest's {sig} ({} bytes) differs from ours ({} bytes)",
+                got.len(),
+                bytes.len()
+            )),
+            None => Some(format!("the guest exports no {sig} table")),
+        })
+        .collect()
 }

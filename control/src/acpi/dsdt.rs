@@ -1,8 +1,9 @@
 //! DSDT (ACPI 6.5 §5.2.11.1): a minimal AML namespace, built with rust-vmm's `acpi_tables` AML
 //! encoder: one processor device (`ACPI0007`) per vCPU under `\_SB`, named `Cxxx` (hex UID),
-//! with `_UID` matching the MADT and `_PXM` matching the SRAT.
+//! with `_UID` matching the MADT and `_PXM` matching the SRAT; and COM1 (`PNP0501`) with its
+//! I/O ports and interrupt, which a hardware-reduced guest only learns from here.
 
-use acpi_tables::aml::{Device, Name, Path, Scope};
+use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Path, ResourceTemplate, Scope, IO};
 use acpi_tables::Aml;
 
 use super::platform::Platform;
@@ -22,6 +23,15 @@ pub fn build(topology: &Topology, platform: &Platform) -> Vec<u8> {
         let uid = Name::new(Path::new("_UID"), &vcpu.uid);
         let pxm = Name::new(Path::new("_PXM"), &vcpu.proximity_domain);
         Device::new(Path::new(&name), vec![&hid, &uid, &pxm]).to_aml_bytes(&mut children);
+    }
+    if let Some(serial) = platform.serial {
+        let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0501"));
+        let uid = Name::new(Path::new("_UID"), &1u8);
+        let io = IO::new(serial.io_base, serial.io_base, 1, 8);
+        // Consumer, edge triggered, active high, exclusive.
+        let irq = Interrupt::new(true, true, false, false, serial.gsi);
+        let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&io, &irq]));
+        Device::new(Path::new("COM1"), vec![&hid, &uid, &crs]).to_aml_bytes(&mut children);
     }
     let aml = Scope::raw(Path::new("\\_SB_"), children);
     let mut t = Sdt::new(*b"DSDT", REVISION, &platform.ids);

@@ -35,7 +35,7 @@ pub use dump::{dump, dump_with, DumpError, FILES};
 pub use figures::{distance, figures, slit_from_latency, Figures, LOCAL_DISTANCE};
 pub use hmat::{encode_bandwidth, encode_latency, Encoded};
 pub use image::{AcpiImage, PlaceError, Placement, TableLocation, BIOS_AREA_START, RSDP_LEN};
-pub use platform::{IoApic, Platform, IAPC_NO_VGA};
+pub use platform::{IoApic, Platform, SerialPort, IAPC_NO_VGA};
 pub use sdt::{checksum, sums_to_zero, OemIds};
 pub use spec::{parse_layout, parse_matrix, parse_size, parse_topology, SpecArgs, SpecError};
 pub use topology::{
@@ -47,7 +47,7 @@ pub use topology::{
 /// are produced by [`AcpiTables::image`] for a [`Placement`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiTables {
-    /// DSDT: processor devices with `_UID` and `_PXM`.
+    /// DSDT: processor devices with `_UID` and `_PXM`, and COM1.
     pub dsdt: Vec<u8>,
     /// MADT (signature `APIC`): local APIC / x2APIC per vCPU, I/O APIC, overrides, NMI.
     pub madt: Vec<u8>,

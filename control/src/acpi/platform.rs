@@ -1,5 +1,6 @@
 //! The fixed facts of the virtual platform that the tables state besides the NUMA layout:
-//! interrupt controller addresses, legacy PIC/PIT presence, IA-PC boot flags and OEM ids. The
+//! interrupt controller addresses, legacy PIC/PIT presence, IA-PC boot flags, the serial port
+//! and OEM ids. The
 //! defaults describe a KVM guest with the in-kernel irqchip (what the VMM of issue #7 runs).
 
 use super::sdt::OemIds;
@@ -18,7 +19,17 @@ pub struct IoApic {
     pub gsi_base: u32,
 }
 
-/// Platform facts the FADT and MADT state.
+/// A 16550 UART the DSDT describes (`PNP0501`), so that a hardware-reduced guest, which does
+/// not probe legacy ISA interrupts, wires its interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialPort {
+    /// First I/O port (8 ports are decoded).
+    pub io_base: u16,
+    /// Global system interrupt (edge triggered, active high).
+    pub gsi: u32,
+}
+
+/// Platform facts the FADT, MADT and DSDT state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Platform {
     /// Guest-physical address of the local APICs.
@@ -30,6 +41,8 @@ pub struct Platform {
     pub legacy_pic: bool,
     /// FADT IA-PC boot architecture flags.
     pub iapc_boot_arch: u16,
+    /// COM1, if the guest has it (the Linux boot console).
+    pub serial: Option<SerialPort>,
     /// OEM ids written into every table.
     pub ids: OemIds,
 }
@@ -45,6 +58,10 @@ impl Default for Platform {
             }),
             legacy_pic: true,
             iapc_boot_arch: IAPC_NO_VGA,
+            serial: Some(SerialPort {
+                io_base: 0x3F8,
+                gsi: 4,
+            }),
             ids: OemIds::SSI_DP,
         }
     }

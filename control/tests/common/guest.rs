@@ -21,8 +21,10 @@ pub struct GuestView {
     pub access: BTreeMap<(u32, String, String), u64>,
     /// cpu number → node id.
     pub cpu_node: BTreeMap<u32, u32>,
-    /// dmesg lines mentioning SRAT/SLIT/HMAT/NUMA.
+    /// dmesg lines mentioning ACPI tables, SRAT/SLIT/HMAT/NUMA.
     pub dmesg: Vec<String>,
+    /// /sys/firmware/acpi/tables/<signature> as the guest exports them.
+    pub tables: BTreeMap<String, Vec<u8>>,
     /// The whole console output, for failure messages.
     pub console: String,
     /// Wall time from QEMU start to exit.
@@ -51,9 +53,13 @@ done
 for c in /sys/devices/system/cpu/cpu[0-9]*; do
   echo "@@CPU ${c##*/cpu} $(cd $c && $B ls -d node* 2>/dev/null)"
 done
-$B dmesg | $B grep -iE 'srat|slit|hmat|numa' | $B sed 's/^/@@DMESG /'
+for t in SRAT SLIT HMAT APIC FACP DSDT; do
+  f=/sys/firmware/acpi/tables/$t
+  if [ -f $f ]; then echo "@@TABLE $t $($B od -An -tx1 -v $f | $B tr -d ' \n')"; fi
+done
+$B dmesg | $B grep -iE 'srat|slit|hmat|numa|acpi: (rsdp|xsdt|facp|dsdt|apic)' | $B sed 's/^/@@DMESG /'
 echo "@@END"
-$B poweroff -f
+$B reboot -f
 "#;
 
 /// Appends one newc cpio entry.
@@ -151,12 +157,29 @@ pub fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Boots the kernel with `tables` (paths of SRAT/SLIT/HMAT files) and returns what init saw.
+/// How to hand the tables to the guest.
+pub enum Tables<'a> {
+    /// Extra tables added to QEMU's own with `-acpitable file=...` (SRAT, SLIT, HMAT).
+    Added(&'a [PathBuf]),
+    /// Our whole set (RSDP first) loaded as raw bytes at `gpa`, the kernel told the RSDP's
+    /// address with `acpi_rsdp=` and the range reserved with `memmap=`.
+    Whole {
+        /// The image file.
+        image: &'a Path,
+        /// Where it is loaded (the RSDP's address).
+        gpa: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
+/// Boots the kernel with our tables and returns what init saw. The guest reboots when done,
+/// which with `-no-reboot` ends QEMU (this works whether or not the tables offer ACPI S5).
 pub fn boot(
     qemu: &Path,
     kernel: &Path,
     initrd: &Path,
-    tables: &[PathBuf],
+    tables: Tables<'_>,
     mem_mib: u64,
     cpus: usize,
     deadline: Duration,
@@ -177,11 +200,28 @@ pub fn boot(
     .arg("-kernel")
     .arg(kernel)
     .arg("-initrd")
-    .arg(initrd)
-    .args(["-append", "console=ttyS0 rdinit=/init panic=-1 quiet"]);
-    for t in tables {
-        cmd.arg("-acpitable").arg(format!("file={}", t.display()));
+    .arg(initrd);
+    let mut append = String::from("console=ttyS0 rdinit=/init panic=-1 quiet");
+    match tables {
+        Tables::Added(files) => {
+            for t in files {
+                cmd.arg("-acpitable").arg(format!("file={}", t.display()));
+            }
+        }
+        Tables::Whole { image, gpa, len } => {
+            cmd.arg("-device").arg(format!(
+                "loader,file={},addr={gpa:#x},force-raw=on",
+                image.display()
+            ));
+            let reserved = len.next_multiple_of(4096);
+            // A hardware-reduced platform has no PM timer or HPET to calibrate the TSC against,
+            // and TCG has no kvm-clock to announce its frequency (as KVM guests get): state one.
+            append.push_str(&format!(
+                " acpi_rsdp={gpa:#x} memmap={reserved:#x}${gpa:#x} tsc_early_khz=2000000"
+            ));
+        }
     }
+    cmd.arg("-append").arg(append);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -292,6 +332,14 @@ fn parse(console: &str) -> GuestView {
                 }
             }
             Some("DMESG") => v.dmesg.push(line["DMESG ".len()..].to_owned()),
+            Some("TABLE") => {
+                let sig = words.next().unwrap_or_default().to_owned();
+                let hex = words.next().unwrap_or_default();
+                let bytes = (0..hex.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect();
+                v.tables.insert(sig, bytes);
+            }
             _ => {}
         }
     }
