@@ -43,7 +43,7 @@ pub struct Encoded {
 }
 
 /// Encodes latencies (ns) with the smallest base unit of 1000·10^k ps that keeps every entry
-/// ≤ [`MAX_ENTRY`]; entries are rounded up so a latency is never under-reported. With latencies
+/// ≤ 0xFFFE; entries are rounded up so a latency is never under-reported. With latencies
 /// below 65.5 µs the base is 1 ns and Linux reports the exact values.
 pub fn encode_latency(values_ns: &[u32]) -> Encoded {
     let max_ps = values_ns.iter().map(|&v| u64::from(v) * PS_PER_NS).max();
@@ -56,7 +56,7 @@ pub fn encode_latency(values_ns: &[u32]) -> Encoded {
 }
 
 /// Encodes bandwidths (MB/s) with the smallest base unit of 10^k MB/s that keeps every entry
-/// ≤ [`MAX_ENTRY`]; entries are rounded to nearest and never to 0 (which means "no data").
+/// ≤ 0xFFFE; entries are rounded to nearest and never to 0 (which means "no data").
 pub fn encode_bandwidth(values_mbps: &[u32]) -> Encoded {
     let max = values_mbps.iter().map(|&v| u64::from(v)).max();
     let base_unit = base_for(max.unwrap_or(0), 1, false);

@@ -118,7 +118,7 @@ pub struct AcpiImage {
     pub rsdp: Vec<u8>,
     /// Where `tables` goes.
     pub tables_gpa: u64,
-    /// Every other table, back to back at [`TABLE_ALIGN`] alignment.
+    /// Every other table, back to back at 8-byte alignment.
     pub tables: Vec<u8>,
     /// Where each table is, in image order (XSDT, FACP, DSDT, APIC, SRAT, SLIT, HMAT).
     pub locations: Vec<TableLocation>,

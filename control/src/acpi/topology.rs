@@ -320,8 +320,12 @@ impl<T: Copy> Matrix<T> {
         self.dim
     }
 
-    /// The entry from `from` to `to`. Panics if either is out of range; validated topologies
-    /// only index with their own domains.
+    /// The entry from `from` to `to`.
+    ///
+    /// # Panics
+    ///
+    /// If either index is not below [`Matrix::dim`], like slice indexing; the matrices of a
+    /// validated [`Topology`] have one row per proximity domain.
     pub fn get(&self, from: usize, to: usize) -> T {
         assert!(
             from < self.dim && to < self.dim,
@@ -331,6 +335,10 @@ impl<T: Copy> Matrix<T> {
     }
 
     /// Row `from` (the figures seen from node `from`).
+    ///
+    /// # Panics
+    ///
+    /// If `from` is not below [`Matrix::dim`].
     pub fn row(&self, from: usize) -> &[T] {
         &self.cells[from * self.dim..(from + 1) * self.dim]
     }

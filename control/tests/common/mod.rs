@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod guest;
+
 use control::acpi::{parse_topology, SpecArgs, Topology};
 
 /// One test topology.
@@ -100,5 +102,3 @@ pub const ALL: [&Case; 4] = [
     &FOUR_NODES_ASYMMETRIC,
     &PCI_HOLE_X2APIC_OVERRIDES,
 ];
-#[path = "guest.rs"]
-pub mod guest;
