@@ -1,4 +1,4 @@
 //! The low-priority control thread: membership, ACPI table generation, telemetry export, REST
 //! API. Never on the fault path.
-//!
-//! Filled in by issues #8 and #9.
+
+pub mod acpi;
