@@ -13,6 +13,7 @@ pub mod counters;
 pub mod handshake;
 pub mod header;
 pub mod parser;
+pub mod peermap;
 pub mod ratelimit;
 pub mod region;
 pub mod slots;
@@ -29,6 +30,7 @@ pub use header::{
     MAX_NODES, MAX_PAYLOAD, PAGE_SIZE, VERSION,
 };
 pub use parser::{FrameParser, Parsed};
+pub use peermap::PeerMap;
 pub use slots::{RxBuf, RxSlots};
 pub use transport::{
     DownReason, Event, NodeId, PageRef, Payload, PeerId, SendOutcome, Transport, TransportConfig,

@@ -120,6 +120,14 @@ impl TxQueue {
         }
     }
 
+    /// Empties the queue for a new connection (entries must have been popped or abandoned).
+    pub fn reset(&mut self) {
+        self.head = 0;
+        self.cursor = 0;
+        self.cursor_off = 0;
+        self.tail = 0;
+    }
+
     fn idx(&self, seq: u32) -> usize {
         (seq % self.cap) as usize
     }
