@@ -19,7 +19,9 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Epoll {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Watches `fd` for `events`, reporting `data` back.
@@ -47,7 +49,11 @@ impl Epoll {
 
     /// Waits up to `timeout` (`None`: forever; zero: just check) and fills `out`; returns the
     /// number of events. `EINTR` counts as zero events.
-    pub fn wait(&self, out: &mut [libc::epoll_event], timeout: Option<Duration>) -> io::Result<usize> {
+    pub fn wait(
+        &self,
+        out: &mut [libc::epoll_event],
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
         let ms = match timeout {
             None => -1,
             Some(t) => {

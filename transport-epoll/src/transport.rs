@@ -14,9 +14,8 @@ use wire::region::PageRegion;
 use wire::sock::{errno_of, prepare_stream};
 use wire::txq::{SegKind, Segment, TxPayload};
 use wire::{
-    DownReason, Event, FrameParser, Header, NodeId, Parsed, PeerId, PeerMap, Payload,
-    RxBuf, RxSlots, SendOutcome, Transport, TransportConfig, TransportError, TransportStats,
-    PAGE_SIZE,
+    DownReason, Event, FrameParser, Header, NodeId, Parsed, Payload, PeerId, PeerMap, RxBuf,
+    RxSlots, SendOutcome, Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
 };
 
 use crate::epoll::Epoll;
@@ -30,7 +29,8 @@ pub const MAX_WATCHES: usize = 64;
 const MAX_IOV: usize = 64;
 
 const PEER_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-const READ_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+const READ_EVENTS: u32 =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 const WRITE_EVENTS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 #[derive(Debug)]
@@ -117,7 +117,9 @@ impl EpollTransport {
                 continue;
             }
             let slot = data as u16;
-            let Some(p) = self.peers.get_mut(slot as usize) else { continue };
+            let Some(p) = self.peers.get_mut(slot as usize) else {
+                continue;
+            };
             if p.stream.is_none() {
                 continue;
             }
@@ -158,7 +160,9 @@ impl EpollTransport {
                 if !p.readable {
                     return true;
                 }
-                let Some(stream) = p.stream.as_mut() else { return true };
+                let Some(stream) = p.stream.as_mut() else {
+                    return true;
+                };
                 match stream.read(&mut p.rbuf) {
                     Ok(0) => {
                         mark_down(p, &mut self.downs, slot, DownReason::Closed);
@@ -180,12 +184,18 @@ impl EpollTransport {
                 }
             }
             let mut pos = p.rstart;
-            let r = p.parser.next(&p.rbuf[..p.rend], &mut pos, &mut self.rx, slot as usize);
+            let r = p
+                .parser
+                .next(&p.rbuf[..p.rend], &mut pos, &mut self.rx, slot as usize);
             p.rstart = pos;
             match r {
                 Ok(Parsed::Frame(header, payload)) => {
                     bump(&self.stats.per_slot[slot as usize].rx_frames);
-                    out(Event::Received { peer: p.id, header, payload });
+                    out(Event::Received {
+                        peer: p.id,
+                        header,
+                        payload,
+                    });
                     *n += 1;
                 }
                 Ok(Parsed::NeedMore) => {}
@@ -209,16 +219,28 @@ impl EpollTransport {
     /// Writes as much of one peer's queue as the socket takes.
     fn write_peer(&mut self, slot: u16) {
         let p = &mut self.peers[slot as usize];
-        let Some(fd) = p.stream.as_ref().map(|s| s.as_raw_fd()) else { return };
-        let mut segs = [Segment { addr: 0, len: 0, kind: SegKind::Headers }; MAX_IOV];
+        let Some(fd) = p.stream.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let mut segs = [Segment {
+            addr: 0,
+            len: 0,
+            kind: SegKind::Headers,
+        }; MAX_IOV];
         while p.writable && p.down.is_none() {
             let (nseg, _) = p.txq.segments(&mut segs);
             if nseg == 0 {
                 break;
             }
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_IOV];
             for (v, s) in iov.iter_mut().zip(&segs[..nseg]) {
-                *v = libc::iovec { iov_base: s.addr as *mut libc::c_void, iov_len: s.len };
+                *v = libc::iovec {
+                    iov_base: s.addr as *mut libc::c_void,
+                    iov_len: s.len,
+                };
             }
             // SAFETY: msghdr is plain data; all-zero is a valid empty header.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -249,7 +271,10 @@ impl EpollTransport {
             while let Some(d) = p.txq.pop_done() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
                 match d.payload {
-                    TxPayload::Page { .. } => out(Event::SendDone { peer: p.id, token: d.token }),
+                    TxPayload::Page { .. } => out(Event::SendDone {
+                        peer: p.id,
+                        token: d.token,
+                    }),
                     TxPayload::Copy { slot: c, .. } => p.copy_free.push(c),
                     TxPayload::None => {}
                 }
@@ -268,7 +293,10 @@ impl EpollTransport {
         p.parser.reset(&mut self.rx);
         while let Some(d) = p.txq.pop_any() {
             if let TxPayload::Page { .. } = d.payload {
-                out(Event::SendDone { peer: p.id, token: d.token });
+                out(Event::SendDone {
+                    peer: p.id,
+                    token: d.token,
+                });
             }
         }
         p.copy_free.clear();
@@ -333,7 +361,8 @@ impl Transport for EpollTransport {
         p.parser = FrameParser::new(node);
         p.txq.reset();
         p.copy_free.clear();
-        p.copy_free.extend((0..per).map(|i| u32::from(slot) * per + i));
+        p.copy_free
+            .extend((0..per).map(|i| u32::from(slot) * per + i));
         p.down = None;
         p.readable = true;
         p.writable = true;
@@ -343,7 +372,12 @@ impl Transport for EpollTransport {
 
     fn close_peer(&mut self, peer: PeerId) -> Result<(), TransportError> {
         let slot = self.slot_of(peer)?;
-        mark_down(&mut self.peers[slot as usize], &mut self.downs, slot, DownReason::Local);
+        mark_down(
+            &mut self.peers[slot as usize],
+            &mut self.downs,
+            slot,
+            DownReason::Local,
+        );
         Ok(())
     }
 
@@ -372,7 +406,10 @@ impl Transport for EpollTransport {
         }
         let tp = match payload {
             Payload::None => TxPayload::None,
-            Payload::Page(r) => TxPayload::Page { addr: r.addr(), len: r.len() as u32 },
+            Payload::Page(r) => TxPayload::Page {
+                addr: r.addr(),
+                len: r.len() as u32,
+            },
             Payload::Copy(bytes) => {
                 let Some(c) = p.copy_free.pop() else {
                     bump(&self.stats.backpressure);
@@ -387,7 +424,11 @@ impl Transport for EpollTransport {
                     }
                 }
                 let addr = self.copy.as_ptr() as usize + off;
-                TxPayload::Copy { slot: c, addr, len: bytes.len() as u32 }
+                TxPayload::Copy {
+                    slot: c,
+                    addr,
+                    len: bytes.len() as u32,
+                }
             }
         };
         if p.txq.push(header, tp, token).is_none() {
@@ -465,7 +506,10 @@ impl Transport for EpollTransport {
         self.ep
             .add(fd, events, WATCH_TAG | idx)
             .map_err(|e| TransportError::io("epoll_ctl(ADD) for a watched fd", e))?;
-        self.watches.push(Watch { token, ready: false });
+        self.watches.push(Watch {
+            token,
+            ready: false,
+        });
         Ok(())
     }
 

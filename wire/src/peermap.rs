@@ -16,7 +16,12 @@ impl PeerMap {
     /// A map for up to `cap` entries (table twice that size, a power of two).
     pub fn new(cap: usize) -> PeerMap {
         let size = (cap.max(1) * 2).next_power_of_two();
-        PeerMap { table: vec![None; size].into_boxed_slice(), mask: size - 1, len: 0, cap }
+        PeerMap {
+            table: vec![None; size].into_boxed_slice(),
+            mask: size - 1,
+            len: 0,
+            cap,
+        }
     }
 
     fn home(&self, id: PeerId) -> usize {

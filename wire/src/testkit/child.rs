@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::gen::{poll_into, poll_until, Checker, Sender};
 use super::net::{accept_within, connect_retry, hs, ADDR, COUNT, ROLE};
-use crate::{DownReason, Event, Header, MsgType, Payload, PeerId, SendOutcome, Transport, TransportConfig};
+use crate::{
+    DownReason, Event, Header, MsgType, Payload, PeerId, SendOutcome, Transport, TransportConfig,
+};
 
 /// Node id of the receiving side in multi-process scenarios.
 pub const RECEIVER_NODE: u16 = 1;
@@ -18,25 +20,36 @@ pub const SPAM_NODE: u16 = 3;
 
 /// Entry point of `testkit_child`: runs the role named in the environment, or nothing.
 pub fn child_main<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
-    let Ok(role) = std::env::var(ROLE) else { return };
-    let addr: SocketAddr = std::env::var(ADDR).expect(ADDR).parse().expect("child address");
-    let count: u64 = std::env::var(COUNT).expect(COUNT).parse().expect("child count");
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let addr: SocketAddr = std::env::var(ADDR)
+        .expect(ADDR)
+        .parse()
+        .expect("child address");
+    let count: u64 = std::env::var(COUNT)
+        .expect(COUNT)
+        .parse()
+        .expect("child count");
     let mut t = make(&TransportConfig::default());
     match role.as_str() {
         "stream" => {
             let a = connect_retry(addr, STREAM_NODE, RECEIVER_NODE, Duration::from_secs(30));
-            t.add_peer(1, a.stream, Some(a.peer_node)).expect("add_peer");
+            t.add_peer(1, a.stream, Some(a.peer_node))
+                .expect("add_peer");
             run_sender(&mut t, 1, STREAM_NODE, count);
         }
         "spam" => {
             let a = connect_retry(addr, SPAM_NODE, RECEIVER_NODE, Duration::from_secs(30));
-            t.add_peer(1, a.stream, Some(a.peer_node)).expect("add_peer");
+            t.add_peer(1, a.stream, Some(a.peer_node))
+                .expect("add_peer");
             spam(&mut t, 1);
         }
         "serve" => {
             let l = TcpListener::bind(addr).expect("bind in namespace");
             let a = accept_within(&l, &hs(RECEIVER_NODE), None, Duration::from_secs(60));
-            t.add_peer(1, a.stream, Some(a.peer_node)).expect("add_peer");
+            t.add_peer(1, a.stream, Some(a.peer_node))
+                .expect("add_peer");
             run_receiver(&mut t, 1, STREAM_NODE, count);
         }
         other => panic!("unknown testkit role {other:?}"),
@@ -51,7 +64,11 @@ pub fn run_sender<T: Transport>(t: &mut T, peer: PeerId, node: u16, count: u64) 
     let mut acked = false;
     let deadline = Instant::now() + Duration::from_secs(300);
     while !(acked && s.all_pages_back()) {
-        assert!(Instant::now() < deadline, "sender stuck at {} of {count}", s.next);
+        assert!(
+            Instant::now() < deadline,
+            "sender stuck at {} of {count}",
+            s.next
+        );
         let queued = s.pump(t, peer, count);
         t.flush().expect("flush");
         poll_into(t, &mut evs);
@@ -61,8 +78,14 @@ pub fn run_sender<T: Transport>(t: &mut T, peer: PeerId, node: u16, count: u64) 
                 continue;
             }
             match e {
-                Event::Received { header, payload, .. } => {
-                    assert_eq!(header.ty, MsgType::Pong, "only the acknowledgement comes back");
+                Event::Received {
+                    header, payload, ..
+                } => {
+                    assert_eq!(
+                        header.ty,
+                        MsgType::Pong,
+                        "only the acknowledgement comes back"
+                    );
                     assert_eq!(header.arg, count, "receiver verified every frame");
                     assert!(payload.is_none());
                     acked = true;
@@ -85,7 +108,11 @@ pub fn run_receiver<T: Transport>(t: &mut T, peer: PeerId, sender: u16, count: u
     let mut evs = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while c.count < count {
-        assert!(Instant::now() < deadline, "receiver stuck at {} of {count}", c.count);
+        assert!(
+            Instant::now() < deadline,
+            "receiver stuck at {} of {count}",
+            c.count
+        );
         poll_into(t, &mut evs);
         let idle = evs.is_empty();
         for e in evs.drain(..) {
@@ -112,7 +139,15 @@ pub fn run_receiver<T: Transport>(t: &mut T, peer: PeerId, sender: u16, count: u
     let closed = poll_until(
         t,
         Duration::from_secs(60),
-        |_, e| matches!(e, Event::PeerDown { reason: DownReason::Closed | DownReason::Io(_), .. }),
+        |_, e| {
+            matches!(
+                e,
+                Event::PeerDown {
+                    reason: DownReason::Closed | DownReason::Io(_),
+                    ..
+                }
+            )
+        },
         |_, e| panic!("unexpected event after the stream: {e:?}"),
     );
     assert!(closed, "sender did not close after the acknowledgement");

@@ -125,7 +125,10 @@ impl Sender {
                 Kind::Page => {
                     let Some(&idx) = self.free.last() else { break };
                     let off = idx as usize * PAGE_SIZE;
-                    let page = self.pages.slice_mut(off, PAGE_SIZE).expect("page in region");
+                    let page = self
+                        .pages
+                        .slice_mut(off, PAGE_SIZE)
+                        .expect("page in region");
                     fill(seq, page);
                     let h = header(seq, self.node, checksum(page));
                     // SAFETY: the page belongs to this sender and is not written again until
@@ -150,7 +153,10 @@ impl Sender {
     /// Takes a `SendDone` back; returns false for other events.
     pub fn on_event(&mut self, ev: &Event) -> bool {
         if let Event::SendDone { token, .. } = ev {
-            assert!(!self.free.contains(&(*token as u32)), "token {token} returned twice");
+            assert!(
+                !self.free.contains(&(*token as u32)),
+                "token {token} returned twice"
+            );
             self.free.push(*token as u32);
             self.send_done += 1;
             true
@@ -185,7 +191,11 @@ impl Checker {
                 checksum(&self.scratch)
             }
         };
-        assert_eq!(*h, header(seq, expected_sender, sum), "header of frame {seq}");
+        assert_eq!(
+            *h,
+            header(seq, expected_sender, sum),
+            "header of frame {seq}"
+        );
         match payload {
             None => assert_eq!(kind(seq), Kind::Empty, "frame {seq} lost its payload"),
             Some(p) => {
@@ -199,7 +209,9 @@ impl Checker {
     /// Checks a received event (releasing its buffer); returns false for other events.
     pub fn on_event<T: Transport>(&mut self, t: &mut T, sender: u16, ev: Event) -> Option<Event> {
         match ev {
-            Event::Received { header, payload, .. } => {
+            Event::Received {
+                header, payload, ..
+            } => {
                 self.check(sender, &header, payload.as_ref().map(|b| t.payload(b)));
                 if let Some(b) = payload {
                     t.release(b);
@@ -247,7 +259,10 @@ pub fn poll_until<T: Transport>(
 
 /// Releases the buffer of a received event; other events are ignored.
 pub fn release_event<T: Transport>(t: &mut T, e: Event) {
-    if let Event::Received { payload: Some(b), .. } = e {
+    if let Event::Received {
+        payload: Some(b), ..
+    } = e
+    {
         t.release(b);
     }
 }

@@ -36,7 +36,10 @@ pub fn auth_pair(c: u16, s: u16) -> (Authenticated, Authenticated) {
     let addr = l.local_addr().expect("local addr");
     let server = std::thread::spawn(move || handshake::accept(&l, &hs(s)));
     let client = handshake::connect(addr, &hs(c), s).expect("client handshake");
-    let server = server.join().expect("server thread").expect("server handshake");
+    let server = server
+        .join()
+        .expect("server thread")
+        .expect("server handshake");
     (client, server)
 }
 
@@ -60,7 +63,10 @@ pub fn accept_within(
                 if let Some(Ok(Some(st))) = child.as_mut().map(|c| c.try_wait()) {
                     panic!("child exited before connecting: {st}");
                 }
-                assert!(Instant::now() < deadline, "nobody connected within {limit:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "nobody connected within {limit:?}"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => panic!("accept: {e}"),
@@ -100,7 +106,8 @@ pub fn raw_ping(s: &mut TcpStream, sender: u16, txn: u64) {
 /// Reads one header-only frame from a blocking raw socket.
 pub fn raw_read_header(s: &mut TcpStream) -> Header {
     let mut b = [0u8; HEADER_LEN];
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     s.read_exact(&mut b).expect("raw read");
     Header::decode(&b).expect("valid header from the transport")
 }
@@ -138,11 +145,16 @@ pub fn spawn_child(role: &str, addr: &str, count: u64, wrapper: &[&str]) -> Chil
         }
         None => Command::new(exe),
     };
-    cmd.args(["--exact", "testkit_child", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(ADDR, addr)
-        .env(COUNT, count.to_string())
-        .stdin(Stdio::null());
+    cmd.args([
+        "--exact",
+        "testkit_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE, role)
+    .env(ADDR, addr)
+    .env(COUNT, count.to_string())
+    .stdin(Stdio::null());
     cmd.spawn().expect("spawning the test binary as a child")
 }
 
@@ -184,7 +196,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -203,7 +219,10 @@ impl VethPair {
         ip(&["netns", "add", &v.ns_a])?;
         // From here on, Drop removes whatever was created.
         ip(&["netns", "add", &v.ns_b])?;
-        ip(&["link", "add", &va, "netns", &v.ns_a, "type", "veth", "peer", "name", &vb, "netns", &v.ns_b])?;
+        ip(&[
+            "link", "add", &va, "netns", &v.ns_a, "type", "veth", "peer", "name", &vb, "netns",
+            &v.ns_b,
+        ])?;
         for (ns, dev, addr) in [(&v.ns_a, &va, &v.addr_a), (&v.ns_b, &vb, &v.addr_b)] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;

@@ -40,10 +40,17 @@ fn ping_pong<T: Transport>(t: &mut T, raw: &mut TcpStream, peer: PeerId, node: u
     assert!(got, "ping {txn} from healthy peer {peer} not received");
     let mut pong = Header::new(MsgType::Pong, 0);
     pong.txn = txn;
-    assert_eq!(t.send(peer, &pong, Payload::None, 0).expect("send pong"), SendOutcome::Queued);
+    assert_eq!(
+        t.send(peer, &pong, Payload::None, 0).expect("send pong"),
+        SendOutcome::Queued
+    );
     t.flush().expect("flush");
     let h = raw_read_header(raw);
-    assert_eq!((h.ty, h.txn), (MsgType::Pong, txn), "pong back to healthy peer {peer}");
+    assert_eq!(
+        (h.ty, h.txn),
+        (MsgType::Pong, txn),
+        "pong back to healthy peer {peer}"
+    );
 }
 
 /// 10^6 frames (header-only, copied and in-place pages) between two transports driven by one
@@ -59,7 +66,12 @@ pub fn million_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let mut evs = Vec::with_capacity(cfg.poll_budget);
     let deadline = Instant::now() + Duration::from_secs(600);
     while c.count < MILLION || !s.all_pages_back() {
-        assert!(Instant::now() < deadline, "stuck: sent {} received {}", s.next, c.count);
+        assert!(
+            Instant::now() < deadline,
+            "stuck: sent {} received {}",
+            s.next,
+            c.count
+        );
         let queued = s.pump(&mut a, 20, MILLION);
         a.flush().expect("flush");
         poll_into(&mut a, &mut evs);
@@ -83,10 +95,23 @@ pub fn million_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
         }
     }
     assert_eq!(c.count, MILLION);
-    assert_eq!(c.payload_bytes, MILLION / 2 * PAGE_SIZE as u64, "every page payload arrived");
+    assert_eq!(
+        c.payload_bytes,
+        MILLION / 2 * PAGE_SIZE as u64,
+        "every page payload arrived"
+    );
     assert_eq!(s.page_sends, MILLION / 4);
-    assert_eq!(s.send_done, MILLION / 4, "every in-place page came back exactly once");
-    let rx: u64 = b.stats().per_slot.iter().map(|p| p.rx_frames.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert_eq!(
+        s.send_done,
+        MILLION / 4,
+        "every in-place page came back exactly once"
+    );
+    let rx: u64 = b
+        .stats()
+        .per_slot
+        .iter()
+        .map(|p| p.rx_frames.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     assert_eq!(rx, MILLION, "per-connection receive counter");
     assert_eq!(b.stats().rejected.total(), 0);
 }
@@ -99,10 +124,14 @@ pub fn million_two_processes<T: Transport>(make: impl Fn(&TransportConfig) -> T)
     let a = accept_within(&l, &hs(RECEIVER_NODE), Some(&mut child), LONG);
     assert_eq!(a.peer_node, super::child::STREAM_NODE);
     let mut t = make(&TransportConfig::default());
-    t.add_peer(5, a.stream, Some(a.peer_node)).expect("add_peer");
+    t.add_peer(5, a.stream, Some(a.peer_node))
+        .expect("add_peer");
     let c = run_receiver(&mut t, 5, a.peer_node, MILLION);
     assert_eq!(c.payload_bytes, MILLION / 2 * PAGE_SIZE as u64);
-    assert!(wait_child(&mut child, LONG), "child sender failed (see its output above)");
+    assert!(
+        wait_child(&mut child, LONG),
+        "child sender failed (see its output above)"
+    );
 }
 
 /// Every kind of malformed frame, through a real socket: the right error, that connection
@@ -127,32 +156,66 @@ pub fn malformed_frames<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     bad_type[5] = 99;
     let mut split = ping.to_vec();
     split.extend_from_slice(&bad_magic);
-    let magic_err = FrameError::BadMagic(u32::from_le_bytes([bad_magic[0], bad_magic[1], bad_magic[2], bad_magic[3]]));
+    let magic_err = FrameError::BadMagic(u32::from_le_bytes([
+        bad_magic[0],
+        bad_magic[1],
+        bad_magic[2],
+        bad_magic[3],
+    ]));
     let cases: Vec<(&str, Vec<u8>, FrameError)> = vec![
         ("bad magic", bad_magic.to_vec(), magic_err),
-        ("bad version", bad_version.to_vec(), FrameError::BadVersion(9)),
-        ("unknown type", bad_type.to_vec(), FrameError::UnknownType(99)),
+        (
+            "bad version",
+            bad_version.to_vec(),
+            FrameError::BadVersion(9),
+        ),
+        (
+            "unknown type",
+            bad_type.to_vec(),
+            FrameError::UnknownType(99),
+        ),
         (
             "payload length not allowed",
             with(&|h| {
                 h.ty = MsgType::Data;
                 h.payload_len = 100;
             }),
-            FrameError::BadPayloadLen { ty: MsgType::Data, len: 100 },
+            FrameError::BadPayloadLen {
+                ty: MsgType::Data,
+                len: 100,
+            },
         ),
-        ("oversized", with(&|h| h.payload_len = 1 << 20), FrameError::Oversized(1 << 20)),
+        (
+            "oversized",
+            with(&|h| h.payload_len = 1 << 20),
+            FrameError::Oversized(1 << 20),
+        ),
         (
             "undefined flags",
             with(&|h| h.flags = 0x8000),
-            FrameError::BadFlags { ty: MsgType::ReadReq, flags: 0x8000 },
+            FrameError::BadFlags {
+                ty: MsgType::ReadReq,
+                flags: 0x8000,
+            },
         ),
-        ("node id out of range", with(&|h| h.sender = 300), FrameError::BadNodeId(300)),
+        (
+            "node id out of range",
+            with(&|h| h.sender = 300),
+            FrameError::BadNodeId(300),
+        ),
         (
             "sender is not the authenticated node",
             with(&|h| h.sender = 6),
-            FrameError::WrongSender { expected: 5, got: 6 },
+            FrameError::WrongSender {
+                expected: 5,
+                got: 6,
+            },
         ),
-        ("garbage after a valid frame, split across writes", split, magic_err),
+        (
+            "garbage after a valid frame, split across writes",
+            split,
+            magic_err,
+        ),
     ];
     for (i, (name, bytes, expected)) in cases.into_iter().enumerate() {
         let (mut bad, ts) = tcp_pair();
@@ -163,7 +226,10 @@ pub fn malformed_frames<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
         bad.write_all(&bytes[..mid]).expect("write");
         let mut evs = Vec::new();
         poll_into(&mut t, &mut evs);
-        let mut valid_frames = evs.iter().filter(|e| matches!(e, Event::Received { .. })).count();
+        let mut valid_frames = evs
+            .iter()
+            .filter(|e| matches!(e, Event::Received { .. }))
+            .count();
         for e in evs.drain(..) {
             release_event(&mut t, e);
         }
@@ -189,8 +255,16 @@ pub fn malformed_frames<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
         );
         assert!(down, "{name}: connection not closed");
         assert_eq!(reason, Some(DownReason::Protocol(expected)), "{name}");
-        assert_eq!(valid_frames, usize::from(bytes.len() > ping.len()), "{name}: valid prefix");
-        assert_eq!(t.stats().rejected.of(&expected), before + 1, "{name}: counted");
+        assert_eq!(
+            valid_frames,
+            usize::from(bytes.len() > ping.len()),
+            "{name}: valid prefix"
+        );
+        assert_eq!(
+            t.stats().rejected.of(&expected),
+            before + 1,
+            "{name}: counted"
+        );
         assert!(raw_sees_close(&mut bad, LONG), "{name}: socket closed");
         ping_pong(&mut t, &mut healthy, 1, 5, 10 + i as u64);
     }
@@ -212,7 +286,11 @@ pub fn peer_killed<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let mut evs = Vec::new();
     let deadline = Instant::now() + LONG;
     while c.count < 5000 {
-        assert!(Instant::now() < deadline, "child stream too slow ({} frames)", c.count);
+        assert!(
+            Instant::now() < deadline,
+            "child stream too slow ({} frames)",
+            c.count
+        );
         poll_into(&mut t, &mut evs);
         if evs.is_empty() {
             t.wait(Some(Duration::from_millis(10))).expect("wait");
@@ -244,10 +322,18 @@ pub fn peer_killed<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     );
     assert!(down, "killed peer not reported");
     assert!(
-        matches!(reason, Some(DownReason::Closed | DownReason::Io(libc::ECONNRESET))),
+        matches!(
+            reason,
+            Some(DownReason::Closed | DownReason::Io(libc::ECONNRESET))
+        ),
         "reason {reason:?}"
     );
-    assert_eq!(t.stats().peers_down.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        t.stats()
+            .peers_down
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert!(matches!(
         t.send(7, &Header::new(MsgType::Ping, 0), Payload::None, 0),
         Err(crate::TransportError::UnknownPeer(7))
@@ -271,17 +357,32 @@ pub fn wrong_secret<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
         handshake::connect(addr, &bad, 2)
     });
     let r = handshake::accept(&l, &scfg);
-    assert!(matches!(r, Err(HandshakeError::WrongSecret)), "server side: {r:?}");
+    assert!(
+        matches!(r, Err(HandshakeError::WrongSecret)),
+        "server side: {r:?}"
+    );
     let r = attacker.join().expect("attacker thread");
-    assert!(matches!(r, Err(HandshakeError::WrongSecret)), "client side: {r:?}");
-    assert_eq!(scfg.stats.wrong_secret.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(
+        matches!(r, Err(HandshakeError::WrongSecret)),
+        "client side: {r:?}"
+    );
+    assert_eq!(
+        scfg.stats
+            .wrong_secret
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     ping_pong(&mut t, &mut client.stream, 1, 1, 2);
 }
 
 /// `send` answers backpressure at the configured limits (queue depth, copy buffers), queues
 /// nothing then, and accepts again once the queue drains.
 pub fn send_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
-    let cfg = TransportConfig { tx_depth: 8, tx_copy_slots: 2, ..TransportConfig::default() };
+    let cfg = TransportConfig {
+        tx_depth: 8,
+        tx_copy_slots: 2,
+        ..TransportConfig::default()
+    };
     let (a, b) = tcp_pair();
     let mut t = make(&cfg);
     let mut r = make(&TransportConfig::default());
@@ -291,16 +392,35 @@ pub fn send_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let mut data = Header::new(MsgType::Data, 1);
     data.payload_len = PAGE_SIZE as u32;
     let send = |t: &mut T, h: &Header, p: Payload<'_>| t.send(1, h, p, 0).expect("send");
-    assert_eq!(send(&mut t, &data, Payload::Copy(&page)), SendOutcome::Queued);
-    assert_eq!(send(&mut t, &data, Payload::Copy(&page)), SendOutcome::Queued);
-    assert_eq!(send(&mut t, &data, Payload::Copy(&page)), SendOutcome::Backpressure, "copy slots");
+    assert_eq!(
+        send(&mut t, &data, Payload::Copy(&page)),
+        SendOutcome::Queued
+    );
+    assert_eq!(
+        send(&mut t, &data, Payload::Copy(&page)),
+        SendOutcome::Queued
+    );
+    assert_eq!(
+        send(&mut t, &data, Payload::Copy(&page)),
+        SendOutcome::Backpressure,
+        "copy slots"
+    );
     let mut ping = Header::new(MsgType::Ping, 1);
     for i in 0..6 {
         ping.txn = i;
         assert_eq!(send(&mut t, &ping, Payload::None), SendOutcome::Queued);
     }
-    assert_eq!(send(&mut t, &ping, Payload::None), SendOutcome::Backpressure, "queue depth");
-    assert_eq!(t.stats().backpressure.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        send(&mut t, &ping, Payload::None),
+        SendOutcome::Backpressure,
+        "queue depth"
+    );
+    assert_eq!(
+        t.stats()
+            .backpressure
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
     assert!(matches!(
         t.send(1, &data, Payload::Copy(&page[..10]), 0),
         Err(crate::TransportError::PayloadMismatch { .. })
@@ -318,11 +438,21 @@ pub fn send_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
             r.wait(Some(Duration::from_millis(10))).expect("wait");
         }
         for e in evs.drain(..) {
-            if let Event::Received { header, payload, .. } = &e {
+            if let Event::Received {
+                header, payload, ..
+            } = &e
+            {
                 if let Some(b) = payload {
                     assert!(r.payload(b).iter().all(|&x| x == 0xab));
                 }
-                assert_eq!(header.ty, if got < 2 { MsgType::Data } else { MsgType::Ping });
+                assert_eq!(
+                    header.ty,
+                    if got < 2 {
+                        MsgType::Data
+                    } else {
+                        MsgType::Ping
+                    }
+                );
                 got += 1;
             }
             release_event(&mut r, e);
@@ -341,7 +471,10 @@ pub fn send_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
 pub fn receive_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let (a, b) = tcp_pair();
     let mut t = make(&TransportConfig::default());
-    let mut r = make(&TransportConfig { rx_slots: 2, ..TransportConfig::default() });
+    let mut r = make(&TransportConfig {
+        rx_slots: 2,
+        ..TransportConfig::default()
+    });
     t.add_peer(1, a, None).expect("add");
     r.add_peer(1, b, None).expect("add");
     let mut buf = vec![0u8; PAGE_SIZE];
@@ -351,7 +484,10 @@ pub fn receive_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) 
         h.txn = seq;
         gen::fill(seq, &mut buf);
         h.arg = gen::checksum(&buf);
-        assert_eq!(t.send(1, &h, Payload::Copy(&buf), seq).expect("send"), SendOutcome::Queued);
+        assert_eq!(
+            t.send(1, &h, Payload::Copy(&buf), seq).expect("send"),
+            SendOutcome::Queued
+        );
     }
     t.flush().expect("flush");
     let mut held = Vec::new();
@@ -365,7 +501,12 @@ pub fn receive_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) 
                 r.wait(Some(Duration::from_millis(10))).expect("wait");
             }
             for e in evs.drain(..) {
-                let Event::Received { header, payload: Some(b), .. } = e else {
+                let Event::Received {
+                    header,
+                    payload: Some(b),
+                    ..
+                } = e
+                else {
                     panic!("unexpected {e:?}")
                 };
                 assert_eq!(header.txn, *next, "in order");
@@ -379,7 +520,11 @@ pub fn receive_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) 
     assert_eq!(held.len(), 2);
     // Both slots are held: more polling delivers nothing more from this peer.
     take(&mut r, &mut held, &mut next, 3, Duration::from_millis(200));
-    assert_eq!(held.len(), 2, "frames delivered beyond the receive slot limit");
+    assert_eq!(
+        held.len(),
+        2,
+        "frames delivered beyond the receive slot limit"
+    );
     r.release(held.remove(0));
     take(&mut r, &mut held, &mut next, 2, LONG);
     assert_eq!((held.len(), next), (2, 3), "release resumes the peer");
@@ -429,7 +574,10 @@ pub fn wait_wakes<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
         assert!(Instant::now() < deadline, "traffic never delivered");
         t.wait(Some(Duration::from_secs(5))).expect("wait");
         poll_into(&mut t, &mut evs);
-        if evs.iter().any(|e| matches!(e, Event::Received { peer: 3, header, .. } if header.txn == 5)) {
+        if evs
+            .iter()
+            .any(|e| matches!(e, Event::Received { peer: 3, header, .. } if header.txn == 5))
+        {
             break;
         }
     }
@@ -442,7 +590,10 @@ pub fn close_and_reuse<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let (mut raw, ts) = tcp_pair();
     t.add_peer(1, ts, None).expect("add");
     let (_raw2, ts2) = tcp_pair();
-    assert!(matches!(t.add_peer(1, ts2, None), Err(crate::TransportError::PeerExists(1))));
+    assert!(matches!(
+        t.add_peer(1, ts2, None),
+        Err(crate::TransportError::PeerExists(1))
+    ));
     t.close_peer(1).expect("close");
     assert!(matches!(
         t.send(1, &Header::new(MsgType::Ping, 0), Payload::None, 0),
@@ -451,7 +602,12 @@ pub fn close_and_reuse<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let down = poll_until(
         &mut t,
         LONG,
-        |_, e| *e == Event::PeerDown { peer: 1, reason: DownReason::Local },
+        |_, e| {
+            *e == Event::PeerDown {
+                peer: 1,
+                reason: DownReason::Local,
+            }
+        },
         |_, e| panic!("unexpected {e:?}"),
     );
     assert!(down);
@@ -467,16 +623,31 @@ pub fn veth<T: Transport>(_make: impl Fn(&TransportConfig) -> T) {
     let v = match VethPair::create("v") {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("SKIPPED veth_between_network_namespaces: cannot create network namespaces: {e}");
+            eprintln!(
+                "SKIPPED veth_between_network_namespaces: cannot create network namespaces: {e}"
+            );
             return;
         }
     };
     let addr = format!("{}:7411", v.addr_a);
-    let mut server = spawn_child("serve", &addr, VETH_COUNT, &["ip", "netns", "exec", &v.ns_a]);
-    let mut client = spawn_child("stream", &addr, VETH_COUNT, &["ip", "netns", "exec", &v.ns_b]);
+    let mut server = spawn_child(
+        "serve",
+        &addr,
+        VETH_COUNT,
+        &["ip", "netns", "exec", &v.ns_a],
+    );
+    let mut client = spawn_child(
+        "stream",
+        &addr,
+        VETH_COUNT,
+        &["ip", "netns", "exec", &v.ns_b],
+    );
     let limit = Duration::from_secs(300);
     let client_ok = wait_child(&mut client, limit);
     let server_ok = wait_child(&mut server, limit);
     drop(v);
-    assert!(client_ok && server_ok, "veth stream failed: client ok {client_ok}, server ok {server_ok}");
+    assert!(
+        client_ok && server_ok,
+        "veth stream failed: client ok {client_ok}, server ok {server_ok}"
+    );
 }
