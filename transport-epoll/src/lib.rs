@@ -4,7 +4,7 @@
 //!
 //! - [`epoll`]: the epoll instance wrapper.
 //! - [`peer`]: per-connection state (socket, parser, transmit queue, read buffer).
-//! - [`transport`]: [`EpollTransport`], the `Transport` implementation.
+//! - [`transport`]: the `Transport` implementation, [`EpollTransport`].
 
 pub mod epoll;
 pub mod peer;

@@ -4,7 +4,7 @@
 //! - [`bufring`]: a per-connection provided-buffer ring for multishot receive.
 //! - [`userdata`]: what each submission's `user_data` encodes.
 //! - [`peer`]: per-connection state.
-//! - [`transport`]: [`UringTransport`].
+//! - [`transport`]: the `Transport` implementation, [`UringTransport`].
 //!
 //! Registered files (one slot per connection), the transmit copy pool registered as a fixed
 //! buffer, multishot receive into a provided-buffer ring per connection, `SendZc` for page
