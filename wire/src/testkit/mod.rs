@@ -26,6 +26,11 @@ macro_rules! transport_suite {
         }
 
         #[test]
+        fn tiny_socket_buffers_force_short_sends_and_split_frames() {
+            $crate::testkit::scenarios::tiny_socket_buffers(__testkit_make);
+        }
+
+        #[test]
         fn million_messages_two_processes() {
             $crate::testkit::scenarios::million_two_processes(__testkit_make);
         }

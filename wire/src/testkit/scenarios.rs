@@ -56,8 +56,43 @@ fn ping_pong<T: Transport>(t: &mut T, raw: &mut TcpStream, peer: PeerId, node: u
 /// 10^6 frames (header-only, copied and in-place pages) between two transports driven by one
 /// thread, every header, order and payload checksum verified, every page returned.
 pub fn million_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
+    stream_in_process(make, MILLION, false);
+}
+
+/// A stream through a socket with a small kernel send buffer, so sends are cut short and
+/// frames split across receives all the time. (Only the send side is shrunk: a tiny receive
+/// window would make TCP wait for delayed window updates, testing TCP rather than us.)
+pub fn tiny_socket_buffers<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
+    // With a send buffer this small, each write fills it with one 64 KiB loopback segment and
+    // the sender then waits for the receiver's delayed ACK (up to 40 ms): keep the count
+    // modest. Every one of those writes is a short send.
+    stream_in_process(make, 4_000, true);
+}
+
+fn shrink_buffers(s: &TcpStream) {
+    let v: libc::c_int = 16 * 1024;
+    for opt in [libc::SO_SNDBUF] {
+        // SAFETY: setsockopt reads an int from a valid pointer with the matching length.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// `count` frames between two transports driven by one thread.
+fn stream_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T, count: u64, tiny: bool) {
     let cfg = TransportConfig::default();
     let (client, server) = auth_pair(1, 2);
+    if tiny {
+        shrink_buffers(&client.stream);
+    }
     let (mut a, mut b) = (make(&cfg), make(&cfg));
     a.add_peer(20, client.stream, Some(2)).expect("add_peer a");
     b.add_peer(10, server.stream, Some(1)).expect("add_peer b");
@@ -65,14 +100,14 @@ pub fn million_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let mut c = Checker::default();
     let mut evs = Vec::with_capacity(cfg.poll_budget);
     let deadline = Instant::now() + Duration::from_secs(600);
-    while c.count < MILLION || !s.all_pages_back() {
+    while c.count < count || !s.all_pages_back() {
         assert!(
             Instant::now() < deadline,
             "stuck: sent {} received {}",
             s.next,
             c.count
         );
-        let queued = s.pump(&mut a, 20, MILLION);
+        let queued = s.pump(&mut a, 20, count);
         a.flush().expect("flush");
         poll_into(&mut a, &mut evs);
         let mut progress = queued > 0 || !evs.is_empty();
@@ -94,16 +129,16 @@ pub fn million_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
             }
         }
     }
-    assert_eq!(c.count, MILLION);
+    assert_eq!(c.count, count);
     assert_eq!(
         c.payload_bytes,
-        MILLION / 2 * PAGE_SIZE as u64,
+        count / 2 * PAGE_SIZE as u64,
         "every page payload arrived"
     );
-    assert_eq!(s.page_sends, MILLION / 4);
+    assert_eq!(s.page_sends, count / 4);
     assert_eq!(
         s.send_done,
-        MILLION / 4,
+        count / 4,
         "every in-place page came back exactly once"
     );
     let rx: u64 = b
@@ -112,7 +147,7 @@ pub fn million_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
         .iter()
         .map(|p| p.rx_frames.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
-    assert_eq!(rx, MILLION, "per-connection receive counter");
+    assert_eq!(rx, count, "per-connection receive counter");
     assert_eq!(b.stats().rejected.total(), 0);
 }
 
