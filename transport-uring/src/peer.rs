@@ -32,6 +32,8 @@ pub struct Peer {
     pub held_off: usize,
     /// A multishot receive is armed.
     pub recv_armed: bool,
+    /// Receives in a row that ended with 0 bytes (two mean EOF).
+    pub zero_reads: u8,
     /// The parser waits for a receive slot.
     pub stalled: bool,
     /// Sends of the current chain not completed yet (0: no chain in flight).
@@ -66,6 +68,7 @@ impl Peer {
             held: VecDeque::with_capacity(usize::from(cfg.rx_buf_count)),
             held_off: 0,
             recv_armed: false,
+            zero_reads: 0,
             stalled: false,
             chain_ops: 0,
             chain_bytes: 0,

@@ -336,13 +336,16 @@ impl UringTransport {
                     p.inflight = p.inflight.saturating_sub(1);
                 }
                 if res > 0 {
+                    p.zero_reads = 0;
                     if let Some(bid) = cqueue::buffer_select(flags) {
                         p.held.push_back((bid, res as u32));
                     }
                     list_add(&mut self.ready, &mut p.in_ready, slot);
-                } else if res == 0 && cqueue::sock_nonempty(flags) {
-                    // The multishot ended without data although the socket still holds some
-                    // (seen on 6.18 under load): not an EOF. Re-armed after parsing.
+                } else if res == 0 && p.zero_reads == 0 {
+                    // A multishot receive can end with 0 on an open connection (seen under
+                    // load on 6.18, with IORING_CQE_F_SOCK_NONEMPTY). Re-arm once: at a real
+                    // EOF the new receive ends with 0 again at once.
+                    p.zero_reads = 1;
                     list_add(&mut self.ready, &mut p.in_ready, slot);
                 } else if res == 0 {
                     mark_down(p, &mut self.downs, slot, DownReason::Closed);
@@ -622,6 +625,7 @@ impl Transport for UringTransport {
         p.down = None;
         p.inflight = 0;
         p.notifs = 0;
+        p.zero_reads = 0;
         self.arm_recv(slot);
         self.submit()
     }

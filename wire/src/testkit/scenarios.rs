@@ -71,19 +71,17 @@ pub fn tiny_socket_buffers<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
 
 fn shrink_buffers(s: &TcpStream) {
     let v: libc::c_int = 16 * 1024;
-    for opt in [libc::SO_SNDBUF] {
-        // SAFETY: setsockopt reads an int from a valid pointer with the matching length.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-    }
+    // SAFETY: setsockopt reads an int from a valid pointer with the matching length.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }
 
 /// `count` frames between two transports driven by one thread.
