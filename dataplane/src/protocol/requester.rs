@@ -1,0 +1,770 @@
+//! The requester/holder side of the protocol: local faults, the replies to
+//! this node's requests, invalidations and forwards it must serve, evictions,
+//! and the timers (residency window, retries). See `docs/protocol.md` §6.
+
+use super::action::{Action, Actions, DataSource, FailReason, InstallSource};
+use super::machine::{Access, EvictRefusal, Machine, Outcome, StepError};
+use super::msg::{FwdOutcome, Msg, NackReason, RecallHave};
+use super::node::NodeId;
+use super::records::{Deferred, DeferredOp, Req, ReqKind, Waiter, NIL, TIMER_HOLD, TIMER_RETRY};
+use super::state::{PageAccess, VERSION_MASK};
+
+/// Whether `access` allows a read (or a write).
+fn allows(access: PageAccess, write: bool) -> bool {
+    match access {
+        PageAccess::Writable => true,
+        PageAccess::ReadOnly => !write,
+        PageAccess::Invalid | PageAccess::Lost => false,
+    }
+}
+
+impl Machine {
+    pub(crate) fn on_fault(
+        &mut self,
+        page: u64,
+        access: Access,
+        token: u64,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        let li = self.local_index(page)?;
+        self.stats.faults += 1;
+        let write = access == Access::Write;
+        let acc = self.local[li].access();
+        if allows(acc, write) {
+            out.push(Action::Wake { page });
+            out.push(Action::FaultDone { page, token });
+            return Ok(Outcome::Done);
+        }
+        if acc == PageAccess::Lost {
+            out.push(Action::FaultFailed {
+                page,
+                token,
+                reason: FailReason::Lost,
+            });
+            return Ok(Outcome::Done);
+        }
+        let (ri, fresh) = match self.local[li].record() {
+            Some(ri) => (ri, false),
+            None => match self.rec_alloc(li, page) {
+                Some(ri) => (ri, true),
+                None => {
+                    self.stats.faults_busy += 1;
+                    return Ok(Outcome::Busy);
+                }
+            },
+        };
+        if !self.add_waiter(ri, token, write) {
+            if fresh {
+                self.rec_maybe_free(ri);
+            }
+            self.stats.faults_busy += 1;
+            return Ok(Outcome::Busy);
+        }
+        if self.rec(ri).req == Req::Idle {
+            self.issue(ri, out);
+        } else {
+            self.stats.faults_coalesced += 1;
+        }
+        Ok(Outcome::Done)
+    }
+
+    pub(crate) fn on_evict(&mut self, page: u64, out: &mut Actions) -> Result<Outcome, StepError> {
+        let li = self.local_index(page)?;
+        let home = self.layout.home_of(page)?;
+        if home == self.me {
+            return Ok(Outcome::EvictRefused(EvictRefusal::HomeOwned));
+        }
+        let acc = self.local[li].access();
+        if !matches!(acc, PageAccess::ReadOnly | PageAccess::Writable) {
+            return Ok(Outcome::EvictRefused(EvictRefusal::NotHeld));
+        }
+        let ri = match self.local[li].record() {
+            Some(ri) => {
+                let r = self.rec(ri);
+                if r.req != Req::Idle || r.n_waiters > 0 || r.deferred.is_some() || self.in_window(ri) {
+                    return Ok(Outcome::EvictRefused(EvictRefusal::Busy));
+                }
+                ri
+            }
+            None => match self.rec_alloc(li, page) {
+                Some(ri) => ri,
+                None => return Ok(Outcome::EvictRefused(EvictRefusal::Busy)),
+            },
+        };
+        let txn = self.fresh_txn();
+        let dirty = acc == PageAccess::Writable;
+        if dirty {
+            out.push(Action::WriteProtect { page });
+            self.local[li].set_access(PageAccess::ReadOnly);
+            self.stats.evictions_dirty += 1;
+        } else {
+            self.stats.evictions_clean += 1;
+        }
+        let r = self.rec_mut(ri);
+        r.req = Req::Evicting { txn, dirty };
+        r.acquired_at = None;
+        self.send(
+            home,
+            Msg::EvictReq { txn, page, dirty },
+            dirty.then_some(DataSource::Local),
+            out,
+        );
+        Ok(Outcome::EvictStarted)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_data(
+        &mut self,
+        li: usize,
+        from: NodeId,
+        home: NodeId,
+        txn: u64,
+        version: u32,
+        writable: bool,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        let page = self.local_range.page(li);
+        let Some(ri) = self.local[li].record() else {
+            self.violate("data for a page with no outstanding request", page);
+            return Ok(Outcome::Done);
+        };
+        let r = *self.rec(ri);
+        let kind = match r.req {
+            Req::Pending { kind, txn: t } if t == txn => kind,
+            _ => {
+                self.violate("data for a transaction that is not outstanding", page);
+                return Ok(Outcome::Done);
+            }
+        };
+        if r.recalled && from != home {
+            // The home recalled the request; only its answer counts now.
+            self.stats.late_messages += 1;
+            return Ok(Outcome::Ignored);
+        }
+        if (kind == ReqKind::Read) == writable {
+            self.violate("data grant does not match the request", page);
+            return Ok(Outcome::Done);
+        }
+        if self.local[li].access() != PageAccess::Invalid {
+            self.violate("data for a page that is already mapped", page);
+            return Ok(Outcome::Done);
+        }
+        out.push(Action::Install {
+            page,
+            writable,
+            source: InstallSource::Payload,
+        });
+        self.local[li].set_access(if writable {
+            PageAccess::Writable
+        } else {
+            PageAccess::ReadOnly
+        });
+        let r = self.rec_mut(ri);
+        r.version = version;
+        r.req = Req::Idle;
+        r.recalled = false;
+        self.stats.installs += 1;
+        if from != home && !self.bug_on(super::inject::Bug::RequesterSkipsDone) {
+            self.send(home, Msg::Done { txn, page }, None, out);
+        }
+        self.acquired(ri, out);
+        Ok(Outcome::Done)
+    }
+
+    pub(crate) fn on_grant(
+        &mut self,
+        li: usize,
+        txn: u64,
+        version: u32,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        let page = self.local_range.page(li);
+        let ok = self.local[li].record().filter(|&ri| {
+            matches!(self.rec(ri).req, Req::Pending { kind: ReqKind::Upgrade, txn: t } if t == txn)
+        });
+        let Some(ri) = ok else {
+            self.violate("grant for an upgrade that is not outstanding", page);
+            return Ok(Outcome::Done);
+        };
+        if self.local[li].access() != PageAccess::ReadOnly {
+            self.violate("grant for a page not held read-only", page);
+            return Ok(Outcome::Done);
+        }
+        out.push(Action::MakeWritable { page });
+        self.local[li].set_access(PageAccess::Writable);
+        let r = self.rec_mut(ri);
+        r.version = version;
+        r.req = Req::Idle;
+        self.acquired(ri, out);
+        Ok(Outcome::Done)
+    }
+
+    pub(crate) fn on_nack(
+        &mut self,
+        li: usize,
+        txn: u64,
+        reason: NackReason,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        let page = self.local_range.page(li);
+        let Some(ri) = self.local[li].record() else {
+            self.violate("nack for a page with no outstanding request", page);
+            return Ok(Outcome::Done);
+        };
+        match (self.rec(ri).req, reason) {
+            (Req::Pending { txn: t, .. }, NackReason::Busy) if t == txn => {
+                let at = self.now.saturating_add(self.cfg.retry_backoff_ns);
+                self.rec_mut(ri).req = Req::Retry { at };
+                self.recs.arm(ri, TIMER_RETRY, at);
+            }
+            (Req::Pending { txn: t, .. }, NackReason::Lost) if t == txn => {
+                self.local[li].set_access(PageAccess::Lost);
+                self.rec_mut(ri).req = Req::Idle;
+                self.fail_waiters(ri, FailReason::Lost, out);
+                self.rec_maybe_free(ri);
+            }
+            (Req::Evicting { txn: t, dirty }, NackReason::Busy) if t == txn => {
+                self.stats.evictions_refused += 1;
+                if dirty && self.local[li].access() == PageAccess::ReadOnly {
+                    // Still the exclusive owner: restore write access.
+                    out.push(Action::MakeWritable { page });
+                    self.local[li].set_access(PageAccess::Writable);
+                }
+                self.rec_mut(ri).req = Req::Idle;
+                self.issue(ri, out);
+                self.rec_maybe_free(ri);
+            }
+            _ => self.violate("nack for a transaction that is not outstanding", page),
+        }
+        Ok(Outcome::Done)
+    }
+
+    pub(crate) fn on_inv(&mut self, li: usize, txn: u64, out: &mut Actions) -> Result<Outcome, StepError> {
+        if let Some(ri) = self.local[li].record() {
+            self.count_ping_pong(ri);
+            if self.in_window(ri) {
+                self.defer(ri, DeferredOp::Inv, NodeId::ZERO, txn, 0);
+                return Ok(Outcome::Done);
+            }
+        }
+        self.do_inv(li, txn, out);
+        Ok(Outcome::Done)
+    }
+
+    fn do_inv(&mut self, li: usize, txn: u64, out: &mut Actions) {
+        let page = self.local_range.page(li);
+        match self.local[li].access() {
+            PageAccess::ReadOnly => {
+                out.push(Action::Drop { page });
+                self.local[li].set_access(PageAccess::Invalid);
+            }
+            PageAccess::Invalid => {}
+            PageAccess::Writable | PageAccess::Lost => {
+                self.violate("invalidation of an exclusive or lost page", page);
+                return;
+            }
+        }
+        let Ok(home) = self.layout.home_of(page) else {
+            return;
+        };
+        self.send(home, Msg::InvAck { txn, page }, None, out);
+        if let Some(ri) = self.local[li].record() {
+            self.rec_maybe_free(ri);
+        }
+    }
+
+    pub(crate) fn on_fwd(
+        &mut self,
+        li: usize,
+        write: bool,
+        requester: NodeId,
+        txn: u64,
+        version: u32,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        if let Some(ri) = self.local[li].record() {
+            self.count_ping_pong(ri);
+            if self.in_window(ri) {
+                let op = if write {
+                    DeferredOp::FwdWrite
+                } else {
+                    DeferredOp::FwdRead
+                };
+                self.defer(ri, op, requester, txn, version);
+                return Ok(Outcome::Done);
+            }
+        }
+        self.do_fwd(li, write, requester, txn, version, out);
+        Ok(Outcome::Done)
+    }
+
+    fn do_fwd(&mut self, li: usize, write: bool, requester: NodeId, txn: u64, version: u32, out: &mut Actions) {
+        let page = self.local_range.page(li);
+        let Ok(home) = self.layout.home_of(page) else {
+            return;
+        };
+        let rec = self.local[li].record();
+        let acc = self.local[li].access();
+        let evicting_dirty =
+            rec.is_some_and(|ri| matches!(self.rec(ri).req, Req::Evicting { dirty: true, .. }));
+        if !(acc == PageAccess::Writable || (acc == PageAccess::ReadOnly && evicting_dirty)) {
+            self.violate("forward to a node that does not own the page", page);
+            return;
+        }
+        if requester == self.me {
+            self.violate("forward on behalf of the owner itself", page);
+            return;
+        }
+        // The copy stops being dirty whatever happens next.
+        if let Some(ri) = rec {
+            if let Req::Evicting { txn: et, .. } = self.rec(ri).req {
+                self.rec_mut(ri).req = Req::Evicting { txn: et, dirty: false };
+            }
+        }
+        if acc == PageAccess::Writable {
+            if !self.bug_on(super::inject::Bug::NoWriteProtectOnForward) {
+                out.push(Action::WriteProtect { page });
+            }
+            self.local[li].set_access(PageAccess::ReadOnly);
+        }
+        let gone = requester != home && self.dead.contains(requester);
+        if !write || gone {
+            if !gone && requester != home {
+                let data = Msg::Data {
+                    txn,
+                    page,
+                    version,
+                    writable: false,
+                };
+                self.send(requester, data, Some(DataSource::Local), out);
+            }
+            let outcome = if gone {
+                FwdOutcome::RequesterGone
+            } else {
+                FwdOutcome::Shared
+            };
+            self.send(home, Msg::FwdAck { txn, page, outcome }, Some(DataSource::Local), out);
+        } else {
+            if requester == home {
+                let ack = Msg::FwdAck {
+                    txn,
+                    page,
+                    outcome: FwdOutcome::Surrendered,
+                };
+                self.send(home, ack, Some(DataSource::Local), out);
+            } else {
+                let data = Msg::Data {
+                    txn,
+                    page,
+                    version,
+                    writable: true,
+                };
+                self.send(requester, data, Some(DataSource::Local), out);
+                let ack = Msg::FwdAck {
+                    txn,
+                    page,
+                    outcome: FwdOutcome::HandedOff,
+                };
+                self.send(home, ack, None, out);
+            }
+            out.push(Action::Drop { page });
+            self.local[li].set_access(PageAccess::Invalid);
+        }
+        if let Some(ri) = rec {
+            self.rec_maybe_free(ri);
+        }
+    }
+
+    pub(crate) fn on_recall(&mut self, li: usize, txn: u64, out: &mut Actions) -> Result<Outcome, StepError> {
+        let page = self.local_range.page(li);
+        let home = self.layout.home_of(page)?;
+        let rec = self.local[li].record();
+        let evicting_dirty =
+            rec.is_some_and(|ri| matches!(self.rec(ri).req, Req::Evicting { dirty: true, .. }));
+        let have = match self.local[li].access() {
+            PageAccess::Writable => RecallHave::Exclusive,
+            PageAccess::ReadOnly if evicting_dirty => RecallHave::Exclusive,
+            PageAccess::ReadOnly => RecallHave::Copy,
+            PageAccess::Invalid | PageAccess::Lost => {
+                if let Some(ri) = rec {
+                    if matches!(self.rec(ri).req, Req::Pending { txn: t, .. } if t == txn) {
+                        self.rec_mut(ri).recalled = true;
+                    }
+                }
+                RecallHave::Nothing
+            }
+        };
+        let data = (have == RecallHave::Copy).then_some(DataSource::Local);
+        self.send(home, Msg::RecallAck { txn, page, have }, data, out);
+        Ok(Outcome::Done)
+    }
+
+    pub(crate) fn on_evict_ack(&mut self, li: usize, txn: u64, out: &mut Actions) -> Result<Outcome, StepError> {
+        let page = self.local_range.page(li);
+        let ok = self.local[li]
+            .record()
+            .filter(|&ri| matches!(self.rec(ri).req, Req::Evicting { txn: t, .. } if t == txn));
+        let Some(ri) = ok else {
+            self.violate("eviction ack for an eviction that is not outstanding", page);
+            return Ok(Outcome::Done);
+        };
+        if matches!(self.local[li].access(), PageAccess::ReadOnly | PageAccess::Writable) {
+            out.push(Action::Drop { page });
+        }
+        self.local[li].set_access(PageAccess::Invalid);
+        self.rec_mut(ri).req = Req::Idle;
+        self.issue(ri, out);
+        self.rec_maybe_free(ri);
+        Ok(Outcome::Done)
+    }
+
+    // ---- requests ----
+
+    /// Issues the request the page's waiters need (nothing when idle or
+    /// already satisfied).
+    pub(crate) fn issue(&mut self, ri: u16, out: &mut Actions) {
+        let r = *self.rec(ri);
+        if r.req != Req::Idle || r.n_waiters == 0 {
+            return;
+        }
+        let page = r.page;
+        let li = r.li as usize;
+        let need_write = self.any_writer(ri);
+        let kind = match (self.local[li].access(), need_write) {
+            (PageAccess::Invalid, false) => ReqKind::Read,
+            (PageAccess::Invalid, true) => ReqKind::Write,
+            (PageAccess::ReadOnly, true) => ReqKind::Upgrade,
+            (PageAccess::Lost, _) => {
+                self.fail_waiters(ri, FailReason::Lost, out);
+                return;
+            }
+            (PageAccess::ReadOnly, false) | (PageAccess::Writable, _) => {
+                out.push(Action::Wake { page });
+                self.complete_waiters(ri, out);
+                return;
+            }
+        };
+        let Ok(home) = self.layout.home_of(page) else {
+            return;
+        };
+        let txn = self.fresh_txn();
+        self.stats.requests += 1;
+        let rec = self.rec_mut(ri);
+        rec.req = Req::Pending { kind, txn };
+        rec.recalled = false;
+        // The version is below 2^13 after masking.
+        let ver13 = (r.version & VERSION_MASK) as u16;
+        if home == self.me {
+            if !self.home_enqueue(page, self.me, kind, txn, ver13, out) {
+                let at = self.now.saturating_add(self.cfg.retry_backoff_ns);
+                self.rec_mut(ri).req = Req::Retry { at };
+                self.recs.arm(ri, TIMER_RETRY, at);
+            }
+        } else {
+            let msg = match kind {
+                ReqKind::Read => Msg::ReadReq { txn, page },
+                ReqKind::Write => Msg::WriteReq { txn, page },
+                ReqKind::Upgrade => Msg::UpgradeReq {
+                    txn,
+                    page,
+                    version: ver13,
+                },
+            };
+            self.send(home, msg, None, out);
+        }
+    }
+
+    /// The local directory finished this node's request for one of its home
+    /// pages (`acquired`: access was gained in this step).
+    pub(crate) fn local_granted(&mut self, page: u64, acquired: bool, out: &mut Actions) {
+        let Some(ri) = self.local_range.index(page).and_then(|li| self.local[li].record()) else {
+            return;
+        };
+        self.rec_mut(ri).req = Req::Idle;
+        if acquired {
+            self.start_hold(ri);
+        } else {
+            out.push(Action::Wake { page });
+        }
+        self.complete_waiters(ri, out);
+        if self.rec(ri).n_waiters > 0 {
+            self.reissue_local = Some(page);
+        } else {
+            self.rec_maybe_free(ri);
+        }
+    }
+
+    /// The local directory cannot serve this node's request.
+    pub(crate) fn local_failed(&mut self, page: u64, reason: FailReason, out: &mut Actions) {
+        let Some(li) = self.local_range.index(page) else {
+            return;
+        };
+        if reason == FailReason::Lost {
+            self.local[li].set_access(PageAccess::Lost);
+        }
+        if let Some(ri) = self.local[li].record() {
+            self.rec_mut(ri).req = Req::Idle;
+            self.fail_waiters(ri, reason, out);
+            self.rec_maybe_free(ri);
+        }
+    }
+
+    /// After an install or upgrade: start the hold, complete the waiters,
+    /// ask for more if a writer still waits.
+    fn acquired(&mut self, ri: u16, out: &mut Actions) {
+        self.start_hold(ri);
+        self.complete_waiters(ri, out);
+        self.issue(ri, out);
+        self.rec_maybe_free(ri);
+    }
+
+    // ---- waiters ----
+
+    fn add_waiter(&mut self, ri: u16, token: u64, write: bool) -> bool {
+        let r = *self.rec(ri);
+        let mut w = r.waiters;
+        while w != NIL {
+            let x = self.recs.waiters[w as usize];
+            if x.token == token && x.write == write {
+                return true;
+            }
+            w = x.next;
+        }
+        if r.n_waiters >= self.cfg.max_waiters_per_page {
+            return false;
+        }
+        let Some(w) = self.recs.waiter_alloc() else {
+            return false;
+        };
+        self.recs.waiters[w as usize] = Waiter {
+            token,
+            write,
+            next: NIL,
+        };
+        if r.waiters_tail == NIL {
+            self.rec_mut(ri).waiters = w;
+        } else {
+            self.recs.waiters[r.waiters_tail as usize].next = w;
+        }
+        let rec = self.rec_mut(ri);
+        rec.waiters_tail = w;
+        rec.n_waiters += 1;
+        true
+    }
+
+    fn any_writer(&self, ri: u16) -> bool {
+        let mut w = self.rec(ri).waiters;
+        while w != NIL {
+            let x = self.recs.waiters[w as usize];
+            if x.write {
+                return true;
+            }
+            w = x.next;
+        }
+        false
+    }
+
+    /// Completes (and removes) the waiters the current access satisfies.
+    pub(crate) fn complete_waiters(&mut self, ri: u16, out: &mut Actions) {
+        let r = *self.rec(ri);
+        let acc = self.local[r.li as usize].access();
+        let (mut prev, mut w) = (NIL, r.waiters);
+        while w != NIL {
+            let x = self.recs.waiters[w as usize];
+            if allows(acc, x.write) {
+                out.push(Action::FaultDone {
+                    page: r.page,
+                    token: x.token,
+                });
+                if prev == NIL {
+                    self.rec_mut(ri).waiters = x.next;
+                } else {
+                    self.recs.waiters[prev as usize].next = x.next;
+                }
+                self.rec_mut(ri).n_waiters -= 1;
+                self.recs.waiter_free(w);
+            } else {
+                prev = w;
+            }
+            w = x.next;
+        }
+        self.rec_mut(ri).waiters_tail = prev;
+    }
+
+    /// Fails (and removes) every waiter.
+    pub(crate) fn fail_waiters(&mut self, ri: u16, reason: FailReason, out: &mut Actions) {
+        let page = self.rec(ri).page;
+        let mut w = self.rec(ri).waiters;
+        while w != NIL {
+            let x = self.recs.waiters[w as usize];
+            out.push(Action::FaultFailed {
+                page,
+                token: x.token,
+                reason,
+            });
+            self.recs.waiter_free(w);
+            w = x.next;
+        }
+        let r = self.rec_mut(ri);
+        r.waiters = NIL;
+        r.waiters_tail = NIL;
+        r.n_waiters = 0;
+    }
+
+    // ---- records, residency, timers ----
+
+    pub(crate) fn rec(&self, ri: u16) -> &super::records::PageRec {
+        &self.recs.recs[usize::from(ri)]
+    }
+
+    pub(crate) fn rec_mut(&mut self, ri: u16) -> &mut super::records::PageRec {
+        &mut self.recs.recs[usize::from(ri)]
+    }
+
+    /// Attaches a record to the page, releasing a pure hold under pressure.
+    pub(crate) fn rec_alloc(&mut self, li: usize, page: u64) -> Option<u16> {
+        let ver = self.local[li].version_bits();
+        let li32 = u32::try_from(li).ok()?;
+        let ri = match self.recs.alloc(page, li32, ver) {
+            Some(ri) => ri,
+            None => {
+                let victim = self.recs.reclaim_candidate(self.now, self.cfg.residency_ns)?;
+                let v = *self.rec(victim);
+                self.local[v.li as usize].detach(v.version);
+                self.recs.free(victim);
+                self.recs.alloc(page, li32, ver)?
+            }
+        };
+        self.local[li].attach(ri);
+        Some(ri)
+    }
+
+    /// Frees the record if nothing needs it any more.
+    pub(crate) fn rec_maybe_free(&mut self, ri: u16) {
+        let r = *self.rec(ri);
+        if !r.in_use || r.req != Req::Idle || r.n_waiters != 0 || r.deferred.is_some() {
+            return;
+        }
+        let hold_ns = self.cfg.hold_ns();
+        if r.acquired_at.is_some_and(|t| self.now < t.saturating_add(hold_ns)) {
+            return;
+        }
+        self.local[r.li as usize].detach(r.version);
+        self.recs.free(ri);
+    }
+
+    pub(crate) fn start_hold(&mut self, ri: u16) {
+        let hold_ns = self.cfg.hold_ns();
+        if hold_ns == 0 {
+            return;
+        }
+        let first = if self.cfg.residency_ns > 0 {
+            self.cfg.residency_ns
+        } else {
+            hold_ns
+        };
+        let now = self.now;
+        self.rec_mut(ri).acquired_at = Some(now);
+        self.recs.arm(ri, TIMER_HOLD, now.saturating_add(first));
+    }
+
+    /// Inside the residency window of the last acquisition.
+    pub(crate) fn in_window(&self, ri: u16) -> bool {
+        let d = self.cfg.residency_ns;
+        d > 0 && self.rec(ri).acquired_at.is_some_and(|t| self.now < t.saturating_add(d))
+    }
+
+    /// Counts a take-over within the ping-pong window of the acquisition.
+    pub(crate) fn count_ping_pong(&mut self, ri: u16) {
+        let w = self.cfg.ping_pong_window_ns;
+        if w > 0 && self.rec(ri).acquired_at.is_some_and(|t| self.now < t.saturating_add(w)) {
+            self.stats.ping_pong += 1;
+        }
+    }
+
+    /// Holds `op` until the residency window ends.
+    pub(crate) fn defer(&mut self, ri: u16, op: DeferredOp, requester: NodeId, txn: u64, version: u32) {
+        if self.rec(ri).deferred.is_some() {
+            let page = self.rec(ri).page;
+            self.violate("a second take-over while one is deferred", page);
+            return;
+        }
+        self.stats.deferred += 1;
+        let r = self.rec_mut(ri);
+        r.deferred = Some(Deferred {
+            op,
+            requester,
+            txn,
+            version,
+        });
+        let at = r.acquired_at.unwrap_or(0).saturating_add(self.cfg.residency_ns);
+        self.recs.arm(ri, TIMER_HOLD, at);
+    }
+
+    /// Fires due timers while the buffer has room for one page's work.
+    pub(crate) fn run_timers(&mut self, out: &mut Actions) {
+        while out.remaining() >= self.page_bound && self.fatal.is_none() {
+            let Some((ri, kind)) = self.recs.pop_due(self.now) else {
+                break;
+            };
+            if !self.rec(ri).in_use {
+                continue;
+            }
+            if kind == TIMER_HOLD {
+                self.hold_fired(ri, out);
+            } else {
+                self.retry_fired(ri, out);
+            }
+        }
+    }
+
+    fn hold_fired(&mut self, ri: u16, out: &mut Actions) {
+        let Some(t) = self.rec(ri).acquired_at else {
+            self.rec_maybe_free(ri);
+            return;
+        };
+        let residency_end = t.saturating_add(self.cfg.residency_ns);
+        if let Some(d) = self.rec(ri).deferred {
+            if self.now < residency_end {
+                self.recs.arm(ri, TIMER_HOLD, residency_end);
+                return;
+            }
+            self.rec_mut(ri).deferred = None;
+            let r = *self.rec(ri);
+            match d.op {
+                DeferredOp::Inv => self.do_inv(r.li as usize, d.txn, out),
+                DeferredOp::FwdRead => self.do_fwd(r.li as usize, false, d.requester, d.txn, d.version, out),
+                DeferredOp::FwdWrite => self.do_fwd(r.li as usize, true, d.requester, d.txn, d.version, out),
+                DeferredOp::HomeTxn => self.home_kick(r.page, out),
+            }
+            if !self.rec(ri).in_use {
+                return;
+            }
+        }
+        // The deferred work may have led to a new acquisition.
+        let Some(t) = self.rec(ri).acquired_at else {
+            self.rec_maybe_free(ri);
+            return;
+        };
+        let hold_end = t.saturating_add(self.cfg.hold_ns());
+        if self.now >= hold_end {
+            self.rec_mut(ri).acquired_at = None;
+            self.rec_maybe_free(ri);
+        } else {
+            self.recs.arm(ri, TIMER_HOLD, hold_end);
+        }
+    }
+
+    fn retry_fired(&mut self, ri: u16, out: &mut Actions) {
+        if let Req::Retry { at } = self.rec(ri).req {
+            if self.now < at {
+                self.recs.arm(ri, TIMER_RETRY, at);
+                return;
+            }
+            self.rec_mut(ri).req = Req::Idle;
+            self.stats.retries += 1;
+            self.issue(ri, out);
+            self.rec_maybe_free(ri);
+        }
+    }
+}
