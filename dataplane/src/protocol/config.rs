@@ -93,6 +93,22 @@ impl Config {
         Ok(())
     }
 
+    /// Home transaction records for a cluster of `requester_instances`
+    /// protocol instances (all shards of all nodes, this one included) that
+    /// each keep at most `max_active_pages` requests outstanding. Twice that
+    /// product: each instance's outstanding requests, plus as many
+    /// transactions that outlive their requester's interest (a forwarded
+    /// grant waits for the owner's `FwdAck` after the requester got its data,
+    /// or a recall is pending after a crash). Capped at [`MAX_HOME_TXNS`].
+    /// Beyond the pool the home refuses with `Nack(busy)` and the requester
+    /// retries after `retry_backoff_ns`: safe, but not starvation-free.
+    pub fn home_txns_needed(requester_instances: u32, max_active_pages: u32) -> u32 {
+        requester_instances
+            .saturating_mul(max_active_pages)
+            .saturating_mul(2)
+            .clamp(1, MAX_HOME_TXNS)
+    }
+
     /// How long a page record keeps its acquisition time.
     pub(crate) fn hold_ns(&self) -> u64 {
         self.residency_ns.max(self.ping_pong_window_ns)
@@ -110,17 +126,36 @@ mod tests {
             max_active_pages: 8192,
             ..Config::default()
         };
-        assert!(matches!(c.validate(), Err(ConfigError::Pool { what: "max_active_pages", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Pool {
+                what: "max_active_pages",
+                ..
+            })
+        ));
         let c = Config {
             max_home_txns: 0,
             ..Config::default()
         };
-        assert!(matches!(c.validate(), Err(ConfigError::Pool { what: "max_home_txns", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Pool {
+                what: "max_home_txns",
+                ..
+            })
+        ));
         let c = Config {
             max_waiters: 10,
             max_active_pages: 20,
             ..Config::default()
         };
         assert!(matches!(c.validate(), Err(ConfigError::Waiters { .. })));
+    }
+
+    #[test]
+    fn home_pool_sizing() {
+        assert_eq!(Config::home_txns_needed(16, 64), 2048);
+        assert_eq!(Config::home_txns_needed(0, 64), 1);
+        assert_eq!(Config::home_txns_needed(64 * 8, 8191), MAX_HOME_TXNS);
     }
 }

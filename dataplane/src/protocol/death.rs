@@ -10,7 +10,11 @@ use super::state::DirState;
 use super::txn::Phase;
 
 impl Machine {
-    pub(crate) fn on_node_dead(&mut self, node: NodeId, out: &mut Actions) -> Result<Outcome, StepError> {
+    pub(crate) fn on_node_dead(
+        &mut self,
+        node: NodeId,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
         if node == self.me || !self.layout.members().contains(node) {
             return Err(StepError::BadDeadNode(node));
         }
@@ -133,6 +137,14 @@ impl Machine {
         // Only the requester knows whether the data reached it.
         self.stats.recalls += 1;
         self.txn_mut(h).phase = Phase::Recalling;
-        self.send(r, Msg::Recall { txn: t.req_txn, page }, None, out);
+        self.send(
+            r,
+            Msg::Recall {
+                txn: t.req_txn,
+                page,
+            },
+            None,
+            out,
+        );
     }
 }

@@ -84,7 +84,11 @@ impl Machine {
             self.pop_head(di);
         }
         if let Some(page) = self.reissue_local.take() {
-            if let Some(ri) = self.local_range.index(page).and_then(|li| self.local[li].record()) {
+            if let Some(ri) = self
+                .local_range
+                .index(page)
+                .and_then(|li| self.local[li].record())
+            {
                 self.issue(ri, out);
                 self.rec_maybe_free(ri);
             }
@@ -215,10 +219,11 @@ impl Machine {
                 true
             }
             DirState::Shared(s) if !is_write => {
-                if r == me || s.contains(r) {
-                    self.violate("read request from a node the directory lists as a sharer", page);
-                }
-                if r != me {
+                // A listed requester dropped its copy silently (sharer sets
+                // may be supersets); it gets data like anyone else.
+                if r == me {
+                    self.violate("home read miss on a page it shares", page);
+                } else {
                     let data = Msg::Data {
                         txn,
                         page,
@@ -231,10 +236,10 @@ impl Machine {
                 true
             }
             DirState::Shared(s) => {
+                // A listed requester that sends an upgrade holds a read-only
+                // copy, which is current: any write since would have removed
+                // it from the set. One that sends a write dropped its copy.
                 let upgrade_grant = r != me && t.kind == ReqKind::Upgrade && s.contains(r);
-                if r != me && s.contains(r) && !upgrade_grant {
-                    self.violate("write request from a node the directory lists as a sharer", page);
-                }
                 if upgrade_grant && (v & VERSION_MASK) != u32::from(t.ver13) {
                     self.violate("upgrade of a copy whose version is not current", page);
                 }
@@ -392,7 +397,11 @@ impl Machine {
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
         let Some((di, h)) = self.head_of(page) else {
-            return Ok(self.unexpected("invalidation ack for an idle page", page, Bug::SkipInvAckWait));
+            return Ok(self.unexpected(
+                "invalidation ack for an idle page",
+                page,
+                Bug::SkipInvAckWait,
+            ));
         };
         let t = *self.txn(h);
         if t.phase != Phase::Invalidating || t.req_txn != txn || !t.pending.contains(from) {
@@ -535,9 +544,10 @@ impl Machine {
                 self.txn_mut(h).await_done = false;
                 self.try_finish_forward(di, h, out);
             }
-            // The recall answer decides; it follows this Done on the same
-            // connection.
-            Phase::Recalling => {}
+            // The requester installed the data before it saw the recall; its
+            // RecallAck follows on the same connection and says whether it
+            // still holds the copy.
+            Phase::Recalling if t.await_done => self.txn_mut(h).await_done = false,
             _ => return Ok(self.unexpected("unexpected done", page, Bug::HomeSkipsDoneWait)),
         }
         Ok(Outcome::Done)
@@ -561,7 +571,18 @@ impl Machine {
             return Ok(Outcome::Done);
         }
         let me = self.me;
+        // Done seen before this answer: the requester installed the grant (and
+        // may have dropped it since: a clean eviction, which trusts the home
+        // to hold a copy); it waits for nothing from this transaction.
+        let installed = !t.await_done;
         match (t.is_write(), have) {
+            (false, RecallHave::Nothing) if installed => {
+                if t.home_has {
+                    self.set_dir(di, DirState::Shared(NodeSet::single(me)));
+                } else {
+                    self.mark_lost(di, out);
+                }
+            }
             (false, RecallHave::Copy) => {
                 if !t.home_has {
                     if self.home_access(page) != PageAccess::Invalid {
@@ -592,6 +613,12 @@ impl Machine {
                 self.dir[di].set_version(t.new_version);
                 self.set_dir(di, DirState::Exclusive(from));
             }
+            (true, RecallHave::Nothing) if installed => {
+                // A writable grant cannot vanish while this transaction is
+                // open (a write-back is refused busy).
+                self.violate("requester lost a writable grant during a recall", page);
+                self.mark_lost(di, out);
+            }
             (_, RecallHave::Nothing) => {
                 self.mark_lost(di, out);
                 let nack = Msg::Nack {
@@ -621,6 +648,17 @@ impl Machine {
         let Some(di) = self.home_range.index(page) else {
             return Ok(Outcome::Done);
         };
+        if !dirty {
+            // A hint: the node already dropped its read-only copy. It is only
+            // ever applied on arrival, when the node cannot have a newer copy
+            // (its next request follows this message).
+            if let DirState::Shared(s) = self.dir[di].state() {
+                if s.contains(from) {
+                    self.set_dir(di, DirState::Shared(s.without(from)));
+                }
+            }
+            return Ok(Outcome::Done);
+        }
         let busy_nack = Msg::Nack {
             txn,
             page,
@@ -634,10 +672,7 @@ impl Machine {
         }
         let me = self.me;
         match self.dir[di].state() {
-            DirState::Shared(s) if !dirty && s.contains(from) => {
-                self.set_dir(di, DirState::Shared(s.without(from)));
-            }
-            DirState::Exclusive(o) if dirty && o == from => {
+            DirState::Exclusive(o) if o == from => {
                 if self.home_access(page) != PageAccess::Invalid {
                     self.violate("write-back for a page the home maps", page);
                     self.send(from, busy_nack, None, out);
@@ -655,10 +690,12 @@ impl Machine {
                 });
                 self.stats.installs += 1;
                 self.set_home_access(page, PageAccess::ReadOnly);
-                self.set_dir(di, DirState::Shared(NodeSet::single(me)));
+                // The node still maps its write-protected copy until the ack
+                // arrives: it stays a sharer (a superset entry once it drops).
+                self.set_dir(di, DirState::Shared(NodeSet::single(me).with(from)));
             }
             _ => {
-                self.violate("eviction of a copy the directory does not record", page);
+                self.violate("write-back from a node that is not the owner", page);
                 self.send(from, busy_nack, None, out);
                 return Ok(Outcome::Done);
             }
@@ -727,14 +764,22 @@ impl Machine {
     /// Whether the home's own copy of `page` is inside its residency window;
     /// if so the head transaction waits for it (deferred `HomeTxn`).
     fn home_window(&mut self, page: u64) -> bool {
-        let Some(ri) = self.local_range.index(page).and_then(|li| self.local[li].record()) else {
+        let Some(ri) = self
+            .local_range
+            .index(page)
+            .and_then(|li| self.local[li].record())
+        else {
             return false;
         };
         self.count_ping_pong(ri);
         if !self.in_window(ri) {
             return false;
         }
-        self.defer(ri, DeferredOp::HomeTxn, self.me, 0, 0);
+        // A kick may already be pending (its transaction was dropped when the
+        // requester died); it only restarts the queue, so it serves this one.
+        if self.rec(ri).deferred.map(|d| d.op) != Some(DeferredOp::HomeTxn) {
+            self.defer(ri, DeferredOp::HomeTxn, self.me, 0, 0);
+        }
         true
     }
 

@@ -17,7 +17,9 @@ pub enum LayoutError {
     #[error("a layout needs 1 to 64 nodes, got {0}")]
     NodeCount(usize),
     /// Node ids must strictly increase.
-    #[error("node {0} is listed out of order or twice: list contributions in increasing node-id order")]
+    #[error(
+        "node {0} is listed out of order or twice: list contributions in increasing node-id order"
+    )]
     NodeOrder(NodeId),
     /// A contribution does not start where the previous one ended.
     #[error("node {node}'s range starts at page {first} but the previous range ends at page {expected}: contributions must be back to back")]
@@ -279,7 +281,11 @@ mod tests {
 
     #[test]
     fn home_of_finds_ranges_and_skips_compute_only_nodes() {
-        let l = Layout::new(4096, vec![r(0, 10, 5), r(1, 15, 0), r(2, 15, 3), r(7, 18, 1)]).unwrap();
+        let l = Layout::new(
+            4096,
+            vec![r(0, 10, 5), r(1, 15, 0), r(2, 15, 3), r(7, 18, 1)],
+        )
+        .unwrap();
         assert_eq!(l.home_of(10), Ok(n(0)));
         assert_eq!(l.home_of(14), Ok(n(0)));
         assert_eq!(l.home_of(15), Ok(n(2)));
@@ -295,8 +301,14 @@ mod tests {
 
     #[test]
     fn layout_rejects_bad_input() {
-        assert_eq!(Layout::new(1000, vec![r(0, 0, 1)]), Err(LayoutError::PageSize(1000)));
-        assert_eq!(Layout::new(2048, vec![r(0, 0, 1)]), Err(LayoutError::PageSize(2048)));
+        assert_eq!(
+            Layout::new(1000, vec![r(0, 0, 1)]),
+            Err(LayoutError::PageSize(1000))
+        );
+        assert_eq!(
+            Layout::new(2048, vec![r(0, 0, 1)]),
+            Err(LayoutError::PageSize(2048))
+        );
         assert_eq!(Layout::new(4096, vec![]), Err(LayoutError::NodeCount(0)));
         assert_eq!(
             Layout::new(4096, vec![r(1, 0, 1), r(0, 1, 1)]),
@@ -310,7 +322,10 @@ mod tests {
                 expected: 2
             })
         );
-        assert_eq!(Layout::new(4096, vec![r(0, 0, 0)]), Err(LayoutError::NoMemory));
+        assert_eq!(
+            Layout::new(4096, vec![r(0, 0, 0)]),
+            Err(LayoutError::NoMemory)
+        );
         assert_eq!(
             Layout::new(4096, vec![r(0, u64::MAX, 2)]),
             Err(LayoutError::Overflow(n(0)))

@@ -77,7 +77,9 @@ pub enum Outcome {
     /// The input was ignored: a late message from a node known dead, or any
     /// non-fault input after the cluster stopped.
     Ignored,
-    /// The eviction started; the page is dropped when the home answers.
+    /// A clean replica was dropped (the home is told).
+    Evicted,
+    /// A dirty write-back started; the page is dropped when the home answers.
     EvictStarted,
     /// The eviction was refused.
     EvictRefused(EvictRefusal),
@@ -135,7 +137,9 @@ pub enum StepError {
     /// A peer (or this instance) broke the protocol. The step's actions are
     /// still valid and must be executed; the offending message was not
     /// applied.
-    #[error("protocol violation on page {page}: {what} (a peer runs a buggy or different protocol)")]
+    #[error(
+        "protocol violation on page {page}: {what} (a peer runs a buggy or different protocol)"
+    )]
     Violation {
         /// What was wrong.
         what: &'static str,
@@ -235,7 +239,12 @@ impl Machine {
     /// Processes one input at time `now` (ns, non-decreasing; a smaller value
     /// counts as the previous one). `out` is cleared first; execute its
     /// actions in order. On `Err(Violation)` the actions are still valid.
-    pub fn step(&mut self, now: u64, input: Input, out: &mut Actions) -> Result<Outcome, StepError> {
+    pub fn step(
+        &mut self,
+        now: u64,
+        input: Input,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
         out.clear();
         if out.capacity() < self.action_cap {
             return Err(StepError::BufferTooSmall {
@@ -249,7 +258,11 @@ impl Machine {
             return self.step_fatal(input, out);
         }
         let res = match input {
-            Input::Fault { page, access, token } => self.on_fault(page, access, token, out),
+            Input::Fault {
+                page,
+                access,
+                token,
+            } => self.on_fault(page, access, token, out),
             Input::Message { from, msg } => self.on_message(from, msg, out),
             Input::Tick => {
                 self.run_timers(out);
@@ -265,7 +278,12 @@ impl Machine {
         }
     }
 
-    fn on_message(&mut self, from: NodeId, msg: Msg, out: &mut Actions) -> Result<Outcome, StepError> {
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: Msg,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
         if from == self.me || !self.layout.members().contains(from) {
             return Err(StepError::BadSender(from));
         }
@@ -303,11 +321,20 @@ impl Machine {
             return Ok(Outcome::Ignored);
         }
         match msg {
-            Msg::ReadReq { txn, page } => self.on_request(from, page, super::records::ReqKind::Read, txn, 0, out),
-            Msg::WriteReq { txn, page } => self.on_request(from, page, super::records::ReqKind::Write, txn, 0, out),
-            Msg::UpgradeReq { txn, page, version } => {
-                self.on_request(from, page, super::records::ReqKind::Upgrade, txn, version, out)
+            Msg::ReadReq { txn, page } => {
+                self.on_request(from, page, super::records::ReqKind::Read, txn, 0, out)
             }
+            Msg::WriteReq { txn, page } => {
+                self.on_request(from, page, super::records::ReqKind::Write, txn, 0, out)
+            }
+            Msg::UpgradeReq { txn, page, version } => self.on_request(
+                from,
+                page,
+                super::records::ReqKind::Upgrade,
+                txn,
+                version,
+                out,
+            ),
             Msg::InvAck { txn, page } => self.on_inv_ack(from, page, txn, out),
             Msg::FwdAck { txn, page, outcome } => self.on_fwd_ack(from, page, txn, outcome, out),
             Msg::Done { txn, page } => self.on_done(from, page, txn, out),
@@ -384,6 +411,11 @@ impl Machine {
         t
     }
 
+    /// The next transaction id (every id below it was issued).
+    pub(crate) fn peek_txn(&self) -> u64 {
+        self.next_txn
+    }
+
     /// Records a protocol violation (reported by `step` after the work).
     pub(crate) fn violate(&mut self, what: &'static str, page: u64) {
         self.stats.violations += 1;
@@ -392,7 +424,13 @@ impl Machine {
         }
     }
 
-    pub(crate) fn send(&mut self, to: NodeId, msg: Msg, data: Option<super::action::DataSource>, out: &mut Actions) {
+    pub(crate) fn send(
+        &mut self,
+        to: NodeId,
+        msg: Msg,
+        data: Option<super::action::DataSource>,
+        out: &mut Actions,
+    ) {
         debug_assert_eq!(data.is_some(), msg.has_data());
         out.push(Action::Send { to, msg, data });
     }
@@ -451,11 +489,9 @@ impl Machine {
     pub fn is_quiescent(&self) -> bool {
         self.txns.in_use() == 0
             && self.cleanup.is_none()
-            && self
-                .recs
-                .recs
-                .iter()
-                .all(|r| !r.in_use || (r.req == Req::Idle && r.n_waiters == 0 && r.deferred.is_none()))
+            && self.recs.recs.iter().all(|r| {
+                !r.in_use || (r.req == Req::Idle && r.n_waiters == 0 && r.deferred.is_none())
+            })
     }
 
     /// Whether any transaction at this home still waits for a message from
@@ -475,6 +511,14 @@ impl Machine {
         })
     }
 
+    /// Whether a dirty write-back of `page` is outstanding here.
+    pub fn is_evicting(&self, page: u64) -> bool {
+        self.local_range
+            .index(page)
+            .and_then(|li| self.local[li].record())
+            .is_some_and(|ri| matches!(self.recs.recs[usize::from(ri)].req, Req::Evicting { .. }))
+    }
+
     /// Whether the death clean-up is still running.
     pub fn cleanup_pending(&self) -> bool {
         self.cleanup.is_some()
@@ -488,5 +532,67 @@ impl Machine {
     /// Whether every page record is free.
     pub fn records_idle(&self) -> bool {
         self.recs.all_free()
+    }
+}
+
+#[cfg(test)]
+impl Machine {
+    /// Everything this instance knows about `page` (failure reports).
+    pub(crate) fn debug_page(&self, page: u64) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        if let Some(li) = self.local_range.index(page) {
+            let st = self.local[li];
+            let _ = write!(s, "local {:?}", st.access());
+            if let Some(ri) = st.record() {
+                let r = self.recs.recs[usize::from(ri)];
+                let _ = write!(
+                    s,
+                    " rec#{ri} req={:?} recalled={} version={} waiters={} acquired_at={:?} deferred={:?}",
+                    r.req, r.recalled, r.version, r.n_waiters, r.acquired_at, r.deferred
+                );
+            }
+        }
+        if let Some(di) = self.home_range.index(page) {
+            let e = self.dir[di];
+            let _ = write!(s, " | dir {:?} v{}", e.state(), e.version());
+            let mut h = e.head();
+            while let Some(i) = h {
+                let t = self.txns.items[usize::from(i)];
+                let _ = write!(
+                    s,
+                    "\n      txn#{i} {:?} from {} txn {} {:?} pending={:?} owner={} fwd_ack={} done={} gone={} home_has={}",
+                    t.kind, t.requester, t.req_txn, t.phase, t.pending, t.owner, t.await_fwd_ack, t.await_done,
+                    t.req_gone, t.home_has
+                );
+                h = (t.next != super::txn::NIL16).then_some(t.next);
+            }
+        }
+        for (di, e) in self.dir.iter().enumerate() {
+            if let Some(h) = e.head() {
+                let t = self.txns.items[usize::from(h)];
+                let _ = write!(
+                    s,
+                    " [busy page {} {:?} {:?} from {} owner {} pending {:?} fwd_ack {} done {}]",
+                    self.home_range.page(di),
+                    t.kind,
+                    t.phase,
+                    t.requester,
+                    t.owner,
+                    t.pending,
+                    t.await_fwd_ack,
+                    t.await_done
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            " | txns in use {} free waiters {} next deadline {:?} now {}",
+            self.txns.in_use(),
+            self.recs.waiters_free_count(),
+            self.next_deadline(),
+            self.now
+        );
+        s
     }
 }

@@ -26,6 +26,9 @@ mod state;
 mod stats;
 mod txn;
 
+#[cfg(test)]
+mod sim;
+
 pub use action::{Action, Actions, DataSource, FailReason, FatalReason, InstallSource};
 pub use config::{Config, ConfigError, MAX_ACTIVE_PAGES, MAX_HOME_TXNS};
 pub use layout::{Layout, LayoutError, NodeRange, Partition, MIN_PAGE_SIZE};

@@ -692,7 +692,10 @@ mod tests {
             assert_eq!(m.txn(), 0x1234_5678_9abc);
             assert_eq!(m.code(), f.ty);
         }
-        assert_eq!(codes.into_iter().collect::<Vec<_>>(), (1..=16).collect::<Vec<u8>>());
+        assert_eq!(
+            codes.into_iter().collect::<Vec<_>>(),
+            (1..=16).collect::<Vec<u8>>()
+        );
     }
 
     #[test]
@@ -733,23 +736,38 @@ mod tests {
         assert_eq!(Msg::from_fields(ok(0)), Err(MsgError::UnknownType(0)));
         assert_eq!(Msg::from_fields(ok(17)), Err(MsgError::UnknownType(17)));
         assert!(matches!(
-            Msg::from_fields(MsgFields { flags: 1, ..ok(code::READ_REQ) }),
+            Msg::from_fields(MsgFields {
+                flags: 1,
+                ..ok(code::READ_REQ)
+            }),
             Err(MsgError::BadFlags { .. })
         ));
         assert!(matches!(
-            Msg::from_fields(MsgFields { arg: 5, ..ok(code::DONE) }),
+            Msg::from_fields(MsgFields {
+                arg: 5,
+                ..ok(code::DONE)
+            }),
             Err(MsgError::BadArg { .. })
         ));
         assert!(matches!(
-            Msg::from_fields(MsgFields { aux: 64, ..ok(code::FWD_READ) }),
+            Msg::from_fields(MsgFields {
+                aux: 64,
+                ..ok(code::FWD_READ)
+            }),
             Err(MsgError::BadNode { aux: 64, .. })
         ));
         assert!(matches!(
-            Msg::from_fields(MsgFields { arg: 1 << 32, ..ok(code::FWD_WRITE) }),
+            Msg::from_fields(MsgFields {
+                arg: 1 << 32,
+                ..ok(code::FWD_WRITE)
+            }),
             Err(MsgError::BadArg { .. })
         ));
         assert!(matches!(
-            Msg::from_fields(MsgFields { arg: 1 << 13, ..ok(code::UPGRADE_REQ) }),
+            Msg::from_fields(MsgFields {
+                arg: 1 << 13,
+                ..ok(code::UPGRADE_REQ)
+            }),
             Err(MsgError::BadArg { .. })
         ));
         // Data without its payload flag.
@@ -759,23 +777,38 @@ mod tests {
         ));
         // A dirty eviction must carry data; a clean one must not.
         assert!(matches!(
-            Msg::from_fields(MsgFields { flags: flag::DIRTY, ..ok(code::EVICT_REQ) }),
+            Msg::from_fields(MsgFields {
+                flags: flag::DIRTY,
+                ..ok(code::EVICT_REQ)
+            }),
             Err(MsgError::BadFlags { .. })
         ));
         assert!(matches!(
-            Msg::from_fields(MsgFields { flags: flag::DATA, ..ok(code::EVICT_REQ) }),
+            Msg::from_fields(MsgFields {
+                flags: flag::DATA,
+                ..ok(code::EVICT_REQ)
+            }),
             Err(MsgError::BadFlags { .. })
         ));
         // Nack reasons are 1 and 2.
-        assert!(matches!(Msg::from_fields(ok(code::NACK)), Err(MsgError::BadArg { .. })));
+        assert!(matches!(
+            Msg::from_fields(ok(code::NACK)),
+            Err(MsgError::BadArg { .. })
+        ));
         // A hand-off FwdAck carries no data; GONE without KEPT is meaningless.
         assert!(matches!(
-            Msg::from_fields(MsgFields { flags: flag::DATA | flag::GONE, ..ok(code::FWD_ACK) }),
+            Msg::from_fields(MsgFields {
+                flags: flag::DATA | flag::GONE,
+                ..ok(code::FWD_ACK)
+            }),
             Err(MsgError::BadFlags { .. })
         ));
         // RecallAck: EXCL without HAVE.
         assert!(matches!(
-            Msg::from_fields(MsgFields { flags: flag::EXCL, ..ok(code::RECALL_ACK) }),
+            Msg::from_fields(MsgFields {
+                flags: flag::EXCL,
+                ..ok(code::RECALL_ACK)
+            }),
             Err(MsgError::BadFlags { .. })
         ));
     }
@@ -799,7 +832,11 @@ mod tests {
                 aux: ((r >> 16) % 70) as u16 * u16::from(r & (1 << 61) != 0),
                 txn: next(),
                 page: next(),
-                arg: if r & (1 << 62) != 0 { next() } else { (r >> 32) % 4 },
+                arg: if r & (1 << 62) != 0 {
+                    next()
+                } else {
+                    (r >> 32) % 4
+                },
             };
             if let Ok(m) = Msg::from_fields(f) {
                 decoded += 1;

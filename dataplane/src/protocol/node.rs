@@ -169,6 +169,9 @@ mod tests {
         let mut m = s;
         m.remove(c);
         m.insert(b);
-        assert_eq!(m.union(NodeSet::single(c)).bits(), (1 << 0) | (1 << 5) | (1 << 63));
+        assert_eq!(
+            m.union(NodeSet::single(c)).bits(),
+            (1 << 0) | (1 << 5) | (1 << 63)
+        );
     }
 }

@@ -81,7 +81,11 @@ impl Machine {
         let ri = match self.local[li].record() {
             Some(ri) => {
                 let r = self.rec(ri);
-                if r.req != Req::Idle || r.n_waiters > 0 || r.deferred.is_some() || self.in_window(ri) {
+                if r.req != Req::Idle
+                    || r.n_waiters > 0
+                    || r.deferred.is_some()
+                    || self.in_window(ri)
+                {
                     return Ok(Outcome::EvictRefused(EvictRefusal::Busy));
                 }
                 ri
@@ -92,23 +96,38 @@ impl Machine {
             },
         };
         let txn = self.fresh_txn();
-        let dirty = acc == PageAccess::Writable;
-        if dirty {
-            out.push(Action::WriteProtect { page });
-            self.local[li].set_access(PageAccess::ReadOnly);
-            self.stats.evictions_dirty += 1;
-        } else {
+        if acc == PageAccess::ReadOnly {
+            // Clean: the home holds a valid copy (invariant H), so drop now and
+            // tell the home, which may keep listing this node as a sharer
+            // until the hint arrives (harmless: an Inv is then acked with no
+            // copy).
+            out.push(Action::Drop { page });
+            self.local[li].set_access(PageAccess::Invalid);
             self.stats.evictions_clean += 1;
+            self.rec_mut(ri).acquired_at = None;
+            self.rec_maybe_free(ri);
+            let msg = Msg::EvictReq {
+                txn,
+                page,
+                dirty: false,
+            };
+            self.send(home, msg, None, out);
+            return Ok(Outcome::Evicted);
         }
+        // Dirty: write back, keeping a write-protected copy until the home
+        // answers (a crossing forward is served from it).
+        out.push(Action::WriteProtect { page });
+        self.local[li].set_access(PageAccess::ReadOnly);
+        self.stats.evictions_dirty += 1;
         let r = self.rec_mut(ri);
-        r.req = Req::Evicting { txn, dirty };
+        r.req = Req::Evicting { txn, dirty: true };
         r.acquired_at = None;
-        self.send(
-            home,
-            Msg::EvictReq { txn, page, dirty },
-            dirty.then_some(DataSource::Local),
-            out,
-        );
+        let msg = Msg::EvictReq {
+            txn,
+            page,
+            dirty: true,
+        };
+        self.send(home, msg, Some(DataSource::Local), out);
         Ok(Outcome::EvictStarted)
     }
 
@@ -124,18 +143,23 @@ impl Machine {
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
         let page = self.local_range.page(li);
-        let Some(ri) = self.local[li].record() else {
-            self.violate("data for a page with no outstanding request", page);
+        let pending = self.local[li]
+            .record()
+            .and_then(|ri| match self.rec(ri).req {
+                Req::Pending { kind, txn: t } if t == txn => Some((ri, kind)),
+                _ => None,
+            });
+        let Some((ri, kind)) = pending else {
+            if from != home && txn < self.peek_txn() {
+                // Data from a forward whose owner died: the home recalled the
+                // request and already answered it; this copy arrived late.
+                self.stats.late_messages += 1;
+                return Ok(Outcome::Ignored);
+            }
+            self.violate("data for a transaction that is not outstanding", page);
             return Ok(Outcome::Done);
         };
         let r = *self.rec(ri);
-        let kind = match r.req {
-            Req::Pending { kind, txn: t } if t == txn => kind,
-            _ => {
-                self.violate("data for a transaction that is not outstanding", page);
-                return Ok(Outcome::Done);
-            }
-        };
         if r.recalled && from != home {
             // The home recalled the request; only its answer counts now.
             self.stats.late_messages += 1;
@@ -239,7 +263,12 @@ impl Machine {
         Ok(Outcome::Done)
     }
 
-    pub(crate) fn on_inv(&mut self, li: usize, txn: u64, out: &mut Actions) -> Result<Outcome, StepError> {
+    pub(crate) fn on_inv(
+        &mut self,
+        li: usize,
+        txn: u64,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
         if let Some(ri) = self.local[li].record() {
             self.count_ping_pong(ri);
             if self.in_window(ri) {
@@ -298,7 +327,15 @@ impl Machine {
         Ok(Outcome::Done)
     }
 
-    fn do_fwd(&mut self, li: usize, write: bool, requester: NodeId, txn: u64, version: u32, out: &mut Actions) {
+    fn do_fwd(
+        &mut self,
+        li: usize,
+        write: bool,
+        requester: NodeId,
+        txn: u64,
+        version: u32,
+        out: &mut Actions,
+    ) {
         let page = self.local_range.page(li);
         let Ok(home) = self.layout.home_of(page) else {
             return;
@@ -318,7 +355,10 @@ impl Machine {
         // The copy stops being dirty whatever happens next.
         if let Some(ri) = rec {
             if let Req::Evicting { txn: et, .. } = self.rec(ri).req {
-                self.rec_mut(ri).req = Req::Evicting { txn: et, dirty: false };
+                self.rec_mut(ri).req = Req::Evicting {
+                    txn: et,
+                    dirty: false,
+                };
             }
         }
         if acc == PageAccess::Writable {
@@ -343,7 +383,12 @@ impl Machine {
             } else {
                 FwdOutcome::Shared
             };
-            self.send(home, Msg::FwdAck { txn, page, outcome }, Some(DataSource::Local), out);
+            self.send(
+                home,
+                Msg::FwdAck { txn, page, outcome },
+                Some(DataSource::Local),
+                out,
+            );
         } else {
             if requester == home {
                 let ack = Msg::FwdAck {
@@ -375,7 +420,12 @@ impl Machine {
         }
     }
 
-    pub(crate) fn on_recall(&mut self, li: usize, txn: u64, out: &mut Actions) -> Result<Outcome, StepError> {
+    pub(crate) fn on_recall(
+        &mut self,
+        li: usize,
+        txn: u64,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
         let page = self.local_range.page(li);
         let home = self.layout.home_of(page)?;
         let rec = self.local[li].record();
@@ -399,7 +449,12 @@ impl Machine {
         Ok(Outcome::Done)
     }
 
-    pub(crate) fn on_evict_ack(&mut self, li: usize, txn: u64, out: &mut Actions) -> Result<Outcome, StepError> {
+    pub(crate) fn on_evict_ack(
+        &mut self,
+        li: usize,
+        txn: u64,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
         let page = self.local_range.page(li);
         let ok = self.local[li]
             .record()
@@ -408,7 +463,10 @@ impl Machine {
             self.violate("eviction ack for an eviction that is not outstanding", page);
             return Ok(Outcome::Done);
         };
-        if matches!(self.local[li].access(), PageAccess::ReadOnly | PageAccess::Writable) {
+        if matches!(
+            self.local[li].access(),
+            PageAccess::ReadOnly | PageAccess::Writable
+        ) {
             out.push(Action::Drop { page });
         }
         self.local[li].set_access(PageAccess::Invalid);
@@ -477,7 +535,11 @@ impl Machine {
     /// The local directory finished this node's request for one of its home
     /// pages (`acquired`: access was gained in this step).
     pub(crate) fn local_granted(&mut self, page: u64, acquired: bool, out: &mut Actions) {
-        let Some(ri) = self.local_range.index(page).and_then(|li| self.local[li].record()) else {
+        let Some(ri) = self
+            .local_range
+            .index(page)
+            .and_then(|li| self.local[li].record())
+        else {
             return;
         };
         self.rec_mut(ri).req = Req::Idle;
@@ -628,7 +690,9 @@ impl Machine {
         let ri = match self.recs.alloc(page, li32, ver) {
             Some(ri) => ri,
             None => {
-                let victim = self.recs.reclaim_candidate(self.now, self.cfg.residency_ns)?;
+                let victim = self
+                    .recs
+                    .reclaim_candidate(self.now, self.cfg.residency_ns)?;
                 let v = *self.rec(victim);
                 self.local[v.li as usize].detach(v.version);
                 self.recs.free(victim);
@@ -646,7 +710,9 @@ impl Machine {
             return;
         }
         let hold_ns = self.cfg.hold_ns();
-        if r.acquired_at.is_some_and(|t| self.now < t.saturating_add(hold_ns)) {
+        if r.acquired_at
+            .is_some_and(|t| self.now < t.saturating_add(hold_ns))
+        {
             return;
         }
         self.local[r.li as usize].detach(r.version);
@@ -671,19 +737,35 @@ impl Machine {
     /// Inside the residency window of the last acquisition.
     pub(crate) fn in_window(&self, ri: u16) -> bool {
         let d = self.cfg.residency_ns;
-        d > 0 && self.rec(ri).acquired_at.is_some_and(|t| self.now < t.saturating_add(d))
+        d > 0
+            && self
+                .rec(ri)
+                .acquired_at
+                .is_some_and(|t| self.now < t.saturating_add(d))
     }
 
     /// Counts a take-over within the ping-pong window of the acquisition.
     pub(crate) fn count_ping_pong(&mut self, ri: u16) {
         let w = self.cfg.ping_pong_window_ns;
-        if w > 0 && self.rec(ri).acquired_at.is_some_and(|t| self.now < t.saturating_add(w)) {
+        if w > 0
+            && self
+                .rec(ri)
+                .acquired_at
+                .is_some_and(|t| self.now < t.saturating_add(w))
+        {
             self.stats.ping_pong += 1;
         }
     }
 
     /// Holds `op` until the residency window ends.
-    pub(crate) fn defer(&mut self, ri: u16, op: DeferredOp, requester: NodeId, txn: u64, version: u32) {
+    pub(crate) fn defer(
+        &mut self,
+        ri: u16,
+        op: DeferredOp,
+        requester: NodeId,
+        txn: u64,
+        version: u32,
+    ) {
         if self.rec(ri).deferred.is_some() {
             let page = self.rec(ri).page;
             self.violate("a second take-over while one is deferred", page);
@@ -697,7 +779,10 @@ impl Machine {
             txn,
             version,
         });
-        let at = r.acquired_at.unwrap_or(0).saturating_add(self.cfg.residency_ns);
+        let at = r
+            .acquired_at
+            .unwrap_or(0)
+            .saturating_add(self.cfg.residency_ns);
         self.recs.arm(ri, TIMER_HOLD, at);
     }
 
@@ -733,8 +818,12 @@ impl Machine {
             let r = *self.rec(ri);
             match d.op {
                 DeferredOp::Inv => self.do_inv(r.li as usize, d.txn, out),
-                DeferredOp::FwdRead => self.do_fwd(r.li as usize, false, d.requester, d.txn, d.version, out),
-                DeferredOp::FwdWrite => self.do_fwd(r.li as usize, true, d.requester, d.txn, d.version, out),
+                DeferredOp::FwdRead => {
+                    self.do_fwd(r.li as usize, false, d.requester, d.txn, d.version, out)
+                }
+                DeferredOp::FwdWrite => {
+                    self.do_fwd(r.li as usize, true, d.requester, d.txn, d.version, out)
+                }
                 DeferredOp::HomeTxn => self.home_kick(r.page, out),
             }
             if !self.rec(ri).in_use {

@@ -193,7 +193,12 @@ mod tests {
     fn local_state_keeps_access_record_and_version_apart() {
         let mut s = LocalState::default();
         assert_eq!(s.access(), PageAccess::Invalid);
-        for a in [PageAccess::ReadOnly, PageAccess::Writable, PageAccess::Lost, PageAccess::Invalid] {
+        for a in [
+            PageAccess::ReadOnly,
+            PageAccess::Writable,
+            PageAccess::Lost,
+            PageAccess::Invalid,
+        ] {
             s.set_access(a);
             assert_eq!(s.access(), a);
         }
