@@ -665,7 +665,10 @@ impl Machine {
             reason: NackReason::Busy,
         };
         if self.dir[di].busy() {
-            // The home cannot keep the payload: refuse, the node keeps its copy.
+            // The home cannot queue the payload: refuse, the node keeps its
+            // copy. (Even when the transaction hands the page to a node that
+            // then dies, this payload is not used: the dead node may have
+            // written newer contents before dying.)
             self.stats.nacks_busy += 1;
             self.send(from, busy_nack, None, out);
             return Ok(Outcome::Done);

@@ -816,7 +816,14 @@ impl World {
             }
             for pkt in &self.conns[c].q {
                 let p = (pkt.msg.page() - self.base) as usize;
-                if self.alive[pkt.from] && self.alive[pkt.to] && pkt.payload == Some(self.latest[p])
+                // A write-back's payload is not a surviving copy: the home may
+                // refuse it, and the evicting node's memory is the copy that
+                // counts until the answer.
+                let write_back = matches!(pkt.msg, Msg::EvictReq { .. });
+                if !write_back
+                    && self.alive[pkt.from]
+                    && self.alive[pkt.to]
+                    && pkt.payload == Some(self.latest[p])
                 {
                     carried[p] = true;
                 }
@@ -834,6 +841,13 @@ impl World {
             });
             if !held {
                 self.lossable[p] = true;
+                if self.trace_page == Some(self.base + p as u64) {
+                    eprintln!(
+                        "  -- t={} page {} is now at risk (lossable)",
+                        self.now,
+                        self.base + p as u64
+                    );
+                }
             }
         }
     }
@@ -1120,6 +1134,9 @@ impl World {
             return Ok(());
         }
         self.alive[d] = false;
+        if self.trace_page.is_some() {
+            eprintln!("  -- t={} n{d} crashes", self.now);
+        }
         for t in &mut self.threads[d] {
             t.state = ThreadState::Stopped;
         }
