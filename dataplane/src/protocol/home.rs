@@ -648,17 +648,6 @@ impl Machine {
         let Some(di) = self.home_range.index(page) else {
             return Ok(Outcome::Done);
         };
-        if !dirty {
-            // A hint: the node already dropped its read-only copy. It is only
-            // ever applied on arrival, when the node cannot have a newer copy
-            // (its next request follows this message).
-            if let DirState::Shared(s) = self.dir[di].state() {
-                if s.contains(from) {
-                    self.set_dir(di, DirState::Shared(s.without(from)));
-                }
-            }
-            return Ok(Outcome::Done);
-        }
         let busy_nack = Msg::Nack {
             txn,
             page,
@@ -675,7 +664,11 @@ impl Machine {
         }
         let me = self.me;
         match self.dir[di].state() {
-            DirState::Exclusive(o) if o == from => {
+            // Idle, so the home holds a valid copy (invariant H). The node
+            // stays listed: it maps its copy until the ack arrives, and a
+            // later invalidation is acked without one.
+            DirState::Shared(s) if !dirty && s.contains(from) && from != me => {}
+            DirState::Exclusive(o) if dirty && o == from => {
                 if self.home_access(page) != PageAccess::Invalid {
                     self.violate("write-back for a page the home maps", page);
                     self.send(from, busy_nack, None, out);
@@ -698,7 +691,7 @@ impl Machine {
                 self.set_dir(di, DirState::Shared(NodeSet::single(me).with(from)));
             }
             _ => {
-                self.violate("write-back from a node that is not the owner", page);
+                self.violate("eviction of a copy the directory does not record", page);
                 self.send(from, busy_nack, None, out);
                 return Ok(Outcome::Done);
             }

@@ -77,9 +77,8 @@ pub enum Outcome {
     /// The input was ignored: a late message from a node known dead, or any
     /// non-fault input after the cluster stopped.
     Ignored,
-    /// A clean replica was dropped (the home is told).
-    Evicted,
-    /// A dirty write-back started; the page is dropped when the home answers.
+    /// The eviction started; the page is dropped when the home accepts
+    /// (or kept, writable again if it was, when it refuses).
     EvictStarted,
     /// The eviction was refused.
     EvictRefused(EvictRefusal),

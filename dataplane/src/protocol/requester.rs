@@ -96,38 +96,21 @@ impl Machine {
             },
         };
         let txn = self.fresh_txn();
-        if acc == PageAccess::ReadOnly {
-            // Clean: the home holds a valid copy (invariant H), so drop now and
-            // tell the home, which may keep listing this node as a sharer
-            // until the hint arrives (harmless: an Inv is then acked with no
-            // copy).
-            out.push(Action::Drop { page });
-            self.local[li].set_access(PageAccess::Invalid);
+        // The copy is kept until the home answers: it may be the only one
+        // while a recall is pending, and a crossing forward is served from it.
+        let dirty = acc == PageAccess::Writable;
+        if dirty {
+            out.push(Action::WriteProtect { page });
+            self.local[li].set_access(PageAccess::ReadOnly);
+            self.stats.evictions_dirty += 1;
+        } else {
             self.stats.evictions_clean += 1;
-            self.rec_mut(ri).acquired_at = None;
-            self.rec_maybe_free(ri);
-            let msg = Msg::EvictReq {
-                txn,
-                page,
-                dirty: false,
-            };
-            self.send(home, msg, None, out);
-            return Ok(Outcome::Evicted);
         }
-        // Dirty: write back, keeping a write-protected copy until the home
-        // answers (a crossing forward is served from it).
-        out.push(Action::WriteProtect { page });
-        self.local[li].set_access(PageAccess::ReadOnly);
-        self.stats.evictions_dirty += 1;
         let r = self.rec_mut(ri);
-        r.req = Req::Evicting { txn, dirty: true };
+        r.req = Req::Evicting { txn, dirty };
         r.acquired_at = None;
-        let msg = Msg::EvictReq {
-            txn,
-            page,
-            dirty: true,
-        };
-        self.send(home, msg, Some(DataSource::Local), out);
+        let msg = Msg::EvictReq { txn, page, dirty };
+        self.send(home, msg, dirty.then_some(DataSource::Local), out);
         Ok(Outcome::EvictStarted)
     }
 

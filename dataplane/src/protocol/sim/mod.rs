@@ -85,6 +85,7 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
             summary.seeds += 1;
             let t = &mut summary.totals;
             t.steps += s.steps;
+            t.busy_faults += s.busy_faults;
             t.ops += s.ops;
             t.messages += s.messages;
             t.lost += s.lost;
@@ -120,10 +121,11 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
     }
     let t = summary.totals;
     eprintln!(
-        "{test}: {} seeds, {} protocol steps, {} thread ops, {} messages in {:.2?} \
+        "{test}: {} seeds, {} protocol steps (+{} busy fault retries), {} thread ops, {} messages in {:.2?} \
          (ping-pong {}, deferred {}, recalls {}, evictions {}, pages lost {})",
         summary.seeds,
         t.steps,
+        t.busy_faults,
         t.ops,
         t.messages,
         start.elapsed(),

@@ -57,7 +57,10 @@ pub(crate) struct Failure {
 /// What a finished run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RunStats {
+    /// Machine steps, excluding faults refused locally as busy.
     pub(crate) steps: u64,
+    /// Faults refused locally as busy (threads retry them).
+    pub(crate) busy_faults: u64,
     pub(crate) ops: u64,
     pub(crate) messages: u64,
     pub(crate) lost: u64,
@@ -168,6 +171,9 @@ pub(crate) struct World {
     seq: u64,
     now: u64,
     steps: u64,
+    /// Steps other than faults refused locally as busy (those spin without
+    /// protocol progress when requester pools are tiny).
+    progress: u64,
     threads: Vec<Vec<Thread>>,
     ops_left: u64,
     issued: u64,
@@ -266,6 +272,7 @@ impl World {
             seq: 0,
             now: 0,
             steps: 0,
+            progress: 0,
             threads,
             ops_left: sc.ops,
             issued: 0,
@@ -376,7 +383,8 @@ impl World {
                 self.stats.evictions += s.evictions_clean + s.evictions_dirty;
             }
         }
-        self.stats.steps = self.steps;
+        self.stats.steps = self.progress;
+        self.stats.busy_faults = self.steps - self.progress;
         Ok(self.stats)
     }
 
@@ -444,6 +452,9 @@ impl World {
             )
         })?;
         self.trace.set_outcome(outcome);
+        if outcome != Outcome::Busy {
+            self.progress += 1;
+        }
         if late && (outcome != Outcome::Ignored || !self.buf.is_empty()) {
             return Err(self.fail(
                 FailKind::LateMessage,
@@ -862,14 +873,14 @@ impl World {
             }
             for t in &self.threads[n] {
                 if let ThreadState::Waiting { pidx, since, .. } = t.state {
-                    if self.steps - since > LIVENESS_STEPS {
+                    if self.progress - since > LIVENESS_STEPS {
                         let page = self.base + pidx as u64;
                         return Err(self.fail(
                             FailKind::Liveness,
                             Some(page),
                             format!(
                                 "a fault of n{n} on page {page} waits for {} steps",
-                                self.steps - since
+                                self.progress - since
                             ),
                         ));
                     }
@@ -1052,7 +1063,7 @@ impl World {
             token,
             pidx: p,
             write,
-            since: self.steps,
+            since: self.progress,
         };
         let access = if write { Access::Write } else { Access::Read };
         let i = self.inst_of(n, page);
