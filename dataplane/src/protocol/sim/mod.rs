@@ -30,7 +30,7 @@ pub(crate) fn run_seed(
     seed: u64,
     family: Family,
     bug: Option<Bug>,
-) -> Result<RunStats, (Scenario, Failure)> {
+) -> Result<RunStats, Box<(Scenario, Failure)>> {
     let mut sc = Scenario::new(seed, family);
     sc.bug = bug;
     let world = match World::new(sc.clone()) {
@@ -44,10 +44,10 @@ pub(crate) fn run_seed(
                 time: 0,
                 trace: String::new(),
             };
-            return Err((sc, f));
+            return Err(Box::new((sc, f)));
         }
     };
-    world.run().map_err(|f| (sc, f))
+    world.run().map_err(|f| Box::new((sc, f)))
 }
 
 /// The failure report: seed, replay command, scenario, shortened trace.
@@ -65,6 +65,11 @@ pub(crate) fn report(test: &str, sc: &Scenario, f: &Failure) -> String {
         f.page.map(|p| format!(" touching page {p}")).unwrap_or_default(),
         f.trace
     )
+}
+
+/// Whether `SEED` or `SIM_SOAK_SECS` replaces the default seed range.
+pub(crate) fn replaying() -> bool {
+    std::env::var_os("SEED").is_some() || std::env::var_os("SIM_SOAK_SECS").is_some()
 }
 
 /// What a family run covered.
@@ -93,8 +98,11 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
             t.deferred += s.deferred;
             t.recalls += s.recalls;
             t.evictions += s.evictions;
+            for (a, b) in t.by_kind.iter_mut().zip(s.by_kind) {
+                *a += b;
+            }
         }
-        Err((sc, f)) => panic!("{}", report(test, &sc, &f)),
+        Err(e) => panic!("{}", report(test, &e.0, &e.1)),
     };
     if let Some(seed) = std::env::var("SEED")
         .ok()
@@ -135,6 +143,12 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
         t.evictions,
         t.lost
     );
+    let kinds: Vec<String> = world::KIND_NAMES
+        .iter()
+        .zip(t.by_kind)
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect();
+    eprintln!("{test}: messages by kind: {}", kinds.join(", "));
     summary
 }
 
@@ -146,5 +160,5 @@ pub(crate) fn find_bug(
     max_seeds: u64,
     base: u64,
 ) -> Option<(Scenario, Failure)> {
-    (0..max_seeds).find_map(|k| run_seed(base + k, family, Some(bug)).err())
+    (0..max_seeds).find_map(|k| run_seed(base + k, family, Some(bug)).err().map(|e| *e))
 }

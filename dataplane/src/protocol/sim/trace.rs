@@ -96,6 +96,17 @@ impl Trace {
         self.next = (self.next + 1) % RING;
     }
 
+    /// Forgets the latest step.
+    pub(crate) fn drop_last(&mut self) {
+        if self.ring.len() < RING {
+            self.ring.pop();
+            self.next = self.ring.len();
+        } else {
+            // The overwritten oldest entry is gone; the slot is reused.
+            self.next = (self.next + RING - 1) % RING;
+        }
+    }
+
     pub(crate) fn set_outcome(&mut self, o: Outcome) {
         let last = (self.next + RING - 1) % RING;
         if let Some(e) = self.ring.get_mut(last) {

@@ -55,7 +55,7 @@ pub(crate) struct Failure {
 }
 
 /// What a finished run measured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RunStats {
     /// Machine steps, excluding faults refused locally as busy.
     pub(crate) steps: u64,
@@ -68,6 +68,98 @@ pub(crate) struct RunStats {
     pub(crate) deferred: u64,
     pub(crate) recalls: u64,
     pub(crate) evictions: u64,
+    /// Messages sent, by variant (coverage).
+    pub(crate) by_kind: [u64; KINDS],
+}
+
+impl Default for RunStats {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            busy_faults: 0,
+            ops: 0,
+            messages: 0,
+            lost: 0,
+            ping_pong: 0,
+            deferred: 0,
+            recalls: 0,
+            evictions: 0,
+            by_kind: [0; KINDS],
+        }
+    }
+}
+
+/// Message variants told apart in coverage counts.
+pub(crate) const KINDS: usize = 24;
+
+/// Names of the coverage counters.
+pub(crate) const KIND_NAMES: [&str; KINDS] = [
+    "ReadReq",
+    "WriteReq",
+    "UpgradeReq",
+    "FwdRead",
+    "FwdWrite",
+    "Inv",
+    "InvAck",
+    "Data(ro)",
+    "Data(rw)",
+    "Grant",
+    "FwdAck(shared)",
+    "FwdAck(handed-off)",
+    "FwdAck(surrendered)",
+    "FwdAck(requester-gone)",
+    "Done",
+    "EvictReq(clean)",
+    "EvictReq(dirty)",
+    "EvictAck",
+    "Nack(busy)",
+    "Nack(lost)",
+    "Recall",
+    "RecallAck(nothing)",
+    "RecallAck(copy)",
+    "RecallAck(exclusive)",
+];
+
+fn kind_of(m: &Msg) -> usize {
+    use super::super::{FwdOutcome, NackReason, RecallHave};
+    match *m {
+        Msg::ReadReq { .. } => 0,
+        Msg::WriteReq { .. } => 1,
+        Msg::UpgradeReq { .. } => 2,
+        Msg::FwdRead { .. } => 3,
+        Msg::FwdWrite { .. } => 4,
+        Msg::Inv { .. } => 5,
+        Msg::InvAck { .. } => 6,
+        Msg::Data {
+            writable: false, ..
+        } => 7,
+        Msg::Data { writable: true, .. } => 8,
+        Msg::Grant { .. } => 9,
+        Msg::FwdAck { outcome, .. } => match outcome {
+            FwdOutcome::Shared => 10,
+            FwdOutcome::HandedOff => 11,
+            FwdOutcome::Surrendered => 12,
+            FwdOutcome::RequesterGone => 13,
+        },
+        Msg::Done { .. } => 14,
+        Msg::EvictReq { dirty: false, .. } => 15,
+        Msg::EvictReq { dirty: true, .. } => 16,
+        Msg::EvictAck { .. } => 17,
+        Msg::Nack {
+            reason: NackReason::Busy,
+            ..
+        } => 18,
+        Msg::Nack {
+            reason: NackReason::Lost,
+            ..
+        } => 19,
+        Msg::Recall { .. } => 20,
+        Msg::RecallAck { have, .. } => match have {
+            RecallHave::Nothing => 21,
+            RecallHave::Copy => 22,
+            RecallHave::Exclusive => 23,
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,7 +544,10 @@ impl World {
             )
         })?;
         self.trace.set_outcome(outcome);
-        if outcome != Outcome::Busy {
+        if outcome == Outcome::Busy {
+            // A local refusal the thread retries: keep it out of the trace.
+            self.trace.drop_last();
+        } else {
             self.progress += 1;
         }
         if late && (outcome != Outcome::Ignored || !self.buf.is_empty()) {
@@ -571,6 +666,7 @@ impl World {
                     self.touched_ever[p] = true;
                 }
                 self.stats.messages += 1;
+                self.stats.by_kind[kind_of(&msg)] += 1;
                 if !self.alive[to] {
                     return Ok(());
                 }
@@ -841,8 +937,8 @@ impl World {
             }
             k += 1;
         }
-        for p in 0..self.pages {
-            if self.lossable[p] || !self.touched_ever[p] || carried[p] {
+        for (p, carried) in carried.into_iter().enumerate() {
+            if self.lossable[p] || !self.touched_ever[p] || carried {
                 continue;
             }
             let held = (0..self.nodes).any(|n| {
