@@ -11,6 +11,8 @@
 //! The full specification — states, messages, transition tables, invariants,
 //! failure policy, residency window — is `docs/protocol.md`.
 
+#![warn(missing_docs)]
+
 mod action;
 mod config;
 mod death;

@@ -235,6 +235,8 @@ enum Ev {
     Dead(u16, u16, u16),
     Evict(u16),
     Crash(u16),
+    /// A tick at an arbitrary time (callers may tick early or often).
+    SpuriousTick(u16, u16),
 }
 
 /// Steps a fault may wait before it counts as a liveness failure.
@@ -506,6 +508,14 @@ impl World {
                     .map(|_| ())
             }
             Ev::Evict(n) => self.evict(n.into()),
+            Ev::SpuriousTick(n, i) => {
+                let (n, i) = (usize::from(n), usize::from(i));
+                if !self.alive[n] {
+                    return Ok(());
+                }
+                self.step(n, i, super::super::Input::Tick, None, false)
+                    .map(|_| ())
+            }
             Ev::Crash(n) => self.crash(n.into()),
         }
     }
@@ -1123,6 +1133,11 @@ impl World {
                     let victim = self.rng.gen_range(0..self.nodes);
                     let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
                     self.push(at, Ev::Evict(victim as u16));
+                }
+                if self.rng.gen_range(0..100) < 3 {
+                    let i = self.rng.gen_range(0..self.insts[n].len());
+                    let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
+                    self.push(at, Ev::SpuriousTick(n as u16, i as u16));
                 }
                 let op = self.gen_op(n, th);
                 self.threads[n][th].op = Some(op);
