@@ -225,6 +225,8 @@ struct Thread {
     op: Option<(usize, bool)>,
     seq: u32,
     profile: Profile,
+    /// Consecutive faults refused as busy.
+    busy_streak: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -242,7 +244,7 @@ enum Ev {
 /// Steps a fault may wait before it counts as a liveness failure.
 const LIVENESS_STEPS: u64 = 200_000;
 /// Events a run may take before it counts as not draining.
-const MAX_EVENTS: u64 = 3_000_000;
+const MAX_EVENTS: u64 = 30_000_000;
 
 /// The simulated cluster.
 pub(crate) struct World {
@@ -332,6 +334,7 @@ impl World {
                         op: None,
                         seq: 0,
                         profile: sc.thread_profile(&mut rng),
+                        busy_streak: 0,
                     })
                     .collect()
             })
@@ -1190,9 +1193,15 @@ impl World {
             false,
         )?;
         if out == Outcome::Busy {
-            self.threads[n][th].state = ThreadState::Idle;
-            let at = self.now + self.rng.gen_range(1_000..=10_000);
+            // Back off exponentially, as a data plane retrying a refused
+            // fault would, so tiny pools do not turn into busy loops.
+            let t = &mut self.threads[n][th];
+            t.state = ThreadState::Idle;
+            t.busy_streak = (t.busy_streak + 1).min(8);
+            let at = self.now + (self.rng.gen_range(1_000..=10_000) << t.busy_streak);
             self.push(at, Ev::Thread(n as u16, th as u16));
+        } else {
+            self.threads[n][th].busy_streak = 0;
         }
         Ok(())
     }
