@@ -24,9 +24,11 @@ mod msg;
 mod node;
 mod records;
 mod requester;
+mod residency;
 mod state;
 mod stats;
 mod txn;
+mod waiters;
 
 #[cfg(test)]
 mod sim;

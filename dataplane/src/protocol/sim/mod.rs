@@ -98,6 +98,7 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
             t.deferred += s.deferred;
             t.recalls += s.recalls;
             t.evictions += s.evictions;
+            t.drain_events = t.drain_events.max(s.drain_events);
             for (a, b) in t.by_kind.iter_mut().zip(s.by_kind) {
                 *a += b;
             }
@@ -149,6 +150,7 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
         .map(|(name, count)| format!("{name} {count}"))
         .collect();
     eprintln!("{test}: messages by kind: {}", kinds.join(", "));
+    eprintln!("{test}: longest drain {} events", t.drain_events);
     summary
 }
 

@@ -2,12 +2,13 @@
 //! per-connection FIFO and random delays, node memories, threads, crashes,
 //! and the invariant checks run after every step.
 
-use super::super::{
-    Access, Action, Actions, DataSource, DirState, FailReason, FatalReason, InstallSource, Layout,
-    Machine, Msg, NodeId, NodeRange, NodeSet, Outcome, PageAccess, Partition,
-};
+use super::super::{Actions, Layout, Machine, Msg, NodeId, NodeRange, NodeSet, Outcome, Partition};
 use super::scenario::{Family, Profile, Scenario};
 use super::trace::Trace;
+
+mod actions;
+mod checks;
+mod workload;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -68,6 +69,8 @@ pub(crate) struct RunStats {
     pub(crate) deferred: u64,
     pub(crate) recalls: u64,
     pub(crate) evictions: u64,
+    /// Events the run took to drain after its last operation.
+    pub(crate) drain_events: u64,
     /// Messages sent, by variant (coverage).
     pub(crate) by_kind: [u64; KINDS],
 }
@@ -84,6 +87,7 @@ impl Default for RunStats {
             deferred: 0,
             recalls: 0,
             evictions: 0,
+            drain_events: 0,
             by_kind: [0; KINDS],
         }
     }
@@ -244,7 +248,10 @@ enum Ev {
 /// Steps a fault may wait before it counts as a liveness failure.
 const LIVENESS_STEPS: u64 = 200_000;
 /// Events a run may take before it counts as not draining.
-const MAX_EVENTS: u64 = 30_000_000;
+const MAX_EVENTS: u64 = 3_000_000;
+/// Events a run may take to drain once every operation has been issued
+/// (the longest drain seen in soaks is about 8 000).
+const DRAIN_EVENTS: u64 = 100_000;
 
 /// The simulated cluster.
 pub(crate) struct World {
@@ -453,10 +460,18 @@ impl World {
             }
         }
         let mut events = 0u64;
+        let mut drain_events = 0u64;
         while let Some(Reverse((at, _, ev))) = self.events.pop() {
             events += 1;
-            if events > MAX_EVENTS {
-                return Err(self.fail(FailKind::Liveness, None, "the run did not drain".into()));
+            if self.ops_left == 0 {
+                drain_events += 1;
+            }
+            if events > MAX_EVENTS || drain_events > DRAIN_EVENTS {
+                return Err(self.fail(
+                    FailKind::Liveness,
+                    None,
+                    format!("the run did not drain ({events} events, {drain_events} after the workload ended)"),
+                ));
             }
             self.now = at;
             self.handle(ev)?;
@@ -464,6 +479,7 @@ impl World {
                 self.check_liveness()?;
             }
         }
+        self.stats.drain_events = drain_events;
         self.check_drained()?;
         if self.sc.family == Family::HomeDeath {
             self.check_fatal_end()?;
@@ -619,670 +635,6 @@ impl World {
                     format!("action on page {page} outside the layout"),
                 )
             })
-    }
-
-    fn apply(
-        &mut self,
-        n: usize,
-        i: usize,
-        a: Action,
-        payload: Option<u64>,
-    ) -> Result<(), Failure> {
-        let bad = |w: &Self, page: u64, what: &str| {
-            w.fail(
-                FailKind::BadAction,
-                Some(page),
-                format!("n{n}/{i}: {what}: {a:?}"),
-            )
-        };
-        match a {
-            Action::Send { to, msg, data } => {
-                let page = msg.page();
-                let p = self.pidx(page)?;
-                let to = to.index();
-                if to == n || to >= self.nodes {
-                    return Err(bad(self, page, "send to itself or outside the cluster"));
-                }
-                let inst = &self.insts[n][i];
-                if inst
-                    .knows_dead
-                    .contains(NodeId::new(to as u16).unwrap_or(NodeId::ZERO))
-                {
-                    return Err(self.fail(
-                        FailKind::SendToDead,
-                        Some(page),
-                        format!("n{n}/{i} sent {msg:?} to n{to}, which it knows is dead"),
-                    ));
-                }
-                if inst.m.fatal().is_some() {
-                    return Err(self.fail(
-                        FailKind::Fatal,
-                        Some(page),
-                        format!("n{n}/{i} sent after the cluster stopped: {msg:?}"),
-                    ));
-                }
-                if data.is_some() != msg.has_data() {
-                    return Err(bad(self, page, "payload source does not match the message"));
-                }
-                let value = match data {
-                    None => None,
-                    Some(DataSource::Zero) => Some(0),
-                    Some(DataSource::Local) => {
-                        let m = self.mem[n][p];
-                        if m.map == Map::None {
-                            return Err(bad(self, page, "sent the local copy of an unmapped page"));
-                        }
-                        Some(m.value)
-                    }
-                };
-                if value.is_some() {
-                    self.touched_ever[p] = true;
-                }
-                self.stats.messages += 1;
-                self.stats.by_kind[kind_of(&msg)] += 1;
-                if !self.alive[to] {
-                    return Ok(());
-                }
-                let lane = if self.lanes > 1 { p } else { 0 };
-                let c = (n * self.nodes + to) * self.lanes + lane;
-                let r = self.rng.gen_range(0..100u32);
-                let mut delay = self.rng.gen_range(1..=self.sc.delay_max_ns);
-                if r < self.sc.slow_pct / 4 {
-                    delay *= 100;
-                } else if r < self.sc.slow_pct {
-                    delay *= 10;
-                }
-                let conn = &mut self.conns[c];
-                let at = (self.now + delay).max(conn.last);
-                conn.last = at;
-                conn.q.push_back(Packet {
-                    from: n,
-                    to,
-                    msg,
-                    payload: value,
-                });
-                if !conn.listed {
-                    conn.listed = true;
-                    self.busy_conns.push(c as u32);
-                }
-                self.push(at, Ev::Deliver(c as u32));
-            }
-            Action::Install {
-                page,
-                writable,
-                source,
-            } => {
-                let p = self.pidx(page)?;
-                if self.mem[n][p].map != Map::None {
-                    return Err(bad(self, page, "install over a mapped page"));
-                }
-                let value = match source {
-                    InstallSource::Zero => 0,
-                    InstallSource::Payload => match payload {
-                        Some(v) => v,
-                        None => {
-                            return Err(bad(
-                                self,
-                                page,
-                                "install from a payload the input did not carry",
-                            ))
-                        }
-                    },
-                };
-                self.mem[n][p] = Mem {
-                    value,
-                    map: if writable { Map::Rw } else { Map::Ro },
-                };
-                self.touched_ever[p] = true;
-                self.step_pages.push(p);
-            }
-            Action::MakeWritable { page } => {
-                let p = self.pidx(page)?;
-                if self.mem[n][p].map != Map::Ro {
-                    return Err(bad(
-                        self,
-                        page,
-                        "make-writable of a page not mapped read-only",
-                    ));
-                }
-                self.mem[n][p].map = Map::Rw;
-                self.step_pages.push(p);
-            }
-            Action::WriteProtect { page } => {
-                let p = self.pidx(page)?;
-                if self.mem[n][p].map != Map::Rw {
-                    return Err(bad(
-                        self,
-                        page,
-                        "write-protect of a page not mapped writable",
-                    ));
-                }
-                self.mem[n][p].map = Map::Ro;
-            }
-            Action::Drop { page } => {
-                let p = self.pidx(page)?;
-                if self.mem[n][p].map == Map::None {
-                    return Err(bad(self, page, "drop of an unmapped page"));
-                }
-                self.mem[n][p] = Mem {
-                    value: u64::MAX,
-                    map: Map::None,
-                };
-            }
-            Action::Wake { page } => {
-                self.pidx(page)?;
-            }
-            Action::FaultDone { page, token } => {
-                let p = self.pidx(page)?;
-                let (tn, th) = ((token >> 48) as usize, ((token >> 32) & 0xffff) as usize);
-                let ok = tn == n && th < self.sc.threads;
-                let state = if ok {
-                    self.threads[n][th].state
-                } else {
-                    ThreadState::Stopped
-                };
-                match state {
-                    ThreadState::Waiting {
-                        token: t,
-                        pidx,
-                        write,
-                        ..
-                    } if t == token && pidx == p => {
-                        if !allows(self.mem[n][p].map, write) {
-                            return Err(bad(
-                                self,
-                                page,
-                                "fault completed without granting the access",
-                            ));
-                        }
-                        self.threads[n][th].state = ThreadState::Idle;
-                        let at = if self.rng.gen_bool(0.8) {
-                            self.now
-                        } else {
-                            self.now + self.rng.gen_range(0..=self.sc.think_max_ns)
-                        };
-                        self.push(at, Ev::Thread(n as u16, th as u16));
-                    }
-                    _ => {
-                        return Err(bad(
-                            self,
-                            page,
-                            "completion for a fault that is not waiting",
-                        ))
-                    }
-                }
-            }
-            Action::FaultFailed {
-                page,
-                token,
-                reason,
-            } => {
-                let p = self.pidx(page)?;
-                let (tn, th) = ((token >> 48) as usize, ((token >> 32) & 0xffff) as usize);
-                let waiting = tn == n
-                    && th < self.sc.threads
-                    && matches!(self.threads[n][th].state, ThreadState::Waiting { token: t, .. } if t == token);
-                if !waiting {
-                    return Err(bad(self, page, "failure for a fault that is not waiting"));
-                }
-                match reason {
-                    FailReason::Lost => {
-                        if !self.lossable[p] {
-                            return Err(self.fail(
-                                FailKind::UnjustifiedLoss,
-                                Some(page),
-                                format!("n{n}/{i}: fault failed as lost, but the page was never at risk"),
-                            ));
-                        }
-                        let t = &mut self.threads[n][th];
-                        t.state = ThreadState::Idle;
-                        t.op = None;
-                        let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
-                        self.push(at, Ev::Thread(n as u16, th as u16));
-                    }
-                    FailReason::ClusterDown => {
-                        if self.sc.family != Family::HomeDeath
-                            || self.insts[n][i].m.fatal().is_none()
-                        {
-                            return Err(self.fail(
-                                FailKind::Fatal,
-                                Some(page),
-                                format!("n{n}/{i}: unexpected ClusterDown"),
-                            ));
-                        }
-                        self.threads[n][th].state = ThreadState::Stopped;
-                    }
-                }
-            }
-            Action::PageLost { page } => {
-                let p = self.pidx(page)?;
-                if !self.lossable[p] {
-                    return Err(self.fail(
-                        FailKind::UnjustifiedLoss,
-                        Some(page),
-                        format!("n{n}/{i} reported page {page} lost, but it was never at risk"),
-                    ));
-                }
-            }
-            Action::ClusterFatal { reason } => {
-                let FatalReason::HomeDied(d) = reason;
-                if self.sc.family != Family::HomeDeath
-                    || self.alive[d.index()]
-                    || self.insts[n][i].fatal_seen
-                {
-                    return Err(self.fail(
-                        FailKind::Fatal,
-                        None,
-                        format!("n{n}/{i}: unexpected {a:?}"),
-                    ));
-                }
-                self.insts[n][i].fatal_seen = true;
-            }
-        }
-        Ok(())
-    }
-
-    // ---- invariants ----
-
-    /// SWMR and data value for one page over the live nodes.
-    fn check_page(&self, p: usize) -> Result<(), Failure> {
-        let page = self.base + p as u64;
-        let mut writers = 0;
-        let mut mapped = 0;
-        for n in 0..self.nodes {
-            if !self.alive[n] {
-                continue;
-            }
-            let m = self.mem[n][p];
-            if m.map == Map::None {
-                continue;
-            }
-            mapped += 1;
-            if m.map == Map::Rw {
-                writers += 1;
-            }
-            if m.value != self.latest[p] {
-                return Err(self.fail(
-                    FailKind::StaleCopy,
-                    Some(page),
-                    format!(
-                        "n{n} maps page {page} with value {} but the latest write is {}",
-                        m.value, self.latest[p]
-                    ),
-                ));
-            }
-        }
-        if writers > 1 || (writers == 1 && mapped > 1) {
-            return Err(self.fail(
-                FailKind::Swmr,
-                Some(page),
-                format!("page {page}: {writers} writable and {mapped} mapped copies"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Marks pages whose latest value is, right now, neither in a live
-    /// node's memory nor in a message between live nodes.
-    fn update_lossable(&mut self) {
-        let mut carried = vec![false; self.pages];
-        let mut k = 0;
-        while k < self.busy_conns.len() {
-            let c = self.busy_conns[k] as usize;
-            if self.conns[c].q.is_empty() {
-                self.conns[c].listed = false;
-                self.busy_conns.swap_remove(k);
-                continue;
-            }
-            for pkt in &self.conns[c].q {
-                let p = (pkt.msg.page() - self.base) as usize;
-                // A write-back's payload is not a surviving copy: the home may
-                // refuse it, and the evicting node's memory is the copy that
-                // counts until the answer.
-                let write_back = matches!(pkt.msg, Msg::EvictReq { .. });
-                if !write_back
-                    && self.alive[pkt.from]
-                    && self.alive[pkt.to]
-                    && pkt.payload == Some(self.latest[p])
-                {
-                    carried[p] = true;
-                }
-            }
-            k += 1;
-        }
-        for (p, carried) in carried.into_iter().enumerate() {
-            if self.lossable[p] || !self.touched_ever[p] || carried {
-                continue;
-            }
-            let held = (0..self.nodes).any(|n| {
-                self.alive[n]
-                    && self.mem[n][p].map != Map::None
-                    && self.mem[n][p].value == self.latest[p]
-            });
-            if !held {
-                self.lossable[p] = true;
-                if self.trace_page == Some(self.base + p as u64) {
-                    eprintln!(
-                        "  -- t={} page {} is now at risk (lossable)",
-                        self.now,
-                        self.base + p as u64
-                    );
-                }
-            }
-        }
-    }
-
-    fn check_liveness(&self) -> Result<(), Failure> {
-        if !self.strict {
-            return Ok(());
-        }
-        for n in 0..self.nodes {
-            if !self.alive[n] {
-                continue;
-            }
-            for t in &self.threads[n] {
-                if let ThreadState::Waiting { pidx, since, .. } = t.state {
-                    if self.progress - since > LIVENESS_STEPS {
-                        let page = self.base + pidx as u64;
-                        return Err(self.fail(
-                            FailKind::Liveness,
-                            Some(page),
-                            format!(
-                                "a fault of n{n} on page {page} waits for {} steps",
-                                self.progress - since
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Nothing is left to happen: every live thread must be done.
-    fn check_drained(&self) -> Result<(), Failure> {
-        for n in 0..self.nodes {
-            if !self.alive[n] {
-                continue;
-            }
-            for t in &self.threads[n] {
-                if let ThreadState::Waiting { pidx, .. } = t.state {
-                    let page = self.base + pidx as u64;
-                    return Err(self.fail(
-                        FailKind::Liveness,
-                        Some(page),
-                        format!("deadlock: a fault of n{n} on page {page} never completed"),
-                    ));
-                }
-            }
-            for (i, inst) in self.insts[n].iter().enumerate() {
-                if inst.m.fatal().is_some() {
-                    continue;
-                }
-                if !inst.m.is_quiescent() || !inst.m.records_idle() {
-                    return Err(self.fail(
-                        FailKind::Liveness,
-                        None,
-                        format!("n{n}/{i} is not quiescent after the run drained (stuck transaction or leaked record)"),
-                    ));
-                }
-                if inst.m.free_waiters() != self.sc.config.max_waiters as usize {
-                    return Err(self.fail(
-                        FailKind::Liveness,
-                        None,
-                        format!("n{n}/{i} leaked waiter slots"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// At quiescence the directory, the local states and the mappings agree.
-    fn check_end_state(&self) -> Result<(), Failure> {
-        for p in 0..self.pages {
-            let page = self.base + p as u64;
-            let h = self.homes[p];
-            let st = self.insts[h][self.inst_of(h, page)].m.dir_state(page);
-            let mut ro = NodeSet::EMPTY;
-            let mut rw = NodeSet::EMPTY;
-            for n in 0..self.nodes {
-                if !self.alive[n] {
-                    continue;
-                }
-                let id = NodeId::new(n as u16).unwrap_or(NodeId::ZERO);
-                let la = self.insts[n][self.inst_of(n, page)].m.local_access(page);
-                let map = self.mem[n][p].map;
-                let agree = matches!(
-                    (la, map),
-                    (Some(PageAccess::Invalid | PageAccess::Lost), Map::None)
-                        | (Some(PageAccess::ReadOnly), Map::Ro)
-                        | (Some(PageAccess::Writable), Map::Rw)
-                );
-                if !agree {
-                    return Err(self.fail(
-                        FailKind::EndState,
-                        Some(page),
-                        format!("n{n}'s local state {la:?} disagrees with its mapping {map:?} of page {page}"),
-                    ));
-                }
-                match map {
-                    Map::Ro => ro.insert(id),
-                    Map::Rw => rw.insert(id),
-                    Map::None => {}
-                }
-            }
-            let ok = match st {
-                Some(DirState::Zero) => ro.is_empty() && rw.is_empty(),
-                // Sharer sets may list nodes that dropped their copy; every
-                // holder must be listed and the home must hold one.
-                Some(DirState::Shared(s)) => {
-                    rw.is_empty()
-                        && ro.minus(s).is_empty()
-                        && ro.contains(NodeId::new(h as u16).unwrap_or(NodeId::ZERO))
-                }
-                Some(DirState::Exclusive(o)) => ro.is_empty() && rw == NodeSet::single(o),
-                Some(DirState::Lost) => self.lossable[p] && ro.is_empty() && rw.is_empty(),
-                None => false,
-            };
-            if !ok {
-                return Err(self.fail(
-                    FailKind::EndState,
-                    Some(page),
-                    format!("page {page}: directory {st:?} but read-only {ro:?} writable {rw:?}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// After a home died, every survivor stopped and told every waiter.
-    fn check_fatal_end(&self) -> Result<(), Failure> {
-        for n in 0..self.nodes {
-            if !self.alive[n] {
-                continue;
-            }
-            for (i, inst) in self.insts[n].iter().enumerate() {
-                if inst.m.fatal().is_none() || !inst.fatal_seen {
-                    return Err(self.fail(
-                        FailKind::Fatal,
-                        None,
-                        format!("n{n}/{i} did not stop after a home died"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    // ---- workload ----
-
-    fn run_thread(&mut self, n: usize, th: usize) -> Result<(), Failure> {
-        if !self.alive[n] || self.threads[n][th].state != ThreadState::Idle {
-            return Ok(());
-        }
-        let (p, write) = match self.threads[n][th].op {
-            Some(op) => op,
-            None => {
-                if self.ops_left == 0 {
-                    self.threads[n][th].state = ThreadState::Stopped;
-                    return Ok(());
-                }
-                self.ops_left -= 1;
-                self.issued += 1;
-                self.stats.ops += 1;
-                self.fire_crashes();
-                if self.sc.evict_pct > 0 && self.rng.gen_range(0..100) < self.sc.evict_pct {
-                    let victim = self.rng.gen_range(0..self.nodes);
-                    let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
-                    self.push(at, Ev::Evict(victim as u16));
-                }
-                if self.rng.gen_range(0..100) < 3 {
-                    let i = self.rng.gen_range(0..self.insts[n].len());
-                    let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
-                    self.push(at, Ev::SpuriousTick(n as u16, i as u16));
-                }
-                let op = self.gen_op(n, th);
-                self.threads[n][th].op = Some(op);
-                op
-            }
-        };
-        let page = self.base + p as u64;
-        let m = self.mem[n][p];
-        if allows(m.map, write) {
-            if write {
-                self.latest[p] += 1;
-                self.mem[n][p].value = self.latest[p];
-                self.check_page(p)?;
-            } else if m.value != self.latest[p] {
-                return Err(self.fail(
-                    FailKind::StaleRead,
-                    Some(page),
-                    format!(
-                        "n{n} read {} from page {page}, the latest write is {}",
-                        m.value, self.latest[p]
-                    ),
-                ));
-            }
-            let t = &mut self.threads[n][th];
-            t.op = (t.profile == Profile::ReadModifyWrite && !write).then_some((p, true));
-            let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
-            self.push(at, Ev::Thread(n as u16, th as u16));
-            return Ok(());
-        }
-        let t = &mut self.threads[n][th];
-        t.seq = t.seq.wrapping_add(1);
-        let token = ((n as u64) << 48) | ((th as u64) << 32) | u64::from(t.seq);
-        t.state = ThreadState::Waiting {
-            token,
-            pidx: p,
-            write,
-            since: self.progress,
-        };
-        let access = if write { Access::Write } else { Access::Read };
-        let i = self.inst_of(n, page);
-        let out = self.step(
-            n,
-            i,
-            super::super::Input::Fault {
-                page,
-                access,
-                token,
-            },
-            None,
-            false,
-        )?;
-        if out == Outcome::Busy {
-            // Back off exponentially, as a data plane retrying a refused
-            // fault would, so tiny pools do not turn into busy loops.
-            let t = &mut self.threads[n][th];
-            t.state = ThreadState::Idle;
-            t.busy_streak = (t.busy_streak + 1).min(8);
-            let at = self.now + (self.rng.gen_range(1_000..=10_000) << t.busy_streak);
-            self.push(at, Ev::Thread(n as u16, th as u16));
-        } else {
-            self.threads[n][th].busy_streak = 0;
-        }
-        Ok(())
-    }
-
-    fn gen_op(&mut self, n: usize, th: usize) -> (usize, bool) {
-        let pages = self.pages;
-        let w = self.sc.write_pct;
-        let r = &mut self.rng;
-        match self.threads[n][th].profile {
-            Profile::Uniform | Profile::Mix => (r.gen_range(0..pages), r.gen_range(0..100) < w),
-            Profile::ReadMostly => (r.gen_range(0..pages), r.gen_range(0..100) < 5),
-            Profile::HotPage => {
-                let p = if r.gen_bool(0.7) {
-                    0
-                } else {
-                    r.gen_range(0..pages)
-                };
-                (p, r.gen_range(0..100) < w)
-            }
-            Profile::PingPong => {
-                if n < 2 && r.gen_bool(0.9) {
-                    (0, true)
-                } else {
-                    (r.gen_range(0..pages), r.gen_range(0..100) < w)
-                }
-            }
-            Profile::FalseSharing => (r.gen_range(0..pages.min(2)), r.gen_range(0..100) < 85),
-            Profile::ReadModifyWrite => (r.gen_range(0..pages), false),
-        }
-    }
-
-    fn evict(&mut self, n: usize) -> Result<(), Failure> {
-        if !self.alive[n] {
-            return Ok(());
-        }
-        let held: Vec<usize> = (0..self.pages)
-            .filter(|&p| self.mem[n][p].map != Map::None && self.homes[p] != n)
-            .collect();
-        if held.is_empty() {
-            return Ok(());
-        }
-        let p = held[self.rng.gen_range(0..held.len())];
-        let page = self.base + p as u64;
-        let i = self.inst_of(n, page);
-        self.step(n, i, super::super::Input::Evict { page }, None, false)
-            .map(|_| ())
-    }
-
-    fn fire_crashes(&mut self) {
-        for k in 0..self.sc.crashes.len() {
-            let (victim, at) = self.sc.crashes[k];
-            if !self.crashes_fired[k] && self.issued >= at {
-                self.crashes_fired[k] = true;
-                self.push(self.now, Ev::Crash(victim as u16));
-            }
-        }
-    }
-
-    fn crash(&mut self, d: usize) -> Result<(), Failure> {
-        if !self.alive[d] {
-            return Ok(());
-        }
-        self.alive[d] = false;
-        if self.trace_page.is_some() {
-            eprintln!("  -- t={} n{d} crashes", self.now);
-        }
-        for t in &mut self.threads[d] {
-            t.state = ThreadState::Stopped;
-        }
-        for n in 0..self.nodes {
-            if !self.alive[n] {
-                continue;
-            }
-            for i in 0..self.insts[n].len() {
-                let at = self.now + self.rng.gen_range(0..=self.sc.detect_max_ns);
-                self.pending_deaths += 1;
-                self.push(at, Ev::Dead(n as u16, i as u16, d as u16));
-            }
-        }
-        self.update_lossable();
-        Ok(())
     }
 
     fn deliver(&mut self, c: usize) -> Result<(), Failure> {
