@@ -219,8 +219,9 @@ impl Machine {
                 true
             }
             DirState::Shared(s) if !is_write => {
-                // A listed requester dropped its copy silently (sharer sets
-                // may be supersets); it gets data like anyone else.
+                // A listed requester may have dropped its copy after an
+                // eviction (sharer sets may be supersets): it gets data like
+                // anyone else.
                 if r == me {
                     self.violate("home read miss on a page it shares", page);
                 } else {
@@ -571,12 +572,14 @@ impl Machine {
             return Ok(Outcome::Done);
         }
         let me = self.me;
-        // Done seen before this answer: the requester installed the grant (and
-        // may have dropped it since: a clean eviction, which trusts the home
-        // to hold a copy); it waits for nothing from this transaction.
+        // Done seen before this answer: the requester installed the grant and
+        // waits for nothing more from this transaction. It cannot have lost
+        // the copy since (an eviction is refused while the page is busy), so
+        // "nothing" is a violation; the page is still settled safely.
         let installed = !t.await_done;
         match (t.is_write(), have) {
             (false, RecallHave::Nothing) if installed => {
+                self.violate("requester lost a read grant during a recall", page);
                 if t.home_has {
                     self.set_dir(di, DirState::Shared(NodeSet::single(me)));
                 } else {
@@ -614,8 +617,6 @@ impl Machine {
                 self.set_dir(di, DirState::Exclusive(from));
             }
             (true, RecallHave::Nothing) if installed => {
-                // A writable grant cannot vanish while this transaction is
-                // open (a write-back is refused busy).
                 self.violate("requester lost a writable grant during a recall", page);
                 self.mark_lost(di, out);
             }

@@ -357,7 +357,7 @@ impl Machine {
                 version,
                 writable,
                 ..
-            } => self.on_data(li, from, home, txn, version, writable, out),
+            } => self.on_data(li, from, txn, version, writable, out),
             Msg::Grant { txn, version, .. } => self.on_grant(li, txn, version, out),
             Msg::Nack { txn, reason, .. } => self.on_nack(li, txn, reason, out),
             Msg::EvictAck { txn, .. } => self.on_evict_ack(li, txn, out),

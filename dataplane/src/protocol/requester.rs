@@ -1,6 +1,6 @@
 //! The requester/holder side of the protocol: local faults, the replies to
-//! this node's requests, invalidations and forwards it must serve, evictions,
-//! and the timers (residency window, retries). See `docs/protocol.md` §6.
+//! this node's requests, the invalidations, forwards and recalls it must
+//! serve, and evictions. See `docs/protocol.md` §6.
 
 use super::action::{Action, Actions, DataSource, FailReason, InstallSource};
 use super::machine::{Access, EvictRefusal, Machine, Outcome, StepError};
@@ -106,18 +106,17 @@ impl Machine {
         Ok(Outcome::EvictStarted)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_data(
         &mut self,
         li: usize,
         from: NodeId,
-        home: NodeId,
         txn: u64,
         version: u32,
         writable: bool,
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
         let page = self.local_range.page(li);
+        let home = self.layout.home_of(page)?;
         let pending = self.local[li]
             .record()
             .and_then(|ri| match self.rec(ri).req {
