@@ -202,6 +202,8 @@ struct Packet {
     to: usize,
     msg: Msg,
     payload: Option<u64>,
+    /// Lost in its sender's crash (its delivery event finds nothing).
+    lost: bool,
 }
 
 #[derive(Debug, Default)]
@@ -645,7 +647,7 @@ impl World {
                 "delivery from an empty connection".into(),
             ));
         };
-        if !self.alive[pkt.to] {
+        if !self.alive[pkt.to] || pkt.lost {
             return Ok(());
         }
         let page = pkt.msg.page();

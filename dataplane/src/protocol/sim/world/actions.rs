@@ -87,6 +87,7 @@ impl World {
                     to,
                     msg,
                     payload: value,
+                    lost: false,
                 });
                 if !conn.listed {
                     conn.listed = true;

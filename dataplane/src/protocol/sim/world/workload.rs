@@ -161,6 +161,22 @@ impl World {
         for t in &mut self.threads[d] {
             t.state = ThreadState::Stopped;
         }
+        // The crash may interrupt a step's sends or reset its connections:
+        // each connection from the dead node delivers a random prefix of
+        // what is in flight and loses the rest.
+        for to in 0..self.nodes {
+            for lane in 0..self.lanes {
+                let c = (d * self.nodes + to) * self.lanes + lane;
+                let q = &mut self.conns[c].q;
+                if q.is_empty() {
+                    continue;
+                }
+                let keep = self.rng.gen_range(0..=q.len());
+                for pkt in q.iter_mut().skip(keep) {
+                    pkt.lost = true;
+                }
+            }
+        }
         for n in 0..self.nodes {
             if !self.alive[n] {
                 continue;
