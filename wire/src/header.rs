@@ -21,12 +21,25 @@ pub const VERSION: u8 = 1;
 /// Node ids are below this bound (one bit per node in 64-bit masks).
 pub const MAX_NODES: u16 = 64;
 
-/// Flag bit for [`MsgType::Data`] and [`MsgType::Grant`]: the receiver gets exclusive (write)
-/// ownership rather than a read-only copy.
-pub const FLAG_EXCLUSIVE: u16 = 1 << 0;
+/// Flag bits (header bytes 6..8). Which bits a type may carry is in the type table below.
+pub mod flags {
+    /// A one-page payload follows the header. Set exactly when `payload_len` is non-zero.
+    pub const DATA: u16 = 1 << 0;
+    /// `Data`: the grant is writable (exclusive ownership).
+    pub const WRITABLE: u16 = 1 << 1;
+    /// `FwdAck`: the owner kept a read-only copy.
+    pub const KEPT: u16 = 1 << 2;
+    /// `FwdAck`: the owner knew the requester was dead and sent it nothing.
+    pub const GONE: u16 = 1 << 3;
+    /// `EvictReq`: dirty write-back (a payload follows).
+    pub const DIRTY: u16 = 1 << 4;
+    /// `RecallAck`: the requester holds a copy.
+    pub const HAVE: u16 = 1 << 5;
+    /// `RecallAck`: that copy is exclusive (writable, or being written back).
+    pub const EXCL: u16 = 1 << 6;
+}
 
-/// Flag bit for [`MsgType::FwdAck`] and [`MsgType::EvictReq`]: the attached page is dirty.
-pub const FLAG_DIRTY: u16 = 1 << 0;
+use flags::{DATA, DIRTY, EXCL, GONE, HAVE, KEPT, WRITABLE};
 
 /// Payload lengths a message type allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,20 +116,24 @@ msg_types! {
     Inv = 6, Empty, 0;
     /// Sharer → home: copy dropped.
     InvAck = 7, Empty, 0;
-    /// A page's contents.
-    Data = 8, Page, FLAG_EXCLUSIVE;
-    /// Ownership or access granted without data (the requester already holds it).
-    Grant = 9, Empty, FLAG_EXCLUSIVE;
-    /// Owner → home: forward done, optionally with the page for the home copy.
-    FwdAck = 10, EmptyOrPage, FLAG_DIRTY;
-    /// Requester → home: the transaction completed.
+    /// A page's contents, read-only or writable.
+    Data = 8, Page, DATA | WRITABLE;
+    /// Upgrade granted without data (the requester's copy is current).
+    Grant = 9, Empty, 0;
+    /// Owner → home: forward done, with the page when the home gets a copy.
+    FwdAck = 10, EmptyOrPage, DATA | KEPT | GONE;
+    /// Requester → home: data from a non-home node installed; the transaction completed.
     Done = 11, Empty, 0;
-    /// Evict a replica (dirty ones carry the page home).
-    EvictReq = 12, EmptyOrPage, FLAG_DIRTY;
+    /// Drop a replica (clean) or write it back home (dirty, with the page).
+    EvictReq = 12, EmptyOrPage, DATA | DIRTY;
     /// Home → evicter: eviction recorded.
     EvictAck = 13, Empty, 0;
-    /// Request refused (busy or stale); the requester retries.
+    /// Request refused (busy: retry; or the page is lost).
     Nack = 14, Empty, 0;
+    /// Home → requester: what do you hold? (after the data source died).
+    Recall = 15, Empty, 0;
+    /// Requester → home: answer to a recall, with the page when it holds a clean copy.
+    RecallAck = 16, EmptyOrPage, DATA | HAVE | EXCL;
     /// Transport liveness / RTT probe.
     Ping = 32, Empty, 0;
     /// Answer to [`MsgType::Ping`].
@@ -146,7 +163,7 @@ pub enum FrameError {
     /// Payload length larger than any frame may carry.
     #[error("payload length {0} exceeds the {MAX_PAYLOAD}-byte frame limit: the peer violates the wire format")]
     Oversized(u32),
-    /// Flag bits not defined for the type.
+    /// Flag bits not defined for the type, or the `DATA` flag disagreeing with the payload.
     #[error("flags {flags:#06x} have bits not defined for {ty:?}: the peer runs an incompatible ssi-dp build")]
     BadFlags {
         /// The message type.
@@ -239,6 +256,17 @@ impl Header {
         }
     }
 
+    /// Sets `payload_len` and the [`flags::DATA`] bit together (a decoder refuses a frame
+    /// where they disagree).
+    pub fn set_payload_len(&mut self, len: u32) {
+        self.payload_len = len;
+        if len == 0 {
+            self.flags &= !DATA;
+        } else {
+            self.flags |= DATA;
+        }
+    }
+
     /// Checks the fields a decoder checks (payload rule, flags, sender). Senders call it
     /// before encoding so that they never put a frame on the wire that the peer would reject.
     pub fn validate(&self) -> Result<(), FrameError> {
@@ -251,7 +279,9 @@ impl Header {
                 len: self.payload_len,
             });
         }
-        if self.flags & !self.ty.allowed_flags() != 0 {
+        let data_flag_wrong = (self.flags & DATA != 0) != (self.payload_len != 0)
+            && self.ty.payload_rule() != PayloadRule::Empty;
+        if self.flags & !self.ty.allowed_flags() != 0 || data_flag_wrong {
             return Err(FrameError::BadFlags {
                 ty: self.ty,
                 flags: self.flags,
@@ -315,7 +345,7 @@ mod tests {
     fn sample() -> Header {
         Header {
             ty: MsgType::Data,
-            flags: FLAG_EXCLUSIVE,
+            flags: DATA | WRITABLE,
             sender: 7,
             aux: 3,
             payload_len: PAGE_SIZE as u32,
@@ -332,7 +362,7 @@ mod tests {
         assert_eq!(&b[0..4], b"SSID");
         assert_eq!(b[4], 1);
         assert_eq!(b[5], 8);
-        assert_eq!(&b[6..8], &[1, 0]);
+        assert_eq!(&b[6..8], &[3, 0]);
         assert_eq!(&b[8..10], &[7, 0]);
         assert_eq!(&b[10..12], &[3, 0]);
         assert_eq!(&b[12..16], &[0, 0x10, 0, 0]);
@@ -353,8 +383,8 @@ mod tests {
         b[4] = 2;
         assert_eq!(Header::decode(&b), Err(FrameError::BadVersion(2)));
         let mut b = good;
-        b[5] = 15;
-        assert_eq!(Header::decode(&b), Err(FrameError::UnknownType(15)));
+        b[5] = 17;
+        assert_eq!(Header::decode(&b), Err(FrameError::UnknownType(17)));
         let mut b = good;
         b[12..16].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(
@@ -374,6 +404,25 @@ mod tests {
             Err(FrameError::BadFlags {
                 ty: MsgType::Data,
                 flags: 0x82
+            })
+        );
+        let mut b = good;
+        b[6] = 0x02; // WRITABLE without DATA although a page follows
+        assert_eq!(
+            Header::decode(&b),
+            Err(FrameError::BadFlags {
+                ty: MsgType::Data,
+                flags: 0x02
+            })
+        );
+        let mut b = good;
+        b[5] = MsgType::FwdAck as u8;
+        b[6] = 0; // a page follows but DATA is clear
+        assert_eq!(
+            Header::decode(&b),
+            Err(FrameError::BadFlags {
+                ty: MsgType::FwdAck,
+                flags: 0
             })
         );
         let mut b = good;

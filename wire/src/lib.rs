@@ -26,8 +26,8 @@ pub mod testkit;
 
 pub use counters::TransportStats;
 pub use header::{
-    FrameError, Header, MsgType, PayloadRule, FLAG_DIRTY, FLAG_EXCLUSIVE, HEADER_LEN, MAGIC,
-    MAX_NODES, MAX_PAYLOAD, PAGE_SIZE, VERSION,
+    flags, FrameError, Header, MsgType, PayloadRule, HEADER_LEN, MAGIC, MAX_NODES, MAX_PAYLOAD,
+    PAGE_SIZE, VERSION,
 };
 pub use parser::{FrameParser, Parsed};
 pub use peermap::PeerMap;

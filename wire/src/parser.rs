@@ -160,7 +160,7 @@ mod tests {
             );
             h.txn = i;
             if h.ty == MsgType::Data {
-                h.payload_len = PAGE_SIZE as u32;
+                h.set_payload_len(PAGE_SIZE as u32);
             }
             let mut b = [0u8; HEADER_LEN];
             h.encode(&mut b);

@@ -297,7 +297,7 @@ mod tests {
 
     fn hdr(ty: MsgType, len: u32) -> Header {
         let mut h = Header::new(ty, 1);
-        h.payload_len = len;
+        h.set_payload_len(len);
         h
     }
 

@@ -27,17 +27,23 @@ fn any_valid_header() -> impl Strategy<Value = Header> {
                     }
                 }
             };
-            let flags = if flag { ty.allowed_flags() } else { 0 };
-            Header {
+            let flags = if flag {
+                ty.allowed_flags() & !wire::flags::DATA
+            } else {
+                0
+            };
+            let mut h = Header {
                 ty,
                 flags,
                 sender,
                 aux,
-                payload_len: len,
+                payload_len: 0,
                 txn,
                 page: pg,
                 arg,
-            }
+            };
+            h.set_payload_len(len);
+            h
         })
 }
 

@@ -78,7 +78,7 @@ fn reference(args: &Args) -> Outcome {
         pin(server_cpu, "server");
         let mut resp = vec![0x5au8; HEADER_LEN + PAGE_SIZE];
         let mut h = Header::new(MsgType::Data, 2);
-        h.payload_len = PAGE_SIZE as u32;
+        h.set_payload_len(PAGE_SIZE as u32);
         let mut hb = [0u8; HEADER_LEN];
         h.encode(&mut hb);
         resp[..HEADER_LEN].copy_from_slice(&hb);
@@ -186,7 +186,7 @@ fn transport_row<T: Transport + 'static>(
         // drops at the end of this closure), which waits for its zero-copy sends on drop.
         let pref = unsafe { PageRef::new(page.as_ptr(), PAGE_SIZE) };
         let mut resp = Header::new(MsgType::Data, 2);
-        resp.payload_len = PAGE_SIZE as u32;
+        resp.set_payload_len(PAGE_SIZE as u32);
         for expected in 0..total {
             let txn = next_event(&mut t, idle, |t, e| match e {
                 Event::Received {

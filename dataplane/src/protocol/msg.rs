@@ -4,59 +4,47 @@
 use super::node::{NodeError, NodeId};
 use thiserror::Error;
 
-/// Wire type codes (`MsgFields::ty`).
+/// Wire type codes (`MsgFields::ty`): the wire crate's [`wire::MsgType`] codes, which own the
+/// numbering and each type's payload and flag rules.
 pub mod code {
+    use wire::MsgType;
+
     /// Read miss: requester → home.
-    pub const READ_REQ: u8 = 1;
+    pub const READ_REQ: u8 = MsgType::ReadReq as u8;
     /// Write miss: requester → home.
-    pub const WRITE_REQ: u8 = 2;
+    pub const WRITE_REQ: u8 = MsgType::WriteReq as u8;
     /// Upgrade of a read-only copy: requester → home.
-    pub const UPGRADE_REQ: u8 = 3;
+    pub const UPGRADE_REQ: u8 = MsgType::UpgradeReq as u8;
     /// Home asks the owner to serve a reader.
-    pub const FWD_READ: u8 = 4;
+    pub const FWD_READ: u8 = MsgType::FwdRead as u8;
     /// Home asks the owner to hand the page to a writer.
-    pub const FWD_WRITE: u8 = 5;
+    pub const FWD_WRITE: u8 = MsgType::FwdWrite as u8;
     /// Home invalidates a sharer.
-    pub const INV: u8 = 6;
+    pub const INV: u8 = MsgType::Inv as u8;
     /// Sharer acknowledges an invalidation.
-    pub const INV_ACK: u8 = 7;
+    pub const INV_ACK: u8 = MsgType::InvAck as u8;
     /// A page grant with data.
-    pub const DATA: u8 = 8;
+    pub const DATA: u8 = MsgType::Data as u8;
     /// An upgrade grant without data.
-    pub const GRANT: u8 = 9;
+    pub const GRANT: u8 = MsgType::Grant as u8;
     /// The owner's answer to a forward.
-    pub const FWD_ACK: u8 = 10;
+    pub const FWD_ACK: u8 = MsgType::FwdAck as u8;
     /// Requester confirms it installed data sent by a non-home node.
-    pub const DONE: u8 = 11;
+    pub const DONE: u8 = MsgType::Done as u8;
     /// Requester drops (clean) or writes back (dirty) a replica.
-    pub const EVICT_REQ: u8 = 12;
+    pub const EVICT_REQ: u8 = MsgType::EvictReq as u8;
     /// Home accepted an eviction.
-    pub const EVICT_ACK: u8 = 13;
+    pub const EVICT_ACK: u8 = MsgType::EvictAck as u8;
     /// Home refuses a request (busy: retry; lost).
-    pub const NACK: u8 = 14;
+    pub const NACK: u8 = MsgType::Nack as u8;
     /// Home asks a requester what it holds after the data source died.
-    pub const RECALL: u8 = 15;
+    pub const RECALL: u8 = MsgType::Recall as u8;
     /// Requester's answer to a recall.
-    pub const RECALL_ACK: u8 = 16;
+    pub const RECALL_ACK: u8 = MsgType::RecallAck as u8;
 }
 
-/// Flag bits (`MsgFields::flags`).
-pub mod flag {
-    /// A one-page payload follows the header.
-    pub const DATA: u16 = 1 << 0;
-    /// `Data`: the grant is writable (exclusive).
-    pub const WRITABLE: u16 = 1 << 1;
-    /// `FwdAck`: the owner kept a read-only copy.
-    pub const KEPT: u16 = 1 << 2;
-    /// `FwdAck`: the owner knew the requester was dead and sent it nothing.
-    pub const GONE: u16 = 1 << 3;
-    /// `EvictReq`: dirty write-back (payload follows).
-    pub const DIRTY: u16 = 1 << 4;
-    /// `RecallAck`: the requester holds a copy.
-    pub const HAVE: u16 = 1 << 5;
-    /// `RecallAck`: that copy is exclusive (writable or being written back).
-    pub const EXCL: u16 = 1 << 6;
-}
+/// Flag bits (`MsgFields::flags`), defined by the wire format.
+pub use wire::flags as flag;
 
 /// Why the home refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -696,6 +684,28 @@ mod tests {
             codes.into_iter().collect::<Vec<_>>(),
             (1..=16).collect::<Vec<u8>>()
         );
+    }
+
+    /// Every protocol message is a frame the wire format accepts: its type exists there, and
+    /// its flags and payload follow the type's rules (the wire crate owns both).
+    #[test]
+    fn every_message_is_a_valid_wire_frame() {
+        for m in every_message() {
+            let f = m.to_fields();
+            let ty = wire::MsgType::from_code(f.ty).expect("protocol code known to the wire");
+            let mut h = wire::Header::new(ty, 5);
+            h.flags = f.flags;
+            h.aux = f.aux;
+            h.txn = f.txn;
+            h.page = f.page;
+            h.arg = f.arg;
+            h.payload_len = if m.has_data() {
+                wire::PAGE_SIZE as u32
+            } else {
+                0
+            };
+            assert_eq!(h.validate(), Ok(()), "{m:?}");
+        }
     }
 
     #[test]

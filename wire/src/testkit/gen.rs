@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::region::PageRegion;
 use crate::{
-    Event, Header, MsgType, PageRef, Payload, PeerId, RxBuf, SendOutcome, Transport, FLAG_DIRTY,
-    PAGE_SIZE,
+    Event, Header, MsgType, PageRef, Payload, PeerId, RxBuf, SendOutcome, Transport, PAGE_SIZE,
 };
 
 /// Payload kinds a sequence number selects.
@@ -17,7 +16,7 @@ pub enum Kind {
     Empty,
     /// Page copied by the transport (`Data`).
     Copy,
-    /// Page sent in place (`FwdAck` with `FLAG_DIRTY`).
+    /// Page sent in place (`EvictReq` with the dirty flag).
     Page,
 }
 
@@ -60,8 +59,12 @@ pub fn checksum(bytes: &[u8]) -> u64 {
 pub fn header(seq: u64, sender: u16, sum: u64) -> Header {
     let (ty, len, flags) = match kind(seq) {
         Kind::Empty => (MsgType::ReadReq, 0, 0),
-        Kind::Copy => (MsgType::Data, PAGE_SIZE as u32, 0),
-        Kind::Page => (MsgType::FwdAck, PAGE_SIZE as u32, FLAG_DIRTY),
+        Kind::Copy => (MsgType::Data, PAGE_SIZE as u32, crate::flags::DATA),
+        Kind::Page => (
+            MsgType::EvictReq,
+            PAGE_SIZE as u32,
+            crate::flags::DATA | crate::flags::DIRTY,
+        ),
     };
     Header {
         ty,

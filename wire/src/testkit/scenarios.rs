@@ -423,7 +423,7 @@ pub fn send_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     r.add_peer(1, b, None).expect("add");
     let page = vec![0xabu8; PAGE_SIZE];
     let mut data = Header::new(MsgType::Data, 1);
-    data.payload_len = PAGE_SIZE as u32;
+    data.set_payload_len(PAGE_SIZE as u32);
     let send = |t: &mut T, h: &Header, p: Payload<'_>| t.send(1, h, p, 0).expect("send");
     assert_eq!(
         send(&mut t, &data, Payload::Copy(&page)),
@@ -513,7 +513,7 @@ pub fn receive_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) 
     let mut buf = vec![0u8; PAGE_SIZE];
     for seq in 0..6u64 {
         let mut h = Header::new(MsgType::Data, 1);
-        h.payload_len = PAGE_SIZE as u32;
+        h.set_payload_len(PAGE_SIZE as u32);
         h.txn = seq;
         gen::fill(seq, &mut buf);
         h.arg = gen::checksum(&buf);
