@@ -3,13 +3,18 @@
 //! secret, and checking wire version and cluster layout digest. Outcomes are counted by reason.
 //!
 //! Exchange (every message starts with an 8-byte prefix: magic, version, kind, reason, pad):
-//! 1. client → server `ClientHello { node, shard, shard_count, nonce_c, digest }`
-//! 2. server → client `ServerHello { …, nonce_s, digest }` + `mac_s`, or `Reject`
+//! 1. client → server `ClientHello { node, shard, shard_count, target, nonce_c, digest }`
+//! 2. server → client `ServerHello { node, shard = target, …, nonce_s, digest }` + `mac_s`, or
+//!    `Reject`
 //! 3. client → server `ClientAuth { mac_c }`, or `Abort { reason }`
 //! 4. server → client `Accept` or `Reject { reason }`
 //!
 //! `mac_s = HMAC(secret, "ssi-dp server" ‖ client hello ‖ server hello)` and
 //! `mac_c = HMAC(secret, "ssi-dp client" ‖ client hello ‖ server hello)`.
+//!
+//! `target` is the server shard (data-plane core) the client wants this connection to serve:
+//! nodes run one connection per pair of shards, and one listening port serves all of a node's
+//! shards. The server refuses a target beyond its shard count.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -87,6 +92,8 @@ pub enum RejectReason {
     UnexpectedNode,
     /// A message did not parse.
     Malformed,
+    /// The client asked for a shard the server does not have.
+    NoSuchShard,
     /// A reason code this build does not know.
     Other(u8),
 }
@@ -101,6 +108,7 @@ impl RejectReason {
             RejectReason::Replayed => 5,
             RejectReason::UnexpectedNode => 6,
             RejectReason::Malformed => 7,
+            RejectReason::NoSuchShard => 8,
             RejectReason::Other(c) => c,
         }
     }
@@ -114,6 +122,7 @@ impl RejectReason {
             5 => RejectReason::Replayed,
             6 => RejectReason::UnexpectedNode,
             7 => RejectReason::Malformed,
+            8 => RejectReason::NoSuchShard,
             c => RejectReason::Other(c),
         }
     }
@@ -129,6 +138,7 @@ impl fmt::Display for RejectReason {
             RejectReason::Replayed => "the handshake was a replay",
             RejectReason::UnexpectedNode => "its node id is not the one we dialled",
             RejectReason::Malformed => "a handshake message was malformed",
+            RejectReason::NoSuchShard => "it has no shard with the index we asked for",
             RejectReason::Other(c) => return write!(f, "unknown reason code {c}"),
         };
         f.write_str(s)
@@ -182,6 +192,22 @@ pub enum HandshakeError {
     /// The client nonce was used before.
     #[error("replayed handshake refused: this client nonce was already used")]
     Replayed,
+    /// The client asked for a shard this node does not have.
+    #[error("the peer asked for shard {asked} but this node runs {count} shards: check --cores on both nodes")]
+    NoSuchShard {
+        /// The shard asked for.
+        asked: u16,
+        /// Our shard count.
+        count: u16,
+    },
+    /// The server answered for another shard than the one asked for.
+    #[error("asked the peer for shard {asked} but it answered for shard {got}")]
+    WrongShard {
+        /// The shard asked for.
+        asked: u16,
+        /// The shard that answered.
+        got: u16,
+    },
     /// The peer refused us.
     #[error("the peer refused the connection: {0}")]
     Rejected(RejectReason),
@@ -222,7 +248,9 @@ impl HandshakeStats {
         let c = match e {
             HandshakeError::Config(_) => return,
             HandshakeError::Io(_) => &self.io,
-            HandshakeError::Malformed(_) => &self.malformed,
+            HandshakeError::Malformed(_)
+            | HandshakeError::NoSuchShard { .. }
+            | HandshakeError::WrongShard { .. } => &self.malformed,
             HandshakeError::VersionMismatch { .. } => &self.version,
             HandshakeError::WrongSecret => &self.wrong_secret,
             HandshakeError::UnexpectedNode { .. } => &self.unexpected_node,
@@ -365,12 +393,16 @@ pub struct Authenticated {
     pub peer_shard: u16,
     /// The peer's shard count.
     pub peer_shard_count: u16,
+    /// Our shard this connection serves (the client's `target` on the server side, the
+    /// configured shard on the client side).
+    pub local_shard: u16,
 }
 
 struct Hello {
     node: u16,
     shard: u16,
     shard_count: u16,
+    target: u16,
     nonce: [u8; 32],
     digest: [u8; 32],
 }
@@ -383,13 +415,16 @@ fn prefix(kind: u8, reason: u8) -> [u8; PREFIX_LEN] {
 fn encode_hello(
     kind: u8,
     cfg: &HandshakeConfig,
+    shard: u16,
+    target: u16,
     nonce: &[u8; 32],
 ) -> [u8; PREFIX_LEN + HELLO_BODY_LEN] {
     let mut b = [0u8; PREFIX_LEN + HELLO_BODY_LEN];
     b[..PREFIX_LEN].copy_from_slice(&prefix(kind, 0));
     b[8..10].copy_from_slice(&cfg.node.to_le_bytes());
-    b[10..12].copy_from_slice(&cfg.shard.to_le_bytes());
+    b[10..12].copy_from_slice(&shard.to_le_bytes());
     b[12..14].copy_from_slice(&cfg.shard_count.to_le_bytes());
+    b[14..16].copy_from_slice(&target.to_le_bytes());
     b[16..48].copy_from_slice(nonce);
     b[48..80].copy_from_slice(&cfg.digest.0);
     b
@@ -404,6 +439,7 @@ fn decode_hello(b: &[u8; PREFIX_LEN + HELLO_BODY_LEN]) -> Hello {
         node: u16::from_le_bytes([b[8], b[9]]),
         shard: u16::from_le_bytes([b[10], b[11]]),
         shard_count: u16::from_le_bytes([b[12], b[13]]),
+        target: u16::from_le_bytes([b[14], b[15]]),
         nonce,
         digest,
     }
@@ -469,15 +505,17 @@ fn finish<T>(cfg: &HandshakeConfig, r: Result<T, HandshakeError>) -> Result<T, H
     r
 }
 
-/// Dials `addr` and authenticates as a client; the server must prove it is `expected`.
+/// Dials `addr` and authenticates as a client (our shard is `cfg.shard`); the server must
+/// prove it is node `expected` and serve this connection from its shard `target`.
 pub fn connect(
     addr: SocketAddr,
     cfg: &HandshakeConfig,
     expected: NodeId,
+    target: u16,
 ) -> Result<Authenticated, HandshakeError> {
     let r = TcpStream::connect_timeout(&addr, cfg.timeout)
         .map_err(HandshakeError::Io)
-        .and_then(|s| client(s, cfg, expected));
+        .and_then(|s| client(s, cfg, expected, target));
     finish(cfg, r)
 }
 
@@ -486,19 +524,21 @@ pub fn connect_stream(
     stream: TcpStream,
     cfg: &HandshakeConfig,
     expected: NodeId,
+    target: u16,
 ) -> Result<Authenticated, HandshakeError> {
-    finish(cfg, client(stream, cfg, expected))
+    finish(cfg, client(stream, cfg, expected, target))
 }
 
 fn client(
     mut s: TcpStream,
     cfg: &HandshakeConfig,
     expected: NodeId,
+    target: u16,
 ) -> Result<Authenticated, HandshakeError> {
     let deadline = Instant::now() + cfg.timeout;
     s.set_nodelay(true)?;
     let nonce_c = fresh_nonce();
-    let ch = encode_hello(KIND_CLIENT_HELLO, cfg, &nonce_c);
+    let ch = encode_hello(KIND_CLIENT_HELLO, cfg, cfg.shard, target, &nonce_c);
     write_by(&mut s, &[&ch], deadline)?;
 
     let (kind, reason) = read_prefix(&mut s, deadline)?;
@@ -537,6 +577,13 @@ fn client(
         };
         return abort(&mut s, RejectReason::UnexpectedNode, e);
     }
+    if hello.shard != target {
+        let e = HandshakeError::WrongShard {
+            asked: target,
+            got: hello.shard,
+        };
+        return abort(&mut s, RejectReason::NoSuchShard, e);
+    }
     if hello.digest != cfg.digest.0 {
         let e = HandshakeError::LayoutMismatch {
             ours: cfg.digest,
@@ -552,6 +599,7 @@ fn client(
             peer_node: hello.node,
             peer_shard: hello.shard,
             peer_shard_count: hello.shard_count,
+            local_shard: cfg.shard,
         }),
         (KIND_REJECT, r) => Err(HandshakeError::Rejected(RejectReason::from_code(r))),
         _ => Err(HandshakeError::Malformed("expected accept or reject")),
@@ -612,8 +660,16 @@ fn server(mut s: TcpStream, cfg: &HandshakeConfig) -> Result<Authenticated, Hand
         return reject(&mut s, RejectReason::Replayed, HandshakeError::Replayed);
     }
 
+    if hello.target >= cfg.shard_count {
+        let e = HandshakeError::NoSuchShard {
+            asked: hello.target,
+            count: cfg.shard_count,
+        };
+        return reject(&mut s, RejectReason::NoSuchShard, e);
+    }
+
     let nonce_s = fresh_nonce();
-    let sh = encode_hello(KIND_SERVER_HELLO, cfg, &nonce_s);
+    let sh = encode_hello(KIND_SERVER_HELLO, cfg, hello.target, hello.shard, &nonce_s);
     let mac_s = cfg.mac(b"ssi-dp server", &ch, &sh)?;
     write_by(&mut s, &[&sh, &mac_s], deadline)?;
 
@@ -679,5 +735,6 @@ fn server(mut s: TcpStream, cfg: &HandshakeConfig) -> Result<Authenticated, Hand
         peer_node: hello.node,
         peer_shard: hello.shard,
         peer_shard_count: hello.shard_count,
+        local_shard: hello.target,
     })
 }

@@ -28,7 +28,7 @@ fn run(
 ) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let client = thread::spawn(move || handshake::connect(addr, &c, expect));
+    let client = thread::spawn(move || handshake::connect(addr, &c, expect, 0));
     let server = handshake::accept(&l, s);
     (server, client.join().unwrap())
 }
@@ -52,6 +52,51 @@ fn good_handshake_reports_the_peer() {
     );
     assert_eq!(s.stats.ok.load(Relaxed), 1);
     assert_eq!(s.stats.failures(), 0);
+}
+
+/// A client names the server shard it wants; the server serves it from that shard and the
+/// client learns it was answered by that shard.
+#[test]
+fn connection_is_served_by_the_target_shard() {
+    let mut s = cfg(1);
+    s.shard_count = 3;
+    let mut c = cfg(2);
+    c.shard = 1;
+    c.shard_count = 2;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let client = thread::spawn(move || handshake::connect(addr, &c, 1, 2));
+    let srv = handshake::accept(&l, &s).expect("server");
+    let cli = client.join().unwrap().expect("client");
+    assert_eq!((srv.local_shard, srv.peer_shard), (2, 1));
+    assert_eq!(
+        (cli.local_shard, cli.peer_shard, cli.peer_shard_count),
+        (1, 2, 3)
+    );
+}
+
+#[test]
+fn a_shard_the_server_lacks_is_refused() {
+    let mut s = cfg(1);
+    s.shard_count = 2;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let c = cfg(2);
+    let client = thread::spawn(move || handshake::connect(addr, &c, 1, 2));
+    let srv = handshake::accept(&l, &s);
+    assert!(
+        matches!(srv, Err(HandshakeError::NoSuchShard { asked: 2, count: 2 })),
+        "{srv:?}"
+    );
+    let cli = client.join().unwrap();
+    assert!(
+        matches!(
+            cli,
+            Err(HandshakeError::Rejected(RejectReason::NoSuchShard))
+        ),
+        "{cli:?}"
+    );
+    assert_eq!(s.stats.failures(), 1);
 }
 
 #[test]
@@ -165,7 +210,7 @@ fn replayed_transcript_is_refused() {
         recorded
     });
     let c = cfg(2);
-    let client = thread::spawn(move || handshake::connect(proxy_addr, &c, 1));
+    let client = thread::spawn(move || handshake::connect(proxy_addr, &c, 1, 0));
     let first = handshake::accept(&server_l, &s).expect("original handshake");
     client.join().unwrap().expect("original client");
     drop(first);

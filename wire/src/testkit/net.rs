@@ -35,7 +35,7 @@ pub fn auth_pair(c: u16, s: u16) -> (Authenticated, Authenticated) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = l.local_addr().expect("local addr");
     let server = std::thread::spawn(move || handshake::accept(&l, &hs(s)));
-    let client = handshake::connect(addr, &hs(c), s).expect("client handshake");
+    let client = handshake::connect(addr, &hs(c), s, 0).expect("client handshake");
     let server = server
         .join()
         .expect("server thread")
@@ -78,7 +78,7 @@ pub fn accept_within(
 pub fn connect_retry(addr: SocketAddr, node: u16, server: u16, limit: Duration) -> Authenticated {
     let deadline = Instant::now() + limit;
     loop {
-        match handshake::connect(addr, &hs(node), server) {
+        match handshake::connect(addr, &hs(node), server, 0) {
             Ok(a) => return a,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("testkit: connect to {addr} failed ({e}); retrying");

@@ -387,7 +387,7 @@ pub fn wrong_secret<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let scfg = hs(2);
     let attacker = std::thread::spawn(move || {
         let bad = HandshakeConfig::new(3, b"not the cluster secret at all", DIGEST).expect("cfg");
-        handshake::connect(addr, &bad, 2)
+        handshake::connect(addr, &bad, 2, 0)
     });
     let r = handshake::accept(&l, &scfg);
     assert!(
