@@ -185,7 +185,10 @@ impl<const N: usize> EventBuf<N> {
     /// An empty buffer.
     pub fn new() -> Self {
         const {
-            assert!(N >= 1 && N <= MAX_EVENT_BATCH, "EventBuf size must be 1..=1024");
+            assert!(
+                N >= 1 && N <= MAX_EVENT_BATCH,
+                "EventBuf size must be 1..=1024"
+            );
         }
         Self {
             raw: [sys::uffd_msg::ZERO; N],

@@ -115,7 +115,10 @@ mod tests {
             Features::empty(),
         )
         .unwrap_err();
-        let FeatureError::Missing { missing, available: a } = err;
+        let FeatureError::Missing {
+            missing,
+            available: a,
+        } = err;
         assert_eq!(missing, Features::MOVE | Features::POISON);
         assert_eq!(a, available);
         let text = err.to_string();

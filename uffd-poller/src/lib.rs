@@ -32,8 +32,7 @@ pub mod sys;
 mod uffd;
 
 pub use event::{
-    Event, EventBuf, Fault, FaultFlags, FaultKind, ReadError, DEFAULT_EVENT_BATCH,
-    MAX_EVENT_BATCH,
+    Event, EventBuf, Fault, FaultFlags, FaultKind, ReadError, DEFAULT_EVENT_BATCH, MAX_EVENT_BATCH,
 };
 pub use features::{negotiate, FeatureError, Features};
 pub use ioctls::Ioctls;

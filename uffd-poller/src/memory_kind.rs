@@ -213,7 +213,11 @@ fn classify(shared: bool, path: &str, hugetlb: bool) -> MemoryKind {
     if hugetlb {
         return MemoryKind::Hugetlb;
     }
-    if path.is_empty() || path == "[heap]" || path.starts_with("[stack") || path.starts_with("[anon:") {
+    if path.is_empty()
+        || path == "[heap]"
+        || path.starts_with("[stack")
+        || path.starts_with("[anon:")
+    {
         return if shared {
             MemoryKind::Shmem
         } else {
@@ -254,14 +258,16 @@ mod tests {
 
     #[test]
     fn parses_smaps_headers() {
-        let (s, e, shared, path) =
-            parse_header("7f1c2a000000-7f1c2a021000 rw-s 00000000 00:01 2050 /memfd:guest (deleted)")
-                .unwrap();
+        let (s, e, shared, path) = parse_header(
+            "7f1c2a000000-7f1c2a021000 rw-s 00000000 00:01 2050 /memfd:guest (deleted)",
+        )
+        .unwrap();
         assert_eq!((s, e, shared), (0x7f1c_2a00_0000, 0x7f1c_2a02_1000, true));
         assert_eq!(path, "/memfd:guest (deleted)");
-        let (_, _, shared, path) =
-            parse_header("55d0c8a4d000-55d0c8a6e000 rw-p 00000000 00:00 0                          [heap]")
-                .unwrap();
+        let (_, _, shared, path) = parse_header(
+            "55d0c8a4d000-55d0c8a6e000 rw-p 00000000 00:00 0                          [heap]",
+        )
+        .unwrap();
         assert!(!shared);
         assert_eq!(path, "[heap]");
         assert!(parse_header("Rss:                   4 kB").is_none());
@@ -271,9 +277,18 @@ mod tests {
     #[test]
     fn classifies_by_path_and_flags() {
         assert_eq!(classify(false, "", false), MemoryKind::PrivateAnonymous);
-        assert_eq!(classify(true, "/dev/zero (deleted)", false), MemoryKind::Shmem);
-        assert_eq!(classify(true, "/memfd:x (deleted)", false), MemoryKind::Shmem);
-        assert_eq!(classify(true, "/memfd:x (deleted)", true), MemoryKind::Hugetlb);
+        assert_eq!(
+            classify(true, "/dev/zero (deleted)", false),
+            MemoryKind::Shmem
+        );
+        assert_eq!(
+            classify(true, "/memfd:x (deleted)", false),
+            MemoryKind::Shmem
+        );
+        assert_eq!(
+            classify(true, "/memfd:x (deleted)", true),
+            MemoryKind::Hugetlb
+        );
         assert_eq!(classify(false, "[vdso]", false), MemoryKind::Special);
     }
 
@@ -291,14 +306,36 @@ mod tests {
     fn diagnosis_finds_the_offending_mapping_or_hole() {
         let all = Features::all();
         let vmas = [
-            Vma { start: 0x1000, end: 0x3000, kind: MemoryKind::PrivateAnonymous },
-            Vma { start: 0x3000, end: 0x5000, kind: MemoryKind::Shmem },
-            Vma { start: 0x6000, end: 0x7000, kind: MemoryKind::File },
+            Vma {
+                start: 0x1000,
+                end: 0x3000,
+                kind: MemoryKind::PrivateAnonymous,
+            },
+            Vma {
+                start: 0x3000,
+                end: 0x5000,
+                kind: MemoryKind::Shmem,
+            },
+            Vma {
+                start: 0x6000,
+                end: 0x7000,
+                kind: MemoryKind::File,
+            },
         ];
-        let d = diagnose_in(&vmas, 0x1000, 0x4000, RegisterMode::MISSING | RegisterMode::MINOR, all);
+        let d = diagnose_in(
+            &vmas,
+            0x1000,
+            0x4000,
+            RegisterMode::MISSING | RegisterMode::MINOR,
+            all,
+        );
         assert_eq!(
             d,
-            Diagnosis { at: 0x1000, kind: MemoryKind::PrivateAnonymous, unsupported: RegisterMode::MINOR }
+            Diagnosis {
+                at: 0x1000,
+                kind: MemoryKind::PrivateAnonymous,
+                unsupported: RegisterMode::MINOR
+            }
         );
         let d = diagnose_in(&vmas, 0x3000, 0x5000, RegisterMode::MINOR, all);
         assert!(d.unsupported.is_empty());
@@ -327,7 +364,12 @@ mod tests {
         };
         assert_ne!(p, libc::MAP_FAILED);
         let addr = p as usize;
-        let d = diagnose(addr, page, RegisterMode::MINOR | RegisterMode::MISSING, Features::all());
+        let d = diagnose(
+            addr,
+            page,
+            RegisterMode::MINOR | RegisterMode::MISSING,
+            Features::all(),
+        );
         assert_eq!(d.kind, MemoryKind::PrivateAnonymous);
         assert_eq!(d.unsupported, RegisterMode::MINOR);
         // SAFETY: unmaps the mapping created above, which nothing else uses.

@@ -103,7 +103,9 @@ pub(crate) struct Initialised {
 }
 
 fn last_errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Creates an uninitialised userfaultfd.
@@ -123,9 +125,7 @@ pub(crate) fn create_fd() -> Result<(OwnedFd, OpenedVia), OpenError> {
         return Err(match e {
             libc::EPERM => OpenError::PermissionDenied { device_errno },
             libc::ENOSYS => OpenError::Unsupported,
-            libc::EMFILE | libc::ENFILE => {
-                OpenError::TooManyFiles(io::Error::from_raw_os_error(e))
-            }
+            libc::EMFILE | libc::ENFILE => OpenError::TooManyFiles(io::Error::from_raw_os_error(e)),
             _ => OpenError::Os {
                 step: "userfaultfd(2)",
                 source: io::Error::from_raw_os_error(e),
@@ -180,7 +180,8 @@ pub(crate) fn handshake(fd: BorrowedFd<'_>, features: Features) -> Result<sys::u
 /// Asks the kernel what it offers, on a throwaway fd (`UFFDIO_API` works once per fd).
 pub(crate) fn probe() -> Result<(Features, Ioctls), OpenError> {
     let (fd, _) = create_fd()?;
-    let api = handshake(fd.as_fd(), Features::empty()).map_err(|e| api_error(e, Features::empty()))?;
+    let api =
+        handshake(fd.as_fd(), Features::empty()).map_err(|e| api_error(e, Features::empty()))?;
     Ok((
         Features::from_bits_retain(api.features),
         Ioctls::from_bits_retain(api.ioctls),

@@ -321,7 +321,8 @@ fn fill_outcome(
 impl Uffd {
     #[inline]
     fn check(&self, op: Op, start: usize, len: usize, unknown_mode: u64) -> Result<(), OpError> {
-        range::check(start, len, self.page_size()).map_err(|source| OpError::Range { op, source })?;
+        range::check(start, len, self.page_size())
+            .map_err(|source| OpError::Range { op, source })?;
         if unknown_mode != 0 {
             return Err(OpError::BadMode {
                 op,
@@ -558,7 +559,14 @@ mod tests {
     #[test]
     fn errnos_become_typed_errors() {
         let e = fill_outcome(Op::Copy, Err(libc::ENOENT), 0, 0x5000, 4096).unwrap_err();
-        assert!(matches!(e, OpError::NotRegistered { op: Op::Copy, start: 0x5000, .. }));
+        assert!(matches!(
+            e,
+            OpError::NotRegistered {
+                op: Op::Copy,
+                start: 0x5000,
+                ..
+            }
+        ));
         let e = fill_outcome(Op::Move, Err(libc::ENOENT), 0, 0x5000, 4096).unwrap_err();
         assert!(matches!(e, OpError::SourceHole { op: Op::Move }));
         let e = fill_outcome(Op::Move, Err(libc::EBUSY), 0, 0x5000, 4096).unwrap_err();

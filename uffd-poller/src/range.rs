@@ -66,7 +66,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_ranges() {
-        assert_eq!(check(0x1000, 0, 4096), Err(RangeError::Empty { start: 0x1000 }));
+        assert_eq!(
+            check(0x1000, 0, 4096),
+            Err(RangeError::Empty { start: 0x1000 })
+        );
         assert!(matches!(
             check(0x1001, 0x1000, 4096),
             Err(RangeError::Unaligned { .. })

@@ -30,9 +30,7 @@ pub enum RegisterError {
     #[error(transparent)]
     Range(#[from] RangeError),
     /// No mode, or a mode bit this crate does not know.
-    #[error(
-        "invalid register mode {modes}: pass one or more of MISSING, WP, MINOR"
-    )]
+    #[error("invalid register mode {modes}: pass one or more of MISSING, WP, MINOR")]
     BadMode {
         /// The modes passed.
         modes: RegisterMode,

@@ -37,7 +37,10 @@ const IOC_READ: u32 = 2;
 const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
     // Sizes of the structs used here are far below 2^14; checked at compile time.
     assert!(size < (1 << IOC_SIZEBITS));
-    (dir << IOC_DIRSHIFT) | (ty << IOC_TYPESHIFT) | (nr << IOC_NRSHIFT) | ((size as u32) << IOC_SIZESHIFT)
+    (dir << IOC_DIRSHIFT)
+        | (ty << IOC_TYPESHIFT)
+        | (nr << IOC_NRSHIFT)
+        | ((size as u32) << IOC_SIZESHIFT)
 }
 
 /// `_IO(type, nr)`.

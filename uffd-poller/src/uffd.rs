@@ -118,7 +118,10 @@ impl Uffd {
     #[inline]
     pub(crate) unsafe fn ioctl<T>(&self, request: u32, arg: &mut T) -> Result<(), i32> {
         // The size encoded in the request matches T (cheap check of the caller's promise).
-        debug_assert_eq!(((request >> 16) & 0x3fff) as usize, std::mem::size_of::<T>());
+        debug_assert_eq!(
+            ((request >> 16) & 0x3fff) as usize,
+            std::mem::size_of::<T>()
+        );
         // SAFETY: the caller guarantees that `request` takes a `*mut T`; `arg` is a valid,
         // exclusive reference for the duration of the call.
         let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, std::ptr::from_mut(arg)) };

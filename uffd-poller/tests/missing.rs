@@ -37,7 +37,10 @@ fn copy_handler(uffd: &Uffd, s: &mut CopyStats, ev: Event) {
     assert_eq!(f.kind(), FaultKind::Missing);
     let ps = uffd.page_size();
     let page = f.page(ps);
-    assert!(page >= s.base && page < s.base + s.pages * ps, "fault outside the range");
+    assert!(
+        page >= s.base && page < s.base + s.pages * ps,
+        "fault outside the range"
+    );
     let idx = (page - s.base) / ps;
     let data = pattern_page(idx);
     loop {
@@ -99,7 +102,10 @@ fn threads_faulting_on_many_pages_all_get_the_right_bytes() {
         })
         .collect();
     let tids: HashSet<u32> = run_bounded("faulting threads", move || {
-        workers.into_iter().map(|w| w.join().expect("worker")).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
     });
     let s = handler.stop();
 
@@ -138,7 +144,9 @@ fn many_threads_waiting_on_one_page_resume_after_one_install() {
         panic!("expected a page fault");
     };
     assert_eq!(f.page(ps), mem.addr);
-    let out = uffd.copy(mem.addr, &pattern_page(0), CopyMode::empty()).unwrap();
+    let out = uffd
+        .copy(mem.addr, &pattern_page(0), CopyMode::empty())
+        .unwrap();
     assert_eq!(out, FillOutcome::Filled(ps));
 
     let all_correct = run_bounded("woken threads", move || {
@@ -147,7 +155,9 @@ fn many_threads_waiting_on_one_page_resume_after_one_install() {
     assert!(all_correct, "a thread read wrong bytes");
     assert_eq!(waiting_faults(&uffd), 0);
     // A second install of the same page is refused as already mapped.
-    let again = uffd.copy(mem.addr, &pattern_page(1), CopyMode::empty()).unwrap();
+    let again = uffd
+        .copy(mem.addr, &pattern_page(1), CopyMode::empty())
+        .unwrap();
     assert_eq!(again, FillOutcome::AlreadyMapped);
     assert_eq!(mem.read(5), pattern(0, 5));
 }
@@ -164,7 +174,9 @@ fn dontwake_copy_leaves_the_thread_asleep_until_wake() {
 
     let mut buf = EventBuf::<16>::new();
     assert!(matches!(next_event(&uffd, &mut buf), Event::PageFault(_)));
-    let out = uffd.copy(mem.addr, &pattern_page(3), CopyMode::DONTWAKE).unwrap();
+    let out = uffd
+        .copy(mem.addr, &pattern_page(3), CopyMode::DONTWAKE)
+        .unwrap();
     assert_eq!(out, FillOutcome::Filled(ps));
     // The page is in place but nobody woke the thread: the kernel still counts it waiting.
     assert_eq!(waiting_faults(&uffd), 1);
@@ -189,7 +201,9 @@ fn zeropage_resolves_a_read_and_later_writes_need_no_event() {
         panic!("expected a page fault");
     };
     assert!(!f.is_write());
-    let out = uffd.zeropage(f.page(ps), ps, ZeropageMode::empty()).unwrap();
+    let out = uffd
+        .zeropage(f.page(ps), ps, ZeropageMode::empty())
+        .unwrap();
     assert_eq!(out, FillOutcome::Filled(ps));
     let sum = run_bounded("reader", move || worker.join().expect("worker"));
     assert_eq!(sum, 0);
@@ -230,7 +244,8 @@ fn kernel_mode_accesses_fault_into_the_uffd() {
     assert_eq!(f.page(ps), mem.addr);
     assert!(!f.is_write(), "the kernel read the page");
     assert_eq!(
-        uffd.copy(mem.addr, &pattern_page(7), CopyMode::empty()).unwrap(),
+        uffd.copy(mem.addr, &pattern_page(7), CopyMode::empty())
+            .unwrap(),
         FillOutcome::Filled(ps)
     );
     let written = run_bounded("write(2)", move || writer.join().expect("writer"));
@@ -240,11 +255,10 @@ fn kernel_mode_accesses_fault_into_the_uffd() {
     let n = unsafe { libc::read(rfd, out.as_mut_ptr().cast(), ps) };
     assert_eq!(n, ps as isize);
     assert_eq!(out, pattern_page(7));
-    // SAFETY: closing the pipe fds this test created.
-    unsafe {
-        libc::close(rfd);
-        libc::close(wfd);
-    }
+    // SAFETY: closes a pipe fd this test created and no longer uses.
+    unsafe { libc::close(rfd) };
+    // SAFETY: as above.
+    unsafe { libc::close(wfd) };
 }
 
 #[test]
@@ -270,7 +284,11 @@ fn fault_addresses_are_page_aligned_unless_exact_address_is_negotiated() {
         assert_eq!(f.address, expected, "exact = {exact}");
         assert_eq!(f.page(ps), mem.addr);
         assert_eq!(f.thread_id, None, "THREAD_ID was not negotiated");
-        uffd.copy(mem.addr, &pattern_page(0), CopyMode::empty()).unwrap();
-        assert_eq!(run_bounded("reader", move || worker.join().unwrap()), pattern(0, 123));
+        uffd.copy(mem.addr, &pattern_page(0), CopyMode::empty())
+            .unwrap();
+        assert_eq!(
+            run_bounded("reader", move || worker.join().unwrap()),
+            pattern(0, 123)
+        );
     }
 }

@@ -55,7 +55,11 @@ pub struct Mapping {
 impl Mapping {
     /// `pages` pages of private anonymous memory.
     pub fn anon(pages: usize) -> Self {
-        Self::map(pages * page_size(), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+        Self::map(
+            pages * page_size(),
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+        )
     }
 
     /// A shared mapping of `fd` (e.g. a memfd).
@@ -75,7 +79,12 @@ impl Mapping {
                 0,
             )
         };
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
         Self {
             addr: p as usize,
             len,
@@ -149,7 +158,10 @@ impl<S: Send + 'static> Handler<S> {
         let thread = std::thread::spawn(move || {
             let mut buf = EventBuf::<16>::new();
             while !stop2.load(Ordering::Acquire) {
-                if !uffd.wait_readable(Some(Duration::from_millis(5))).expect("poll") {
+                if !uffd
+                    .wait_readable(Some(Duration::from_millis(5)))
+                    .expect("poll")
+                {
                     continue;
                 }
                 for &ev in uffd.read_events(&mut buf).expect("read_events") {
@@ -190,8 +202,8 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Faults currently waiting on the uffd (read or not), from /proc/self/fdinfo.
 pub fn waiting_faults(uffd: &Uffd) -> usize {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", uffd.as_raw_fd()))
-        .expect("fdinfo");
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", uffd.as_raw_fd())).expect("fdinfo");
     info.lines()
         .find_map(|l| l.strip_prefix("total:"))
         .and_then(|v| v.trim().parse().ok())
@@ -203,7 +215,10 @@ pub fn next_event(uffd: &Uffd, buf: &mut EventBuf<16>) -> Event {
     let start = Instant::now();
     loop {
         assert!(start.elapsed() < DEADLINE, "no event within {DEADLINE:?}");
-        if uffd.wait_readable(Some(Duration::from_millis(10))).expect("poll") {
+        if uffd
+            .wait_readable(Some(Duration::from_millis(10)))
+            .expect("poll")
+        {
             let evs = uffd.read_events(buf).expect("read_events");
             if let Some(&ev) = evs.first() {
                 assert_eq!(evs.len(), 1, "expected one event, got {evs:?}");
