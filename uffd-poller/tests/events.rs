@@ -100,6 +100,14 @@ fn munmap_produces_unmap() {
         }
     );
     assert_eq!(run_bounded("munmap", move || unmapper.join().unwrap()), 0);
+    // Unmap the two remaining pages one by one (after closing the uffd, so that munmap does not
+    // wait for a reader), never the hole: another thread may have mapped something there.
+    drop(uffd);
+    for p in [0, 2] {
+        // SAFETY: page `p` of the test's own mapping, which nothing references.
+        assert_eq!(unsafe { libc::munmap(mem.page(p) as *mut _, ps) }, 0);
+    }
+    std::mem::forget(mem);
 }
 
 #[test]
@@ -128,6 +136,9 @@ fn mremap_produces_remap() {
     let mut buf = EventBuf::<16>::new();
     assert_eq!(next_event(&uffd, &mut buf), Event::Remap { from, to, len });
     assert_eq!(run_bounded("mremap", move || mover.join().unwrap()), to);
+    // The old range is no longer ours (another thread may map something there now): do not
+    // let `mem` unmap it. `target` owns the moved pages.
+    std::mem::forget(mem);
     // The registration moved with the memory: a touch at the new place faults.
     let m = target.addr;
     let reader = std::thread::spawn(move || {
@@ -144,7 +155,6 @@ fn mremap_produces_remap() {
         run_bounded("reader", move || reader.join().unwrap()),
         pattern(1, 0)
     );
-    // `mem`'s old range is unmapped now; its drop is a harmless munmap of a hole.
 }
 
 #[test]

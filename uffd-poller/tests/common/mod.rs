@@ -123,8 +123,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `map`, which nothing else owns
-        // (munmap also succeeds where a test already unmapped part of it).
+        // SAFETY: unmaps exactly the mapping created in `map`, which nothing else owns. (A test
+        // that unmaps or moves part of it must forget the Mapping instead: another thread may
+        // have mapped something into the freed range.)
         unsafe { libc::munmap(self.addr as *mut _, self.len) };
     }
 }
