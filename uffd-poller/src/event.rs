@@ -174,8 +174,8 @@ impl Event {
 
 /// A caller-owned buffer for one batch of up to `N` events (`1 <= N <= MAX_EVENT_BATCH`).
 ///
-/// Allocate it once per polling thread and reuse it for every read. It is
-/// `N * 64` bytes; box it (`Box::new(EventBuf::new())`) for large `N`.
+/// Allocate it once per polling thread and reuse it for every read. It holds `N` raw
+/// messages and `N` decoded events (at most 64 bytes per slot); box it for large `N`.
 pub struct EventBuf<const N: usize = DEFAULT_EVENT_BATCH> {
     raw: [sys::uffd_msg; N],
     events: [Event; N],
@@ -414,6 +414,12 @@ mod tests {
             },
         );
         assert_eq!(Event::decode(&fork), Event::Fork { uffd: 17 });
+    }
+
+    #[test]
+    fn events_are_small() {
+        // One decoded event is no larger than the kernel message it comes from.
+        assert!(std::mem::size_of::<Event>() <= std::mem::size_of::<sys::uffd_msg>());
     }
 
     #[test]

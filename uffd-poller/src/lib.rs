@@ -18,6 +18,42 @@
 //!   which register mode the memory does not support).
 //!
 //! The raw kernel ABI is in [`sys`], with compile-time layout checks.
+//!
+//! [`Uffd::register`] is `unsafe`: once a range is registered, whoever holds the userfaultfd
+//! decides what its missing pages contain, so the caller promises that the range is raw
+//! memory it owns (guest memory accessed through pointers), not memory Rust code holds
+//! references into. Under that contract the fill operations are safe; [`Uffd::move_pages`]
+//! stays `unsafe` because it also empties its source range.
+//!
+//! # Example: a handler loop
+//!
+//! ```no_run
+//! use uffd_poller::{CopyMode, Event, EventBuf, Features, FillOutcome, RegisterMode, Uffd};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (guest_base, guest_len) = (0x7f00_0000_0000usize, 1usize << 30);
+//! # let fetch_page = |_addr: usize| vec![0u8; 4096];
+//! let uffd = Uffd::open(Features::THREAD_ID)?;
+//! // SAFETY: guest memory is an mmap owned by this VMM and accessed through raw pointers.
+//! unsafe { uffd.register(guest_base, guest_len, RegisterMode::MISSING)? };
+//! let mut buf = EventBuf::<64>::new();
+//! loop {
+//!     for event in uffd.read_events(&mut buf)? {
+//!         let Event::PageFault(fault) = *event else { continue };
+//!         let page = fault.page(uffd.page_size());
+//!         match uffd.copy(page, &fetch_page(page), CopyMode::empty())? {
+//!             FillOutcome::Filled(_) => {}
+//!             // Someone else installed it: wake the waiters.
+//!             FillOutcome::AlreadyMapped => uffd.wake(page, uffd.page_size())?,
+//!             // The address space is changing or the copy stopped early: try again later.
+//!             FillOutcome::Retry | FillOutcome::Partial(_) => { /* requeue `page` */ }
+//!         }
+//!     }
+//!     # break;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod event;
 mod features;

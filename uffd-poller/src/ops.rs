@@ -1,7 +1,6 @@
 //! Resolving faults: COPY, ZEROPAGE, WRITEPROTECT (set / clear), CONTINUE, MOVE, POISON and
 //! WAKE. Expected transient outcomes (already mapped, retry, partial) are [`FillOutcome`] /
-//! [`WpOutcome`] values, not errors. No allocation on any path but the error path's
-//! `io::Error` (which does not allocate for an errno either).
+//! [`WpOutcome`] values, not errors. No path allocates, errors included.
 
 use std::fmt;
 
@@ -457,7 +456,10 @@ impl Uffd {
 
     /// UFFDIO_MOVE (needs [`Features::MOVE`]): moves the pages at `src..src + len` to the
     /// missing pages at `dst` without copying, and wakes the waiters. Afterwards `src` is
-    /// unpopulated (reads as zero, or faults if registered).
+    /// unpopulated (reads as zero, or faults if registered). A source page shared with
+    /// another process (after fork) gives [`OpError::SourceBusy`]; an unpopulated one
+    /// [`OpError::SourceHole`], or with [`MoveMode::ALLOW_SRC_HOLES`] is skipped and still
+    /// counted in the returned length (its destination stays missing).
     ///
     /// # Safety
     ///

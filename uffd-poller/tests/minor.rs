@@ -84,3 +84,46 @@ fn minor_faults_on_memfd_are_resolved_with_continue() {
     guest.write(3 * ps + 5, 0x42);
     assert_eq!(backing.read(3 * ps + 5), 0x42);
 }
+
+#[test]
+fn minor_and_wp_combine_on_shmem() {
+    let ps = page_size();
+    let uffd = Arc::new(open(
+        Features::MINOR_SHMEM | Features::WP_HUGETLBFS_SHMEM | Features::PAGEFAULT_FLAG_WP,
+    ));
+    let fd = memfd(ps);
+    let guest = Arc::new(Mapping::shared(fd.as_raw_fd(), ps));
+    let backing = Mapping::shared(fd.as_raw_fd(), ps);
+    // SAFETY: fresh mapping owned by the test, accessed through raw pointers only.
+    let ioctls =
+        unsafe { uffd.register(guest.addr, ps, RegisterMode::MINOR | RegisterMode::WP) }.unwrap();
+    assert!(ioctls.contains(Ioctls::CONTINUE | Ioctls::WRITEPROTECT));
+    backing.write(0, 0x11);
+
+    let mut buf = uffd_poller::EventBuf::<16>::new();
+    let g = Arc::clone(&guest);
+    let reader = std::thread::spawn(move || g.read(0));
+    let Event::PageFault(f) = next_event(&uffd, &mut buf) else {
+        panic!("expected a page fault");
+    };
+    assert_eq!(f.kind(), FaultKind::Minor);
+    // Map it write-protected: reads proceed, the next write traps.
+    assert_eq!(
+        uffd.continue_minor(guest.addr, ps, ContinueMode::WP)
+            .unwrap(),
+        FillOutcome::Filled(ps)
+    );
+    assert_eq!(run_bounded("reader", move || reader.join().unwrap()), 0x11);
+    let g = Arc::clone(&guest);
+    let writer = std::thread::spawn(move || g.write(1, 0x22));
+    let Event::PageFault(f) = next_event(&uffd, &mut buf) else {
+        panic!("expected a page fault");
+    };
+    assert_eq!(f.kind(), FaultKind::WriteProtect);
+    assert!(f.is_write());
+    assert_eq!(backing.read(1), 0, "the write must wait for the handler");
+    uffd.write_unprotect(guest.addr, ps, uffd_poller::UnprotectMode::empty())
+        .unwrap();
+    run_bounded("writer", move || writer.join().unwrap());
+    assert_eq!(backing.read(1), 0x22);
+}

@@ -292,3 +292,68 @@ fn fault_addresses_are_page_aligned_unless_exact_address_is_negotiated() {
         );
     }
 }
+
+#[test]
+fn one_read_returns_a_batch_bounded_by_the_buffer() {
+    const THREADS: usize = 5;
+    let ps = page_size();
+    let uffd = Arc::new(open(Features::empty()));
+    let mem = Arc::new(Mapping::anon(THREADS));
+    // SAFETY: fresh mapping owned by the test, accessed through raw pointers only.
+    unsafe { uffd.register(mem.addr, mem.len, RegisterMode::MISSING) }.unwrap();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|p| {
+            let m = Arc::clone(&mem);
+            std::thread::spawn(move || m.read(p * ps + 1) == pattern(p, 1))
+        })
+        .collect();
+    wait_until("all threads to fault", || waiting_faults(&uffd) == THREADS);
+
+    // A 2-slot buffer takes the pending events two at a time; nothing is lost.
+    let mut small = EventBuf::<2>::new();
+    let mut pages = Vec::new();
+    loop {
+        let evs = uffd.read_events(&mut small).unwrap();
+        assert!(evs.len() <= 2);
+        if evs.is_empty() {
+            break;
+        }
+        for ev in evs {
+            let Event::PageFault(f) = ev else {
+                panic!("unexpected {ev:?}");
+            };
+            pages.push((f.page(ps) - mem.addr) / ps);
+        }
+    }
+    pages.sort_unstable();
+    assert_eq!(pages, (0..THREADS).collect::<Vec<_>>());
+    for p in 0..THREADS {
+        uffd.copy(mem.page(p), &pattern_page(p), CopyMode::empty())
+            .unwrap();
+    }
+    assert!(run_bounded("woken threads", move || {
+        workers.into_iter().all(|w| w.join().unwrap())
+    }));
+}
+
+#[test]
+fn unregister_returns_the_range_to_ordinary_faults() {
+    let ps = page_size();
+    let uffd = open(Features::empty());
+    let mem = Mapping::anon(2);
+    // SAFETY: fresh mapping owned by the test, accessed through raw pointers only.
+    unsafe { uffd.register(mem.addr, mem.len, RegisterMode::MISSING) }.unwrap();
+    uffd.copy(mem.page(0), &pattern_page(0), CopyMode::empty())
+        .unwrap();
+    uffd.unregister(mem.addr, mem.len).unwrap();
+    // Installed pages stay; missing ones are now plain zero-fill faults, with no event.
+    assert_eq!(mem.read(3), pattern(0, 3));
+    assert_eq!(mem.read(ps + 3), 0);
+    let mut buf = EventBuf::<16>::new();
+    assert!(uffd.read_events(&mut buf).unwrap().is_empty());
+    let r = uffd.copy(mem.page(1), &pattern_page(1), CopyMode::empty());
+    assert!(
+        matches!(r, Err(uffd_poller::OpError::NotRegistered { .. })),
+        "{r:?}"
+    );
+}
