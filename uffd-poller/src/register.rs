@@ -148,7 +148,9 @@ impl Uffd {
     /// userfaultfd. Returns the ioctls the kernel guarantees on the range (for example
     /// `WRITEPROTECT` only with mode WP, `CONTINUE` only with mode MINOR).
     ///
-    /// Registering a range already registered here with other modes replaces them. Closing
+    /// Holes inside the range are skipped; only existing mappings are registered. A range
+    /// already registered with this userfaultfd keeps its modes if they include `modes`,
+    /// otherwise its modes become exactly `modes` (unregister first to drop a mode). Closing
     /// the `Uffd` unregisters everything.
     ///
     /// # Safety
