@@ -219,8 +219,11 @@ pub const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_api {
+    /// API version requested (`UFFD_API`).
     pub api: u64,
+    /// In: features to enable. Out: every feature the kernel offers.
     pub features: u64,
+    /// Out: the ioctls available.
     pub ioctls: u64,
 }
 
@@ -228,7 +231,9 @@ pub struct uffdio_api {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_range {
+    /// Start address.
     pub start: u64,
+    /// Length in bytes.
     pub len: u64,
 }
 
@@ -236,7 +241,9 @@ pub struct uffdio_range {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_register {
+    /// The range.
     pub range: uffdio_range,
+    /// `*_MODE_*` bits.
     pub mode: u64,
     /// Written by the kernel: the ioctls available on the range.
     pub ioctls: u64,
@@ -246,9 +253,13 @@ pub struct uffdio_register {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_copy {
+    /// Destination address.
     pub dst: u64,
+    /// Source address.
     pub src: u64,
+    /// Length in bytes.
     pub len: u64,
+    /// `*_MODE_*` bits.
     pub mode: u64,
     /// Written by the kernel: bytes copied, or a negated errno.
     pub copy: i64,
@@ -258,7 +269,9 @@ pub struct uffdio_copy {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_zeropage {
+    /// The range.
     pub range: uffdio_range,
+    /// `*_MODE_*` bits.
     pub mode: u64,
     /// Written by the kernel: bytes zero-mapped, or a negated errno.
     pub zeropage: i64,
@@ -268,7 +281,9 @@ pub struct uffdio_zeropage {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_writeprotect {
+    /// The range.
     pub range: uffdio_range,
+    /// `*_MODE_*` bits.
     pub mode: u64,
 }
 
@@ -276,7 +291,9 @@ pub struct uffdio_writeprotect {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_continue {
+    /// The range.
     pub range: uffdio_range,
+    /// `*_MODE_*` bits.
     pub mode: u64,
     /// Written by the kernel: bytes mapped, or a negated errno.
     pub mapped: i64,
@@ -286,7 +303,9 @@ pub struct uffdio_continue {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_poison {
+    /// The range.
     pub range: uffdio_range,
+    /// `*_MODE_*` bits.
     pub mode: u64,
     /// Written by the kernel: bytes poisoned, or a negated errno.
     pub updated: i64,
@@ -296,9 +315,13 @@ pub struct uffdio_poison {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffdio_move {
+    /// Destination address.
     pub dst: u64,
+    /// Source address.
     pub src: u64,
+    /// Length in bytes.
     pub len: u64,
+    /// `*_MODE_*` bits.
     pub mode: u64,
     /// Written by the kernel: bytes moved, or a negated errno.
     pub move_: i64,
@@ -308,7 +331,9 @@ pub struct uffdio_move {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffd_msg_pagefault {
+    /// `UFFD_PAGEFAULT_FLAG_*`.
     pub flags: u64,
+    /// Faulting address.
     pub address: u64,
     /// `feat.ptid`: the faulting thread's id with `UFFD_FEATURE_THREAD_ID`, else 0.
     pub ptid: u32,
@@ -318,6 +343,7 @@ pub struct uffd_msg_pagefault {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffd_msg_fork {
+    /// The child's new userfaultfd.
     pub ufd: u32,
 }
 
@@ -325,8 +351,11 @@ pub struct uffd_msg_fork {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffd_msg_remap {
+    /// Old start address.
     pub from: u64,
+    /// New start address.
     pub to: u64,
+    /// Length in bytes.
     pub len: u64,
 }
 
@@ -334,7 +363,9 @@ pub struct uffd_msg_remap {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct uffd_msg_remove {
+    /// Start address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
 }
 
@@ -342,10 +373,15 @@ pub struct uffd_msg_remove {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub union uffd_msg_arg {
+    /// `UFFD_EVENT_PAGEFAULT` payload.
     pub pagefault: uffd_msg_pagefault,
+    /// `UFFD_EVENT_FORK` payload.
     pub fork: uffd_msg_fork,
+    /// `UFFD_EVENT_REMAP` payload.
     pub remap: uffd_msg_remap,
+    /// `UFFD_EVENT_REMOVE` / `UFFD_EVENT_UNMAP` payload.
     pub remove: uffd_msg_remove,
+    /// Raw view of the payload.
     pub reserved: [u64; 3],
 }
 
@@ -356,10 +392,15 @@ pub union uffd_msg_arg {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct uffd_msg {
+    /// `UFFD_EVENT_*` code.
     pub event: u8,
+    /// Reserved.
     pub reserved1: u8,
+    /// Reserved.
     pub reserved2: u16,
+    /// Reserved.
     pub reserved3: u32,
+    /// Event payload, selected by `event`.
     pub arg: uffd_msg_arg,
 }
 
