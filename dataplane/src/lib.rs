@@ -1,9 +1,33 @@
 //! The ssi-dp data plane: the coherence protocol, shards, page-state tables and the node.
+//!
+//! - [`protocol`]: the coherence protocol as a sans-I/O state machine (and its simulator).
+//! - [`node`]: the embedding API — start a node in-process, get the guest region.
+//! - [`shard`]: the pinned run-to-completion loop that serves faults and messages.
+//! - [`mesh`]: authenticated connections between every pair of shards.
+//! - [`region`]: the guest region registered with the userfaultfd.
+//! - [`config`]: the cluster as the command line states it, and its layout digest.
+//! - [`spsc`], [`doorbell`]: bounded rings and wake-ups between shards.
+//! - [`stats`], [`atomic_hist`]: counters and histograms shards publish without locks.
 
+pub mod affinity;
 pub mod atomic_hist;
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod cpulist;
 pub mod doorbell;
+pub mod histlog;
+pub mod idle;
+pub mod mesh;
+pub mod node;
+pub mod node_state;
 pub mod pmqos;
 pub mod protocol;
+pub mod region;
+pub mod shard;
+pub mod signals;
 pub mod spsc;
+pub mod stats;
+pub mod summary;
+pub mod telemetry;
+pub mod workload;

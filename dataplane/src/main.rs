@@ -1,6 +1,5 @@
-//! `ssi-dp`: the node daemon.
+//! `ssi-dp`: the node daemon (see `ssi-dp --help`).
 
 fn main() {
-    eprintln!("ssi-dp: nothing to run yet");
-    std::process::exit(2);
+    std::process::exit(dataplane::cli::main());
 }

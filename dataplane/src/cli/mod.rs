@@ -1,0 +1,102 @@
+//! The `ssi-dp` command line: run a node (the default), `demo` (a local cluster), and the
+//! tools around them.
+
+mod demo;
+mod node_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::idle::IdlePolicy;
+use crate::node::TransportKind;
+use crate::workload::Kind;
+
+/// ssi-dp: the data plane of a single-system-image hypervisor.
+#[derive(Debug, Parser)]
+#[command(name = "ssi-dp", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a local cluster on loopback (child processes), run a workload that exercises
+    /// read sharing, write invalidation and contended atomics, check it, print per-node fault
+    /// counts and latency percentiles.
+    Demo(demo::DemoArgs),
+}
+
+/// Running one node.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// This node's id (0..63).
+    #[arg(long)]
+    pub node_id: Option<u32>,
+    /// Address to listen on for peers, HOST:PORT.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// A listening socket inherited from the parent (used by `ssi-dp demo` and tests).
+    #[arg(long, hide = true)]
+    pub listen_fd: Option<i32>,
+    /// A peer: ID@HOST:PORT, or ID@HOST:PORT,mem=SIZE when its contribution differs from
+    /// --memory. Repeat for every other node.
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// Guest memory this node contributes (K/M/G/T suffixes; 0 for a compute-only node).
+    #[arg(long, default_value = "64M")]
+    pub memory: String,
+    /// Data-plane cores, one shard pinned to each (cpulist syntax: 2-5,8).
+    #[arg(long, default_value = "0")]
+    pub cores: String,
+    /// Do not pin shard threads to their cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// What an idle shard does: spin, hybrid (spin 50us then sleep), hybrid:<us>, block.
+    #[arg(long, default_value = "hybrid")]
+    pub idle: IdlePolicy,
+    /// Transport: auto (io_uring when it works here), uring, fallback (epoll).
+    #[arg(long, default_value = "auto")]
+    pub transport: TransportKind,
+    /// File holding the cluster secret (at least 16 bytes; the same on every node).
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Seconds to wait for every peer to connect.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Residency window in microseconds (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub residency_us: u64,
+    /// Serve Prometheus metrics on HOST:PORT (/metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Write HDR histogram interval logs of fault service times here at exit and on SIGUSR1.
+    #[arg(long)]
+    pub hist_dump: Option<PathBuf>,
+    /// Run a built-in workload, check its result and exit: counters, lock, seqs, pingpong,
+    /// demo, private.
+    #[arg(long)]
+    pub workload: Option<Kind>,
+    /// Operations per worker thread (private: rounds, 0 = until killed).
+    #[arg(long, default_value_t = 1000)]
+    pub ops: u64,
+    /// Worker threads on this node.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Nodes that run the workload and meet at its barriers (cpulist syntax over node ids;
+    /// default: every node).
+    #[arg(long)]
+    pub participants: Option<String>,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Demo(a)) => demo::run(a),
+        None => node_cmd::run(cli.node),
+    }
+}

@@ -1,0 +1,262 @@
+//! `ssi-dp --node-id N --listen ... --peer ...`: run one node until stopped, or run a
+//! built-in workload on it and exit with its verdict.
+
+use std::net::TcpListener;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::NodeArgs;
+use crate::config::{self, ClusterSpec, NodeSpec};
+use crate::histlog::HistLog;
+use crate::node::{Node, NodeConfig};
+use crate::workload::{self, Progress, Spec};
+use crate::{cpulist, signals, summary, telemetry};
+
+/// Exit code: a workload check failed or the cluster stopped.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: bad command line or configuration.
+pub const EXIT_USAGE: i32 = 2;
+
+fn fail(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("ssi-dp: error: {msg}");
+    EXIT_USAGE
+}
+
+/// Reads and checks the cluster secret.
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        format!("cannot read the cluster secret {}: {e}; create it with e.g. `head -c 32 /dev/urandom > {}`", path.display(), path.display())
+    })?;
+    let trimmed: Vec<u8> = bytes.strip_suffix(b"\n").unwrap_or(&bytes).to_vec();
+    if trimmed.len() < wire::handshake::MIN_SECRET_LEN {
+        return Err(format!(
+            "the cluster secret in {} has {} bytes; it needs at least {}",
+            path.display(),
+            trimmed.len(),
+            wire::handshake::MIN_SECRET_LEN
+        ));
+    }
+    Ok(trimmed)
+}
+
+/// Builds the cluster from the command line.
+fn cluster(a: &NodeArgs, listen: std::net::SocketAddr) -> Result<ClusterSpec, String> {
+    let id = a
+        .node_id
+        .ok_or("--node-id is required to run a node (or run `ssi-dp demo`)")?;
+    let id = config::node_id(id).map_err(|e| e.to_string())?;
+    let memory = config::parse_size(&a.memory).map_err(|e| e.to_string())?;
+    let mut peers = Vec::new();
+    for p in &a.peers {
+        let arg = config::parse_peer(p).map_err(|e| e.to_string())?;
+        let addr = config::resolve(arg.id, &arg.addr).map_err(|e| e.to_string())?;
+        peers.push(NodeSpec {
+            id: arg.id,
+            addr,
+            memory: arg.memory.unwrap_or(memory),
+        });
+    }
+    ClusterSpec::new(
+        NodeSpec {
+            id,
+            addr: listen,
+            memory,
+        },
+        peers,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn listener(a: &NodeArgs) -> Result<TcpListener, String> {
+    match (a.listen_fd, &a.listen) {
+        (Some(fd), _) => {
+            if fd < 3 {
+                return Err(format!("--listen-fd {fd} is not an inherited socket"));
+            }
+            // SAFETY: the parent passed this fd for us to own (the demo and the tests do).
+            let l = unsafe { TcpListener::from_raw_fd(fd) };
+            l.local_addr()
+                .map_err(|e| format!("--listen-fd {fd} is not a listening socket: {e}"))?;
+            Ok(l)
+        }
+        (None, Some(addr)) => TcpListener::bind(addr).map_err(|e| {
+            format!("cannot listen on {addr}: {e}; is another node already using that port?")
+        }),
+        (None, None) => Err("--listen HOST:PORT is required to run a node".into()),
+    }
+}
+
+/// Runs a node; returns the exit code.
+pub fn run(a: NodeArgs) -> i32 {
+    let l = match listener(&a) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let listen_addr = match l.local_addr() {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    let cluster = match cluster(&a, listen_addr) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let Some(secret_path) = &a.cluster_secret_file else {
+        return fail("--cluster-secret-file is required: every node must share the same secret");
+    };
+    let secret = match read_secret(secret_path) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let cores = match cpulist::parse(&a.cores) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("--cores: {e}")),
+    };
+    let participants = match &a.participants {
+        None => cluster.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        Some(list) => match cpulist::parse(list) {
+            Ok(v) => {
+                let mut v: Vec<u16> = v.into_iter().map(|x| x as u16).collect();
+                v.sort_unstable();
+                if let Some(x) = v
+                    .iter()
+                    .find(|&&x| !cluster.nodes.iter().any(|n| n.id == x))
+                {
+                    return fail(format!(
+                        "--participants names node {x}, which is not in the cluster"
+                    ));
+                }
+                v
+            }
+            Err(e) => return fail(format!("--participants: {e}")),
+        },
+    };
+    let me = cluster.me;
+    eprintln!(
+        "ssi-dp: node {me}: listening on {listen_addr}; layout {} (digest {}); cores {} ({}); idle {}",
+        cluster.describe(),
+        cluster.digest(),
+        cpulist::format(&cores),
+        if a.no_pin { "not pinned" } else { "pinned" },
+        a.idle
+    );
+    let mut cfg = NodeConfig::new(cluster, l, secret);
+    cfg.cores = cores;
+    cfg.pin = !a.no_pin;
+    cfg.idle = a.idle;
+    cfg.transport = a.transport;
+    cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
+    cfg.protocol.residency_ns = a.residency_us * 1000;
+    let node = match Node::start(cfg) {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            eprintln!("ssi-dp: node {me}: error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    eprintln!(
+        "ssi-dp: node {me}: {}; cluster formed, serving",
+        node.transport_line()
+    );
+    if let Err(e) = signals::install() {
+        eprintln!("ssi-dp: node {me}: warning: cannot install signal handlers: {e}");
+    }
+    let _metrics = match &a.metrics_addr {
+        None => None,
+        Some(addr) => match telemetry::serve(addr, node.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("ssi-dp: node {me}: error: {e}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let mut hlog = a.hist_dump.as_ref().map(|p| {
+        HistLog::new(
+            p,
+            vec![format!(
+                "ssi-dp node {me}: fault service time in ns (userfaultfd read to install)"
+            )],
+        )
+    });
+
+    let progress = Arc::new(Progress::default());
+    let worker = a.workload.map(|kind| {
+        let spec = Spec {
+            kind,
+            ops: a.ops,
+            workers: a.workers,
+            participants: participants.clone(),
+        };
+        let (node, progress) = (node.clone(), progress.clone());
+        std::thread::Builder::new()
+            .name("workload".into())
+            .spawn(move || workload::run(&node, &spec, &progress))
+            .expect("spawn the workload thread")
+    });
+    let mut worker = worker;
+    let mut code = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        if signals::take_dump_request() {
+            dump(&mut hlog, &node, me);
+        }
+        if let Some(home) = node.state().fatal() {
+            if progress.verified.load(Ordering::SeqCst) {
+                eprintln!("ssi-dp: node {me}: node {home} left after the final check; finishing");
+                break;
+            }
+            eprintln!(
+                "ssi-dp: node {me}: error: node {home}, home of part of the address space, \
+                 died; the cluster cannot continue (this version does not replicate home pages)"
+            );
+            code = EXIT_FAILED;
+            break;
+        }
+        if signals::stop_requested() {
+            eprintln!("ssi-dp: node {me}: stopping on signal");
+            break;
+        }
+        if worker.as_ref().is_some_and(|w| w.is_finished()) {
+            let w = worker.take().expect("checked above");
+            match w.join() {
+                Ok(Ok(r)) => {
+                    println!(
+                        "node {me}: workload {}: {}: {}",
+                        a.workload.map_or("", |k| k.name()),
+                        if r.ok { "OK" } else { "FAILED" },
+                        r.summary
+                    );
+                    if !r.ok {
+                        code = EXIT_FAILED;
+                    }
+                }
+                Ok(Err(e)) => {
+                    eprintln!("ssi-dp: node {me}: workload error: {e}");
+                    code = EXIT_FAILED;
+                }
+                Err(_) => {
+                    eprintln!("ssi-dp: node {me}: the workload thread panicked");
+                    code = EXIT_FAILED;
+                }
+            }
+            break;
+        }
+    }
+    node.state().expect_departures();
+    dump(&mut hlog, &node, me);
+    println!("{}", summary::render(me, node.stats()));
+    // Threads still blocked in guest memory (a workload stopped by a failure) cannot be
+    // joined; the process exit ends them.
+    std::process::exit(code);
+}
+
+fn dump(hlog: &mut Option<HistLog>, node: &Node, me: u16) {
+    if let Some(h) = hlog {
+        match h.dump(&summary::series(node.stats())) {
+            Ok(()) => eprintln!("ssi-dp: node {me}: histograms written"),
+            Err(e) => eprintln!("ssi-dp: node {me}: {e}"),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The data plane's clock: CLOCK_MONOTONIC in nanoseconds (a vDSO call, no system call).
+//! The protocol machine takes time as an input; shards read it here once per loop turn.
+
+/// Nanoseconds since an arbitrary fixed point (boot), never going backwards.
+#[inline]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC is always available.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn monotonic_and_in_nanoseconds() {
+        let a = super::now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = super::now_ns();
+        assert!(b >= a + 2_000_000, "{a} -> {b}");
+        assert!(b - a < 10_000_000_000);
+    }
+}

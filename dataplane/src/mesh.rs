@@ -1,0 +1,424 @@
+//! Connection setup: every shard of this node gets one authenticated connection to every
+//! shard of every peer node.
+//!
+//! The lower node id dials the higher one (so each pair of shards has exactly one
+//! connection), asking for each peer shard in turn; the first connection to a node reveals
+//! its shard count. One listening port serves all of a node's shards: an acceptor thread runs
+//! the server side of each handshake on its own short-lived thread (a bounded number at
+//! once), and hands authenticated connections to the setup, or — once the mesh is complete —
+//! refuses and counts them (rejoining is not supported in this version). Refusals of every
+//! kind are counted in [`HandshakeStats`].
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use wire::handshake::{self, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats};
+use wire::ratelimit::LogLimiter;
+
+use crate::config::ClusterSpec;
+use crate::protocol::NodeId;
+use crate::shard::Conn;
+
+/// Handshakes the acceptor runs at once; further connections wait in the listen backlog.
+const MAX_HANDSHAKES: usize = 16;
+/// Pause between attempts to reach a peer that is not listening yet.
+const DIAL_RETRY: Duration = Duration::from_millis(50);
+/// Deadline of one handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the mesh could not be formed.
+#[derive(Debug, Error)]
+pub enum MeshError {
+    /// A handshake failed in a way retrying cannot fix.
+    #[error("connecting to node {node} at {addr}: {source}")]
+    Handshake {
+        /// The peer.
+        node: u16,
+        /// Its address.
+        addr: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: HandshakeError,
+    },
+    /// Not every peer connected in time.
+    #[error(
+        "timed out after {secs} s waiting for node(s) {missing}: start them with the same \
+         --peer list, check that they are reachable, or raise --connect-timeout"
+    )]
+    Timeout {
+        /// How long we waited.
+        secs: u64,
+        /// The nodes that did not connect, by id.
+        missing: String,
+    },
+    /// A peer runs a number of shards this node cannot address.
+    #[error("node {node} reports {count} shards; a node runs 1 to 1024")]
+    ShardCount {
+        /// The peer.
+        node: u16,
+        /// What it reported.
+        count: u16,
+    },
+    /// Socket setup failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Configuration error (secret too short, ...).
+    #[error(transparent)]
+    Config(HandshakeError),
+}
+
+/// The formed mesh: each local shard's connections, and the acceptor left running.
+#[derive(Debug)]
+pub struct Mesh {
+    /// Connections by local shard.
+    pub conns: Vec<Vec<Conn>>,
+    /// The acceptor, refusing late connections until the node stops.
+    pub acceptor: Acceptor,
+}
+
+/// The background acceptor.
+#[derive(Debug)]
+pub struct Acceptor {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Handshake outcomes by reason (server side and our own dials).
+    pub stats: Arc<HandshakeStats>,
+    /// Connections from known nodes refused after the mesh formed.
+    pub late_refused: Arc<AtomicUsize>,
+}
+
+impl Acceptor {
+    /// Stops the acceptor thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Handshake configuration for node `me` speaking as local shard `shard`.
+fn hs_config(
+    cluster: &ClusterSpec,
+    shard: u16,
+    shards: u16,
+    secret: &[u8],
+    stats: &Arc<HandshakeStats>,
+) -> Result<HandshakeConfig, MeshError> {
+    let mut c =
+        HandshakeConfig::new(cluster.me, secret, cluster.digest().0).map_err(MeshError::Config)?;
+    c.shard = shard;
+    c.shard_count = shards;
+    c.allowed = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != cluster.me)
+        .fold(0, |m, n| m | 1u64 << n.id);
+    c.timeout = HANDSHAKE_TIMEOUT;
+    c.stats = stats.clone();
+    Ok(c)
+}
+
+/// Forms the mesh for `shards` local shards within `timeout`.
+pub fn establish(
+    listener: TcpListener,
+    cluster: &ClusterSpec,
+    shards: u16,
+    secret: &[u8],
+    timeout: Duration,
+) -> Result<Mesh, MeshError> {
+    let stats = Arc::new(HandshakeStats::default());
+    let server_cfg = Arc::new(hs_config(cluster, 0, shards, secret, &stats)?);
+    let (tx, rx) = mpsc::channel::<Authenticated>();
+    let setup_done = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let late_refused = Arc::new(AtomicUsize::new(0));
+    let thread = spawn_acceptor(
+        listener,
+        server_cfg,
+        Arc::new(Mutex::new(Some(tx))),
+        setup_done.clone(),
+        stop.clone(),
+        late_refused.clone(),
+    )?;
+    let mut acceptor = Acceptor {
+        stop,
+        thread: Some(thread),
+        stats: stats.clone(),
+        late_refused,
+    };
+
+    let deadline = Instant::now() + timeout;
+    let mut conns: Vec<Vec<Conn>> = (0..shards).map(|_| Vec::new()).collect();
+    let me = cluster.me;
+    let result = (|| {
+        // Dial every higher node, one connection per (local shard, peer shard).
+        for peer in cluster.nodes.iter().filter(|n| n.id > me) {
+            let node = NodeId::new(peer.id).expect("validated node id");
+            for local in 0..shards {
+                let cfg = hs_config(cluster, local, shards, secret, &stats)?;
+                let first = dial(peer.addr, &cfg, peer.id, 0, deadline)?;
+                let count = first.peer_shard_count;
+                if count == 0 || count > 1024 {
+                    return Err(MeshError::ShardCount {
+                        node: peer.id,
+                        count,
+                    });
+                }
+                conns[usize::from(local)].push(conn(node, first));
+                for target in 1..count {
+                    let a = dial(peer.addr, &cfg, peer.id, target, deadline)?;
+                    conns[usize::from(local)].push(conn(node, a));
+                }
+            }
+        }
+        // Take the connections lower nodes dial to us.
+        collect_accepted(&rx, cluster, shards, deadline, timeout, &mut conns)
+    })();
+    setup_done.store(true, Ordering::SeqCst);
+    match result {
+        Ok(()) => Ok(Mesh { conns, acceptor }),
+        Err(e) => {
+            acceptor.stop();
+            Err(e)
+        }
+    }
+}
+
+fn conn(node: NodeId, a: Authenticated) -> Conn {
+    Conn {
+        node,
+        peer_shard: a.peer_shard,
+        peer_shard_count: a.peer_shard_count,
+        stream: a.stream,
+    }
+}
+
+/// Dials until the peer answers or the deadline passes; configuration errors end at once.
+fn dial(
+    addr: SocketAddr,
+    cfg: &HandshakeConfig,
+    node: u16,
+    target: u16,
+    deadline: Instant,
+) -> Result<Authenticated, MeshError> {
+    loop {
+        match handshake::connect(addr, cfg, node, target) {
+            Ok(a) => return Ok(a),
+            Err(HandshakeError::Io(e)) if Instant::now() < deadline => {
+                // Not listening yet (or reset while starting): try again shortly.
+                let _ = e;
+                std::thread::sleep(DIAL_RETRY);
+            }
+            Err(HandshakeError::Io(e)) => {
+                return Err(MeshError::Handshake {
+                    node,
+                    addr,
+                    source: HandshakeError::Io(e),
+                })
+            }
+            Err(source) => return Err(MeshError::Handshake { node, addr, source }),
+        }
+    }
+}
+
+fn collect_accepted(
+    rx: &Receiver<Authenticated>,
+    cluster: &ClusterSpec,
+    shards: u16,
+    deadline: Instant,
+    timeout: Duration,
+    conns: &mut [Vec<Conn>],
+) -> Result<(), MeshError> {
+    // For each lower node: the (peer shard, local shard) pairs seen, and its shard count.
+    let lower: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id < cluster.me)
+        .collect();
+    let mut seen: Vec<Vec<(u16, u16)>> = vec![Vec::new(); 64];
+    let mut counts = [0u16; 64];
+    let complete = |seen: &Vec<Vec<(u16, u16)>>, counts: &[u16; 64]| {
+        lower.iter().all(|&n| {
+            counts[n as usize] != 0
+                && seen[n as usize].len() == usize::from(counts[n as usize]) * usize::from(shards)
+        })
+    };
+    while !complete(&seen, &counts) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let a = match rx.recv_timeout(left) {
+            Ok(a) => a,
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                let missing: Vec<String> = lower
+                    .iter()
+                    .filter(|&&n| {
+                        counts[n as usize] == 0
+                            || seen[n as usize].len()
+                                != usize::from(counts[n as usize]) * usize::from(shards)
+                    })
+                    .map(|n| n.to_string())
+                    .collect();
+                return Err(MeshError::Timeout {
+                    secs: timeout.as_secs(),
+                    missing: missing.join(", "),
+                });
+            }
+        };
+        let n = a.peer_node;
+        let key = (a.peer_shard, a.local_shard);
+        if n >= cluster.me || seen[n as usize].contains(&key) {
+            eprintln!(
+                "ssi-dp: refusing a connection from node {n} (shard {}): unexpected or duplicate",
+                a.peer_shard
+            );
+            continue;
+        }
+        if a.peer_shard_count == 0 || a.peer_shard_count > 1024 {
+            return Err(MeshError::ShardCount {
+                node: n,
+                count: a.peer_shard_count,
+            });
+        }
+        counts[n as usize] = a.peer_shard_count;
+        seen[n as usize].push(key);
+        let node = NodeId::new(n).expect("handshake checks node ids");
+        let local = usize::from(a.local_shard);
+        conns[local].push(conn(node, a));
+    }
+    Ok(())
+}
+
+fn spawn_acceptor(
+    listener: TcpListener,
+    cfg: Arc<HandshakeConfig>,
+    tx: Arc<Mutex<Option<Sender<Authenticated>>>>,
+    setup_done: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    late_refused: Arc<AtomicUsize>,
+) -> Result<JoinHandle<()>, MeshError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| MeshError::Io {
+            what: "making the listener non-blocking",
+            source,
+        })?;
+    std::thread::Builder::new()
+        .name("ssi-dp-accept".into())
+        .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
+            // Shared with the handshake threads: what peers trigger is rate-limited.
+            let log = Arc::new(Mutex::new(LogLimiter::new(10, 1)));
+            let warn = |log: &Mutex<LogLimiter>, msg: std::fmt::Arguments<'_>| {
+                if let Ok(mut l) = log.lock() {
+                    l.warn(msg);
+                }
+            };
+            while !stop.load(Ordering::SeqCst) {
+                let mut p = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the listener we own.
+                let n = unsafe { libc::poll(&mut p, 1, 100) };
+                if n <= 0 {
+                    continue;
+                }
+                let (stream, from) = match listener.accept() {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => {
+                        warn(&log, format_args!("accept failed: {e}"));
+                        continue;
+                    }
+                };
+                if active.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
+                    warn(
+                        &log,
+                        format_args!("too many handshakes in progress: refusing {from}"),
+                    );
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (cfg, tx, setup_done, late, active2, log2) = (
+                    cfg.clone(),
+                    tx.clone(),
+                    setup_done.clone(),
+                    late_refused.clone(),
+                    active.clone(),
+                    log.clone(),
+                );
+                let spawned = std::thread::Builder::new()
+                    .name("ssi-dp-handshake".into())
+                    .spawn(move || {
+                        let msg = serve_one(stream, &cfg, &tx, &setup_done, &late);
+                        if let Some(msg) = msg {
+                            warn(&log2, format_args!("connection from {from}: {msg}"));
+                        }
+                        active2.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    warn(
+                        &log,
+                        format_args!("cannot start a handshake thread: refusing {from}"),
+                    );
+                }
+            }
+        })
+        .map_err(|source| MeshError::Io {
+            what: "starting the acceptor thread",
+            source,
+        })
+}
+
+/// Runs the server side of one handshake; returns what to log, if anything.
+fn serve_one(
+    stream: TcpStream,
+    cfg: &HandshakeConfig,
+    tx: &Mutex<Option<Sender<Authenticated>>>,
+    setup_done: &AtomicBool,
+    late: &AtomicUsize,
+) -> Option<String> {
+    if let Err(e) = stream.set_nonblocking(false) {
+        return Some(e.to_string());
+    }
+    match handshake::accept_stream(stream, cfg) {
+        Ok(a) => {
+            if setup_done.load(Ordering::SeqCst) {
+                late.fetch_add(1, Ordering::SeqCst);
+                return Some(format!(
+                    "refusing node {}: the cluster is already formed (a node that restarts \
+                     must rejoin as a new cluster in this version)",
+                    a.peer_node
+                ));
+            }
+            let sender = tx.lock().ok().and_then(|g| g.clone());
+            if let Some(s) = sender {
+                let _ = s.send(a);
+            }
+            None
+        }
+        Err(e) => Some(format!("refused: {e}")),
+    }
+}

@@ -1,0 +1,141 @@
+//! State a node's shards share with its control side, all atomics: the stop flag, which peer
+//! nodes are down, whether the cluster stopped, and requests to evict every cached replica
+//! (before a node leaves). Shards read these with relaxed loads once per loop turn.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct NodeState {
+    stop: AtomicBool,
+    departures_expected: AtomicBool,
+    dead: AtomicU64,
+    fatal: AtomicU32,
+    evict_gen: AtomicU64,
+    evict_done: Box<[AtomicU64]>,
+    running: AtomicU32,
+}
+
+impl NodeState {
+    /// State for a node with `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            departures_expected: AtomicBool::new(false),
+            dead: AtomicU64::new(0),
+            fatal: AtomicU32::new(0),
+            evict_gen: AtomicU64::new(0),
+            evict_done: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            running: AtomicU32::new(0),
+        }
+    }
+
+    /// Asks the shards to stop.
+    pub fn request_stop(&self) {
+        self.stop.store(true, SeqCst);
+    }
+
+    /// Whether the shards were asked to stop.
+    #[inline]
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    /// From now on a peer going away is part of an orderly shutdown, not a failure.
+    pub fn expect_departures(&self) {
+        self.departures_expected.store(true, SeqCst);
+    }
+
+    /// Whether peers leaving is expected.
+    pub fn departures_expected(&self) -> bool {
+        self.departures_expected.load(Relaxed)
+    }
+
+    /// Records that `node` is down; returns whether this is news.
+    pub fn mark_dead(&self, node: u16) -> bool {
+        let bit = 1u64 << node;
+        self.dead.fetch_or(bit, SeqCst) & bit == 0
+    }
+
+    /// The nodes known down, as a bit mask.
+    pub fn dead(&self) -> u64 {
+        self.dead.load(Relaxed)
+    }
+
+    /// Records that the cluster stopped because home node `node` died (first cause wins).
+    pub fn set_fatal(&self, node: u16) {
+        let _ = self
+            .fatal
+            .compare_exchange(0, u32::from(node) + 1, SeqCst, Relaxed);
+    }
+
+    /// The home node whose death stopped the cluster, if any.
+    pub fn fatal(&self) -> Option<u16> {
+        match self.fatal.load(Relaxed) {
+            0 => None,
+            n => Some((n - 1) as u16),
+        }
+    }
+
+    /// Asks every shard to evict its cached replicas; returns the request's generation.
+    pub fn request_evict_all(&self) -> u64 {
+        self.evict_gen.fetch_add(1, SeqCst) + 1
+    }
+
+    /// The latest eviction request.
+    #[inline]
+    pub fn evict_generation(&self) -> u64 {
+        self.evict_gen.load(Relaxed)
+    }
+
+    /// Shard `shard` holds no replica as of request `gen`.
+    pub fn evict_finished(&self, shard: usize, gen: u64) {
+        self.evict_done[shard].store(gen, SeqCst);
+    }
+
+    /// Whether every shard finished request `gen`.
+    pub fn evicted(&self, gen: u64) -> bool {
+        self.evict_done.iter().all(|d| d.load(SeqCst) >= gen)
+    }
+
+    /// A shard entered its loop.
+    pub fn shard_started(&self) {
+        self.running.fetch_add(1, SeqCst);
+    }
+
+    /// A shard left its loop.
+    pub fn shard_stopped(&self) {
+        self.running.fetch_sub(1, SeqCst);
+    }
+
+    /// Shards running.
+    pub fn running(&self) -> u32 {
+        self.running.load(SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_set_fatal_and_evictions() {
+        let s = NodeState::new(2);
+        assert!(s.mark_dead(3));
+        assert!(
+            !s.mark_dead(3),
+            "second report of the same death is not news"
+        );
+        assert_eq!(s.dead(), 1 << 3);
+        assert_eq!(s.fatal(), None);
+        s.set_fatal(0);
+        s.set_fatal(5);
+        assert_eq!(s.fatal(), Some(0), "the first cause is kept");
+        let g = s.request_evict_all();
+        assert!(!s.evicted(g));
+        s.evict_finished(0, g);
+        assert!(!s.evicted(g));
+        s.evict_finished(1, g);
+        assert!(s.evicted(g));
+    }
+}

@@ -1,0 +1,231 @@
+//! The guest region: one anonymous mapping covering the whole distributed address space,
+//! registered with the node's userfaultfd (MISSING | WP, kernel faults allowed).
+//!
+//! Every node maps the same number of pages; page `p` of the address space lives at
+//! `base + p * PAGE_SIZE` on every node. A page is present only where the coherence protocol
+//! has installed it: every other access — by a worker thread, a vCPU (through KVM), or the
+//! kernel on the process's behalf — stops in the userfaultfd until a shard serves it.
+
+use std::ptr::NonNull;
+
+use thiserror::Error;
+use uffd_poller::{Features, OpenError, RegisterError, RegisterMode, Uffd};
+
+use crate::config::PAGE_SIZE;
+
+/// Why the region could not be set up.
+#[derive(Debug, Error)]
+pub enum RegionError {
+    /// The address space is empty.
+    #[error("the guest address space is empty: give at least one node a non-zero --memory")]
+    Empty,
+    /// mmap failed.
+    #[error("cannot reserve {bytes} bytes of address space for the guest region: {source}; lower --memory or raise the address-space limit (ulimit -v)")]
+    Map {
+        /// Size asked for.
+        bytes: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// userfaultfd could not be opened with what the data plane needs.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The mapping could not be registered.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
+
+/// userfaultfd features the data plane cannot run without: write-protect faults for
+/// read-only replicas. Kernel (KVM) faults are allowed because the fd is never opened
+/// user-mode-only.
+pub fn required_features() -> Features {
+    Features::PAGEFAULT_FLAG_WP
+}
+
+/// Features used when the kernel offers them: the faulting thread's id (for traces) and
+/// POISON (to make a lost page raise SIGBUS in whoever touches it).
+pub fn optional_features() -> Features {
+    Features::THREAD_ID | Features::POISON
+}
+
+/// The guest region and its userfaultfd.
+#[derive(Debug)]
+pub struct Region {
+    base: NonNull<u8>,
+    len: usize,
+    uffd: Uffd,
+}
+
+// SAFETY: the region is a raw mapping owned by this struct; it hands out addresses only, and
+// every access to guest memory goes through raw pointers whose concurrency is governed by the
+// coherence protocol. `Uffd` is Send + Sync.
+unsafe impl Send for Region {}
+// SAFETY: see above; shared references only expose the base address and the uffd.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Maps `pages` pages and registers them with a new userfaultfd.
+    pub fn new(pages: u64) -> Result<Self, RegionError> {
+        if pages == 0 {
+            return Err(RegionError::Empty);
+        }
+        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(RegionError::Map {
+            bytes: u64::MAX,
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        })?;
+        let len = usize::try_from(bytes).map_err(|_| RegionError::Map {
+            bytes,
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        })?;
+        let uffd = Uffd::open_with(required_features(), optional_features())?;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel chooses; no
+        // existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(RegionError::Map {
+                bytes,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        // Pages must stay 4 KiB: a transparent huge page would map 512 guest pages at once
+        // behind the protocol's back. Failure only costs the hint, so it is ignored.
+        // SAFETY: advice on the mapping created above.
+        unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
+        let region = Region { base, len, uffd };
+        // SAFETY: the range is the private anonymous mapping created above, owned by `region`
+        // and accessed only through raw pointers; its missing pages are filled by the shards.
+        unsafe {
+            region.uffd.register(
+                base.as_ptr() as usize,
+                len,
+                RegisterMode::MISSING | RegisterMode::WP,
+            )
+        }?;
+        Ok(region)
+    }
+
+    /// Address of page 0.
+    pub fn base(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty (never true for a constructed region).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> u64 {
+        self.len as u64 / PAGE_SIZE
+    }
+
+    /// The userfaultfd the region is registered with.
+    pub fn uffd(&self) -> &Uffd {
+        &self.uffd
+    }
+
+    /// Host address of page `page` (which must be below [`Region::pages`]).
+    #[inline]
+    pub fn page_addr(&self, page: u64) -> usize {
+        debug_assert!(page < self.pages());
+        self.base.as_ptr() as usize + (page * PAGE_SIZE) as usize
+    }
+
+    /// The page containing host address `addr`, if it lies in the region.
+    #[inline]
+    pub fn page_of(&self, addr: usize) -> Option<u64> {
+        let off = addr.checked_sub(self.base.as_ptr() as usize)?;
+        (off < self.len).then_some(off as u64 / PAGE_SIZE)
+    }
+
+    /// Drops the local copy of a page (`MADV_DONTNEED`): the next access faults again.
+    /// The uffd has no REMOVE event negotiated, so this never waits for a reader.
+    pub fn discard(&self, page: u64) -> std::io::Result<()> {
+        // SAFETY: the range is one page inside our own mapping; discarding its contents is
+        // what the protocol asked for and nothing holds references into guest memory.
+        let rc = unsafe {
+            libc::madvise(
+                self.page_addr(page) as *mut libc::c_void,
+                PAGE_SIZE as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// The bytes of a mapped page.
+    ///
+    /// # Safety
+    ///
+    /// The page must be mapped (the protocol says this node holds a copy), so reading it does
+    /// not fault, and the caller must not keep the slice across an action that changes or
+    /// drops the page.
+    pub unsafe fn page_bytes(&self, page: u64) -> &[u8] {
+        // SAFETY: in bounds (`page < pages`); the caller guarantees it is mapped and stable.
+        unsafe { std::slice::from_raw_parts(self.page_addr(page) as *const u8, PAGE_SIZE as usize) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // Unregistering wakes any thread still waiting on a fault; they then see zero pages,
+        // which only happens while the process exits.
+        let _ = self.uffd.unregister(self.base.as_ptr() as usize, self.len);
+        // SAFETY: unmaps the mapping created in `new`; nothing uses it after drop.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A page of zeros, page-aligned, for zero-filled sends and read-only zero installs.
+#[repr(C, align(4096))]
+pub struct ZeroPage(pub [u8; PAGE_SIZE as usize]);
+
+impl std::fmt::Debug for ZeroPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZeroPage")
+    }
+}
+
+/// The shared zero page.
+pub static ZERO_PAGE: ZeroPage = ZeroPage([0; PAGE_SIZE as usize]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_region_is_refused() {
+        assert!(matches!(Region::new(0), Err(RegionError::Empty)));
+    }
+
+    #[test]
+    fn addresses_map_to_pages() {
+        let r = Region::new(4).expect("region (needs root or uffd access)");
+        assert_eq!(r.pages(), 4);
+        let a = r.page_addr(2);
+        assert_eq!(r.page_of(a), Some(2));
+        assert_eq!(r.page_of(a + 4095), Some(2));
+        assert_eq!(r.page_of(r.base() as usize + r.len()), None);
+        assert_eq!(r.page_of(0), None);
+        assert!(r.uffd().features().contains(Features::PAGEFAULT_FLAG_WP));
+    }
+}

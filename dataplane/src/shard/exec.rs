@@ -1,0 +1,321 @@
+//! Carrying out the protocol machine's actions on this node: installs through the
+//! userfaultfd, write-protect and drop of local copies, wake-ups, and sends through the
+//! transport (parking frames the transport refuses with backpressure).
+
+use std::sync::Arc;
+
+use uffd_poller::{
+    CopyMode, FillOutcome, OpError, PoisonMode, UnprotectMode, WpOutcome, ZeropageMode,
+};
+use wire::ratelimit::LogLimiter;
+use wire::{Header, MsgType, Payload, PeerId, RxBuf, SendOutcome, Transport, TransportError};
+
+use super::backlog::Backlog;
+use super::route::PeerShards;
+use crate::clock::now_ns;
+use crate::protocol::{
+    Action, Actions, DataSource, FailReason, InstallSource, Layout, Msg, NodeId, NodeSet,
+};
+use crate::region::{Region, ZERO_PAGE};
+use crate::stats::{add, bump, FaultKind, Locality, ShardStats};
+
+/// How often a transient `EAGAIN` from an ioctl is retried before it is reported.
+const IOCTL_RETRIES: u32 = 10_000;
+
+/// What the actions of one step asked of the shard beyond what `Io` did itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Aftermath {
+    /// Nodes whose connection refused a send (going down): declare them down.
+    pub down: NodeSet,
+    /// A home died: the cluster stopped.
+    pub fatal: Option<u16>,
+}
+
+/// The shard's means of acting on the world.
+pub struct Io<T: Transport> {
+    pub(crate) me: NodeId,
+    pub(crate) transport: T,
+    pub(crate) region: Arc<Region>,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) backlog: Backlog,
+    pub(crate) peers: PeerShards,
+    pub(crate) layout: Layout,
+    pub(crate) log: LogLimiter,
+}
+
+impl<T: Transport> std::fmt::Debug for Io<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io")
+            .field("me", &self.me)
+            .field("transport", &self.transport.name())
+            .finish()
+    }
+}
+
+impl<T: Transport> Io<T> {
+    /// Executes `actions` in order. `payload` is the received buffer of the message the step
+    /// processed, if it had one.
+    pub fn execute(&mut self, actions: &Actions, payload: Option<&RxBuf>) -> Aftermath {
+        let mut after = Aftermath::default();
+        for a in actions {
+            match *a {
+                Action::Send { to, msg, data } => self.send(to, msg, data, &mut after),
+                Action::Install {
+                    page,
+                    writable,
+                    source,
+                } => self.install(page, writable, source, payload),
+                Action::MakeWritable { page } => self.make_writable(page),
+                Action::WriteProtect { page } => self.write_protect(page),
+                Action::Drop { page } => {
+                    bump(&self.stats.drops);
+                    if let Err(e) = self.region.discard(page) {
+                        self.log.warn(format_args!("cannot drop page {page}: {e}"));
+                    }
+                }
+                Action::Wake { page } => self.wake(page),
+                Action::FaultDone { page, token } => {
+                    let kind = FaultKind::from_bits(token);
+                    let loc = match self.layout.home_of(page) {
+                        Ok(h) if h == self.me => Locality::Home,
+                        _ => Locality::Remote,
+                    };
+                    let ns = now_ns().saturating_sub(token >> 2);
+                    self.stats.served(kind, loc, ns);
+                }
+                Action::FaultFailed { page, reason, .. } => {
+                    bump(&self.stats.faults_failed);
+                    self.fail_page(page, reason);
+                }
+                Action::PageLost { page } => {
+                    bump(&self.stats.pages_lost);
+                    self.log.warn(format_args!(
+                        "page {page} is lost: its only copy was on a node that died; \
+                         threads touching it get SIGBUS"
+                    ));
+                }
+                Action::ClusterFatal { reason } => {
+                    let crate::protocol::FatalReason::HomeDied(n) = reason;
+                    after.fatal = Some(n.get());
+                }
+            }
+        }
+        after
+    }
+
+    fn addr(&self, page: u64) -> usize {
+        self.region.page_addr(page)
+    }
+
+    fn install(
+        &mut self,
+        page: u64,
+        writable: bool,
+        source: InstallSource,
+        payload: Option<&RxBuf>,
+    ) {
+        let dst = self.addr(page);
+        let uffd = self.region.uffd();
+        let mode = if writable {
+            CopyMode::empty()
+        } else {
+            CopyMode::WP
+        };
+        let mut tries = 0;
+        loop {
+            let r = match source {
+                InstallSource::Payload => match payload {
+                    Some(buf) => {
+                        bump(&self.stats.installs_data);
+                        uffd.copy(dst, self.transport.payload(buf), mode)
+                    }
+                    None => {
+                        bump(&self.stats.violations);
+                        self.log.warn(format_args!(
+                            "install of page {page} from a message without a payload: protocol bug"
+                        ));
+                        return;
+                    }
+                },
+                InstallSource::Zero if writable => {
+                    bump(&self.stats.installs_zero);
+                    uffd.zeropage(dst, ZERO_PAGE.0.len(), ZeropageMode::empty())
+                }
+                InstallSource::Zero => {
+                    bump(&self.stats.installs_zero);
+                    uffd.copy(dst, &ZERO_PAGE.0, mode)
+                }
+            };
+            match r {
+                Ok(FillOutcome::Filled(_)) => return,
+                Ok(FillOutcome::AlreadyMapped) => {
+                    // The protocol unmaps before every install, so this means a thread or the
+                    // kernel mapped it behind our back: wake the waiters so they re-check.
+                    bump(&self.stats.installs_exist);
+                    self.log
+                        .warn(format_args!("page {page} was already mapped at install"));
+                    self.wake(page);
+                    return;
+                }
+                Ok(FillOutcome::Retry) | Ok(FillOutcome::Partial(_)) if tries < IOCTL_RETRIES => {
+                    tries += 1;
+                    std::hint::spin_loop();
+                }
+                Ok(other) => {
+                    self.log.warn(format_args!(
+                        "install of page {page} did not complete: {other:?}"
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    self.ioctl_failed("install", page, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn make_writable(&mut self, page: u64) {
+        bump(&self.stats.make_writable);
+        let addr = self.addr(page);
+        for _ in 0..IOCTL_RETRIES {
+            match self.region.uffd().write_unprotect(
+                addr,
+                ZERO_PAGE.0.len(),
+                UnprotectMode::empty(),
+            ) {
+                Ok(WpOutcome::Done) => return,
+                Ok(WpOutcome::Retry) => std::hint::spin_loop(),
+                Err(e) => return self.ioctl_failed("write-unprotect", page, &e),
+            }
+        }
+    }
+
+    fn write_protect(&mut self, page: u64) {
+        bump(&self.stats.write_protects);
+        let addr = self.addr(page);
+        for _ in 0..IOCTL_RETRIES {
+            match self.region.uffd().write_protect(addr, ZERO_PAGE.0.len()) {
+                Ok(WpOutcome::Done) => return,
+                Ok(WpOutcome::Retry) => std::hint::spin_loop(),
+                Err(e) => return self.ioctl_failed("write-protect", page, &e),
+            }
+        }
+    }
+
+    fn wake(&mut self, page: u64) {
+        if let Err(e) = self.region.uffd().wake(self.addr(page), ZERO_PAGE.0.len()) {
+            self.ioctl_failed("wake", page, &e);
+        }
+    }
+
+    /// A fault on `page` cannot be served: make every access to it raise SIGBUS (POISON)
+    /// so no thread waits forever, or, without POISON, wake them (they fault again and get
+    /// the same answer).
+    fn fail_page(&mut self, page: u64, reason: FailReason) {
+        self.log.warn(format_args!(
+            "fault on page {page} failed: {}",
+            match reason {
+                FailReason::Lost => "the page is lost (its exclusive owner died)",
+                FailReason::ClusterDown => "the cluster stopped (a home node died)",
+            }
+        ));
+        let addr = self.addr(page);
+        match self
+            .region
+            .uffd()
+            .poison(addr, ZERO_PAGE.0.len(), PoisonMode::empty())
+        {
+            Ok(_) => {}
+            Err(OpError::FeatureNotNegotiated { .. }) => self.wake(page),
+            Err(e) => self.ioctl_failed("poison", page, &e),
+        }
+    }
+
+    fn ioctl_failed(&mut self, what: &str, page: u64, e: &OpError) {
+        self.log
+            .warn(format_args!("{what} of page {page} failed: {e}"));
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg, data: Option<DataSource>, after: &mut Aftermath) {
+        let page = msg.page();
+        let Some(peer) = self.peers.route(to, page) else {
+            // Not connected (never was, or already down): the machine learns of the death
+            // through NodeDead; nothing can be sent.
+            after.down.insert(to);
+            return;
+        };
+        let f = msg.to_fields();
+        let Some(ty) = MsgType::from_code(f.ty) else {
+            bump(&self.stats.violations);
+            self.log.warn(format_args!(
+                "protocol produced unknown message code {}",
+                f.ty
+            ));
+            return;
+        };
+        let mut h = Header::new(ty, self.me.get());
+        h.flags = f.flags;
+        h.aux = f.aux;
+        h.txn = f.txn;
+        h.page = f.page;
+        h.arg = f.arg;
+        let payload: Option<&[u8]> = match data {
+            None => None,
+            // SAFETY: the machine sends local contents only of pages this node holds mapped,
+            // and the step's later actions (drop, install) run after this copy is taken.
+            Some(DataSource::Local) => Some(unsafe { self.region.page_bytes(page) }),
+            Some(DataSource::Zero) => Some(&ZERO_PAGE.0),
+        };
+        h.set_payload_len(payload.map_or(0, |p| p.len() as u32));
+        bump(&self.stats.msgs_sent);
+        add(&self.stats.bytes_sent, u64::from(h.payload_len));
+        let queued = if !self.backlog.is_empty() && self.backlog.holds(peer) {
+            // Frames already parked for this peer go first: keep the connection's order.
+            Ok(false)
+        } else {
+            send_one(&mut self.transport, peer, &h, payload)
+        };
+        match queued {
+            Ok(true) => {}
+            Ok(false) => {
+                bump(&self.stats.sends_backlogged);
+                if self.backlog.park(peer, h, payload).is_err() {
+                    // Limits are sized so this cannot happen with a healthy peer; a peer that
+                    // stops reading for this long is treated as failed rather than queued
+                    // without bound.
+                    self.log.warn(format_args!(
+                        "send backlog full ({} frames) towards node {to}: treating it as failed",
+                        self.backlog.len()
+                    ));
+                    after.down.insert(to);
+                }
+            }
+            Err(e) => {
+                self.log.warn(format_args!("send to node {to} failed: {e}"));
+                after.down.insert(to);
+            }
+        }
+    }
+
+    /// Offers parked frames to the transport again; returns how many left.
+    pub fn drain_backlog(&mut self) -> usize {
+        if self.backlog.is_empty() {
+            return 0;
+        }
+        let t = &mut self.transport;
+        self.backlog
+            .drain(|peer, h, p| matches!(send_one(t, peer, h, p), Ok(true)))
+    }
+}
+
+/// One send; `Ok(false)` on backpressure.
+fn send_one<T: Transport>(
+    t: &mut T,
+    peer: PeerId,
+    h: &Header,
+    payload: Option<&[u8]>,
+) -> Result<bool, TransportError> {
+    let p = payload.map_or(Payload::None, Payload::Copy);
+    Ok(t.send(peer, h, p, 0)? == SendOutcome::Queued)
+}

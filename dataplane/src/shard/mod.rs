@@ -1,0 +1,625 @@
+//! A shard: one pinned thread running one protocol instance over its partition of the pages
+//! (`page % shards == index`) in a run-to-completion loop.
+//!
+//! Each turn: offer parked sends to the transport, reap transport completions (messages,
+//! peer failures), read a batch of userfaultfd events (faults for pages of other shards go to
+//! their inbound ring), drain this shard's inbound rings, retry deferred faults, run the
+//! protocol's timers, scan for replicas to evict when the node is leaving, then submit once.
+//! A turn that found nothing to do spins, or sleeps in the transport's `wait` with the
+//! userfaultfd and the doorbell watched, as the idle policy says. Nothing on this path
+//! allocates, locks or queues without a bound.
+
+pub mod backlog;
+pub mod exec;
+pub mod route;
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uffd_poller::{Event as UffdEvent, EventBuf, FaultFlags};
+use wire::ratelimit::LogLimiter;
+use wire::{DownReason, Event, MsgType, RxBuf, Transport};
+
+use self::backlog::Backlog;
+use self::exec::{Aftermath, Io};
+use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
+use crate::clock::now_ns;
+use crate::doorbell::Doorbell;
+use crate::idle::IdlePolicy;
+use crate::node_state::NodeState;
+use crate::protocol::{
+    Access, Actions, Input, Layout, Machine, Msg, MsgFields, NodeId, NodeSet, Outcome, PageAccess,
+    StepError,
+};
+use crate::region::Region;
+use crate::spsc::{Consumer, Producer};
+use crate::stats::{bump, FaultKind, ShardStats};
+
+/// Token the shard's userfaultfd is watched with.
+const TOKEN_UFFD: u64 = 1;
+/// Token the shard's doorbell eventfd is watched with.
+const TOKEN_DOORBELL: u64 = 2;
+/// Userfaultfd events read per turn.
+const UFFD_BATCH: usize = 64;
+/// Messages taken from one inbound ring per turn.
+const INBOX_BUDGET: usize = 256;
+/// Longest sleep in `wait` (the stop flag is also a doorbell kick; this bounds surprises).
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Replicas offered for eviction per turn while leaving.
+const EVICT_BUDGET: usize = 256;
+
+/// An authenticated connection for this shard.
+#[derive(Debug)]
+pub struct Conn {
+    /// The peer node.
+    pub node: NodeId,
+    /// The peer shard on the other end.
+    pub peer_shard: u16,
+    /// The peer node's shard count.
+    pub peer_shard_count: u16,
+    /// The stream.
+    pub stream: TcpStream,
+}
+
+/// Everything a shard needs to start.
+pub struct ShardSetup<T: Transport> {
+    /// This shard's index.
+    pub index: u32,
+    /// Shards on this node.
+    pub count: u32,
+    /// The protocol instance for the partition.
+    pub machine: Machine,
+    /// The cluster layout.
+    pub layout: Layout,
+    /// The transport (one per shard).
+    pub transport: T,
+    /// Connections to every peer shard that serves this shard's pages.
+    pub conns: Vec<Conn>,
+    /// The guest region.
+    pub region: Arc<Region>,
+    /// Rings from other shards (`(from shard, ring)`).
+    pub inbox: Vec<(usize, Consumer<ShardMsg>)>,
+    /// Rings to other shards, by destination index (`None` for this shard).
+    pub outbox: Vec<Option<Producer<ShardMsg>>>,
+    /// Every shard's doorbell, by index.
+    pub doorbells: Arc<[Doorbell]>,
+    /// Counters and histograms this shard publishes.
+    pub stats: Arc<ShardStats>,
+    /// State shared with the node.
+    pub state: Arc<NodeState>,
+    /// What to do when idle.
+    pub idle: IdlePolicy,
+    /// Frames that may wait for transport room, and how many of them may carry a page.
+    pub backlog: (usize, usize),
+    /// Faults that may wait for a free protocol record.
+    pub retry_limit: usize,
+}
+
+impl<T: Transport> std::fmt::Debug for ShardSetup<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardSetup")
+            .field("index", &self.index)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+/// A running shard (see the module documentation).
+pub struct Shard<T: Transport> {
+    index: u32,
+    count: u32,
+    me: NodeId,
+    machine: Machine,
+    actions: Actions,
+    io: Io<T>,
+    events: Vec<Event>,
+    ubuf: Option<Box<EventBuf<UFFD_BATCH>>>,
+    inbox: Vec<(usize, Consumer<ShardMsg>)>,
+    outbox: Vec<Option<Producer<ShardMsg>>>,
+    doorbells: Arc<[Doorbell]>,
+    retry: VecDeque<ShardMsg>,
+    retry_limit: usize,
+    state: Arc<NodeState>,
+    idle: IdlePolicy,
+    down: NodeSet,
+    evict_gen: u64,
+    evict_cursor: Option<u64>,
+    pages: u64,
+}
+
+impl<T: Transport> std::fmt::Debug for Shard<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("index", &self.index)
+            .field("me", &self.me)
+            .finish()
+    }
+}
+
+impl<T: Transport> Shard<T> {
+    /// Takes over the connections and prepares the loop.
+    pub fn new(s: ShardSetup<T>) -> Result<Self, wire::TransportError> {
+        let me = s.machine.node();
+        let mut transport = s.transport;
+        let mut peers = PeerShards::default();
+        for c in s.conns {
+            peers.set(c.node, c.peer_shard_count);
+            transport.add_peer(peer_id(c.node, c.peer_shard), c.stream, Some(c.node.get()))?;
+        }
+        transport.watch_fd(s.region.uffd().as_raw_fd(), TOKEN_UFFD)?;
+        transport.watch_fd(s.doorbells[s.index as usize].fd(), TOKEN_DOORBELL)?;
+        let actions = s.machine.new_actions();
+        let pages = s.region.pages();
+        Ok(Self {
+            index: s.index,
+            count: s.count,
+            me,
+            machine: s.machine,
+            actions,
+            io: Io {
+                me,
+                transport,
+                region: s.region,
+                stats: s.stats,
+                backlog: Backlog::new(s.backlog.0, s.backlog.1),
+                peers,
+                layout: s.layout,
+                log: LogLimiter::new(10, 2),
+            },
+            events: Vec::with_capacity(wire::TransportConfig::default().poll_budget.max(1024)),
+            ubuf: Some(Box::default()),
+            inbox: s.inbox,
+            outbox: s.outbox,
+            doorbells: s.doorbells,
+            retry: VecDeque::with_capacity(s.retry_limit),
+            retry_limit: s.retry_limit,
+            state: s.state,
+            idle: s.idle,
+            down: NodeSet::default(),
+            evict_gen: 0,
+            evict_cursor: None,
+            pages,
+        })
+    }
+
+    /// Runs the loop until the node stops.
+    pub fn run(mut self) {
+        self.state.shard_started();
+        let mut last_work = now_ns();
+        while !self.state.stopping() {
+            let work = self.turn();
+            if work > 0 {
+                bump(&self.io.stats.busy_turns);
+                last_work = now_ns();
+                continue;
+            }
+            bump(&self.io.stats.idle_turns);
+            let sleep = match self.idle {
+                IdlePolicy::Spin => false,
+                IdlePolicy::Block => true,
+                IdlePolicy::Hybrid { spin } => {
+                    now_ns().saturating_sub(last_work) >= spin.as_nanos() as u64
+                }
+            };
+            if sleep {
+                self.sleep();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // Whatever is still queued goes out before the connections close.
+        let _ = self.io.transport.flush();
+        self.state.shard_stopped();
+    }
+
+    /// One loop turn; returns how much work it found.
+    fn turn(&mut self) -> usize {
+        if self.state.dead() & !self.down.bits() != 0 {
+            self.sync_dead();
+        }
+        let mut work = self.io.drain_backlog();
+        work += self.poll_transport();
+        work += self.read_faults();
+        work += self.drain_inbox();
+        work += self.retry_faults();
+        work += self.run_timers();
+        work += self.evict_scan();
+        if let Err(e) = self.io.transport.flush() {
+            self.io
+                .log
+                .warn(format_args!("transport flush failed: {e}"));
+        }
+        work
+    }
+
+    fn sleep(&mut self) {
+        let my_bell = &self.doorbells[self.index as usize];
+        if !my_bell.prepare_sleep() {
+            my_bell.awake();
+            return;
+        }
+        let timeout = match self.machine.next_deadline() {
+            Some(d) => Duration::from_nanos(d.saturating_sub(now_ns())).min(MAX_SLEEP),
+            None => MAX_SLEEP,
+        };
+        bump(&self.io.stats.sleeps);
+        if let Err(e) = self.io.transport.wait(Some(timeout)) {
+            self.io.log.warn(format_args!("transport wait failed: {e}"));
+        }
+        self.doorbells[self.index as usize].awake();
+    }
+
+    /// Feeds one input to the machine and carries out its actions.
+    fn step(
+        &mut self,
+        input: Input,
+        payload: Option<&RxBuf>,
+        from: Option<NodeId>,
+    ) -> Option<Outcome> {
+        let now = now_ns();
+        let res = self.machine.step(now, input, &mut self.actions);
+        let after = self.io.execute(&self.actions, payload);
+        self.aftermath(after);
+        match res {
+            Ok(o) => Some(o),
+            Err(e) => {
+                bump(&self.io.stats.violations);
+                self.io.log.warn(format_args!("protocol: {e}"));
+                if let (Some(node), StepError::Violation { .. } | StepError::Misrouted { .. }) =
+                    (from, &e)
+                {
+                    self.io.log.warn(format_args!(
+                        "closing the connection to node {node}, which broke the protocol"
+                    ));
+                    self.node_down(node, "protocol violation");
+                }
+                None
+            }
+        }
+    }
+
+    fn aftermath(&mut self, after: Aftermath) {
+        if let Some(home) = after.fatal {
+            self.state.set_fatal(home);
+        }
+        for n in after.down.iter() {
+            self.node_down(n, "its connection refused a send");
+        }
+    }
+
+    fn poll_transport(&mut self) -> usize {
+        let events = &mut self.events;
+        let n = match self.io.transport.poll(|e| events.push(e)) {
+            Ok(n) => n,
+            Err(e) => {
+                self.io.log.warn(format_args!("transport poll failed: {e}"));
+                0
+            }
+        };
+        let mut i = 0;
+        while i < self.events.len() {
+            // Events are taken by value; the vector keeps its capacity.
+            let e = std::mem::replace(&mut self.events[i], Event::FdReady { token: 0 });
+            self.on_event(e);
+            i += 1;
+        }
+        self.events.clear();
+        n
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Received {
+                peer,
+                header,
+                payload,
+            } => {
+                bump(&self.io.stats.msgs_received);
+                crate::stats::add(&self.io.stats.bytes_received, u64::from(header.payload_len));
+                let node = NodeId::new(peer_node(peer)).expect("peer ids carry valid node ids");
+                self.on_frame(node, header, payload.as_ref());
+                if let Some(buf) = payload {
+                    self.io.transport.release(buf);
+                }
+            }
+            Event::PeerDown { peer, reason } => {
+                let node = peer_node(peer);
+                self.io.backlog.forget(|p| p == peer);
+                if let Ok(n) = NodeId::new(node) {
+                    let why = match reason {
+                        DownReason::Local => return,
+                        r => r.to_string(),
+                    };
+                    self.node_down(n, &why);
+                }
+            }
+            Event::SendDone { .. } => {}
+            Event::FdReady { token } => {
+                if token == TOKEN_DOORBELL {
+                    self.doorbells[self.index as usize].awake();
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, from: NodeId, h: wire::Header, payload: Option<&RxBuf>) {
+        if matches!(h.ty, MsgType::Ping | MsgType::Pong) {
+            return;
+        }
+        let fields = MsgFields {
+            ty: h.ty as u8,
+            flags: h.flags,
+            aux: h.aux,
+            txn: h.txn,
+            page: h.page,
+            arg: h.arg,
+        };
+        let msg = match Msg::from_fields(fields) {
+            Ok(m) => m,
+            Err(e) => {
+                bump(&self.io.stats.violations);
+                self.io
+                    .log
+                    .warn(format_args!("malformed message from node {from}: {e}"));
+                self.node_down(from, "malformed protocol message");
+                return;
+            }
+        };
+        if shard_of(msg.page(), self.count) != self.index || msg.page() >= self.pages {
+            bump(&self.io.stats.violations);
+            self.io.log.warn(format_args!(
+                "node {from} sent page {} to the wrong shard or outside the address space",
+                msg.page()
+            ));
+            self.node_down(from, "misrouted message");
+            return;
+        }
+        self.step(Input::Message { from, msg }, payload, Some(from));
+    }
+
+    fn read_faults(&mut self) -> usize {
+        let mut buf = self.ubuf.take().expect("event buffer is always returned");
+        let region = self.io.region.clone();
+        let n = match region.uffd().read_events(&mut buf) {
+            Ok(evs) => {
+                let now = now_ns();
+                for ev in evs {
+                    match *ev {
+                        UffdEvent::PageFault(f) => {
+                            bump(&self.io.stats.uffd_events);
+                            let Some(page) = region.page_of(f.address) else {
+                                continue;
+                            };
+                            let (access, kind) = if f.flags.contains(FaultFlags::WP) {
+                                (Access::Write, FaultKind::Upgrade)
+                            } else if f.flags.contains(FaultFlags::WRITE) {
+                                (Access::Write, FaultKind::Write)
+                            } else {
+                                (Access::Read, FaultKind::Read)
+                            };
+                            let token = (now << 2) | kind as u64;
+                            self.route_fault(ShardMsg::Fault {
+                                page,
+                                access,
+                                token,
+                            });
+                        }
+                        other => self
+                            .io
+                            .log
+                            .warn(format_args!("unexpected userfaultfd event {other:?}")),
+                    }
+                }
+                evs.len()
+            }
+            Err(e) => {
+                self.io
+                    .log
+                    .warn(format_args!("reading the userfaultfd failed: {e}"));
+                0
+            }
+        };
+        self.ubuf = Some(buf);
+        n
+    }
+
+    /// Hands a fault to the shard that owns its page.
+    fn route_fault(&mut self, m: ShardMsg) {
+        let ShardMsg::Fault { page, .. } = m else {
+            return;
+        };
+        let owner = shard_of(page, self.count) as usize;
+        if owner == self.index as usize {
+            self.fault(m);
+            return;
+        }
+        bump(&self.io.stats.faults_forwarded);
+        let pushed = self.outbox[owner]
+            .as_mut()
+            .is_some_and(|tx| tx.push(m).is_ok());
+        if pushed {
+            self.doorbells[owner].ring(self.index as usize);
+        } else {
+            self.defer(m);
+        }
+    }
+
+    fn fault(&mut self, m: ShardMsg) {
+        let ShardMsg::Fault {
+            page,
+            access,
+            token,
+        } = m
+        else {
+            return;
+        };
+        if let Some(Outcome::Busy) = self.step(
+            Input::Fault {
+                page,
+                access,
+                token,
+            },
+            None,
+            None,
+        ) {
+            self.defer(m);
+        }
+    }
+
+    /// Keeps a fault for a later turn; when even that list is full, gives it back to the
+    /// kernel (the thread is woken and faults again).
+    fn defer(&mut self, m: ShardMsg) {
+        if self.retry.len() < self.retry_limit {
+            bump(&self.io.stats.faults_deferred);
+            self.retry.push_back(m);
+        } else if let ShardMsg::Fault { page, .. } = m {
+            bump(&self.io.stats.faults_bounced);
+            let _ = self
+                .io
+                .region
+                .uffd()
+                .wake(self.io.region.page_addr(page), 4096);
+        }
+    }
+
+    fn retry_faults(&mut self) -> usize {
+        let n = self.retry.len();
+        for _ in 0..n {
+            let Some(m) = self.retry.pop_front() else {
+                break;
+            };
+            self.route_fault(m);
+        }
+        // Work only if something left the list.
+        n.saturating_sub(self.retry.len())
+    }
+
+    fn drain_inbox(&mut self) -> usize {
+        let bits = self.doorbells[self.index as usize].take();
+        if bits == 0 && self.inbox.iter().all(|(_, rx)| rx.is_empty()) {
+            return 0;
+        }
+        let mut n = 0;
+        for i in 0..self.inbox.len() {
+            for _ in 0..INBOX_BUDGET {
+                let Some(m) = self.inbox[i].1.pop() else {
+                    break;
+                };
+                n += 1;
+                match m {
+                    ShardMsg::Fault { .. } => self.fault(m),
+                    ShardMsg::NodeDown(node) => {
+                        if let Ok(node) = NodeId::new(node) {
+                            self.node_down_local(node, "reported by another shard");
+                        }
+                    }
+                }
+            }
+            if !self.inbox[i].1.is_empty() {
+                let from = self.inbox[i].0;
+                self.doorbells[self.index as usize].restore(1 << from);
+            }
+        }
+        n
+    }
+
+    fn run_timers(&mut self) -> usize {
+        match self.machine.next_deadline() {
+            Some(d) if d <= now_ns() => {
+                self.step(Input::Tick, None, None);
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    /// While the node is leaving: offer every replica this shard holds for eviction, a
+    /// bounded number per turn, until none is left.
+    fn evict_scan(&mut self) -> usize {
+        let gen = self.state.evict_generation();
+        if gen != self.evict_gen {
+            self.evict_gen = gen;
+            self.evict_cursor = Some(u64::from(self.index));
+        }
+        let Some(mut page) = self.evict_cursor else {
+            return 0;
+        };
+        let mut offered = 0;
+        let mut busy = false;
+        while page < self.pages && offered < EVICT_BUDGET {
+            if matches!(
+                self.machine.local_access(page),
+                Some(PageAccess::ReadOnly | PageAccess::Writable)
+            ) && self.io.layout.home_of(page).is_ok_and(|h| h != self.me)
+            {
+                offered += 1;
+                // Started, refused as busy (offered again next pass) or refused because the
+                // page is not held after all: the check below decides whether to come back.
+                self.step(Input::Evict { page }, None, None);
+                if matches!(
+                    self.machine.local_access(page),
+                    Some(PageAccess::ReadOnly | PageAccess::Writable)
+                ) {
+                    busy = true;
+                }
+            }
+            page += u64::from(self.count);
+        }
+        if page >= self.pages {
+            // A full pass: done when nothing was left held; otherwise start over.
+            if busy || !self.machine.is_quiescent() {
+                self.evict_cursor = Some(u64::from(self.index));
+            } else {
+                self.evict_cursor = None;
+                self.state.evict_finished(self.index as usize, gen);
+            }
+        } else {
+            self.evict_cursor = Some(page);
+        }
+        offered
+    }
+
+    /// A peer node is down: tell the other shards, then handle it here.
+    fn node_down(&mut self, node: NodeId, why: &str) {
+        if self.down.contains(node) {
+            return;
+        }
+        for (i, tx) in self.outbox.iter_mut().enumerate() {
+            if let Some(tx) = tx {
+                // The rings are sized for bursts of faults; a full one still gets the news
+                // through the shared dead mask, which every shard polls.
+                if tx.push(ShardMsg::NodeDown(node.get())).is_ok() {
+                    self.doorbells[i].ring(self.index as usize);
+                }
+            }
+        }
+        self.node_down_local(node, why);
+    }
+
+    fn node_down_local(&mut self, node: NodeId, why: &str) {
+        if self.down.contains(node) {
+            return;
+        }
+        self.down.insert(node);
+        let news = self.state.mark_dead(node.get());
+        if news && !self.state.departures_expected() {
+            eprintln!("ssi-dp: node {node} is down ({why}); continuing without it");
+        }
+        for s in 0..self.io.peers.count(node) {
+            let _ = self.io.transport.close_peer(peer_id(node, s));
+        }
+        self.io.peers.set(node, 0);
+        self.io.backlog.forget(|p| peer_node(p) == node.get());
+        self.step(Input::NodeDead(node), None, None);
+    }
+
+    /// Picks up deaths other shards saw when their ring to us was full.
+    fn sync_dead(&mut self) {
+        let news = NodeSet::from_bits(self.state.dead()).minus(self.down);
+        for node in news.iter() {
+            self.node_down_local(node, "reported by another shard");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Human-readable summaries of what a node did: faults by kind with service-time
+//! percentiles, messages and bytes, and the HDR series the histogram dump writes.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+
+use crate::atomic_hist::AtomicHistogram;
+use crate::stats::{sum, FaultKind, Locality, ShardStats};
+
+/// A series name for logs and metrics: `read-remote`, `upgrade-home`, ...
+pub fn series_name(kind: FaultKind, loc: Locality) -> String {
+    format!("{}-{}", kind.name(), loc.name())
+}
+
+/// Every (kind, locality) histogram summed over the shards, with its series name.
+pub fn series(stats: &[Arc<ShardStats>]) -> Vec<(String, Histogram<u64>)> {
+    let mut out = Vec::new();
+    for kind in FaultKind::ALL {
+        for loc in [Locality::Home, Locality::Remote] {
+            let total = AtomicHistogram::new();
+            for s in stats {
+                total.merge_from(s.histogram(kind, loc));
+            }
+            out.push((series_name(kind, loc), total.snapshot()));
+        }
+    }
+    out
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}us", ns as f64 / 1000.0)
+}
+
+/// A multi-line summary of a node's shards.
+pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "node {node}: faults served (service time from userfaultfd read to install: p50 / p99 / p99.9 / max)"
+    );
+    for (name, h) in series(stats) {
+        if h.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {name:<15} {:>8}  {} / {} / {} / {}",
+            h.len(),
+            us(h.value_at_quantile(0.5)),
+            us(h.value_at_quantile(0.99)),
+            us(h.value_at_quantile(0.999)),
+            us(h.max())
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  messages sent {} / received {}, page bytes sent {} / received {}, faults forwarded \
+         between shards {}, deferred {}, failed {}, pages lost {}, protocol violations {}",
+        sum(stats, |x| &x.msgs_sent),
+        sum(stats, |x| &x.msgs_received),
+        sum(stats, |x| &x.bytes_sent),
+        sum(stats, |x| &x.bytes_received),
+        sum(stats, |x| &x.faults_forwarded),
+        sum(stats, |x| &x.faults_deferred),
+        sum(stats, |x| &x.faults_failed),
+        sum(stats, |x| &x.pages_lost),
+        sum(stats, |x| &x.violations),
+    );
+    let busy = sum(stats, |x| &x.busy_turns);
+    let idle = sum(stats, |x| &x.idle_turns);
+    let _ = write!(
+        s,
+        "  shard loop turns busy {busy} / idle {idle}, sleeps {}",
+        sum(stats, |x| &x.sleeps)
+    );
+    s
+}
+
+/// Faults served of one kind and locality, over shards.
+pub fn served(stats: &[Arc<ShardStats>], kind: FaultKind, loc: Locality) -> u64 {
+    stats
+        .iter()
+        .map(|s| s.faults_served[kind as usize][loc as usize].load(Relaxed))
+        .sum()
+}

@@ -1,0 +1,49 @@
+//! A barrier kept in guest memory: one 64-bit counter per barrier on the barrier page, which
+//! every participant increments once and then watches (a read-only replica, refetched after
+//! each increment invalidates it) until all have arrived.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use super::mem::{Mem, BARRIER_PAGE};
+
+/// Barriers one run may use (slots on the barrier page).
+pub const SLOTS: u64 = 8;
+
+/// See the module documentation.
+pub(crate) struct Barrier {
+    mem: Mem,
+    parties: u64,
+}
+
+impl Barrier {
+    pub(crate) fn new(mem: Mem, parties: u64) -> Self {
+        Self { mem, parties }
+    }
+
+    /// Arrives at barrier `slot` without waiting.
+    pub(crate) fn arrive(&self, slot: u64) {
+        assert!(slot < SLOTS);
+        self.mem
+            .atomic64(BARRIER_PAGE, (slot * 8) as usize)
+            .fetch_add(1, SeqCst);
+    }
+
+    /// Waits until every party arrived at barrier `slot`.
+    pub(crate) fn wait_for(&self, slot: u64) {
+        let c = self.mem.atomic64(BARRIER_PAGE, (slot * 8) as usize);
+        let mut pause = Duration::from_micros(20);
+        while c.load(SeqCst) < self.parties {
+            // Each read may refetch the page; back off so waiting nodes do not flood the
+            // home while the others work.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Arrives at barrier `slot` and waits for everyone.
+    pub(crate) fn wait(&self, slot: u64) {
+        self.arrive(slot);
+        self.wait_for(slot);
+    }
+}

@@ -1,0 +1,250 @@
+//! Built-in workloads: worker threads in the node process operate on shared guest memory and
+//! produce a result every node can verify exactly. They drive the demo and the multi-process
+//! tests (`ssi-dp ... --workload NAME --ops N`).
+//!
+//! Every participating node runs the same workload; nodes meet at barriers kept in guest
+//! memory itself (page 0). The run is: set-up, barrier, work, barrier, verify, hand cached
+//! pages back home, final barrier. Nodes leave only after the final barrier, so no node's
+//! departure takes a page another node still needs.
+
+mod barrier;
+mod counters;
+pub mod mem;
+mod pingpong;
+mod seqs;
+mod share;
+mod spinlock;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use self::barrier::Barrier;
+use self::mem::{Mem, Plan};
+use crate::node::Node;
+
+/// The workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Lock-prefixed increments on counters spread over every home → exact totals.
+    Counters,
+    /// A spinlock in guest memory protecting a non-atomic counter and checksummed page-sized
+    /// records → exact total, no torn or stale record ever seen under the lock.
+    Lock,
+    /// Random reads and writes of per-writer sequence numbers sharing pages → no reader ever
+    /// sees a value go backwards; every writer's final value exact.
+    Seqs,
+    /// Two nodes alternately writing one page.
+    PingPong,
+    /// Read sharing of a table, then contended atomics: the demo.
+    Demo,
+    /// Writes to pages only this node touches, until killed (the failure drill's victim).
+    Private,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "counters" => Kind::Counters,
+            "lock" => Kind::Lock,
+            "seqs" => Kind::Seqs,
+            "pingpong" => Kind::PingPong,
+            "demo" => Kind::Demo,
+            "private" => Kind::Private,
+            _ => {
+                return Err(format!(
+                    "unknown workload {s:?}: use counters, lock, seqs, pingpong, demo or private"
+                ))
+            }
+        })
+    }
+}
+
+impl Kind {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Counters => "counters",
+            Kind::Lock => "lock",
+            Kind::Seqs => "seqs",
+            Kind::PingPong => "pingpong",
+            Kind::Demo => "demo",
+            Kind::Private => "private",
+        }
+    }
+}
+
+/// A workload run's parameters.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Which workload.
+    pub kind: Kind,
+    /// Operations per worker.
+    pub ops: u64,
+    /// Worker threads on this node.
+    pub workers: usize,
+    /// The nodes that run it (and meet at its barriers), sorted.
+    pub participants: Vec<u16>,
+}
+
+/// What a node saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Whether every check passed.
+    pub ok: bool,
+    /// One line: what was checked and found.
+    pub summary: String,
+    /// Time spent in the work phase.
+    pub work_time: Duration,
+}
+
+/// Where a run is (the node's main thread watches it).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The result was verified; only the final barrier is left. From here on a peer going
+    /// away is an orderly end.
+    pub verified: AtomicBool,
+}
+
+/// What one workload does; `rank` is this node's index among the participants.
+pub(crate) struct Ctx<'a> {
+    pub mem: Mem,
+    pub plan: &'a Plan,
+    pub rank: u64,
+    pub parties: u64,
+    pub workers: u64,
+    pub ops: u64,
+}
+
+/// Runs the workload on a started node and returns the verified result.
+pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, String> {
+    let plan = Plan::new(node.layout());
+    // SAFETY: the node's region stays mapped while `node` lives, which outlives this call.
+    let mem = unsafe { Mem::new(node.base(), node.region().pages()) };
+    let me = node.id();
+    let Some(rank) = spec.participants.iter().position(|&p| p == me) else {
+        return Err(format!(
+            "node {me} is not among the participants {:?}",
+            spec.participants
+        ));
+    };
+    if spec.kind == Kind::Private {
+        return Ok(spinlock::private(mem, &plan, me, spec.ops));
+    }
+    if spec.workers == 0 {
+        return Err("a workload needs at least one worker (--workers)".into());
+    }
+    let ctx = Ctx {
+        mem,
+        plan: &plan,
+        rank: rank as u64,
+        parties: spec.participants.len() as u64,
+        workers: spec.workers as u64,
+        ops: spec.ops,
+    };
+    if spec.kind == Kind::PingPong && ctx.parties != 2 {
+        return Err("pingpong needs exactly two participants".into());
+    }
+    let barrier = Barrier::new(mem, ctx.parties);
+
+    // Set-up by the first participant, then everyone starts together.
+    if rank == 0 {
+        match spec.kind {
+            Kind::Lock => spinlock::setup(&ctx),
+            Kind::Demo => share::setup(&ctx),
+            _ => {}
+        }
+    }
+    barrier.wait(0);
+    let t0 = Instant::now();
+    let work = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..ctx.workers)
+            .map(|w| {
+                let ctx = &ctx;
+                let kind = spec.kind;
+                std::thread::Builder::new()
+                    .name(format!("worker{w}"))
+                    .spawn_scoped(s, move || match kind {
+                        Kind::Counters => counters::work(ctx, w),
+                        Kind::Lock => spinlock::work(ctx, w),
+                        Kind::Seqs => seqs::work(ctx, w),
+                        Kind::PingPong => pingpong::work(ctx, w),
+                        Kind::Demo => {
+                            let shared = share::work(ctx, w);
+                            let c = counters::work(ctx, w);
+                            shared.merge(c)
+                        }
+                        Kind::Private => unreachable!("handled above"),
+                    })
+                    .expect("spawn worker")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker panicked"))
+            .collect::<Vec<_>>()
+    });
+    let work_time = t0.elapsed();
+    barrier.wait(1);
+    let mut outcome = WorkerResult::default();
+    for w in work {
+        outcome = outcome.merge(w);
+    }
+    let report = match spec.kind {
+        Kind::Counters => counters::verify(&ctx, outcome, work_time),
+        Kind::Lock => spinlock::verify(&ctx, outcome, work_time),
+        Kind::Seqs => seqs::verify(&ctx, outcome, work_time),
+        Kind::PingPong => pingpong::verify(&ctx, outcome, work_time),
+        Kind::Demo => {
+            let a = share::verify(&ctx, &outcome);
+            let b = counters::verify(&ctx, outcome, work_time);
+            Report {
+                ok: a.ok && b.ok,
+                summary: format!("{}; {}", a.summary, b.summary),
+                work_time,
+            }
+        }
+        Kind::Private => unreachable!("handled above"),
+    };
+    // Hand every cached page back home before the last barrier, so that nothing this node
+    // leaves with is needed by another.
+    let leave = Duration::from_secs(30);
+    node.leave(leave).map_err(|e| e.to_string())?;
+    progress.verified.store(true, Ordering::SeqCst);
+    barrier.arrive(2);
+    node.leave(leave).map_err(|e| e.to_string())?;
+    barrier.wait_for(2);
+    Ok(report)
+}
+
+/// What a worker found, merged over workers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WorkerResult {
+    /// Operations done.
+    pub ops: u64,
+    /// Checks that failed (torn, stale or backwards values).
+    pub violations: u64,
+    /// Per-slot final values a worker wrote (seqs): `(slot, value)`.
+    pub writes: Vec<(u64, u64)>,
+    /// Reads checked.
+    pub reads: u64,
+}
+
+impl WorkerResult {
+    pub(crate) fn merge(mut self, o: WorkerResult) -> WorkerResult {
+        self.ops += o.ops;
+        self.violations += o.violations;
+        self.reads += o.reads;
+        self.writes.extend(o.writes);
+        self
+    }
+}
+
+/// Wall time per operation, for reports.
+pub(crate) fn per_op(total_ops: u64, t: Duration) -> String {
+    if total_ops == 0 {
+        return "no ops".into();
+    }
+    format!("{:.1} us/op", t.as_secs_f64() * 1e6 / total_ops as f64)
+}
