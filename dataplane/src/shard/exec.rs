@@ -13,6 +13,7 @@ use wire::{Header, MsgType, Payload, PeerId, RxBuf, SendOutcome, Transport, Tran
 use super::backlog::Backlog;
 use super::route::PeerShards;
 use crate::clock::now_ns;
+use crate::node_state::NodeState;
 use crate::protocol::{
     Action, Actions, DataSource, FailReason, InstallSource, Layout, Msg, NodeId, NodeSet,
 };
@@ -41,6 +42,7 @@ pub struct Io<T: Transport> {
     pub(crate) peers: PeerShards,
     pub(crate) layout: Layout,
     pub(crate) log: LogLimiter,
+    pub(crate) state: Arc<NodeState>,
 }
 
 impl<T: Transport> std::fmt::Debug for Io<T> {
@@ -213,6 +215,11 @@ impl<T: Transport> Io<T> {
     /// so no thread waits forever, or, without POISON, wake them (they fault again and get
     /// the same answer).
     fn fail_page(&mut self, page: u64, reason: FailReason) {
+        if reason == FailReason::ClusterDown && self.state.departures_expected() {
+            // An orderly end: the node is about to exit; leave the thread where it is rather
+            // than raise SIGBUS in it.
+            return;
+        }
         self.log.warn(format_args!(
             "fault on page {page} failed: {}",
             match reason {

@@ -167,6 +167,7 @@ impl<T: Transport> Shard<T> {
                 peers,
                 layout: s.layout,
                 log: LogLimiter::new(10, 2),
+                state: s.state.clone(),
             },
             events: Vec::with_capacity(wire::TransportConfig::default().poll_budget.max(1024)),
             ubuf: Some(Box::default()),
