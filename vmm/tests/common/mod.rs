@@ -1,6 +1,8 @@
 //! Helpers shared by the KVM tests.
 #![allow(dead_code)]
 
+pub mod uffd;
+
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
