@@ -206,15 +206,25 @@ impl Vm {
     /// Sets every local vCPU's registers for `boot` (vCPU `i` gets its index in RDI and its
     /// own stack) and decodes stores to `doorbell_gpa` as the test-guest protocol.
     pub fn load(&mut self, boot: &Boot, doorbell_gpa: Option<u64>) -> Result<(), VmError> {
-        for v in &self.vcpus {
-            let sregs = v.fd.get_sregs().map_err(kvm_err("get sregs"))?;
-            v.fd.set_sregs(&boot.sregs(sregs))
-                .map_err(kvm_err("set sregs"))?;
-            v.fd.set_regs(&boot.regs(v.id))
-                .map_err(kvm_err("set regs"))?;
+        for k in 0..self.vcpus.len() {
+            self.load_vcpu(self.vcpus[k].id, boot)?;
         }
         self.exits.doorbell_gpa = doorbell_gpa;
         Ok(())
+    }
+
+    /// Sets the registers of local vCPU `id` alone (e.g. an application processor that starts
+    /// elsewhere than the others).
+    pub fn load_vcpu(&mut self, id: u32, boot: &Boot) -> Result<(), VmError> {
+        let v = self
+            .vcpus
+            .iter()
+            .find(|v| v.id == id)
+            .ok_or_else(|| VmError::Config(format!("vCPU {id} is not local to this VM")))?;
+        let sregs = v.fd.get_sregs().map_err(kvm_err("get sregs"))?;
+        v.fd.set_sregs(&boot.sregs(sregs))
+            .map_err(kvm_err("set sregs"))?;
+        v.fd.set_regs(&boot.regs(v.id)).map_err(kvm_err("set regs"))
     }
 
     /// Copies doorbell console bytes into `console` as well as into each report.

@@ -30,7 +30,10 @@ fn vmm_writes_fault_into_uffd() {
             let code = layout::TEST_CODE_OFFSET as usize;
             let pml4 = layout::TEST_PAGE_TABLES_OFFSET as usize;
             assert!(faulted.contains(&code), "loader's code write did not fault");
-            assert!(faulted.contains(&pml4), "loader's page-table write did not fault");
+            assert!(
+                faulted.contains(&pml4),
+                "loader's page-table write did not fault"
+            );
         }
     }
 }
@@ -54,10 +57,16 @@ fn guest_accesses_fault_into_uffd() {
             let faulted = region.faulted();
             // Only the guest page walk reads the page tables.
             for page in paging::table_pages(&plan.layout).into_iter().take(3) {
-                assert!(faulted.contains(&(page as usize)), "page-table page {page:#x} did not fault");
+                assert!(
+                    faulted.contains(&(page as usize)),
+                    "page-table page {page:#x} did not fault"
+                );
             }
             for page in [layout::TEST_CODE_OFFSET, layout::TEST_PARAMS_OFFSET] {
-                assert!(faulted.contains(&(page as usize)), "{page:#x} did not fault");
+                assert!(
+                    faulted.contains(&(page as usize)),
+                    "{page:#x} did not fault"
+                );
             }
             let data: Vec<u64> = match guest {
                 TestGuest::Atomics => (0..u64::from(p.counters))
@@ -75,7 +84,10 @@ fn guest_accesses_fault_into_uffd() {
             };
             for gpa in data {
                 let page = (gpa & !(PAGE_SIZE - 1)) as usize;
-                assert!(faulted.contains(&page), "{guest}: data page {gpa:#x} did not fault");
+                assert!(
+                    faulted.contains(&page),
+                    "{guest}: data page {gpa:#x} did not fault"
+                );
             }
         }
     }

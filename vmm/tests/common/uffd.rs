@@ -110,15 +110,24 @@ impl UffdRegion {
         assert_ne!(addr, libc::MAP_FAILED, "mmap");
         // SAFETY: plain syscall; flags without UFFD_USER_MODE_ONLY so kernel (KVM) accesses
         // fault into this uffd too.
-        let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
-        assert!(uffd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+        let uffd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) }
+                as i32;
+        assert!(
+            uffd >= 0,
+            "userfaultfd: {}",
+            std::io::Error::last_os_error()
+        );
         let mut api = UffdioApi {
             api: UFFD_API,
             features: 0,
             ioctls: 0,
         };
         // SAFETY: valid fd and a properly sized struct.
-        check(unsafe { libc::ioctl(uffd, UFFDIO_API, &mut api) }, "UFFDIO_API");
+        check(
+            unsafe { libc::ioctl(uffd, UFFDIO_API, &mut api) },
+            "UFFDIO_API",
+        );
         let mut reg = UffdioRegister {
             start: addr as u64,
             len: len as u64,
@@ -126,7 +135,10 @@ impl UffdRegion {
             ioctls: 0,
         };
         // SAFETY: valid fd, the range is our mapping.
-        check(unsafe { libc::ioctl(uffd, UFFDIO_REGISTER, &mut reg) }, "UFFDIO_REGISTER");
+        check(
+            unsafe { libc::ioctl(uffd, UFFDIO_REGISTER, &mut reg) },
+            "UFFDIO_REGISTER",
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let faults = Arc::new(Mutex::new(BTreeSet::new()));
         let (s, f, base) = (stop.clone(), faults.clone(), addr as usize);
@@ -161,7 +173,14 @@ impl Drop for UffdRegion {
     }
 }
 
-fn serve(uffd: i32, base: usize, len: usize, fill: Fill, stop: &AtomicBool, faults: &Mutex<BTreeSet<usize>>) {
+fn serve(
+    uffd: i32,
+    base: usize,
+    len: usize,
+    fill: Fill,
+    stop: &AtomicBool,
+    faults: &Mutex<BTreeSet<usize>>,
+) {
     let mut msgs = [UffdMsg {
         event: 0,
         reserved1: 0,
@@ -183,9 +202,8 @@ fn serve(uffd: i32, base: usize, len: usize, fill: Fill, stop: &AtomicBool, faul
             continue;
         }
         // SAFETY: reading into a buffer of 16 messages of the kernel's layout.
-        let got = unsafe {
-            libc::read(uffd, msgs.as_mut_ptr().cast(), std::mem::size_of_val(&msgs))
-        };
+        let got =
+            unsafe { libc::read(uffd, msgs.as_mut_ptr().cast(), std::mem::size_of_val(&msgs)) };
         if got <= 0 {
             continue;
         }
@@ -220,7 +238,10 @@ fn serve(uffd: i32, base: usize, len: usize, fill: Fill, stop: &AtomicBool, faul
                 }
             };
             let errno = std::io::Error::last_os_error().raw_os_error();
-            assert!(rc == 0 || errno == Some(libc::EEXIST), "filling a page failed: {errno:?}");
+            assert!(
+                rc == 0 || errno == Some(libc::EEXIST),
+                "filling a page failed: {errno:?}"
+            );
         }
     }
 }
