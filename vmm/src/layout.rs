@@ -198,14 +198,16 @@ impl TestLayout {
 
 /// The Linux boot layout (absolute GPAs; RAM starts at 0).
 pub mod linux {
-    /// GDT used by the 64-bit bzImage entry (null, code, data, TSS).
+    /// GDT of the boot vCPU (the same descriptors as the test guests').
     pub const BOOT_GDT: u64 = 0x500;
-    /// An empty IDT.
-    pub const BOOT_IDT: u64 = 0x520;
+    /// TSS of the boot vCPU.
+    pub const BOOT_TSS: u64 = 0x580;
     /// PVH `hvm_start_info`.
     pub const PVH_START_INFO: u64 = 0x6000;
     /// PVH memory map (right after the start info).
     pub const PVH_MEMMAP: u64 = 0x6040;
+    /// PVH module list (the initrd), after the largest memory map.
+    pub const PVH_MODLIST: u64 = 0x6200;
     /// Most memory map entries.
     pub const MAX_E820_ENTRIES: usize = 16;
     /// The zero page (`boot_params`).
@@ -224,8 +226,8 @@ pub mod linux {
     pub const HIGH_MEMORY: u64 = 0x10_0000;
     /// The ACPI tables (RSDP at the start of the BIOS area Linux scans).
     pub const ACPI_AREA: u64 = 0xe_0000;
-    /// Highest address (exclusive) where the initrd may end.
-    pub const INITRD_LIMIT: u64 = 0xc000_0000;
+    /// Start of the PCI/LAPIC/IOAPIC hole: RAM for the Linux path must end below it.
+    pub const MMIO_HOLE: u64 = 0xc000_0000;
     /// Smallest RAM the Linux path accepts.
     pub const MIN_RAM: u64 = 64 << 20;
 }

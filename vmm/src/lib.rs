@@ -23,6 +23,7 @@ pub mod console;
 pub mod cpu;
 pub mod guests;
 pub mod layout;
+pub mod linux;
 pub mod memory;
 pub mod paging;
 pub mod protocol;

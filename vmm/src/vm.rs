@@ -177,6 +177,24 @@ impl Vm {
         })
     }
 
+    /// Rewrites the CPUID table of every local vCPU with `edit` applied (before the first
+    /// run), e.g. to hide a feature the host cannot emulate at CPL0.
+    pub fn edit_cpuid(
+        &mut self,
+        mut edit: impl FnMut(&mut kvm_bindings::kvm_cpuid_entry2),
+    ) -> Result<(), VmError> {
+        for v in &self.vcpus {
+            let mut entries =
+                v.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                    .map_err(kvm_err("get CPUID"))?;
+            for e in entries.as_mut_slice() {
+                edit(e);
+            }
+            v.fd.set_cpuid2(&entries).map_err(kvm_err("set CPUID"))?;
+        }
+        Ok(())
+    }
+
     /// The guest RAM.
     pub fn memory(&self) -> &GuestMemory {
         &self.memory
