@@ -22,6 +22,7 @@
 pub mod console;
 pub mod cpu;
 pub mod guests;
+pub mod launch;
 pub mod layout;
 pub mod linux;
 pub mod memory;

@@ -107,7 +107,7 @@ mod tests {
     fn mmio_and_ports_decode_the_same_registers() {
         let bell = 0x4000_0000;
         let v = 0x1122_3344_5566_7788u64.to_le_bytes();
-        assert_eq!(decode_mmio(bell, bell, &[b'x']), Some(Event::Console(b'x')));
+        assert_eq!(decode_mmio(bell, bell, b"x"), Some(Event::Console(b'x')));
         assert_eq!(
             decode_mmio(bell, bell + 8, &v),
             Some(Event::Key(0x1122_3344_5566_7788))
@@ -120,10 +120,7 @@ mod tests {
         assert_eq!(decode_mmio(bell, bell + 0x20, &v), None);
         assert_eq!(decode_mmio(bell, bell + 4, &v), None);
         assert_eq!(decode_mmio(bell, bell - 8, &v), None);
-        assert_eq!(
-            decode_port(ports::BASE, &[b'y']),
-            Some(Event::Console(b'y'))
-        );
+        assert_eq!(decode_port(ports::BASE, b"y"), Some(Event::Console(b'y')));
         assert_eq!(
             decode_port(ports::BASE + 3, &[0, 1, 0, 0]),
             Some(Event::Done(256))

@@ -260,7 +260,7 @@ impl Vm {
     /// Attaches a 16550 on COM1 writing to `console`; returns the port for inspection.
     pub fn attach_serial(&mut self, console: Console) -> Result<SerialPort, VmError> {
         let irq = if self.irqchip {
-            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::EventFd(e.into()))?;
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
             self.fd
                 .register_irqfd(&evt, COM1_GSI)
                 .map_err(kvm_err("register serial irqfd"))?;

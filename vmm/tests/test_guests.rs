@@ -11,7 +11,7 @@ fn run_all(vcpus: u32) {
     common::require_kvm();
     for guest in TestGuest::ALL {
         let mem = GuestMemory::anonymous(RAM, 0).unwrap();
-        let p = common::params(vcpus);
+        let p = common::params_for(guest, vcpus);
         let verdict = common::run_guest(&mem, guest, &p);
         match (&guest, &verdict) {
             (TestGuest::Atomics, Verdict::Atomics { counters }) => {
@@ -47,4 +47,30 @@ fn four_guests_one_vcpu() {
 #[test]
 fn four_guests_two_vcpus() {
     run_all(2);
+}
+
+#[test]
+fn cli_entry_point_runs_a_pinned_guest() {
+    common::require_kvm();
+    let mem = GuestMemory::anonymous(RAM, 0).unwrap();
+    let guest = vmm::launch::parse_guest_arg("test:ticket-lock").unwrap();
+    let p = common::params_for(guest, 2);
+    let (stop, _cancel) = vmm::stop_after(std::time::Duration::from_secs(120));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin: Vec<usize> = (0..2).map(|i| i % cpus).collect();
+    let run = vmm::launch::run_test_guest(
+        &mem,
+        guest,
+        &p,
+        vmm::VmConfig::single_node(2),
+        vmm::launch::Loader::ThisNode,
+        &pin,
+        &stop,
+    )
+    .unwrap();
+    assert!(run.tsc_khz.is_some_and(|k| k > 0));
+    match guest.check(&p, &run.reports) {
+        Ok(Verdict::TicketLock { total }) => assert_eq!(total, 2 * p.iterations),
+        other => panic!("{other:?}"),
+    }
 }

@@ -24,7 +24,7 @@ fn vmm_writes_fault_into_uffd() {
             let region = UffdRegion::new(RAM, Fill::Zero);
             // SAFETY: `region` owns the mapping and outlives `mem` and the VM in this scope.
             let mem = unsafe { GuestMemory::from_raw(region.addr, RAM, 0) }.unwrap();
-            let p = common::params(vcpus);
+            let p = common::params_for(guest, vcpus);
             common::run_guest(&mem, guest, &p);
             let faulted = region.faulted();
             let code = layout::TEST_CODE_OFFSET as usize;
@@ -44,15 +44,26 @@ fn guest_accesses_fault_into_uffd() {
     for vcpus in [1, 2] {
         for guest in TestGuest::ALL {
             let home = GuestMemory::anonymous(RAM, 0).unwrap();
-            let p = common::params(vcpus);
+            let p = common::params_for(guest, vcpus);
             let plan = guest.setup(&home, &p).unwrap();
             let region = UffdRegion::new(RAM, Fill::CopyFrom(home.host_addr()));
             // SAFETY: `region` owns the mapping and outlives `mem` and the VM in this scope.
             let mem = unsafe { GuestMemory::from_raw(region.addr, RAM, 0) }.unwrap();
             assert!(region.faulted().is_empty());
             let reports = common::run(&mem, &plan, vcpus, std::time::Duration::from_secs(120));
-            if let Err(e) = guest.check(&p, &reports) {
-                panic!("{guest} over uffd with {vcpus} vCPUs: {e}\n{reports:#?}");
+            let verdict = match guest.check(&p, &reports) {
+                Ok(v) => v,
+                Err(e) => panic!("{guest} over uffd with {vcpus} vCPUs: {e}\n{reports:#?}"),
+            };
+            if let Some(ns) = verdict.latency_ns(common::tsc_khz()) {
+                // Informational only (timing is not asserted in tests).
+                eprintln!(
+                    "first touch through uffd, {vcpus} vCPU(s): p50 {} ns, p99 {} ns, max {} ns, n={}",
+                    ns.value_at_quantile(0.5),
+                    ns.value_at_quantile(0.99),
+                    ns.max(),
+                    ns.len()
+                );
             }
             let faulted = region.faulted();
             // Only the guest page walk reads the page tables.

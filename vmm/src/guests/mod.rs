@@ -101,7 +101,7 @@ impl GuestParams {
             counters: 8,
             sum_bytes: 8 << 20,
             touch_pages: 256,
-            seed: 0x5eed_0f_55d0,
+            seed: 0x5eed_0f55_d0d0,
         }
     }
 }

@@ -192,7 +192,7 @@ pub fn zero_page(
 /// the boot vCPU's state. Writes guest memory: run on one node only.
 pub fn load(mem: &GuestMemory, cfg: &LinuxConfig<'_>) -> Result<LinuxBoot, LinuxError> {
     let size = mem.size() as u64;
-    if mem.gpa_base() != 0 || size < l::MIN_RAM || size > l::MMIO_HOLE {
+    if mem.gpa_base() != 0 || !(l::MIN_RAM..=l::MMIO_HOLE).contains(&size) {
         return Err(LinuxError::Ram {
             base: mem.gpa_base(),
             size,

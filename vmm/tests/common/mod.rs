@@ -19,6 +19,19 @@ pub fn require_kvm() {
     }
 }
 
+/// Parameters small enough for a loaded 2-CPU machine. The ticket lock hands over on every
+/// acquisition, so a preempted holder costs the waiter a whole host timeslice: few iterations.
+pub fn params_for(guest: TestGuest, vcpus: u32) -> GuestParams {
+    let iterations = match guest {
+        TestGuest::TicketLock => 5_000,
+        _ => 20_000,
+    };
+    GuestParams {
+        iterations,
+        ..params(vcpus)
+    }
+}
+
 /// Parameters small enough for a loaded 2-CPU machine.
 pub fn params(vcpus: u32) -> GuestParams {
     GuestParams {
@@ -51,4 +64,11 @@ pub fn run_guest(mem: &GuestMemory, guest: TestGuest, p: &GuestParams) -> Verdic
 /// Never-stopping flag for runs that must end on their own.
 pub fn never() -> AtomicBool {
     AtomicBool::new(false)
+}
+
+/// Guest TSC frequency in kHz as KVM reports it.
+pub fn tsc_khz() -> u32 {
+    let mem = GuestMemory::anonymous(4 << 20, 0).unwrap();
+    let vm = Vm::new(&mem, VmConfig::single_node(1)).expect("create VM");
+    vm.tsc_khz().expect("KVM_GET_TSC_KHZ")
 }
