@@ -289,7 +289,7 @@ mod tests {
         ));
         assert_eq!(TestLayout::new(0, 32 << 20, 0), Err(LayoutError::Vcpus(0)));
         assert!(matches!(
-            TestLayout::new(500 * GIB, GIB, 1),
+            TestLayout::new(511 * GIB, GIB, 1),
             Err(LayoutError::TooHigh { .. })
         ));
     }

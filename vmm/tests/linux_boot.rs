@@ -237,17 +237,22 @@ fn debian_kernel_prints_its_banner_on_our_serial() {
     vm.load(&boot.boot, None).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (s, c) = (stop.clone(), console.clone());
+    // Stop once the early console has printed the replayed log (banner, command line, e820
+    // map) and announced itself.
     let watcher = std::thread::spawn(move || {
         let start = Instant::now();
+        let mut banner = None;
         while start.elapsed() < BANNER_BUDGET && !s.load(Ordering::Acquire) {
-            if c.contains(b"Linux version") {
-                s.store(true, Ordering::Release);
-                return Some(start.elapsed());
+            if banner.is_none() && c.contains(b"Linux version") {
+                banner = Some(start.elapsed());
+            }
+            if banner.is_some() && c.contains(b"bootconsole [earlyser0] enabled") {
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         s.store(true, Ordering::Release);
-        None
+        banner
     });
     let reports = vm.run_vcpus(&[], &stop);
     stop.store(true, Ordering::Release);
