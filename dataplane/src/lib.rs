@@ -5,4 +5,5 @@ pub mod config;
 pub mod cpulist;
 pub mod doorbell;
 pub mod pmqos;
+pub mod protocol;
 pub mod spsc;

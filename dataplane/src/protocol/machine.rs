@@ -1,0 +1,597 @@
+//! The protocol instance: its tables, `step`, and read-only queries. The
+//! requester side lives in `requester.rs`, the home side in `home.rs`, node
+//! failure in `death.rs`.
+
+use super::action::{Action, Actions, FailReason, FatalReason};
+use super::config::{Config, ConfigError};
+use super::layout::{DenseRange, Layout, LayoutError, Partition};
+use super::msg::Msg;
+use super::node::{NodeId, NodeSet, MAX_NODES};
+use super::records::{Records, Req};
+use super::state::{DirEntry, DirState, LocalState, PageAccess};
+use super::stats::Stats;
+use super::txn::{Phase, Txns};
+use thiserror::Error;
+
+/// The access a faulting thread needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A load.
+    Read,
+    /// A store.
+    Write,
+}
+
+/// One input to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// A local thread touched a page its local state does not allow.
+    Fault {
+        /// Page number.
+        page: u64,
+        /// The access needed.
+        access: Access,
+        /// Identifies the waiter in completion notices (0 is fine when the
+        /// caller wakes by address).
+        token: u64,
+    },
+    /// A protocol message received from `from` (its payload, if any, stays
+    /// with the caller until the step's actions are executed).
+    Message {
+        /// Sender.
+        from: NodeId,
+        /// The message.
+        msg: Msg,
+    },
+    /// Time advanced: run residency expiries, retries and pending clean-up.
+    Tick,
+    /// The replacement policy asks to drop the local replica of `page`.
+    Evict {
+        /// Page number.
+        page: u64,
+    },
+    /// Membership declared `node` dead.
+    NodeDead(NodeId),
+}
+
+/// Why an eviction was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictRefusal {
+    /// This node is the page's home; home pages are never evicted.
+    HomeOwned,
+    /// No copy is held.
+    NotHeld,
+    /// The page is busy (request, waiters, deferred work, or inside its
+    /// residency window) or no record is free: try another page.
+    Busy,
+}
+
+/// What a step did besides its actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Processed.
+    Done,
+    /// The fault could not be accepted (no free page record or waiter slot):
+    /// retry it later. No action was produced.
+    Busy,
+    /// The input was ignored: a late message from a node known dead, or any
+    /// non-fault input after the cluster stopped.
+    Ignored,
+    /// The eviction started; the page is dropped when the home accepts
+    /// (or kept, writable again if it was, when it refuses).
+    EvictStarted,
+    /// The eviction was refused.
+    EvictRefused(EvictRefusal),
+}
+
+/// Errors of [`Machine::new`] and [`Machine::step`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StepError {
+    /// A page outside the layout.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A page of another instance's partition.
+    #[error("page {page} belongs to another shard (partition {index} of {count}): route it by page % count")]
+    NotMine {
+        /// Page number.
+        page: u64,
+        /// This instance's partition index.
+        index: u32,
+        /// Partition count.
+        count: u32,
+    },
+    /// `me` is not in the layout.
+    #[error("node {0} is not in the layout: build the layout from the cluster inventory that includes it")]
+    NotMember(NodeId),
+    /// A message from a node outside the layout, or from this node.
+    #[error("message from node {0}, which is not a peer in the layout")]
+    BadSender(NodeId),
+    /// `NodeDead` for this node or a non-member.
+    #[error("NodeDead({0}) names this node or a node outside the layout")]
+    BadDeadNode(NodeId),
+    /// A message only a page's home may receive, for a page homed elsewhere,
+    /// or one only the home may send, from another node.
+    #[error("message type {ty} about page {page} from {from} is misrouted: page {page}'s home is {home}")]
+    Misrouted {
+        /// Type code.
+        ty: u8,
+        /// Page number.
+        page: u64,
+        /// Sender.
+        from: NodeId,
+        /// The page's home.
+        home: NodeId,
+    },
+    /// The action buffer was not created by this machine's `new_actions`.
+    #[error("action buffer holds {have} actions, this machine needs {need}: create it with Machine::new_actions")]
+    BufferTooSmall {
+        /// Its capacity.
+        have: usize,
+        /// The capacity needed.
+        need: usize,
+    },
+    /// A peer (or this instance) broke the protocol. The step's actions are
+    /// still valid and must be executed; the offending message was not
+    /// applied.
+    #[error(
+        "protocol violation on page {page}: {what} (a peer runs a buggy or different protocol)"
+    )]
+    Violation {
+        /// What was wrong.
+        what: &'static str,
+        /// Page number.
+        page: u64,
+    },
+}
+
+/// One protocol instance: the directory entries of its home pages and the
+/// local state of all its pages, plus bounded pools for busy pages.
+#[derive(Debug)]
+pub struct Machine {
+    pub(crate) me: NodeId,
+    pub(crate) layout: Layout,
+    pub(crate) part: Partition,
+    pub(crate) cfg: Config,
+    pub(crate) local_range: DenseRange,
+    pub(crate) local: Vec<LocalState>,
+    pub(crate) home_range: DenseRange,
+    pub(crate) dir: Vec<DirEntry>,
+    pub(crate) txns: Txns,
+    pub(crate) recs: Records,
+    pub(crate) now: u64,
+    next_txn: u64,
+    pub(crate) dead: NodeSet,
+    pub(crate) fatal: Option<FatalReason>,
+    /// Death clean-up cursor over `dir`.
+    pub(crate) cleanup: Option<usize>,
+    pub(crate) stats: Stats,
+    /// First violation seen during the current step.
+    pub(crate) violation: Option<(&'static str, u64)>,
+    /// A home-local request completed with waiters left: issue again after
+    /// the queue run.
+    pub(crate) reissue_local: Option<u64>,
+    /// Most actions one page's work can produce in one step.
+    pub(crate) page_bound: usize,
+    action_cap: usize,
+    #[cfg(test)]
+    pub(crate) bug: Option<super::inject::Bug>,
+}
+
+impl Machine {
+    /// Builds the instance `partition` of node `me`.
+    pub fn new(
+        me: NodeId,
+        layout: Layout,
+        partition: Partition,
+        config: Config,
+    ) -> Result<Self, StepError> {
+        config.validate()?;
+        let Some(my_range) = layout.range_of(me).copied() else {
+            return Err(StepError::NotMember(me));
+        };
+        let local_range = DenseRange::new(layout.first_page(), layout.end_page(), partition);
+        let home_range = DenseRange::new(
+            my_range.first_page,
+            my_range.first_page + my_range.page_count,
+            partition,
+        );
+        let wpp = config.max_waiters_per_page as usize;
+        // One page's work in one step: a chain of up to MAX_NODES + 1 queued
+        // transactions (each at most 6 actions, the last one may send an
+        // invalidation to every node), every waiter of the page, slack.
+        let page_bound = 6 * (MAX_NODES + 1) + MAX_NODES + wpp + 16;
+        let action_cap = 2 * page_bound + config.max_waiters as usize + 8;
+        Ok(Self {
+            me,
+            local: vec![LocalState::default(); local_range.len()],
+            dir: vec![DirEntry::default(); home_range.len()],
+            local_range,
+            home_range,
+            txns: Txns::new(config.max_home_txns),
+            recs: Records::new(config.max_active_pages, config.max_waiters),
+            layout,
+            part: partition,
+            cfg: config,
+            now: 0,
+            next_txn: 1,
+            dead: NodeSet::EMPTY,
+            fatal: None,
+            cleanup: None,
+            stats: Stats::default(),
+            violation: None,
+            reissue_local: None,
+            page_bound,
+            action_cap,
+            #[cfg(test)]
+            bug: None,
+        })
+    }
+
+    /// A buffer large enough for any step of this machine.
+    pub fn new_actions(&self) -> Actions {
+        Actions::with_capacity(self.action_cap)
+    }
+
+    /// Processes one input at time `now` (ns, non-decreasing; a smaller value
+    /// counts as the previous one). `out` is cleared first; execute its
+    /// actions in order. On `Err(Violation)` the actions are still valid.
+    pub fn step(
+        &mut self,
+        now: u64,
+        input: Input,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        out.clear();
+        if out.capacity() < self.action_cap {
+            return Err(StepError::BufferTooSmall {
+                have: out.capacity(),
+                need: self.action_cap,
+            });
+        }
+        self.now = self.now.max(now);
+        self.violation = None;
+        if self.fatal.is_some() {
+            return self.step_fatal(input, out);
+        }
+        let res = match input {
+            Input::Fault {
+                page,
+                access,
+                token,
+            } => self.on_fault(page, access, token, out),
+            Input::Message { from, msg } => self.on_message(from, msg, out),
+            Input::Tick => {
+                self.run_timers(out);
+                self.run_cleanup(out);
+                Ok(Outcome::Done)
+            }
+            Input::Evict { page } => self.on_evict(page, out),
+            Input::NodeDead(node) => self.on_node_dead(node, out),
+        };
+        match (res, self.violation.take()) {
+            (Ok(_), Some((what, page))) => Err(StepError::Violation { what, page }),
+            (res, _) => res,
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: Msg,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        if from == self.me || !self.layout.members().contains(from) {
+            return Err(StepError::BadSender(from));
+        }
+        let page = msg.page();
+        let li = self.local_index(page)?;
+        let home = self.layout.home_of(page)?;
+        // Who may send what: requests and replies to a home only to the
+        // page's home; orders from a home only from it; data from anyone.
+        let to_home = matches!(
+            msg,
+            Msg::ReadReq { .. }
+                | Msg::WriteReq { .. }
+                | Msg::UpgradeReq { .. }
+                | Msg::InvAck { .. }
+                | Msg::FwdAck { .. }
+                | Msg::Done { .. }
+                | Msg::EvictReq { .. }
+                | Msg::RecallAck { .. }
+        );
+        let misrouted = if to_home {
+            home != self.me
+        } else {
+            !matches!(msg, Msg::Data { .. }) && from != home
+        };
+        if misrouted {
+            return Err(StepError::Misrouted {
+                ty: msg.code(),
+                page,
+                from,
+                home,
+            });
+        }
+        if self.dead.contains(from) {
+            self.stats.late_messages += 1;
+            return Ok(Outcome::Ignored);
+        }
+        match msg {
+            Msg::ReadReq { txn, page } => {
+                self.on_request(from, page, super::records::ReqKind::Read, txn, 0, out)
+            }
+            Msg::WriteReq { txn, page } => {
+                self.on_request(from, page, super::records::ReqKind::Write, txn, 0, out)
+            }
+            Msg::UpgradeReq { txn, page, version } => self.on_request(
+                from,
+                page,
+                super::records::ReqKind::Upgrade,
+                txn,
+                version,
+                out,
+            ),
+            Msg::InvAck { txn, page } => self.on_inv_ack(from, page, txn, out),
+            Msg::FwdAck { txn, page, outcome } => self.on_fwd_ack(from, page, txn, outcome, out),
+            Msg::Done { txn, page } => self.on_done(from, page, txn, out),
+            Msg::EvictReq { txn, page, dirty } => self.on_evict_req(from, page, txn, dirty, out),
+            Msg::RecallAck { txn, page, have } => self.on_recall_ack(from, page, txn, have, out),
+            Msg::FwdRead {
+                txn,
+                requester,
+                version,
+                ..
+            } => self.on_fwd(li, false, requester, txn, version, out),
+            Msg::FwdWrite {
+                txn,
+                requester,
+                version,
+                ..
+            } => self.on_fwd(li, true, requester, txn, version, out),
+            Msg::Inv { txn, .. } => self.on_inv(li, txn, out),
+            Msg::Data {
+                txn,
+                version,
+                writable,
+                ..
+            } => self.on_data(li, from, txn, version, writable, out),
+            Msg::Grant { txn, version, .. } => self.on_grant(li, txn, version, out),
+            Msg::Nack { txn, reason, .. } => self.on_nack(li, txn, reason, out),
+            Msg::EvictAck { txn, .. } => self.on_evict_ack(li, txn, out),
+            Msg::Recall { txn, .. } => self.on_recall(li, txn, out),
+        }
+    }
+
+    fn step_fatal(&mut self, input: Input, out: &mut Actions) -> Result<Outcome, StepError> {
+        match input {
+            Input::Fault { page, token, .. } => {
+                self.local_index(page)?;
+                out.push(Action::FaultFailed {
+                    page,
+                    token,
+                    reason: FailReason::ClusterDown,
+                });
+                Ok(Outcome::Done)
+            }
+            _ => Ok(Outcome::Ignored),
+        }
+    }
+
+    /// Stops the instance: every waiter fails, nothing is sent any more.
+    pub(crate) fn go_fatal(&mut self, reason: FatalReason, out: &mut Actions) {
+        self.fatal = Some(reason);
+        out.push(Action::ClusterFatal { reason });
+        for i in 0..self.recs.recs.len() {
+            if self.recs.recs[i].in_use {
+                self.fail_waiters(i as u16, FailReason::ClusterDown, out);
+            }
+        }
+    }
+
+    // ---- helpers shared by the sides ----
+
+    /// Dense local index of `page`, validating range and partition.
+    pub(crate) fn local_index(&self, page: u64) -> Result<usize, StepError> {
+        self.layout.home_of(page)?;
+        self.local_range.index(page).ok_or(StepError::NotMine {
+            page,
+            index: self.part.index(),
+            count: self.part.count(),
+        })
+    }
+
+    /// A fresh transaction id.
+    pub(crate) fn fresh_txn(&mut self) -> u64 {
+        let t = self.next_txn;
+        self.next_txn += 1;
+        t
+    }
+
+    /// The next transaction id (every id below it was issued).
+    pub(crate) fn peek_txn(&self) -> u64 {
+        self.next_txn
+    }
+
+    /// Records a protocol violation (reported by `step` after the work).
+    pub(crate) fn violate(&mut self, what: &'static str, page: u64) {
+        self.stats.violations += 1;
+        if self.violation.is_none() {
+            self.violation = Some((what, page));
+        }
+    }
+
+    pub(crate) fn send(
+        &mut self,
+        to: NodeId,
+        msg: Msg,
+        data: Option<super::action::DataSource>,
+        out: &mut Actions,
+    ) {
+        debug_assert_eq!(data.is_some(), msg.has_data());
+        out.push(Action::Send { to, msg, data });
+    }
+
+    // ---- queries ----
+
+    /// This instance's node.
+    pub fn node(&self) -> NodeId {
+        self.me
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether the cluster stopped, and why.
+    pub fn fatal(&self) -> Option<FatalReason> {
+        self.fatal
+    }
+
+    /// The nodes this instance knows are dead.
+    pub fn dead(&self) -> NodeSet {
+        self.dead
+    }
+
+    /// The local access to `page`, if it is in this instance's partition.
+    pub fn local_access(&self, page: u64) -> Option<PageAccess> {
+        let li = self.local_index(page).ok()?;
+        Some(self.local[li].access())
+    }
+
+    /// The directory state of `page`, if this instance is its home.
+    pub fn dir_state(&self, page: u64) -> Option<DirState> {
+        self.home_range.index(page).map(|di| self.dir[di].state())
+    }
+
+    /// The directory entry of `page`, if this instance is its home.
+    pub fn dir_entry(&self, page: u64) -> Option<DirEntry> {
+        self.home_range.index(page).map(|di| self.dir[di])
+    }
+
+    /// When the caller should next step `Tick` (a past time means now).
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.fatal.is_some() {
+            return None;
+        }
+        if self.cleanup.is_some() {
+            return Some(self.now);
+        }
+        self.recs.next_deadline()
+    }
+
+    /// Whether nothing is in flight: no home transaction, no outstanding
+    /// request, no waiter, no deferred work, no pending clean-up.
+    pub fn is_quiescent(&self) -> bool {
+        self.txns.in_use() == 0
+            && self.cleanup.is_none()
+            && self.recs.recs.iter().all(|r| {
+                !r.in_use || (r.req == Req::Idle && r.n_waiters == 0 && r.deferred.is_none())
+            })
+    }
+
+    /// Whether any transaction at this home still waits for a message from
+    /// `node` (after `NodeDead(node)` and its clean-up, it must not).
+    pub fn is_waiting_on(&self, node: NodeId) -> bool {
+        self.dir.iter().filter_map(DirEntry::head).any(|h| {
+            let t = &self.txns.items[usize::from(h)];
+            match t.phase {
+                Phase::Queued | Phase::WaitHome => false,
+                Phase::Invalidating => t.pending.contains(node),
+                Phase::Forwarded => {
+                    (t.owner == node && t.await_fwd_ack)
+                        || (t.requester == node && t.await_done && !t.req_gone)
+                }
+                Phase::Recalling => t.requester == node,
+            }
+        })
+    }
+
+    /// Whether a dirty write-back of `page` is outstanding here.
+    pub fn is_evicting(&self, page: u64) -> bool {
+        self.local_range
+            .index(page)
+            .and_then(|li| self.local[li].record())
+            .is_some_and(|ri| matches!(self.recs.recs[usize::from(ri)].req, Req::Evicting { .. }))
+    }
+
+    /// Whether the death clean-up is still running.
+    pub fn cleanup_pending(&self) -> bool {
+        self.cleanup.is_some()
+    }
+
+    /// Free waiter slots (for tests and telemetry).
+    pub fn free_waiters(&self) -> usize {
+        self.recs.waiters_free_count()
+    }
+
+    /// Whether every page record is free.
+    pub fn records_idle(&self) -> bool {
+        self.recs.all_free()
+    }
+}
+
+#[cfg(test)]
+impl Machine {
+    /// Everything this instance knows about `page` (failure reports).
+    pub(crate) fn debug_page(&self, page: u64) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        if let Some(li) = self.local_range.index(page) {
+            let st = self.local[li];
+            let _ = write!(s, "local {:?}", st.access());
+            if let Some(ri) = st.record() {
+                let r = self.recs.recs[usize::from(ri)];
+                let _ = write!(
+                    s,
+                    " rec#{ri} req={:?} recalled={} version={} waiters={} acquired_at={:?} deferred={:?}",
+                    r.req, r.recalled, r.version, r.n_waiters, r.acquired_at, r.deferred
+                );
+            }
+        }
+        if let Some(di) = self.home_range.index(page) {
+            let e = self.dir[di];
+            let _ = write!(s, " | dir {:?} v{}", e.state(), e.version());
+            let mut h = e.head();
+            while let Some(i) = h {
+                let t = self.txns.items[usize::from(i)];
+                let _ = write!(
+                    s,
+                    "\n      txn#{i} {:?} from {} txn {} {:?} pending={:?} owner={} fwd_ack={} done={} gone={} home_has={}",
+                    t.kind, t.requester, t.req_txn, t.phase, t.pending, t.owner, t.await_fwd_ack, t.await_done,
+                    t.req_gone, t.home_has
+                );
+                h = (t.next != super::txn::NIL16).then_some(t.next);
+            }
+        }
+        for (di, e) in self.dir.iter().enumerate() {
+            if let Some(h) = e.head() {
+                let t = self.txns.items[usize::from(h)];
+                let _ = write!(
+                    s,
+                    " [busy page {} {:?} {:?} from {} owner {} pending {:?} fwd_ack {} done {}]",
+                    self.home_range.page(di),
+                    t.kind,
+                    t.phase,
+                    t.requester,
+                    t.owner,
+                    t.pending,
+                    t.await_fwd_ack,
+                    t.await_done
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            " | txns in use {} free waiters {} next deadline {:?} now {}",
+            self.txns.in_use(),
+            self.recs.waiters_free_count(),
+            self.next_deadline(),
+            self.now
+        );
+        s
+    }
+}

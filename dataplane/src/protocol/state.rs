@@ -1,0 +1,216 @@
+//! The two per-page tables: the home's directory entry (16 bytes) and every
+//! node's local state (2 bytes). Their encodings are in `docs/protocol.md` §2.
+
+use super::node::{NodeId, NodeSet};
+
+/// A home page's directory state, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirState {
+    /// Never materialised: contents are zero, nobody holds a copy.
+    Zero,
+    /// Every member holds a read-only copy; the home is a member.
+    Shared(NodeSet),
+    /// The only valid copy, writable, is at this node.
+    Exclusive(NodeId),
+    /// The exclusive owner died with the only copy.
+    Lost,
+}
+
+const EXCL: u8 = 1 << 0;
+const LOST: u8 = 1 << 1;
+
+/// A home page's directory entry: holders, version, active transaction.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirEntry {
+    holders: u64,
+    version: u32,
+    /// 1 + index of the active (head) transaction record; 0 = idle.
+    txn: u16,
+    flags: u8,
+    _reserved: u8,
+}
+
+impl DirEntry {
+    /// The decoded state.
+    pub fn state(&self) -> DirState {
+        if self.flags & LOST != 0 {
+            DirState::Lost
+        } else if self.flags & EXCL != 0 {
+            match NodeSet::from_bits(self.holders).first() {
+                Some(o) => DirState::Exclusive(o),
+                None => DirState::Lost,
+            }
+        } else if self.holders == 0 {
+            DirState::Zero
+        } else {
+            DirState::Shared(NodeSet::from_bits(self.holders))
+        }
+    }
+
+    /// The page's version (incremented by each exclusive grant).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Whether a transaction is active on the page.
+    pub fn busy(&self) -> bool {
+        self.txn != 0
+    }
+
+    pub(crate) fn head(&self) -> Option<u16> {
+        self.txn.checked_sub(1)
+    }
+
+    pub(crate) fn set_head(&mut self, idx: Option<u16>) {
+        self.txn = idx.map_or(0, |i| i + 1);
+    }
+
+    pub(crate) fn set(&mut self, state: DirState) {
+        match state {
+            DirState::Zero => {
+                self.holders = 0;
+                self.flags = 0;
+            }
+            DirState::Shared(s) => {
+                self.holders = s.bits();
+                self.flags = 0;
+            }
+            DirState::Exclusive(o) => {
+                self.holders = NodeSet::single(o).bits();
+                self.flags = EXCL;
+            }
+            DirState::Lost => {
+                self.holders = 0;
+                self.flags = LOST;
+            }
+        }
+    }
+
+    pub(crate) fn set_version(&mut self, v: u32) {
+        self.version = v;
+    }
+}
+
+/// A node's access to one of its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageAccess {
+    /// Not mapped.
+    Invalid,
+    /// Mapped read-only.
+    ReadOnly,
+    /// Mapped writable.
+    Writable,
+    /// Known lost: faults fail without asking the home.
+    Lost,
+}
+
+/// Low bits of a version kept in the local state.
+pub(crate) const VERSION_BITS: u32 = 13;
+pub(crate) const VERSION_MASK: u32 = (1 << VERSION_BITS) - 1;
+
+/// A node's local state for one page (2 bytes): access, and either the index
+/// of the page's record or the low 13 bits of the held copy's version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalState(u16);
+
+impl LocalState {
+    /// The access.
+    pub fn access(self) -> PageAccess {
+        match self.0 & 3 {
+            0 => PageAccess::Invalid,
+            1 => PageAccess::ReadOnly,
+            2 => PageAccess::Writable,
+            _ => PageAccess::Lost,
+        }
+    }
+
+    pub(crate) fn set_access(&mut self, a: PageAccess) {
+        let bits = match a {
+            PageAccess::Invalid => 0,
+            PageAccess::ReadOnly => 1,
+            PageAccess::Writable => 2,
+            PageAccess::Lost => 3,
+        };
+        self.0 = (self.0 & !3) | bits;
+    }
+
+    /// The attached record's index, if any.
+    pub(crate) fn record(self) -> Option<u16> {
+        (self.0 & 4 != 0).then_some(self.0 >> 3)
+    }
+
+    /// Attaches record `idx` (`< 8192`); the version bits are given up.
+    pub(crate) fn attach(&mut self, idx: u16) {
+        debug_assert!(u32::from(idx) <= VERSION_MASK);
+        self.0 = (self.0 & 3) | 4 | (idx << 3);
+    }
+
+    /// Detaches the record, keeping the low version bits of `version`.
+    pub(crate) fn detach(&mut self, version: u32) {
+        // Masked to 13 bits, so the shift stays within 16 bits.
+        self.0 = (self.0 & 3) | (((version & VERSION_MASK) as u16) << 3);
+    }
+
+    /// The low version bits (meaningful when no record is attached).
+    pub(crate) fn version_bits(self) -> u32 {
+        u32::from(self.0 >> 3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_page_memory_bounds_hold() {
+        assert!(std::mem::size_of::<DirEntry>() <= 16);
+        assert_eq!(std::mem::size_of::<DirEntry>(), 16);
+        assert!(std::mem::size_of::<LocalState>() <= 2);
+        assert_eq!(std::mem::size_of::<NodeSet>(), 8);
+    }
+
+    #[test]
+    fn dir_entry_encodes_every_state() {
+        let a = NodeId::new(3).unwrap();
+        let b = NodeId::new(63).unwrap();
+        let mut e = DirEntry::default();
+        assert_eq!(e.state(), DirState::Zero);
+        e.set(DirState::Shared(NodeSet::single(a).with(b)));
+        assert_eq!(e.state(), DirState::Shared(NodeSet::single(a).with(b)));
+        e.set(DirState::Exclusive(b));
+        assert_eq!(e.state(), DirState::Exclusive(b));
+        e.set(DirState::Lost);
+        assert_eq!(e.state(), DirState::Lost);
+        e.set_head(Some(u16::MAX - 1));
+        assert_eq!(e.head(), Some(u16::MAX - 1));
+        assert!(e.busy());
+        e.set_head(None);
+        assert!(!e.busy());
+    }
+
+    #[test]
+    fn local_state_keeps_access_record_and_version_apart() {
+        let mut s = LocalState::default();
+        assert_eq!(s.access(), PageAccess::Invalid);
+        for a in [
+            PageAccess::ReadOnly,
+            PageAccess::Writable,
+            PageAccess::Lost,
+            PageAccess::Invalid,
+        ] {
+            s.set_access(a);
+            assert_eq!(s.access(), a);
+        }
+        s.set_access(PageAccess::Writable);
+        s.attach(8191);
+        assert_eq!(s.record(), Some(8191));
+        assert_eq!(s.access(), PageAccess::Writable);
+        s.detach(0xabcd_1fff);
+        assert_eq!(s.record(), None);
+        assert_eq!(s.version_bits(), 0x1fff);
+        assert_eq!(s.access(), PageAccess::Writable);
+        s.detach(0x2001);
+        assert_eq!(s.version_bits(), 1);
+    }
+}
