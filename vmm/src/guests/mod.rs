@@ -406,3 +406,203 @@ fn write_array(mem: &GuestMemory, gpa: u64, len: u64, seed: u64) -> Result<(), M
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::keys;
+    use crate::vcpu::{Outcome, VcpuReport};
+    use std::time::Duration;
+
+    const RAM: u64 = 64 << 20;
+
+    fn report(vcpu: u32, results: Vec<(u64, u64)>) -> VcpuReport {
+        VcpuReport {
+            vcpu,
+            outcome: Outcome::Done(0),
+            results,
+            dropped_results: 0,
+            console: Vec::new(),
+            exits: 0,
+            unhandled_pio: 0,
+            last_rip: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn plans_keep_every_address_inside_the_data_span() {
+        for vcpus in [1, 2, 3, 8] {
+            let p = GuestParams::new(vcpus);
+            let plan = TestGuest::Atomics.plan(0, RAM, &p).unwrap();
+            let (data, len) = plan.layout.data_span();
+            let inside = |gpa: u64, bytes: u64| gpa >= data && gpa + bytes <= data + len;
+            for i in 0..u64::from(p.counters) {
+                assert!(inside(plan.counters + i * plan.counter_stride, 8));
+            }
+            assert!(plan.counter_stride >= PAGE_SIZE && plan.counter_stride % PAGE_SIZE == 0);
+            assert!(inside(plan.locked_counter, 8));
+            assert!(inside(plan.array, p.sum_bytes));
+            assert!(plan.array >= plan.partials + u64::from(vcpus) * PAGE_SIZE);
+            let mut slices: Vec<u64> = (0..u64::from(vcpus))
+                .map(|v| plan.touch_base_of(v))
+                .collect();
+            for s in &slices {
+                assert!(inside(*s, u64::from(p.touch_pages) * PAGE_SIZE));
+            }
+            slices.sort_unstable();
+            slices.dedup();
+            assert_eq!(slices.len(), vcpus as usize, "one slice per vCPU");
+            if vcpus > 1 {
+                assert_ne!(
+                    plan.touch_base_of(0),
+                    data,
+                    "vCPU 0 touches another vCPU's slice"
+                );
+            }
+            // Same plan for every guest except the entry.
+            let sum = TestGuest::ParallelSum.plan(0, RAM, &p).unwrap();
+            assert_eq!(sum.array, plan.array);
+            assert_ne!(sum.boot.entry, plan.boot.entry);
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let base = GuestParams::new(2);
+        let cases = [
+            GuestParams {
+                iterations: 0,
+                ..base
+            },
+            GuestParams {
+                counters: 0,
+                ..base
+            },
+            GuestParams {
+                counters: MAX_COUNTERS + 1,
+                ..base
+            },
+            GuestParams {
+                sum_bytes: 12,
+                ..base
+            },
+            GuestParams {
+                touch_pages: 0,
+                ..base
+            },
+        ];
+        for p in cases {
+            assert!(
+                matches!(
+                    TestGuest::Atomics.plan(0, RAM, &p),
+                    Err(GuestError::Param { .. })
+                ),
+                "{p:?}"
+            );
+        }
+        let huge = GuestParams {
+            sum_bytes: RAM,
+            ..base
+        };
+        assert!(matches!(
+            TestGuest::ParallelSum.plan(0, RAM, &huge),
+            Err(GuestError::DataSpan { .. })
+        ));
+        let many = GuestParams {
+            touch_pages: 60_000,
+            ..base
+        };
+        assert!(matches!(
+            TestGuest::FaultLatency.plan(0, RAM, &many),
+            Err(GuestError::DataSpan { .. })
+        ));
+        assert!(matches!(
+            TestGuest::Atomics.plan(0, 2 << 20, &base),
+            Err(GuestError::Layout(_))
+        ));
+    }
+
+    #[test]
+    fn check_rejects_wrong_missing_or_unfinished_results() {
+        let p = GuestParams {
+            vcpus: 2,
+            iterations: 10,
+            ..GuestParams::new(2)
+        };
+        let good = || {
+            vec![
+                report(
+                    0,
+                    vec![
+                        (keys::key(keys::ACQUIRED, 0), 10),
+                        (keys::key(keys::LOCKED_TOTAL, 0), 20),
+                    ],
+                ),
+                report(1, vec![(keys::key(keys::ACQUIRED, 1), 10)]),
+            ]
+        };
+        assert!(matches!(
+            TestGuest::TicketLock.check(&p, &good()),
+            Ok(Verdict::TicketLock { total: 20 })
+        ));
+        let mut lost_update = good();
+        lost_update[0].results[1].1 = 19;
+        assert!(matches!(
+            TestGuest::TicketLock.check(&p, &lost_update),
+            Err(CheckError::Mismatch { .. })
+        ));
+        let mut missing = good();
+        missing[1].results.clear();
+        assert!(matches!(
+            TestGuest::TicketLock.check(&p, &missing),
+            Err(CheckError::Missing { vcpu: 1, .. })
+        ));
+        let mut stopped = good();
+        stopped[1].outcome = Outcome::Stopped;
+        assert!(matches!(
+            TestGuest::TicketLock.check(&p, &stopped),
+            Err(CheckError::Unfinished { vcpu: 1, .. })
+        ));
+        let mut twice = good();
+        twice[1].vcpu = 0;
+        assert!(matches!(
+            TestGuest::TicketLock.check(&p, &twice),
+            Err(CheckError::Reports { .. })
+        ));
+        assert!(matches!(
+            TestGuest::TicketLock.check(&p, &good()[..1]),
+            Err(CheckError::Reports { .. })
+        ));
+        // Atomics: one counter short.
+        let p1 = GuestParams {
+            vcpus: 1,
+            iterations: 5,
+            counters: 2,
+            ..GuestParams::new(1)
+        };
+        let r = vec![report(
+            0,
+            vec![
+                (keys::key(keys::COUNTER, 0), 5),
+                (keys::key(keys::COUNTER, 1), 4),
+            ],
+        )];
+        assert!(matches!(
+            TestGuest::Atomics.check(&p1, &r),
+            Err(CheckError::Mismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn array_elements_are_deterministic_and_distinct() {
+        assert_eq!(array_element(1, 5), array_element(1, 5));
+        assert_ne!(array_element(1, 5), array_element(1, 6));
+        assert_ne!(array_element(1, 5), array_element(2, 5));
+        assert_eq!(
+            TestGuest::from_name("parallel-sum"),
+            Some(TestGuest::ParallelSum)
+        );
+        assert_eq!(TestGuest::from_name("nope"), None);
+    }
+}
