@@ -56,8 +56,8 @@ fn cli_entry_point_runs_a_pinned_guest() {
     let guest = vmm::launch::parse_guest_arg("test:ticket-lock").unwrap();
     let p = common::params_for(guest, 2);
     let (stop, _cancel) = vmm::stop_after(std::time::Duration::from_secs(120));
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin: Vec<usize> = (0..2).map(|i| i % cpus).collect();
+    let allowed = common::allowed_cpus();
+    let pin: Vec<usize> = (0..2).map(|i| allowed[i % allowed.len()]).collect();
     let run = vmm::launch::run_test_guest(
         &mem,
         guest,
