@@ -223,11 +223,11 @@ impl Node {
         let mut outbox: Vec<Vec<Option<spsc::Producer<ShardMsg>>>> = (0..shards)
             .map(|_| (0..shards).map(|_| None).collect())
             .collect();
-        for i in 0..shards {
-            for j in 0..shards {
+        for (i, row) in outbox.iter_mut().enumerate() {
+            for (j, slot) in row.iter_mut().enumerate() {
                 if i != j {
                     let (tx, rx) = spsc::ring(SHARD_RING);
-                    outbox[i][j] = Some(tx);
+                    *slot = Some(tx);
                     inbox[j].push((i, rx));
                 }
             }
@@ -248,12 +248,7 @@ impl Node {
         let mut threads = Vec::with_capacity(shards);
         let mut stats = Vec::with_capacity(shards);
         let mut conns = mesh.conns;
-        for (i, (mut inbox_i, outbox_i)) in inbox
-            .drain(..)
-            .zip(outbox.drain(..))
-            .enumerate()
-            .map(|(i, x)| (i, x))
-        {
+        for (i, (inbox_i, outbox_i)) in inbox.drain(..).zip(outbox.drain(..)).enumerate() {
             let machine = Machine::new(
                 me,
                 layout.clone(),
@@ -269,7 +264,7 @@ impl Node {
                 layout: layout.clone(),
                 conns: std::mem::take(&mut conns[i]),
                 region: region.clone(),
-                inbox: std::mem::take(&mut inbox_i),
+                inbox: inbox_i,
                 outbox: outbox_i,
                 doorbells: doorbells.clone(),
                 stats: st,

@@ -182,7 +182,7 @@ pub enum HandshakeError {
     #[error("node {0} is not in this node's allowed set: add it to the cluster inventory")]
     UnknownNode(NodeId),
     /// The cluster layouts differ.
-    #[error("cluster layout mismatch: ours is {ours}, the peer's is {theirs}; start every node from the same inventory")]
+    #[error("cluster layout mismatch: ours is {ours}, the peer's is {theirs}; every node must list the same nodes (--peer) with the same memory sizes")]
     LayoutMismatch {
         /// Our digest.
         ours: Digest,

@@ -37,6 +37,10 @@ pub(crate) fn work(ctx: &Ctx<'_>, worker: u64) -> WorkerResult {
     let mut value = 0;
     let mut result = WorkerResult::default();
     for _ in 0..ctx.ops {
+        // Give the CPU away between operations, so that the nodes' workers (and the shards
+        // serving them) interleave at page-move granularity instead of one worker finishing
+        // its run within a single ownership period.
+        std::thread::yield_now();
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;

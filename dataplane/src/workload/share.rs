@@ -15,7 +15,7 @@ fn page(ctx: &Ctx<'_>, k: u64) -> u64 {
 }
 
 fn seed(k: u64) -> u64 {
-    0x7ab1e_0000 + k
+    0x0007_ab1e_0000 + k
 }
 
 pub(crate) fn setup(ctx: &Ctx<'_>) {

@@ -1,0 +1,198 @@
+//! Multi-process tests of the ssi-dp node: three node processes on loopback, `--idle block`,
+//! worker threads on each operating on shared guest memory with exact expected results.
+
+use std::time::Duration;
+
+use ssi_tests::{assert_all_ok, launch, scratch_dir, secret_file, wait_all, NodeOpts};
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Arguments every node of a test cluster gets.
+fn common(id: u16, secret: &std::path::Path, workload: &str, ops: u64) -> Vec<String> {
+    vec![
+        "--memory".into(),
+        "16M".into(),
+        "--cores".into(),
+        (id % 2).to_string(),
+        "--idle".into(),
+        "block".into(),
+        "--cluster-secret-file".into(),
+        secret.display().to_string(),
+        "--connect-timeout".into(),
+        "60".into(),
+        "--workload".into(),
+        workload.into(),
+        "--ops".into(),
+        ops.to_string(),
+        "--workers".into(),
+        "2".into(),
+    ]
+}
+
+fn node(id: u16, secret: &std::path::Path, workload: &str, ops: u64) -> NodeOpts {
+    let args = common(id, secret, workload, ops);
+    NodeOpts::new(id, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Remote faults a node reported in its summary (`read-remote N ...` lines and friends).
+fn remote_faults(out: &str) -> u64 {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?;
+            name.ends_with("-remote")
+                .then(|| w.next()?.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+fn run_three(
+    name: &str,
+    workload: &str,
+    ops: u64,
+) -> Vec<(u16, Option<std::process::ExitStatus>, String)> {
+    let dir = scratch_dir(name);
+    let s = secret_file(&dir, "secret", 7);
+    let procs = launch(&[
+        node(0, &s, workload, ops),
+        node(1, &s, workload, ops),
+        node(2, &s, workload, ops),
+    ]);
+    let r = wait_all(procs, TIMEOUT);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// (a) Lock-prefixed increments on shared counters homed on every node: exact totals on
+/// every node.
+#[test]
+fn atomic_counters_are_exact() {
+    let r = run_three("counters", "counters", 3000);
+    assert_all_ok(&r);
+    for (_, _, out) in &r {
+        assert!(
+            out.contains("total 18000 = 3 nodes x 2 workers x 3000 ops"),
+            "{out}"
+        );
+        // Contended increments must have moved pages between nodes.
+        assert!(remote_faults(out) > 0, "{out}");
+    }
+}
+
+/// (b) A spinlock in guest memory protecting a plain counter and checksummed page-sized
+/// records: exact total, and no torn or stale record ever seen under the lock.
+#[test]
+fn spinlock_protects_plain_data_across_nodes() {
+    let r = run_three("lock", "lock", 1500);
+    assert_all_ok(&r);
+    for (_, _, out) in &r {
+        assert!(out.contains("counter 9000 (expected 9000"), "{out}");
+        assert!(out.contains("records whole, 0 torn or stale"), "{out}");
+    }
+}
+
+/// (c) Random reads and writes of per-writer sequence numbers that share pages: no reader
+/// sees a value go backwards, every writer's final value is exact.
+#[test]
+fn sequence_numbers_never_go_backwards() {
+    let r = run_three("seqs", "seqs", 20_000);
+    assert_all_ok(&r);
+    let mut moved = 0;
+    for (_, _, out) in &r {
+        assert!(out.contains("0 went backwards, own slots exact"), "{out}");
+        moved += remote_faults(out);
+    }
+    // The slots share pages, so the run must have moved them between nodes many times.
+    assert!(
+        moved > 1000,
+        "only {moved} remote faults: the workload did not contend"
+    );
+}
+
+/// Two shards per node (pages partitioned by page number, faults handed between shards over
+/// the SPSC rings, one connection per shard pair) and the epoll fallback transport: the same
+/// exact results.
+#[test]
+fn two_shards_per_node_over_the_fallback_transport() {
+    let dir = scratch_dir("shards");
+    let s = secret_file(&dir, "secret", 11);
+    let mk = |id: u16| {
+        let mut a = common(id, &s, "seqs", 20_000);
+        let i = a.iter().position(|x| x == "--cores").expect("cores arg");
+        a[i + 1] = "0-1".into();
+        a.extend(["--transport".into(), "fallback".into()]);
+        NodeOpts::new(id, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let r = wait_all(launch(&[mk(0), mk(1)]), TIMEOUT);
+    assert_all_ok(&r);
+    for (_, _, out) in &r {
+        assert!(
+            out.contains("transport: epoll fallback (asked for)"),
+            "{out}"
+        );
+        assert!(out.contains("0 went backwards, own slots exact"), "{out}");
+        // Faults read by one shard for the other's pages went over the inter-shard ring.
+        let forwarded: u64 = out
+            .split("faults forwarded between shards ")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .expect("summary line");
+        assert!(forwarded > 0, "{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--hist-dump` writes an HDR interval log at exit whose series hold exactly the faults the
+/// node reported, and SIGUSR1 writes it while the node runs.
+#[test]
+fn histogram_dump_matches_the_served_faults() {
+    let dir = scratch_dir("hist");
+    let s = secret_file(&dir, "secret", 12);
+    let logs: Vec<_> = (0..2).map(|i| dir.join(format!("node{i}.hlog"))).collect();
+    let mk = |id: u16| {
+        let mut a = common(id, &s, "seqs", 20_000);
+        a.extend([
+            "--hist-dump".into(),
+            logs[id as usize].display().to_string(),
+        ]);
+        NodeOpts::new(id, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let procs = launch(&[mk(0), mk(1)]);
+    assert!(procs[0].wait_for_output("cluster formed", Duration::from_secs(60)));
+    // SAFETY: plain syscall to our own child.
+    unsafe { libc::kill(procs[0].pid() as i32, libc::SIGUSR1) };
+    assert!(
+        procs[0].wait_for_output("histograms written", Duration::from_secs(20)),
+        "SIGUSR1 must dump:\n{}",
+        procs[0].output()
+    );
+    let r = wait_all(procs, TIMEOUT);
+    assert_all_ok(&r);
+    for (id, _, out) in &r {
+        let series = dataplane::histlog::read_log(&logs[*id as usize]).expect("readable log");
+        let logged: u64 = series.iter().map(|(_, h)| h.len()).sum();
+        let reported: u64 = out
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let name = w.next()?;
+                (name.contains("-home") || name.contains("-remote"))
+                    .then(|| w.next()?.parse::<u64>().ok())
+                    .flatten()
+            })
+            .sum();
+        assert!(reported > 0, "{out}");
+        assert_eq!(
+            logged, reported,
+            "node {id}: the log must hold every served fault"
+        );
+        let text = std::fs::read_to_string(&logs[*id as usize]).expect("log text");
+        assert!(
+            text.contains("Tag=read-remote,") || text.contains("Tag=write-remote,"),
+            "{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
