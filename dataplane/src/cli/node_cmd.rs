@@ -205,6 +205,12 @@ pub fn run(a: NodeArgs) -> i32 {
         if let Some(home) = node.state().fatal() {
             if progress.verified.load(Ordering::SeqCst) {
                 eprintln!("ssi-dp: node {me}: node {home} left after the final check; finishing");
+                let report = progress.report.lock().ok().and_then(|mut r| r.take());
+                code = print_report(
+                    me,
+                    a.workload,
+                    report.ok_or_else(|| "no report".to_string()),
+                );
                 break;
             }
             eprintln!(
@@ -220,27 +226,13 @@ pub fn run(a: NodeArgs) -> i32 {
         }
         if worker.as_ref().is_some_and(|w| w.is_finished()) {
             let w = worker.take().expect("checked above");
-            match w.join() {
-                Ok(Ok(r)) => {
-                    println!(
-                        "node {me}: workload {}: {}: {}",
-                        a.workload.map_or("", |k| k.name()),
-                        if r.ok { "OK" } else { "FAILED" },
-                        r.summary
-                    );
-                    if !r.ok {
-                        code = EXIT_FAILED;
-                    }
-                }
-                Ok(Err(e)) => {
-                    eprintln!("ssi-dp: node {me}: workload error: {e}");
-                    code = EXIT_FAILED;
-                }
+            code = match w.join() {
+                Ok(r) => print_report(me, a.workload, r),
                 Err(_) => {
                     eprintln!("ssi-dp: node {me}: the workload thread panicked");
-                    code = EXIT_FAILED;
+                    EXIT_FAILED
                 }
-            }
+            };
             break;
         }
     }
@@ -250,6 +242,29 @@ pub fn run(a: NodeArgs) -> i32 {
     // Threads still blocked in guest memory (a workload stopped by a failure) cannot be
     // joined; the process exit ends them.
     std::process::exit(code);
+}
+
+/// Prints a workload's verdict; returns the exit code it implies.
+fn print_report(me: u16, kind: Option<workload::Kind>, r: Result<workload::Report, String>) -> i32 {
+    match r {
+        Ok(r) => {
+            println!(
+                "node {me}: workload {}: {}: {}",
+                kind.map_or("", |k| k.name()),
+                if r.ok { "OK" } else { "FAILED" },
+                r.summary
+            );
+            if r.ok {
+                0
+            } else {
+                EXIT_FAILED
+            }
+        }
+        Err(e) => {
+            eprintln!("ssi-dp: node {me}: workload error: {e}");
+            EXIT_FAILED
+        }
+    }
 }
 
 fn dump(hlog: &mut Option<HistLog>, node: &Node, me: u16) {

@@ -16,6 +16,7 @@ mod share;
 mod spinlock;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use self::barrier::Barrier;
@@ -105,6 +106,8 @@ pub struct Progress {
     /// The result was verified; only the final barrier is left. From here on a peer going
     /// away is an orderly end.
     pub verified: AtomicBool,
+    /// The verified result, once there is one.
+    pub report: Mutex<Option<Report>>,
 }
 
 /// What one workload does; `rank` is this node's index among the participants.
@@ -211,6 +214,9 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
     // leaves with is needed by another.
     let leave = Duration::from_secs(30);
     node.leave(leave).map_err(|e| e.to_string())?;
+    if let Ok(mut r) = progress.report.lock() {
+        *r = Some(report.clone());
+    }
     progress.verified.store(true, Ordering::SeqCst);
     // From here on nodes leave as they pass the final barrier: a peer's departure (even a
     // home's, which stops the cluster) is the expected end, not a failure to report.
