@@ -75,6 +75,9 @@ pub enum MeshError {
         #[source]
         source: io::Error,
     },
+    /// A peer that knows the secret sees a different cluster.
+    #[error("a peer with the cluster secret sees a different cluster: {0}")]
+    Incompatible(HandshakeError),
     /// Configuration error (secret too short, ...).
     #[error(transparent)]
     Config(HandshakeError),
@@ -148,14 +151,14 @@ pub fn establish(
 ) -> Result<Mesh, MeshError> {
     let stats = Arc::new(HandshakeStats::default());
     let server_cfg = Arc::new(hs_config(cluster, 0, shards, secret, &stats)?);
-    let (tx, rx) = mpsc::channel::<Authenticated>();
+    let (tx, rx) = mpsc::channel::<Result<Authenticated, HandshakeError>>();
     let setup_done = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let late_refused = Arc::new(AtomicUsize::new(0));
     let thread = spawn_acceptor(
         listener,
         server_cfg,
-        Arc::new(Mutex::new(Some(tx))),
+        tx,
         setup_done.clone(),
         stop.clone(),
         late_refused.clone(),
@@ -242,7 +245,7 @@ fn dial(
 }
 
 fn collect_accepted(
-    rx: &Receiver<Authenticated>,
+    rx: &Receiver<Result<Authenticated, HandshakeError>>,
     cluster: &ClusterSpec,
     shards: u16,
     deadline: Instant,
@@ -267,7 +270,8 @@ fn collect_accepted(
     while !complete(&seen, &counts) {
         let left = deadline.saturating_duration_since(Instant::now());
         let a = match rx.recv_timeout(left) {
-            Ok(a) => a,
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(MeshError::Incompatible(e)),
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
                 let missing: Vec<String> = lower
                     .iter()
@@ -311,7 +315,7 @@ fn collect_accepted(
 fn spawn_acceptor(
     listener: TcpListener,
     cfg: Arc<HandshakeConfig>,
-    tx: Arc<Mutex<Option<Sender<Authenticated>>>>,
+    tx: Sender<Result<Authenticated, HandshakeError>>,
     setup_done: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     late_refused: Arc<AtomicUsize>,
@@ -396,7 +400,7 @@ fn spawn_acceptor(
 fn serve_one(
     stream: TcpStream,
     cfg: &HandshakeConfig,
-    tx: &Mutex<Option<Sender<Authenticated>>>,
+    tx: &Sender<Result<Authenticated, HandshakeError>>,
     setup_done: &AtomicBool,
     late: &AtomicUsize,
 ) -> Option<String> {
@@ -413,12 +417,20 @@ fn serve_one(
                     a.peer_node
                 ));
             }
-            let sender = tx.lock().ok().and_then(|g| g.clone());
-            if let Some(s) = sender {
-                let _ = s.send(a);
-            }
+            let _ = tx.send(Ok(a));
             None
         }
-        Err(e) => Some(format!("refused: {e}")),
+        Err(e) => {
+            let msg = format!("refused: {e}");
+            // A peer that proved it knows the secret but sees another cluster cannot be
+            // fixed by waiting: end the setup with its error. (Anything a stranger can cause,
+            // like a bad MAC, is only logged, so a stranger cannot abort our start.)
+            if matches!(e, HandshakeError::LayoutMismatch { .. })
+                && !setup_done.load(Ordering::SeqCst)
+            {
+                let _ = tx.send(Err(e));
+            }
+            Some(msg)
+        }
     }
 }
