@@ -24,6 +24,10 @@ pub(crate) fn work(ctx: &Ctx<'_>, worker: u64) -> WorkerResult {
             .page(FIRST + k)
             .expect("homes have room for the counters");
         ctx.mem.atomic64(page, 0).fetch_add(1, SeqCst);
+        // Let the other workers (and the shards) run between increments, so that nodes
+        // interleave at page-move granularity rather than each finishing its run while it
+        // happens to hold the pages.
+        std::thread::yield_now();
     }
     WorkerResult {
         ops: ctx.ops,
