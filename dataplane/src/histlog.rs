@@ -52,6 +52,7 @@ pub struct HistLog {
     previous: Vec<(String, Histogram<u64>)>,
     intervals: Vec<Interval>,
     comments: Vec<String>,
+    extra: Vec<(String, Histogram<u64>)>,
 }
 
 impl std::fmt::Debug for HistLog {
@@ -77,14 +78,23 @@ impl HistLog {
             previous: Vec::new(),
             intervals: Vec::new(),
             comments,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a cumulative series that every later dump includes next to the ones it is given
+    /// (replacing an earlier series with the same tag).
+    pub fn add_series(&mut self, tag: &str, cumulative: Histogram<u64>) {
+        self.extra.retain(|(t, _)| t != tag);
+        self.extra.push((tag.to_string(), cumulative));
     }
 
     /// Records an interval ending now for each `(tag, cumulative histogram)`: the difference
     /// to the cumulative histogram given last time for the same tag. Then rewrites the file.
     pub fn dump(&mut self, series: &[(String, Histogram<u64>)]) -> Result<(), HistLogError> {
         let now = self.start.elapsed().unwrap_or_default();
-        for (tag, cumulative) in series {
+        let extra: Vec<_> = self.extra.clone();
+        for (tag, cumulative) in series.iter().chain(extra.iter()) {
             if !valid_tag(tag) {
                 return Err(HistLogError::BadTag(tag.clone()));
             }

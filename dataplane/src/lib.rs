@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod cpulist;
 pub mod doorbell;
+pub mod guest;
 pub mod histlog;
 pub mod idle;
 pub mod mesh;

@@ -78,8 +78,29 @@ pub struct NodeArgs {
     pub hist_dump: Option<PathBuf>,
     /// Run a built-in workload, check its result and exit: counters, lock, seqs, pingpong,
     /// demo, private.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "guest")]
     pub workload: Option<Kind>,
+    /// Run a test guest across the cluster (one KVM VM per node, vCPUs spread over the
+    /// nodes), check its result and exit: test:atomics, test:ticket-lock, test:parallel-sum,
+    /// test:fault-latency.
+    #[arg(long)]
+    pub guest: Option<String>,
+    /// vCPUs of the guest (default: one per participating node).
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// vCPU ids this node runs (cpulist syntax, or `none` to only serve memory; default:
+    /// vCPU i runs on the participant of rank i mod participants).
+    #[arg(long)]
+    pub local_vcpus: Option<String>,
+    /// CPUs to pin this node's vCPU threads to (cpulist; default: not pinned).
+    #[arg(long)]
+    pub vcpu_cores: Option<String>,
+    /// Rounds or lock acquisitions per vCPU for the atomics and ticket-lock guests.
+    #[arg(long, default_value_t = 2000)]
+    pub guest_iterations: u64,
+    /// Stop the guest's vCPUs after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub guest_timeout: u64,
     /// Operations per worker thread (private: rounds, 0 = until killed).
     #[arg(long, default_value_t = 1000)]
     pub ops: u64,

@@ -12,7 +12,7 @@ use crate::config::{self, ClusterSpec, NodeSpec};
 use crate::histlog::HistLog;
 use crate::node::{Node, NodeConfig};
 use crate::workload::{self, Progress, Spec};
-use crate::{cpulist, signals, summary, telemetry};
+use crate::{cpulist, guest, signals, summary, telemetry};
 
 /// Exit code: a workload check failed or the cluster stopped.
 pub const EXIT_FAILED: i32 = 1;
@@ -182,19 +182,15 @@ pub fn run(a: NodeArgs) -> i32 {
     });
 
     let progress = Arc::new(Progress::default());
-    let worker = a.workload.map(|kind| {
-        let spec = Spec {
-            kind,
-            ops: a.ops,
-            workers: a.workers,
-            participants: participants.clone(),
-        };
-        let (node, progress) = (node.clone(), progress.clone());
-        std::thread::Builder::new()
-            .name("workload".into())
-            .spawn(move || workload::run(&node, &spec, &progress))
-            .expect("spawn the workload thread")
-    });
+    let extras = Arc::new(std::sync::Mutex::new(guest::GuestExtras::default()));
+    let job = match job(&a, &node, &participants, &progress, &extras) {
+        Ok(j) => j,
+        Err(e) => return fail(e),
+    };
+    let (label, worker) = match job {
+        Some((l, w)) => (l, Some(w)),
+        None => (String::new(), None),
+    };
     let mut worker = worker;
     let mut code = 0;
     loop {
@@ -206,11 +202,7 @@ pub fn run(a: NodeArgs) -> i32 {
             if progress.verified.load(Ordering::SeqCst) {
                 eprintln!("ssi-dp: node {me}: node {home} left after the final check; finishing");
                 let report = progress.report.lock().ok().and_then(|mut r| r.take());
-                code = print_report(
-                    me,
-                    a.workload,
-                    report.ok_or_else(|| "no report".to_string()),
-                );
+                code = print_report(me, &label, report.ok_or_else(|| "no report".to_string()));
                 break;
             }
             eprintln!(
@@ -227,7 +219,7 @@ pub fn run(a: NodeArgs) -> i32 {
         if worker.as_ref().is_some_and(|w| w.is_finished()) {
             let w = worker.take().expect("checked above");
             code = match w.join() {
-                Ok(r) => print_report(me, a.workload, r),
+                Ok(r) => print_report(me, &label, r),
                 Err(_) => {
                     eprintln!("ssi-dp: node {me}: the workload thread panicked");
                     EXIT_FAILED
@@ -237,6 +229,12 @@ pub fn run(a: NodeArgs) -> i32 {
         }
     }
     node.state().expect_departures();
+    if let (Some(h), Some(lat)) = (
+        &mut hlog,
+        extras.lock().ok().and_then(|e| e.latency_ns.clone()),
+    ) {
+        h.add_series("guest-first-touch", lat);
+    }
     dump(&mut hlog, &node, me);
     println!("{}", summary::render(me, node.stats()));
     // Threads still blocked in guest memory (a workload stopped by a failure) cannot be
@@ -244,13 +242,70 @@ pub fn run(a: NodeArgs) -> i32 {
     std::process::exit(code);
 }
 
-/// Prints a workload's verdict; returns the exit code it implies.
-fn print_report(me: u16, kind: Option<workload::Kind>, r: Result<workload::Report, String>) -> i32 {
+type Job = std::thread::JoinHandle<Result<workload::Report, String>>;
+
+/// Starts what the node was asked to run besides serving (`--workload` or `--guest`), if
+/// anything, on its own thread; returns its label and handle.
+fn job(
+    a: &NodeArgs,
+    node: &Arc<Node>,
+    participants: &[u16],
+    progress: &Arc<Progress>,
+    extras: &Arc<std::sync::Mutex<guest::GuestExtras>>,
+) -> Result<Option<(String, Job)>, String> {
+    let (node, progress) = (node.clone(), progress.clone());
+    if let Some(kind) = a.workload {
+        let spec = Spec {
+            kind,
+            ops: a.ops,
+            workers: a.workers,
+            participants: participants.to_vec(),
+        };
+        let h = std::thread::Builder::new()
+            .name("workload".into())
+            .spawn(move || workload::run(&node, &spec, &progress))
+            .map_err(|e| e.to_string())?;
+        return Ok(Some((format!("workload {}", kind.name()), h)));
+    }
+    let Some(g) = &a.guest else { return Ok(None) };
+    let guest = vmm::launch::parse_guest_arg(g).map_err(|e| e.to_string())?;
+    let vcpus = a.vcpus.unwrap_or(participants.len() as u32);
+    let local_vcpus = match &a.local_vcpus {
+        Some(l) if l == "none" => Vec::new(),
+        Some(l) => cpulist::parse(l)
+            .map_err(|e| format!("--local-vcpus: {e}"))?
+            .into_iter()
+            .map(|v| v as u32)
+            .collect(),
+        None => guest::default_local_vcpus(vcpus, participants, node.id()),
+    };
+    let vcpu_cores = match &a.vcpu_cores {
+        Some(l) => cpulist::parse(l).map_err(|e| format!("--vcpu-cores: {e}"))?,
+        None => Vec::new(),
+    };
+    let spec = guest::GuestSpec {
+        guest,
+        vcpus,
+        local_vcpus,
+        vcpu_cores,
+        iterations: a.guest_iterations,
+        timeout: Duration::from_secs(a.guest_timeout),
+        participants: participants.to_vec(),
+    };
+    let extras = extras.clone();
+    let h = std::thread::Builder::new()
+        .name("guest".into())
+        .spawn(move || guest::run(&node, &spec, &progress, &extras))
+        .map_err(|e| e.to_string())?;
+    Ok(Some((format!("guest {}", guest.name()), h)))
+}
+
+/// Prints a job's verdict; returns the exit code it implies.
+fn print_report(me: u16, label: &str, r: Result<workload::Report, String>) -> i32 {
     match r {
         Ok(r) => {
             println!(
-                "node {me}: workload {}: {}: {}",
-                kind.map_or("", |k| k.name()),
+                "node {me}: {label}: {}: {}",
                 if r.ok { "OK" } else { "FAILED" },
                 r.summary
             );
@@ -261,7 +316,7 @@ fn print_report(me: u16, kind: Option<workload::Kind>, r: Result<workload::Repor
             }
         }
         Err(e) => {
-            eprintln!("ssi-dp: node {me}: workload error: {e}");
+            eprintln!("ssi-dp: node {me}: {label}: error: {e}");
             EXIT_FAILED
         }
     }

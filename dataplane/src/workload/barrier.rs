@@ -1,11 +1,11 @@
-//! A barrier kept in guest memory: one 64-bit counter per barrier on the barrier page, which
-//! every participant increments once and then watches (a read-only replica, refetched after
-//! each increment invalidates it) until all have arrived.
+//! A barrier kept in distributed memory: one 64-bit counter per barrier on a barrier page,
+//! which every participant increments once and then watches (a read-only replica, refetched
+//! after each increment invalidates it) until all have arrived.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use super::mem::{Mem, BARRIER_PAGE};
+use super::mem::Mem;
 
 /// Barriers one run may use (slots on the barrier page).
 pub const SLOTS: u64 = 8;
@@ -13,25 +13,27 @@ pub const SLOTS: u64 = 8;
 /// See the module documentation.
 pub(crate) struct Barrier {
     mem: Mem,
+    page: u64,
     parties: u64,
 }
 
 impl Barrier {
-    pub(crate) fn new(mem: Mem, parties: u64) -> Self {
-        Self { mem, parties }
+    /// Barriers for `parties` participants on page `page`.
+    pub(crate) fn new(mem: Mem, page: u64, parties: u64) -> Self {
+        Self { mem, page, parties }
     }
 
     /// Arrives at barrier `slot` without waiting.
     pub(crate) fn arrive(&self, slot: u64) {
         assert!(slot < SLOTS);
         self.mem
-            .atomic64(BARRIER_PAGE, (slot * 8) as usize)
+            .atomic64(self.page, (slot * 8) as usize)
             .fetch_add(1, SeqCst);
     }
 
     /// Waits until every party arrived at barrier `slot`.
     pub(crate) fn wait_for(&self, slot: u64) {
-        let c = self.mem.atomic64(BARRIER_PAGE, (slot * 8) as usize);
+        let c = self.mem.atomic64(self.page, (slot * 8) as usize);
         let mut pause = Duration::from_micros(20);
         while c.load(SeqCst) < self.parties {
             // Each read may refetch the page; back off so waiting nodes do not flood the

@@ -7,7 +7,7 @@
 //! pages back home, final barrier. Nodes leave only after the final barrier, so no node's
 //! departure takes a page another node still needs.
 
-mod barrier;
+pub(crate) mod barrier;
 mod counters;
 pub mod mem;
 mod pingpong;
@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use self::barrier::Barrier;
-use self::mem::{Mem, Plan};
+use self::mem::{Mem, Plan, BARRIER_PAGE};
 use crate::node::Node;
 
 /// The workloads.
@@ -149,7 +149,7 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
     if spec.kind == Kind::PingPong && ctx.parties != 2 {
         return Err("pingpong needs exactly two participants".into());
     }
-    let barrier = Barrier::new(mem, ctx.parties);
+    let barrier = Barrier::new(mem, BARRIER_PAGE, ctx.parties);
 
     // Set-up by the first participant, then everyone starts together.
     if rank == 0 {
@@ -210,16 +210,25 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
         }
         Kind::Private => unreachable!("handled above"),
     };
-    // Hand every cached page back home before the last barrier, so that nothing this node
-    // leaves with is needed by another.
+    finish(node, &barrier, progress, report)
+}
+
+/// The orderly end of a checked run, after barrier 1 and the check: hand every cached page
+/// back home, publish the result, then meet at barrier 2 and return. Nothing this node leaves
+/// with is then needed by another, and from barrier 2 on a departing peer (even a home) is
+/// the expected end.
+pub(crate) fn finish(
+    node: &Node,
+    barrier: &Barrier,
+    progress: &Progress,
+    report: Report,
+) -> Result<Report, String> {
     let leave = Duration::from_secs(30);
     node.leave(leave).map_err(|e| e.to_string())?;
     if let Ok(mut r) = progress.report.lock() {
         *r = Some(report.clone());
     }
     progress.verified.store(true, Ordering::SeqCst);
-    // From here on nodes leave as they pass the final barrier: a peer's departure (even a
-    // home's, which stops the cluster) is the expected end, not a failure to report.
     node.state().expect_departures();
     barrier.arrive(2);
     node.leave(leave).map_err(|e| e.to_string())?;
