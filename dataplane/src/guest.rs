@@ -5,9 +5,9 @@
 //! stores, KVM's page walks and the VMM's own writes all fault into the data plane.
 //!
 //! The address space is split in two: guest RAM from GPA 0 (a whole number of 2 MiB pages),
-//! and a **host area** of [`HOST_AREA`] bytes at the top that the guest cannot see (no memory
-//! slot covers it) where the nodes coordinate: barriers (guest loaded, reports written, end)
-//! and one report slot per vCPU. The node homing page 0 writes the guest (page tables,
+//! and the **host area** at the top ([`crate::host_area`]) that the guest cannot see (no
+//! memory slot covers it) where the nodes coordinate: barriers (guest loaded, reports
+//! written, end) and one report slot per vCPU. The node homing page 0 writes the guest (page tables,
 //! GDT/TSS, code, parameters, data) before anyone starts a vCPU; afterwards every node writes
 //! its vCPUs' reports into their slots and checks the reports of all vCPUs, so each node
 //! verifies the whole run.
@@ -19,19 +19,13 @@ use vmm::launch::{run_test_guest, Loader};
 use vmm::{GuestMemory, Outcome, VcpuReport, VmConfig};
 
 use crate::config::PAGE_SIZE;
+use crate::host_area::{HostArea, GUEST_BARRIERS, MAX_VCPUS, SLOT_PAGES};
 use crate::node::Node;
 use crate::workload::barrier::Barrier;
-use crate::workload::mem::Mem;
 use crate::workload::{finish, Progress, Report};
 
-/// Bytes at the top of the address space kept for the hosts (not guest RAM).
-pub const HOST_AREA: u64 = 2 << 20;
 /// Guest RAM is a whole number of these.
 const RAM_ALIGN: u64 = 2 << 20;
-/// Pages of one vCPU's report slot.
-const SLOT_PAGES: u64 = 15;
-/// Most vCPUs whose reports fit in the host area.
-pub const MAX_VCPUS: u32 = ((HOST_AREA / PAGE_SIZE - 1) / SLOT_PAGES) as u32;
 
 /// A guest run's parameters.
 #[derive(Debug, Clone)]
@@ -69,20 +63,10 @@ pub struct GuestExtras {
     pub latency_ns: Option<hdrhistogram::Histogram<u64>>,
 }
 
-struct HostArea {
-    mem: Mem,
-    first: u64,
-}
+/// Report slots in the host area.
+struct Reports(HostArea);
 
-impl HostArea {
-    fn barrier_page(&self) -> u64 {
-        self.first
-    }
-
-    fn slot(&self, vcpu: u32) -> u64 {
-        self.first + 1 + u64::from(vcpu) * SLOT_PAGES
-    }
-
+impl Reports {
     /// Writes one report into its slot: `[vcpu, outcome, status, n, dropped, (key, value)*]`
     /// as 64-bit words across the slot's pages.
     fn write(&self, r: &VcpuReport) -> u64 {
@@ -96,10 +80,11 @@ impl HostArea {
         let n = (r.results.len() as u64).min(cap);
         let dropped = r.dropped_results + r.results.len() as u64 - n;
         let head = [u64::from(r.vcpu), code, status, n, dropped];
-        let page0 = self.slot(r.vcpu);
+        let page0 = self.0.slot(r.vcpu);
         let mut w = 0u64;
         let mut put = |v: u64| {
-            self.mem
+            self.0
+                .mem
                 .write64(page0 + w / 512, ((w % 512) * 8) as usize, v);
             w += 1;
         };
@@ -116,10 +101,10 @@ impl HostArea {
     /// Reads back the report of `vcpu` (a remote vCPU that failed comes back as `Stopped`:
     /// its own node reports the failure).
     fn read(&self, vcpu: u32) -> VcpuReport {
-        let page0 = self.slot(vcpu);
+        let page0 = self.0.slot(vcpu);
         let mut w = 0u64;
         let mut get = || {
-            let v = self.mem.read64(page0 + w / 512, ((w % 512) * 8) as usize);
+            let v = self.0.mem.read64(page0 + w / 512, ((w % 512) * 8) as usize);
             w += 1;
             v
         };
@@ -179,31 +164,26 @@ pub fn run(
     extras: &std::sync::Mutex<GuestExtras>,
 ) -> Result<Report, String> {
     let me = node.id();
-    let total = node.region().len() as u64;
+    let Some(area) = HostArea::of(node) else {
+        return Err(format!(
+            "the address space ({} bytes) is too small for a guest: give the nodes more --memory",
+            node.region().len()
+        ));
+    };
     if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
         return Err(format!("--vcpus {}: choose 1..={MAX_VCPUS}", spec.vcpus));
     }
     if let Some(v) = spec.local_vcpus.iter().find(|&&v| v >= spec.vcpus) {
         return Err(format!("vCPU {v} is beyond --vcpus {}", spec.vcpus));
     }
-    let ram = total.saturating_sub(HOST_AREA) / RAM_ALIGN * RAM_ALIGN;
-    if ram == 0 {
-        return Err(format!(
-            "the address space ({total} bytes) is too small for a guest: give the nodes more --memory"
-        ));
-    }
+    let ram = area.start() / RAM_ALIGN * RAM_ALIGN;
     // SAFETY: the region stays mapped while `node` lives, which outlives the VM built here
     // (it is dropped before this function returns).
     let gm = unsafe { GuestMemory::from_raw(node.base(), ram as usize, 0) }
         .map_err(|e| format!("guest memory: {e}"))?;
-    // SAFETY: as above; the host area is the top of the same region.
-    let mem = unsafe { Mem::new(node.base(), node.region().pages()) };
-    let host = HostArea {
-        mem,
-        first: (total - HOST_AREA) / PAGE_SIZE,
-    };
+    let host = Reports(area);
     let parties = spec.participants.len() as u64;
-    let barrier = Barrier::new(mem, host.barrier_page(), parties);
+    let barrier = Barrier::new(area.mem, area.page(GUEST_BARRIERS), parties);
     let mut params = GuestParams::new(spec.vcpus);
     params.iterations = spec.iterations;
 
@@ -306,6 +286,101 @@ mod tests {
         assert_eq!(default_local_vcpus(4, &[0, 1], 1), vec![1, 3]);
         assert_eq!(default_local_vcpus(2, &[3], 3), vec![0, 1]);
         assert!(default_local_vcpus(2, &[0, 1], 5).is_empty());
-        const { assert!(MAX_VCPUS >= 32) };
     }
+}
+
+/// A Linux boot on the cluster (`--kernel`).
+#[derive(Debug, Clone)]
+pub struct LinuxSpec {
+    /// Kernel, initrd, command line and entry protocol.
+    pub args: vmm::launch::LinuxArgs,
+    /// CPUs to pin the boot vCPU's thread to.
+    pub vcpu_cores: Vec<usize>,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// The nodes that take part, sorted.
+    pub participants: Vec<u16>,
+}
+
+/// Highest guest RAM end for Linux: below the 3 GiB PCI hole.
+const LINUX_RAM_LIMIT: u64 = 3 << 30;
+
+/// The ACPI tables for a guest on this cluster whose vCPUs run per `vcpus_of`.
+pub fn acpi_tables(
+    node: &Node,
+    ram_end: u64,
+    vcpus_of: impl Fn(u16) -> Vec<u32>,
+) -> Result<control::acpi::Topology, String> {
+    let figures = node.figures().ok_or(
+        "no inter-node measurements: the cluster was formed without them (address space too \
+         small for a host area)",
+    )?;
+    crate::acpi_topology::topology(node.cluster(), figures, ram_end, vcpus_of)
+}
+
+/// Boots Linux with one vCPU on the node homing page 0, over the whole cluster's memory, with
+/// ACPI tables describing the cluster (SRAT/SLIT/HMAT from the formation measurements). The
+/// other nodes serve memory until it ends. The console goes to this node's stdout.
+pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<Report, String> {
+    let me = node.id();
+    let Some(area) = HostArea::of(node) else {
+        return Err(
+            "the address space is too small for a guest: give the nodes more --memory".into(),
+        );
+    };
+    let ram = (area.start() / RAM_ALIGN * RAM_ALIGN).min(LINUX_RAM_LIMIT);
+    let barrier = Barrier::new(
+        area.mem,
+        area.page(GUEST_BARRIERS),
+        spec.participants.len() as u64,
+    );
+    let loader = node.layout().home_of(0).map_err(|e| e.to_string())?.get();
+    let report = if loader == me {
+        let topology = acpi_tables(node, ram, |id| if id == loader { vec![0] } else { vec![] })?;
+        let image = control::acpi::tables(&topology)
+            .image(control::acpi::Placement::BIOS_AREA)
+            .map_err(|e| format!("placing the ACPI tables: {e}"))?;
+        // SAFETY: the region stays mapped while `node` lives; the VM is dropped before return.
+        let gm = unsafe { GuestMemory::from_raw(node.base(), ram as usize, 0) }
+            .map_err(|e| format!("guest memory: {e}"))?;
+        let (stop, _watchdog) = vmm::stop_after(spec.timeout);
+        let console = vmm::Console::new(true);
+        let run = vmm::launch::run_linux(
+            &gm,
+            &spec.args,
+            Some(&image),
+            1,
+            &spec.vcpu_cores,
+            &stop,
+            console.clone(),
+        )
+        .map_err(|e| format!("booting Linux: {e}"))?;
+        let banner = console.contains(b"Linux version");
+        let r = run.reports.first();
+        let outcome = r.map_or("no vCPU report".to_string(), |r| match &r.outcome {
+            Outcome::Failed(e) => format!("failed: {e}"),
+            other => format!("{other:?}"),
+        });
+        let clean = r.is_some_and(|r| matches!(r.outcome, Outcome::Halted | Outcome::Done(0)));
+        Report {
+            ok: clean,
+            summary: format!(
+                "Linux on {} MiB of cluster memory, 1 vCPU on node {me}: kernel banner {}, {} console bytes, \
+                 {} exits, vCPU ended: {outcome}",
+                ram >> 20,
+                if banner { "printed" } else { "NOT printed" },
+                console.snapshot().len(),
+                r.map_or(0, |r| r.exits)
+            ),
+            work_time: r.map(|r| r.elapsed).unwrap_or_default(),
+        }
+    } else {
+        Report {
+            ok: true,
+            summary: format!("served memory while node {loader} booted Linux"),
+            work_time: Duration::ZERO,
+        }
+    };
+    barrier.wait(1);
+    finish(node, &barrier, progress, report)
 }

@@ -9,6 +9,7 @@
 //! - [`spsc`], [`doorbell`]: bounded rings and wake-ups between shards.
 //! - [`stats`], [`atomic_hist`]: counters and histograms shards publish without locks.
 
+pub mod acpi_topology;
 pub mod affinity;
 pub mod atomic_hist;
 pub mod cli;
@@ -18,7 +19,9 @@ pub mod cpulist;
 pub mod doorbell;
 pub mod guest;
 pub mod histlog;
+pub mod host_area;
 pub mod idle;
+pub mod measure;
 pub mod mesh;
 pub mod node;
 pub mod node_state;

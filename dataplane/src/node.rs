@@ -14,7 +14,9 @@ use wire::{Transport, TransportConfig};
 
 use crate::config::{ClusterSpec, PAGE_SIZE};
 use crate::doorbell::Doorbell;
+use crate::host_area::HostArea;
 use crate::idle::IdlePolicy;
+use crate::measure::{self, Figures};
 use crate::mesh::{self, Acceptor, MeshError};
 use crate::node_state::NodeState;
 use crate::pmqos::LatencyGuard;
@@ -81,6 +83,9 @@ pub enum NodeError {
         /// What failed.
         why: String,
     },
+    /// The formation measurements failed.
+    #[error("measuring the cluster at formation: {0}")]
+    Measure(String),
     /// Replicas were still held when the leave timed out.
     #[error("replicas still held after {0:?}: workers may still be touching remote pages")]
     LeaveTimeout(Duration),
@@ -105,8 +110,11 @@ pub struct NodeConfig {
     pub secret: Vec<u8>,
     /// How long to wait for every peer to connect.
     pub connect_timeout: Duration,
-    /// Protocol tunables (`max_home_txns` is sized from the cluster automatically when 0).
+    /// Protocol tunables (`max_home_txns` is sized from the cluster automatically).
     pub protocol: protocol::Config,
+    /// Measure inter-node fetch latency and bandwidth once the cluster is formed (every node
+    /// must agree: it is an exchange). See [`crate::measure`].
+    pub measure: bool,
 }
 
 impl NodeConfig {
@@ -123,6 +131,7 @@ impl NodeConfig {
             secret,
             connect_timeout: Duration::from_secs(30),
             protocol: protocol::Config::default(),
+            measure: true,
         }
     }
 }
@@ -139,6 +148,7 @@ pub struct Node {
     doorbells: Arc<[Doorbell]>,
     acceptor: Acceptor,
     transport_line: String,
+    figures: Option<Figures>,
     _pm_qos: Option<LatencyGuard>,
 }
 
@@ -308,6 +318,7 @@ impl Node {
             doorbells,
             acceptor: mesh.acceptor,
             transport_line,
+            figures: None,
             _pm_qos: pm_qos,
         };
         for _ in 0..shards {
@@ -326,7 +337,18 @@ impl Node {
                 }
             }
         }
+        if cfg.measure && HostArea::of(&node).is_some() {
+            node.figures = Some(measure::measure(&node).map_err(NodeError::Measure)?);
+            // Hand the probe replicas back: the node starts with nothing cached.
+            node.leave(Duration::from_secs(30))?;
+        }
         Ok(node)
+    }
+
+    /// Inter-node figures measured at formation (when the address space has a host area and
+    /// `NodeConfig::measure` was set).
+    pub fn figures(&self) -> Option<&Figures> {
+        self.figures.as_ref()
     }
 
     /// This node's id.

@@ -1,6 +1,7 @@
 //! The `ssi-dp` command line: run a node (the default), `demo` (a local cluster), and the
 //! tools around them.
 
+mod acpi_cmd;
 mod demo;
 mod node_cmd;
 
@@ -28,6 +29,9 @@ enum Command {
     /// read sharing, write invalidation and contended atomics, check it, print per-node fault
     /// counts and latency percentiles.
     Demo(demo::DemoArgs),
+    /// Write the ACPI tables (RSDP, XSDT, FADT, DSDT, MADT, SRAT, SLIT, HMAT) of a described
+    /// topology into a directory, for inspection (`iasl -d DIR/*.dat`). See docs/acpi.md.
+    Acpi(acpi_cmd::AcpiArgs),
 }
 
 /// Running one node.
@@ -101,6 +105,24 @@ pub struct NodeArgs {
     /// Stop the guest's vCPUs after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub guest_timeout: u64,
+    /// Boot this Linux kernel (bzImage or vmlinux) with one vCPU on the node homing page 0,
+    /// over the cluster's memory, with ACPI tables describing the cluster.
+    #[arg(long, conflicts_with_all = ["guest", "workload"])]
+    pub kernel: Option<PathBuf>,
+    /// Initrd for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, requires = "kernel", default_value = vmm::launch::DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Kernel entry: pvh (the vmlinux inside a bzImage, or a vmlinux) or bzimage (64-bit boot
+    /// protocol).
+    #[arg(long, requires = "kernel", default_value = "pvh")]
+    pub boot: String,
+    /// Write the ACPI tables of this cluster (from the formation measurements) into DIR, one
+    /// file per table.
+    #[arg(long)]
+    pub acpi_dump: Option<PathBuf>,
     /// Operations per worker thread (private: rounds, 0 = until killed).
     #[arg(long, default_value_t = 1000)]
     pub ops: u64,
@@ -118,6 +140,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Demo(a)) => demo::run(a),
+        Some(Command::Acpi(a)) => acpi_cmd::run(a),
         None => node_cmd::run(cli.node),
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::NodeArgs;
 use crate::config::{self, ClusterSpec, NodeSpec};
 use crate::histlog::HistLog;
+use crate::measure::Figures;
 use crate::node::{Node, NodeConfig};
 use crate::workload::{self, Progress, Spec};
 use crate::{cpulist, guest, signals, summary, telemetry};
@@ -159,6 +160,23 @@ pub fn run(a: NodeArgs) -> i32 {
         "ssi-dp: node {me}: {}; cluster formed, serving",
         node.transport_line()
     );
+    if let Some(f) = node.figures() {
+        eprintln!(
+            "ssi-dp: node {me}: measured 4 KiB fetch latency in ns (rows from, columns to, nodes {:?}): {}",
+            f.nodes,
+            Figures::matrix_arg(&f.latency_ns)
+        );
+        eprintln!(
+            "ssi-dp: node {me}: measured 4 KiB page bandwidth in MB/s: {}",
+            Figures::matrix_arg(&f.bandwidth_mbps)
+        );
+    }
+    if let Some(dir) = &a.acpi_dump {
+        if let Err(e) = acpi_dump(&node, &a, &participants, dir) {
+            eprintln!("ssi-dp: node {me}: error: --acpi-dump: {e}");
+            return EXIT_FAILED;
+        }
+    }
     if let Err(e) = signals::install() {
         eprintln!("ssi-dp: node {me}: warning: cannot install signal handlers: {e}");
     }
@@ -267,6 +285,32 @@ fn job(
             .map_err(|e| e.to_string())?;
         return Ok(Some((format!("workload {}", kind.name()), h)));
     }
+    if let Some(kernel) = &a.kernel {
+        let protocol = match a.boot.as_str() {
+            "pvh" => vmm::linux::Protocol::Pvh,
+            "bzimage" => vmm::linux::Protocol::BzImage64,
+            other => return Err(format!("--boot {other:?}: use pvh or bzimage")),
+        };
+        let spec = guest::LinuxSpec {
+            args: vmm::launch::LinuxArgs {
+                kernel: kernel.clone(),
+                initrd: a.initrd.clone(),
+                cmdline: a.cmdline.clone(),
+                protocol,
+            },
+            vcpu_cores: match &a.vcpu_cores {
+                Some(l) => cpulist::parse(l).map_err(|e| format!("--vcpu-cores: {e}"))?,
+                None => Vec::new(),
+            },
+            timeout: Duration::from_secs(a.guest_timeout),
+            participants: participants.to_vec(),
+        };
+        let h = std::thread::Builder::new()
+            .name("linux".into())
+            .spawn(move || guest::run_linux(&node, &spec, &progress))
+            .map_err(|e| e.to_string())?;
+        return Ok(Some(("linux".into(), h)));
+    }
     let Some(g) = &a.guest else { return Ok(None) };
     let guest = vmm::launch::parse_guest_arg(g).map_err(|e| e.to_string())?;
     let vcpus = a.vcpus.unwrap_or(participants.len() as u32);
@@ -298,6 +342,27 @@ fn job(
         .spawn(move || guest::run(&node, &spec, &progress, &extras))
         .map_err(|e| e.to_string())?;
     Ok(Some((format!("guest {}", guest.name()), h)))
+}
+
+/// Writes the cluster's ACPI tables (vCPUs dealt round-robin over the participants, as
+/// `--guest` runs them by default).
+fn acpi_dump(
+    node: &Node,
+    a: &NodeArgs,
+    participants: &[u16],
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    let vcpus = a.vcpus.unwrap_or(participants.len() as u32);
+    let area = crate::host_area::HostArea::of(node).ok_or("the address space is too small")?;
+    let ram_end = area.start() / (2 << 20) * (2 << 20);
+    let topology = guest::acpi_tables(node, ram_end, |id| {
+        guest::default_local_vcpus(vcpus, participants, id)
+    })?;
+    let files = control::acpi::dump(&topology, dir).map_err(|e| e.to_string())?;
+    for f in files {
+        eprintln!("ssi-dp: node {}: wrote {}", node.id(), f.display());
+    }
+    Ok(())
 }
 
 /// Prints a job's verdict; returns the exit code it implies.

@@ -85,10 +85,7 @@ impl<T: Transport> Io<T> {
                     let ns = now_ns().saturating_sub(token >> 2);
                     self.stats.served(kind, loc, ns);
                 }
-                Action::FaultFailed { page, reason, .. } => {
-                    bump(&self.stats.faults_failed);
-                    self.fail_page(page, reason);
-                }
+                Action::FaultFailed { page, reason, .. } => self.fail_page(page, reason),
                 Action::PageLost { page } => {
                     bump(&self.stats.pages_lost);
                     self.log.warn(format_args!(
@@ -220,6 +217,7 @@ impl<T: Transport> Io<T> {
             // than raise SIGBUS in it.
             return;
         }
+        bump(&self.stats.faults_failed);
         self.log.warn(format_args!(
             "fault on page {page} failed: {}",
             match reason {

@@ -1,0 +1,200 @@
+//! Inter-node figures measured at cluster formation, from which the ACPI SLIT and HMAT are
+//! derived (docs/acpi.md, "Measurements").
+//!
+//! Every node measures its own row, through the same fault path a vCPU uses:
+//! - to every other node `j` that homes memory: the median time of a read of a page homed
+//!   on `j` that this node does not hold (a remote read fault: a request and a 4 KiB reply),
+//!   over [`LATENCY_PAGES`] pages, and the throughput of [`BANDWIDTH_PAGES`] such reads made by
+//!   [`BANDWIDTH_THREADS`] threads at once (the transport's normal pipelining);
+//! - to itself: the median time and the throughput of copying a 4 KiB page in local memory.
+//!
+//! Probe pages are the highest pages of each home's range below the host area; they are only
+//! read, and the replicas are handed back afterwards. Rows are exchanged through the host
+//! area, so every node ends with the same matrices. A node that homes no memory has no figure
+//! as a target; its column is filled with the largest value of the row (documented in
+//! docs/acpi.md), which no table uses for memory placement.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::config::PAGE_SIZE;
+use crate::host_area::{HostArea, FORMATION};
+use crate::node::Node;
+use crate::workload::barrier::Barrier;
+
+/// Pages read one at a time for the latency median.
+pub const LATENCY_PAGES: u64 = 64;
+/// Pages read for the bandwidth figure.
+pub const BANDWIDTH_PAGES: u64 = 256;
+/// Threads reading at once for the bandwidth figure.
+pub const BANDWIDTH_THREADS: u64 = 4;
+/// How long to wait for every node's row.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The measured matrices, indexed by node rank (position in node-id order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Figures {
+    /// Node ids in rank order.
+    pub nodes: Vec<u16>,
+    /// `[from][to]` median 4 KiB fetch latency in ns (diagonal: local copy).
+    pub latency_ns: Vec<Vec<u32>>,
+    /// `[from][to]` 4 KiB page throughput in MB/s (diagonal: local copy).
+    pub bandwidth_mbps: Vec<Vec<u32>>,
+}
+
+impl Figures {
+    /// `a,b;c,d` rows, as `ssi-dp acpi --latency-ns` takes them.
+    pub fn matrix_arg(m: &[Vec<u32>]) -> String {
+        m.iter()
+            .map(|r| {
+                r.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn to_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX).max(1)
+}
+
+/// Local 4 KiB copy: (median ns, MB/s).
+fn local_copy() -> (u64, u64) {
+    let mut src = vec![0u8; 64 * PAGE_SIZE as usize];
+    let mut dst = vec![0u8; 64 * PAGE_SIZE as usize];
+    for (i, b) in src.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let page = PAGE_SIZE as usize;
+    let mut samples = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let k = (i % 64) * page;
+        let t = Instant::now();
+        dst[k..k + page].copy_from_slice(std::hint::black_box(&src[k..k + page]));
+        std::hint::black_box(&dst);
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    let rounds = 256u64;
+    let t = Instant::now();
+    for r in 0..rounds {
+        let k = (r as usize % 64) * page;
+        for c in 0..16 {
+            let o = (k + c * page) % (64 * page);
+            dst[o..o + page].copy_from_slice(std::hint::black_box(&src[o..o + page]));
+        }
+        std::hint::black_box(&dst);
+    }
+    let bytes = rounds * 16 * PAGE_SIZE;
+    let mbps = bytes * 1000 / (t.elapsed().as_nanos() as u64).max(1);
+    (median(samples), mbps)
+}
+
+/// Probe pages of home `node`: the highest pages of its range below the host area.
+fn probes(node: &Node, home: u16, below: u64, want: u64) -> Vec<u64> {
+    let Some(r) = node.layout().ranges().iter().find(|r| r.node.get() == home) else {
+        return Vec::new();
+    };
+    let end = (r.first_page + r.page_count).min(below);
+    let n = want.min(end.saturating_sub(r.first_page) / 4);
+    (end - n..end).rev().collect()
+}
+
+/// Remote reads of pages homed on `home`: (median ns, MB/s), or `None` if it homes too
+/// little memory to probe.
+fn remote(node: &Node, area: &HostArea, home: u16) -> Option<(u64, u64)> {
+    let pages = probes(node, home, area.first, LATENCY_PAGES + BANDWIDTH_PAGES);
+    if (pages.len() as u64) < LATENCY_PAGES + BANDWIDTH_THREADS {
+        return None;
+    }
+    let mem = area.mem;
+    let (lat_pages, bw_pages) = pages.split_at(LATENCY_PAGES as usize);
+    let samples = lat_pages
+        .iter()
+        .map(|&p| {
+            let t = Instant::now();
+            std::hint::black_box(mem.read64(p, 0));
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    let per = (bw_pages.len() as u64 / BANDWIDTH_THREADS) as usize;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for chunk in bw_pages.chunks(per.max(1)) {
+            s.spawn(move || {
+                for &p in chunk {
+                    std::hint::black_box(mem.read64(p, 0));
+                }
+            });
+        }
+    });
+    let bytes = bw_pages.len() as u64 * PAGE_SIZE;
+    let mbps = bytes * 1000 / (t.elapsed().as_nanos() as u64).max(1);
+    Some((median(samples), mbps))
+}
+
+/// Measures this node's row, exchanges rows with every node through the host area, and
+/// returns the full matrices. Every node of the cluster must call it (at formation).
+pub fn measure(node: &Node) -> Result<Figures, String> {
+    let Some(area) = HostArea::of(node) else {
+        return Err("the address space is too small to have a host area".into());
+    };
+    let nodes: Vec<u16> = node.cluster().nodes.iter().map(|n| n.id).collect();
+    let me = node.id();
+    let (local_ns, local_mbps) = local_copy();
+    let mut row: Vec<Option<(u64, u64)>> = Vec::with_capacity(nodes.len());
+    for &j in &nodes {
+        row.push(if j == me {
+            Some((local_ns, local_mbps))
+        } else {
+            remote(node, &area, j)
+        });
+    }
+    // Targets with no memory to probe get the row's largest figures.
+    let max_lat = row.iter().flatten().map(|x| x.0).max().unwrap_or(1);
+    let min_bw = row.iter().flatten().map(|x| x.1).min().unwrap_or(1);
+    for (k, &j) in nodes.iter().enumerate() {
+        let (lat, bw) = row[k].unwrap_or((max_lat, min_bw));
+        let (p, o) = area.row_word(me, 2 * j as u64);
+        area.mem.write64(p, o, lat);
+        let (p, o) = area.row_word(me, 2 * j as u64 + 1);
+        area.mem.write64(p, o, bw);
+    }
+    // Exchange: everyone's row is written once the formation barrier opens.
+    let barrier = Barrier::new(area.mem, area.page(FORMATION), nodes.len() as u64);
+    barrier.arrive(0);
+    let counter = area.mem.atomic64(area.page(FORMATION), 0);
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+    while counter.load(Ordering::SeqCst) < nodes.len() as u64 {
+        if Instant::now() > deadline || node.state().dead() != 0 {
+            return Err("not every node finished its measurements (a node is slow or down)".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut latency_ns = Vec::new();
+    let mut bandwidth_mbps = Vec::new();
+    for &i in &nodes {
+        let mut l = Vec::new();
+        let mut b = Vec::new();
+        for &j in &nodes {
+            let (p, o) = area.row_word(i, 2 * j as u64);
+            l.push(to_u32(area.mem.read64(p, o)));
+            let (p, o) = area.row_word(i, 2 * j as u64 + 1);
+            b.push(to_u32(area.mem.read64(p, o)));
+        }
+        latency_ns.push(l);
+        bandwidth_mbps.push(b);
+    }
+    Ok(Figures {
+        nodes,
+        latency_ns,
+        bandwidth_mbps,
+    })
+}
