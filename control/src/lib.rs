@@ -2,3 +2,4 @@
 //! API. Never on the fault path.
 
 pub mod acpi;
+pub mod handle;

@@ -1,0 +1,225 @@
+//! The narrow handle through which the control side sees and steers a data-plane node: what
+//! the REST API, the metrics exporter and membership need, and nothing of the fault path.
+//! The data plane implements [`NodeHandle`]; `control` never depends on the data plane.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A member's state as membership sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Heartbeats arrive.
+    Alive,
+    /// Heartbeats stopped for longer than the suspicion time; not yet declared dead.
+    Suspect,
+    /// Declared dead (missed heartbeats past the failure timeout, or its connections broke).
+    /// Terminal: a node that comes back is not readmitted and must rejoin as a new node.
+    Dead,
+    /// Left the cluster in order.
+    Left,
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        })
+    }
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Node id.
+    pub id: u16,
+    /// Data-plane address.
+    pub addr: String,
+    /// Bytes of guest memory it contributes.
+    pub memory: u64,
+    /// First guest-physical address it homes (its contribution is `[gpa_start, gpa_start +
+    /// memory)`).
+    pub gpa_start: u64,
+    /// Membership state.
+    pub state: MemberState,
+    /// Whether this is the node answering.
+    pub this_node: bool,
+    /// Milliseconds since its last heartbeat was heard (`None` for this node or before the
+    /// first one).
+    pub last_heard_ms: Option<u64>,
+}
+
+/// The coherence state of one page, as its home knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PageInfo {
+    /// The page's guest-physical address (page aligned).
+    pub gpa: u64,
+    /// Page number.
+    pub page: u64,
+    /// The home node.
+    pub home: u16,
+    /// `zero` (never written), `shared`, `exclusive` or `lost`.
+    pub state: &'static str,
+    /// The exclusive owner, if any.
+    pub owner: Option<u16>,
+    /// Nodes holding read-only copies.
+    pub sharers: Vec<u16>,
+    /// The page's version (incremented by each exclusive grant).
+    pub version: u32,
+    /// Whether a coherence transaction is in flight on it.
+    pub busy: bool,
+    /// Recent requests for the page by requesting node, `(node, count)`.
+    pub recent_requests: Vec<(u16, u64)>,
+}
+
+/// Why a page query failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageQueryError {
+    /// The address is outside the address space.
+    #[error("gpa {gpa:#x} is outside the address space (0..{end:#x})")]
+    OutOfRange {
+        /// The address asked for.
+        gpa: u64,
+        /// End of the address space.
+        end: u64,
+    },
+    /// The page's home did not answer.
+    #[error("the home of gpa {gpa:#x}, node {home}, did not answer: {why}")]
+    HomeUnavailable {
+        /// The address asked for.
+        gpa: u64,
+        /// Its home.
+        home: u16,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Page heat: request counts per address-space bucket and requesting node, as homes count
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Heat {
+    /// Bytes of address space per bucket.
+    pub bucket_bytes: u64,
+    /// Node ids, the columns of `counts`.
+    pub nodes: Vec<u16>,
+    /// `counts[bucket][k]`: requests for pages of the bucket made by `nodes[k]`.
+    pub counts: Vec<Vec<u64>>,
+}
+
+/// What the data plane reports for metrics; every field is a real, updated counter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Telemetry {
+    /// This node.
+    pub node: u16,
+    /// Faults served by `(kind, locality)`: kind `read|write|upgrade`, locality
+    /// `home|remote`.
+    pub faults: Vec<(&'static str, &'static str, u64)>,
+    /// Fault service time histograms by series name: `(name, [(upper bound s, cumulative
+    /// count)], count, sum s)`.
+    pub service_time: Vec<(String, Vec<(f64, u64)>, u64, f64)>,
+    /// Invalidations sent by this node's homes.
+    pub invalidations: u64,
+    /// Page bytes sent and received (coherence traffic).
+    pub page_bytes_sent: u64,
+    /// Page bytes received.
+    pub page_bytes_received: u64,
+    /// Dirty write-back bytes (evictions of dirty replicas).
+    pub writeback_bytes: u64,
+    /// Replicas evicted (clean and dirty).
+    pub evictions: u64,
+    /// Protocol messages sent and received.
+    pub messages_sent: u64,
+    /// Protocol messages received.
+    pub messages_received: u64,
+    /// Transport errors (frames rejected, sends refused).
+    pub transport_errors: u64,
+    /// Peer connections lost.
+    pub reconnects: u64,
+    /// Round-trip time to each peer in seconds `(peer, rtt)`, from heartbeats.
+    pub peer_rtt: Vec<(u16, f64)>,
+    /// Pages counted as ping-ponging (taken away within the window after acquisition).
+    pub ping_pong: u64,
+    /// Completion-queue errors (io_uring CQEs with an error result; RDMA CQ errors).
+    pub cq_errors: u64,
+    /// Shard loop turns that found work / none, by shard.
+    pub shard_turns: Vec<(usize, u64, u64)>,
+    /// Faults that failed (page lost, cluster stopped).
+    pub faults_failed: u64,
+    /// Protocol violations by peers.
+    pub protocol_violations: u64,
+}
+
+/// The node as the control side sees it.
+pub trait NodeHandle: Send + Sync {
+    /// This node's id.
+    fn id(&self) -> u16;
+    /// Every member, with its state.
+    fn members(&self) -> Vec<Member>;
+    /// The coherence state of the page at `gpa`.
+    fn page(&self, gpa: u64) -> Result<PageInfo, PageQueryError>;
+    /// Page heat over the address space.
+    fn heat(&self) -> Heat;
+    /// Current telemetry.
+    fn telemetry(&self) -> Telemetry;
+}
+
+/// A node asking to join (body of `POST /nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct JoinRequest {
+    /// The id it wants; `None`: the next free id. It must be above every current member's
+    /// (its memory is appended at the top of the address space).
+    pub id: Option<u16>,
+    /// Its data-plane address, HOST:PORT.
+    pub addr: String,
+    /// Its control-plane address, HOST:PORT.
+    pub control: String,
+    /// Bytes of memory it contributes (a multiple of 4096; 0 for compute only).
+    pub memory: u64,
+}
+
+/// Why a membership operation was refused. Each maps to an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Malformed or impossible request (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such node (404).
+    #[error("node {0} is not a member of this cluster")]
+    NotFound(u16),
+    /// The request conflicts with the cluster's state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A member needed for the operation did not answer (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl MembershipError {
+    /// The HTTP status code for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            MembershipError::Invalid(_) => 400,
+            MembershipError::NotFound(_) => 404,
+            MembershipError::Conflict(_) => 409,
+            MembershipError::Unavailable(_) => 503,
+        }
+    }
+}
+
+/// Membership operations the REST API exposes (implemented by the node's membership).
+pub trait MembershipOps: Send + Sync {
+    /// Admits a new node (`POST /nodes`); returns it as a member.
+    fn join(&self, req: JoinRequest) -> Result<Member, MembershipError>;
+    /// Makes node `id` leave in order (`DELETE /nodes/{id}`): it hands back its pages first.
+    fn leave(&self, id: u16) -> Result<(), MembershipError>;
+    /// Stops every node of the cluster in order (`DELETE /cluster`).
+    fn stop_cluster(&self) -> Result<(), MembershipError>;
+    /// Forms a cluster from an inventory (`POST /cluster`), where the receiver can (the
+    /// `ssi-dp up` supervisor); a node already in a cluster answers `Conflict`.
+    fn form_cluster(&self, inventory_toml: &str) -> Result<Vec<Member>, MembershipError>;
+}
