@@ -3,3 +3,5 @@
 
 pub mod acpi;
 pub mod handle;
+pub mod inventory;
+pub mod tls;
