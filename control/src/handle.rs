@@ -111,6 +111,10 @@ pub struct Heat {
     pub counts: Vec<Vec<u64>>,
 }
 
+/// One service-time histogram: `(series name, [(upper bound in s, cumulative count)],
+/// count, sum in s)`.
+pub type ServiceTimeSeries = (String, Vec<(f64, u64)>, u64, f64);
+
 /// What the data plane reports for metrics; every field is a real, updated counter.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Telemetry {
@@ -121,7 +125,7 @@ pub struct Telemetry {
     pub faults: Vec<(&'static str, &'static str, u64)>,
     /// Fault service time histograms by series name: `(name, [(upper bound s, cumulative
     /// count)], count, sum s)`.
-    pub service_time: Vec<(String, Vec<(f64, u64)>, u64, f64)>,
+    pub service_time: Vec<ServiceTimeSeries>,
     /// Invalidations sent by this node's homes.
     pub invalidations: u64,
     /// Page bytes sent and received (coherence traffic).

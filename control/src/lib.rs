@@ -4,4 +4,5 @@
 pub mod acpi;
 pub mod handle;
 pub mod inventory;
+pub mod membership;
 pub mod tls;

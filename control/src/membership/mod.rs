@@ -1,0 +1,1103 @@
+//! Membership: who is in the cluster, who is alive, and how nodes join and leave.
+//!
+//! One low-priority thread per node runs an event loop over mutual-TLS control connections
+//! (one per pair of nodes; the lower id dials the higher): heartbeats every period, a failure
+//! detector (suspect, then dead — terminal), and the join / leave / stop exchanges. What the
+//! loop decides reaches the data plane through [`NodeControl`]; the REST API reaches the loop
+//! through [`MembershipOps`] (commands answered over a channel).
+//!
+//! Join (a new node, highest id, contributing memory at the top of the address space): the
+//! joiner waits on its control port ([`wait_for_admission`]); `POST /nodes` on any member makes
+//! that member the coordinator: it dials the joiner, sends it `Admitted` with the new member
+//! list (the joiner starts its data plane, which waits for the members' connections), sends
+//! `Extend` to every member (each extends its layout, connects its shards to the joiner, and
+//! acknowledges), and answers the API once every member acknowledged and the joiner reported
+//! `JoinDone`. Leave: only a node that homes no memory can leave (there is no home migration
+//! in this version); it hands back every replica it caches, tells everyone `Left`, and exits.
+
+pub mod detector;
+pub mod link;
+pub mod msg;
+
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use self::detector::{Change, Detector, Heard};
+use self::link::Link;
+use self::msg::{ControlMsg, NodeInfo};
+use crate::handle::{JoinRequest, Member, MemberState, MembershipError, MembershipOps};
+use crate::tls::{check_peer, TlsIdentity};
+
+/// How long a join may take before the API gives up on it.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a leave may take.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between attempts to dial a peer's control port.
+const DIAL_RETRY: Duration = Duration::from_millis(200);
+/// Most control connections at once (members, joiners, and connections not yet identified).
+const MAX_LINKS: usize = 256;
+/// How long a connection may stay unidentified (no TLS handshake and Hello).
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest sleep of the loop (bounds heartbeat jitter and command latency).
+const LOOP_TICK: Duration = Duration::from_millis(5);
+
+/// What the membership loop asks of the data-plane node.
+pub trait NodeControl: Send + Sync {
+    /// Every member with its addresses, in id order (this node included).
+    fn nodes(&self) -> Vec<NodeInfo>;
+    /// The failure detector declared `id` dead: run the protocol's failure path.
+    fn declare_dead(&self, id: u16);
+    /// `id` left in order (it holds nothing any more): forget it without alarm.
+    fn mark_left(&self, id: u16);
+    /// Nodes the data plane itself found dead (connections broke), as a bit mask.
+    fn data_plane_dead(&self) -> u64;
+    /// Applies a join: the cluster is now `nodes`, `joiner` is new. Extend the layout,
+    /// connect to the joiner, and return once done. Called on a worker thread.
+    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), String>;
+    /// Hands every cached replica back to its home (before leaving). Worker thread.
+    fn hand_back(&self) -> Result<(), String>;
+    /// Stops this node in order (the process ends).
+    fn stop(&self);
+}
+
+/// How to run membership.
+#[derive(Debug)]
+pub struct MembershipConfig {
+    /// This node.
+    pub me: NodeInfo,
+    /// The bound control listener.
+    pub listener: TcpListener,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Silence before suspicion.
+    pub suspect: Duration,
+    /// Silence before death.
+    pub dead: Duration,
+    /// This node's TLS identity.
+    pub tls: TlsIdentity,
+    /// A link already open to the coordinator that admitted this node (joiners only); the
+    /// loop first tells it `JoinDone`.
+    pub admitted_by: Option<Link>,
+}
+
+enum Cmd {
+    Join(JoinRequest, Sender<Result<Member, MembershipError>>),
+    Leave(u16, Sender<Result<(), MembershipError>>),
+    Stop(Sender<Result<(), MembershipError>>),
+}
+
+/// What the API and the node see of membership.
+struct Shared {
+    members: Mutex<Vec<Member>>,
+    rtt: Mutex<Vec<(u16, f64)>>,
+    cmds: Mutex<Sender<Cmd>>,
+    reconnects: std::sync::atomic::AtomicU64,
+}
+
+/// The running membership of a node.
+pub struct Membership {
+    shared: Arc<Shared>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").finish()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn now_ns(origin: Instant) -> u64 {
+    origin.elapsed().as_nanos() as u64
+}
+
+fn resolve(addr: &str) -> Option<SocketAddr> {
+    addr.to_socket_addrs().ok()?.next()
+}
+
+/// Sets the calling thread's nice value to 19 (control work never competes with shards).
+fn lower_priority() {
+    // SAFETY: plain syscall on the calling thread.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+}
+
+impl Membership {
+    /// Starts the membership loop for a node whose data plane runs.
+    pub fn start(
+        cfg: MembershipConfig,
+        node: Arc<dyn NodeControl>,
+    ) -> Result<Membership, MembershipError> {
+        cfg.listener
+            .set_nonblocking(true)
+            .map_err(|e| MembershipError::Unavailable(format!("control listener: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            members: Mutex::new(Vec::new()),
+            rtt: Mutex::new(Vec::new()),
+            cmds: Mutex::new(tx),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s2, st2) = (shared.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("ssi-dp-membership".into())
+            .spawn(move || {
+                lower_priority();
+                Loop::new(cfg, node, s2, rx, st2).run();
+            })
+            .map_err(|e| MembershipError::Unavailable(e.to_string()))?;
+        Ok(Membership {
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The members as last seen (refreshed by the loop every few milliseconds).
+    pub fn members(&self) -> Vec<Member> {
+        self.shared
+            .members
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Heartbeat round-trip time per peer, in seconds.
+    pub fn rtt(&self) -> Vec<(u16, f64)> {
+        self.shared
+            .rtt
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Control connections (re)established after the first.
+    pub fn reconnects(&self) -> u64 {
+        self.shared
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn command<T>(
+        &self,
+        make: impl FnOnce(Sender<T>) -> Cmd,
+        timeout: Duration,
+    ) -> Result<T, MembershipError> {
+        let (tx, rx) = mpsc::channel();
+        self.shared
+            .cmds
+            .lock()
+            .map_err(|_| MembershipError::Unavailable("membership is stopping".into()))?
+            .send(make(tx))
+            .map_err(|_| MembershipError::Unavailable("membership is not running".into()))?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| MembershipError::Unavailable("membership did not answer in time".into()))
+    }
+}
+
+impl MembershipOps for Membership {
+    fn join(&self, req: JoinRequest) -> Result<Member, MembershipError> {
+        self.command(
+            |tx| Cmd::Join(req, tx),
+            JOIN_TIMEOUT + Duration::from_secs(5),
+        )?
+    }
+
+    fn leave(&self, id: u16) -> Result<(), MembershipError> {
+        self.command(
+            |tx| Cmd::Leave(id, tx),
+            LEAVE_TIMEOUT + Duration::from_secs(5),
+        )?
+    }
+
+    fn stop_cluster(&self) -> Result<(), MembershipError> {
+        self.command(Cmd::Stop, Duration::from_secs(10))?
+    }
+
+    fn form_cluster(&self, _inventory_toml: &str) -> Result<Vec<Member>, MembershipError> {
+        Err(MembershipError::Conflict(
+            "this node already belongs to a cluster; start a new cluster with `ssi-dp up INVENTORY` \
+             (or POST /cluster to its supervisor)"
+                .into(),
+        ))
+    }
+}
+
+/// A joiner waits here, on its control port, for a member to admit it: returns the cluster
+/// (every member, itself included) and the link to the coordinator.
+pub fn wait_for_admission(
+    listener: &TcpListener,
+    tls: &TlsIdentity,
+    timeout: Duration,
+) -> Result<(Vec<NodeInfo>, Link), MembershipError> {
+    let deadline = Instant::now() + timeout;
+    let unavailable = |m: String| MembershipError::Unavailable(m);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| unavailable(e.to_string()))?;
+    while Instant::now() < deadline {
+        let sock = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(unavailable(format!("accept: {e}"))),
+        };
+        let server = tls.server().map_err(|e| unavailable(e.to_string()))?;
+        let Ok(mut link) = Link::new(sock, server, false) else {
+            continue;
+        };
+        let mut msgs = Vec::new();
+        let link_deadline = Instant::now() + Duration::from_secs(10);
+        let mut ok = false;
+        while Instant::now() < link_deadline && Instant::now() < deadline {
+            if link.pump(&mut msgs).is_err() {
+                break;
+            }
+            for m in msgs.drain(..) {
+                match m {
+                    ControlMsg::Hello { id } => {
+                        let verified = link.server_conn().map(|c| check_peer(c, id));
+                        if !matches!(verified, Some(Ok(()))) {
+                            break;
+                        }
+                        link.peer = Some(id);
+                        ok = link.send(&ControlMsg::Hello { id: tls.node }).is_ok();
+                    }
+                    ControlMsg::Admitted { nodes } if ok => return Ok((nodes, link)),
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Err(unavailable(format!(
+        "no member admitted this node within {} s: POST /nodes to a member's API with this node's \
+         id, addresses and memory",
+        timeout.as_secs()
+    )))
+}
+
+/// A join the coordinator is running.
+struct PendingJoin {
+    joiner: NodeInfo,
+    nodes: Vec<NodeInfo>,
+    req: u64,
+    waiting_acks: Vec<u16>,
+    local_done: bool,
+    joiner_done: bool,
+    admitted_sent: bool,
+    deadline: Instant,
+    reply: Sender<Result<Member, MembershipError>>,
+}
+
+struct PendingLeave {
+    id: u16,
+    deadline: Instant,
+    reply: Sender<Result<(), MembershipError>>,
+}
+
+enum Work {
+    Extended {
+        req: u64,
+        coordinator: Option<u16>,
+        result: Result<(), String>,
+    },
+    HandedBack(Result<(), String>),
+    Dialled {
+        peer: u16,
+        sock: std::io::Result<TcpStream>,
+    },
+}
+
+struct Loop {
+    me: NodeInfo,
+    listener: TcpListener,
+    heartbeat: Duration,
+    tls: TlsIdentity,
+    node: Arc<dyn NodeControl>,
+    shared: Arc<Shared>,
+    cmds: Receiver<Cmd>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    links: Vec<Link>,
+    detector: Detector,
+    /// Peers this node dials (higher ids), and when it may dial each next.
+    dial_at: Vec<(u16, Instant, bool)>,
+    seq: u64,
+    next_heartbeat: Instant,
+    origin: Instant,
+    work_tx: Sender<Work>,
+    work_rx: Receiver<Work>,
+    join: Option<PendingJoin>,
+    leave: Option<PendingLeave>,
+    leaving: bool,
+    next_req: u64,
+    ever_connected: Vec<u16>,
+    rtt: Vec<(u16, f64)>,
+    stale: Vec<std::os::fd::RawFd>,
+}
+
+impl Loop {
+    fn new(
+        cfg: MembershipConfig,
+        node: Arc<dyn NodeControl>,
+        shared: Arc<Shared>,
+        cmds: Receiver<Cmd>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Loop {
+        let origin = Instant::now();
+        let mut detector = Detector::new(cfg.suspect, cfg.dead);
+        let nodes = node.nodes();
+        let mut dial_at = Vec::new();
+        for n in &nodes {
+            if n.id != cfg.me.id {
+                detector.watch(n.id, 0);
+                if n.id > cfg.me.id {
+                    dial_at.push((n.id, Instant::now(), false));
+                }
+            }
+        }
+        let (work_tx, work_rx) = mpsc::channel();
+        let mut links = Vec::new();
+        if let Some(mut l) = cfg.admitted_by {
+            let _ = l.send(&ControlMsg::JoinDone { id: cfg.me.id });
+            links.push(l);
+        }
+        Loop {
+            me: cfg.me,
+            listener: cfg.listener,
+            heartbeat: cfg.heartbeat,
+            tls: cfg.tls,
+            node,
+            shared,
+            cmds,
+            stop,
+            links,
+            detector,
+            dial_at,
+            seq: 0,
+            next_heartbeat: Instant::now(),
+            origin,
+            work_tx,
+            work_rx,
+            join: None,
+            leave: None,
+            leaving: false,
+            next_req: 1,
+            ever_connected: Vec::new(),
+            rtt: Vec::new(),
+            stale: Vec::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut changes = Vec::new();
+        while !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            self.accept();
+            self.dial();
+            self.read_links();
+            self.finish_work();
+            self.commands();
+            self.heartbeats();
+            // Deaths the data plane saw (its connections broke) count as well.
+            let dp = self.node.data_plane_dead();
+            for id in 0..64u16 {
+                if dp & (1 << id) != 0 && self.detector.declare_dead(id) {
+                    self.drop_links(id);
+                }
+            }
+            changes.clear();
+            self.detector.tick(now_ns(self.origin), &mut changes);
+            for c in &changes {
+                match *c {
+                    Change::Suspected(id) => eprintln!(
+                        "ssi-dp: node {}: node {id} is suspect: no heartbeat",
+                        self.me.id
+                    ),
+                    Change::Recovered(id) => {
+                        eprintln!("ssi-dp: node {}: node {id} is heard again", self.me.id)
+                    }
+                    Change::Died(id) => {
+                        eprintln!(
+                            "ssi-dp: node {}: node {id} declared dead: no heartbeat for the failure timeout",
+                            self.me.id
+                        );
+                        self.drop_links(id);
+                        self.node.declare_dead(id);
+                    }
+                }
+            }
+            self.progress_join();
+            self.progress_leave();
+            self.publish();
+            self.sleep();
+        }
+    }
+
+    fn sleep(&self) {
+        let mut fds: Vec<libc::pollfd> = self
+            .links
+            .iter()
+            .map(|l| libc::pollfd {
+                fd: l.fd(),
+                events: libc::POLLIN | if l.wants_write() { libc::POLLOUT } else { 0 },
+                revents: 0,
+            })
+            .collect();
+        fds.push(libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ms = LOOP_TICK.as_millis() as i32;
+        // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+
+    fn accept(&mut self) {
+        while let Ok((sock, _)) = self.listener.accept() {
+            if self.links.len() >= MAX_LINKS {
+                continue; // dropped: closes the socket
+            }
+            if let Ok(server) = self.tls.server() {
+                if let Ok(l) = Link::new(sock, server, false) {
+                    self.links.push(l);
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self) {
+        let now = Instant::now();
+        let nodes = self.node.nodes();
+        for (peer, at, in_flight) in self.dial_at.iter_mut() {
+            let state = self.detector.state(*peer).map(|s| s.0);
+            let connected = self.links.iter().any(|l| l.peer == Some(*peer));
+            if connected
+                || *in_flight
+                || now < *at
+                || matches!(state, Some(MemberState::Dead | MemberState::Left))
+            {
+                continue;
+            }
+            let Some(addr) = nodes
+                .iter()
+                .find(|n| n.id == *peer)
+                .and_then(|n| resolve(&n.control))
+            else {
+                continue;
+            };
+            *in_flight = true;
+            *at = now + DIAL_RETRY;
+            let (tx, p) = (self.work_tx.clone(), *peer);
+            std::thread::spawn(move || {
+                let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+                let _ = tx.send(Work::Dialled { peer: p, sock });
+            });
+        }
+    }
+
+    fn dialled(&mut self, peer: u16, sock: std::io::Result<TcpStream>) {
+        if let Some(d) = self.dial_at.iter_mut().find(|d| d.0 == peer) {
+            d.2 = false;
+        }
+        let Ok(sock) = sock else { return };
+        let Ok(client) = self.tls.client(peer) else {
+            return;
+        };
+        if let Ok(mut l) = Link::new(sock, client, true) {
+            l.peer = Some(peer);
+            if l.send(&ControlMsg::Hello { id: self.me.id }).is_ok() {
+                self.connected(peer);
+                self.links.push(l);
+            }
+        }
+    }
+
+    fn connected(&mut self, peer: u16) {
+        if self.ever_connected.contains(&peer) {
+            self.shared
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.ever_connected.push(peer);
+        }
+    }
+
+    fn drop_links(&mut self, peer: u16) {
+        self.links.retain(|l| l.peer != Some(peer));
+    }
+
+    fn read_links(&mut self) {
+        let mut msgs = Vec::new();
+        // Message handlers never add or remove links while this pass runs (indices stay
+        // valid); links to drop are collected by fd and removed at the end.
+        for i in 0..self.links.len() {
+            if self.links[i].peer.is_none() && self.links[i].opened.elapsed() > IDENTIFY_TIMEOUT {
+                // Connected but never proved who it is.
+                self.stale.push(self.links[i].fd());
+                continue;
+            }
+            msgs.clear();
+            if self.links[i].pump(&mut msgs).is_err() {
+                self.stale.push(self.links[i].fd());
+                continue;
+            }
+            for m in msgs.drain(..) {
+                if self.on_msg(i, m) {
+                    self.stale.push(self.links[i].fd());
+                    break;
+                }
+            }
+        }
+        if !self.stale.is_empty() {
+            let stale = std::mem::take(&mut self.stale);
+            self.links.retain(|l| !stale.contains(&l.fd()));
+        }
+    }
+
+    /// Handles one message from link `i`; returns whether to drop the link.
+    fn on_msg(&mut self, i: usize, m: ControlMsg) -> bool {
+        let now = now_ns(self.origin);
+        let peer = self.links[i].peer;
+        match m {
+            ControlMsg::Hello { id } => {
+                if self.links[i].outbound {
+                    return peer != Some(id);
+                }
+                // Server side: the client's certificate must be valid for the id it claims.
+                let verified = self.links[i].server_conn().map(|c| check_peer(c, id));
+                if !matches!(verified, Some(Ok(()))) {
+                    eprintln!("ssi-dp: node {}: refused a control connection claiming node {id}: certificate does not match", self.me.id);
+                    return true;
+                }
+                match self.detector.heard(id, now) {
+                    Heard::Refused => {
+                        let _ = self.links[i].send(&ControlMsg::Refused {
+                            reason: format!(
+                                "node {id} was declared dead or left; it must rejoin as a new node"
+                            ),
+                        });
+                        let _ = self.links[i].flush();
+                        eprintln!("ssi-dp: node {}: refused node {id}: it was declared dead or left and is not readmitted", self.me.id);
+                        return true;
+                    }
+                    Heard::Unknown => {
+                        let _ = self.links[i].send(&ControlMsg::Refused {
+                            reason: format!("node {id} is not a member"),
+                        });
+                        return true;
+                    }
+                    _ => {}
+                }
+                // An older link to the same peer (it reconnected) is dropped after this pass.
+                for (k, l) in self.links.iter().enumerate() {
+                    if k != i && l.peer == Some(id) {
+                        self.stale.push(l.fd());
+                    }
+                }
+                self.links[i].peer = Some(id);
+                let _ = self.links[i].send(&ControlMsg::Hello { id: self.me.id });
+                self.connected(id);
+                false
+            }
+            _ if peer.is_none() => true,
+            ControlMsg::Heartbeat { seq, sent_ns } => {
+                let p = peer.unwrap_or(u16::MAX);
+                if self.detector.heard(p, now) == Heard::Refused {
+                    return true;
+                }
+                let _ = self.links[i].send(&ControlMsg::HeartbeatAck {
+                    seq,
+                    echo_ns: sent_ns,
+                });
+                false
+            }
+            ControlMsg::HeartbeatAck { echo_ns, .. } => {
+                let p = peer.unwrap_or(u16::MAX);
+                self.detector.heard(p, now);
+                let rtt = now.saturating_sub(echo_ns) as f64 / 1e9;
+                match self.rtt.iter_mut().find(|x| x.0 == p) {
+                    Some(x) => x.1 = rtt,
+                    None => self.rtt.push((p, rtt)),
+                }
+                false
+            }
+            ControlMsg::Extend { req, nodes, joiner } => {
+                let coordinator = peer;
+                let (tx, node) = (self.work_tx.clone(), self.node.clone());
+                std::thread::spawn(move || {
+                    let result = node.extend(&nodes, joiner);
+                    let _ = tx.send(Work::Extended {
+                        req,
+                        coordinator,
+                        result,
+                    });
+                });
+                false
+            }
+            ControlMsg::ExtendAck { req, error } => {
+                if let Some(j) = self.join.as_mut().filter(|j| j.req == req) {
+                    if let Some(e) = error {
+                        let p = peer.unwrap_or(u16::MAX);
+                        let _ = j.reply.send(Err(MembershipError::Unavailable(format!(
+                            "node {p} could not apply the join: {e}"
+                        ))));
+                        self.join = None;
+                    } else {
+                        j.waiting_acks.retain(|&x| Some(x) != peer);
+                    }
+                }
+                false
+            }
+            ControlMsg::JoinDone { id } => {
+                if let Some(j) = self.join.as_mut().filter(|j| j.joiner.id == id) {
+                    j.joiner_done = true;
+                }
+                false
+            }
+            ControlMsg::Joined { id } => {
+                self.detector.watch(id, now);
+                if id > self.me.id && !self.dial_at.iter().any(|d| d.0 == id) {
+                    self.dial_at.push((id, Instant::now(), false));
+                }
+                false
+            }
+            ControlMsg::Leave { id } if id == self.me.id => {
+                self.start_leaving();
+                false
+            }
+            ControlMsg::Left { id } => {
+                eprintln!("ssi-dp: node {}: node {id} left the cluster", self.me.id);
+                self.detector.left(id);
+                self.node.mark_left(id);
+                if let Some(l) = self.leave.take() {
+                    if l.id == id {
+                        let _ = l.reply.send(Ok(()));
+                    } else {
+                        self.leave = Some(l);
+                    }
+                }
+                id == peer.unwrap_or(u16::MAX)
+            }
+            ControlMsg::Stop => {
+                eprintln!(
+                    "ssi-dp: node {}: stopping: the cluster is being stopped",
+                    self.me.id
+                );
+                self.node.stop();
+                false
+            }
+            ControlMsg::Refused { reason } => {
+                eprintln!("ssi-dp: node {}: a peer refused us: {reason}", self.me.id);
+                true
+            }
+            ControlMsg::Admitted { .. } | ControlMsg::Leave { .. } => false,
+        }
+    }
+
+    fn start_leaving(&mut self) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        let (tx, node) = (self.work_tx.clone(), self.node.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(Work::HandedBack(node.hand_back()));
+        });
+    }
+
+    fn finish_work(&mut self) {
+        while let Ok(w) = self.work_rx.try_recv() {
+            match w {
+                Work::Dialled { peer, sock } => self.dialled(peer, sock),
+                Work::Extended {
+                    req,
+                    coordinator,
+                    result,
+                } => {
+                    if coordinator.is_none() {
+                        // Our own extension as coordinator.
+                        if let Some(j) = self.join.as_mut().filter(|j| j.req == req) {
+                            match result {
+                                Ok(()) => j.local_done = true,
+                                Err(e) => {
+                                    let _ = j.reply.send(Err(MembershipError::Unavailable(
+                                        format!("applying the join here: {e}"),
+                                    )));
+                                    self.join = None;
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let error = result.err();
+                    if let Some(l) = self.links.iter_mut().find(|l| l.peer == coordinator) {
+                        let _ = l.send(&ControlMsg::ExtendAck { req, error });
+                    }
+                }
+                Work::HandedBack(r) => {
+                    if let Err(e) = r {
+                        eprintln!(
+                            "ssi-dp: node {}: handing pages back before leaving: {e}",
+                            self.me.id
+                        );
+                    }
+                    for l in &mut self.links {
+                        let _ = l.send(&ControlMsg::Left { id: self.me.id });
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    while self.links.iter().any(|l| l.wants_write()) && Instant::now() < deadline {
+                        for l in &mut self.links {
+                            let _ = l.flush();
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    eprintln!("ssi-dp: node {}: left the cluster", self.me.id);
+                    self.node.stop();
+                }
+            }
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(c) = self.cmds.try_recv() {
+            match c {
+                Cmd::Join(req, reply) => self.begin_join(req, reply),
+                Cmd::Leave(id, reply) => self.begin_leave(id, reply),
+                Cmd::Stop(reply) => {
+                    for l in &mut self.links {
+                        let _ = l.send(&ControlMsg::Stop);
+                    }
+                    for l in &mut self.links {
+                        let _ = l.flush();
+                    }
+                    let _ = reply.send(Ok(()));
+                    self.node.stop();
+                }
+            }
+        }
+    }
+
+    fn begin_join(&mut self, req: JoinRequest, reply: Sender<Result<Member, MembershipError>>) {
+        if self.join.is_some() {
+            let _ = reply.send(Err(MembershipError::Conflict(
+                "another join is in progress".into(),
+            )));
+            return;
+        }
+        let nodes = self.node.nodes();
+        let max = nodes.iter().map(|n| n.id).max().unwrap_or(0);
+        let max_seen = (0..64u16)
+            .filter(|&i| self.detector.state(i).is_some())
+            .max()
+            .unwrap_or(0)
+            .max(max);
+        let id = req.id.unwrap_or(max_seen + 1);
+        let invalid = |m: String| Err(MembershipError::Invalid(m));
+        let check = if id >= 64 {
+            invalid(format!("node id {id} is out of range (0..63)"))
+        } else if id <= max_seen {
+            invalid(format!(
+                "node id {id} is not above every current or former member ({max_seen}): a joining \
+                 node's memory is appended at the top of the address space, and ids are not reused"
+            ))
+        } else if req.memory % 4096 != 0 {
+            invalid(format!("memory {} is not a multiple of 4096", req.memory))
+        } else if resolve(&req.addr).is_none() || resolve(&req.control).is_none() {
+            invalid(format!("cannot resolve {} or {}", req.addr, req.control))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = check {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let joiner = NodeInfo {
+            id,
+            addr: req.addr,
+            control: req.control.clone(),
+            memory: req.memory,
+        };
+        let mut all = nodes;
+        all.push(joiner.clone());
+        let rq = self.next_req;
+        self.next_req += 1;
+        let alive: Vec<u16> = all
+            .iter()
+            .map(|n| n.id)
+            .filter(|&i| i != self.me.id && i != id)
+            .filter(|&i| {
+                matches!(
+                    self.detector.state(i).map(|s| s.0),
+                    Some(MemberState::Alive | MemberState::Suspect)
+                )
+            })
+            .collect();
+        // Dial the joiner (it waits for admission on its control port).
+        let Some(addr) = resolve(&req.control) else {
+            let _ = reply.send(Err(MembershipError::Invalid(format!(
+                "cannot resolve {}",
+                req.control
+            ))));
+            return;
+        };
+        let tx = self.work_tx.clone();
+        std::thread::spawn(move || {
+            let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+            let _ = tx.send(Work::Dialled { peer: id, sock });
+        });
+        self.join = Some(PendingJoin {
+            joiner,
+            nodes: all,
+            req: rq,
+            waiting_acks: alive,
+            local_done: false,
+            joiner_done: false,
+            admitted_sent: false,
+            deadline: Instant::now() + JOIN_TIMEOUT,
+            reply,
+        });
+    }
+
+    fn progress_join(&mut self) {
+        let Some(j) = self.join.as_mut() else { return };
+        if Instant::now() > j.deadline {
+            let what = if !j.admitted_sent {
+                "the joining node did not answer on its control port (start it waiting for admission first)"
+            } else if !j.joiner_done {
+                "the joining node did not finish connecting its data plane"
+            } else {
+                "not every member acknowledged the join"
+            };
+            let _ = j.reply.send(Err(MembershipError::Unavailable(format!(
+                "join of node {} timed out: {what}",
+                j.joiner.id
+            ))));
+            self.join = None;
+            return;
+        }
+        if !j.admitted_sent {
+            let id = j.joiner.id;
+            let ready = self
+                .links
+                .iter()
+                .any(|l| l.peer == Some(id) && l.outbound && l.established());
+            if ready {
+                let nodes = j.nodes.clone();
+                let joiner = j.joiner.id;
+                let req = j.req;
+                if let Some(l) = self.links.iter_mut().find(|l| l.peer == Some(id)) {
+                    if l.send(&ControlMsg::Admitted {
+                        nodes: nodes.clone(),
+                    })
+                    .is_ok()
+                    {
+                        j.admitted_sent = true;
+                    }
+                }
+                if j.admitted_sent {
+                    for l in self.links.iter_mut().filter(|l| l.peer != Some(id)) {
+                        let _ = l.send(&ControlMsg::Extend {
+                            req,
+                            nodes: nodes.clone(),
+                            joiner,
+                        });
+                    }
+                    let (tx, node) = (self.work_tx.clone(), self.node.clone());
+                    std::thread::spawn(move || {
+                        let result = node.extend(&nodes, joiner);
+                        let _ = tx.send(Work::Extended {
+                            req,
+                            coordinator: None,
+                            result,
+                        });
+                    });
+                }
+            }
+            return;
+        }
+        if j.local_done && j.joiner_done && j.waiting_acks.is_empty() {
+            let id = j.joiner.id;
+            let member = Member {
+                id,
+                addr: j.joiner.addr.clone(),
+                memory: j.joiner.memory,
+                gpa_start: j.nodes.iter().filter(|n| n.id < id).map(|n| n.memory).sum(),
+                state: MemberState::Alive,
+                this_node: false,
+                last_heard_ms: Some(0),
+            };
+            let _ = j.reply.send(Ok(member));
+            self.join = None;
+            let now = now_ns(self.origin);
+            self.detector.watch(id, now);
+            if id > self.me.id && !self.dial_at.iter().any(|d| d.0 == id) {
+                // The coordinator already holds a link to the joiner; keep it as the pair's link.
+                self.dial_at.push((id, Instant::now(), false));
+            }
+            for l in &mut self.links {
+                let _ = l.send(&ControlMsg::Joined { id });
+            }
+            eprintln!("ssi-dp: node {}: node {id} joined the cluster", self.me.id);
+        }
+    }
+
+    fn begin_leave(&mut self, id: u16, reply: Sender<Result<(), MembershipError>>) {
+        let nodes = self.node.nodes();
+        let Some(n) = nodes.iter().find(|n| n.id == id) else {
+            let _ = reply.send(Err(MembershipError::NotFound(id)));
+            return;
+        };
+        if n.memory != 0 {
+            let _ = reply.send(Err(MembershipError::Conflict(format!(
+                "node {id} homes {} bytes of the address space; a home's pages cannot be handed \
+                 to another node in this version (no home migration): stop the cluster instead",
+                n.memory
+            ))));
+            return;
+        }
+        if matches!(
+            self.detector.state(id).map(|s| s.0),
+            Some(MemberState::Dead | MemberState::Left)
+        ) {
+            let _ = reply.send(Err(MembershipError::Conflict(format!(
+                "node {id} is already dead or gone"
+            ))));
+            return;
+        }
+        if id == self.me.id {
+            let _ = reply.send(Ok(()));
+            self.start_leaving();
+            return;
+        }
+        if self.leave.is_some() {
+            let _ = reply.send(Err(MembershipError::Conflict(
+                "another leave is in progress".into(),
+            )));
+            return;
+        }
+        let sent = self
+            .links
+            .iter_mut()
+            .find(|l| l.peer == Some(id))
+            .is_some_and(|l| l.send(&ControlMsg::Leave { id }).is_ok());
+        if sent {
+            self.leave = Some(PendingLeave {
+                id,
+                deadline: Instant::now() + LEAVE_TIMEOUT,
+                reply,
+            });
+        } else {
+            let _ = reply.send(Err(MembershipError::Unavailable(format!(
+                "no control connection to node {id}"
+            ))));
+        }
+    }
+
+    fn progress_leave(&mut self) {
+        if self
+            .leave
+            .as_ref()
+            .is_some_and(|l| Instant::now() > l.deadline)
+        {
+            if let Some(l) = self.leave.take() {
+                let _ = l.reply.send(Err(MembershipError::Unavailable(format!(
+                    "node {} did not leave in time",
+                    l.id
+                ))));
+            }
+        }
+    }
+
+    fn heartbeats(&mut self) {
+        if Instant::now() < self.next_heartbeat {
+            return;
+        }
+        self.next_heartbeat = Instant::now() + self.heartbeat;
+        self.seq += 1;
+        let sent_ns = now_ns(self.origin);
+        let seq = self.seq;
+        let mut broken = Vec::new();
+        for (k, l) in self.links.iter_mut().enumerate() {
+            if l.peer.is_some()
+                && l.established()
+                && l.send(&ControlMsg::Heartbeat { seq, sent_ns }).is_err()
+            {
+                broken.push(k);
+            }
+        }
+        for k in broken.into_iter().rev() {
+            self.links.swap_remove(k);
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = now_ns(self.origin);
+        let nodes = self.node.nodes();
+        let mut gpa = 0;
+        let members: Vec<Member> = nodes
+            .iter()
+            .map(|n| {
+                let start = gpa;
+                gpa += n.memory;
+                let (state, last) = if n.id == self.me.id {
+                    (
+                        if self.leaving {
+                            MemberState::Left
+                        } else {
+                            MemberState::Alive
+                        },
+                        None,
+                    )
+                } else {
+                    match self.detector.state(n.id) {
+                        Some((s, l)) => (s, Some((now.saturating_sub(l)) / 1_000_000)),
+                        None => (MemberState::Alive, None),
+                    }
+                };
+                Member {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                    memory: n.memory,
+                    gpa_start: start,
+                    state,
+                    this_node: n.id == self.me.id,
+                    last_heard_ms: last,
+                }
+            })
+            .collect();
+        if let Ok(mut m) = self.shared.members.lock() {
+            *m = members;
+        }
+        if let Ok(mut r) = self.shared.rtt.lock() {
+            r.clone_from(&self.rtt);
+        }
+    }
+}
+
+/// Waits until `f` holds or `timeout` passes (test and CLI helper).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}

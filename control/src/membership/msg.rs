@@ -1,0 +1,145 @@
+//! Control-plane messages: one JSON object per line over a mutual-TLS connection. Cold path
+//! only (heartbeats, membership changes), so readability wins over compactness; lines are
+//! bounded by [`MAX_LINE`].
+
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted line (a message and its newline).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A member as the control plane passes it around.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: u16,
+    /// Data-plane address.
+    pub addr: String,
+    /// Control-plane address.
+    pub control: String,
+    /// Bytes of memory it contributes.
+    pub memory: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ControlMsg {
+    /// First message on a connection, each way: who is speaking.
+    Hello {
+        /// The sender's node id (its certificate must be valid for it).
+        id: u16,
+    },
+    /// Liveness, every heartbeat period.
+    Heartbeat {
+        /// Sequence number.
+        seq: u64,
+        /// Sender's clock (ns) when sent, echoed back for RTT.
+        sent_ns: u64,
+    },
+    /// Answer to a heartbeat.
+    HeartbeatAck {
+        /// The heartbeat's sequence number.
+        seq: u64,
+        /// Its `sent_ns`.
+        echo_ns: u64,
+    },
+    /// Coordinator → joining node: you are admitted; this is the cluster.
+    Admitted {
+        /// Every member, the joiner included, in id order.
+        nodes: Vec<NodeInfo>,
+    },
+    /// Joining node → coordinator: my data plane is up.
+    JoinDone {
+        /// The joiner.
+        id: u16,
+    },
+    /// Coordinator → members: the cluster grows by `joiner`; apply the new layout, connect to
+    /// it, then acknowledge.
+    Extend {
+        /// Request id, echoed in the acknowledgement.
+        req: u64,
+        /// Every member after the join, in id order.
+        nodes: Vec<NodeInfo>,
+        /// The joining node.
+        joiner: u16,
+    },
+    /// Member → coordinator.
+    ExtendAck {
+        /// The request.
+        req: u64,
+        /// `None` when applied, else why not.
+        error: Option<String>,
+    },
+    /// Coordinator → members: the joiner is up; watch its heartbeats.
+    Joined {
+        /// The joiner.
+        id: u16,
+    },
+    /// Coordinator → a node: hand back your pages and leave.
+    Leave {
+        /// The node asked to leave.
+        id: u16,
+    },
+    /// A node → everyone: I have handed back my pages and am leaving.
+    Left {
+        /// The departing node.
+        id: u16,
+    },
+    /// Stop the whole cluster in order.
+    Stop,
+    /// The sender refuses this connection.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ControlMsg {
+    /// The message as one line (JSON and a newline).
+    pub fn line(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses one line (without its newline).
+    pub fn parse(line: &[u8]) -> Result<ControlMsg, String> {
+        serde_json::from_slice(line).map_err(|e| format!("malformed control message: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_lines() {
+        let n = NodeInfo {
+            id: 3,
+            addr: "127.0.0.1:1".into(),
+            control: "127.0.0.1:2".into(),
+            memory: 4096,
+        };
+        for m in [
+            ControlMsg::Hello { id: 1 },
+            ControlMsg::Heartbeat {
+                seq: 7,
+                sent_ns: 99,
+            },
+            ControlMsg::Extend {
+                req: 1,
+                nodes: vec![n.clone()],
+                joiner: 3,
+            },
+            ControlMsg::Admitted { nodes: vec![n] },
+            ControlMsg::Stop,
+            ControlMsg::Refused { reason: "x".into() },
+        ] {
+            let l = m.line();
+            assert_eq!(*l.last().unwrap(), b'\n');
+            assert_eq!(ControlMsg::parse(&l[..l.len() - 1]), Ok(m));
+        }
+        assert!(ControlMsg::parse(b"{\"t\":\"nope\"}").is_err());
+        assert!(ControlMsg::parse(b"\xff\xfe").is_err());
+    }
+}
