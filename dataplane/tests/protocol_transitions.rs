@@ -643,3 +643,49 @@ fn the_home_defers_taking_its_own_fresh_copy() {
         Some(DirState::Shared(NodeSet::single(n(0)).with(n(2))))
     );
 }
+
+/// A node joining with memory: the members extend their layouts by its range (appended at the
+/// top), keep every existing page's state, and serve and send requests for the new pages.
+#[test]
+fn a_joining_node_extends_the_layout_without_touching_existing_state() {
+    let mut c = cluster(Config::default());
+    // Node 2 takes page 1 exclusively before the join.
+    let a = step(&mut c, 2, 1, fault(1, Access::Write, 1));
+    assert_eq!(sends(&a), vec![(n(0), Msg::WriteReq { txn: 1, page: 1 })]);
+    let a = deliver(&mut c, 2, 0, 2, Msg::WriteReq { txn: 1, page: 1 });
+    let grant = sends(&a)[0].1;
+    deliver(&mut c, 0, 2, 3, grant);
+    assert_eq!(c[2].m.local_access(1), Some(PageAccess::Writable));
+
+    // Node 3 joins with pages 8..12.
+    let mut ranges = layout().ranges().to_vec();
+    ranges.push(NodeRange { node: n(3), first_page: 8, page_count: 4 });
+    let grown = Layout::new(4096, ranges).unwrap();
+    for x in c.iter_mut() {
+        x.m.extend(grown.clone()).unwrap();
+    }
+    assert_eq!(c[2].m.local_access(1), Some(PageAccess::Writable), "existing state is kept");
+    assert_eq!(c[0].m.dir_state(1), Some(DirState::Exclusive(n(2))));
+    let mut j = Machine::new(n(3), grown.clone(), Partition::WHOLE, Config::default()).unwrap();
+    let mut jout = j.new_actions();
+
+    // A member's read of the joiner's page goes to the joiner, which serves it.
+    let a = step(&mut c, 0, 4, fault(9, Access::Read, 2));
+    let (to, req) = sends(&a)[0];
+    assert_eq!(to, n(3));
+    j.step(5, Input::Message { from: n(0), msg: req }, &mut jout).unwrap();
+    assert!(matches!(
+        sends(jout.as_slice()).as_slice(),
+        [(to, Msg::Data { page: 9, writable: false, .. })] if *to == n(0)
+    ));
+    // The joiner's write to node 2's exclusive page is forwarded by its home as usual.
+    j.step(6, fault(1, Access::Write, 3), &mut jout).unwrap();
+    assert!(matches!(sends(jout.as_slice()).as_slice(), [(to, Msg::WriteReq { page: 1, .. })] if *to == n(0)));
+
+    // A layout that changes an existing range is refused.
+    let mut bad = layout().ranges().to_vec();
+    bad[1].page_count = 5;
+    bad[2].first_page = 9;
+    let bad = Layout::new(4096, bad).unwrap();
+    assert_eq!(c[0].m.extend(bad), Err(StepError::NotAnExtension));
+}

@@ -125,6 +125,9 @@ pub enum StepError {
         /// The page's home.
         home: NodeId,
     },
+    /// A layout given to `extend` changes or drops existing ranges.
+    #[error("the new layout does not extend the current one: a join may only append nodes (with higher ids) after the existing ranges")]
+    NotAnExtension,
     /// The action buffer was not created by this machine's `new_actions`.
     #[error("action buffer holds {have} actions, this machine needs {need}: create it with Machine::new_actions")]
     BufferTooSmall {
@@ -228,6 +231,31 @@ impl Machine {
             #[cfg(test)]
             bug: None,
         })
+    }
+
+    /// Grows the layout by nodes appended at the top of the address space (a node joined).
+    /// `layout` must keep every current range as it is and only add ranges after them; the
+    /// pages of the new ranges start Invalid here. Existing state is untouched (dense indices
+    /// of existing pages do not move), so this can run between any two steps.
+    pub fn extend(&mut self, layout: Layout) -> Result<(), StepError> {
+        let old = self.layout.ranges();
+        let new = layout.ranges();
+        if layout.page_size() != self.layout.page_size()
+            || layout.first_page() != self.layout.first_page()
+            || new.len() < old.len()
+            || new[..old.len()] != *old
+        {
+            return Err(StepError::NotAnExtension);
+        }
+        self.local_range = DenseRange::new(layout.first_page(), layout.end_page(), self.part);
+        self.local.resize(self.local_range.len(), LocalState::default());
+        self.layout = layout;
+        Ok(())
+    }
+
+    /// The layout this instance works with.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// A buffer large enough for any step of this machine.
