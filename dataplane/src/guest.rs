@@ -315,7 +315,7 @@ pub fn acpi_tables(
         "no inter-node measurements: the cluster was formed without them (address space too \
          small for a host area)",
     )?;
-    crate::acpi_topology::topology(node.cluster(), figures, ram_end, vcpus_of)
+    crate::acpi_topology::topology(&node.cluster(), figures, ram_end, vcpus_of)
 }
 
 /// Boots Linux with one vCPU on the node homing page 0, over the whole cluster's memory, with

@@ -15,6 +15,7 @@ pub mod atomic_hist;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control_glue;
 pub mod cpulist;
 pub mod doorbell;
 pub mod guest;

@@ -99,7 +99,8 @@ fn local_copy() -> (u64, u64) {
 
 /// Probe pages of home `node`: the highest pages of its range below the host area.
 fn probes(node: &Node, home: u16, below: u64, want: u64) -> Vec<u64> {
-    let Some(r) = node.layout().ranges().iter().find(|r| r.node.get() == home) else {
+    let layout = node.layout();
+    let Some(r) = layout.ranges().iter().find(|r| r.node.get() == home) else {
         return Vec::new();
     };
     let end = (r.first_page + r.page_count).min(below);

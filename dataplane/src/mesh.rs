@@ -22,7 +22,7 @@ use thiserror::Error;
 use wire::handshake::{self, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats};
 use wire::ratelimit::LogLimiter;
 
-use crate::config::ClusterSpec;
+use crate::config::{ClusterSpec, NodeSpec};
 use crate::protocol::NodeId;
 use crate::shard::Conn;
 
@@ -176,22 +176,9 @@ pub fn establish(
     let result = (|| {
         // Dial every higher node, one connection per (local shard, peer shard).
         for peer in cluster.nodes.iter().filter(|n| n.id > me) {
-            let node = NodeId::new(peer.id).expect("validated node id");
-            for local in 0..shards {
-                let cfg = hs_config(cluster, local, shards, secret, &stats)?;
-                let first = dial(peer.addr, &cfg, peer.id, 0, deadline)?;
-                let count = first.peer_shard_count;
-                if count == 0 || count > 1024 {
-                    return Err(MeshError::ShardCount {
-                        node: peer.id,
-                        count,
-                    });
-                }
-                conns[usize::from(local)].push(conn(node, first));
-                for target in 1..count {
-                    let a = dial(peer.addr, &cfg, peer.id, target, deadline)?;
-                    conns[usize::from(local)].push(conn(node, a));
-                }
+            let per_shard = dial_all(cluster, peer, shards, secret, &stats, deadline)?;
+            for (local, c) in per_shard.into_iter().enumerate() {
+                conns[local].extend(c);
             }
         }
         // Take the connections lower nodes dial to us.
@@ -205,6 +192,58 @@ pub fn establish(
             Err(e)
         }
     }
+}
+
+/// Connects every local shard to every shard of `peer`; returns the connections by local
+/// shard.
+fn dial_all(
+    cluster: &ClusterSpec,
+    peer: &NodeSpec,
+    shards: u16,
+    secret: &[u8],
+    stats: &Arc<HandshakeStats>,
+    deadline: Instant,
+) -> Result<Vec<Vec<Conn>>, MeshError> {
+    let node = NodeId::new(peer.id).expect("validated node id");
+    let mut out: Vec<Vec<Conn>> = (0..shards).map(|_| Vec::new()).collect();
+    for local in 0..shards {
+        let cfg = hs_config(cluster, local, shards, secret, stats)?;
+        let first = dial(peer.addr, &cfg, peer.id, 0, deadline)?;
+        let count = first.peer_shard_count;
+        if count == 0 || count > 1024 {
+            return Err(MeshError::ShardCount {
+                node: peer.id,
+                count,
+            });
+        }
+        out[usize::from(local)].push(conn(node, first));
+        for target in 1..count {
+            let a = dial(peer.addr, &cfg, peer.id, target, deadline)?;
+            out[usize::from(local)].push(conn(node, a));
+        }
+    }
+    Ok(out)
+}
+
+/// Connects every local shard to every shard of `peer`, a node that joined the running
+/// cluster (it waits for the connections of every lower-numbered member); `cluster` is the
+/// grown cluster, whose layout digest both sides check.
+pub fn dial_node(
+    cluster: &ClusterSpec,
+    peer: &NodeSpec,
+    shards: u16,
+    secret: &[u8],
+    timeout: Duration,
+) -> Result<Vec<Vec<Conn>>, MeshError> {
+    let stats = Arc::new(HandshakeStats::default());
+    dial_all(
+        cluster,
+        peer,
+        shards,
+        secret,
+        &stats,
+        Instant::now() + timeout,
+    )
 }
 
 fn conn(node: NodeId, a: Authenticated) -> Conn {

@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::node_state::NodeState;
 use crate::pmqos::LatencyGuard;
 use crate::protocol::{self, Layout, Machine, NodeId, NodeRange, Partition};
 use crate::region::{Region, RegionError};
+use crate::shard::mailbox::{Command, Mailbox, PageState};
 use crate::shard::route::ShardMsg;
 use crate::shard::{Conn, Shard, ShardSetup};
 use crate::spsc;
@@ -86,6 +87,9 @@ pub enum NodeError {
     /// The formation measurements failed.
     #[error("measuring the cluster at formation: {0}")]
     Measure(String),
+    /// A join could not be applied.
+    #[error("join: {0}")]
+    Join(String),
     /// Replicas were still held when the leave timed out.
     #[error("replicas still held after {0:?}: workers may still be touching remote pages")]
     LeaveTimeout(Duration),
@@ -115,7 +119,13 @@ pub struct NodeConfig {
     /// Measure inter-node fetch latency and bandwidth once the cluster is formed (every node
     /// must agree: it is an exchange). See [`crate::measure`].
     pub measure: bool,
+    /// Bytes of address space reserved for growth (nodes joining); at least the cluster's.
+    pub max_address_space: u64,
 }
+
+/// Default address-space reservation: 256 GiB (virtual only; nothing is committed until
+/// touched).
+pub const DEFAULT_MAX_ADDRESS_SPACE: u64 = 256 << 30;
 
 impl NodeConfig {
     /// A configuration with defaults: shards unpinned on the given cores, `block` idle,
@@ -132,6 +142,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_secs(30),
             protocol: protocol::Config::default(),
             measure: true,
+            max_address_space: DEFAULT_MAX_ADDRESS_SPACE,
         }
     }
 }
@@ -139,8 +150,11 @@ impl NodeConfig {
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
-    cluster: ClusterSpec,
-    layout: Layout,
+    me: u16,
+    cluster: Mutex<ClusterSpec>,
+    layout: Mutex<Arc<Layout>>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    secret: Vec<u8>,
     region: Arc<Region>,
     state: Arc<NodeState>,
     stats: Vec<Arc<ShardStats>>,
@@ -148,6 +162,7 @@ pub struct Node {
     doorbells: Arc<[Doorbell]>,
     acceptor: Acceptor,
     transport_line: String,
+    transport_stats: Vec<Arc<wire::TransportStats>>,
     figures: Option<Figures>,
     _pm_qos: Option<LatencyGuard>,
 }
@@ -191,7 +206,12 @@ impl Node {
         }
         let layout = layout_of(&cfg.cluster)?;
         let (uring, transport_line) = choose(cfg.transport)?;
-        let region = Arc::new(Region::new(layout.end_page())?);
+        let reserve = (cfg.max_address_space / PAGE_SIZE).max(layout.end_page());
+        let region = Arc::new(Region::new(layout.end_page(), reserve)?);
+        let bucket_pages = layout
+            .end_page()
+            .div_ceil(crate::stats::HEAT_BUCKETS as u64 / 4)
+            .max(1);
         let me = NodeId::new(cfg.cluster.me).expect("validated");
 
         let mesh = mesh::establish(
@@ -254,9 +274,10 @@ impl Node {
             None
         };
 
-        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
         let mut threads = Vec::with_capacity(shards);
         let mut stats = Vec::with_capacity(shards);
+        let mut mailboxes = Vec::with_capacity(shards);
         let mut conns = mesh.conns;
         for (i, (inbox_i, outbox_i)) in inbox.drain(..).zip(outbox.drain(..)).enumerate() {
             let machine = Machine::new(
@@ -265,7 +286,9 @@ impl Node {
                 Partition::new(i as u32, shards as u32).map_err(protocol::StepError::from)?,
                 proto,
             )?;
-            let st = Arc::new(ShardStats::default());
+            let st = Arc::new(ShardStats::with_heat(bucket_pages));
+            let mailbox = Arc::new(Mailbox::default());
+            mailboxes.push(mailbox.clone());
             stats.push(st.clone());
             let setup = PartialSetup {
                 index: i as u32,
@@ -281,6 +304,7 @@ impl Node {
                 state: state.clone(),
                 idle: cfg.idle,
                 retry_limit: proto.max_active_pages as usize,
+                mailbox,
             };
             let cpu = cfg.cores[i];
             let pin = cfg.pin;
@@ -309,8 +333,11 @@ impl Node {
         }
         drop(ready_tx);
         let mut node = Node {
-            cluster: cfg.cluster,
-            layout,
+            me: cfg.cluster.me,
+            cluster: Mutex::new(cfg.cluster),
+            layout: Mutex::new(Arc::new(layout)),
+            mailboxes,
+            secret: cfg.secret,
             region,
             state,
             stats,
@@ -318,12 +345,14 @@ impl Node {
             doorbells,
             acceptor: mesh.acceptor,
             transport_line,
+            transport_stats: Vec::new(),
             figures: None,
             _pm_qos: pm_qos,
         };
+        let mut tstats = vec![None; shards];
         for _ in 0..shards {
             match ready_rx.recv() {
-                Ok((_, Ok(()))) => {}
+                Ok((i, Ok(t))) => tstats[i] = Some(t),
                 Ok((shard, Err(why))) => {
                     node.stop_threads();
                     return Err(NodeError::Shard { shard, why });
@@ -337,12 +366,25 @@ impl Node {
                 }
             }
         }
+        node.transport_stats = tstats.into_iter().flatten().collect();
         if cfg.measure && HostArea::of(&node).is_some() {
             node.figures = Some(measure::measure(&node).map_err(NodeError::Measure)?);
             // Hand the probe replicas back: the node starts with nothing cached.
             node.leave(Duration::from_secs(30))?;
         }
         Ok(node)
+    }
+
+    /// Every shard's transport counters.
+    pub fn transport_stats(&self) -> &[Arc<wire::TransportStats>] {
+        &self.transport_stats
+    }
+
+    /// Wakes every shard (it then notices a change in the shared state at once).
+    pub fn wake_shards(&self) {
+        for d in self.doorbells.iter() {
+            d.kick();
+        }
     }
 
     /// Inter-node figures measured at formation (when the address space has a host area and
@@ -353,17 +395,89 @@ impl Node {
 
     /// This node's id.
     pub fn id(&self) -> u16 {
-        self.cluster.me
+        self.me
     }
 
-    /// The cluster.
-    pub fn cluster(&self) -> &ClusterSpec {
-        &self.cluster
+    /// The cluster (a snapshot: it grows when nodes join).
+    pub fn cluster(&self) -> ClusterSpec {
+        self.cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// The protocol layout (which node homes which pages).
-    pub fn layout(&self) -> &Layout {
-        &self.layout
+    /// The protocol layout, which node homes which pages (a snapshot: it grows when nodes
+    /// join).
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies a join: the cluster grows to `cluster` (its old members unchanged, `joiner`
+    /// appended with the highest id). Grows the address space, switches every shard to the
+    /// new layout, connects every shard to every shard of the joiner (which is waiting for
+    /// its lower-numbered peers' connections), and only then publishes the new layout.
+    pub fn extend(
+        &self,
+        cluster: ClusterSpec,
+        joiner: u16,
+        timeout: Duration,
+    ) -> Result<(), NodeError> {
+        let layout = layout_of(&cluster)?;
+        let old = self.layout();
+        if layout.ranges().len() <= old.ranges().len()
+            || layout.ranges()[..old.ranges().len()] != *old.ranges()
+        {
+            return Err(NodeError::Join(format!(
+                "the new layout ({}) does not extend the current one: a joiner's id must be above every member's",
+                cluster.describe()
+            )));
+        }
+        self.region.grow(layout.end_page())?;
+        let shards = self.mailboxes.len();
+        let tickets: Vec<_> = self
+            .mailboxes
+            .iter()
+            .map(|m| m.post(Command::Extend(layout.clone())))
+            .collect();
+        for (m, t) in self.mailboxes.iter().zip(tickets) {
+            if !m.wait(t, timeout) {
+                return Err(NodeError::Join(
+                    "a shard did not switch to the new layout in time".into(),
+                ));
+            }
+        }
+        let spec = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == joiner)
+            .cloned()
+            .ok_or_else(|| NodeError::Join(format!("node {joiner} is not in the new cluster")))?;
+        let node = NodeId::new(joiner).map_err(|e| NodeError::Join(e.to_string()))?;
+        let conns = mesh::dial_node(&cluster, &spec, shards as u16, &self.secret, timeout)?;
+        for (i, c) in conns.into_iter().enumerate() {
+            let t = self.mailboxes[i].post(Command::AddConns(c));
+            if !self.mailboxes[i].wait(t, timeout) {
+                return Err(NodeError::Join(format!(
+                    "shard {i} did not take the connections to node {node}"
+                )));
+            }
+        }
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = cluster;
+        *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(layout);
+        Ok(())
+    }
+
+    /// The state of `page` as this node knows it: the directory entry if it homes the page,
+    /// and the recent requests it counted for it.
+    pub fn query_page(&self, page: u64) -> Option<PageState> {
+        let shards = self.mailboxes.len() as u32;
+        let m = &self.mailboxes[crate::shard::route::shard_of(page, shards) as usize];
+        let (tx, rx) = std::sync::mpsc::channel();
+        m.post(Command::QueryPage(page, tx));
+        rx.recv_timeout(Duration::from_secs(2)).ok()
     }
 
     /// The guest region.
@@ -459,12 +573,17 @@ struct PartialSetup {
     state: Arc<NodeState>,
     idle: IdlePolicy,
     retry_limit: usize,
+    mailbox: Arc<Mailbox>,
 }
+
+/// What a shard thread reports once it runs: its transport's counters, or why it could not
+/// start.
+type Ready = Result<Arc<wire::TransportStats>, String>;
 
 fn run_shard<T: Transport>(
     s: PartialSetup,
     transport: Result<T, wire::TransportError>,
-    ready: mpsc::Sender<(usize, Result<(), String>)>,
+    ready: mpsc::Sender<(usize, Ready)>,
     i: usize,
 ) {
     let transport = match transport {
@@ -490,10 +609,12 @@ fn run_shard<T: Transport>(
         idle: s.idle,
         backlog: (4096, 1024),
         retry_limit: s.retry_limit,
+        mailbox: s.mailbox,
     };
+    let tstats = setup.transport.stats().clone();
     match Shard::new(setup) {
         Ok(shard) => {
-            let _ = ready.send((i, Ok(())));
+            let _ = ready.send((i, Ok(tstats)));
             shard.run();
         }
         Err(e) => {

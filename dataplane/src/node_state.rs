@@ -10,6 +10,8 @@ pub struct NodeState {
     stop: AtomicBool,
     departures_expected: AtomicBool,
     dead: AtomicU64,
+    left: AtomicU64,
+    cluster_stop: AtomicBool,
     fatal: AtomicU32,
     evict_gen: AtomicU64,
     evict_done: Box<[AtomicU64]>,
@@ -23,6 +25,8 @@ impl NodeState {
             stop: AtomicBool::new(false),
             departures_expected: AtomicBool::new(false),
             dead: AtomicU64::new(0),
+            left: AtomicU64::new(0),
+            cluster_stop: AtomicBool::new(false),
             fatal: AtomicU32::new(0),
             evict_gen: AtomicU64::new(0),
             evict_done: (0..shards).map(|_| AtomicU64::new(0)).collect(),
@@ -55,6 +59,29 @@ impl NodeState {
     pub fn mark_dead(&self, node: u16) -> bool {
         let bit = 1u64 << node;
         self.dead.fetch_or(bit, SeqCst) & bit == 0
+    }
+
+    /// Records that `node` left in order (it holds nothing any more): the shards treat it as
+    /// gone, without reporting a failure.
+    pub fn mark_left(&self, node: u16) {
+        self.left.fetch_or(1u64 << node, SeqCst);
+        self.dead.fetch_or(1u64 << node, SeqCst);
+    }
+
+    /// The nodes that left in order, as a bit mask.
+    pub fn left(&self) -> u64 {
+        self.left.load(Relaxed)
+    }
+
+    /// The control plane asks this node to stop (the cluster is being stopped, or this node
+    /// left); the process's main loop ends on it.
+    pub fn request_cluster_stop(&self) {
+        self.cluster_stop.store(true, SeqCst);
+    }
+
+    /// Whether the control plane asked this node to stop.
+    pub fn cluster_stop_requested(&self) -> bool {
+        self.cluster_stop.load(Relaxed)
     }
 
     /// The nodes known down, as a bit mask.

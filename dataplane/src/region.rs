@@ -7,6 +7,7 @@
 //! kernel on the process's behalf — stops in the userfaultfd until a shard serves it.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use thiserror::Error;
 use uffd_poller::{Features, OpenError, RegisterError, RegisterMode, Uffd};
@@ -30,6 +31,14 @@ pub enum RegionError {
     /// userfaultfd could not be opened with what the data plane needs.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The address space would outgrow the reservation.
+    #[error("the address space would need {needed} bytes but only {reserved} are reserved: start the nodes with a larger --max-address-space")]
+    Reservation {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes reserved.
+        reserved: u64,
+    },
     /// The mapping could not be registered.
     #[error(transparent)]
     Register(#[from] RegisterError),
@@ -49,10 +58,15 @@ pub fn optional_features() -> Features {
 }
 
 /// The guest region and its userfaultfd.
+///
+/// The mapping reserves room for the address space to grow (nodes joining append their
+/// memory at the top): `reserved` bytes are mapped (`MAP_NORESERVE`, nothing is committed
+/// until touched) and registered; `len` is the current address space.
 #[derive(Debug)]
 pub struct Region {
     base: NonNull<u8>,
-    len: usize,
+    reserved: usize,
+    len: AtomicUsize,
     uffd: Uffd,
 }
 
@@ -64,19 +78,23 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Maps `pages` pages and registers them with a new userfaultfd.
-    pub fn new(pages: u64) -> Result<Self, RegionError> {
+    /// Maps `pages` pages and registers them with a new userfaultfd, reserving room for the
+    /// address space to grow to `reserve_pages` (at least `pages`).
+    pub fn new(pages: u64, reserve_pages: u64) -> Result<Self, RegionError> {
         if pages == 0 {
             return Err(RegionError::Empty);
         }
-        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(RegionError::Map {
-            bytes: u64::MAX,
-            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
-        })?;
-        let len = usize::try_from(bytes).map_err(|_| RegionError::Map {
-            bytes,
-            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
-        })?;
+        let bytes_of = |p: u64| {
+            p.checked_mul(PAGE_SIZE)
+                .and_then(|b| usize::try_from(b).ok())
+                .ok_or(RegionError::Map {
+                    bytes: u64::MAX,
+                    source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+                })
+        };
+        let current = bytes_of(pages)?;
+        let len = bytes_of(reserve_pages.max(pages))?;
+        let bytes = len as u64;
         let uffd = Uffd::open_with(required_features(), optional_features())?;
         // SAFETY: a fresh private anonymous mapping at an address the kernel chooses; no
         // existing memory is affected.
@@ -101,7 +119,12 @@ impl Region {
         // behind the protocol's back. Failure only costs the hint, so it is ignored.
         // SAFETY: advice on the mapping created above.
         unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
-        let region = Region { base, len, uffd };
+        let region = Region {
+            base,
+            reserved: len,
+            len: AtomicUsize::new(current),
+            uffd,
+        };
         // SAFETY: the range is the private anonymous mapping created above, owned by `region`
         // and accessed only through raw pointers; its missing pages are filled by the shards.
         unsafe {
@@ -119,19 +142,38 @@ impl Region {
         self.base.as_ptr()
     }
 
-    /// Length in bytes.
+    /// Length of the current address space in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.len.load(Ordering::Acquire)
     }
 
     /// Whether the region is empty (never true for a constructed region).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Number of pages.
+    /// Number of pages of the current address space.
     pub fn pages(&self) -> u64 {
-        self.len as u64 / PAGE_SIZE
+        self.len() as u64 / PAGE_SIZE
+    }
+
+    /// Bytes mapped and registered (the most the address space can grow to).
+    pub fn reserved(&self) -> usize {
+        self.reserved
+    }
+
+    /// Grows the address space to `pages` pages (a node joined); fails if that exceeds the
+    /// reservation.
+    pub fn grow(&self, pages: u64) -> Result<(), RegionError> {
+        let bytes = pages.saturating_mul(PAGE_SIZE);
+        if bytes > self.reserved as u64 {
+            return Err(RegionError::Reservation {
+                needed: bytes,
+                reserved: self.reserved as u64,
+            });
+        }
+        self.len.fetch_max(bytes as usize, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The userfaultfd the region is registered with.
@@ -139,18 +181,19 @@ impl Region {
         &self.uffd
     }
 
-    /// Host address of page `page` (which must be below [`Region::pages`]).
+    /// Host address of page `page` (which must lie in the reservation).
     #[inline]
     pub fn page_addr(&self, page: u64) -> usize {
-        debug_assert!(page < self.pages());
+        debug_assert!(page * PAGE_SIZE < self.reserved as u64);
         self.base.as_ptr() as usize + (page * PAGE_SIZE) as usize
     }
 
-    /// The page containing host address `addr`, if it lies in the region.
+    /// The page containing host address `addr`, if it lies in the reservation (pages past
+    /// the current address space included: a fault there must be answered, not lost).
     #[inline]
     pub fn page_of(&self, addr: usize) -> Option<u64> {
         let off = addr.checked_sub(self.base.as_ptr() as usize)?;
-        (off < self.len).then_some(off as u64 / PAGE_SIZE)
+        (off < self.reserved).then_some(off as u64 / PAGE_SIZE)
     }
 
     /// Drops the local copy of a page (`MADV_DONTNEED`): the next access faults again.
@@ -189,9 +232,11 @@ impl Drop for Region {
     fn drop(&mut self) {
         // Unregistering wakes any thread still waiting on a fault; they then see zero pages,
         // which only happens while the process exits.
-        let _ = self.uffd.unregister(self.base.as_ptr() as usize, self.len);
+        let _ = self
+            .uffd
+            .unregister(self.base.as_ptr() as usize, self.reserved);
         // SAFETY: unmaps the mapping created in `new`; nothing uses it after drop.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.reserved) };
     }
 }
 
@@ -214,17 +259,26 @@ mod tests {
 
     #[test]
     fn empty_region_is_refused() {
-        assert!(matches!(Region::new(0), Err(RegionError::Empty)));
+        assert!(matches!(Region::new(0, 0), Err(RegionError::Empty)));
     }
 
     #[test]
     fn addresses_map_to_pages() {
-        let r = Region::new(4).expect("region (needs root or uffd access)");
+        let r = Region::new(4, 8).expect("region (needs root or uffd access)");
         assert_eq!(r.pages(), 4);
+        assert_eq!(r.reserved(), 8 * 4096);
+        assert_eq!(
+            r.page_of(r.base() as usize + 5 * 4096),
+            Some(5),
+            "reserved pages are known"
+        );
+        r.grow(6).unwrap();
+        assert_eq!(r.pages(), 6);
+        assert!(r.grow(9).is_err(), "beyond the reservation");
         let a = r.page_addr(2);
         assert_eq!(r.page_of(a), Some(2));
         assert_eq!(r.page_of(a + 4095), Some(2));
-        assert_eq!(r.page_of(r.base() as usize + r.len()), None);
+        assert_eq!(r.page_of(r.base() as usize + r.reserved()), None);
         assert_eq!(r.page_of(0), None);
         assert!(r.uffd().features().contains(Features::PAGEFAULT_FLAG_WP));
     }

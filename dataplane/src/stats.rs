@@ -63,6 +63,90 @@ impl Locality {
     }
 }
 
+/// Address-space buckets the heat map has.
+pub const HEAT_BUCKETS: usize = 1024;
+/// Pages whose recent requesters a home remembers (direct-mapped by page number).
+pub const RECENT_PAGES: usize = 256;
+const NODES: usize = 64;
+
+/// Page heat as a home sees it: requests for its pages by requesting node, per address-space
+/// bucket, and for a few recently requested pages. Written by the owning shard only, with
+/// relaxed atomics; read by the control side at any time.
+#[derive(Debug)]
+pub struct Heat {
+    bucket_pages: u64,
+    buckets: Box<[[AtomicU64; NODES]]>,
+    recent_page: Box<[AtomicU64]>,
+    recent: Box<[[AtomicU64; NODES]]>,
+}
+
+impl Heat {
+    /// Heat over buckets of `bucket_pages` pages each.
+    pub fn new(bucket_pages: u64) -> Self {
+        let row = || std::array::from_fn::<AtomicU64, NODES, _>(|_| AtomicU64::new(0));
+        Self {
+            bucket_pages: bucket_pages.max(1),
+            buckets: (0..HEAT_BUCKETS).map(|_| row()).collect(),
+            recent_page: (0..RECENT_PAGES)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
+            recent: (0..RECENT_PAGES).map(|_| row()).collect(),
+        }
+    }
+
+    /// Pages per bucket.
+    pub fn bucket_pages(&self) -> u64 {
+        self.bucket_pages
+    }
+
+    /// Counts one request for `page` by `node` (owning shard only).
+    #[inline]
+    pub fn record(&self, page: u64, node: u16) {
+        let n = usize::from(node) % NODES;
+        let b = ((page / self.bucket_pages) as usize).min(HEAT_BUCKETS - 1);
+        self.buckets[b][n].fetch_add(1, Relaxed);
+        let slot = (page as usize) % RECENT_PAGES;
+        if self.recent_page[slot].load(Relaxed) != page {
+            // A new page takes the slot: its counts start from zero.
+            for c in &self.recent[slot] {
+                c.store(0, Relaxed);
+            }
+            self.recent_page[slot].store(page, Relaxed);
+        }
+        self.recent[slot][n].fetch_add(1, Relaxed);
+    }
+
+    /// Requests of bucket `b` by node `n`.
+    pub fn bucket(&self, b: usize, n: usize) -> u64 {
+        self.buckets
+            .get(b)
+            .and_then(|r| r.get(n))
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Recent requests for `page`, `(node, count)`, if the page is still remembered.
+    pub fn recent(&self, page: u64) -> Vec<(u16, u64)> {
+        let slot = (page as usize) % RECENT_PAGES;
+        if self.recent_page[slot].load(Relaxed) != page {
+            return Vec::new();
+        }
+        self.recent[slot]
+            .iter()
+            .enumerate()
+            .filter_map(|(n, c)| {
+                let v = c.load(Relaxed);
+                (v > 0).then_some((n as u16, v))
+            })
+            .collect()
+    }
+}
+
+impl Default for Heat {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
 /// Counters and histograms of one shard.
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -113,6 +197,54 @@ pub struct ShardStats {
     pub sleeps: AtomicU64,
     /// Service time histograms, `[kind][home, remote]`, nanoseconds.
     pub service_ns: [[AtomicHistogram; 2]; 3],
+    /// Faults on pages beyond the address space (answered with SIGBUS).
+    pub faults_out_of_range: AtomicU64,
+    /// Protocol counters, published from the shard's protocol instance every few turns.
+    pub proto: ProtoCounters,
+    /// Page heat at this shard's home pages.
+    pub heat: Heat,
+}
+
+/// Counters of a shard's protocol instance, mirrored as atomics for the control side.
+#[derive(Debug, Default)]
+pub struct ProtoCounters {
+    /// Invalidations sent by this home.
+    pub invalidations: AtomicU64,
+    /// Forwards sent by this home.
+    pub forwards: AtomicU64,
+    /// Pages taken away within the ping-pong window after being acquired.
+    pub ping_pong: AtomicU64,
+    /// Clean evictions.
+    pub evictions_clean: AtomicU64,
+    /// Dirty evictions (write-backs of a page).
+    pub evictions_dirty: AtomicU64,
+    /// Requests issued (remote or to the local directory).
+    pub requests: AtomicU64,
+    /// Busy refusals sent by this home.
+    pub nacks_busy: AtomicU64,
+}
+
+impl ProtoCounters {
+    /// Publishes a protocol instance's counters.
+    pub fn publish(&self, s: &crate::protocol::Stats) {
+        self.invalidations.store(s.invalidations, Relaxed);
+        self.forwards.store(s.forwards, Relaxed);
+        self.ping_pong.store(s.ping_pong, Relaxed);
+        self.evictions_clean.store(s.evictions_clean, Relaxed);
+        self.evictions_dirty.store(s.evictions_dirty, Relaxed);
+        self.requests.store(s.requests, Relaxed);
+        self.nacks_busy.store(s.nacks_busy, Relaxed);
+    }
+}
+
+impl ShardStats {
+    /// Counters for a shard whose heat map uses buckets of `bucket_pages` pages.
+    pub fn with_heat(bucket_pages: u64) -> Self {
+        Self {
+            heat: Heat::new(bucket_pages),
+            ..Default::default()
+        }
+    }
 }
 
 impl ShardStats {

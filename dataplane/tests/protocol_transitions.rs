@@ -659,12 +659,20 @@ fn a_joining_node_extends_the_layout_without_touching_existing_state() {
 
     // Node 3 joins with pages 8..12.
     let mut ranges = layout().ranges().to_vec();
-    ranges.push(NodeRange { node: n(3), first_page: 8, page_count: 4 });
+    ranges.push(NodeRange {
+        node: n(3),
+        first_page: 8,
+        page_count: 4,
+    });
     let grown = Layout::new(4096, ranges).unwrap();
     for x in c.iter_mut() {
         x.m.extend(grown.clone()).unwrap();
     }
-    assert_eq!(c[2].m.local_access(1), Some(PageAccess::Writable), "existing state is kept");
+    assert_eq!(
+        c[2].m.local_access(1),
+        Some(PageAccess::Writable),
+        "existing state is kept"
+    );
     assert_eq!(c[0].m.dir_state(1), Some(DirState::Exclusive(n(2))));
     let mut j = Machine::new(n(3), grown.clone(), Partition::WHOLE, Config::default()).unwrap();
     let mut jout = j.new_actions();
@@ -673,14 +681,24 @@ fn a_joining_node_extends_the_layout_without_touching_existing_state() {
     let a = step(&mut c, 0, 4, fault(9, Access::Read, 2));
     let (to, req) = sends(&a)[0];
     assert_eq!(to, n(3));
-    j.step(5, Input::Message { from: n(0), msg: req }, &mut jout).unwrap();
+    j.step(
+        5,
+        Input::Message {
+            from: n(0),
+            msg: req,
+        },
+        &mut jout,
+    )
+    .unwrap();
     assert!(matches!(
         sends(jout.as_slice()).as_slice(),
         [(to, Msg::Data { page: 9, writable: false, .. })] if *to == n(0)
     ));
     // The joiner's write to node 2's exclusive page is forwarded by its home as usual.
     j.step(6, fault(1, Access::Write, 3), &mut jout).unwrap();
-    assert!(matches!(sends(jout.as_slice()).as_slice(), [(to, Msg::WriteReq { page: 1, .. })] if *to == n(0)));
+    assert!(
+        matches!(sends(jout.as_slice()).as_slice(), [(to, Msg::WriteReq { page: 1, .. })] if *to == n(0))
+    );
 
     // A layout that changes an existing range is refused.
     let mut bad = layout().ranges().to_vec();

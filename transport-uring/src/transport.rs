@@ -321,6 +321,9 @@ impl UringTransport {
                 w.armed = false;
             }
             if res < 0 {
+                if res != -libc::ECANCELED {
+                    bump(&self.stats.cq_errors);
+                }
                 return 0;
             }
             out(Event::FdReady { token: w.token });
@@ -354,6 +357,7 @@ impl UringTransport {
                     // buffers are recycled.
                     list_add(&mut self.ready, &mut p.in_ready, slot);
                 } else if res != -libc::ECANCELED {
+                    bump(&self.stats.cq_errors);
                     mark_down(p, &mut self.downs, slot, DownReason::Io(-res));
                 }
             }
@@ -373,6 +377,7 @@ impl UringTransport {
                 if res > 0 {
                     p.chain_bytes += res as usize;
                 } else if res < 0 && res != -libc::ECANCELED {
+                    bump(&self.stats.cq_errors);
                     mark_down(p, &mut self.downs, slot, DownReason::Io(-res));
                 }
                 if p.chain_ops == 0 && p.down.is_none() {

@@ -68,6 +68,10 @@ pub struct TransportStats {
     pub peers_down: AtomicU64,
     /// `send` calls answered with backpressure.
     pub backpressure: AtomicU64,
+    /// Completions that reported an error (io_uring CQEs with a negative result other than
+    /// the expected `ENOBUFS` and `ECANCELED`); always 0 for transports without a completion
+    /// queue.
+    pub cq_errors: AtomicU64,
     /// Per connection slot.
     pub per_slot: Box<[PeerCounters]>,
 }
@@ -85,6 +89,7 @@ impl TransportStats {
             rejected: RejectCounters::default(),
             peers_down: AtomicU64::new(0),
             backpressure: AtomicU64::new(0),
+            cq_errors: AtomicU64::new(0),
             per_slot,
         }
     }

@@ -248,7 +248,8 @@ impl Machine {
             return Err(StepError::NotAnExtension);
         }
         self.local_range = DenseRange::new(layout.first_page(), layout.end_page(), self.part);
-        self.local.resize(self.local_range.len(), LocalState::default());
+        self.local
+            .resize(self.local_range.len(), LocalState::default());
         self.layout = layout;
         Ok(())
     }

@@ -11,6 +11,7 @@
 
 pub mod backlog;
 pub mod exec;
+pub mod mailbox;
 pub mod route;
 
 use std::collections::VecDeque;
@@ -24,14 +25,15 @@ use wire::{DownReason, Event, MsgType, RxBuf, Transport};
 
 use self::backlog::Backlog;
 use self::exec::{Aftermath, Io};
+use self::mailbox::{Command, Mailbox, PageState};
 use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
 use crate::clock::now_ns;
 use crate::doorbell::Doorbell;
 use crate::idle::IdlePolicy;
 use crate::node_state::NodeState;
 use crate::protocol::{
-    Access, Actions, Input, Layout, Machine, Msg, MsgFields, NodeId, NodeSet, Outcome, PageAccess,
-    StepError,
+    Access, Actions, DirState, Input, Layout, Machine, Msg, MsgFields, NodeId, NodeSet, Outcome,
+    PageAccess, StepError,
 };
 use crate::region::Region;
 use crate::spsc::{Consumer, Producer};
@@ -49,6 +51,8 @@ const INBOX_BUDGET: usize = 256;
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Replicas offered for eviction per turn while leaving.
 const EVICT_BUDGET: usize = 256;
+/// Busy turns between publications of the protocol counters.
+const PUBLISH_EVERY: u32 = 1024;
 
 /// An authenticated connection for this shard.
 #[derive(Debug)]
@@ -95,6 +99,8 @@ pub struct ShardSetup<T: Transport> {
     pub backlog: (usize, usize),
     /// Faults that may wait for a free protocol record.
     pub retry_limit: usize,
+    /// Commands from the control side.
+    pub mailbox: Arc<Mailbox>,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardSetup<T> {
@@ -126,7 +132,8 @@ pub struct Shard<T: Transport> {
     down: NodeSet,
     evict_gen: u64,
     evict_cursor: Option<u64>,
-    pages: u64,
+    mailbox: Arc<Mailbox>,
+    turns_since_publish: u32,
 }
 
 impl<T: Transport> std::fmt::Debug for Shard<T> {
@@ -151,7 +158,6 @@ impl<T: Transport> Shard<T> {
         transport.watch_fd(s.region.uffd().as_raw_fd(), TOKEN_UFFD)?;
         transport.watch_fd(s.doorbells[s.index as usize].fd(), TOKEN_DOORBELL)?;
         let actions = s.machine.new_actions();
-        let pages = s.region.pages();
         Ok(Self {
             index: s.index,
             count: s.count,
@@ -181,7 +187,8 @@ impl<T: Transport> Shard<T> {
             down: NodeSet::default(),
             evict_gen: 0,
             evict_cursor: None,
-            pages,
+            mailbox: s.mailbox,
+            turns_since_publish: 0,
         })
     }
 
@@ -191,12 +198,17 @@ impl<T: Transport> Shard<T> {
         let mut last_work = now_ns();
         while !self.state.stopping() {
             let work = self.turn();
+            self.turns_since_publish += 1;
             if work > 0 {
                 bump(&self.io.stats.busy_turns);
                 last_work = now_ns();
+                if self.turns_since_publish >= PUBLISH_EVERY {
+                    self.publish();
+                }
                 continue;
             }
             bump(&self.io.stats.idle_turns);
+            self.publish();
             let sleep = match self.idle {
                 IdlePolicy::Spin => false,
                 IdlePolicy::Block => true,
@@ -215,8 +227,66 @@ impl<T: Transport> Shard<T> {
         self.state.shard_stopped();
     }
 
+    /// Mirrors the protocol instance's counters into the published atomics.
+    fn publish(&mut self) {
+        self.turns_since_publish = 0;
+        self.io.stats.proto.publish(self.machine.stats());
+    }
+
+    /// Carries out the control side's commands.
+    fn mailbox(&mut self) -> usize {
+        let cmds = self.mailbox.take();
+        let n = cmds.len();
+        for c in cmds {
+            match c {
+                Command::Extend(layout) => match self.machine.extend(layout.clone()) {
+                    Ok(()) => self.io.layout = layout,
+                    Err(e) => self
+                        .io
+                        .log
+                        .warn(format_args!("cannot grow the layout: {e}")),
+                },
+                Command::AddConns(conns) => {
+                    for c in conns {
+                        self.io.peers.set(c.node, c.peer_shard_count);
+                        let id = peer_id(c.node, c.peer_shard);
+                        if let Err(e) = self.io.transport.add_peer(id, c.stream, Some(c.node.get()))
+                        {
+                            self.io.log.warn(format_args!(
+                                "cannot add the connection to node {}: {e}",
+                                c.node
+                            ));
+                        }
+                    }
+                }
+                Command::QueryPage(page, reply) => {
+                    let dir = self.machine.dir_entry(page).map(|e| {
+                        let (name, owner, sharers) = match e.state() {
+                            DirState::Zero => ("zero", None, Vec::new()),
+                            DirState::Shared(set) => {
+                                ("shared", None, set.iter().map(|n| n.get()).collect())
+                            }
+                            DirState::Exclusive(o) => ("exclusive", Some(o.get()), Vec::new()),
+                            DirState::Lost => ("lost", None, Vec::new()),
+                        };
+                        (name, owner, sharers, e.version(), e.busy())
+                    });
+                    let _ = reply.send(PageState {
+                        dir,
+                        recent: self.io.stats.heat.recent(page),
+                    });
+                }
+            }
+        }
+        self.mailbox.finished(n as u64);
+        n
+    }
+
     /// One loop turn; returns how much work it found.
     fn turn(&mut self) -> usize {
+        if self.mailbox.has_work() {
+            self.mailbox();
+        }
         if self.state.dead() & !self.down.bits() != 0 {
             self.sync_dead();
         }
@@ -368,7 +438,15 @@ impl<T: Transport> Shard<T> {
                 return;
             }
         };
-        if shard_of(msg.page(), self.count) != self.index || msg.page() >= self.pages {
+        if matches!(
+            msg,
+            Msg::ReadReq { .. } | Msg::WriteReq { .. } | Msg::UpgradeReq { .. }
+        ) {
+            self.io.stats.heat.record(msg.page(), from.get());
+        }
+        if shard_of(msg.page(), self.count) != self.index
+            || msg.page() >= self.machine.layout().end_page()
+        {
             bump(&self.io.stats.violations);
             self.io.log.warn(format_args!(
                 "node {from} sent page {} to the wrong shard or outside the address space",
@@ -456,6 +534,25 @@ impl<T: Transport> Shard<T> {
         else {
             return;
         };
+        match self.machine.layout().home_of(page) {
+            Ok(h) if h == self.me => self.io.stats.heat.record(page, self.me.get()),
+            Ok(_) => {}
+            Err(_) => {
+                // Beyond the address space (a stray pointer into the reserved region): the
+                // toucher gets SIGBUS instead of waiting forever.
+                bump(&self.io.stats.faults_out_of_range);
+                self.io.log.warn(format_args!(
+                    "fault on page {page}, beyond the address space"
+                ));
+                let addr = self.io.region.page_addr(page);
+                let _ = self
+                    .io
+                    .region
+                    .uffd()
+                    .poison(addr, 4096, uffd_poller::PoisonMode::empty());
+                return;
+            }
+        }
         if let Some(Outcome::Busy) = self.step(
             Input::Fault {
                 page,
@@ -549,7 +646,8 @@ impl<T: Transport> Shard<T> {
         };
         let mut offered = 0;
         let mut busy = false;
-        while page < self.pages && offered < EVICT_BUDGET {
+        let pages = self.machine.layout().end_page();
+        while page < pages && offered < EVICT_BUDGET {
             if matches!(
                 self.machine.local_access(page),
                 Some(PageAccess::ReadOnly | PageAccess::Writable)
@@ -568,7 +666,7 @@ impl<T: Transport> Shard<T> {
             }
             page += u64::from(self.count);
         }
-        if page >= self.pages {
+        if page >= pages {
             // A full pass: done when nothing was left held; otherwise start over.
             if busy || !self.machine.is_quiescent() {
                 self.evict_cursor = Some(u64::from(self.index));
@@ -605,7 +703,10 @@ impl<T: Transport> Shard<T> {
         }
         self.down.insert(node);
         let news = self.state.mark_dead(node.get());
-        if news && !self.state.departures_expected() {
+        let left = self.state.left() & (1u64 << node.get()) != 0;
+        if news && left {
+            eprintln!("ssi-dp: node {node} left the cluster");
+        } else if news && !self.state.departures_expected() {
             eprintln!("ssi-dp: node {node} is down ({why}); continuing without it");
         }
         for s in 0..self.io.peers.count(node) {

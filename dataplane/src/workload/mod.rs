@@ -122,7 +122,7 @@ pub(crate) struct Ctx<'a> {
 
 /// Runs the workload on a started node and returns the verified result.
 pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, String> {
-    let plan = Plan::new(node.layout());
+    let plan = Plan::new(&node.layout());
     // SAFETY: the node's region stays mapped while `node` lives, which outlives this call.
     let mem = unsafe { Mem::new(node.base(), node.region().pages()) };
     let me = node.id();

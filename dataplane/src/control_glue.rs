@@ -1,0 +1,297 @@
+//! The narrow handles through which the control side (membership, REST API, metrics) sees
+//! and steers this node: [`control::membership::NodeControl`] and
+//! [`control::handle::NodeHandle`], implemented over a running [`Node`]. Nothing here is on
+//! the fault path: it reads the atomics shards publish and posts to shard mailboxes.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use control::handle::{Heat, Member, NodeHandle, PageInfo, PageQueryError, Telemetry};
+use control::membership::msg::NodeInfo;
+use control::membership::{Membership, NodeControl};
+
+use crate::config::{self, ClusterSpec, NodeSpec, PAGE_SIZE};
+use crate::node::Node;
+use crate::stats::{sum, FaultKind, Locality, HEAT_BUCKETS};
+use crate::summary;
+
+/// How long a join may take to apply on this node.
+const EXTEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// See the module documentation.
+pub struct Glue {
+    node: Arc<Node>,
+    /// Every member's control address, by id (the data-plane cluster spec has no place for it).
+    controls: Mutex<Vec<(u16, String)>>,
+    membership: OnceLock<Arc<Membership>>,
+}
+
+impl std::fmt::Debug for Glue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Glue")
+            .field("node", &self.node.id())
+            .finish()
+    }
+}
+
+impl Glue {
+    /// Handles over `node`; `controls` holds every member's control address.
+    pub fn new(node: Arc<Node>, controls: Vec<(u16, String)>) -> Arc<Glue> {
+        Arc::new(Glue {
+            node,
+            controls: Mutex::new(controls),
+            membership: OnceLock::new(),
+        })
+    }
+
+    /// Attaches the running membership (for member states and RTTs).
+    pub fn set_membership(&self, m: Arc<Membership>) {
+        let _ = self.membership.set(m);
+    }
+
+    fn control_of(&self, id: u16) -> String {
+        self.controls
+            .lock()
+            .ok()
+            .and_then(|c| c.iter().find(|x| x.0 == id).map(|x| x.1.clone()))
+            .unwrap_or_default()
+    }
+}
+
+impl NodeControl for Glue {
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.node
+            .cluster()
+            .nodes
+            .iter()
+            .map(|n| NodeInfo {
+                id: n.id,
+                addr: n.addr.to_string(),
+                control: self.control_of(n.id),
+                memory: n.memory,
+            })
+            .collect()
+    }
+
+    fn declare_dead(&self, id: u16) {
+        self.node.state().mark_dead(id);
+        self.node.wake_shards();
+    }
+
+    fn mark_left(&self, id: u16) {
+        self.node.state().mark_left(id);
+        self.node.wake_shards();
+    }
+
+    fn data_plane_dead(&self) -> u64 {
+        self.node.state().dead() & !self.node.state().left()
+    }
+
+    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), String> {
+        let me = self.node.id();
+        let mut specs = Vec::new();
+        for n in nodes {
+            let addr = config::resolve(n.id, &n.addr).map_err(|e| e.to_string())?;
+            specs.push(NodeSpec {
+                id: n.id,
+                addr,
+                memory: n.memory,
+            });
+        }
+        let mine = specs
+            .iter()
+            .find(|n| n.id == me)
+            .cloned()
+            .ok_or("this node is not in the grown cluster")?;
+        let others = specs.into_iter().filter(|n| n.id != me).collect();
+        let cluster = ClusterSpec::new(mine, others).map_err(|e| e.to_string())?;
+        self.node
+            .extend(cluster, joiner, EXTEND_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut c) = self.controls.lock() {
+            for n in nodes {
+                if !c.iter().any(|x| x.0 == n.id) {
+                    c.push((n.id, n.control.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn hand_back(&self) -> Result<(), String> {
+        self.node
+            .leave(Duration::from_secs(60))
+            .map_err(|e| e.to_string())
+    }
+
+    fn stop(&self) {
+        self.node.state().request_cluster_stop();
+    }
+}
+
+impl NodeHandle for Glue {
+    fn id(&self) -> u16 {
+        self.node.id()
+    }
+
+    fn members(&self) -> Vec<Member> {
+        match self.membership.get() {
+            Some(m) => m.members(),
+            None => {
+                // Without a control plane: the data plane's own view.
+                let dead = self.node.state().dead();
+                let left = self.node.state().left();
+                let mut gpa = 0;
+                self.node
+                    .cluster()
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let start = gpa;
+                        gpa += n.memory;
+                        let bit = 1u64 << n.id;
+                        Member {
+                            id: n.id,
+                            addr: n.addr.to_string(),
+                            memory: n.memory,
+                            gpa_start: start,
+                            state: if left & bit != 0 {
+                                control::handle::MemberState::Left
+                            } else if dead & bit != 0 {
+                                control::handle::MemberState::Dead
+                            } else {
+                                control::handle::MemberState::Alive
+                            },
+                            this_node: n.id == self.node.id(),
+                            last_heard_ms: None,
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn page(&self, gpa: u64) -> Result<PageInfo, PageQueryError> {
+        let layout = self.node.layout();
+        let end = layout.end_page() * PAGE_SIZE;
+        if gpa >= end {
+            return Err(PageQueryError::OutOfRange { gpa, end });
+        }
+        let page = gpa / PAGE_SIZE;
+        let home = layout
+            .home_of(page)
+            .map_err(|_| PageQueryError::OutOfRange { gpa, end })?
+            .get();
+        if home != self.node.id() {
+            return Err(PageQueryError::HomeUnavailable {
+                gpa,
+                home,
+                why: format!("ask node {home}'s API: a page's coherence state lives at its home"),
+            });
+        }
+        let st = self
+            .node
+            .query_page(page)
+            .ok_or_else(|| PageQueryError::HomeUnavailable {
+                gpa,
+                home,
+                why: "the shard owning the page did not answer".into(),
+            })?;
+        let (state, owner, sharers, version, busy) =
+            st.dir.unwrap_or(("zero", None, Vec::new(), 0, false));
+        Ok(PageInfo {
+            gpa: page * PAGE_SIZE,
+            page,
+            home,
+            state,
+            owner,
+            sharers,
+            version,
+            busy,
+            recent_requests: st.recent,
+        })
+    }
+
+    fn heat(&self) -> Heat {
+        let stats = self.node.stats();
+        let nodes: Vec<u16> = self.node.cluster().nodes.iter().map(|n| n.id).collect();
+        let bucket_pages = stats.first().map_or(1, |s| s.heat.bucket_pages());
+        let end = self.node.layout().end_page();
+        let buckets = (end.div_ceil(bucket_pages) as usize).min(HEAT_BUCKETS);
+        let counts = (0..buckets)
+            .map(|b| {
+                nodes
+                    .iter()
+                    .map(|&n| stats.iter().map(|s| s.heat.bucket(b, usize::from(n))).sum())
+                    .collect()
+            })
+            .collect();
+        Heat {
+            bucket_bytes: bucket_pages * PAGE_SIZE,
+            nodes,
+            counts,
+        }
+    }
+
+    fn telemetry(&self) -> Telemetry {
+        let st = self.node.stats();
+        let mut faults = Vec::new();
+        for kind in FaultKind::ALL {
+            for loc in [Locality::Home, Locality::Remote] {
+                faults.push((kind.name(), loc.name(), summary::served(st, kind, loc)));
+            }
+        }
+        let service_time = summary::series(st)
+            .into_iter()
+            .map(|(name, h)| {
+                let mut buckets = Vec::new();
+                let mut cumulative = 0;
+                for v in h.iter_log(1_000, 2.0) {
+                    cumulative += v.count_since_last_iteration();
+                    buckets.push((v.value_iterated_to() as f64 / 1e9, cumulative));
+                }
+                let sum_s = h
+                    .iter_recorded()
+                    .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+                    .sum::<f64>()
+                    / 1e9;
+                (name, buckets, h.len(), sum_s)
+            })
+            .collect();
+        let transports = self.node.transport_stats();
+        let rejected: u64 = transports.iter().map(|t| t.rejected.total()).sum();
+        let backpressure: u64 = transports
+            .iter()
+            .map(|t| t.backpressure.load(Relaxed))
+            .sum();
+        let cq_errors: u64 = transports.iter().map(|t| t.cq_errors.load(Relaxed)).sum();
+        let peers_down: u64 = transports.iter().map(|t| t.peers_down.load(Relaxed)).sum();
+        let m = self.membership.get();
+        Telemetry {
+            node: self.node.id(),
+            faults,
+            service_time,
+            invalidations: sum(st, |x| &x.proto.invalidations),
+            page_bytes_sent: sum(st, |x| &x.bytes_sent),
+            page_bytes_received: sum(st, |x| &x.bytes_received),
+            writeback_bytes: sum(st, |x| &x.proto.evictions_dirty) * PAGE_SIZE,
+            evictions: sum(st, |x| &x.proto.evictions_clean)
+                + sum(st, |x| &x.proto.evictions_dirty),
+            messages_sent: sum(st, |x| &x.msgs_sent),
+            messages_received: sum(st, |x| &x.msgs_received),
+            transport_errors: rejected + backpressure,
+            reconnects: m.map_or(0, |m| m.reconnects()) + peers_down,
+            peer_rtt: m.map(|m| m.rtt()).unwrap_or_default(),
+            ping_pong: sum(st, |x| &x.proto.ping_pong),
+            cq_errors,
+            shard_turns: st
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, s.busy_turns.load(Relaxed), s.idle_turns.load(Relaxed)))
+                .collect(),
+            faults_failed: sum(st, |x| &x.faults_failed),
+            protocol_violations: sum(st, |x| &x.violations),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! A shard's mailbox for the rare commands that come from the control side: grow the layout
+//! (a node joined), take over new connections, answer a page query. Posting takes a lock;
+//! the shard checks one atomic flag per turn and takes the lock only when something is there,
+//! so the fault path never contends on it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::Conn;
+use crate::protocol::Layout;
+
+/// What a page query returns from the shard that owns the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageState {
+    /// The directory entry's state, if this node homes the page: `(state name, owner,
+    /// sharers, version, busy)`.
+    pub dir: Option<(&'static str, Option<u16>, Vec<u16>, u32, bool)>,
+    /// Recent requests for the page by node, `(node, count)`, as this home counted them.
+    pub recent: Vec<(u16, u64)>,
+}
+
+/// A command for a shard.
+#[derive(Debug)]
+pub enum Command {
+    /// Switch to a grown layout (a node joined).
+    Extend(Layout),
+    /// Take over these connections (to a node that joined).
+    AddConns(Vec<Conn>),
+    /// Report the state of a page this shard owns.
+    QueryPage(u64, Sender<PageState>),
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    pending: AtomicBool,
+    queue: Mutex<Vec<Command>>,
+    posted: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Mailbox {
+    /// Posts a command; returns its ticket (see [`Mailbox::wait`]).
+    pub fn post(&self, c: Command) -> u64 {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.push(c);
+        let ticket = self.posted.fetch_add(1, Ordering::SeqCst) + 1;
+        self.pending.store(true, Ordering::SeqCst);
+        ticket
+    }
+
+    /// Shard side: whether commands wait (one relaxed load).
+    #[inline]
+    pub fn has_work(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Shard side: takes the waiting commands.
+    pub fn take(&self) -> Vec<Command> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.pending.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *q)
+    }
+
+    /// Shard side: `n` commands were carried out.
+    pub fn finished(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Waits until the command with `ticket` was carried out, up to `timeout`.
+    pub fn wait(&self, ticket: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.done.load(Ordering::SeqCst) < ticket {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_complete_in_order() {
+        let m = Mailbox::default();
+        assert!(!m.has_work());
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let t1 = m.post(Command::QueryPage(1, tx.clone()));
+        let t2 = m.post(Command::QueryPage(2, tx));
+        assert!(m.has_work());
+        let cmds = m.take();
+        assert_eq!(cmds.len(), 2);
+        assert!(!m.has_work());
+        assert!(!m.wait(t1, Duration::from_millis(1)));
+        m.finished(2);
+        assert!(m.wait(t1, Duration::ZERO) && m.wait(t2, Duration::ZERO));
+    }
+}
