@@ -2,4 +2,7 @@
 //! API. Never on the fault path.
 
 pub mod acpi;
+pub mod api;
 pub mod handle;
+pub mod heatmap;
+pub mod metrics;
