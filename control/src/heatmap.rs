@@ -248,15 +248,16 @@ pub fn render_svg(
     }
 
     let g = downsample(heat, opts.max_columns);
+    // Rows of 12 to 32 px, at least 160 px in all (the legend's height) when few nodes.
     let row_h = if nn <= 64 {
-        (640.0 / nn as f64).clamp(12.0, 32.0)
+        (640.0 / nn as f64).clamp(12.0, 32.0).max(160.0 / nn as f64)
     } else {
         (768.0 / nn as f64).max(0.75)
     };
     let plot_h = row_h * nn as f64;
     let col_w = PLOT_W / g.cols as f64;
     let width = LEFT + PLOT_W + LEGEND_W;
-    let height = TOP + plot_h.max(200.0) + BOTTOM;
+    let height = TOP + plot_h.max(legend_height(plot_h) + 24.0) + BOTTOM;
     let column_bytes = heat.bucket_bytes as f64 * g.group as f64;
     let span = column_bytes * g.cols as f64;
     let x_of = |addr: f64| LEFT + addr / span * PLOT_W;
@@ -315,7 +316,7 @@ pub fn render_svg(
                 h.node
             );
         }
-        if h.start > 0 && x0 > LEFT {
+        if h.start > 0 && x0 > LEFT && homes.len() <= 16 {
             let _ = writeln!(
                 s,
                 "<line x1=\"{x0:.2}\" y1=\"{band_y:.1}\" x2=\"{x0:.2}\" y2=\"{:.1}\" \
@@ -354,7 +355,8 @@ pub fn render_svg(
     }
     s.push_str("</g>\n");
     // Re-draw the home boundaries over the cells.
-    for h in homes.iter().filter(|h| h.start > 0) {
+    // (Only for a few homes: with dozens, the band alone is clearer.)
+    for h in homes.iter().filter(|h| h.start > 0 && homes.len() <= 16) {
         let x = x_of(h.start as f64);
         if x > LEFT && x < LEFT + PLOT_W {
             let _ = writeln!(
@@ -422,17 +424,22 @@ pub fn render_svg(
     Ok(s)
 }
 
+/// Height of the colour bar.
+fn legend_height(plot_h: f64) -> f64 {
+    plot_h.clamp(160.0, 320.0)
+}
+
 /// The colour bar with its count labels (log scale), right of the plot.
 fn legend(s: &mut String, max: u64, plot_h: f64) {
     let x = LEFT + PLOT_W + 28.0;
-    let h = plot_h.clamp(160.0, 320.0);
+    let h = legend_height(plot_h);
     let step = h / LEVELS as f64;
     let _ = writeln!(
         s,
         "<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"12\">requests</text>\n\
          <text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#444\">(log scale)</text>",
-        TOP - 20.0,
-        TOP - 7.0
+        TOP - 28.0,
+        TOP - 14.0
     );
     for l in 1..=LEVELS {
         let y = TOP + h - l as f64 * step;
@@ -464,7 +471,7 @@ fn legend(s: &mut String, max: u64, plot_h: f64) {
     for m in marks {
         let l = level(m, max.max(1));
         let y = TOP + h - (l as f64 - 0.5) * step;
-        if y - last_y < 14.0 {
+        if y - last_y < 16.0 {
             continue;
         }
         let _ = writeln!(
