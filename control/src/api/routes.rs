@@ -229,7 +229,12 @@ impl From<JoinBody> for JoinRequest {
 }
 
 fn join(ctx: &Context, body: &[u8]) -> Response {
-    let req: JoinBody = match serde_json::from_slice(body) {
+    // serde would also take the fields as an array; only the documented object is accepted.
+    let parsed = match body.trim_ascii_start().first() {
+        Some(b'{') => serde_json::from_slice::<JoinBody>(body).map_err(|e| e.to_string()),
+        _ => Err("not a JSON object".to_string()),
+    };
+    let req = match parsed {
         Ok(b) => b,
         Err(e) => {
             return error(
