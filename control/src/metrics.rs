@@ -200,7 +200,10 @@ fn series_labels(name: &str) -> [(&'static str, String); 2] {
         Some((k, l)) if !k.is_empty() && !l.is_empty() => (k, l),
         _ => (name, "all"),
     };
-    [("kind", kind.to_string()), ("locality", locality.to_string())]
+    [
+        ("kind", kind.to_string()),
+        ("locality", locality.to_string()),
+    ]
 }
 
 /// Per-bucket counts from cumulative ones, ending with a `+Inf` bucket that holds what the
@@ -256,7 +259,10 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         for (kind, locality, v) in faults {
             let l = with(
                 &n,
-                &[("kind", kind.to_string()), ("locality", locality.to_string())],
+                &[
+                    ("kind", kind.to_string()),
+                    ("locality", locality.to_string()),
+                ],
             );
             m.encode_family(&l)?
                 .encode_counter::<NoLabelSet, u64, u64>(v, None::<&NoExemplar>)?;
@@ -287,8 +293,12 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         )?;
         for (name, buckets, count, sum) in service_time {
             let l = with(&n, &series_labels(name));
-            m.encode_family(&l)?
-                .encode_histogram::<NoLabelSet>(*sum, *count, &per_bucket(buckets, *count), None)?;
+            m.encode_family(&l)?.encode_histogram::<NoLabelSet>(
+                *sum,
+                *count,
+                &per_bucket(buckets, *count),
+                None,
+            )?;
         }
     }
     counter(
@@ -469,7 +479,10 @@ mod tests {
     fn series_names_split_into_kind_and_locality() {
         assert_eq!(
             series_labels("read-remote"),
-            [("kind", "read".to_string()), ("locality", "remote".to_string())]
+            [
+                ("kind", "read".to_string()),
+                ("locality", "remote".to_string())
+            ]
         );
         assert_eq!(
             series_labels("all"),
@@ -482,7 +495,10 @@ mod tests {
     fn an_empty_snapshot_still_declares_every_family() {
         let text = render_snapshot(&Telemetry::default()).unwrap();
         for f in FAMILIES {
-            assert!(text.contains(&format!("# TYPE {f} ")), "{f} missing:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {f} ")),
+                "{f} missing:\n{text}"
+            );
         }
         assert!(text.ends_with("# EOF\n"));
         assert!(text.contains("ssi_dp_remote_miss_ratio{node=\"0\"} 0.0"));

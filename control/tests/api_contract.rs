@@ -9,10 +9,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use control::api::{self, Limits, ApiServer, ROUTES};
+use control::api::{self, ApiServer, Limits, ROUTES};
 use control::handle::{
-    Heat, JoinRequest, Member, MemberState, MembershipError, MembershipOps, NodeHandle,
-    PageInfo, PageQueryError, Telemetry,
+    Heat, JoinRequest, Member, MemberState, MembershipError, MembershipOps, NodeHandle, PageInfo,
+    PageQueryError, Telemetry,
 };
 use serde_json::Value;
 
@@ -192,7 +192,9 @@ impl MembershipOps for MockNode {
     fn stop_cluster(&self) -> Result<(), MembershipError> {
         let mut st = self.state.lock().unwrap();
         if st.stopped {
-            return Err(MembershipError::Conflict("the cluster is already stopping".into()));
+            return Err(MembershipError::Conflict(
+                "the cluster is already stopping".into(),
+            ));
         }
         st.stopped = true;
         Ok(())
@@ -202,7 +204,9 @@ impl MembershipOps for MockNode {
         let mut st = self.state.lock().unwrap();
         st.inventories.push(inventory_toml.to_string());
         if !st.members.is_empty() {
-            return Err(MembershipError::Conflict("this node is already in a cluster".into()));
+            return Err(MembershipError::Conflict(
+                "this node is already in a cluster".into(),
+            ));
         }
         // The mock reads one member per `addr = "..."` line; the real parser is elsewhere.
         let addrs: Vec<&str> = inventory_toml
@@ -211,7 +215,9 @@ impl MembershipOps for MockNode {
             .map(|a| a.trim_matches('"'))
             .collect();
         if addrs.is_empty() {
-            return Err(MembershipError::Invalid("the inventory lists no node".into()));
+            return Err(MembershipError::Invalid(
+                "the inventory lists no node".into(),
+            ));
         }
         for (i, a) in addrs.iter().enumerate() {
             st.members.push(Member {
@@ -251,7 +257,11 @@ impl Reply {
     }
 
     fn json(&self) -> Value {
-        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
@@ -389,7 +399,8 @@ fn head_answers_like_get_without_the_body() {
 fn post_nodes_joins_and_the_member_shows_up() {
     let mock = MockNode::in_cluster();
     let srv = start(&mock);
-    let body = br#"{"id": 5, "addr": "10.0.0.9:7000", "control": "10.0.0.9:7100", "memory": 1048576}"#;
+    let body =
+        br#"{"id": 5, "addr": "10.0.0.9:7000", "control": "10.0.0.9:7100", "memory": 1048576}"#;
     let r = send(srv.addr(), "POST", "/nodes", Some(body));
     assert_eq!(r.status, 201, "{r:?}");
     let m = r.json();
@@ -528,7 +539,15 @@ fn get_page_bad_addresses() {
     let msg = get(srv.addr(), &format!("/pages/{:#x}", 128 * MIB)).error(404);
     assert!(msg.contains("outside the address space"), "{msg}");
     get(srv.addr(), "/pages/0xffffffffffffffff").error(404);
-    for bad in ["abc", "0x", "0xg1", "-4096", "18446744073709551616", "1e6", "%30"] {
+    for bad in [
+        "abc",
+        "0x",
+        "0xg1",
+        "-4096",
+        "18446744073709551616",
+        "1e6",
+        "%30",
+    ] {
         let msg = get(srv.addr(), &format!("/pages/{bad}")).error(400);
         assert!(msg.contains("guest-physical address"), "{bad}: {msg}");
     }
@@ -543,10 +562,16 @@ fn metrics_are_openmetrics_text_from_the_node() {
     let srv = start(&mock);
     let r = get(srv.addr(), "/metrics");
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type"), Some(control::metrics::CONTENT_TYPE));
+    assert_eq!(
+        r.header("content-type"),
+        Some(control::metrics::CONTENT_TYPE)
+    );
     let t = r.text();
     assert!(t.contains("ssi_dp_faults_total{node=\"0\",kind=\"read\",locality=\"remote\"} 5\n"));
-    assert!(t.contains("ssi_dp_remote_miss_ratio{node=\"0\"} 0.25\n"), "{t}");
+    assert!(
+        t.contains("ssi_dp_remote_miss_ratio{node=\"0\"} 0.25\n"),
+        "{t}"
+    );
     assert!(t.contains("ssi_dp_invalidations_total{node=\"0\"} 2\n"));
     assert!(t.ends_with("# EOF\n"));
 }
@@ -574,7 +599,13 @@ fn heatmap_is_an_svg_of_the_members() {
 fn heatmap_bad_queries_and_bad_heat() {
     let mock = MockNode::in_cluster();
     let srv = start(&mock);
-    for q in ["columns=0", "columns=abc", "columns=5000", "columns=", "colour=red"] {
+    for q in [
+        "columns=0",
+        "columns=abc",
+        "columns=5000",
+        "columns=",
+        "colour=red",
+    ] {
         get(srv.addr(), &format!("/heatmap?{q}")).error(400);
     }
     mock.state.lock().unwrap().broken_heat = true;
@@ -593,7 +624,10 @@ fn post_cluster_forms_from_the_inventory() {
     let members = v.as_array().unwrap();
     assert_eq!(members.len(), 2);
     assert_eq!(members[1]["addr"], "10.1.0.2:7000");
-    assert_eq!(mock.state.lock().unwrap().inventories, vec![inventory.to_string()]);
+    assert_eq!(
+        mock.state.lock().unwrap().inventories,
+        vec![inventory.to_string()]
+    );
     // Formed now: a second formation is refused.
     let msg = send(srv.addr(), "POST", "/cluster", Some(inventory.as_bytes())).error(409);
     assert!(msg.contains("already"), "{msg}");
@@ -628,7 +662,15 @@ fn delete_cluster_stops_it() {
 fn unknown_paths_are_404() {
     let mock = MockNode::in_cluster();
     let srv = start(&mock);
-    for p in ["/", "/node", "/nodes/1/2", "/metrics/", "/pages", "/pages/", "/heatmap.svg"] {
+    for p in [
+        "/",
+        "/node",
+        "/nodes/1/2",
+        "/metrics/",
+        "/pages",
+        "/pages/",
+        "/heatmap.svg",
+    ] {
         let msg = get(srv.addr(), p).error(404);
         assert!(msg.contains("/nodes"), "{p}: {msg}");
     }
@@ -647,7 +689,11 @@ fn wrong_methods_are_405_with_allow() {
             }
             let r = send(srv.addr(), method, &path, Some(b"{}"));
             r.error(405);
-            assert_eq!(r.header("allow"), Some(route.allow().as_str()), "{method} {path}");
+            assert_eq!(
+                r.header("allow"),
+                Some(route.allow().as_str()),
+                "{method} {path}"
+            );
         }
     }
     // Nothing was changed by the refused requests.
@@ -668,7 +714,10 @@ fn malformed_http_is_answered_with_json_errors() {
         (b"GET nodes HTTP/1.1\r\n\r\n", 400),
         (b"GET /nodes HTTP/1.1\r\nBad Header\r\n\r\n", 400),
         (b"POST /nodes HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
-        (b"POST /nodes HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+        (
+            b"POST /nodes HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
     ];
     for (req, status) in cases {
         raw(srv.addr(), req).error(status);
@@ -684,7 +733,10 @@ fn oversized_requests_are_refused() {
     let big = vec![b'x'; 64 * 1024 + 1];
     let msg = send(srv.addr(), "POST", "/cluster", Some(&big)).error(413);
     assert!(msg.contains("65536"), "{msg}");
-    let long_field = format!("GET /nodes HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(20_000));
+    let long_field = format!(
+        "GET /nodes HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(20_000)
+    );
     raw(srv.addr(), long_field.as_bytes()).error(431);
     let long_target = format!("GET /pages/{} HTTP/1.1\r\n\r\n", "1".repeat(3000));
     raw(srv.addr(), long_target.as_bytes()).error(414);
@@ -868,7 +920,10 @@ fn openapi_operations() -> BTreeSet<(String, String)> {
         } else if indent == 4 && line.trim_end().ends_with(':') {
             let methods = ["get", "head", "post", "put", "delete", "patch", "options"];
             if methods.contains(&key) {
-                ops.insert((path.clone().expect("operation outside a path"), key.to_string()));
+                ops.insert((
+                    path.clone().expect("operation outside a path"),
+                    key.to_string(),
+                ));
             }
         }
     }
@@ -891,12 +946,13 @@ fn openapi_documents_exactly_the_served_routes() {
 
 #[test]
 fn openapi_documents_the_error_shape_and_statuses() {
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
-            .unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
+        .unwrap();
     assert!(doc.starts_with("openapi: 3.0."), "OpenAPI 3.0 document");
     assert!(doc.contains("    Error:"), "an Error schema");
-    for status in ["\"201\"", "\"202\"", "\"204\"", "\"400\"", "\"404\"", "\"409\"", "\"413\"", "\"503\""] {
+    for status in [
+        "\"201\"", "\"202\"", "\"204\"", "\"400\"", "\"404\"", "\"409\"", "\"413\"", "\"503\"",
+    ] {
         assert!(doc.contains(status), "status {status} is not documented");
     }
 }

@@ -215,9 +215,11 @@ fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
 pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, HttpError> {
     let end = match head_end(buf) {
         Some(e) if e <= limits.head_bytes => e,
-        Some(_) => return Err(HttpError::HeadTooLarge {
-            limit: limits.head_bytes,
-        }),
+        Some(_) => {
+            return Err(HttpError::HeadTooLarge {
+                limit: limits.head_bytes,
+            })
+        }
         None if buf.len() >= limits.head_bytes => {
             return Err(HttpError::HeadTooLarge {
                 limit: limits.head_bytes,
@@ -321,9 +323,7 @@ fn parse_content_length(v: &[u8]) -> Result<u64, HttpError> {
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return Err(HttpError::BadContentLength("not a decimal number"));
         }
-        let n = part
-            .iter()
-            .fold(0u64, |a, &d| a * 10 + u64::from(d - b'0'));
+        let n = part.iter().fold(0u64, |a, &d| a * 10 + u64::from(d - b'0'));
         match out {
             Some(prev) if prev != n => {
                 return Err(HttpError::BadContentLength("several different values"))
@@ -498,7 +498,10 @@ mod tests {
         assert_eq!(h.query.as_deref(), Some("x=1"));
         assert_eq!(h.content_length, 0);
         assert!(!h.expect_continue);
-        assert_eq!(h.len, "GET /pages/0x1000?x=1 HTTP/1.1\r\nHost: a\r\n\r\n".len());
+        assert_eq!(
+            h.len,
+            "GET /pages/0x1000?x=1 HTTP/1.1\r\nHost: a\r\n\r\n".len()
+        );
     }
 
     #[test]
@@ -557,7 +560,10 @@ mod tests {
             body_bytes: 10,
         };
         let p = |s: &str| parse_head(s.as_bytes(), &limits);
-        assert_eq!(p("GET /123456789 HTTP/1.1\r\n\r\n").unwrap_err().status(), 414);
+        assert_eq!(
+            p("GET /123456789 HTTP/1.1\r\n\r\n").unwrap_err().status(),
+            414
+        );
         assert_eq!(
             p("GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n").unwrap_err(),
             HttpError::TooManyFields { limit: 2 }

@@ -185,7 +185,10 @@ pub fn handle(ctx: &Context, req: &Request<'_>) -> Response {
     };
     if route.path != "/heatmap" {
         if let Some(q) = req.query.filter(|q| !q.is_empty()) {
-            return error(400, &format!("{} takes no query parameters, got `{q}`", route.path));
+            return error(
+                400,
+                &format!("{} takes no query parameters, got `{q}`", route.path),
+            );
         }
     }
     match (route.path, method) {

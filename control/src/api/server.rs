@@ -91,7 +91,10 @@ fn admit(s: TcpStream, shared: &Shared, tx: &SyncSender<TcpStream>) {
         Ok(()) => {}
         Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => {
             shared.active.fetch_sub(1, Ordering::SeqCst);
-            refuse(s, "the API is shutting down or overloaded; retry in a moment");
+            refuse(
+                s,
+                "the API is shutting down or overloaded; retry in a moment",
+            );
         }
     }
 }
@@ -230,8 +233,7 @@ fn linger(s: &mut TcpStream) {
 
 fn serve_connection(mut s: TcpStream, shared: &Shared) {
     if s.set_nonblocking(false).is_err()
-        || s
-            .set_write_timeout(Some(shared.limits.write_timeout))
+        || s.set_write_timeout(Some(shared.limits.write_timeout))
             .is_err()
     {
         return;
