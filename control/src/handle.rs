@@ -54,7 +54,7 @@ pub struct Member {
 }
 
 /// The coherence state of one page, as its home knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PageInfo {
     /// The page's guest-physical address (page aligned).
     pub gpa: u64,
@@ -63,7 +63,7 @@ pub struct PageInfo {
     /// The home node.
     pub home: u16,
     /// `zero` (never written), `shared`, `exclusive` or `lost`.
-    pub state: &'static str,
+    pub state: String,
     /// The exclusive owner, if any.
     pub owner: Option<u16>,
     /// Nodes holding read-only copies.

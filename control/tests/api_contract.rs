@@ -109,7 +109,7 @@ impl NodeHandle for MockNode {
             gpa: page * PAGE,
             page,
             home: home.id,
-            state: "shared",
+            state: "shared".into(),
             owner: None,
             sharers: vec![0, 1],
             version: (page % 1000) as u32,

@@ -49,6 +49,22 @@ impl NodeControl for FakeNode {
     fn stop(&self) {
         *self.stopped.lock().unwrap() = true;
     }
+    fn page_local(
+        &self,
+        gpa: u64,
+    ) -> Result<control::handle::PageInfo, control::handle::PageQueryError> {
+        Ok(control::handle::PageInfo {
+            gpa,
+            page: gpa / 4096,
+            home: 0,
+            state: "zero".into(),
+            owner: None,
+            sharers: vec![],
+            version: 0,
+            busy: false,
+            recent_requests: vec![],
+        })
+    }
 }
 
 fn certs(name: &str, nodes: &[u16]) -> (GeneratedFiles, std::path::PathBuf) {
@@ -129,6 +145,13 @@ fn heartbeats_keep_nodes_alive_and_silence_kills() {
         assert!(r.node.dead.lock().unwrap().is_empty());
     }
     assert!(!a.m.rtt().is_empty(), "heartbeat acks give RTTs");
+    // A page query travels to the home over the control plane.
+    let info = b.m.query_page(0, 8192).unwrap();
+    assert_eq!((info.page, info.state.as_str()), (2, "zero"));
+    assert!(
+        b.m.query_page(7, 0).is_err(),
+        "no connection to a node that is not there"
+    );
     // Node 2 falls silent: suspected, then dead within the timeout (plus loop slack).
     let t0 = Instant::now();
     drop(c);

@@ -99,21 +99,31 @@ pub struct PeerArg {
     pub addr: String,
     /// The peer's contribution when it differs from this node's `--memory`.
     pub memory: Option<u64>,
+    /// The peer's control-plane address, when the control plane runs.
+    pub control: Option<String>,
 }
 
-/// Parses `ID@HOST:PORT[,mem=SIZE]`.
+/// Parses `ID@HOST:PORT[,mem=SIZE][,control=HOST:PORT]`.
 pub fn parse_peer(s: &str) -> Result<PeerArg, ConfigError> {
     let bad = || ConfigError::BadPeer(s.to_string());
     let (id, rest) = s.split_once('@').ok_or_else(bad)?;
     let id: u32 = id.trim().parse().map_err(|_| bad())?;
     let id = node_id(id)?;
-    let (addr, memory) = match rest.split_once(',') {
-        Some((a, opt)) => {
-            let size = opt.strip_prefix("mem=").ok_or_else(bad)?;
-            (a, Some(parse_size(size)?))
+    let mut parts = rest.split(',');
+    let addr = parts.next().unwrap_or_default();
+    let (mut memory, mut control) = (None, None);
+    for opt in parts {
+        if let Some(size) = opt.strip_prefix("mem=") {
+            memory = Some(parse_size(size)?);
+        } else if let Some(c) = opt.strip_prefix("control=") {
+            if !c.contains(':') {
+                return Err(bad());
+            }
+            control = Some(c.to_string());
+        } else {
+            return Err(bad());
         }
-        None => (rest, None),
-    };
+    }
     if addr.is_empty() || !addr.contains(':') {
         return Err(bad());
     }
@@ -121,6 +131,7 @@ pub fn parse_peer(s: &str) -> Result<PeerArg, ConfigError> {
         id,
         addr: addr.to_string(),
         memory,
+        control,
     })
 }
 
@@ -297,10 +308,17 @@ mod tests {
             PeerArg {
                 id: 2,
                 addr: "127.0.0.1:7002".into(),
-                memory: None
+                memory: None,
+                control: None
             }
         );
         assert_eq!(parse_peer("3@host:1,mem=1G").unwrap().memory, Some(1 << 30));
+        let p = parse_peer("3@host:1,control=host:2,mem=4K").unwrap();
+        assert_eq!(
+            (p.control.as_deref(), p.memory),
+            (Some("host:2"), Some(4096))
+        );
+        assert!(parse_peer("3@host:1,control=nope").is_err());
         for bad in ["2", "x@h:1", "2@", "2@host", "2@h:1,size=1G", "64@h:1"] {
             assert!(parse_peer(bad).is_err(), "{bad}");
         }

@@ -7,12 +7,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use control::handle::{Heat, Member, NodeHandle, PageInfo, PageQueryError, Telemetry};
+use control::handle::{
+    Heat, JoinRequest, Member, MembershipError, MembershipOps, NodeHandle, PageInfo,
+    PageQueryError, Telemetry,
+};
 use control::membership::msg::NodeInfo;
 use control::membership::{Membership, NodeControl};
 
 use crate::config::{self, ClusterSpec, NodeSpec, PAGE_SIZE};
 use crate::node::Node;
+use crate::shard::mailbox::DirView;
 use crate::stats::{sum, FaultKind, Locality, HEAT_BUCKETS};
 use crate::summary;
 
@@ -48,6 +52,47 @@ impl Glue {
     /// Attaches the running membership (for member states and RTTs).
     pub fn set_membership(&self, m: Arc<Membership>) {
         let _ = self.membership.set(m);
+    }
+
+    /// The state of a page this node homes.
+    fn local_page(&self, gpa: u64) -> Result<PageInfo, PageQueryError> {
+        let layout = self.node.layout();
+        let end = layout.end_page() * PAGE_SIZE;
+        let page = gpa / PAGE_SIZE;
+        let home = match layout.home_of(page) {
+            Ok(h) if gpa < end => h.get(),
+            _ => return Err(PageQueryError::OutOfRange { gpa, end }),
+        };
+        let unavailable = |why: &str| PageQueryError::HomeUnavailable {
+            gpa,
+            home,
+            why: why.into(),
+        };
+        if home != self.node.id() {
+            return Err(unavailable("this node is not the page's home"));
+        }
+        let st = self
+            .node
+            .query_page(page)
+            .ok_or_else(|| unavailable("the shard owning the page did not answer"))?;
+        let d = st.dir.unwrap_or(DirView {
+            state: "zero",
+            owner: None,
+            sharers: Vec::new(),
+            version: 0,
+            busy: false,
+        });
+        Ok(PageInfo {
+            gpa: page * PAGE_SIZE,
+            page,
+            home,
+            state: d.state.to_string(),
+            owner: d.owner,
+            sharers: d.sharers,
+            version: d.version,
+            busy: d.busy,
+            recent_requests: st.recent,
+        })
     }
 
     fn control_of(&self, id: u16) -> String {
@@ -126,7 +171,12 @@ impl NodeControl for Glue {
     }
 
     fn stop(&self) {
+        self.node.state().expect_departures();
         self.node.state().request_cluster_stop();
+    }
+
+    fn page_local(&self, gpa: u64) -> Result<PageInfo, PageQueryError> {
+        self.local_page(gpa)
     }
 }
 
@@ -175,42 +225,22 @@ impl NodeHandle for Glue {
     fn page(&self, gpa: u64) -> Result<PageInfo, PageQueryError> {
         let layout = self.node.layout();
         let end = layout.end_page() * PAGE_SIZE;
-        if gpa >= end {
-            return Err(PageQueryError::OutOfRange { gpa, end });
+        let home = match layout.home_of(gpa / PAGE_SIZE) {
+            Ok(h) if gpa < end => h.get(),
+            _ => return Err(PageQueryError::OutOfRange { gpa, end }),
+        };
+        if home == self.node.id() {
+            return self.local_page(gpa);
         }
-        let page = gpa / PAGE_SIZE;
-        let home = layout
-            .home_of(page)
-            .map_err(|_| PageQueryError::OutOfRange { gpa, end })?
-            .get();
-        if home != self.node.id() {
-            return Err(PageQueryError::HomeUnavailable {
+        // A page's coherence state lives at its home: ask it over the control plane.
+        match self.membership.get() {
+            Some(m) => m.query_page(home, gpa),
+            None => Err(PageQueryError::HomeUnavailable {
                 gpa,
                 home,
-                why: format!("ask node {home}'s API: a page's coherence state lives at its home"),
-            });
+                why: format!("no control plane to ask node {home}; query its API instead"),
+            }),
         }
-        let st = self
-            .node
-            .query_page(page)
-            .ok_or_else(|| PageQueryError::HomeUnavailable {
-                gpa,
-                home,
-                why: "the shard owning the page did not answer".into(),
-            })?;
-        let (state, owner, sharers, version, busy) =
-            st.dir.unwrap_or(("zero", None, Vec::new(), 0, false));
-        Ok(PageInfo {
-            gpa: page * PAGE_SIZE,
-            page,
-            home,
-            state,
-            owner,
-            sharers,
-            version,
-            busy,
-            recent_requests: st.recent,
-        })
     }
 
     fn heat(&self) -> Heat {
@@ -293,5 +323,34 @@ impl NodeHandle for Glue {
             faults_failed: sum(st, |x| &x.faults_failed),
             protocol_violations: sum(st, |x| &x.violations),
         }
+    }
+}
+
+/// Membership operations of a node started without a control plane: the API says so.
+#[derive(Debug)]
+pub struct NoControlPlane;
+
+const NO_CONTROL: &str = "this node runs without a control plane: start the nodes from an \
+    inventory (`ssi-dp up`) or with --control and TLS certificates to join, leave or stop \
+    through the API";
+
+impl MembershipOps for NoControlPlane {
+    fn join(&self, _req: JoinRequest) -> Result<Member, MembershipError> {
+        Err(MembershipError::Conflict(NO_CONTROL.into()))
+    }
+
+    fn leave(&self, _id: u16) -> Result<(), MembershipError> {
+        Err(MembershipError::Conflict(NO_CONTROL.into()))
+    }
+
+    fn stop_cluster(&self) -> Result<(), MembershipError> {
+        Err(MembershipError::Conflict(NO_CONTROL.into()))
+    }
+
+    fn form_cluster(&self, _inventory_toml: &str) -> Result<Vec<Member>, MembershipError> {
+        Err(MembershipError::Conflict(
+            "this node already belongs to a cluster; start a new one with `ssi-dp up INVENTORY`"
+                .into(),
+        ))
     }
 }

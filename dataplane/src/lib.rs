@@ -34,5 +34,4 @@ pub mod signals;
 pub mod spsc;
 pub mod stats;
 pub mod summary;
-pub mod telemetry;
 pub mod workload;

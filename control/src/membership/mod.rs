@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use self::detector::{Change, Detector, Heard};
 use self::link::Link;
 use self::msg::{ControlMsg, NodeInfo};
-use crate::handle::{JoinRequest, Member, MemberState, MembershipError, MembershipOps};
+use crate::handle::{
+    JoinRequest, Member, MemberState, MembershipError, MembershipOps, PageInfo, PageQueryError,
+};
 use crate::tls::{check_peer, TlsIdentity};
 
 /// How long a join may take before the API gives up on it.
@@ -62,6 +64,8 @@ pub trait NodeControl: Send + Sync {
     fn hand_back(&self) -> Result<(), String>;
     /// Stops this node in order (the process ends).
     fn stop(&self);
+    /// The state of a page this node homes (answering another node's query).
+    fn page_local(&self, gpa: u64) -> Result<PageInfo, PageQueryError>;
 }
 
 /// How to run membership.
@@ -85,6 +89,7 @@ pub struct MembershipConfig {
 }
 
 enum Cmd {
+    Page(u16, u64, Sender<Result<PageInfo, PageQueryError>>),
     Join(JoinRequest, Sender<Result<Member, MembershipError>>),
     Leave(u16, Sender<Result<(), MembershipError>>),
     Stop(Sender<Result<(), MembershipError>>),
@@ -189,6 +194,13 @@ impl Membership {
         self.shared
             .reconnects
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks node `home` for the state of the page at `gpa` over the control plane.
+    pub fn query_page(&self, home: u16, gpa: u64) -> Result<PageInfo, PageQueryError> {
+        let unavailable = |why: String| PageQueryError::HomeUnavailable { gpa, home, why };
+        self.command(|tx| Cmd::Page(home, gpa, tx), Duration::from_secs(3))
+            .map_err(|e| unavailable(e.to_string()))?
     }
 
     fn command<T>(
@@ -312,6 +324,11 @@ struct PendingLeave {
 }
 
 enum Work {
+    PageAnswer {
+        req: u64,
+        to: u16,
+        result: Result<PageInfo, PageQueryError>,
+    },
     Extended {
         req: u64,
         coordinator: Option<u16>,
@@ -349,7 +366,17 @@ struct Loop {
     ever_connected: Vec<u16>,
     rtt: Vec<(u16, f64)>,
     stale: Vec<std::os::fd::RawFd>,
+    /// Page queries waiting for a home's reply: `(req, home, gpa, deadline, reply)`.
+    queries: Vec<PendingQuery>,
 }
+
+type PendingQuery = (
+    u64,
+    u16,
+    u64,
+    Instant,
+    Sender<Result<PageInfo, PageQueryError>>,
+);
 
 impl Loop {
     fn new(
@@ -401,6 +428,7 @@ impl Loop {
             ever_connected: Vec::new(),
             rtt: Vec::new(),
             stale: Vec::new(),
+            queries: Vec::new(),
         }
     }
 
@@ -443,6 +471,7 @@ impl Loop {
             }
             self.progress_join();
             self.progress_leave();
+            self.expire_queries();
             self.publish();
             self.sleep();
         }
@@ -694,6 +723,37 @@ impl Loop {
                 }
                 id == peer.unwrap_or(u16::MAX)
             }
+            ControlMsg::PageQuery { req, gpa } => {
+                let Some(to) = peer else { return true };
+                let (tx, node) = (self.work_tx.clone(), self.node.clone());
+                std::thread::spawn(move || {
+                    let _ = tx.send(Work::PageAnswer {
+                        req,
+                        to,
+                        result: node.page_local(gpa),
+                    });
+                });
+                false
+            }
+            ControlMsg::PageReply { req, info, error } => {
+                if let Some(k) = self
+                    .queries
+                    .iter()
+                    .position(|q| q.0 == req && Some(q.1) == peer)
+                {
+                    let (_, home, gpa, _, reply) = self.queries.swap_remove(k);
+                    let r = match (info, error) {
+                        (Some(i), _) => Ok(i),
+                        (None, e) => Err(PageQueryError::HomeUnavailable {
+                            gpa,
+                            home,
+                            why: e.unwrap_or_else(|| "no answer".into()),
+                        }),
+                    };
+                    let _ = reply.send(r);
+                }
+                false
+            }
             ControlMsg::Stop => {
                 eprintln!(
                     "ssi-dp: node {}: stopping: the cluster is being stopped",
@@ -725,6 +785,15 @@ impl Loop {
         while let Ok(w) = self.work_rx.try_recv() {
             match w {
                 Work::Dialled { peer, sock } => self.dialled(peer, sock),
+                Work::PageAnswer { req, to, result } => {
+                    let (info, error) = match result {
+                        Ok(i) => (Some(i), None),
+                        Err(e) => (None, Some(e.to_string())),
+                    };
+                    if let Some(l) = self.links.iter_mut().find(|l| l.peer == Some(to)) {
+                        let _ = l.send(&ControlMsg::PageReply { req, info, error });
+                    }
+                }
                 Work::Extended {
                     req,
                     coordinator,
@@ -777,6 +846,25 @@ impl Loop {
     fn commands(&mut self) {
         while let Ok(c) = self.cmds.try_recv() {
             match c {
+                Cmd::Page(home, gpa, reply) => {
+                    let req = self.next_req;
+                    self.next_req += 1;
+                    let sent = self
+                        .links
+                        .iter_mut()
+                        .find(|l| l.peer == Some(home) && l.established())
+                        .is_some_and(|l| l.send(&ControlMsg::PageQuery { req, gpa }).is_ok());
+                    if sent {
+                        let deadline = Instant::now() + Duration::from_secs(2);
+                        self.queries.push((req, home, gpa, deadline, reply));
+                    } else {
+                        let _ = reply.send(Err(PageQueryError::HomeUnavailable {
+                            gpa,
+                            home,
+                            why: format!("no control connection to node {home}"),
+                        }));
+                    }
+                }
                 Cmd::Join(req, reply) => self.begin_join(req, reply),
                 Cmd::Leave(id, reply) => self.begin_leave(id, reply),
                 Cmd::Stop(reply) => {
@@ -955,6 +1043,21 @@ impl Loop {
             }
             eprintln!("ssi-dp: node {}: node {id} joined the cluster", self.me.id);
         }
+    }
+
+    fn expire_queries(&mut self) {
+        let now = Instant::now();
+        self.queries.retain(|q| {
+            let expired = now > q.3;
+            if expired {
+                let _ = q.4.send(Err(PageQueryError::HomeUnavailable {
+                    gpa: q.2,
+                    home: q.1,
+                    why: "the home did not answer in time".into(),
+                }));
+            }
+            !expired
+        });
     }
 
     fn begin_leave(&mut self, id: u16, reply: Sender<Result<(), MembershipError>>) {

@@ -87,6 +87,22 @@ pub enum ControlMsg {
     },
     /// Stop the whole cluster in order.
     Stop,
+    /// Asks a page's home for its coherence state (for `GET /pages/{gpa}` on another node).
+    PageQuery {
+        /// Request id, echoed in the reply.
+        req: u64,
+        /// The page's guest-physical address.
+        gpa: u64,
+    },
+    /// The home's answer.
+    PageReply {
+        /// The request.
+        req: u64,
+        /// The page's state, when the home could answer.
+        info: Option<crate::handle::PageInfo>,
+        /// Why not, otherwise.
+        error: Option<String>,
+    },
     /// The sender refuses this connection.
     Refused {
         /// Why.

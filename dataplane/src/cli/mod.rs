@@ -4,6 +4,8 @@
 mod acpi_cmd;
 mod demo;
 mod node_cmd;
+mod settings;
+mod up;
 
 use std::path::PathBuf;
 
@@ -32,6 +34,11 @@ enum Command {
     /// Write the ACPI tables (RSDP, XSDT, FADT, DSDT, MADT, SRAT, SLIT, HMAT) of a described
     /// topology into a directory, for inspection (`iasl -d DIR/*.dat`). See docs/acpi.md.
     Acpi(acpi_cmd::AcpiArgs),
+    /// Bring up the nodes an inventory lists for this host (all of them for a local inventory)
+    /// as child processes; stops them on Ctrl-C or when the cluster is stopped.
+    Up(up::UpArgs),
+    /// Create a cluster CA and one certificate per node for the control plane's mutual TLS.
+    Certs(up::CertsArgs),
 }
 
 /// Running one node.
@@ -74,9 +81,42 @@ pub struct NodeArgs {
     /// Residency window in microseconds (0: off).
     #[arg(long, default_value_t = 0)]
     pub residency_us: u64,
-    /// Serve Prometheus metrics on HOST:PORT (/metrics).
+    /// Serve the REST API (`/nodes`, `/pages/{gpa}`, `/metrics`, `/heatmap`, ...) on
+    /// HOST:PORT. `--metrics-addr` is the same.
+    #[arg(long, alias = "metrics-addr")]
+    pub api_addr: Option<String>,
+    /// Take every setting of node --node-id from this inventory (TOML; see docs/operations.md).
     #[arg(long)]
-    pub metrics_addr: Option<String>,
+    pub inventory: Option<PathBuf>,
+    /// Run the control plane (heartbeats, failure detection, join/leave) on HOST:PORT, with
+    /// mutual TLS; every --peer then needs control=HOST:PORT.
+    #[arg(long)]
+    pub control: Option<String>,
+    /// The cluster CA certificate (PEM) for the control plane.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), valid for node-<id>.ssi-dp.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Heartbeat period of the control plane, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Heartbeat silence before a node is suspected, in ms.
+    #[arg(long, default_value_t = 500)]
+    pub suspect_ms: u64,
+    /// Heartbeat silence before a node is declared dead, in ms.
+    #[arg(long, default_value_t = 1500)]
+    pub dead_ms: u64,
+    /// Join a running cluster: wait on the control port until a member admits this node
+    /// (POST /nodes on any member's API), then start with the cluster it announces.
+    #[arg(long)]
+    pub join_wait: bool,
+    /// Address space to reserve for growth (nodes joining), e.g. 1T.
+    #[arg(long, default_value = "256G")]
+    pub max_address_space: String,
     /// Write HDR histogram interval logs of fault service times here at exit and on SIGUSR1.
     #[arg(long)]
     pub hist_dump: Option<PathBuf>,
@@ -141,6 +181,8 @@ pub fn main() -> i32 {
     match cli.command {
         Some(Command::Demo(a)) => demo::run(a),
         Some(Command::Acpi(a)) => acpi_cmd::run(a),
+        Some(Command::Up(a)) => up::run(a),
+        Some(Command::Certs(a)) => up::certs(a),
         None => node_cmd::run(cli.node),
     }
 }

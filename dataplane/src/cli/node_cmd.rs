@@ -1,19 +1,23 @@
 //! `ssi-dp --node-id N --listen ... --peer ...`: run one node until stopped, or run a
 //! built-in workload on it and exit with its verdict.
 
-use std::net::TcpListener;
-use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use control::handle::MembershipOps;
+use control::membership::msg::NodeInfo;
+use control::membership::{self, Membership, MembershipConfig};
+
+use super::settings::{self, Settings};
 use super::NodeArgs;
 use crate::config::{self, ClusterSpec, NodeSpec};
+use crate::control_glue::{Glue, NoControlPlane};
 use crate::histlog::HistLog;
 use crate::measure::Figures;
 use crate::node::{Node, NodeConfig};
 use crate::workload::{self, Progress, Spec};
-use crate::{cpulist, guest, signals, summary, telemetry};
+use crate::{cpulist, guest, signals, summary};
 
 /// Exit code: a workload check failed or the cluster stopped.
 pub const EXIT_FAILED: i32 = 1;
@@ -25,130 +29,96 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
     EXIT_USAGE
 }
 
-/// Reads and checks the cluster secret.
-fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        format!("cannot read the cluster secret {}: {e}; create it with e.g. `head -c 32 /dev/urandom > {}`", path.display(), path.display())
-    })?;
-    let trimmed: Vec<u8> = bytes.strip_suffix(b"\n").unwrap_or(&bytes).to_vec();
-    if trimmed.len() < wire::handshake::MIN_SECRET_LEN {
-        return Err(format!(
-            "the cluster secret in {} has {} bytes; it needs at least {}",
-            path.display(),
-            trimmed.len(),
-            wire::handshake::MIN_SECRET_LEN
-        ));
-    }
-    Ok(trimmed)
-}
-
-/// Builds the cluster from the command line.
-fn cluster(a: &NodeArgs, listen: std::net::SocketAddr) -> Result<ClusterSpec, String> {
-    let id = a
-        .node_id
-        .ok_or("--node-id is required to run a node (or run `ssi-dp demo`)")?;
-    let id = config::node_id(id).map_err(|e| e.to_string())?;
-    let memory = config::parse_size(&a.memory).map_err(|e| e.to_string())?;
-    let mut peers = Vec::new();
-    for p in &a.peers {
-        let arg = config::parse_peer(p).map_err(|e| e.to_string())?;
-        let addr = config::resolve(arg.id, &arg.addr).map_err(|e| e.to_string())?;
-        peers.push(NodeSpec {
-            id: arg.id,
-            addr,
-            memory: arg.memory.unwrap_or(memory),
-        });
-    }
-    ClusterSpec::new(
-        NodeSpec {
-            id,
-            addr: listen,
-            memory,
-        },
-        peers,
-    )
-    .map_err(|e| e.to_string())
-}
-
-fn listener(a: &NodeArgs) -> Result<TcpListener, String> {
-    match (a.listen_fd, &a.listen) {
-        (Some(fd), _) => {
-            if fd < 3 {
-                return Err(format!("--listen-fd {fd} is not an inherited socket"));
-            }
-            // SAFETY: the parent passed this fd for us to own (the demo and the tests do).
-            let l = unsafe { TcpListener::from_raw_fd(fd) };
-            l.local_addr()
-                .map_err(|e| format!("--listen-fd {fd} is not a listening socket: {e}"))?;
-            Ok(l)
-        }
-        (None, Some(addr)) => TcpListener::bind(addr).map_err(|e| {
-            format!("cannot listen on {addr}: {e}; is another node already using that port?")
-        }),
-        (None, None) => Err("--listen HOST:PORT is required to run a node".into()),
-    }
-}
-
 /// Runs a node; returns the exit code.
 pub fn run(a: NodeArgs) -> i32 {
-    let l = match listener(&a) {
-        Ok(l) => l,
-        Err(e) => return fail(e),
-    };
-    let listen_addr = match l.local_addr() {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
-    let cluster = match cluster(&a, listen_addr) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let Some(secret_path) = &a.cluster_secret_file else {
-        return fail("--cluster-secret-file is required: every node must share the same secret");
-    };
-    let secret = match read_secret(secret_path) {
+    let mut s = match settings::resolve(&a) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let cores = match cpulist::parse(&a.cores) {
-        Ok(c) => c,
-        Err(e) => return fail(format!("--cores: {e}")),
+    let me = s.id;
+    let max_space = match config::parse_size(&a.max_address_space) {
+        Ok(v) => v,
+        Err(e) => return fail(format!("--max-address-space: {e}")),
     };
+    let mut control = s.control.take();
+    // A joiner learns the cluster from the member that admits it.
+    let mut admitted = None;
+    let mut controls = s.controls();
+    let cluster = if a.join_wait {
+        let c = control
+            .as_ref()
+            .expect("settings require the control plane with --join-wait");
+        eprintln!(
+            "ssi-dp: node {me}: waiting on {} to be admitted (POST /nodes on a member's API)",
+            c.addr
+        );
+        let wait = Duration::from_secs(a.connect_timeout.max(300));
+        let (nodes, link) = match membership::wait_for_admission(&c.listener, &c.tls, wait) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("ssi-dp: node {me}: error: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        admitted = Some(link);
+        controls = nodes.iter().map(|n| (n.id, n.control.clone())).collect();
+        match cluster_of(me, &s, &nodes) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        }
+    } else {
+        match s.cluster() {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        }
+    };
+    let listen_addr = s
+        .listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let participants = match &a.participants {
         None => cluster.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
         Some(list) => match cpulist::parse(list) {
             Ok(v) => {
                 let mut v: Vec<u16> = v.into_iter().map(|x| x as u16).collect();
                 v.sort_unstable();
-                if let Some(x) = v
+                let unknown = v
                     .iter()
-                    .find(|&&x| !cluster.nodes.iter().any(|n| n.id == x))
-                {
-                    return fail(format!(
-                        "--participants names node {x}, which is not in the cluster"
-                    ));
+                    .find(|&&x| !cluster.nodes.iter().any(|n| n.id == x));
+                match (unknown, control.is_some()) {
+                    (Some(x), false) => {
+                        return fail(format!("--participants names node {x}, which is not in the cluster"))
+                    }
+                    (Some(x), true) => eprintln!(
+                        "ssi-dp: node {me}: participant {x} is not a member yet; the workload waits for it to join"
+                    ),
+                    _ => {}
                 }
                 v
             }
             Err(e) => return fail(format!("--participants: {e}")),
         },
     };
-    let me = cluster.me;
+    let cores = s.cores.clone();
     eprintln!(
         "ssi-dp: node {me}: listening on {listen_addr}; layout {} (digest {}); cores {} ({}); idle {}",
         cluster.describe(),
         cluster.digest(),
-        cpulist::format(&cores),
+        cpulist::format(&s.cores),
         if a.no_pin { "not pinned" } else { "pinned" },
-        a.idle
+        s.idle
     );
-    let mut cfg = NodeConfig::new(cluster, l, secret);
+    let mut cfg = NodeConfig::new(cluster, s.listener, s.secret);
     cfg.cores = cores;
     cfg.pin = !a.no_pin;
-    cfg.idle = a.idle;
+    cfg.idle = s.idle;
     cfg.transport = a.transport;
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
     cfg.protocol.residency_ns = a.residency_us * 1000;
+    cfg.max_address_space = max_space;
+    // Formation measurements are an exchange among the founding nodes; a joiner has none.
+    cfg.measure = admitted.is_none();
     let node = match Node::start(cfg) {
         Ok(n) => Arc::new(n),
         Err(e) => {
@@ -180,15 +150,60 @@ pub fn run(a: NodeArgs) -> i32 {
     if let Err(e) = signals::install() {
         eprintln!("ssi-dp: node {me}: warning: cannot install signal handlers: {e}");
     }
-    let _metrics = match &a.metrics_addr {
+    let glue = Glue::new(node.clone(), controls);
+    let membership = match control.take() {
         None => None,
-        Some(addr) => match telemetry::serve(addr, node.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("ssi-dp: node {me}: error: {e}");
-                return EXIT_USAGE;
+        Some(c) => {
+            let info = NodeInfo {
+                id: me,
+                addr: listen_addr.clone(),
+                control: c.addr.clone(),
+                memory: s.memory,
+            };
+            let cfg = MembershipConfig {
+                me: info,
+                listener: c.listener,
+                heartbeat: c.heartbeat,
+                suspect: c.suspect,
+                dead: c.dead,
+                tls: c.tls,
+                admitted_by: admitted.take(),
+            };
+            match Membership::start(cfg, glue.clone()) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    glue.set_membership(m.clone());
+                    eprintln!(
+                        "ssi-dp: node {me}: control plane on {} (mutual TLS)",
+                        c.addr
+                    );
+                    Some(m)
+                }
+                Err(e) => {
+                    eprintln!("ssi-dp: node {me}: error: control plane: {e}");
+                    return EXIT_FAILED;
+                }
             }
-        },
+        }
+    };
+    let _api = match &s.api {
+        None => None,
+        Some(addr) => {
+            let ops: Arc<dyn MembershipOps> = match &membership {
+                Some(m) => m.clone(),
+                None => Arc::new(NoControlPlane),
+            };
+            match control::api::serve(addr, glue.clone(), ops) {
+                Ok(api) => {
+                    eprintln!("ssi-dp: node {me}: REST API on {}", api.addr());
+                    Some(api)
+                }
+                Err(e) => {
+                    eprintln!("ssi-dp: node {me}: error: {e}");
+                    return EXIT_USAGE;
+                }
+            }
+        }
     };
     let mut hlog = a.hist_dump.as_ref().map(|p| {
         HistLog::new(
@@ -215,6 +230,10 @@ pub fn run(a: NodeArgs) -> i32 {
         std::thread::sleep(Duration::from_millis(10));
         if signals::take_dump_request() {
             dump(&mut hlog, &node, me);
+        }
+        if node.state().cluster_stop_requested() {
+            eprintln!("ssi-dp: node {me}: stopping: asked by the control plane");
+            break;
         }
         if let Some(home) = node.state().fatal() {
             if progress.verified.load(Ordering::SeqCst) {
@@ -258,6 +277,39 @@ pub fn run(a: NodeArgs) -> i32 {
     // Threads still blocked in guest memory (a workload stopped by a failure) cannot be
     // joined; the process exit ends them.
     std::process::exit(code);
+}
+
+/// The cluster a joiner was admitted into, seen from node `me`.
+fn cluster_of(me: u16, s: &Settings, nodes: &[NodeInfo]) -> Result<ClusterSpec, String> {
+    let listen = s.listener.local_addr().map_err(|e| e.to_string())?;
+    let mine = nodes
+        .iter()
+        .find(|n| n.id == me)
+        .ok_or("the admitting member did not list this node")?;
+    if mine.memory != s.memory {
+        return Err(format!(
+            "admitted with {} bytes of memory but configured with {}",
+            mine.memory, s.memory
+        ));
+    }
+    let mut peers = Vec::new();
+    for n in nodes.iter().filter(|n| n.id != me) {
+        let addr = config::resolve(n.id, &n.addr).map_err(|e| e.to_string())?;
+        peers.push(NodeSpec {
+            id: n.id,
+            addr,
+            memory: n.memory,
+        });
+    }
+    ClusterSpec::new(
+        NodeSpec {
+            id: me,
+            addr: listen,
+            memory: s.memory,
+        },
+        peers,
+    )
+    .map_err(|e| e.to_string())
 }
 
 type Job = std::thread::JoinHandle<Result<workload::Report, String>>;

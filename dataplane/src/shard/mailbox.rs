@@ -11,12 +11,26 @@ use std::time::{Duration, Instant};
 use super::Conn;
 use crate::protocol::Layout;
 
+/// A directory entry as a page query reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirView {
+    /// `zero`, `shared`, `exclusive` or `lost`.
+    pub state: &'static str,
+    /// The exclusive owner.
+    pub owner: Option<u16>,
+    /// The read-only holders.
+    pub sharers: Vec<u16>,
+    /// The page's version.
+    pub version: u32,
+    /// Whether a transaction is in flight on it.
+    pub busy: bool,
+}
+
 /// What a page query returns from the shard that owns the page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageState {
-    /// The directory entry's state, if this node homes the page: `(state name, owner,
-    /// sharers, version, busy)`.
-    pub dir: Option<(&'static str, Option<u16>, Vec<u16>, u32, bool)>,
+    /// The directory entry, if this node homes the page.
+    pub dir: Option<DirView>,
     /// Recent requests for the page by node, `(node, count)`, as this home counted them.
     pub recent: Vec<(u16, u64)>,
 }

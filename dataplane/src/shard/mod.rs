@@ -25,7 +25,7 @@ use wire::{DownReason, Event, MsgType, RxBuf, Transport};
 
 use self::backlog::Backlog;
 use self::exec::{Aftermath, Io};
-use self::mailbox::{Command, Mailbox, PageState};
+use self::mailbox::{Command, DirView, Mailbox, PageState};
 use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
 use crate::clock::now_ns;
 use crate::doorbell::Doorbell;
@@ -261,7 +261,7 @@ impl<T: Transport> Shard<T> {
                 }
                 Command::QueryPage(page, reply) => {
                     let dir = self.machine.dir_entry(page).map(|e| {
-                        let (name, owner, sharers) = match e.state() {
+                        let (state, owner, sharers) = match e.state() {
                             DirState::Zero => ("zero", None, Vec::new()),
                             DirState::Shared(set) => {
                                 ("shared", None, set.iter().map(|n| n.get()).collect())
@@ -269,7 +269,13 @@ impl<T: Transport> Shard<T> {
                             DirState::Exclusive(o) => ("exclusive", Some(o.get()), Vec::new()),
                             DirState::Lost => ("lost", None, Vec::new()),
                         };
-                        (name, owner, sharers, e.version(), e.busy())
+                        DirView {
+                            state,
+                            owner,
+                            sharers,
+                            version: e.version(),
+                            busy: e.busy(),
+                        }
                     });
                     let _ = reply.send(PageState {
                         dir,

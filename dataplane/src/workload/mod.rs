@@ -122,9 +122,6 @@ pub(crate) struct Ctx<'a> {
 
 /// Runs the workload on a started node and returns the verified result.
 pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, String> {
-    let plan = Plan::new(&node.layout());
-    // SAFETY: the node's region stays mapped while `node` lives, which outlives this call.
-    let mem = unsafe { Mem::new(node.base(), node.region().pages()) };
     let me = node.id();
     let Some(rank) = spec.participants.iter().position(|&p| p == me) else {
         return Err(format!(
@@ -132,23 +129,48 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
             spec.participants
         ));
     };
+    let mem_now = || {
+        // SAFETY: the node's region stays mapped while `node` lives, which outlives this call.
+        unsafe { Mem::new(node.base(), node.region().pages()) }
+    };
     if spec.kind == Kind::Private {
-        return Ok(spinlock::private(mem, &plan, me, spec.ops));
+        return Ok(spinlock::private(
+            mem_now(),
+            &Plan::new(&node.layout()),
+            me,
+            spec.ops,
+        ));
     }
     if spec.workers == 0 {
         return Err("a workload needs at least one worker (--workers)".into());
     }
+    let parties = spec.participants.len() as u64;
+    if spec.kind == Kind::PingPong && parties != 2 {
+        return Err("pingpong needs exactly two participants".into());
+    }
+    // Everyone present (a participant may join the running cluster first; page 0 is homed by
+    // a founding node, so the barrier page exists from the start).
+    Barrier::new(mem_now(), BARRIER_PAGE, parties).wait(0);
+    // The address space is final once every participant is a member here too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let member =
+        |p: u16| crate::protocol::NodeId::new(p).is_ok_and(|n| node.layout().range_of(n).is_some());
+    while !spec.participants.iter().all(|&p| member(p)) {
+        if Instant::now() > deadline {
+            return Err("a participant never became a member of this node's cluster".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let plan = Plan::new(&node.layout());
+    let mem = mem_now();
     let ctx = Ctx {
         mem,
         plan: &plan,
         rank: rank as u64,
-        parties: spec.participants.len() as u64,
+        parties,
         workers: spec.workers as u64,
         ops: spec.ops,
     };
-    if spec.kind == Kind::PingPong && ctx.parties != 2 {
-        return Err("pingpong needs exactly two participants".into());
-    }
     let barrier = Barrier::new(mem, BARRIER_PAGE, ctx.parties);
 
     // Set-up by the first participant, then everyone starts together.
@@ -159,7 +181,7 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
             _ => {}
         }
     }
-    barrier.wait(0);
+    barrier.wait(3);
     let t0 = Instant::now();
     let work = std::thread::scope(|s| {
         let handles: Vec<_> = (0..ctx.workers)

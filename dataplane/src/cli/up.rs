@@ -1,0 +1,238 @@
+//! `ssi-dp up INVENTORY`: the one command that forms a cluster. It starts, as child
+//! processes, every node the inventory lists for this host (for a local inventory, all of
+//! them), relays their output, and stops them on Ctrl-C / SIGTERM; it exits when they have
+//! all exited (for instance after `DELETE /cluster` on any node's API).
+//!
+//! `ssi-dp certs --out DIR --nodes LIST`: creates the cluster CA and one certificate per node
+//! for the control plane's mutual TLS.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+use control::inventory::Inventory;
+
+use crate::{cpulist, signals};
+
+/// `ssi-dp up` options.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The cluster inventory (TOML; see docs/operations.md).
+    inventory: PathBuf,
+    /// Create the cluster secret and the certificates at the inventory's paths if they are
+    /// missing (for a trial cluster on one host; the certificates must be `ca.pem`,
+    /// `node<N>.pem` and `node<N>.key` in one directory).
+    #[arg(long)]
+    init: bool,
+    /// Arguments given to every node after its inventory settings (e.g. `-- --workload
+    /// counters --ops 1000`).
+    #[arg(last = true)]
+    node_args: Vec<String>,
+}
+
+/// `ssi-dp certs` options.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write `ca.pem`, `node<N>.pem` and `node<N>.key` into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Node ids to create certificates for (cpulist syntax: 0-2,5).
+    #[arg(long)]
+    nodes: String,
+}
+
+/// Creates certificates; returns the exit code.
+pub fn certs(a: CertsArgs) -> i32 {
+    let nodes = match cpulist::parse(&a.nodes) {
+        Ok(v) => v.into_iter().map(|x| x as u16).collect::<Vec<_>>(),
+        Err(e) => {
+            eprintln!("ssi-dp certs: error: --nodes: {e}");
+            return 2;
+        }
+    };
+    match control::tls::generate(&a.out, &nodes) {
+        Ok(files) => {
+            println!("{}", files.ca.display());
+            for (_, c, k) in files.nodes {
+                println!("{}\n{}", c.display(), k.display());
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("ssi-dp certs: error: {e}");
+            1
+        }
+    }
+}
+
+/// Brings the cluster up; returns the exit code.
+pub fn run(a: UpArgs) -> i32 {
+    let inv = match Inventory::load(&a.inventory) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("ssi-dp up: error: {e}");
+            return 2;
+        }
+    };
+    let local = inv.local_nodes();
+    if local.is_empty() {
+        eprintln!(
+            "ssi-dp up: no node of {} runs on this host",
+            a.inventory.display()
+        );
+        return 2;
+    }
+    if a.init {
+        if let Err(e) = init(&inv) {
+            eprintln!("ssi-dp up: error: --init: {e}");
+            return 2;
+        }
+    }
+    let mut missing = Vec::new();
+    for p in std::iter::once(&inv.tls.ca).chain(local.iter().flat_map(|n| [&n.cert, &n.key])) {
+        if !p.exists() {
+            missing.push(p.display().to_string());
+        }
+    }
+    if !inv.cluster.secret_file.exists() {
+        missing.push(inv.cluster.secret_file.display().to_string());
+    }
+    if !missing.is_empty() {
+        let ids = cpulist::format(
+            &inv.nodes
+                .iter()
+                .map(|n| usize::from(n.id))
+                .collect::<Vec<_>>(),
+        );
+        eprintln!(
+            "ssi-dp up: error: missing {}; create the certificates with `ssi-dp certs --out DIR --nodes {ids}` \
+             and the secret with `head -c 32 /dev/urandom > SECRET`, at the paths the inventory names",
+            missing.join(", ")
+        );
+        return 2;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ssi-dp up: error: cannot find the ssi-dp binary: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = signals::install() {
+        eprintln!("ssi-dp up: warning: cannot install signal handlers: {e}");
+    }
+    let mut children: Vec<(u16, Child)> = Vec::new();
+    for n in &local {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--inventory")
+            .arg(&a.inventory)
+            .arg("--node-id")
+            .arg(n.id.to_string());
+        cmd.args(&a.node_args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        match cmd.spawn() {
+            Ok(mut c) => {
+                relay(n.id, c.stdout.take(), false);
+                relay(n.id, c.stderr.take(), true);
+                children.push((n.id, c));
+            }
+            Err(e) => {
+                eprintln!("ssi-dp up: error: cannot start node {}: {e}", n.id);
+                stop_all(&mut children);
+                return 1;
+            }
+        }
+    }
+    eprintln!(
+        "ssi-dp up: started node(s) {} from {}; Ctrl-C stops them",
+        cpulist::format(&local.iter().map(|n| usize::from(n.id)).collect::<Vec<_>>()),
+        a.inventory.display()
+    );
+    let mut worst = 0;
+    let mut running = children.len();
+    let mut codes = vec![None; children.len()];
+    let mut stopping = false;
+    while running > 0 {
+        if signals::stop_requested() && !stopping {
+            stopping = true;
+            eprintln!("ssi-dp up: stopping the nodes");
+            stop_all(&mut children);
+        }
+        for (k, (id, c)) in children.iter_mut().enumerate() {
+            if codes[k].is_none() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    let code = st.code().unwrap_or(128);
+                    eprintln!("ssi-dp up: node {id} exited with {st}");
+                    worst = worst.max(code);
+                    codes[k] = Some(code);
+                    running -= 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    worst
+}
+
+/// Creates the secret and the certificates an inventory names, where missing.
+fn init(inv: &Inventory) -> Result<(), String> {
+    if !inv.cluster.secret_file.exists() {
+        let mut secret = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut secret))
+            .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        if let Some(d) = inv.cluster.secret_file.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        std::fs::write(&inv.cluster.secret_file, secret)
+            .map_err(|e| format!("{}: {e}", inv.cluster.secret_file.display()))?;
+        eprintln!("ssi-dp up: created {}", inv.cluster.secret_file.display());
+    }
+    if inv.tls.ca.exists() {
+        return Ok(());
+    }
+    let dir = inv.tls.ca.parent().map(PathBuf::from).unwrap_or_default();
+    for n in &inv.nodes {
+        let (c, k) = (
+            dir.join(format!("node{}.pem", n.id)),
+            dir.join(format!("node{}.key", n.id)),
+        );
+        if n.cert != c || n.key != k {
+            return Err(format!(
+                "node {}'s certificate and key must be {} and {} to be created here",
+                n.id,
+                c.display(),
+                k.display()
+            ));
+        }
+    }
+    let ids: Vec<u16> = inv.nodes.iter().map(|n| n.id).collect();
+    control::tls::generate(&dir, &ids).map_err(|e| e.to_string())?;
+    eprintln!(
+        "ssi-dp up: created a CA and certificates for nodes {ids:?} in {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn stop_all(children: &mut [(u16, Child)]) {
+    for (_, c) in children.iter_mut() {
+        // SAFETY: plain syscall to our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+}
+
+fn relay(id: u16, stream: Option<impl Read + Send + 'static>, err: bool) {
+    let Some(s) = stream else { return };
+    std::thread::spawn(move || {
+        for line in BufReader::new(s).lines().map_while(Result::ok) {
+            if err {
+                eprintln!("[node {id}] {line}");
+            } else {
+                println!("[node {id}] {line}");
+            }
+        }
+    });
+}
