@@ -368,15 +368,55 @@ struct Loop {
     stale: Vec<std::os::fd::RawFd>,
     /// Page queries waiting for a home's reply: `(req, home, gpa, deadline, reply)`.
     queries: Vec<PendingQuery>,
+    refusals: RateLimit,
 }
 
-type PendingQuery = (
-    u64,
-    u16,
-    u64,
-    Instant,
-    Sender<Result<PageInfo, PageQueryError>>,
-);
+/// Rate-limited logging of what strangers cause (at most a few lines per second).
+struct RateLimit {
+    window: Instant,
+    count: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        RateLimit {
+            window: Instant::now(),
+            count: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
+        if self.window.elapsed() > Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.count = 0;
+        }
+        if self.count < 5 {
+            self.count += 1;
+            if self.suppressed > 0 {
+                eprintln!(
+                    "ssi-dp: {msg} ({} similar messages suppressed)",
+                    std::mem::take(&mut self.suppressed)
+                );
+            } else {
+                eprintln!("ssi-dp: {msg}");
+            }
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// A page query waiting for its home's reply.
+struct PendingQuery {
+    req: u64,
+    home: u16,
+    gpa: u64,
+    deadline: Instant,
+    sent: bool,
+    reply: Sender<Result<PageInfo, PageQueryError>>,
+}
 
 impl Loop {
     fn new(
@@ -429,6 +469,7 @@ impl Loop {
             rtt: Vec::new(),
             stale: Vec::new(),
             queries: Vec::new(),
+            refusals: RateLimit::new(),
         }
     }
 
@@ -582,7 +623,21 @@ impl Loop {
                 continue;
             }
             msgs.clear();
-            if self.links[i].pump(&mut msgs).is_err() {
+            if let Err(e) = self.links[i].pump(&mut msgs) {
+                if self.links[i].peer.is_none() && !self.links[i].outbound {
+                    // A peer that could not prove who it is (no or a foreign certificate).
+                    self.refusals.warn(format_args!(
+                        "node {}: refused a control connection: {e}",
+                        self.me.id
+                    ));
+                } else if self.links[i].outbound && !self.links[i].established() {
+                    // We dialled, and the peer's certificate (or ours, to it) did not verify.
+                    let peer = self.links[i].peer.unwrap_or(u16::MAX);
+                    self.refusals.warn(format_args!(
+                        "node {}: refused a control connection to node {peer}: {e}",
+                        self.me.id
+                    ));
+                }
                 self.stale.push(self.links[i].fd());
                 continue;
             }
@@ -739,9 +794,11 @@ impl Loop {
                 if let Some(k) = self
                     .queries
                     .iter()
-                    .position(|q| q.0 == req && Some(q.1) == peer)
+                    .position(|q| q.req == req && Some(q.home) == peer)
                 {
-                    let (_, home, gpa, _, reply) = self.queries.swap_remove(k);
+                    let PendingQuery {
+                        home, gpa, reply, ..
+                    } = self.queries.swap_remove(k);
                     let r = match (info, error) {
                         (Some(i), _) => Ok(i),
                         (None, e) => Err(PageQueryError::HomeUnavailable {
@@ -849,21 +906,16 @@ impl Loop {
                 Cmd::Page(home, gpa, reply) => {
                     let req = self.next_req;
                     self.next_req += 1;
-                    let sent = self
-                        .links
-                        .iter_mut()
-                        .find(|l| l.peer == Some(home) && l.established())
-                        .is_some_and(|l| l.send(&ControlMsg::PageQuery { req, gpa }).is_ok());
-                    if sent {
-                        let deadline = Instant::now() + Duration::from_secs(2);
-                        self.queries.push((req, home, gpa, deadline, reply));
-                    } else {
-                        let _ = reply.send(Err(PageQueryError::HomeUnavailable {
-                            gpa,
-                            home,
-                            why: format!("no control connection to node {home}"),
-                        }));
-                    }
+                    // Sent by `send_queries` as soon as the link to the home is up.
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    self.queries.push(PendingQuery {
+                        req,
+                        home,
+                        gpa,
+                        deadline,
+                        sent: false,
+                        reply,
+                    });
                 }
                 Cmd::Join(req, reply) => self.begin_join(req, reply),
                 Cmd::Leave(id, reply) => self.begin_leave(id, reply),
@@ -1047,13 +1099,28 @@ impl Loop {
 
     fn expire_queries(&mut self) {
         let now = Instant::now();
+        for q in self.queries.iter_mut().filter(|q| !q.sent) {
+            let gpa = q.gpa;
+            if let Some(l) = self
+                .links
+                .iter_mut()
+                .find(|l| l.peer == Some(q.home) && l.established())
+            {
+                q.sent = l.send(&ControlMsg::PageQuery { req: q.req, gpa }).is_ok();
+            }
+        }
         self.queries.retain(|q| {
-            let expired = now > q.3;
+            let expired = now > q.deadline;
             if expired {
-                let _ = q.4.send(Err(PageQueryError::HomeUnavailable {
-                    gpa: q.2,
-                    home: q.1,
-                    why: "the home did not answer in time".into(),
+                let why = if q.sent {
+                    "the home did not answer in time".to_string()
+                } else {
+                    format!("no control connection to node {}", q.home)
+                };
+                let _ = q.reply.send(Err(PageQueryError::HomeUnavailable {
+                    gpa: q.gpa,
+                    home: q.home,
+                    why,
                 }));
             }
             !expired

@@ -114,6 +114,10 @@ pub struct NodeArgs {
     /// (POST /nodes on any member's API), then start with the cluster it announces.
     #[arg(long)]
     pub join_wait: bool,
+    /// After --workload / --guest finishes, keep serving this many seconds (e.g. for a
+    /// metrics scrape) before exiting; a signal or a cluster stop ends it earlier.
+    #[arg(long, default_value_t = 0)]
+    pub linger_secs: u64,
     /// Address space to reserve for growth (nodes joining), e.g. 1T.
     #[arg(long, default_value = "256G")]
     pub max_address_space: String,

@@ -265,6 +265,19 @@ pub fn run(a: NodeArgs) -> i32 {
             break;
         }
     }
+    if a.linger_secs > 0 && !signals::stop_requested() && !node.state().cluster_stop_requested() {
+        eprintln!(
+            "ssi-dp: node {me}: serving for {} more seconds (--linger-secs)",
+            a.linger_secs
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(a.linger_secs);
+        while std::time::Instant::now() < until
+            && !signals::stop_requested()
+            && !node.state().cluster_stop_requested()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     node.state().expect_departures();
     if let (Some(h), Some(lat)) = (
         &mut hlog,

@@ -1,0 +1,426 @@
+//! The control plane across real node processes: `ssi-dp up` forms a cluster from an
+//! inventory, the REST API reports and steers it, heartbeats detect a stopped node (which is
+//! not readmitted when it resumes), a node without a valid certificate is refused, and a node
+//! joins a running cluster, after which a workload spreads over its memory too.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ssi_tests::{scratch_dir, ssi_dp_bin};
+
+/// A free loopback port (bound, then released for the node to take).
+fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.0 request; returns (status, body).
+fn http(method: &str, port: u16, path: &str, body: &str) -> (u16, String) {
+    // Not listening (yet, or any more): status 0.
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The state of node `id` in a node's `GET /nodes`.
+fn state_of(api: u16, id: u16) -> Option<String> {
+    let (code, body) = http("GET", api, "/nodes", "");
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v.as_array()?
+        .iter()
+        .find(|m| m["id"] == id)
+        .and_then(|m| m["state"].as_str().map(str::to_string))
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+struct Ports {
+    data: u16,
+    control: u16,
+    api: u16,
+}
+
+fn ports(n: usize) -> Vec<Ports> {
+    (0..n)
+        .map(|_| Ports {
+            data: port(),
+            control: port(),
+            api: port(),
+        })
+        .collect()
+}
+
+/// An inventory for nodes `ids` with `memory`; certificates in `dir/certs`.
+fn inventory(dir: &Path, ids: &[u16], memory: &[&str], p: &[Ports], dead_ms: u64) -> PathBuf {
+    let mut t = format!(
+        "[cluster]\nsecret_file = \"secret\"\nheartbeat_ms = 50\nsuspect_ms = 200\ndead_ms = {dead_ms}\n\n[tls]\nca = \"certs/ca.pem\"\n"
+    );
+    for (k, &id) in ids.iter().enumerate() {
+        t.push_str(&format!(
+            "\n[[node]]\nid = {id}\nlisten = \"127.0.0.1:{}\"\ncontrol = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\nmemory = \"{}\"\ncores = \"{}\"\nidle = \"block\"\ncert = \"certs/node{id}.pem\"\nkey = \"certs/node{id}.key\"\n",
+            p[k].data, p[k].control, p[k].api, memory[k], id % 2
+        ));
+    }
+    let path = dir.join("inventory.toml");
+    std::fs::write(&path, t).unwrap();
+    path
+}
+
+/// A child process whose output is collected.
+struct Proc {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(ssi_dp_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ssi-dp");
+        let out = Arc::new(Mutex::new(String::new()));
+        for s in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let o = out.clone();
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s);
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) > 0 {
+                    o.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            });
+        }
+        Proc { child, out }
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s.code().unwrap_or(128));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall to our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(dir: &Path, ids: &str) {
+    std::fs::write(dir.join("secret"), [5u8; 32]).unwrap();
+    let st = Command::new(ssi_dp_bin())
+        .args(["certs", "--out"])
+        .arg(dir.join("certs"))
+        .args(["--nodes", ids])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[test]
+fn up_forms_a_cluster_the_api_reports_and_steers() {
+    let dir = scratch_dir("cp-up");
+    let p = ports(3);
+    let inv = inventory(&dir, &[0, 1, 2], &["16M", "16M", "0"], &p, 1500);
+    let mut up = Proc::start(&["up", "--init", inv.to_str().unwrap()]);
+    assert!(
+        wait_for(Duration::from_secs(60), || (0..3).all(|i| state_of(
+            p[0].api, i
+        )
+        .as_deref()
+            == Some("alive"))),
+        "the cluster did not form:\n{}",
+        up.output()
+    );
+    // A page homed on node 1, asked at node 0: forwarded to its home.
+    let (code, body) = http(
+        "GET",
+        p[0].api,
+        &format!("/pages/{:#x}", (16u64 << 20) + 8192),
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["home"].as_u64(), v["page"].as_u64()),
+        (Some(1), Some(4098)),
+        "{body}"
+    );
+    assert_eq!(http("GET", p[0].api, "/pages/0x7fffffffffff", "").0, 404);
+    assert_eq!(http("GET", p[0].api, "/pages/banana", "").0, 400);
+    let (code, svg) = http("GET", p[1].api, "/heatmap", "");
+    assert_eq!(code, 200);
+    assert!(svg.contains("<svg") && svg.contains("node 0"), "{svg:.200}");
+    let (code, metrics) = http("GET", p[2].api, "/metrics", "");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("ssi_dp_faults_total{node=\"2\",kind=\"read\",locality=\"remote\"}"),
+        "{metrics:.400}"
+    );
+    assert_eq!(http("POST", p[0].api, "/nodes", "{not json").0, 400);
+    // A home cannot leave; the compute node can, and everyone sees it within 100 ms.
+    assert_eq!(http("DELETE", p[0].api, "/nodes/1", "").0, 409);
+    assert_eq!(http("DELETE", p[0].api, "/nodes/9", "").0, 404);
+    assert_eq!(http("DELETE", p[0].api, "/nodes/2", "").0, 204);
+    assert!(wait_for(Duration::from_millis(100), || state_of(
+        p[1].api, 2
+    )
+    .as_deref()
+        == Some("left")));
+    // Stop the cluster through any node: `up` ends with every node exiting 0.
+    assert_eq!(http("DELETE", p[1].api, "/cluster", "").0, 202);
+    assert_eq!(up.wait(Duration::from_secs(30)), Some(0), "{}", up.output());
+    let out = up.output();
+    assert!(out.contains("node 2 exited with exit status: 0"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stopped_node_is_declared_dead_and_not_readmitted() {
+    let dir = scratch_dir("cp-stop");
+    setup(&dir, "0-2");
+    let p = ports(3);
+    let dead_ms = 1000;
+    let inv = inventory(&dir, &[0, 1, 2], &["16M", "16M", "0"], &p, dead_ms);
+    let inv = inv.to_str().unwrap().to_string();
+    let nodes: Vec<Proc> = (0..3)
+        .map(|i| Proc::start(&["--inventory", &inv, "--node-id", &i.to_string()]))
+        .collect();
+    assert!(wait_for(Duration::from_secs(60), || (0..3)
+        .all(|i| state_of(p[0].api, i).as_deref() == Some("alive"))));
+    nodes[2].signal(libc::SIGSTOP);
+    let t0 = Instant::now();
+    assert!(wait_for(Duration::from_secs(10), || state_of(p[0].api, 2)
+        .as_deref()
+        == Some("dead")));
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(dead_ms + 1000),
+        "detected after {took:?}"
+    );
+    assert!(wait_for(Duration::from_secs(2), || state_of(p[1].api, 2)
+        .as_deref()
+        == Some("dead")));
+    // Resumed, it is not readmitted: the others keep it dead, and it gives up.
+    nodes[2].signal(libc::SIGCONT);
+    let mut nodes = nodes;
+    let code = nodes[2].wait(Duration::from_secs(30));
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the resumed node must stop with an error:\n{}",
+        nodes[2].output()
+    );
+    assert_eq!(state_of(p[0].api, 2).as_deref(), Some("dead"));
+    assert_eq!(state_of(p[1].api, 2).as_deref(), Some("dead"));
+    assert_eq!(
+        state_of(p[0].api, 1).as_deref(),
+        Some("alive"),
+        "the survivors keep serving"
+    );
+    assert!(
+        nodes[0].output().contains("node 2 declared dead"),
+        "{}",
+        nodes[0].output()
+    );
+    assert_eq!(http("DELETE", p[0].api, "/cluster", "").0, 202);
+    for n in nodes.iter_mut().take(2) {
+        assert_eq!(n.wait(Duration::from_secs(20)), Some(0), "{}", n.output());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_node_without_a_valid_certificate_is_refused() {
+    let dir = scratch_dir("cp-cert");
+    setup(&dir, "0-2");
+    // Node 2's certificate comes from another CA.
+    let other = dir.join("other");
+    let st = Command::new(ssi_dp_bin())
+        .args(["certs", "--out"])
+        .arg(&other)
+        .args(["--nodes", "2"])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    std::fs::copy(other.join("node2.pem"), dir.join("certs/node2.pem")).unwrap();
+    std::fs::copy(other.join("node2.key"), dir.join("certs/node2.key")).unwrap();
+    let p = ports(3);
+    let inv = inventory(&dir, &[0, 1, 2], &["16M", "16M", "0"], &p, 1000);
+    let inv = inv.to_str().unwrap().to_string();
+    let mut nodes: Vec<Proc> = (0..3)
+        .map(|i| Proc::start(&["--inventory", &inv, "--node-id", &i.to_string()]))
+        .collect();
+    // The data plane forms (node 2 knows the cluster secret), but its control connections
+    // are refused, so it never heartbeats and is declared dead.
+    assert!(
+        wait_for(Duration::from_secs(60), || state_of(p[0].api, 2).as_deref()
+            == Some("dead")),
+        "{}",
+        nodes[0].output()
+    );
+    assert!(
+        nodes[0].output().contains("refused a control connection")
+            || nodes[1].output().contains("refused a control connection")
+    );
+    assert_eq!(state_of(p[0].api, 1).as_deref(), Some("alive"));
+    assert_eq!(http("DELETE", p[0].api, "/cluster", "").0, 202);
+    for n in nodes.iter_mut().take(2) {
+        assert_eq!(n.wait(Duration::from_secs(20)), Some(0), "{}", n.output());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_node_joins_a_running_cluster_and_its_memory_is_used() {
+    let dir = scratch_dir("cp-join");
+    setup(&dir, "0-2");
+    let p = ports(3);
+    // The inventory lists the founding nodes only.
+    let inv = inventory(&dir, &[0, 1], &["16M", "16M"], &p, 1500);
+    let inv = inv.to_str().unwrap().to_string();
+    let work = [
+        "--workload",
+        "counters",
+        "--ops",
+        "2000",
+        "--participants",
+        "0-2",
+    ];
+    let mut nodes: Vec<Proc> = (0..2)
+        .map(|i| {
+            let id = i.to_string();
+            let mut a = vec!["--inventory", inv.as_str(), "--node-id", id.as_str()];
+            a.extend(work);
+            Proc::start(&a)
+        })
+        .collect();
+    assert!(wait_for(Duration::from_secs(60), || state_of(p[0].api, 1)
+        .as_deref()
+        == Some("alive")));
+    let d = dir.display().to_string();
+    let (listen, control) = (
+        format!("127.0.0.1:{}", p[2].data),
+        format!("127.0.0.1:{}", p[2].control),
+    );
+    let mut a = vec![
+        "--node-id",
+        "2",
+        "--listen",
+        &listen,
+        "--control",
+        &control,
+        "--memory",
+        "16M",
+        "--cores",
+        "0",
+        "--idle",
+        "block",
+        "--join-wait",
+    ];
+    let (ca, cert, key, secret) = (
+        format!("{d}/certs/ca.pem"),
+        format!("{d}/certs/node2.pem"),
+        format!("{d}/certs/node2.key"),
+        format!("{d}/secret"),
+    );
+    a.extend([
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--cluster-secret-file",
+        &secret,
+    ]);
+    a.extend(work);
+    let mut joiner = Proc::start(&a);
+    std::thread::sleep(Duration::from_millis(300));
+    let body = format!(
+        "{{\"id\": 2, \"addr\": \"{listen}\", \"control\": \"{control}\", \"memory\": 16777216}}"
+    );
+    let (code, answer) = http("POST", p[0].api, "/nodes", &body);
+    assert_eq!(
+        code,
+        201,
+        "{answer}\n{}\n{}",
+        nodes[0].output(),
+        joiner.output()
+    );
+    let m: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (m["id"].as_u64(), m["gpa_start"].as_u64()),
+        (Some(2), Some(32 << 20))
+    );
+    // The three finish the workload, whose counters now spread over three homes.
+    for n in nodes.iter_mut().chain(std::iter::once(&mut joiner)) {
+        assert_eq!(n.wait(Duration::from_secs(120)), Some(0), "{}", n.output());
+        let out = n.output();
+        assert!(
+            out.contains("8 counters on 3 homes total 12000 = 3 nodes x 2 workers x 2000 ops"),
+            "{out}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
