@@ -217,8 +217,8 @@ pub fn run(
             local_failures.push(format!("vCPU {}: {e}", r.vcpu));
         }
         if !r.console.is_empty() {
-            eprintln!(
-                "ssi-dp: node {me}: vCPU {} console: {}",
+            tracing::info!(
+                "vCPU {} console: {}",
                 r.vcpu,
                 String::from_utf8_lossy(&r.console)
             );

@@ -22,6 +22,7 @@ pub mod guest;
 pub mod histlog;
 pub mod host_area;
 pub mod idle;
+pub mod logging;
 pub mod measure;
 pub mod mesh;
 pub mod node;

@@ -330,8 +330,8 @@ fn collect_accepted(
         let n = a.peer_node;
         let key = (a.peer_shard, a.local_shard);
         if n >= cluster.me || seen[n as usize].contains(&key) {
-            eprintln!(
-                "ssi-dp: refusing a connection from node {n} (shard {}): unexpected or duplicate",
+            tracing::warn!(
+                "refusing a connection from node {n} (shard {}): unexpected or duplicate",
                 a.peer_shard
             );
             continue;

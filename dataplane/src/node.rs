@@ -121,7 +121,12 @@ pub struct NodeConfig {
     pub measure: bool,
     /// Bytes of address space reserved for growth (nodes joining); at least the cluster's.
     pub max_address_space: u64,
+    /// Pages whose every protocol step is logged (at most [`MAX_TRACED_PAGES`]).
+    pub trace_pages: Vec<u64>,
 }
+
+/// Most pages traced at once.
+pub const MAX_TRACED_PAGES: usize = 16;
 
 /// Default address-space reservation: 256 GiB (virtual only; nothing is committed until
 /// touched).
@@ -143,6 +148,7 @@ impl NodeConfig {
             protocol: protocol::Config::default(),
             measure: true,
             max_address_space: DEFAULT_MAX_ADDRESS_SPACE,
+            trace_pages: Vec::new(),
         }
     }
 }
@@ -266,7 +272,7 @@ impl Node {
             match LatencyGuard::hold(0) {
                 Ok(g) => Some(g),
                 Err(e) => {
-                    eprintln!("ssi-dp: warning: {e}");
+                    tracing::warn!("{e}");
                     None
                 }
             }
@@ -305,6 +311,12 @@ impl Node {
                 idle: cfg.idle,
                 retry_limit: proto.max_active_pages as usize,
                 mailbox,
+                traced: cfg
+                    .trace_pages
+                    .iter()
+                    .copied()
+                    .take(MAX_TRACED_PAGES)
+                    .collect(),
             };
             let cpu = cfg.cores[i];
             let pin = cfg.pin;
@@ -574,6 +586,7 @@ struct PartialSetup {
     idle: IdlePolicy,
     retry_limit: usize,
     mailbox: Arc<Mailbox>,
+    traced: Vec<u64>,
 }
 
 /// What a shard thread reports once it runs: its transport's counters, or why it could not
@@ -610,6 +623,7 @@ fn run_shard<T: Transport>(
         backlog: (4096, 1024),
         retry_limit: s.retry_limit,
         mailbox: s.mailbox,
+        traced: s.traced,
     };
     let tstats = setup.transport.stats().clone();
     match Shard::new(setup) {

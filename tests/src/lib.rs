@@ -30,6 +30,22 @@ pub fn ssi_dp_bin() -> PathBuf {
     bin
 }
 
+/// A loopback port for a node to bind later, outside the kernel's ephemeral range (so that no
+/// outgoing connection can take it in between): each call in a process returns a new one, and
+/// processes start at different offsets.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 97) as u16 * 100;
+    loop {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = base + k % 9_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 /// A fresh directory for one test's files.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ssi-dp-test-{name}-{}", std::process::id()));

@@ -4,7 +4,7 @@
 //! joins a running cluster, after which a workload spreads over its memory too.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -12,13 +12,9 @@ use std::time::{Duration, Instant};
 
 use ssi_tests::{scratch_dir, ssi_dp_bin};
 
-/// A free loopback port (bound, then released for the node to take).
+/// A free loopback port for a node to take.
 fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ssi_tests::free_port()
 }
 
 /// One HTTP/1.0 request; returns (status, body).
@@ -27,13 +23,15 @@ fn http(method: &str, port: u16, path: &str, body: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let sent = write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    if sent.is_err() {
+        return (0, String::new());
+    }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out
@@ -283,7 +281,8 @@ fn a_stopped_node_is_declared_dead_and_not_readmitted() {
         "{}",
         nodes[0].output()
     );
-    assert_eq!(http("DELETE", p[0].api, "/cluster", "").0, 202);
+    let (code, body) = http("DELETE", p[0].api, "/cluster", "");
+    assert_eq!(code, 202, "{body}\n{}", nodes[0].output());
     for n in nodes.iter_mut().take(2) {
         assert_eq!(n.wait(Duration::from_secs(20)), Some(0), "{}", n.output());
     }
@@ -324,7 +323,8 @@ fn a_node_without_a_valid_certificate_is_refused() {
             || nodes[1].output().contains("refused a control connection")
     );
     assert_eq!(state_of(p[0].api, 1).as_deref(), Some("alive"));
-    assert_eq!(http("DELETE", p[0].api, "/cluster", "").0, 202);
+    let (code, body) = http("DELETE", p[0].api, "/cluster", "");
+    assert_eq!(code, 202, "{body}\n{}", nodes[0].output());
     for n in nodes.iter_mut().take(2) {
         assert_eq!(n.wait(Duration::from_secs(20)), Some(0), "{}", n.output());
     }

@@ -3,14 +3,14 @@
 //! data plane's series with non-zero values for both nodes.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ssi_tests::{launch, scratch_dir, secret_file, wait_all, NodeOpts};
 
 fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    ssi_tests::free_port()
 }
 
 fn get(port: u16, path: &str) -> Option<String> {
@@ -31,8 +31,12 @@ fn query(prom: u16, q: &str) -> Vec<(String, f64)> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let Some(body) = get(prom, &format!("/api/v1/query?query={enc}")) else { return Vec::new() };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
+    let Some(body) = get(prom, &format!("/api/v1/query?query={enc}")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return Vec::new();
+    };
     v["data"]["result"]
         .as_array()
         .map(|r| {
@@ -60,14 +64,32 @@ fn prometheus_scrapes_non_zero_series_from_both_nodes() {
         let cores = (id % 2).to_string();
         let api = format!("127.0.0.1:{}", apis[id as usize]);
         let a = [
-            "--memory", "16M", "--cores", &cores, "--idle", "block", "--cluster-secret-file", &s,
-            "--api-addr", &api, "--workload", "seqs", "--ops", "20000", "--linger-secs", "120",
+            "--memory",
+            "16M",
+            "--cores",
+            &cores,
+            "--idle",
+            "block",
+            "--cluster-secret-file",
+            &s,
+            "--api-addr",
+            &api,
+            "--workload",
+            "seqs",
+            "--ops",
+            "20000",
+            "--linger-secs",
+            "120",
         ];
         NodeOpts::new(id, &a)
     };
     let nodes = launch(&[node(0), node(1)]);
     for n in &nodes {
-        assert!(n.wait_for_output("workload seqs: OK", Duration::from_secs(120)), "{}", n.output());
+        assert!(
+            n.wait_for_output("workload seqs: OK", Duration::from_secs(120)),
+            "{}",
+            n.output()
+        );
     }
     let prom = port();
     let cfg = dir.join("prometheus.yml");
@@ -81,7 +103,10 @@ fn prometheus_scrapes_non_zero_series_from_both_nodes() {
     .unwrap();
     let mut server = Command::new(prom_bin)
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{prom}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -91,10 +116,16 @@ fn prometheus_scrapes_non_zero_series_from_both_nodes() {
     // (series, whether both nodes must have a non-zero value): invalidations are sent only by
     // the home of the contended page, so one node suffices there.
     let wanted = [
-        ("ssi_dp_faults_total{kind=\"read\",locality=\"remote\"}", true),
+        (
+            "ssi_dp_faults_total{kind=\"read\",locality=\"remote\"}",
+            true,
+        ),
         ("ssi_dp_messages_sent_total", true),
         ("ssi_dp_page_sent_bytes_total", true),
-        ("ssi_dp_fault_service_seconds_count{kind=\"write\",locality=\"remote\"}", true),
+        (
+            "ssi_dp_fault_service_seconds_count{kind=\"write\",locality=\"remote\"}",
+            true,
+        ),
         ("ssi_dp_invalidations_total", false),
     ];
     let mut missing: Vec<(&str, bool)> = wanted.to_vec();
@@ -102,14 +133,21 @@ fn prometheus_scrapes_non_zero_series_from_both_nodes() {
         missing.retain(|&(q, both)| {
             let r = query(prom, q);
             let on = |node: &str| r.iter().any(|(n, v)| n == node && *v > 0.0);
-            let ok = if both { on("0") && on("1") } else { on("0") || on("1") };
+            let ok = if both {
+                on("0") && on("1")
+            } else {
+                on("0") || on("1")
+            };
             !ok
         });
         std::thread::sleep(Duration::from_millis(500));
     }
     let _ = server.kill();
     let _ = server.wait();
-    assert!(missing.is_empty(), "Prometheus lacks non-zero values for: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "Prometheus lacks non-zero values for: {missing:?}"
+    );
     for mut n in nodes {
         n.kill9();
     }
@@ -119,6 +157,10 @@ fn prometheus_scrapes_non_zero_series_from_both_nodes() {
 
 fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(bin)).find(|f| f.exists()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(bin))
+                .find(|f| f.exists())
+        })
         .ok_or(())
 }

@@ -1,6 +1,6 @@
 //! Rate-limited logging for messages a remote peer can trigger. One token bucket per logger;
-//! suppressed messages are counted and reported with the next one that passes. Kept in one
-//! place so a structured logger can replace `eprintln!` later.
+//! suppressed messages are counted and reported with the next one that passes (as the
+//! `suppressed` field of the `tracing` event).
 
 use std::fmt;
 use std::time::Instant;
@@ -44,11 +44,11 @@ impl LogLimiter {
         }
     }
 
-    /// Logs `msg` to stderr unless rate-limited.
+    /// Logs `msg` as a warning (through `tracing`) unless rate-limited.
     pub fn warn(&mut self, msg: fmt::Arguments<'_>) {
         match self.allow_at(Instant::now()) {
-            Some(0) => eprintln!("ssi-dp: {msg}"),
-            Some(n) => eprintln!("ssi-dp: {msg} ({n} similar messages suppressed)"),
+            Some(0) => tracing::warn!("{msg}"),
+            Some(n) => tracing::warn!(suppressed = n, "{msg}"),
             None => {}
         }
     }

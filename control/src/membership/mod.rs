@@ -395,12 +395,9 @@ impl RateLimit {
         if self.count < 5 {
             self.count += 1;
             if self.suppressed > 0 {
-                eprintln!(
-                    "ssi-dp: {msg} ({} similar messages suppressed)",
-                    std::mem::take(&mut self.suppressed)
-                );
+                tracing::warn!(suppressed = std::mem::take(&mut self.suppressed), "{msg}");
             } else {
-                eprintln!("ssi-dp: {msg}");
+                tracing::warn!("{msg}");
             }
         } else {
             self.suppressed += 1;
@@ -493,17 +490,13 @@ impl Loop {
             self.detector.tick(now_ns(self.origin), &mut changes);
             for c in &changes {
                 match *c {
-                    Change::Suspected(id) => eprintln!(
-                        "ssi-dp: node {}: node {id} is suspect: no heartbeat",
-                        self.me.id
-                    ),
+                    Change::Suspected(id) => tracing::warn!("node {id} is suspect: no heartbeat"),
                     Change::Recovered(id) => {
-                        eprintln!("ssi-dp: node {}: node {id} is heard again", self.me.id)
+                        tracing::info!("node {id} is heard again")
                     }
                     Change::Died(id) => {
-                        eprintln!(
-                            "ssi-dp: node {}: node {id} declared dead: no heartbeat for the failure timeout",
-                            self.me.id
+                        tracing::warn!(
+                            "node {id} declared dead: no heartbeat for the failure timeout"
                         );
                         self.drop_links(id);
                         self.node.declare_dead(id);
@@ -626,16 +619,13 @@ impl Loop {
             if let Err(e) = self.links[i].pump(&mut msgs) {
                 if self.links[i].peer.is_none() && !self.links[i].outbound {
                     // A peer that could not prove who it is (no or a foreign certificate).
-                    self.refusals.warn(format_args!(
-                        "node {}: refused a control connection: {e}",
-                        self.me.id
-                    ));
+                    self.refusals
+                        .warn(format_args!("refused a control connection: {e}"));
                 } else if self.links[i].outbound && !self.links[i].established() {
                     // We dialled, and the peer's certificate (or ours, to it) did not verify.
                     let peer = self.links[i].peer.unwrap_or(u16::MAX);
                     self.refusals.warn(format_args!(
-                        "node {}: refused a control connection to node {peer}: {e}",
-                        self.me.id
+                        "refused a control connection to node {peer}: {e}"
                     ));
                 }
                 self.stale.push(self.links[i].fd());
@@ -666,7 +656,7 @@ impl Loop {
                 // Server side: the client's certificate must be valid for the id it claims.
                 let verified = self.links[i].server_conn().map(|c| check_peer(c, id));
                 if !matches!(verified, Some(Ok(()))) {
-                    eprintln!("ssi-dp: node {}: refused a control connection claiming node {id}: certificate does not match", self.me.id);
+                    tracing::warn!("refused a control connection claiming node {id}: certificate does not match");
                     return true;
                 }
                 match self.detector.heard(id, now) {
@@ -677,7 +667,9 @@ impl Loop {
                             ),
                         });
                         let _ = self.links[i].flush();
-                        eprintln!("ssi-dp: node {}: refused node {id}: it was declared dead or left and is not readmitted", self.me.id);
+                        tracing::warn!(
+                            "refused node {id}: it was declared dead or left and is not readmitted"
+                        );
                         return true;
                     }
                     Heard::Unknown => {
@@ -766,7 +758,7 @@ impl Loop {
                 false
             }
             ControlMsg::Left { id } => {
-                eprintln!("ssi-dp: node {}: node {id} left the cluster", self.me.id);
+                tracing::info!("node {id} left the cluster");
                 self.detector.left(id);
                 self.node.mark_left(id);
                 if let Some(l) = self.leave.take() {
@@ -812,15 +804,12 @@ impl Loop {
                 false
             }
             ControlMsg::Stop => {
-                eprintln!(
-                    "ssi-dp: node {}: stopping: the cluster is being stopped",
-                    self.me.id
-                );
+                tracing::info!("stopping: the cluster is being stopped");
                 self.node.stop();
                 false
             }
             ControlMsg::Refused { reason } => {
-                eprintln!("ssi-dp: node {}: a peer refused us: {reason}", self.me.id);
+                tracing::warn!("a peer refused us: {reason}");
                 true
             }
             ControlMsg::Admitted { .. } | ControlMsg::Leave { .. } => false,
@@ -878,10 +867,7 @@ impl Loop {
                 }
                 Work::HandedBack(r) => {
                     if let Err(e) = r {
-                        eprintln!(
-                            "ssi-dp: node {}: handing pages back before leaving: {e}",
-                            self.me.id
-                        );
+                        tracing::warn!("handing pages back before leaving: {e}");
                     }
                     for l in &mut self.links {
                         let _ = l.send(&ControlMsg::Left { id: self.me.id });
@@ -893,7 +879,7 @@ impl Loop {
                         }
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    eprintln!("ssi-dp: node {}: left the cluster", self.me.id);
+                    tracing::info!("left the cluster");
                     self.node.stop();
                 }
             }
@@ -1093,7 +1079,7 @@ impl Loop {
             for l in &mut self.links {
                 let _ = l.send(&ControlMsg::Joined { id });
             }
-            eprintln!("ssi-dp: node {}: node {id} joined the cluster", self.me.id);
+            tracing::info!("node {id} joined the cluster");
         }
     }
 

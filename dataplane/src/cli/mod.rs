@@ -118,6 +118,16 @@ pub struct NodeArgs {
     /// metrics scrape) before exiting; a signal or a cluster stop ends it earlier.
     #[arg(long, default_value_t = 0)]
     pub linger_secs: u64,
+    /// Log lines for people (`human`) or as JSON objects (`json`).
+    #[arg(long, default_value = "human")]
+    pub log_format: crate::logging::LogFormat,
+    /// Also log debug events.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Trace every protocol step on the page holding this guest-physical address (decimal or
+    /// 0x hex; repeatable, up to 16): one log event per step with its transaction id.
+    #[arg(long = "trace-page")]
+    pub trace_pages: Vec<String>,
     /// Address space to reserve for growth (nodes joining), e.g. 1T.
     #[arg(long, default_value = "256G")]
     pub max_address_space: String,

@@ -17,20 +17,27 @@ use crate::histlog::HistLog;
 use crate::measure::Figures;
 use crate::node::{Node, NodeConfig};
 use crate::workload::{self, Progress, Spec};
-use crate::{cpulist, guest, signals, summary};
+use crate::{cpulist, guest, logging, signals, summary};
 
 /// Exit code: a workload check failed or the cluster stopped.
 pub const EXIT_FAILED: i32 = 1;
+/// How long a node stopped by the control plane keeps running before it exits.
+const STOP_GRACE: Duration = Duration::from_millis(300);
+
 /// Exit code: bad command line or configuration.
 pub const EXIT_USAGE: i32 = 2;
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("ssi-dp: error: {msg}");
+    tracing::error!("{msg}");
     EXIT_USAGE
 }
 
 /// Runs a node; returns the exit code.
 pub fn run(a: NodeArgs) -> i32 {
+    logging::init(a.log_format, a.verbose);
+    if let Some(id) = a.node_id.and_then(|i| u16::try_from(i).ok()) {
+        logging::set_node(id);
+    }
     let mut s = match settings::resolve(&a) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -48,15 +55,15 @@ pub fn run(a: NodeArgs) -> i32 {
         let c = control
             .as_ref()
             .expect("settings require the control plane with --join-wait");
-        eprintln!(
-            "ssi-dp: node {me}: waiting on {} to be admitted (POST /nodes on a member's API)",
+        tracing::info!(
+            "waiting on {} to be admitted (POST /nodes on a member's API)",
             c.addr
         );
         let wait = Duration::from_secs(a.connect_timeout.max(300));
         let (nodes, link) = match membership::wait_for_admission(&c.listener, &c.tls, wait) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("ssi-dp: node {me}: error: {e}");
+                tracing::error!("{e}");
                 return EXIT_FAILED;
             }
         };
@@ -79,30 +86,31 @@ pub fn run(a: NodeArgs) -> i32 {
         .unwrap_or_default();
     let participants = match &a.participants {
         None => cluster.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
-        Some(list) => match cpulist::parse(list) {
-            Ok(v) => {
-                let mut v: Vec<u16> = v.into_iter().map(|x| x as u16).collect();
-                v.sort_unstable();
-                let unknown = v
-                    .iter()
-                    .find(|&&x| !cluster.nodes.iter().any(|n| n.id == x));
-                match (unknown, control.is_some()) {
+        Some(list) => {
+            match cpulist::parse(list) {
+                Ok(v) => {
+                    let mut v: Vec<u16> = v.into_iter().map(|x| x as u16).collect();
+                    v.sort_unstable();
+                    let unknown = v
+                        .iter()
+                        .find(|&&x| !cluster.nodes.iter().any(|n| n.id == x));
+                    match (unknown, control.is_some()) {
                     (Some(x), false) => {
                         return fail(format!("--participants names node {x}, which is not in the cluster"))
                     }
-                    (Some(x), true) => eprintln!(
-                        "ssi-dp: node {me}: participant {x} is not a member yet; the workload waits for it to join"
+                    (Some(x), true) => tracing::info!("participant {x} is not a member yet; the workload waits for it to join"
                     ),
                     _ => {}
                 }
-                v
+                    v
+                }
+                Err(e) => return fail(format!("--participants: {e}")),
             }
-            Err(e) => return fail(format!("--participants: {e}")),
-        },
+        }
     };
     let cores = s.cores.clone();
-    eprintln!(
-        "ssi-dp: node {me}: listening on {listen_addr}; layout {} (digest {}); cores {} ({}); idle {}",
+    tracing::info!(
+        "listening on {listen_addr}; layout {} (digest {}); cores {} ({}); idle {}",
         cluster.describe(),
         cluster.digest(),
         cpulist::format(&s.cores),
@@ -117,38 +125,56 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
     cfg.protocol.residency_ns = a.residency_us * 1000;
     cfg.max_address_space = max_space;
+    for t in &a.trace_pages {
+        let gpa = match t
+            .strip_prefix("0x")
+            .map(|h| u64::from_str_radix(h, 16))
+            .unwrap_or_else(|| t.parse())
+        {
+            Ok(v) => v,
+            Err(_) => {
+                return fail(format!(
+                    "--trace-page {t:?}: use a decimal or 0x-prefixed address"
+                ))
+            }
+        };
+        cfg.trace_pages.push(gpa / config::PAGE_SIZE);
+    }
+    if cfg.trace_pages.len() > crate::node::MAX_TRACED_PAGES {
+        return fail(format!(
+            "--trace-page: at most {} pages",
+            crate::node::MAX_TRACED_PAGES
+        ));
+    }
     // Formation measurements are an exchange among the founding nodes; a joiner has none.
     cfg.measure = admitted.is_none();
     let node = match Node::start(cfg) {
         Ok(n) => Arc::new(n),
         Err(e) => {
-            eprintln!("ssi-dp: node {me}: error: {e}");
+            tracing::error!("{e}");
             return EXIT_FAILED;
         }
     };
-    eprintln!(
-        "ssi-dp: node {me}: {}; cluster formed, serving",
-        node.transport_line()
-    );
+    tracing::info!("{}; cluster formed, serving", node.transport_line());
     if let Some(f) = node.figures() {
-        eprintln!(
-            "ssi-dp: node {me}: measured 4 KiB fetch latency in ns (rows from, columns to, nodes {:?}): {}",
+        tracing::info!(
+            "measured 4 KiB fetch latency in ns (rows from, columns to, nodes {:?}): {}",
             f.nodes,
             Figures::matrix_arg(&f.latency_ns)
         );
-        eprintln!(
-            "ssi-dp: node {me}: measured 4 KiB page bandwidth in MB/s: {}",
+        tracing::info!(
+            "measured 4 KiB page bandwidth in MB/s: {}",
             Figures::matrix_arg(&f.bandwidth_mbps)
         );
     }
     if let Some(dir) = &a.acpi_dump {
         if let Err(e) = acpi_dump(&node, &a, &participants, dir) {
-            eprintln!("ssi-dp: node {me}: error: --acpi-dump: {e}");
+            tracing::error!("--acpi-dump: {e}");
             return EXIT_FAILED;
         }
     }
     if let Err(e) = signals::install() {
-        eprintln!("ssi-dp: node {me}: warning: cannot install signal handlers: {e}");
+        tracing::warn!("cannot install signal handlers: {e}");
     }
     let glue = Glue::new(node.clone(), controls);
     let membership = match control.take() {
@@ -173,14 +199,11 @@ pub fn run(a: NodeArgs) -> i32 {
                 Ok(m) => {
                     let m = Arc::new(m);
                     glue.set_membership(m.clone());
-                    eprintln!(
-                        "ssi-dp: node {me}: control plane on {} (mutual TLS)",
-                        c.addr
-                    );
+                    tracing::info!("control plane on {} (mutual TLS)", c.addr);
                     Some(m)
                 }
                 Err(e) => {
-                    eprintln!("ssi-dp: node {me}: error: control plane: {e}");
+                    tracing::error!("control plane: {e}");
                     return EXIT_FAILED;
                 }
             }
@@ -195,11 +218,11 @@ pub fn run(a: NodeArgs) -> i32 {
             };
             match control::api::serve(addr, glue.clone(), ops) {
                 Ok(api) => {
-                    eprintln!("ssi-dp: node {me}: REST API on {}", api.addr());
+                    tracing::info!("REST API on {}", api.addr());
                     Some(api)
                 }
                 Err(e) => {
-                    eprintln!("ssi-dp: node {me}: error: {e}");
+                    tracing::error!("{e}");
                     return EXIT_USAGE;
                 }
             }
@@ -229,28 +252,32 @@ pub fn run(a: NodeArgs) -> i32 {
     loop {
         std::thread::sleep(Duration::from_millis(10));
         if signals::take_dump_request() {
-            dump(&mut hlog, &node, me);
+            dump(&mut hlog, &node);
         }
         if node.state().cluster_stop_requested() {
-            eprintln!("ssi-dp: node {me}: stopping: asked by the control plane");
+            tracing::info!("stopping: asked by the control plane");
+            // Let the answer to the API request that stopped the cluster, and the stop
+            // messages to the other nodes, go out before this node's connections close.
+            node.state().expect_departures();
+            std::thread::sleep(STOP_GRACE);
             break;
         }
         if let Some(home) = node.state().fatal() {
             if progress.verified.load(Ordering::SeqCst) {
-                eprintln!("ssi-dp: node {me}: node {home} left after the final check; finishing");
+                tracing::info!("node {home} left after the final check; finishing");
                 let report = progress.report.lock().ok().and_then(|mut r| r.take());
                 code = print_report(me, &label, report.ok_or_else(|| "no report".to_string()));
                 break;
             }
-            eprintln!(
-                "ssi-dp: node {me}: error: node {home}, home of part of the address space, \
+            tracing::error!(
+                "node {home}, home of part of the address space, \
                  died; the cluster cannot continue (this version does not replicate home pages)"
             );
             code = EXIT_FAILED;
             break;
         }
         if signals::stop_requested() {
-            eprintln!("ssi-dp: node {me}: stopping on signal");
+            tracing::info!("stopping on signal");
             break;
         }
         if worker.as_ref().is_some_and(|w| w.is_finished()) {
@@ -258,7 +285,7 @@ pub fn run(a: NodeArgs) -> i32 {
             code = match w.join() {
                 Ok(r) => print_report(me, &label, r),
                 Err(_) => {
-                    eprintln!("ssi-dp: node {me}: the workload thread panicked");
+                    tracing::info!("the workload thread panicked");
                     EXIT_FAILED
                 }
             };
@@ -266,10 +293,7 @@ pub fn run(a: NodeArgs) -> i32 {
         }
     }
     if a.linger_secs > 0 && !signals::stop_requested() && !node.state().cluster_stop_requested() {
-        eprintln!(
-            "ssi-dp: node {me}: serving for {} more seconds (--linger-secs)",
-            a.linger_secs
-        );
+        tracing::info!("serving for {} more seconds (--linger-secs)", a.linger_secs);
         let until = std::time::Instant::now() + Duration::from_secs(a.linger_secs);
         while std::time::Instant::now() < until
             && !signals::stop_requested()
@@ -285,7 +309,7 @@ pub fn run(a: NodeArgs) -> i32 {
     ) {
         h.add_series("guest-first-touch", lat);
     }
-    dump(&mut hlog, &node, me);
+    dump(&mut hlog, &node);
     println!("{}", summary::render(me, node.stats()));
     // Threads still blocked in guest memory (a workload stopped by a failure) cannot be
     // joined; the process exit ends them.
@@ -425,7 +449,7 @@ fn acpi_dump(
     })?;
     let files = control::acpi::dump(&topology, dir).map_err(|e| e.to_string())?;
     for f in files {
-        eprintln!("ssi-dp: node {}: wrote {}", node.id(), f.display());
+        tracing::info!("wrote {}", f.display());
     }
     Ok(())
 }
@@ -446,17 +470,17 @@ fn print_report(me: u16, label: &str, r: Result<workload::Report, String>) -> i3
             }
         }
         Err(e) => {
-            eprintln!("ssi-dp: node {me}: {label}: error: {e}");
+            tracing::info!("{label}: error: {e}");
             EXIT_FAILED
         }
     }
 }
 
-fn dump(hlog: &mut Option<HistLog>, node: &Node, me: u16) {
+fn dump(hlog: &mut Option<HistLog>, node: &Node) {
     if let Some(h) = hlog {
         match h.dump(&summary::series(node.stats())) {
-            Ok(()) => eprintln!("ssi-dp: node {me}: histograms written"),
-            Err(e) => eprintln!("ssi-dp: node {me}: {e}"),
+            Ok(()) => tracing::info!("histograms written"),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 }

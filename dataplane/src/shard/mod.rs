@@ -101,6 +101,8 @@ pub struct ShardSetup<T: Transport> {
     pub retry_limit: usize,
     /// Commands from the control side.
     pub mailbox: Arc<Mailbox>,
+    /// Pages whose every protocol step is logged (`--trace-page`; empty: none).
+    pub traced: Vec<u64>,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardSetup<T> {
@@ -134,6 +136,7 @@ pub struct Shard<T: Transport> {
     evict_cursor: Option<u64>,
     mailbox: Arc<Mailbox>,
     turns_since_publish: u32,
+    traced: Vec<u64>,
 }
 
 impl<T: Transport> std::fmt::Debug for Shard<T> {
@@ -189,6 +192,7 @@ impl<T: Transport> Shard<T> {
             evict_cursor: None,
             mailbox: s.mailbox,
             turns_since_publish: 0,
+            traced: s.traced,
         })
     }
 
@@ -337,6 +341,9 @@ impl<T: Transport> Shard<T> {
     ) -> Option<Outcome> {
         let now = now_ns();
         let res = self.machine.step(now, input, &mut self.actions);
+        if !self.traced.is_empty() {
+            self.trace(&input, from);
+        }
         let after = self.io.execute(&self.actions, payload);
         self.aftermath(after);
         match res {
@@ -353,6 +360,45 @@ impl<T: Transport> Shard<T> {
                     self.node_down(node, "protocol violation");
                 }
                 None
+            }
+        }
+    }
+
+    /// Logs one step on a traced page: its input and every action, each with the page and
+    /// the transaction id that correlates the steps of one fault across nodes.
+    fn trace(&self, input: &Input, from: Option<NodeId>) {
+        let page = match *input {
+            Input::Fault { page, .. } | Input::Evict { page } => page,
+            Input::Message { msg, .. } => msg.page(),
+            Input::Tick | Input::NodeDead(_) => {
+                // Not about one page: trace it when its actions touch a traced page.
+                match self.actions.iter().find_map(action_page) {
+                    Some(p) => p,
+                    None => return,
+                }
+            }
+        };
+        if !self.traced.contains(&page) {
+            return;
+        }
+        let txn = match *input {
+            Input::Message { msg, .. } => msg.txn(),
+            _ => self
+                .actions
+                .iter()
+                .find_map(|a| match a {
+                    crate::protocol::Action::Send { msg, .. } => Some(msg.txn()),
+                    _ => None,
+                })
+                .unwrap_or(0),
+        };
+        tracing::info!(target: "ssi_dp::trace", page, txn, from = from.map(|n| n.get()), "input {input:?}");
+        for a in &self.actions {
+            match a {
+                crate::protocol::Action::Send { to, msg, .. } => {
+                    tracing::info!(target: "ssi_dp::trace", page, txn = msg.txn(), to = to.get(), "send {msg:?}")
+                }
+                other => tracing::info!(target: "ssi_dp::trace", page, txn, "action {other:?}"),
             }
         }
     }
@@ -711,9 +757,9 @@ impl<T: Transport> Shard<T> {
         let news = self.state.mark_dead(node.get());
         let left = self.state.left() & (1u64 << node.get()) != 0;
         if news && left {
-            eprintln!("ssi-dp: node {node} left the cluster");
+            tracing::info!("node {node} left the cluster");
         } else if news && !self.state.departures_expected() {
-            eprintln!("ssi-dp: node {node} is down ({why}); continuing without it");
+            tracing::warn!("node {node} is down ({why}); continuing without it");
         }
         for s in 0..self.io.peers.count(node) {
             let _ = self.io.transport.close_peer(peer_id(node, s));
@@ -729,5 +775,22 @@ impl<T: Transport> Shard<T> {
         for node in news.iter() {
             self.node_down_local(node, "reported by another shard");
         }
+    }
+}
+
+/// The page an action is about, if any.
+fn action_page(a: &crate::protocol::Action) -> Option<u64> {
+    use crate::protocol::Action;
+    match *a {
+        Action::Send { msg, .. } => Some(msg.page()),
+        Action::Install { page, .. }
+        | Action::MakeWritable { page }
+        | Action::WriteProtect { page }
+        | Action::Drop { page }
+        | Action::Wake { page }
+        | Action::FaultDone { page, .. }
+        | Action::FaultFailed { page, .. }
+        | Action::PageLost { page } => Some(page),
+        Action::ClusterFatal { .. } => None,
     }
 }
