@@ -7,6 +7,7 @@
 //! for the control plane's mutual TLS.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -132,6 +133,25 @@ pub fn run(a: UpArgs) -> i32 {
             .arg(n.id.to_string());
         cmd.args(&a.node_args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A node must not outlive `up`: if `up` is killed (SIGKILL, a crashed terminal), the
+        // kernel sends each node SIGTERM, which stops it in order.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and only makes two
+        // async-signal-safe syscalls (prctl, getppid); it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    // `up` died between fork and prctl: nobody would relay or stop us.
+                    return Err(std::io::Error::other(
+                        "ssi-dp up exited while starting the node",
+                    ));
+                }
+                Ok(())
+            })
+        };
         match cmd.spawn() {
             Ok(mut c) => {
                 relay(n.id, c.stdout.take(), false);
