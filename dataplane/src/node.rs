@@ -21,6 +21,7 @@ use crate::pmqos::LatencyGuard;
 use crate::protocol::{self, Layout, Machine, NodeId, NodeRange, Partition};
 use crate::region::{Region, RegionError};
 use crate::shard::route::ShardMsg;
+use crate::shard::trace::TraceRing;
 use crate::shard::{Conn, Shard, ShardSetup};
 use crate::spsc;
 use crate::stats::ShardStats;
@@ -107,6 +108,9 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// Protocol tunables (`max_home_txns` is sized from the cluster automatically when 0).
     pub protocol: protocol::Config,
+    /// Per-fault timestamps each shard keeps for [`Node::fault_traces`] (the most recent
+    /// this many records per shard); 0, the default, turns tracing off.
+    pub fault_trace: usize,
 }
 
 impl NodeConfig {
@@ -123,6 +127,7 @@ impl NodeConfig {
             secret,
             connect_timeout: Duration::from_secs(30),
             protocol: protocol::Config::default(),
+            fault_trace: 0,
         }
     }
 }
@@ -135,6 +140,7 @@ pub struct Node {
     region: Arc<Region>,
     state: Arc<NodeState>,
     stats: Vec<Arc<ShardStats>>,
+    traces: Vec<Arc<TraceRing>>,
     threads: Vec<JoinHandle<()>>,
     doorbells: Arc<[Doorbell]>,
     acceptor: Acceptor,
@@ -247,6 +253,13 @@ impl Node {
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut threads = Vec::with_capacity(shards);
         let mut stats = Vec::with_capacity(shards);
+        let traces: Vec<Arc<TraceRing>> = if cfg.fault_trace > 0 {
+            (0..shards)
+                .map(|_| Arc::new(TraceRing::new(cfg.fault_trace)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut conns = mesh.conns;
         for (i, (inbox_i, outbox_i)) in inbox.drain(..).zip(outbox.drain(..)).enumerate() {
             let machine = Machine::new(
@@ -271,6 +284,7 @@ impl Node {
                 state: state.clone(),
                 idle: cfg.idle,
                 retry_limit: proto.max_active_pages as usize,
+                trace: traces.get(i).cloned(),
             };
             let cpu = cfg.cores[i];
             let pin = cfg.pin;
@@ -304,6 +318,7 @@ impl Node {
             region,
             state,
             stats,
+            traces,
             threads,
             doorbells,
             acceptor: mesh.acceptor,
@@ -362,6 +377,11 @@ impl Node {
     /// Per-shard counters and histograms.
     pub fn stats(&self) -> &[Arc<ShardStats>] {
         &self.stats
+    }
+
+    /// Each shard's per-fault timestamps (empty unless `NodeConfig::fault_trace` was set).
+    pub fn fault_traces(&self) -> &[Arc<TraceRing>] {
+        &self.traces
     }
 
     /// State shared with the shards (dead peers, cluster stop, ...).
@@ -437,6 +457,7 @@ struct PartialSetup {
     state: Arc<NodeState>,
     idle: IdlePolicy,
     retry_limit: usize,
+    trace: Option<Arc<TraceRing>>,
 }
 
 fn run_shard<T: Transport>(
@@ -468,6 +489,7 @@ fn run_shard<T: Transport>(
         idle: s.idle,
         backlog: (4096, 1024),
         retry_limit: s.retry_limit,
+        trace: s.trace,
     };
     match Shard::new(setup) {
         Ok(shard) => {

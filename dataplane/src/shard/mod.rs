@@ -12,6 +12,7 @@
 pub mod backlog;
 pub mod exec;
 pub mod route;
+pub mod trace;
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
@@ -25,6 +26,7 @@ use wire::{DownReason, Event, MsgType, RxBuf, Transport};
 use self::backlog::Backlog;
 use self::exec::{Aftermath, Io};
 use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
+use self::trace::{TraceRing, Tracer};
 use crate::clock::now_ns;
 use crate::doorbell::Doorbell;
 use crate::idle::IdlePolicy;
@@ -95,6 +97,8 @@ pub struct ShardSetup<T: Transport> {
     pub backlog: (usize, usize),
     /// Faults that may wait for a free protocol record.
     pub retry_limit: usize,
+    /// Where to publish per-fault timestamps (`None`: not traced).
+    pub trace: Option<Arc<TraceRing>>,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardSetup<T> {
@@ -168,6 +172,7 @@ impl<T: Transport> Shard<T> {
                 layout: s.layout,
                 log: LogLimiter::new(10, 2),
                 state: s.state.clone(),
+                tracer: s.trace.map(Tracer::new),
             },
             events: Vec::with_capacity(wire::TransportConfig::default().poll_budget.max(1024)),
             ubuf: Some(Box::default()),
@@ -232,6 +237,9 @@ impl<T: Transport> Shard<T> {
                 .log
                 .warn(format_args!("transport flush failed: {e}"));
         }
+        if let Some(t) = &mut self.io.tracer {
+            t.flushed();
+        }
         work
     }
 
@@ -260,6 +268,9 @@ impl<T: Transport> Shard<T> {
         from: Option<NodeId>,
     ) -> Option<Outcome> {
         let now = now_ns();
+        if let Some(t) = &mut self.io.tracer {
+            t.set_rx(if from.is_some() { now } else { 0 });
+        }
         let res = self.machine.step(now, input, &mut self.actions);
         let after = self.io.execute(&self.actions, payload);
         self.aftermath(after);

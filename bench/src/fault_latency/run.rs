@@ -1,0 +1,420 @@
+//! A whole run: for every point of the axes (transport × node 0's idle policy) the floor, then
+//! a fresh cluster and every scenario in order; then the tables, breakdowns, JSON lines, HDR
+//! logs and the plot. Every result carries the machine, transport, idle policy and placement.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dataplane::cpulist;
+use dataplane::idle::IdlePolicy;
+use dataplane::node::TransportKind;
+use dataplane::pmqos::LatencyGuard;
+use dataplane::shard::trace::FaultTrace;
+use thiserror::Error;
+
+use super::breakdown;
+use super::cli::RunArgs;
+use super::cluster::{idle_arg, Cluster, ClusterOpts};
+use super::floor::{self, FloorOpts};
+use super::netns::{NetNs, NetnsError};
+use super::plan::{PageCursor, Plan, PlanError, Scenario};
+use super::plot;
+use super::progress::Progress;
+use super::report::{self, ScenarioResult};
+use super::scenario::{Ctx, Recorder, ScenarioError};
+
+/// Why a run could not start or complete.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// A bad selection.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A bad cpulist.
+    #[error("--fault-cpus: {0}")]
+    Cpus(String),
+    /// Namespaces.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// An output file or directory.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Warm-up samples before the recorded ones (page tables, caches, CPU frequency).
+pub fn warmup(samples: usize) -> usize {
+    (samples / 10).min(200)
+}
+
+fn transport_name(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Uring => "uring",
+        TransportKind::Fallback => "epoll",
+        TransportKind::Auto => match transport_uring::choose() {
+            transport_uring::Choice::Uring(_) => "uring",
+            transport_uring::Choice::Fallback(_) => "epoll",
+        },
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One line describing the machine and its load when the run started.
+pub fn machine_line() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "machine: {} CPUs ({model}), Linux {}, load average {}",
+        crate::online_cpus(),
+        read_trim("/proc/sys/kernel/osrelease"),
+        read_trim("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+/// Runs the benchmark; returns the exit code (1 when a scenario failed or read wrong data).
+pub fn run(a: &RunArgs) -> Result<i32, RunError> {
+    let samples = a.samples();
+    let plan = Plan::new(
+        &a.scenarios,
+        a.max_sharers,
+        &a.threads,
+        samples + warmup(samples),
+        a.tp_faults(),
+    )?;
+    let fault_cpus =
+        cpulist::parse(&a.placement.fault_cpus).map_err(|e| RunError::Cpus(e.to_string()))?;
+    if fault_cpus.is_empty() {
+        return Err(RunError::Cpus("no CPU given".into()));
+    }
+    if let Some(dir) = &a.hlog {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::Output {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let netns = if a.netns {
+        Some(NetNs::create(plan.nodes)?)
+    } else {
+        None
+    };
+    let progress = Arc::new(Progress::default());
+    let printer = (!a.no_progress).then(|| progress.spawn_printer());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# fault-latency: per-fault service time as the faulting thread sees it"
+    );
+    let _ = writeln!(out, "# {}", machine_line());
+    let _ = writeln!(
+        out,
+        "# nodes: {} ({}); node 0 = this process; {samples} samples per latency scenario \
+         (+{} warm-up), {} faults per throughput row",
+        plan.nodes,
+        if a.netns {
+            "network namespaces joined by veth and a bridge"
+        } else {
+            "processes on loopback"
+        },
+        warmup(samples),
+        plan.tp_faults
+    );
+    emit(a, &out);
+    let mut code = 0;
+    let mut all: Vec<ScenarioResult> = Vec::new();
+    for &t in &a.transport {
+        for &idle in &a.idle {
+            let point = AxisPoint {
+                transport: t,
+                idle,
+                fault_cpus: &fault_cpus,
+            };
+            match run_point(a, &plan, &point, netns.as_ref(), &progress) {
+                Ok((rows, failed)) => {
+                    if failed {
+                        code = 1;
+                    }
+                    all.extend(rows);
+                }
+                Err(e) => {
+                    eprintln!("fault-latency: {}/{}: {e}", transport_name(t), idle);
+                    code = 1;
+                }
+            }
+        }
+    }
+    progress.stop();
+    if let Some(p) = printer {
+        let _ = p.join();
+    }
+    if let Some(path) = &a.plot {
+        let multi = a.transport.len() * a.idle.len() > 1;
+        let series: Vec<plot::Series<'_>> = all
+            .iter()
+            .map(|r| plot::Series {
+                label: r.series_label(multi),
+                hist: r.lat.histogram(),
+            })
+            .collect();
+        let axes: Vec<String> = a
+            .transport
+            .iter()
+            .flat_map(|t| {
+                a.idle
+                    .iter()
+                    .map(move |i| format!("{} {i}", transport_name(*t)))
+            })
+            .collect();
+        let svg = plot::svg(
+            "ssi-dp fault-latency: percentile distribution",
+            &format!(
+                "{}; {}; faults on CPU {}, node 0 shard on CPU {}, helpers on CPU {}",
+                machine_line(),
+                axes.join(", "),
+                a.placement.fault_cpus,
+                a.placement.shard_cpu,
+                a.placement.helper_cpu
+            ),
+            &series,
+        );
+        std::fs::write(path, svg).map_err(|source| RunError::Output {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("fault-latency: plot written to {}", path.display());
+    }
+    Ok(code)
+}
+
+/// Prints run output: on stdout, or on stderr when stdout carries JSON.
+fn emit(a: &RunArgs, s: &str) {
+    if a.json {
+        eprint!("{s}");
+    } else {
+        print!("{s}");
+    }
+}
+
+struct AxisPoint<'a> {
+    transport: TransportKind,
+    idle: IdlePolicy,
+    fault_cpus: &'a [usize],
+}
+
+fn run_point(
+    a: &RunArgs,
+    plan: &Plan,
+    p: &AxisPoint<'_>,
+    netns: Option<&NetNs>,
+    progress: &Progress,
+) -> Result<(Vec<ScenarioResult>, bool), RunError> {
+    let tname = transport_name(p.transport);
+    let idle_s = p.idle.to_string();
+    let placement = format!(
+        "faults cpu {}, node0 shard cpu {} ({}), helper shards cpu {} ({})",
+        cpulist::format(p.fault_cpus),
+        a.placement.shard_cpu,
+        p.idle,
+        a.placement.helper_cpu,
+        a.helper_idle
+    );
+    // The node holds PM QoS while its shard may spin; the floor must run under the same.
+    let pm = if p.idle.spins() {
+        match LatencyGuard::hold(0) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("fault-latency: warning: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let pm_line = if pm.is_some() {
+        "/dev/cpu_dma_latency held at 0 (node 0 may spin; the floor runs under the same)"
+    } else {
+        "/dev/cpu_dma_latency not held (node 0 blocks; so does the floor)"
+    };
+    let suffix = format!("{tname}.{}", idle_arg(p.idle).replace(':', "-"));
+    let mut rows = Vec::new();
+    let mut failed = false;
+    let result = |s: Scenario, rec: &Recorder<'_>, breakdown| ScenarioResult {
+        scenario: s,
+        transport: if s == Scenario::Floor {
+            "plain-tcp".into()
+        } else {
+            tname.into()
+        },
+        idle: idle_s.clone(),
+        placement: placement.clone(),
+        lat: rec.lat.clone(),
+        measured_ns: rec.measured_ns(),
+        breakdown,
+    };
+    let warm = warmup(a.samples());
+    if plan.scenarios.contains(&Scenario::Floor) {
+        progress.begin(&format!("floor [{tname} {}]", p.idle), a.samples() as u64);
+        let hlog = a.hlog.as_ref().map(|dir| {
+            (
+                dataplane::histlog::HistLog::new(
+                    dir.join(format!("floor.{suffix}.hlog")),
+                    vec![format!(
+                        "fault-latency floor ({suffix}): uffd read, 16-byte request, 4 KiB \
+                         reply, UFFDIO_COPY; ns as the faulting thread sees it"
+                    )],
+                ),
+                "floor".to_string(),
+            )
+        });
+        let mut rec = Recorder::new(progress, false, 0, hlog);
+        let o = FloorOpts {
+            samples: a.samples(),
+            warmup: warm,
+            fault_cpu: p.fault_cpus[0],
+            handler_cpu: a.placement.shard_cpu,
+            home_cpu: a.placement.helper_cpu,
+            idle: p.idle,
+            netns,
+        };
+        match floor::run(&o, &mut rec) {
+            Ok(()) => rows.push(result(Scenario::Floor, &rec, None)),
+            Err(e) => {
+                eprintln!("fault-latency: floor: {e}");
+                failed = true;
+            }
+        }
+        progress.end();
+    }
+    let mut transport_line = String::new();
+    if plan.scenarios.iter().any(|s| s.needs_cluster()) {
+        let opts = ClusterOpts {
+            memory: plan.memory(),
+            transport: p.transport,
+            idle: p.idle,
+            helper_idle: a.helper_idle,
+            shard_cpu: a.placement.shard_cpu,
+            helper_cpu: a.placement.helper_cpu,
+            connect_timeout: a.connect_timeout,
+            trace: a.breakdown,
+        };
+        let mut cluster = Cluster::start(&opts, netns).map_err(|e| {
+            eprintln!("fault-latency: cannot start the cluster: {e}");
+            e
+        });
+        match &mut cluster {
+            Err(_) => failed = true,
+            Ok(c) => {
+                transport_line = c.transport_line.clone();
+                let ranges = c.node.cluster().ranges();
+                let mut ctx = Ctx {
+                    cluster: c,
+                    progress,
+                    fault_cpus: p.fault_cpus.to_vec(),
+                    samples: a.samples(),
+                    warmup: warm,
+                    tp_faults: plan.tp_faults,
+                    local: PageCursor::new(ranges[0].1, ranges[0].2),
+                    remote: PageCursor::new(ranges[1].1, ranges[1].2),
+                    keep_samples: a.breakdown,
+                    hlog: a.hlog.as_ref().map(|d| (d.clone(), suffix.clone())),
+                };
+                let mut cursor = 0u64;
+                for &s in plan.scenarios.iter().filter(|s| s.needs_cluster()) {
+                    let total = match s {
+                        Scenario::Throughput { threads } => {
+                            plan.tp_faults.div_ceil(threads) * threads
+                        }
+                        _ => a.samples(),
+                    };
+                    progress.begin(&format!("{} [{tname} {}]", s.label(), p.idle), total as u64);
+                    let r = ctx.run(s);
+                    progress.end();
+                    match r {
+                        Ok(rec) => {
+                            let bd = a.breakdown.then(|| {
+                                let mut traces: Vec<FaultTrace> = Vec::new();
+                                let mut missed = 0;
+                                if let Some(ring) = ctx.cluster.node.fault_traces().first() {
+                                    missed = ring.read_since(&mut cursor, &mut traces);
+                                }
+                                breakdown::compute(rec.samples(), &traces, missed)
+                            });
+                            rows.push(result(s, &rec, bd));
+                        }
+                        Err(e) => {
+                            eprintln!("fault-latency: {}: {e}", s.label());
+                            failed = true;
+                            if matches!(e, ScenarioError::Cluster(_)) {
+                                // A helper is gone: the rest of this point cannot run.
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Ok(c) = cluster {
+            c.stop();
+        }
+    }
+    drop(pm);
+    let mut out = String::new();
+    let heading = format!(
+        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {placement}; floor: handler on CPU {}, home process on CPU {}\n# pm_qos: {pm_line}",
+        p.idle,
+        a.helper_idle,
+        if transport_line.is_empty() {
+            "transport: -".to_string()
+        } else {
+            transport_line
+        },
+        a.placement.shard_cpu,
+        a.placement.helper_cpu,
+    );
+    out.push_str(&report::table(&heading, &rows, plan.prefetch_asked));
+    for r in rows.iter().filter(|r| r.breakdown.is_some()) {
+        if let Some(b) = &r.breakdown {
+            out.push('\n');
+            out.push_str(&breakdown::render(
+                &format!("{} [{tname} {}]", r.scenario.label(), p.idle),
+                b,
+            ));
+        }
+    }
+    emit(a, &out);
+    if a.json {
+        let floor = rows.iter().find(|r| r.scenario == Scenario::Floor);
+        for r in &rows {
+            println!("{}", report::json(r, floor));
+        }
+        if plan.prefetch_asked {
+            println!(
+                "{}",
+                report::json_unavailable(
+                    "prefetch",
+                    "the data plane has no multi-page request; see docs/benchmarks.md"
+                )
+            );
+        }
+    }
+    Ok((rows, failed))
+}
