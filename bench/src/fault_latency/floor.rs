@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use dataplane::clock::now_ns;
 use dataplane::idle::IdlePolicy;
+use dataplane::shard::trace::FaultTrace;
 use thiserror::Error;
 use uffd_poller::{CopyMode, Event, EventBuf, Features, FillOutcome, RegisterMode, Uffd};
 
@@ -65,6 +66,8 @@ pub struct FloorOpts<'a> {
     pub idle: IdlePolicy,
     /// Namespaces (node 0's for this side, node 1's for the home).
     pub netns: Option<&'a NetNs>,
+    /// Record each fault's steps, as node 0's shard does for `--breakdown`.
+    pub trace: bool,
 }
 
 struct Mapping {
@@ -188,8 +191,8 @@ fn transfer(
     Ok(true)
 }
 
-/// Measures the floor into `rec`.
-pub fn run(o: &FloorOpts<'_>, rec: &mut Recorder<'_>) -> Result<(), FloorError> {
+/// Measures the floor into `rec`; returns the handler's per-fault steps when `o.trace`.
+pub fn run(o: &FloorOpts<'_>, rec: &mut Recorder<'_>) -> Result<Vec<FaultTrace>, FloorError> {
     let (mut home, addr) = spawn_home(o)?;
     let result = measure(o, rec, &addr);
     let _ = home.kill();
@@ -197,7 +200,11 @@ pub fn run(o: &FloorOpts<'_>, rec: &mut Recorder<'_>) -> Result<(), FloorError> 
     result
 }
 
-fn measure(o: &FloorOpts<'_>, rec: &mut Recorder<'_>, addr: &str) -> Result<(), FloorError> {
+fn measure(
+    o: &FloorOpts<'_>,
+    rec: &mut Recorder<'_>,
+    addr: &str,
+) -> Result<Vec<FaultTrace>, FloorError> {
     let sock = connect(addr, o.netns)?;
     let uffd = Arc::new(
         Uffd::open(Features::PAGEFAULT_FLAG_WP).map_err(|e| FloorError::Uffd(e.to_string()))?,
@@ -212,9 +219,10 @@ fn measure(o: &FloorOpts<'_>, rec: &mut Recorder<'_>, addr: &str) -> Result<(), 
     let handler = {
         let (uffd, stop) = (uffd.clone(), stop.clone());
         let (idle, cpu, base, len) = (o.idle, o.handler_cpu, map.addr, map.len);
+        let trace = Vec::with_capacity(if o.trace { pages } else { 0 });
         std::thread::Builder::new()
             .name("floor-handler".into())
-            .spawn(move || handler(&uffd, sock, idle, cpu, (base, len), &stop))?
+            .spawn(move || handler(&uffd, sock, idle, cpu, (base, len), &stop, trace))?
     };
     let wrong = std::thread::scope(|s| {
         s.spawn(|| fault_loop(o, rec, &map, &stop))
@@ -222,14 +230,14 @@ fn measure(o: &FloorOpts<'_>, rec: &mut Recorder<'_>, addr: &str) -> Result<(), 
             .expect("the floor's faulting thread does not panic")
     });
     stop.store(true, Ordering::Relaxed);
-    let res = handler
+    let trace = handler
         .join()
-        .map_err(|_| FloorError::Handler("panicked".into()))?;
-    res.map_err(FloorError::Handler)?;
+        .map_err(|_| FloorError::Handler("panicked".into()))?
+        .map_err(FloorError::Handler)?;
     if wrong != 0 {
         return Err(FloorError::WrongData(wrong));
     }
-    Ok(())
+    Ok(trace)
 }
 
 /// The faulting thread: touches every page once; returns how many read wrong contents.
@@ -274,7 +282,8 @@ fn handler(
     cpu: usize,
     (base, len): (usize, usize),
     stop: &AtomicBool,
-) -> Result<(), String> {
+    mut trace: Vec<FaultTrace>,
+) -> Result<Vec<FaultTrace>, String> {
     crate::pin_current_thread(cpu).map_err(|e| e.to_string())?;
     let mut events = EventBuf::<64>::new();
     let mut faults = [0usize; 64];
@@ -296,7 +305,7 @@ fn handler(
                     let mut n = 0;
                     for ev in evs {
                         if let Event::PageFault(f) = *ev {
-                            faults[n] = (f.address as usize) & !(PAGE - 1);
+                            faults[n] = f.address & !(PAGE - 1);
                             n += 1;
                         }
                     }
@@ -304,6 +313,7 @@ fn handler(
                 },
             )?;
             let Some(n) = n else { return Ok(()) };
+            let event_ns = now_ns();
             for &addr in &faults[..n] {
                 let mut req = [0u8; REQUEST];
                 req[..8].copy_from_slice(&(((addr - base) / PAGE) as u64).to_le_bytes());
@@ -314,11 +324,13 @@ fn handler(
                 })? {
                     return Ok(());
                 }
+                let sent_ns = now_ns();
                 if !transfer(sfd, libc::POLLIN, idle, stop, PAGE, |d| {
                     sock.read(&mut reply[d..])
                 })? {
                     return Ok(());
                 }
+                let received_ns = now_ns();
                 match uffd.copy(addr, &reply, CopyMode::WP) {
                     Ok(FillOutcome::Filled(_)) => {}
                     Ok(FillOutcome::AlreadyMapped) => uffd
@@ -326,6 +338,15 @@ fn handler(
                         .map_err(|e| io::Error::other(e.to_string()))?,
                     Ok(other) => return Err(io::Error::other(format!("UFFDIO_COPY: {other:?}"))),
                     Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+                if trace.len() < trace.capacity() {
+                    trace.push(FaultTrace {
+                        page: ((addr - base) / PAGE) as u64,
+                        event_ns,
+                        sent_ns,
+                        received_ns,
+                        installed_ns: now_ns(),
+                    });
                 }
             }
         }
@@ -337,7 +358,7 @@ fn handler(
         // it counts as wrong) instead of leaving it blocked forever.
         let _ = uffd.unregister(base, len);
     }
-    r
+    r.map(|()| trace)
 }
 
 /// The floor's home process: answers each 16-byte request with 4 KiB whose first word is the

@@ -212,7 +212,7 @@ mod tests {
         let mut lc = HistLog::new(db.join("upgrade.uring.spin.hlog"), vec!["c".into()]);
         lc.dump(&[("upgrade".into(), hist(1..=10))]).unwrap();
 
-        let out = show(&[db.clone()]).unwrap();
+        let out = show(std::slice::from_ref(&db)).unwrap();
         assert!(out.contains("remote-read.uring.spin"), "{out}");
         assert!(out.contains("upgrade.uring.spin"), "{out}");
         assert!(out.contains(" 1000 "), "{out}");

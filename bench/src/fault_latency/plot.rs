@@ -64,7 +64,7 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
     let x_decades = ((counts as f64).log10().ceil() as u32).clamp(1, 5);
     let mut lo_us = f64::MAX;
     let mut hi_us = 0f64;
-    for s in series.iter().filter(|s| s.hist.len() > 0) {
+    for s in series.iter().filter(|s| !s.hist.is_empty()) {
         lo_us = lo_us.min(s.hist.min().max(1) as f64 / 1e3);
         hi_us = hi_us.max(s.hist.max().max(1) as f64 / 1e3);
     }

@@ -79,13 +79,12 @@ impl Progress {
                         let _ = write!(err, "\r\x1b[K");
                         drawn = false;
                     }
-                    (false, Some((l, running))) => {
+                    (false, Some((l, running)))
                         if running >= Duration::from_secs(5)
-                            && last_log.elapsed() >= Duration::from_secs(5)
-                        {
-                            let _ = writeln!(err, "fault-latency: {l}");
-                            last_log = Instant::now();
-                        }
+                            && last_log.elapsed() >= Duration::from_secs(5) =>
+                    {
+                        let _ = writeln!(err, "fault-latency: {l}");
+                        last_log = Instant::now();
                     }
                     _ => {}
                 }

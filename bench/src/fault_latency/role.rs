@@ -234,6 +234,12 @@ pub fn run(args: RoleArgs) -> i32 {
     // The node must not outlive the benchmark that drives it.
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Every thread of the node (set-up touches included) stays on its CPU, so that the
+    // node's memory map is never live on node 0's CPUs: write-protecting or dropping one of
+    // its pages then needs no TLB shoot-down IPI to them.
+    if let Err(e) = crate::pin_current_thread(args.cpu) {
+        eprintln!("fault-latency node {}: {e}", args.id);
+    }
     let listener = match TcpListener::bind(&args.bind) {
         Ok(l) => l,
         Err(source) => {

@@ -285,7 +285,7 @@ fn run_point(
                 "floor".to_string(),
             )
         });
-        let mut rec = Recorder::new(progress, false, 0, hlog);
+        let mut rec = Recorder::new(progress, a.breakdown, a.samples(), hlog);
         let o = FloorOpts {
             samples: a.samples(),
             warmup: warm,
@@ -294,9 +294,15 @@ fn run_point(
             home_cpu: a.placement.helper_cpu,
             idle: p.idle,
             netns,
+            trace: a.breakdown,
         };
         match floor::run(&o, &mut rec) {
-            Ok(()) => rows.push(result(Scenario::Floor, &rec, None)),
+            Ok(traces) => {
+                let bd = a
+                    .breakdown
+                    .then(|| breakdown::compute(rec.samples(), &traces, 0));
+                rows.push(result(Scenario::Floor, &rec, bd));
+            }
             Err(e) => {
                 eprintln!("fault-latency: floor: {e}");
                 failed = true;
