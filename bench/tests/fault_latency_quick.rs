@@ -44,10 +44,11 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
-const LABELS: [&str; 13] = [
+const LABELS: [&str; 14] = [
     "floor",
     "local-zero",
     "remote-read",
+    "remote-read-shared",
     "remote-read-fwd",
     "remote-write-k0",
     "remote-write-k1",

@@ -78,8 +78,8 @@ pub struct RunArgs {
     /// Faulting-thread counts of the throughput rows.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub threads: Vec<usize>,
-    /// Scenarios to run: floor, local-zero, remote-read, remote-read-fwd, remote-write,
-    /// upgrade, pingpong, throughput, prefetch (default: all).
+    /// Scenarios to run: floor, local-zero, remote-read, remote-read-shared, remote-read-fwd,
+    /// remote-write, upgrade, pingpong, throughput, prefetch (default: all).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Largest number of sharers a remote write invalidates (rows k = 0..=K; K+2 nodes).

@@ -11,7 +11,7 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     /// An unknown scenario name.
-    #[error("unknown scenario {0:?}: use floor, local-zero, remote-read, remote-read-fwd, remote-write, upgrade, pingpong, throughput or prefetch")]
+    #[error("unknown scenario {0:?}: use floor, local-zero, remote-read, remote-read-shared, remote-read-fwd, remote-write, upgrade, pingpong, throughput or prefetch")]
     Unknown(String),
     /// A thread count of 0 or too many.
     #[error("bad thread count {0}: use 1 to 256")]
@@ -28,8 +28,12 @@ pub enum Scenario {
     Floor,
     /// First touch (read) of a page homed on node 0.
     LocalZero,
-    /// Read miss served by the home (node 1, which wrote the page).
+    /// Read miss served by the home (node 1, which wrote the page, so it holds it writable
+    /// and must write-protect it before sending).
     RemoteRead,
+    /// Read miss served by the home from a copy that is already read-only (node 1 wrote the
+    /// page, node 2 read it): the home only sends.
+    RemoteReadShared,
     /// Read miss forwarded by the home to node 2, which owns the page exclusively.
     RemoteReadFwd,
     /// Write miss on a page the home wrote and `k` other nodes read.
@@ -55,6 +59,7 @@ impl Scenario {
             Scenario::Floor => "floor",
             Scenario::LocalZero => "local-zero",
             Scenario::RemoteRead => "remote-read",
+            Scenario::RemoteReadShared => "remote-read-shared",
             Scenario::RemoteReadFwd => "remote-read-fwd",
             Scenario::RemoteWrite { .. } => "remote-write",
             Scenario::Upgrade => "upgrade",
@@ -124,10 +129,11 @@ impl Plan {
         if let Some(&t) = threads.iter().find(|&&t| t == 0 || t > 256) {
             return Err(PlanError::Threads(t));
         }
-        const ALL: [&str; 9] = [
+        const ALL: [&str; 10] = [
             "floor",
             "local-zero",
             "remote-read",
+            "remote-read-shared",
             "remote-read-fwd",
             "remote-write",
             "upgrade",
@@ -151,6 +157,9 @@ impl Plan {
         if want("remote-read") {
             scenarios.push(Scenario::RemoteRead);
         }
+        if want("remote-read-shared") {
+            scenarios.push(Scenario::RemoteReadShared);
+        }
         if want("remote-read-fwd") {
             scenarios.push(Scenario::RemoteReadFwd);
         }
@@ -173,7 +182,7 @@ impl Plan {
             match *s {
                 Scenario::Floor => {}
                 Scenario::LocalZero => local += samples as u64,
-                Scenario::RemoteReadFwd => {
+                Scenario::RemoteReadFwd | Scenario::RemoteReadShared => {
                     nodes = nodes.max(3);
                     remote += samples as u64;
                 }
@@ -258,8 +267,8 @@ mod tests {
         ] {
             assert!(labels.iter().any(|x| x == l), "{l} missing from {labels:?}");
         }
-        // read, fwd, 3 writes, upgrade = 6 × 100; pingpong 1; throughput 50 + 52 + 64.
-        assert_eq!(p.remote_pages, 600 + 1 + 50 + 52 + 64 + GUARD_PAGES);
+        // read, shared, fwd, 3 writes, upgrade = 7 × 100; pingpong 1; throughput 50 + 52 + 64.
+        assert_eq!(p.remote_pages, 700 + 1 + 50 + 52 + 64 + GUARD_PAGES);
         assert_eq!(p.local_pages, 100 + GUARD_PAGES);
         assert_eq!(p.memory()[2], 0);
     }

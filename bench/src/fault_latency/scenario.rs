@@ -277,6 +277,14 @@ impl<'c> Ctx<'c> {
                 self.cluster.helper(1).call(&format!("write {first} {n}"))?;
                 self.read_loop(s, first, Some(1))
             }
+            Scenario::RemoteReadShared => {
+                let first = self.fresh(s, true, n)?;
+                self.cluster.helper(1).call(&format!("write {first} {n}"))?;
+                self.cluster
+                    .helper(2)
+                    .call(&format!("read {first} {n} 1"))?;
+                self.read_loop(s, first, Some(1))
+            }
             Scenario::RemoteReadFwd => {
                 let first = self.fresh(s, true, n)?;
                 self.cluster.helper(2).call(&format!("write {first} {n}"))?;
