@@ -175,6 +175,7 @@ fn quick_run_writes_every_row_log_and_plot() {
             .collect();
         assert!(p[0] > 0 && p.windows(2).all(|w| w[0] <= w[1]), "{r}");
         assert!(r["faults_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["other_load_pct"].as_f64().is_some(), "{r}");
         let ratio = &r["floor_ratio"];
         assert!(ratio.as_f64().is_some_and(|x| x > 0.0), "{r}");
         if label == "floor" {

@@ -15,6 +15,7 @@
 //! - [`plot`]: the percentile-distribution SVG.
 //! - [`hlogs`]: HDR interval logs per scenario and the `show` / `compare` commands.
 //! - [`progress`]: the progress line.
+//! - [`load`]: how much CPU other processes took during the measurement.
 //! - [`idle_wait`]: spin / hybrid / block waiting shared by the floor's loops.
 
 pub mod breakdown;
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod floor;
 pub mod hlogs;
 pub mod idle_wait;
+pub mod load;
 pub mod netns;
 pub mod plan;
 pub mod plot;

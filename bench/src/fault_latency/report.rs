@@ -25,6 +25,8 @@ pub struct ScenarioResult {
     pub measured_ns: u64,
     /// Where the time went (`--breakdown`).
     pub breakdown: Option<Breakdown>,
+    /// Percent of the machine's CPU time other processes used while this was measured.
+    pub others_pct: f64,
 }
 
 impl ScenarioResult {
@@ -126,7 +128,8 @@ pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
     let mut s = format!(
         "{{\"scenario\":{},\"label\":{},\"threads\":{},\"transport\":{},\"idle\":{},\
          \"placement\":{},\"count\":{},\"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\
-         \"p999_ns\":{},\"max_ns\":{},\"faults_per_s\":{:.1},\"floor_ratio\":{}",
+         \"p999_ns\":{},\"max_ns\":{},\"faults_per_s\":{:.1},\"floor_ratio\":{},\
+         \"other_load_pct\":{:.1}",
         json_str(r.scenario.name()),
         json_str(&r.scenario.label()),
         r.scenario.threads(),
@@ -142,6 +145,7 @@ pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
         r.faults_per_s(),
         r.floor_ratio(floor)
             .map_or("null".to_string(), |x| format!("{x:.3}")),
+        r.others_pct,
     );
     if let Some(b) = &r.breakdown {
         s.push_str(",\"breakdown\":{");
@@ -194,6 +198,7 @@ mod tests {
             lat,
             measured_ns,
             breakdown: None,
+            others_pct: 0.0,
         }
     }
 

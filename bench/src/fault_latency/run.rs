@@ -17,6 +17,7 @@ use super::breakdown;
 use super::cli::RunArgs;
 use super::cluster::{idle_arg, Cluster, ClusterOpts};
 use super::floor::{self, FloorOpts};
+use super::load::CpuSnapshot;
 use super::netns::{NetNs, NetnsError};
 use super::plan::{PageCursor, Plan, PlanError, Scenario};
 use super::plot;
@@ -255,6 +256,7 @@ fn run_point(
         "/dev/cpu_dma_latency not held (node 0 blocks; so does the floor)"
     };
     let suffix = format!("{tname}.{}", idle_arg(p.idle).replace(':', "-"));
+    let cpu_start = CpuSnapshot::now();
     let mut rows = Vec::new();
     let mut failed = false;
     let result = |s: Scenario, rec: &Recorder<'_>, breakdown| ScenarioResult {
@@ -269,6 +271,7 @@ fn run_point(
         lat: rec.lat.clone(),
         measured_ns: rec.measured_ns(),
         breakdown,
+        others_pct: 0.0,
     };
     let warm = warmup(a.samples());
     if plan.scenarios.contains(&Scenario::Floor) {
@@ -383,9 +386,13 @@ fn run_point(
         }
     }
     drop(pm);
+    let others = cpu_start.others_pct_since();
+    for r in rows.iter_mut() {
+        r.others_pct = others;
+    }
     let mut out = String::new();
     let heading = format!(
-        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {placement}; floor: handler on CPU {}, home process on CPU {}\n# pm_qos: {pm_line}",
+        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {placement}; floor: handler on CPU {}, home process on CPU {}\n# pm_qos: {pm_line}\n# other processes used {others:.1}% of the machine's CPU time during this part{}",
         p.idle,
         a.helper_idle,
         if transport_line.is_empty() {
@@ -395,6 +402,11 @@ fn run_point(
         },
         a.placement.shard_cpu,
         a.placement.helper_cpu,
+        if others >= 5.0 {
+            " (the machine was not quiet: treat these numbers as disturbed)"
+        } else {
+            ""
+        },
     );
     out.push_str(&report::table(&heading, &rows, plan.prefetch_asked));
     for r in rows.iter().filter(|r| r.breakdown.is_some()) {
