@@ -223,9 +223,13 @@ impl Cluster {
                     id,
                     what: format!("expected its port, got {line:?}"),
                 })?;
-            let addr: SocketAddr = format!("{}:{port}", addr_of(i))
-                .parse()
-                .expect("an IPv4 address and a port");
+            let addr: SocketAddr =
+                format!("{}:{port}", addr_of(i))
+                    .parse()
+                    .map_err(|e| ClusterError::Helper {
+                        id,
+                        what: format!("its address does not parse: {e}"),
+                    })?;
             specs.push(NodeSpec {
                 id,
                 addr,
@@ -234,62 +238,14 @@ impl Cluster {
             helpers.push(h);
         }
         let secret = cluster_secret();
-        let secret_hex = hex(&secret);
-        let o2 = o.clone();
-        let start0 =
-            move |specs: Vec<NodeSpec>, listener: TcpListener| -> Result<Node, ClusterError> {
-                let me = NodeSpec {
-                    id: 0,
-                    addr: listener
-                        .local_addr()
-                        .map_err(|source| ClusterError::Listen {
-                            addr: "node 0".into(),
-                            source,
-                        })?,
-                    memory: o2.memory[0],
-                };
-                let mut cfg = NodeConfig::new(ClusterSpec::new(me, specs)?, listener, secret);
-                cfg.cores = vec![o2.shard_cpu];
-                cfg.pin = true;
-                cfg.idle = o2.idle;
-                cfg.transport = o2.transport;
-                cfg.connect_timeout = Duration::from_secs(o2.connect_timeout);
-                cfg.fault_trace = if o2.trace { TRACE_RECORDS } else { 0 };
-                Ok(Node::start(cfg)?)
-            };
-        // Node 0's sockets live in its namespace: bind (and later dial) from a thread in it.
         let bind0 = format!("{}:0", addr_of(0));
-        let run0 = |specs: Vec<NodeSpec>,
-                    helpers: &mut Vec<Helper>,
-                    secret_hex: String|
-         -> Result<Node, ClusterError> {
-            let listener = TcpListener::bind(&bind0).map_err(|source| ClusterError::Listen {
-                addr: bind0.clone(),
-                source,
-            })?;
-            let mut all = specs.clone();
-            all.push(NodeSpec {
-                id: 0,
-                addr: listener
-                    .local_addr()
-                    .map_err(|source| ClusterError::Listen {
-                        addr: bind0.clone(),
-                        source,
-                    })?,
-                memory: o.memory[0],
-            });
-            let line = format!("start {secret_hex} {}", encode_cluster(&all));
-            for h in helpers.iter_mut() {
-                h.send(&line)?;
-            }
-            start0(specs, listener)
-        };
+        // Node 0's sockets live in its namespace: bind (and later dial) from a thread in it.
         let node = match netns {
-            None => run0(specs, &mut helpers, secret_hex)?,
+            None => start_node0(o, specs, &mut helpers, secret, &bind0)?,
             Some(n) => std::thread::scope(|s| {
                 s.spawn(|| {
                     n.enter(0)?;
-                    run0(specs, &mut helpers, secret_hex)
+                    start_node0(o, specs, &mut helpers, secret, &bind0)
                 })
                 .join()
                 .expect("node 0's start thread does not panic")
@@ -354,6 +310,41 @@ impl Drop for Helper {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Binds node 0's listener, tells every helper the whole cluster, then starts node 0 (which
+/// returns once the mesh is formed).
+fn start_node0(
+    o: &ClusterOpts,
+    peers: Vec<NodeSpec>,
+    helpers: &mut [Helper],
+    secret: Vec<u8>,
+    bind: &str,
+) -> Result<Node, ClusterError> {
+    let listen_err = |source| ClusterError::Listen {
+        addr: bind.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(bind).map_err(listen_err)?;
+    let me = NodeSpec {
+        id: 0,
+        addr: listener.local_addr().map_err(listen_err)?,
+        memory: o.memory[0],
+    };
+    let mut all = peers.clone();
+    all.push(me.clone());
+    let line = format!("start {} {}", hex(&secret), encode_cluster(&all));
+    for h in helpers.iter_mut() {
+        h.send(&line)?;
+    }
+    let mut cfg = NodeConfig::new(ClusterSpec::new(me, peers)?, listener, secret);
+    cfg.cores = vec![o.shard_cpu];
+    cfg.pin = true;
+    cfg.idle = o.idle;
+    cfg.transport = o.transport;
+    cfg.connect_timeout = Duration::from_secs(o.connect_timeout);
+    cfg.fault_trace = if o.trace { TRACE_RECORDS } else { 0 };
+    Ok(Node::start(cfg)?)
 }
 
 /// A fresh cluster secret for one run (the helpers get it over their stdin).

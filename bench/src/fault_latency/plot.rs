@@ -142,6 +142,12 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
     // Lines and legend.
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
+        // After the palette is used up, lines repeat its colours dashed.
+        let dash = match i / COLORS.len() {
+            0 => "",
+            1 => " stroke-dasharray=\"6 3\"",
+            _ => " stroke-dasharray=\"2 2\"",
+        };
         let ly = TOP + 14.0 + i as f64 * 18.0;
         let lx = LEFT + pw + 14.0;
         let n = s.hist.len();
@@ -153,7 +159,7 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
         let _ = writeln!(
             o,
             "<line x1=\"{lx:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\" \
-             stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{ly:.1}\">{}</text>",
+             stroke-width=\"2\"{dash}/><text x=\"{:.1}\" y=\"{ly:.1}\">{}</text>",
             ly - 4.0,
             lx + 22.0,
             ly - 4.0,
@@ -174,7 +180,7 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
         let _ = writeln!(
             o,
             "<polyline class=\"series\" data-label=\"{}\" fill=\"none\" stroke=\"{color}\" \
-             stroke-width=\"1.5\" points=\"{}\"/>",
+             stroke-width=\"1.5\"{dash} points=\"{}\"/>",
             esc(&s.label),
             pts.trim_end()
         );
