@@ -43,6 +43,9 @@ pub struct Breakdown {
     pub samples: u64,
     /// Shard records lost to the ring's bound.
     pub missed: u64,
+    /// Remote faults whose request send time was not known (its slot in the shard's
+    /// direct-mapped table was reused by another page in flight).
+    pub send_unknown: u64,
 }
 
 /// Matches samples with shard records and aggregates the steps.
@@ -55,28 +58,35 @@ pub fn compute(samples: &[Sample], traces: &[FaultTrace], missed: u64) -> Breakd
         matched: 0,
         samples: samples.len() as u64,
         missed,
+        send_unknown: 0,
     };
     for s in samples {
         // The record of this fault: same page, read by the shard while the thread waited.
+        // (Its install may end after the thread resumed: the install wakes the thread inside
+        // the call, and a thread on the shard's CPU preempts the shard at once.)
         let from = sorted.partition_point(|t| t.event_ns < s.t0);
         let Some(t) = sorted[from..]
             .iter()
             .take_while(|t| t.event_ns <= s.t1)
-            .find(|t| t.page == s.page && t.installed_ns <= s.t1)
+            .find(|t| t.page == s.page)
         else {
             continue;
         };
         b.matched += 1;
         b.total.record(s.t1 - s.t0);
         b.steps[0].record(t.event_ns - s.t0);
-        if t.sent_ns != 0 && t.received_ns >= t.sent_ns {
-            b.steps[1].record(t.sent_ns - t.event_ns);
-            b.steps[2].record(t.received_ns - t.sent_ns);
+        if t.received_ns != 0 {
+            if t.sent_ns != 0 && t.received_ns >= t.sent_ns {
+                b.steps[1].record(t.sent_ns - t.event_ns);
+                b.steps[2].record(t.received_ns - t.sent_ns);
+            } else {
+                b.send_unknown += 1;
+            }
             b.steps[3].record(t.installed_ns.saturating_sub(t.received_ns));
         } else {
             b.steps[4].record(t.installed_ns.saturating_sub(t.event_ns));
         }
-        b.steps[5].record(s.t1 - t.installed_ns);
+        b.steps[5].record(s.t1.saturating_sub(t.installed_ns));
     }
     b
 }
@@ -86,11 +96,16 @@ pub fn render(title: &str, b: &Breakdown) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "breakdown {title}: {} of {} samples matched to shard records{}",
+        "breakdown {title}: {} of {} samples matched to shard records{}{}",
         b.matched,
         b.samples,
         if b.missed > 0 {
             format!(" ({} records lost to the ring bound)", b.missed)
+        } else {
+            String::new()
+        },
+        if b.send_unknown > 0 {
+            format!(" ({} without a known send time)", b.send_unknown)
         } else {
             String::new()
         }
@@ -154,6 +169,12 @@ mod tests {
                 t0: 50_000,
                 t1: 51_000,
             },
+            // Resumed (on the shard's CPU) before the install call returned.
+            Sample {
+                page: 12,
+                t0: 60_000,
+                t1: 65_000,
+            },
         ];
         let traces = [
             FaultTrace {
@@ -177,17 +198,35 @@ mod tests {
                 received_ns: 27_000,
                 installed_ns: 29_500,
             },
+            // Send time lost (slot reused), install returned after the thread resumed.
+            FaultTrace {
+                page: 12,
+                event_ns: 61_000,
+                sent_ns: 0,
+                received_ns: 64_000,
+                installed_ns: 65_500,
+            },
         ];
         let b = compute(&samples, &traces, 0);
-        assert_eq!((b.matched, b.samples), (3, 4));
-        assert_eq!(b.steps[0].count(), 3);
-        assert_eq!(b.steps[2].count(), 2, "two remote faults");
+        assert_eq!((b.matched, b.samples), (4, 5));
+        assert_eq!(b.steps[0].count(), 4);
+        assert_eq!(
+            b.steps[2].count(),
+            2,
+            "two remote faults with a known send time"
+        );
+        assert_eq!(b.send_unknown, 1);
+        assert_eq!(b.steps[3].count(), 3, "three remote faults");
         assert_eq!(b.steps[4].count(), 1, "one local fault");
-        // The second ping-pong sample's install-to-resume step is 500 ns, the first 2000.
-        assert_eq!(b.steps[5].percentile(0.0), 500);
+        // Install-to-resume: 2000, 500, 1000 (local) and 0 (resumed first).
+        assert!(
+            b.steps[5].percentile(0.0) <= 1,
+            "recorded as the 1 ns floor"
+        );
         assert_eq!(b.steps[5].percentile(100.0), 2000);
         let text = render("test", &b);
-        assert!(text.contains("3 of 4 samples matched"), "{text}");
+        assert!(text.contains("4 of 5 samples matched"), "{text}");
+        assert!(text.contains("1 without a known send time"), "{text}");
         assert!(text.contains("request sent -> reply received"), "{text}");
     }
 }

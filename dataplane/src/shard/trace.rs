@@ -28,9 +28,11 @@ pub struct FaultTrace {
     pub event_ns: u64,
     /// The request to the home went out (the transport flush that carried it returned).
     pub sent_ns: u64,
-    /// The message that completed the fault (data or grant) was taken from the transport.
+    /// The message that completed the fault (data or grant) was taken from the transport
+    /// (0: the fault completed without one, e.g. a local first touch).
     pub received_ns: u64,
-    /// The page was installed (or made writable), which wakes the faulting threads.
+    /// The install (or write-unprotect) returned. It wakes the faulting threads inside the
+    /// call, so a woken thread on the shard's own CPU may run before this time.
     pub installed_ns: u64,
 }
 
@@ -180,7 +182,7 @@ impl Tracer {
             (p, t) if p == page + 1 && t >= event_ns => t,
             _ => 0,
         };
-        let received_ns = if sent_ns != 0 { self.rx_ns } else { 0 };
+        let received_ns = self.rx_ns;
         self.ring.push(FaultTrace {
             page,
             event_ns,
@@ -244,6 +246,7 @@ mod tests {
         // A request whose slot was taken by another page loses its send time only.
         t.request_queued(7);
         t.request_queued(7 + SENT_SLOTS as u64);
+        t.set_rx(now_ns());
         t.fault_done(7, event);
         let mut cur = 0;
         let mut out = Vec::new();
@@ -259,5 +262,6 @@ mod tests {
         assert_eq!((out[1].page, out[1].sent_ns, out[1].received_ns), (6, 0, 0));
         assert!(out[1].installed_ns >= out[1].event_ns);
         assert_eq!((out[2].page, out[2].sent_ns), (7, 0));
+        assert_ne!(out[2].received_ns, 0, "the reply time is still known");
     }
 }
