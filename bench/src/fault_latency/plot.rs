@@ -19,7 +19,10 @@ const W: f64 = 1000.0;
 const H: f64 = 600.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 260.0;
-const TOP: f64 = 60.0;
+/// Space above the plot area before any subtitle line.
+const TOP_BASE: f64 = 46.0;
+/// Height of one subtitle line.
+const LINE: f64 = 16.0;
 const BOTTOM: f64 = 60.0;
 /// Points per line.
 const STEPS: usize = 300;
@@ -51,9 +54,11 @@ fn us_label(log_us: i32) -> String {
     }
 }
 
-/// The plot as SVG text. Series without samples are left out of the lines (and say so in
-/// the legend).
+/// The plot as SVG text; `subtitle` may hold several lines (`\n`). Series without samples are
+/// left out of the lines (and say so in the legend).
 pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
+    let sub_lines: Vec<&str> = subtitle.lines().collect();
+    let top = TOP_BASE + LINE * sub_lines.len() as f64;
     let counts = series
         .iter()
         .map(|s| s.hist.len())
@@ -75,11 +80,11 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
     let y_lo = lo_us.log10().floor() as i32;
     let y_hi = (hi_us.log10().ceil() as i32).max(y_lo + 1);
     let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
+    let ph = H - top - BOTTOM;
     let x_of = |x: f64| LEFT + x / f64::from(x_decades) * pw;
     let y_of = |us: f64| {
         let l = us.max(1e-3).log10();
-        TOP + ph - (l - f64::from(y_lo)) / f64::from(y_hi - y_lo) * ph
+        top + ph - (l - f64::from(y_lo)) / f64::from(y_hi - y_lo) * ph
     };
     let mut o = String::new();
     let _ = writeln!(
@@ -93,20 +98,23 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
         "<text x=\"{LEFT}\" y=\"24\" font-size=\"16\">{}</text>",
         esc(title)
     );
-    let _ = writeln!(
-        o,
-        "<text x=\"{LEFT}\" y=\"42\" fill=\"#555\">{}</text>",
-        esc(subtitle)
-    );
+    for (i, line) in sub_lines.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "<text x=\"{LEFT}\" y=\"{:.1}\" fill=\"#555\">{}</text>",
+            42.0 + LINE * i as f64,
+            esc(line)
+        );
+    }
     // Grid and axes.
     for d in 0..=x_decades {
         let x = x_of(f64::from(d));
         let _ = writeln!(
             o,
-            "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+            "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
              <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            TOP + ph,
-            TOP + ph + 18.0,
+            top + ph,
+            top + ph + 18.0,
             pct_label(d)
         );
     }
@@ -124,7 +132,7 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
     }
     let _ = writeln!(
         o,
-        "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" \
+        "<rect x=\"{LEFT}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" \
          stroke=\"#333\"/>"
     );
     let _ = writeln!(
@@ -137,7 +145,7 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
         o,
         "<text transform=\"translate(18 {:.1}) rotate(-90)\" text-anchor=\"middle\">\
          fault service time (log scale)</text>",
-        TOP + ph / 2.0
+        top + ph / 2.0
     );
     // Lines and legend.
     for (i, s) in series.iter().enumerate() {
@@ -148,7 +156,7 @@ pub fn svg(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
             1 => " stroke-dasharray=\"6 3\"",
             _ => " stroke-dasharray=\"2 2\"",
         };
-        let ly = TOP + 14.0 + i as f64 * 18.0;
+        let ly = top + 14.0 + i as f64 * 18.0;
         let lx = LEFT + pw + 14.0;
         let n = s.hist.len();
         let legend = if n == 0 {
@@ -206,7 +214,7 @@ mod tests {
         empty.reset();
         let s = svg(
             "t",
-            "sub <&>",
+            "sub <&>\nsecond line",
             &[
                 Series {
                     label: "remote-read".into(),
@@ -226,6 +234,7 @@ mod tests {
         assert!(s.contains("data-label=\"remote-read\""));
         assert!(s.contains("99.9%"), "three decades for 1000 samples");
         assert!(s.contains("sub &lt;&amp;&gt;"));
+        assert!(s.contains(">second line</text>"));
         assert!(s.contains("none (no samples)"));
         assert!(s.trim_end().ends_with("</svg>"));
     }

@@ -188,12 +188,14 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
         let svg = plot::svg(
             "ssi-dp fault-latency: percentile distribution",
             &format!(
-                "{}; {}; faults on CPU {}, node 0 shard on CPU {}, helpers on CPU {}",
+                "{}\n{}; faults on CPU {}, node 0 shard on CPU {}, helpers on CPU {} ({}); {}",
                 machine_line(),
                 axes.join(", "),
                 a.placement.fault_cpus,
                 a.placement.shard_cpu,
-                a.placement.helper_cpu
+                a.placement.helper_cpu,
+                a.helper_idle,
+                if a.netns { "netns + veth" } else { "loopback" }
             ),
             &series,
         );
