@@ -193,6 +193,15 @@ fn quick_run_writes_every_row_log_and_plot() {
         } else {
             assert!(u(&b["sent_to_received"], "count") > 0, "{r}");
         }
+        // The node that answered node 0 timed its own part (the owner for a forward).
+        let answerer = match label.as_str() {
+            "remote-read-fwd" => Some("answered_by_node2"),
+            "floor" | "local-zero" => None,
+            _ => Some("answered_by_node1"),
+        };
+        if let Some(key) = answerer {
+            assert!(u(&b[key], "count") > 0, "{key} missing: {r}");
+        }
 
         // The HDR log holds exactly the samples of the row.
         let log = hlog_of(&hlog, &label);

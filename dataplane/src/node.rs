@@ -21,7 +21,7 @@ use crate::pmqos::LatencyGuard;
 use crate::protocol::{self, Layout, Machine, NodeId, NodeRange, Partition};
 use crate::region::{Region, RegionError};
 use crate::shard::route::ShardMsg;
-use crate::shard::trace::TraceRing;
+use crate::shard::trace::TraceRings;
 use crate::shard::{Conn, Shard, ShardSetup};
 use crate::spsc;
 use crate::stats::ShardStats;
@@ -108,7 +108,7 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// Protocol tunables (`max_home_txns` is sized from the cluster automatically when 0).
     pub protocol: protocol::Config,
-    /// Per-fault timestamps each shard keeps for [`Node::fault_traces`] (the most recent
+    /// Per-fault timestamps each shard keeps for [`Node::traces`] (the most recent
     /// this many records per shard); 0, the default, turns tracing off.
     pub fault_trace: usize,
 }
@@ -140,7 +140,7 @@ pub struct Node {
     region: Arc<Region>,
     state: Arc<NodeState>,
     stats: Vec<Arc<ShardStats>>,
-    traces: Vec<Arc<TraceRing>>,
+    traces: Vec<TraceRings>,
     threads: Vec<JoinHandle<()>>,
     doorbells: Arc<[Doorbell]>,
     acceptor: Acceptor,
@@ -253,9 +253,9 @@ impl Node {
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut threads = Vec::with_capacity(shards);
         let mut stats = Vec::with_capacity(shards);
-        let traces: Vec<Arc<TraceRing>> = if cfg.fault_trace > 0 {
+        let traces: Vec<TraceRings> = if cfg.fault_trace > 0 {
             (0..shards)
-                .map(|_| Arc::new(TraceRing::new(cfg.fault_trace)))
+                .map(|_| TraceRings::new(cfg.fault_trace))
                 .collect()
         } else {
             Vec::new()
@@ -379,8 +379,9 @@ impl Node {
         &self.stats
     }
 
-    /// Each shard's per-fault timestamps (empty unless `NodeConfig::fault_trace` was set).
-    pub fn fault_traces(&self) -> &[Arc<TraceRing>] {
+    /// Each shard's per-fault and per-answer timestamps (empty unless
+    /// `NodeConfig::fault_trace` was set).
+    pub fn traces(&self) -> &[TraceRings] {
         &self.traces
     }
 
@@ -457,7 +458,7 @@ struct PartialSetup {
     state: Arc<NodeState>,
     idle: IdlePolicy,
     retry_limit: usize,
-    trace: Option<Arc<TraceRing>>,
+    trace: Option<TraceRings>,
 }
 
 fn run_shard<T: Transport>(

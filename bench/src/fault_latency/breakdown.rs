@@ -46,6 +46,9 @@ pub struct Breakdown {
     /// Remote faults whose request send time was not known (its slot in the shard's
     /// direct-mapped table was reused by another page in flight).
     pub send_unknown: u64,
+    /// Per helper node that answered during the timed part: `(node, count, p50_ns, p99_ns)`
+    /// of "message that let it answer received → answer sent", on that node's clock.
+    pub answered: Vec<(u16, u64, u64, u64)>,
 }
 
 /// Matches samples with shard records and aggregates the steps.
@@ -59,6 +62,7 @@ pub fn compute(samples: &[Sample], traces: &[FaultTrace], missed: u64) -> Breakd
         samples: samples.len() as u64,
         missed,
         send_unknown: 0,
+        answered: Vec::new(),
     };
     for s in samples {
         // The record of this fault: same page, read by the shard while the thread waited.
@@ -126,6 +130,16 @@ pub fn render(title: &str, b: &Breakdown) -> String {
             l.count(),
             Ns(l.percentile(50.0)),
             Ns(l.percentile(99.0))
+        );
+    }
+    for &(node, count, p50, p99) in &b.answered {
+        let _ = writeln!(
+            s,
+            "  {:<34} {:>9} {:>9} {:>9}",
+            format!("  of which node {node}: msg -> answer"),
+            count,
+            Ns(p50),
+            Ns(p99)
         );
     }
     let _ = writeln!(

@@ -157,6 +157,9 @@ pub struct RoleArgs {
     /// Seconds to wait for the cluster to form.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,
+    /// Keep per-answer timestamps (for `--breakdown`).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 /// Arguments of the floor's home process.

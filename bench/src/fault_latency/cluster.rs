@@ -122,6 +122,9 @@ impl Helper {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+        if o.trace {
+            cmd.arg("--trace");
+        }
         let mut child = cmd
             .spawn()
             .map_err(|source| ClusterError::Spawn { id, source })?;
@@ -273,6 +276,30 @@ impl Cluster {
     /// Helper nodes.
     pub fn helpers(&self) -> usize {
         self.helpers.len()
+    }
+
+    /// Per helper node (id, count, p50, p99): answers it sent since the last call, timed
+    /// from the message that let it answer to the flush that sent the answer. Needs
+    /// [`ClusterOpts::trace`].
+    pub fn served(&mut self) -> Result<Vec<(u16, u64, u64, u64)>, ClusterError> {
+        let mut out = Vec::with_capacity(self.helpers.len());
+        for h in self.helpers.iter_mut() {
+            let reply = h.call("served")?;
+            let v: Vec<u64> = reply
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            match v.as_slice() {
+                [count, p50, p99] => out.push((h.id, *count, *p50, *p99)),
+                _ => {
+                    return Err(ClusterError::Helper {
+                        id: h.id,
+                        what: format!("unexpected `served` reply {reply:?}"),
+                    })
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Stops every node: all of them first accept that the others leave, then stop.

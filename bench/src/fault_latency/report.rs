@@ -148,25 +148,25 @@ pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
         r.others_pct,
     );
     if let Some(b) = &r.breakdown {
-        s.push_str(",\"breakdown\":{");
-        let mut first = true;
-        for (k, st) in STEP_KEYS.iter().zip(b.steps.iter()) {
-            if st.count() == 0 {
-                continue;
-            }
-            if !first {
-                s.push(',');
-            }
-            first = false;
-            let _ = write!(
-                s,
-                "\"{k}\":{{\"count\":{},\"p50_ns\":{},\"p99_ns\":{}}}",
-                st.count(),
-                st.percentile(50.0),
-                st.percentile(99.0)
-            );
-        }
-        s.push('}');
+        let mut entries: Vec<String> = STEP_KEYS
+            .iter()
+            .zip(b.steps.iter())
+            .filter(|(_, st)| st.count() > 0)
+            .map(|(k, st)| {
+                format!(
+                    "\"{k}\":{{\"count\":{},\"p50_ns\":{},\"p99_ns\":{}}}",
+                    st.count(),
+                    st.percentile(50.0),
+                    st.percentile(99.0)
+                )
+            })
+            .collect();
+        entries.extend(b.answered.iter().map(|&(node, count, p50, p99)| {
+            format!(
+                "\"answered_by_node{node}\":{{\"count\":{count},\"p50_ns\":{p50},\"p99_ns\":{p99}}}"
+            )
+        }));
+        let _ = write!(s, ",\"breakdown\":{{{}}}", entries.join(","));
     }
     s.push('}');
     s
@@ -219,5 +219,13 @@ mod tests {
         assert!(j.contains("\"floor_ratio\":1.50"), "{j}");
         assert!(json(&rr, None).contains("\"floor_ratio\":null"));
         assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+        // A breakdown with no matched sample but a helper's answers is still valid JSON.
+        let mut b = crate::fault_latency::breakdown::compute(&[], &[], 0);
+        b.answered = vec![(1, 10, 2000, 3000)];
+        let mut with = rr.clone();
+        with.breakdown = Some(b);
+        let v: serde_json::Value = serde_json::from_str(&json(&with, None)).unwrap();
+        assert_eq!(v["breakdown"]["answered_by_node1"]["p50_ns"], 2000);
+        assert_eq!(v["count"], 20);
     }
 }

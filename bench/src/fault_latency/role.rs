@@ -8,6 +8,7 @@
 //! | `write FIRST COUNT` | write this node's stamp into word 0 of each page | `ok` |
 //! | `read FIRST COUNT WRITER` | read each page; check the stamp of `WRITER` (`-`: no check) | `ok` |
 //! | `incr PAGE` | atomically add one to word 0 of `PAGE` | `ok NEW_VALUE` |
+//! | `served` | answers (data, grants) sent since the last `served` (needs `--trace`) | `ok COUNT P50_NS P99_NS` |
 //! | `bye` | expect the other nodes to leave | `ok` |
 //! | `quit` | stop the node and exit | `ok` |
 //!
@@ -20,10 +21,13 @@ use std::time::Duration;
 
 use dataplane::config::{ClusterSpec, NodeSpec};
 use dataplane::node::{Node, NodeConfig};
+use dataplane::shard::trace::ServeTrace;
 use thiserror::Error;
 
 use super::cli::RoleArgs;
+use super::cluster::TRACE_RECORDS;
 use super::stamp;
+use crate::Latency;
 
 /// Why a helper node could not do what it was told.
 #[derive(Debug, Error)]
@@ -112,6 +116,8 @@ struct Helper {
     args: RoleArgs,
     listener: Option<TcpListener>,
     node: Option<Node>,
+    served_cursors: Vec<u64>,
+    served: Vec<ServeTrace>,
 }
 
 impl Helper {
@@ -166,6 +172,9 @@ impl Helper {
         cfg.idle = self.args.idle;
         cfg.transport = self.args.transport;
         cfg.connect_timeout = Duration::from_secs(self.args.connect_timeout);
+        if self.args.trace {
+            cfg.fault_trace = TRACE_RECORDS;
+        }
         let node = Node::start(cfg)?;
         let line = node.transport_line().to_string();
         self.node = Some(node);
@@ -217,6 +226,28 @@ impl Helper {
                 let new = self.word(page)?.fetch_add(1, Ordering::AcqRel) + 1;
                 Ok((new.to_string(), false))
             }
+            ["served"] => {
+                let node = self.node.as_ref().ok_or(RoleError::NotStarted)?;
+                let rings = node.traces();
+                self.served_cursors.resize(rings.len(), 0);
+                let mut lat = Latency::new();
+                for (r, cursor) in rings.iter().zip(self.served_cursors.iter_mut()) {
+                    self.served.clear();
+                    r.served.read_since(cursor, &mut self.served);
+                    for t in &self.served {
+                        lat.record(t.sent_ns.saturating_sub(t.received_ns));
+                    }
+                }
+                Ok((
+                    format!(
+                        "{} {} {}",
+                        lat.count(),
+                        lat.percentile(50.0),
+                        lat.percentile(99.0)
+                    ),
+                    false,
+                ))
+            }
             ["bye"] => {
                 if let Some(n) = &self.node {
                     n.state().expect_departures();
@@ -263,6 +294,8 @@ pub fn run(args: RoleArgs) -> i32 {
         args,
         listener: Some(listener),
         node: None,
+        served_cursors: Vec::new(),
+        served: Vec::with_capacity(TRACE_RECORDS),
     };
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {

@@ -361,14 +361,23 @@ fn run_point(
                     progress.end();
                     match r {
                         Ok(rec) => {
-                            let bd = a.breakdown.then(|| {
+                            let bd = if a.breakdown {
                                 let mut traces: Vec<FaultTrace> = Vec::new();
                                 let mut missed = 0;
-                                if let Some(ring) = ctx.cluster.node.fault_traces().first() {
-                                    missed = ring.read_since(&mut cursor, &mut traces);
+                                if let Some(r) = ctx.cluster.node.traces().first() {
+                                    missed = r.faults.read_since(&mut cursor, &mut traces);
                                 }
-                                breakdown::compute(rec.samples(), &traces, missed)
-                            });
+                                let mut b = breakdown::compute(rec.samples(), &traces, missed);
+                                match ctx.cluster.served() {
+                                    Ok(v) => {
+                                        b.answered = v.into_iter().filter(|x| x.1 > 0).collect()
+                                    }
+                                    Err(e) => eprintln!("fault-latency: {e}"),
+                                }
+                                Some(b)
+                            } else {
+                                None
+                            };
                             rows.push(result(s, &rec, bd));
                         }
                         Err(e) => {

@@ -263,6 +263,15 @@ impl<'c> Ctx<'c> {
             .ok_or_else(|| ScenarioError::Exhausted(s.label()))
     }
 
+    /// Set-up is over: with `--breakdown`, forget the answers the helpers sent so far, so that
+    /// the next [`Cluster::served`] covers the timed part only.
+    fn timed_begins(&mut self) -> Result<(), ScenarioError> {
+        if self.keep_samples {
+            self.cluster.served()?;
+        }
+        Ok(())
+    }
+
     /// Runs one scenario (not the floor); returns its samples.
     pub fn run(&mut self, s: Scenario) -> Result<Recorder<'c>, ScenarioError> {
         let n = self.samples + self.warmup;
@@ -270,11 +279,13 @@ impl<'c> Ctx<'c> {
             Scenario::Floor => return Err(ScenarioError::NotCluster(s.label())),
             Scenario::LocalZero => {
                 let first = self.fresh(s, false, n)?;
+                self.timed_begins()?;
                 self.read_loop(s, first, None)
             }
             Scenario::RemoteRead => {
                 let first = self.fresh(s, true, n)?;
                 self.cluster.helper(1).call(&format!("write {first} {n}"))?;
+                self.timed_begins()?;
                 self.read_loop(s, first, Some(1))
             }
             Scenario::RemoteReadShared => {
@@ -283,11 +294,13 @@ impl<'c> Ctx<'c> {
                 self.cluster
                     .helper(2)
                     .call(&format!("read {first} {n} 1"))?;
+                self.timed_begins()?;
                 self.read_loop(s, first, Some(1))
             }
             Scenario::RemoteReadFwd => {
                 let first = self.fresh(s, true, n)?;
                 self.cluster.helper(2).call(&format!("write {first} {n}"))?;
+                self.timed_begins()?;
                 self.read_loop(s, first, Some(2))
             }
             Scenario::RemoteWrite { k } => {
@@ -299,6 +312,7 @@ impl<'c> Ctx<'c> {
                         .helper(id)
                         .call(&format!("read {first} {n} 1"))?;
                 }
+                self.timed_begins()?;
                 let r = self.write_loop(s, first);
                 // The home must now read what node 0 wrote.
                 let check = WRITE_CHECK.min(n as u64);
@@ -310,10 +324,12 @@ impl<'c> Ctx<'c> {
             Scenario::Upgrade => {
                 let first = self.fresh(s, true, n)?;
                 self.cluster.helper(1).call(&format!("write {first} {n}"))?;
+                self.timed_begins()?;
                 self.upgrade_loop(s, first)
             }
             Scenario::PingPong => {
                 let page = self.fresh(s, true, 1)?;
+                self.timed_begins()?;
                 self.pingpong_loop(s, page)?
             }
             Scenario::Throughput { threads } => {
@@ -322,6 +338,7 @@ impl<'c> Ctx<'c> {
                 self.cluster
                     .helper(1)
                     .call(&format!("write {first} {}", per * threads))?;
+                self.timed_begins()?;
                 self.throughput(s, first, per, threads)
             }
         };

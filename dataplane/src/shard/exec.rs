@@ -281,11 +281,12 @@ impl<T: Transport> Io<T> {
         };
         h.set_payload_len(payload.map_or(0, |p| p.len() as u32));
         if let Some(t) = &mut self.tracer {
-            if matches!(
-                ty,
-                MsgType::ReadReq | MsgType::WriteReq | MsgType::UpgradeReq
-            ) {
-                t.request_queued(page);
+            match ty {
+                MsgType::ReadReq | MsgType::WriteReq | MsgType::UpgradeReq => {
+                    t.request_queued(page)
+                }
+                MsgType::Data | MsgType::Grant => t.reply_queued(page),
+                _ => {}
             }
         }
         bump(&self.stats.msgs_sent);

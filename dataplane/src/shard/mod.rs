@@ -26,7 +26,7 @@ use wire::{DownReason, Event, MsgType, RxBuf, Transport};
 use self::backlog::Backlog;
 use self::exec::{Aftermath, Io};
 use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
-use self::trace::{TraceRing, Tracer};
+use self::trace::{TraceRings, Tracer};
 use crate::clock::now_ns;
 use crate::doorbell::Doorbell;
 use crate::idle::IdlePolicy;
@@ -98,7 +98,7 @@ pub struct ShardSetup<T: Transport> {
     /// Faults that may wait for a free protocol record.
     pub retry_limit: usize,
     /// Where to publish per-fault timestamps (`None`: not traced).
-    pub trace: Option<Arc<TraceRing>>,
+    pub trace: Option<TraceRings>,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardSetup<T> {

@@ -1,12 +1,16 @@
-//! Per-fault timestamps for latency breakdowns (`fault-latency --breakdown`): when a shard read
-//! the fault, sent the request, received the reply and installed the page.
+//! Per-fault timestamps for latency breakdowns (`fault-latency --breakdown`): on the faulting
+//! node, when a shard read the fault, sent the request, received the reply and installed the
+//! page; on the node that answered, when the message that let it answer arrived and when its
+//! answer went out.
 //!
 //! Off by default (`NodeConfig::fault_trace == 0`). When on, each shard owns a [`Tracer`] with
 //! a fixed-size table of request send times and publishes one [`FaultTrace`] per completed
-//! fault into a [`TraceRing`] that any thread reads without locks. Everything is allocated when
-//! the node starts; recording is a few plain stores and never blocks. The ring overwrites its
-//! oldest records when full; readers learn how many they missed.
+//! fault and one [`ServeTrace`] per data or grant it sent into [`TraceRings`] that any thread
+//! reads without locks. Everything is allocated when the node starts; recording is a few plain
+//! stores and never blocks. The rings overwrite their oldest records when full; readers learn
+//! how many they missed.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -36,17 +40,74 @@ pub struct FaultTrace {
     pub installed_ns: u64,
 }
 
+/// One answer a node sent that completes another node's fault (`Data` or `Grant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServeTrace {
+    /// The page.
+    pub page: u64,
+    /// The message that let this node answer was taken from the transport (the request, or
+    /// for a write the last invalidation acknowledgement).
+    pub received_ns: u64,
+    /// The transport flush that carried the answer returned.
+    pub sent_ns: u64,
+}
+
 const FIELDS: usize = 5;
 
-/// A bounded, overwriting, single-writer ring of [`FaultTrace`]s; see the module documentation.
-pub struct TraceRing {
+/// A record a [`TraceRing`] holds: at most five words.
+pub trait TraceRecord: Copy {
+    /// The record as words.
+    fn to_words(self) -> [u64; FIELDS];
+    /// The record from words.
+    fn from_words(w: [u64; FIELDS]) -> Self;
+}
+
+impl TraceRecord for FaultTrace {
+    fn to_words(self) -> [u64; FIELDS] {
+        [
+            self.page,
+            self.event_ns,
+            self.sent_ns,
+            self.received_ns,
+            self.installed_ns,
+        ]
+    }
+
+    fn from_words(w: [u64; FIELDS]) -> Self {
+        Self {
+            page: w[0],
+            event_ns: w[1],
+            sent_ns: w[2],
+            received_ns: w[3],
+            installed_ns: w[4],
+        }
+    }
+}
+
+impl TraceRecord for ServeTrace {
+    fn to_words(self) -> [u64; FIELDS] {
+        [self.page, self.received_ns, self.sent_ns, 0, 0]
+    }
+
+    fn from_words(w: [u64; FIELDS]) -> Self {
+        Self {
+            page: w[0],
+            received_ns: w[1],
+            sent_ns: w[2],
+        }
+    }
+}
+
+/// A bounded, overwriting, single-writer ring of trace records; see the module documentation.
+pub struct TraceRing<R: TraceRecord = FaultTrace> {
     /// Per slot: the sequence number of the record it holds (+1; 0 = empty), then the fields.
     slots: Box<[[AtomicU64; FIELDS + 1]]>,
     mask: u64,
     head: AtomicU64,
+    _record: PhantomData<R>,
 }
 
-impl std::fmt::Debug for TraceRing {
+impl<R: TraceRecord> std::fmt::Debug for TraceRing<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TraceRing")
             .field("capacity", &self.slots.len())
@@ -55,7 +116,7 @@ impl std::fmt::Debug for TraceRing {
     }
 }
 
-impl TraceRing {
+impl<R: TraceRecord> TraceRing<R> {
     /// A ring holding the last `capacity` records (rounded up to a power of two, at least 1).
     pub fn new(capacity: usize) -> Self {
         let cap = capacity.max(1).next_power_of_two();
@@ -65,6 +126,7 @@ impl TraceRing {
                 .collect(),
             mask: cap as u64 - 1,
             head: AtomicU64::new(0),
+            _record: PhantomData,
         }
     }
 
@@ -79,15 +141,12 @@ impl TraceRing {
     }
 
     /// Appends a record. Only the owning shard calls this.
-    pub(crate) fn push(&self, t: FaultTrace) {
+    pub(crate) fn push(&self, t: R) {
         let seq = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[(seq & self.mask) as usize];
         // Invalidate the slot first so that a concurrent reader never takes a half-written one.
         slot[0].store(0, Ordering::Release);
-        for (i, v) in [t.page, t.event_ns, t.sent_ns, t.received_ns, t.installed_ns]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, v) in t.to_words().into_iter().enumerate() {
             slot[i + 1].store(v, Ordering::Relaxed);
         }
         slot[0].store(seq + 1, Ordering::Release);
@@ -96,7 +155,7 @@ impl TraceRing {
 
     /// Appends to `out` every record written after `*cursor` that is still held, advances the
     /// cursor, and returns how many records were missed (overwritten before being read).
-    pub fn read_since(&self, cursor: &mut u64, out: &mut Vec<FaultTrace>) -> u64 {
+    pub fn read_since(&self, cursor: &mut u64, out: &mut Vec<R>) -> u64 {
         let head = self.written();
         let cap = self.slots.len() as u64;
         let first = (*cursor).max(head.saturating_sub(cap));
@@ -110,23 +169,36 @@ impl TraceRing {
                 missed += 1;
                 continue;
             }
-            out.push(FaultTrace {
-                page: f[0],
-                event_ns: f[1],
-                sent_ns: f[2],
-                received_ns: f[3],
-                installed_ns: f[4],
-            });
+            out.push(R::from_words(f));
         }
         *cursor = head;
         missed
     }
 }
 
+/// The rings one shard publishes into.
+#[derive(Debug, Clone)]
+pub struct TraceRings {
+    /// Faults this shard completed.
+    pub faults: Arc<TraceRing<FaultTrace>>,
+    /// Answers this shard sent.
+    pub served: Arc<TraceRing<ServeTrace>>,
+}
+
+impl TraceRings {
+    /// Rings of `capacity` records each.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            faults: Arc::new(TraceRing::new(capacity)),
+            served: Arc::new(TraceRing::new(capacity)),
+        }
+    }
+}
+
 /// A shard's side of tracing: remembers send times until the fault completes.
 #[derive(Debug)]
 pub struct Tracer {
-    ring: Arc<TraceRing>,
+    rings: TraceRings,
     /// `(page + 1, send time)`, direct-mapped by page.
     sent: Box<[(u64, u64)]>,
     /// Slots of `sent` filled since the last flush.
@@ -134,17 +206,22 @@ pub struct Tracer {
     n_unflushed: usize,
     /// When the message being processed was taken from the transport (0: not a message).
     rx_ns: u64,
+    /// Answers queued since the last flush: `(page, received_ns)`.
+    replies: [(u64, u64); FLUSH_STAMPS],
+    n_replies: usize,
 }
 
 impl Tracer {
-    /// A tracer publishing into `ring`.
-    pub fn new(ring: Arc<TraceRing>) -> Self {
+    /// A tracer publishing into `rings`.
+    pub fn new(rings: TraceRings) -> Self {
         Self {
-            ring,
+            rings,
             sent: vec![(0, 0); SENT_SLOTS].into_boxed_slice(),
             unflushed: [0; FLUSH_STAMPS],
             n_unflushed: 0,
             rx_ns: 0,
+            replies: [(0, 0); FLUSH_STAMPS],
+            n_replies: 0,
         }
     }
 
@@ -158,9 +235,17 @@ impl Tracer {
         }
     }
 
-    /// The transport flushed: requests queued since the last flush went out now.
+    /// An answer (data or grant) for `page` was queued while processing a message.
+    pub(crate) fn reply_queued(&mut self, page: u64) {
+        if self.rx_ns != 0 && self.n_replies < FLUSH_STAMPS {
+            self.replies[self.n_replies] = (page, self.rx_ns);
+            self.n_replies += 1;
+        }
+    }
+
+    /// The transport flushed: requests and answers queued since the last flush went out now.
     pub(crate) fn flushed(&mut self) {
-        if self.n_unflushed == 0 {
+        if self.n_unflushed == 0 && self.n_replies == 0 {
             return;
         }
         let now = now_ns();
@@ -168,6 +253,14 @@ impl Tracer {
             self.sent[i as usize].1 = now;
         }
         self.n_unflushed = 0;
+        for &(page, received_ns) in &self.replies[..self.n_replies] {
+            self.rings.served.push(ServeTrace {
+                page,
+                received_ns,
+                sent_ns: now,
+            });
+        }
+        self.n_replies = 0;
     }
 
     /// The next step processes a message taken from the transport at `ns` (0: not a message).
@@ -183,7 +276,7 @@ impl Tracer {
             _ => 0,
         };
         let received_ns = self.rx_ns;
-        self.ring.push(FaultTrace {
+        self.rings.faults.push(FaultTrace {
             page,
             event_ns,
             sent_ns,
@@ -209,7 +302,7 @@ mod tests {
 
     #[test]
     fn ring_returns_records_in_order_and_counts_overwritten_ones() {
-        let r = TraceRing::new(3);
+        let r: TraceRing = TraceRing::new(3);
         assert_eq!(r.capacity(), 4);
         let mut cur = 0;
         let mut out = Vec::new();
@@ -233,8 +326,9 @@ mod tests {
 
     #[test]
     fn tracer_pairs_send_times_with_completions() {
-        let ring = Arc::new(TraceRing::new(16));
-        let mut t = Tracer::new(ring.clone());
+        let rings = TraceRings::new(16);
+        let ring = rings.faults.clone();
+        let mut t = Tracer::new(rings);
         let event = now_ns();
         t.request_queued(5);
         t.flushed();
@@ -263,5 +357,33 @@ mod tests {
         assert!(out[1].installed_ns >= out[1].event_ns);
         assert_eq!((out[2].page, out[2].sent_ns), (7, 0));
         assert_ne!(out[2].received_ns, 0, "the reply time is still known");
+    }
+
+    #[test]
+    fn answers_are_stamped_at_the_flush_that_carries_them() {
+        let rings = TraceRings::new(16);
+        let served = rings.served.clone();
+        let mut t = Tracer::new(rings);
+        // Not while processing a message (a local step): nothing to record.
+        t.set_rx(0);
+        t.reply_queued(1);
+        let rx = now_ns();
+        t.set_rx(rx);
+        t.reply_queued(2);
+        t.reply_queued(3);
+        let mut cur = 0;
+        let mut out = Vec::new();
+        served.read_since(&mut cur, &mut out);
+        assert!(out.is_empty(), "nothing before the flush");
+        t.flushed();
+        served.read_since(&mut cur, &mut out);
+        assert_eq!(out.iter().map(|r| r.page).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(out.iter().all(|r| r.received_ns == rx && r.sent_ns >= rx));
+        t.flushed();
+        assert_eq!(
+            served.written(),
+            2,
+            "a flush with nothing queued records nothing"
+        );
     }
 }
