@@ -16,6 +16,11 @@ fn main() {
         Some(Command::FloorHome(a)) => floor::home_main(a),
         Some(Command::Show { files }) => print(hlogs::show(&files)),
         Some(Command::Compare { a, b }) => print(hlogs::compare(&a, &b)),
+        Some(Command::Plot {
+            out,
+            subtitle,
+            files,
+        }) => print(hlogs::plot(&files, &subtitle, &out)),
         None => match run::run(&cli.run) {
             Ok(code) => code,
             Err(e) => {

@@ -41,6 +41,18 @@ pub enum Command {
         /// The candidate.
         b: PathBuf,
     },
+    /// Plots HDR interval logs (files or `--hlog` directories) as one percentile curve each.
+    Plot {
+        /// Where to write the SVG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Second line of the title (machine, settings).
+        #[arg(long, default_value = "")]
+        subtitle: String,
+        /// Logs written by `--hlog` (or any HDR V2 interval log).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// A helper node (started by the benchmark itself; driven over stdin/stdout).
     #[command(hide = true)]
     Node(RoleArgs),

@@ -1,7 +1,7 @@
 //! HDR interval logs after the run: `fault-latency show FILE...` prints the percentiles of
 //! every series in the logs (or in every `.hlog` of a directory); `fault-latency compare A B`
 //! prints two logs (or two `--hlog` directories) side by side, series by series, with the
-//! change at each percentile. Logs are read with `dataplane::histlog::read_log`, so any HDR V2
+//! change at each percentile; `fault-latency plot` draws them. Logs are read with `dataplane::histlog::read_log`, so any HDR V2
 //! interval log works, not only ours.
 
 use std::fmt::Write as _;
@@ -30,6 +30,14 @@ pub enum HlogError {
     /// Nothing to show.
     #[error("no .hlog files in {0}")]
     Empty(PathBuf),
+    /// The plot could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Nothing in common between the two sides.
     #[error("{a} and {b} have no series in common (series are matched by file and tag)")]
     Disjoint {
@@ -123,6 +131,36 @@ pub fn show(paths: &[PathBuf]) -> Result<String, HlogError> {
         }
     }
     Ok(s)
+}
+
+/// The `plot` command: one curve per series of the logs the paths name (a series of a
+/// directory is named `<file stem>/<tag>`, or the stem when it starts with the tag).
+pub fn plot(paths: &[PathBuf], subtitle: &str, out: &Path) -> Result<String, HlogError> {
+    let mut all = Vec::new();
+    for p in paths {
+        all.extend(series(p)?);
+    }
+    let lines: Vec<super::plot::Series<'_>> = all
+        .iter()
+        .map(|(label, hist)| super::plot::Series {
+            label: label.clone(),
+            hist,
+        })
+        .collect();
+    let svg = super::plot::svg(
+        "ssi-dp fault-latency: percentile distribution",
+        subtitle,
+        &lines,
+    );
+    std::fs::write(out, svg).map_err(|source| HlogError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(format!(
+        "plotted {} series into {}\n",
+        lines.len(),
+        out.display()
+    ))
 }
 
 /// The `compare` output: for each series present in both, the baseline, the candidate and
@@ -234,6 +272,12 @@ mod tests {
             compare(&da, &db.join("upgrade.uring.spin.hlog")),
             Err(HlogError::Disjoint { .. })
         ));
+        let svg = dir.join("p.svg");
+        let msg = plot(&[da.clone(), db.clone()], "two runs", &svg).unwrap();
+        assert!(msg.starts_with("plotted 3 series"), "{msg}");
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert_eq!(text.matches("<polyline").count(), 3);
+        assert!(text.contains("two runs"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -69,7 +69,8 @@ fn read_trim(path: &str) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// One line describing the machine and its load when the run started.
+/// One line describing the machine. (Not its load average: a spinning shard alone keeps it
+/// at 1 or more. Each part of the run reports the CPU time other processes took instead.)
 pub fn machine_line() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -81,14 +82,9 @@ pub fn machine_line() -> String {
         })
         .unwrap_or_else(|| "?".into());
     format!(
-        "machine: {} CPUs ({model}), Linux {}, load average {}",
+        "machine: {} CPUs ({model}), Linux {}",
         crate::online_cpus(),
         read_trim("/proc/sys/kernel/osrelease"),
-        read_trim("/proc/loadavg")
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
     )
 }
 
