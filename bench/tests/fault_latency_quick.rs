@@ -3,7 +3,7 @@
 //! correct). Checks the output, not the speed: every row present with the sample count asked
 //! for, the JSON lines parse and hold ordered percentiles, the breakdown matched samples, the
 //! plot has a line per scenario, every HDR log reads back with the same count, and `show` /
-//! `compare` read the logs.
+//! `compare` / `plot` read the logs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -236,6 +236,22 @@ fn quick_run_writes_every_row_log_and_plot() {
         text.contains("1.00x") && !text.contains("only in"),
         "{text}"
     );
+    let replot = dir.join("replot.svg");
+    let out = run(
+        &[
+            "plot",
+            "--out",
+            replot.to_str().unwrap(),
+            "--subtitle",
+            "from the logs",
+            hlog.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success());
+    let svg = std::fs::read_to_string(&replot).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), LABELS.len() - 1);
+    assert!(svg.contains("from the logs"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
