@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::breakdown;
 use super::cli::RunArgs;
-use super::cluster::{idle_arg, Cluster, ClusterOpts};
+use super::cluster::{idle_arg, Cluster, ClusterError, ClusterOpts};
 use super::floor::{self, FloorOpts};
 use super::load::CpuSnapshot;
 use super::netns::{NetNs, NetnsError};
@@ -219,6 +219,39 @@ struct AxisPoint<'a> {
     fault_cpus: &'a [usize],
 }
 
+/// What every row of one axis point shares.
+struct PointLabels {
+    tname: &'static str,
+    idle: String,
+    placement: String,
+    /// HDR log file suffix (`uring.spin`).
+    suffix: String,
+}
+
+impl PointLabels {
+    fn result(
+        &self,
+        s: Scenario,
+        rec: &Recorder<'_>,
+        breakdown: Option<breakdown::Breakdown>,
+    ) -> ScenarioResult {
+        ScenarioResult {
+            scenario: s,
+            transport: if s == Scenario::Floor {
+                "plain-tcp".into()
+            } else {
+                self.tname.into()
+            },
+            idle: self.idle.clone(),
+            placement: self.placement.clone(),
+            lat: rec.lat.clone(),
+            measured_ns: rec.measured_ns(),
+            breakdown,
+            others_pct: 0.0,
+        }
+    }
+}
+
 fn run_point(
     a: &RunArgs,
     plan: &Plan,
@@ -227,15 +260,19 @@ fn run_point(
     progress: &Progress,
 ) -> Result<(Vec<ScenarioResult>, bool), RunError> {
     let tname = transport_name(p.transport);
-    let idle_s = p.idle.to_string();
-    let placement = format!(
-        "faults cpu {}, node0 shard cpu {} ({}), helper shards cpu {} ({})",
-        cpulist::format(p.fault_cpus),
-        a.placement.shard_cpu,
-        p.idle,
-        a.placement.helper_cpu,
-        a.helper_idle
-    );
+    let labels = PointLabels {
+        tname,
+        idle: p.idle.to_string(),
+        placement: format!(
+            "faults cpu {}, node0 shard cpu {} ({}), helper shards cpu {} ({})",
+            cpulist::format(p.fault_cpus),
+            a.placement.shard_cpu,
+            p.idle,
+            a.placement.helper_cpu,
+            a.helper_idle
+        ),
+        suffix: format!("{tname}.{}", idle_arg(p.idle).replace(':', "-")),
+    };
     // The node holds PM QoS while its shard may spin; the floor must run under the same.
     let pm = if p.idle.spins() {
         match LatencyGuard::hold(0) {
@@ -248,148 +285,37 @@ fn run_point(
     } else {
         None
     };
-    let pm_line = if pm.is_some() {
-        "/dev/cpu_dma_latency held at 0 (node 0 may spin; the floor runs under the same)"
-    } else {
-        "/dev/cpu_dma_latency not held (node 0 blocks; so does the floor)"
+    let pm_line = match (p.idle.spins(), pm.is_some()) {
+        (true, true) => {
+            "/dev/cpu_dma_latency held at 0 (node 0 may spin; the floor runs under the same)"
+        }
+        (true, false) => "/dev/cpu_dma_latency could not be held (see the warning above)",
+        (false, _) => "/dev/cpu_dma_latency not held (node 0 blocks; so does the floor)",
     };
-    let suffix = format!("{tname}.{}", idle_arg(p.idle).replace(':', "-"));
     let cpu_start = CpuSnapshot::now();
     let mut rows = Vec::new();
     let mut failed = false;
-    let result = |s: Scenario, rec: &Recorder<'_>, breakdown| ScenarioResult {
-        scenario: s,
-        transport: if s == Scenario::Floor {
-            "plain-tcp".into()
-        } else {
-            tname.into()
-        },
-        idle: idle_s.clone(),
-        placement: placement.clone(),
-        lat: rec.lat.clone(),
-        measured_ns: rec.measured_ns(),
-        breakdown,
-        others_pct: 0.0,
-    };
-    let warm = warmup(a.samples());
     if plan.scenarios.contains(&Scenario::Floor) {
-        progress.begin(&format!("floor [{tname} {}]", p.idle), a.samples() as u64);
-        let hlog = a.hlog.as_ref().map(|dir| {
-            (
-                dataplane::histlog::HistLog::new(
-                    dir.join(format!("floor.{suffix}.hlog")),
-                    vec![format!(
-                        "fault-latency floor ({suffix}): uffd read, 16-byte request, 4 KiB \
-                         reply, UFFDIO_COPY; ns as the faulting thread sees it"
-                    )],
-                ),
-                "floor".to_string(),
-            )
-        });
-        let mut rec = Recorder::new(progress, a.breakdown, a.samples(), hlog);
-        let o = FloorOpts {
-            samples: a.samples(),
-            warmup: warm,
-            fault_cpu: p.fault_cpus[0],
-            handler_cpu: a.placement.shard_cpu,
-            home_cpu: a.placement.helper_cpu,
-            idle: p.idle,
-            netns,
-            trace: a.breakdown,
-        };
-        match floor::run(&o, &mut rec) {
-            Ok(traces) => {
-                let bd = a
-                    .breakdown
-                    .then(|| breakdown::compute(rec.samples(), &traces, 0));
-                rows.push(result(Scenario::Floor, &rec, bd));
-            }
+        match measure_floor(a, p, &labels, netns, progress) {
+            Ok(r) => rows.push(r),
             Err(e) => {
                 eprintln!("fault-latency: floor: {e}");
                 failed = true;
             }
         }
-        progress.end();
     }
     let mut transport_line = String::new();
     if plan.scenarios.iter().any(|s| s.needs_cluster()) {
-        let opts = ClusterOpts {
-            memory: plan.memory(),
-            transport: p.transport,
-            idle: p.idle,
-            helper_idle: a.helper_idle,
-            shard_cpu: a.placement.shard_cpu,
-            helper_cpu: a.placement.helper_cpu,
-            connect_timeout: a.connect_timeout,
-            trace: a.breakdown,
-        };
-        let mut cluster = Cluster::start(&opts, netns).map_err(|e| {
-            eprintln!("fault-latency: cannot start the cluster: {e}");
-            e
-        });
-        match &mut cluster {
-            Err(_) => failed = true,
-            Ok(c) => {
-                transport_line = c.transport_line.clone();
-                let ranges = c.node.cluster().ranges();
-                let mut ctx = Ctx {
-                    cluster: c,
-                    progress,
-                    fault_cpus: p.fault_cpus.to_vec(),
-                    samples: a.samples(),
-                    warmup: warm,
-                    tp_faults: plan.tp_faults,
-                    local: PageCursor::new(ranges[0].1, ranges[0].2),
-                    remote: PageCursor::new(ranges[1].1, ranges[1].2),
-                    keep_samples: a.breakdown,
-                    hlog: a.hlog.as_ref().map(|d| (d.clone(), suffix.clone())),
-                };
-                let mut cursor = 0u64;
-                for &s in plan.scenarios.iter().filter(|s| s.needs_cluster()) {
-                    let total = match s {
-                        Scenario::Throughput { threads } => {
-                            plan.tp_faults.div_ceil(threads) * threads
-                        }
-                        _ => a.samples(),
-                    };
-                    progress.begin(&format!("{} [{tname} {}]", s.label(), p.idle), total as u64);
-                    let r = ctx.run(s);
-                    progress.end();
-                    match r {
-                        Ok(rec) => {
-                            let bd = if a.breakdown {
-                                let mut traces: Vec<FaultTrace> = Vec::new();
-                                let mut missed = 0;
-                                if let Some(r) = ctx.cluster.node.traces().first() {
-                                    missed = r.faults.read_since(&mut cursor, &mut traces);
-                                }
-                                let mut b = breakdown::compute(rec.samples(), &traces, missed);
-                                match ctx.cluster.served() {
-                                    Ok(v) => {
-                                        b.answered = v.into_iter().filter(|x| x.1 > 0).collect()
-                                    }
-                                    Err(e) => eprintln!("fault-latency: {e}"),
-                                }
-                                Some(b)
-                            } else {
-                                None
-                            };
-                            rows.push(result(s, &rec, bd));
-                        }
-                        Err(e) => {
-                            eprintln!("fault-latency: {}: {e}", s.label());
-                            failed = true;
-                            if matches!(e, ScenarioError::Cluster(_)) {
-                                // A helper is gone: the rest of this point cannot run.
-                                break;
-                            }
-                        }
-                    }
-                }
+        match cluster_rows(a, plan, p, &labels, netns, progress) {
+            Ok((line, cluster_rows, cluster_failed)) => {
+                transport_line = line;
+                rows.extend(cluster_rows);
+                failed |= cluster_failed;
             }
-        }
-        if let Ok(c) = cluster {
-            c.stop();
+            Err(e) => {
+                eprintln!("fault-latency: cannot start the cluster: {e}");
+                failed = true;
+            }
         }
     }
     drop(pm);
@@ -397,9 +323,10 @@ fn run_point(
     for r in rows.iter_mut() {
         r.others_pct = others;
     }
-    let mut out = String::new();
     let heading = format!(
-        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {placement}; floor: handler on CPU {}, home process on CPU {}\n# pm_qos: {pm_line}\n# other processes used {others:.1}% of the machine's CPU time during this part{}",
+        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {}; floor: \
+         handler on CPU {}, home process on CPU {}\n# pm_qos: {pm_line}\n# other processes used \
+         {others:.1}% of the machine's CPU time during this part{}",
         p.idle,
         a.helper_idle,
         if transport_line.is_empty() {
@@ -407,6 +334,7 @@ fn run_point(
         } else {
             transport_line
         },
+        labels.placement,
         a.placement.shard_cpu,
         a.placement.helper_cpu,
         if others >= 5.0 {
@@ -415,12 +343,166 @@ fn run_point(
             ""
         },
     );
-    out.push_str(&report::table(&heading, &rows, plan.prefetch_asked));
-    for r in rows.iter().filter(|r| r.breakdown.is_some()) {
+    print_point(a, plan, p, &heading, &rows);
+    Ok((rows, failed))
+}
+
+/// The floor row of one axis point.
+fn measure_floor(
+    a: &RunArgs,
+    p: &AxisPoint<'_>,
+    labels: &PointLabels,
+    netns: Option<&NetNs>,
+    progress: &Progress,
+) -> Result<ScenarioResult, floor::FloorError> {
+    progress.begin(
+        &format!("floor [{} {}]", labels.tname, p.idle),
+        a.samples() as u64,
+    );
+    let hlog = a.hlog.as_ref().map(|dir| {
+        (
+            dataplane::histlog::HistLog::new(
+                dir.join(format!("floor.{}.hlog", labels.suffix)),
+                vec![format!(
+                    "fault-latency floor ({}): uffd read, 16-byte request, 4 KiB reply, \
+                     UFFDIO_COPY; ns as the faulting thread sees it",
+                    labels.suffix
+                )],
+            ),
+            "floor".to_string(),
+        )
+    });
+    let mut rec = Recorder::new(progress, a.breakdown, a.samples(), hlog);
+    let o = FloorOpts {
+        samples: a.samples(),
+        warmup: warmup(a.samples()),
+        fault_cpu: p.fault_cpus[0],
+        handler_cpu: a.placement.shard_cpu,
+        home_cpu: a.placement.helper_cpu,
+        idle: p.idle,
+        netns,
+        trace: a.breakdown,
+    };
+    let r = floor::run(&o, &mut rec);
+    progress.end();
+    let traces = r?;
+    let bd = a
+        .breakdown
+        .then(|| breakdown::compute(rec.samples(), &traces, 0));
+    Ok(labels.result(Scenario::Floor, &rec, bd))
+}
+
+/// Starts a cluster and runs every cluster scenario of the plan on it; returns the transport
+/// line, the rows, and whether any scenario failed.
+fn cluster_rows(
+    a: &RunArgs,
+    plan: &Plan,
+    p: &AxisPoint<'_>,
+    labels: &PointLabels,
+    netns: Option<&NetNs>,
+    progress: &Progress,
+) -> Result<(String, Vec<ScenarioResult>, bool), ClusterError> {
+    let opts = ClusterOpts {
+        memory: plan.memory(),
+        transport: p.transport,
+        idle: p.idle,
+        helper_idle: a.helper_idle,
+        shard_cpu: a.placement.shard_cpu,
+        helper_cpu: a.placement.helper_cpu,
+        connect_timeout: a.connect_timeout,
+        trace: a.breakdown,
+    };
+    let mut cluster = Cluster::start(&opts, netns)?;
+    let transport_line = cluster.transport_line.clone();
+    let ranges = cluster.node.cluster().ranges();
+    let mut rows = Vec::new();
+    let mut failed = false;
+    {
+        let mut ctx = Ctx {
+            cluster: &mut cluster,
+            progress,
+            fault_cpus: p.fault_cpus.to_vec(),
+            samples: a.samples(),
+            warmup: warmup(a.samples()),
+            tp_faults: plan.tp_faults,
+            local: PageCursor::new(ranges[0].1, ranges[0].2),
+            remote: PageCursor::new(ranges[1].1, ranges[1].2),
+            keep_samples: a.breakdown,
+            hlog: a.hlog.as_ref().map(|d| (d.clone(), labels.suffix.clone())),
+        };
+        let mut cursor = 0u64;
+        for &s in plan.scenarios.iter().filter(|s| s.needs_cluster()) {
+            let total = match s {
+                Scenario::Throughput { threads } => plan.tp_faults.div_ceil(threads) * threads,
+                _ => a.samples(),
+            };
+            progress.begin(
+                &format!("{} [{} {}]", s.label(), labels.tname, p.idle),
+                total as u64,
+            );
+            let r = ctx.run(s);
+            progress.end();
+            match r {
+                Ok(rec) => {
+                    let bd = a
+                        .breakdown
+                        .then(|| cluster_breakdown(&mut ctx, &rec, &mut cursor));
+                    rows.push(labels.result(s, &rec, bd));
+                }
+                Err(e) => {
+                    eprintln!("fault-latency: {}: {e}", s.label());
+                    failed = true;
+                    if matches!(e, ScenarioError::Cluster(_)) {
+                        // A helper is gone: the rest of this point cannot run.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    cluster.stop();
+    Ok((transport_line, rows, failed))
+}
+
+/// Node 0's shard records since `cursor` matched with the samples, plus what the helper
+/// nodes timed of their answers.
+fn cluster_breakdown(
+    ctx: &mut Ctx<'_>,
+    rec: &Recorder<'_>,
+    cursor: &mut u64,
+) -> breakdown::Breakdown {
+    let mut traces: Vec<FaultTrace> = Vec::new();
+    let mut missed = 0;
+    if let Some(r) = ctx.cluster.node.traces().first() {
+        missed = r.faults.read_since(cursor, &mut traces);
+    }
+    let mut b = breakdown::compute(rec.samples(), &traces, missed);
+    match ctx.cluster.served() {
+        Ok(v) => b.answered = v.into_iter().filter(|x| x.1 > 0).collect(),
+        Err(e) => eprintln!("fault-latency: {e}"),
+    }
+    b
+}
+
+/// Prints one axis point: the table, the breakdowns, and the JSON lines.
+fn print_point(
+    a: &RunArgs,
+    plan: &Plan,
+    p: &AxisPoint<'_>,
+    heading: &str,
+    rows: &[ScenarioResult],
+) {
+    let mut out = report::table(heading, rows, plan.prefetch_asked);
+    for r in rows {
         if let Some(b) = &r.breakdown {
             out.push('\n');
             out.push_str(&breakdown::render(
-                &format!("{} [{tname} {}]", r.scenario.label(), p.idle),
+                &format!(
+                    "{} [{} {}]",
+                    r.scenario.label(),
+                    transport_name(p.transport),
+                    p.idle
+                ),
                 b,
             ));
         }
@@ -428,7 +510,7 @@ fn run_point(
     emit(a, &out);
     if a.json {
         let floor = rows.iter().find(|r| r.scenario == Scenario::Floor);
-        for r in &rows {
+        for r in rows {
             println!("{}", report::json(r, floor));
         }
         if plan.prefetch_asked {
@@ -441,5 +523,4 @@ fn run_point(
             );
         }
     }
-    Ok((rows, failed))
 }
