@@ -200,10 +200,15 @@ pub struct Ctx<'c> {
     pub hlog: Option<(PathBuf, String)>,
 }
 
+/// Word 0 of `page` in node 0's region. Pages come from the plan's cursors, which stay
+/// inside the address space; anything else is a bug in the benchmark.
 fn word(node: &Node, page: u64) -> &AtomicU64 {
-    // SAFETY: callers pass pages inside the address space (from the plan's cursors); the
-    // region lives as long as `node`; word 0 of a page is 8-byte aligned and only accessed
-    // atomically.
+    assert!(
+        page < node.layout().end_page(),
+        "page {page} is outside the address space"
+    );
+    // SAFETY: the page is inside the region (checked above), which lives as long as `node`;
+    // word 0 of a page is 8-byte aligned and only ever accessed atomically.
     unsafe { AtomicU64::from_ptr(node.page_ptr(page).cast()) }
 }
 
