@@ -288,3 +288,46 @@ fn bad_input_is_refused_with_a_message() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn quick_run_in_network_namespaces() {
+    let probe = Command::new("ip").args(["netns", "list"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping: `ip netns` is not available (install iproute2, run as root)");
+        return;
+    }
+    let out = run(
+        &[
+            "--quick",
+            "--json",
+            "--netns",
+            "--no-progress",
+            "--idle",
+            "block",
+            "--scenarios",
+            "floor,remote-read,remote-read-fwd",
+        ],
+        Duration::from_secs(240),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    assert!(stderr.contains("network namespaces"), "{stderr}");
+    let rows: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let labels: Vec<&str> = rows.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["floor", "remote-read", "remote-read-fwd"]);
+    for r in &rows {
+        assert_eq!(u(r, "count"), 300, "{r}");
+    }
+    // Every namespace the run made is gone (they are all named `ssifl<pid>-...`).
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains("ssifl"), "namespaces left behind: {left}");
+}
