@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+pub mod fault_latency;
+
 /// Highest value a latency histogram records: 10 s in nanoseconds. Larger samples are clamped
 /// (and counted in [`Latency::clamped`]) rather than dropped.
 pub const MAX_NS: u64 = 10_000_000_000;

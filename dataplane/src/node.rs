@@ -24,6 +24,7 @@ use crate::protocol::{self, Layout, Machine, NodeId, NodeRange, Partition};
 use crate::region::{Region, RegionError};
 use crate::shard::mailbox::{Command, Mailbox, PageState};
 use crate::shard::route::ShardMsg;
+use crate::shard::trace::TraceRings;
 use crate::shard::{Conn, Shard, ShardSetup};
 use crate::spsc;
 use crate::stats::ShardStats;
@@ -123,6 +124,9 @@ pub struct NodeConfig {
     pub max_address_space: u64,
     /// Pages whose every protocol step is logged (at most [`MAX_TRACED_PAGES`]).
     pub trace_pages: Vec<u64>,
+    /// Per-fault timestamps each shard keeps for [`Node::traces`] (the most recent
+    /// this many records per shard); 0, the default, turns tracing off.
+    pub fault_trace: usize,
 }
 
 /// Most pages traced at once.
@@ -149,6 +153,7 @@ impl NodeConfig {
             measure: true,
             max_address_space: DEFAULT_MAX_ADDRESS_SPACE,
             trace_pages: Vec::new(),
+            fault_trace: 0,
         }
     }
 }
@@ -164,6 +169,7 @@ pub struct Node {
     region: Arc<Region>,
     state: Arc<NodeState>,
     stats: Vec<Arc<ShardStats>>,
+    traces: Vec<TraceRings>,
     threads: Vec<JoinHandle<()>>,
     doorbells: Arc<[Doorbell]>,
     acceptor: Acceptor,
@@ -284,6 +290,13 @@ impl Node {
         let mut threads = Vec::with_capacity(shards);
         let mut stats = Vec::with_capacity(shards);
         let mut mailboxes = Vec::with_capacity(shards);
+        let traces: Vec<TraceRings> = if cfg.fault_trace > 0 {
+            (0..shards)
+                .map(|_| TraceRings::new(cfg.fault_trace))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut conns = mesh.conns;
         for (i, (inbox_i, outbox_i)) in inbox.drain(..).zip(outbox.drain(..)).enumerate() {
             let machine = Machine::new(
@@ -317,6 +330,7 @@ impl Node {
                     .copied()
                     .take(MAX_TRACED_PAGES)
                     .collect(),
+                trace: traces.get(i).cloned(),
             };
             let cpu = cfg.cores[i];
             let pin = cfg.pin;
@@ -353,6 +367,7 @@ impl Node {
             region,
             state,
             stats,
+            traces,
             threads,
             doorbells,
             acceptor: mesh.acceptor,
@@ -512,6 +527,12 @@ impl Node {
         &self.stats
     }
 
+    /// Each shard's per-fault and per-answer timestamps (empty unless
+    /// `NodeConfig::fault_trace` was set).
+    pub fn traces(&self) -> &[TraceRings] {
+        &self.traces
+    }
+
     /// State shared with the shards (dead peers, cluster stop, ...).
     pub fn state(&self) -> &NodeState {
         &self.state
@@ -587,6 +608,7 @@ struct PartialSetup {
     retry_limit: usize,
     mailbox: Arc<Mailbox>,
     traced: Vec<u64>,
+    trace: Option<TraceRings>,
 }
 
 /// What a shard thread reports once it runs: its transport's counters, or why it could not
@@ -624,6 +646,7 @@ fn run_shard<T: Transport>(
         retry_limit: s.retry_limit,
         mailbox: s.mailbox,
         traced: s.traced,
+        trace: s.trace,
     };
     let tstats = setup.transport.stats().clone();
     match Shard::new(setup) {

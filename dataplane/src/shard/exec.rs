@@ -12,6 +12,7 @@ use wire::{Header, MsgType, Payload, PeerId, RxBuf, SendOutcome, Transport, Tran
 
 use super::backlog::Backlog;
 use super::route::PeerShards;
+use super::trace::Tracer;
 use crate::clock::now_ns;
 use crate::node_state::NodeState;
 use crate::protocol::{
@@ -43,6 +44,7 @@ pub struct Io<T: Transport> {
     pub(crate) layout: Layout,
     pub(crate) log: LogLimiter,
     pub(crate) state: Arc<NodeState>,
+    pub(crate) tracer: Option<Tracer>,
 }
 
 impl<T: Transport> std::fmt::Debug for Io<T> {
@@ -84,6 +86,9 @@ impl<T: Transport> Io<T> {
                     };
                     let ns = now_ns().saturating_sub(token >> 2);
                     self.stats.served(kind, loc, ns);
+                    if let Some(t) = &mut self.tracer {
+                        t.fault_done(page, token >> 2);
+                    }
                 }
                 Action::FaultFailed { page, reason, .. } => self.fail_page(page, reason),
                 Action::PageLost { page } => {
@@ -273,6 +278,15 @@ impl<T: Transport> Io<T> {
             Some(DataSource::Zero) => Some(&ZERO_PAGE.0),
         };
         h.set_payload_len(payload.map_or(0, |p| p.len() as u32));
+        if let Some(t) = &mut self.tracer {
+            match ty {
+                MsgType::ReadReq | MsgType::WriteReq | MsgType::UpgradeReq => {
+                    t.request_queued(page)
+                }
+                MsgType::Data | MsgType::Grant => t.reply_queued(page),
+                _ => {}
+            }
+        }
         bump(&self.stats.msgs_sent);
         add(&self.stats.bytes_sent, u64::from(h.payload_len));
         let queued = if !self.backlog.is_empty() && self.backlog.holds(peer) {

@@ -13,6 +13,7 @@ pub mod backlog;
 pub mod exec;
 pub mod mailbox;
 pub mod route;
+pub mod trace;
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
@@ -27,6 +28,7 @@ use self::backlog::Backlog;
 use self::exec::{Aftermath, Io};
 use self::mailbox::{Command, DirView, Mailbox, PageState};
 use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
+use self::trace::{TraceRings, Tracer};
 use crate::clock::now_ns;
 use crate::doorbell::Doorbell;
 use crate::idle::IdlePolicy;
@@ -103,6 +105,8 @@ pub struct ShardSetup<T: Transport> {
     pub mailbox: Arc<Mailbox>,
     /// Pages whose every protocol step is logged (`--trace-page`; empty: none).
     pub traced: Vec<u64>,
+    /// Where to publish per-fault timestamps (`None`: not traced).
+    pub trace: Option<TraceRings>,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardSetup<T> {
@@ -177,6 +181,7 @@ impl<T: Transport> Shard<T> {
                 layout: s.layout,
                 log: LogLimiter::new(10, 2),
                 state: s.state.clone(),
+                tracer: s.trace.map(Tracer::new),
             },
             events: Vec::with_capacity(wire::TransportConfig::default().poll_budget.max(1024)),
             ubuf: Some(Box::default()),
@@ -312,6 +317,9 @@ impl<T: Transport> Shard<T> {
                 .log
                 .warn(format_args!("transport flush failed: {e}"));
         }
+        if let Some(t) = &mut self.io.tracer {
+            t.flushed();
+        }
         work
     }
 
@@ -340,6 +348,9 @@ impl<T: Transport> Shard<T> {
         from: Option<NodeId>,
     ) -> Option<Outcome> {
         let now = now_ns();
+        if let Some(t) = &mut self.io.tracer {
+            t.set_rx(if from.is_some() { now } else { 0 });
+        }
         let res = self.machine.step(now, input, &mut self.actions);
         if !self.traced.is_empty() {
             self.trace(&input, from);

@@ -1,0 +1,299 @@
+//! What a run measures: the scenarios in order, how many fresh pages each needs on which home,
+//! and the address-space layout that gives every sample a page nobody touched before.
+//!
+//! Nodes: 0 is this process (the faulting threads live here), 1 homes every remote page, 2 is
+//! the third node (`remote-read-fwd`'s owner, the first sharer), 3.. are further sharers.
+//! Nodes other than 0 and 1 contribute no memory.
+
+use thiserror::Error;
+
+/// A bad selection of scenarios.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// An unknown scenario name.
+    #[error("unknown scenario {0:?}: use floor, local-zero, remote-read, remote-read-shared, remote-read-fwd, remote-write, upgrade, pingpong, throughput or prefetch")]
+    Unknown(String),
+    /// A thread count of 0 or too many.
+    #[error("bad thread count {0}: use 1 to 256")]
+    Threads(usize),
+    /// Too many sharers for the cluster size limit.
+    #[error("--max-sharers {0} is too large: at most 16")]
+    Sharers(usize),
+}
+
+/// One measured scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// The hand-written floor: uffd read → 16-byte request over TCP → 4 KiB reply → COPY.
+    Floor,
+    /// First touch (read) of a page homed on node 0.
+    LocalZero,
+    /// Read miss served by the home (node 1, which wrote the page, so it holds it writable
+    /// and must write-protect it before sending).
+    RemoteRead,
+    /// Read miss served by the home from a copy that is already read-only (node 1 wrote the
+    /// page, node 2 read it): the home only sends.
+    RemoteReadShared,
+    /// Read miss forwarded by the home to node 2, which owns the page exclusively.
+    RemoteReadFwd,
+    /// Write miss on a page the home wrote and `k` other nodes read.
+    RemoteWrite {
+        /// Sharers to invalidate (besides the home).
+        k: usize,
+    },
+    /// Write to a read-only replica (node 0 read the page the home wrote).
+    Upgrade,
+    /// Node 0 and node 1 alternately write one page; node 0's write misses are timed.
+    PingPong,
+    /// `threads` threads each reading fresh remote pages, as fast as they can.
+    Throughput {
+        /// Faulting threads.
+        threads: usize,
+    },
+}
+
+impl Scenario {
+    /// The family name (the `scenario` field of the JSON output).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Floor => "floor",
+            Scenario::LocalZero => "local-zero",
+            Scenario::RemoteRead => "remote-read",
+            Scenario::RemoteReadShared => "remote-read-shared",
+            Scenario::RemoteReadFwd => "remote-read-fwd",
+            Scenario::RemoteWrite { .. } => "remote-write",
+            Scenario::Upgrade => "upgrade",
+            Scenario::PingPong => "pingpong",
+            Scenario::Throughput { .. } => "throughput",
+        }
+    }
+
+    /// A unique label (table rows, plot lines, HDR log tags): no spaces, commas or colons.
+    pub fn label(self) -> String {
+        match self {
+            Scenario::RemoteWrite { k } => format!("remote-write-k{k}"),
+            Scenario::Throughput { threads } => format!("throughput-t{threads}"),
+            s => s.name().to_string(),
+        }
+    }
+
+    /// Faulting threads.
+    pub fn threads(self) -> usize {
+        match self {
+            Scenario::Throughput { threads } => threads,
+            _ => 1,
+        }
+    }
+
+    /// Whether the scenario needs a running cluster (the floor does not).
+    pub fn needs_cluster(self) -> bool {
+        self != Scenario::Floor
+    }
+}
+
+/// The scenarios of a run and the pages they need.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Scenarios in the order they run.
+    pub scenarios: Vec<Scenario>,
+    /// Whether the (unavailable) prefetch row was asked for.
+    pub prefetch_asked: bool,
+    /// Pages per latency scenario (samples and warm-up).
+    pub samples: usize,
+    /// Faults per throughput row.
+    pub tp_faults: usize,
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// Pages homed on node 0.
+    pub local_pages: u64,
+    /// Pages homed on node 1.
+    pub remote_pages: u64,
+}
+
+/// Pages kept free at the start of each range (never used as samples).
+const GUARD_PAGES: u64 = 16;
+
+impl Plan {
+    /// Builds the plan from the selected names (empty: all); `samples` counts the pages one
+    /// latency scenario touches (its warm-up included).
+    pub fn new(
+        names: &[String],
+        max_sharers: usize,
+        threads: &[usize],
+        samples: usize,
+        tp_faults: usize,
+    ) -> Result<Plan, PlanError> {
+        if max_sharers > 16 {
+            return Err(PlanError::Sharers(max_sharers));
+        }
+        if let Some(&t) = threads.iter().find(|&&t| t == 0 || t > 256) {
+            return Err(PlanError::Threads(t));
+        }
+        const ALL: [&str; 10] = [
+            "floor",
+            "local-zero",
+            "remote-read",
+            "remote-read-shared",
+            "remote-read-fwd",
+            "remote-write",
+            "upgrade",
+            "pingpong",
+            "throughput",
+            "prefetch",
+        ];
+        for n in names {
+            if !ALL.contains(&n.as_str()) {
+                return Err(PlanError::Unknown(n.clone()));
+            }
+        }
+        let want = |n: &str| names.is_empty() || names.iter().any(|x| x == n);
+        let mut scenarios = Vec::new();
+        if want("floor") {
+            scenarios.push(Scenario::Floor);
+        }
+        if want("local-zero") {
+            scenarios.push(Scenario::LocalZero);
+        }
+        if want("remote-read") {
+            scenarios.push(Scenario::RemoteRead);
+        }
+        if want("remote-read-shared") {
+            scenarios.push(Scenario::RemoteReadShared);
+        }
+        if want("remote-read-fwd") {
+            scenarios.push(Scenario::RemoteReadFwd);
+        }
+        if want("remote-write") {
+            scenarios.extend((0..=max_sharers).map(|k| Scenario::RemoteWrite { k }));
+        }
+        if want("upgrade") {
+            scenarios.push(Scenario::Upgrade);
+        }
+        if want("pingpong") {
+            scenarios.push(Scenario::PingPong);
+        }
+        if want("throughput") {
+            scenarios.extend(threads.iter().map(|&t| Scenario::Throughput { threads: t }));
+        }
+        let mut nodes = 2;
+        let mut local = 0u64;
+        let mut remote = 0u64;
+        for s in &scenarios {
+            match *s {
+                Scenario::Floor => {}
+                Scenario::LocalZero => local += samples as u64,
+                Scenario::RemoteReadFwd | Scenario::RemoteReadShared => {
+                    nodes = nodes.max(3);
+                    remote += samples as u64;
+                }
+                Scenario::RemoteWrite { k } => {
+                    nodes = nodes.max(2 + k);
+                    remote += samples as u64;
+                }
+                Scenario::PingPong => remote += 1,
+                Scenario::Throughput { threads } => {
+                    // Every thread gets the same share, rounded up.
+                    remote += (tp_faults.div_ceil(threads) * threads) as u64;
+                }
+                Scenario::RemoteRead | Scenario::Upgrade => remote += samples as u64,
+            }
+        }
+        Ok(Plan {
+            scenarios,
+            prefetch_asked: want("prefetch"),
+            samples,
+            tp_faults,
+            nodes,
+            local_pages: local + GUARD_PAGES,
+            remote_pages: remote + GUARD_PAGES,
+        })
+    }
+
+    /// Bytes each node contributes, by node id.
+    pub fn memory(&self) -> Vec<u64> {
+        (0..self.nodes)
+            .map(|n| match n {
+                0 => self.local_pages * 4096,
+                1 => self.remote_pages * 4096,
+                _ => 0,
+            })
+            .collect()
+    }
+}
+
+/// Hands out fresh pages of one node's range, in order.
+#[derive(Debug, Clone)]
+pub struct PageCursor {
+    next: u64,
+    end: u64,
+}
+
+impl PageCursor {
+    /// The range `[first, first + count)`, skipping its guard pages.
+    pub fn new(first: u64, count: u64) -> Self {
+        Self {
+            next: first + GUARD_PAGES.min(count),
+            end: first + count,
+        }
+    }
+
+    /// The first of `n` consecutive fresh pages, or `None` when the range is used up.
+    pub fn take(&mut self, n: u64) -> Option<u64> {
+        if self.end - self.next < n {
+            return None;
+        }
+        let p = self.next;
+        self.next += n;
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_sizes_ranges_for_every_scenario() {
+        let p = Plan::new(&[], 2, &[1, 4, 16], 100, 50).unwrap();
+        assert_eq!(p.nodes, 4, "k = 2 needs two sharers besides the home");
+        assert_eq!(p.scenarios.first(), Some(&Scenario::Floor));
+        assert!(p.prefetch_asked);
+        let labels: Vec<String> = p.scenarios.iter().map(|s| s.label()).collect();
+        for l in [
+            "remote-write-k0",
+            "remote-write-k2",
+            "throughput-t16",
+            "pingpong",
+        ] {
+            assert!(labels.iter().any(|x| x == l), "{l} missing from {labels:?}");
+        }
+        // read, shared, fwd, 3 writes, upgrade = 7 × 100; pingpong 1; throughput 50 + 52 + 64.
+        assert_eq!(p.remote_pages, 700 + 1 + 50 + 52 + 64 + GUARD_PAGES);
+        assert_eq!(p.local_pages, 100 + GUARD_PAGES);
+        assert_eq!(p.memory()[2], 0);
+    }
+
+    #[test]
+    fn selection_and_errors() {
+        let p = Plan::new(&["remote-read".into()], 2, &[1], 10, 10).unwrap();
+        assert_eq!(p.scenarios, vec![Scenario::RemoteRead]);
+        assert_eq!(p.nodes, 2);
+        assert!(!p.prefetch_asked);
+        assert_eq!(
+            Plan::new(&["nope".into()], 2, &[1], 10, 10).unwrap_err(),
+            PlanError::Unknown("nope".into())
+        );
+        assert_eq!(
+            Plan::new(&[], 2, &[0], 10, 10).unwrap_err(),
+            PlanError::Threads(0)
+        );
+    }
+
+    #[test]
+    fn cursor_hands_out_disjoint_pages_and_stops_at_the_end() {
+        let mut c = PageCursor::new(100, GUARD_PAGES + 10);
+        assert_eq!(c.take(4), Some(100 + GUARD_PAGES));
+        assert_eq!(c.take(6), Some(104 + GUARD_PAGES));
+        assert_eq!(c.take(1), None);
+    }
+}

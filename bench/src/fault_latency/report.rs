@@ -1,0 +1,231 @@
+//! Results of a run: one [`ScenarioResult`] per scenario and axis point, printed as a table
+//! (p50, p90, p99, p99.9, max, count, faults/s, ratio to the floor) or as JSON lines, with the
+//! machine, transport, idle policy and CPU placement every result was measured with.
+
+use std::fmt::Write as _;
+
+use super::breakdown::{Breakdown, STEP_KEYS};
+use super::plan::Scenario;
+use crate::{Latency, Ns};
+
+/// One measured row.
+#[derive(Debug, Clone)]
+pub struct ScenarioResult {
+    /// What was measured.
+    pub scenario: Scenario,
+    /// Transport (as node 0 reported it, short form).
+    pub transport: String,
+    /// Node 0's idle policy.
+    pub idle: String,
+    /// Where every thread ran.
+    pub placement: String,
+    /// Service times.
+    pub lat: Latency,
+    /// Measured time (ns) the faults/s figure divides by.
+    pub measured_ns: u64,
+    /// Where the time went (`--breakdown`).
+    pub breakdown: Option<Breakdown>,
+    /// Percent of the machine's CPU time other processes used while this was measured.
+    pub others_pct: f64,
+}
+
+impl ScenarioResult {
+    /// Faults per second over the measured time.
+    pub fn faults_per_s(&self) -> f64 {
+        if self.measured_ns == 0 {
+            return 0.0;
+        }
+        self.lat.count() as f64 * 1e9 / self.measured_ns as f64
+    }
+
+    /// p50 relative to the floor's p50.
+    pub fn floor_ratio(&self, floor: Option<&ScenarioResult>) -> Option<f64> {
+        let f = floor?.lat.percentile(50.0);
+        (f > 0).then(|| self.lat.percentile(50.0) as f64 / f as f64)
+    }
+
+    /// A label unique within a run with several axis points.
+    pub fn series_label(&self, multi_axis: bool) -> String {
+        if multi_axis {
+            format!(
+                "{} [{} {}]",
+                self.scenario.label(),
+                self.transport,
+                self.idle
+            )
+        } else {
+            self.scenario.label()
+        }
+    }
+}
+
+/// The header line of the table.
+pub fn header() -> String {
+    format!(
+        "{:<18} {:>3} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>7}",
+        "scenario", "thr", "count", "p50", "p90", "p99", "p99.9", "max", "faults/s", "xfloor"
+    )
+}
+
+/// One table row.
+pub fn row(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
+    let l = &r.lat;
+    format!(
+        "{:<18} {:>3} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10.0} {:>7}",
+        r.scenario.label(),
+        r.scenario.threads(),
+        l.count(),
+        Ns(l.percentile(50.0)),
+        Ns(l.percentile(90.0)),
+        Ns(l.percentile(99.0)),
+        Ns(l.percentile(99.9)),
+        Ns(l.histogram().max()),
+        r.faults_per_s(),
+        r.floor_ratio(floor)
+            .map_or("-".to_string(), |x| format!("{x:.2}")),
+    )
+}
+
+/// The table of one axis point (rows in run order), with its heading.
+pub fn table(heading: &str, rows: &[ScenarioResult], prefetch_note: bool) -> String {
+    let floor = rows.iter().find(|r| r.scenario == Scenario::Floor);
+    let mut s = String::new();
+    let _ = writeln!(s, "{heading}");
+    let _ = writeln!(s, "{}", header());
+    for r in rows {
+        let _ = writeln!(s, "{}", row(r, floor));
+    }
+    if prefetch_note {
+        let _ = writeln!(
+            s,
+            "prefetch           not measured: the data plane has no multi-page request yet \
+             (see docs/benchmarks.md); throughput-tN rows are the measured alternative"
+        );
+    }
+    s
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// One JSON object (one line) for a result.
+pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
+    let l = &r.lat;
+    let mut s = format!(
+        "{{\"scenario\":{},\"label\":{},\"threads\":{},\"transport\":{},\"idle\":{},\
+         \"placement\":{},\"count\":{},\"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\
+         \"p999_ns\":{},\"max_ns\":{},\"faults_per_s\":{:.1},\"floor_ratio\":{},\
+         \"other_load_pct\":{:.1}",
+        json_str(r.scenario.name()),
+        json_str(&r.scenario.label()),
+        r.scenario.threads(),
+        json_str(&r.transport),
+        json_str(&r.idle),
+        json_str(&r.placement),
+        l.count(),
+        l.percentile(50.0),
+        l.percentile(90.0),
+        l.percentile(99.0),
+        l.percentile(99.9),
+        l.histogram().max(),
+        r.faults_per_s(),
+        r.floor_ratio(floor)
+            .map_or("null".to_string(), |x| format!("{x:.3}")),
+        r.others_pct,
+    );
+    if let Some(b) = &r.breakdown {
+        let mut entries: Vec<String> = STEP_KEYS
+            .iter()
+            .zip(b.steps.iter())
+            .filter(|(_, st)| st.count() > 0)
+            .map(|(k, st)| {
+                format!(
+                    "\"{k}\":{{\"count\":{},\"p50_ns\":{},\"p99_ns\":{}}}",
+                    st.count(),
+                    st.percentile(50.0),
+                    st.percentile(99.0)
+                )
+            })
+            .collect();
+        entries.extend(b.answered.iter().map(|&(node, count, p50, p99)| {
+            format!(
+                "\"answered_by_node{node}\":{{\"count\":{count},\"p50_ns\":{p50},\"p99_ns\":{p99}}}"
+            )
+        }));
+        let _ = write!(s, ",\"breakdown\":{{{}}}", entries.join(","));
+    }
+    s.push('}');
+    s
+}
+
+/// The JSON object printed when prefetch was asked for but cannot be measured.
+pub fn json_unavailable(scenario: &str, why: &str) -> String {
+    format!(
+        "{{\"scenario\":{},\"unavailable\":{}}}",
+        json_str(scenario),
+        json_str(why)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(s: Scenario, values: &[u64], measured_ns: u64) -> ScenarioResult {
+        let mut lat = Latency::new();
+        for &v in values {
+            lat.record(v);
+        }
+        ScenarioResult {
+            scenario: s,
+            transport: "uring".into(),
+            idle: "spin".into(),
+            placement: "faults 0".into(),
+            lat,
+            measured_ns,
+            breakdown: None,
+            others_pct: 0.0,
+        }
+    }
+
+    #[test]
+    fn rows_and_json_carry_the_measured_numbers() {
+        let floor = result(Scenario::Floor, &[10_000; 10], 100_000);
+        let rr = result(Scenario::RemoteRead, &[15_000; 20], 1_000_000);
+        assert_eq!(rr.faults_per_s(), 20_000.0);
+        let ratio = rr.floor_ratio(Some(&floor)).unwrap();
+        assert!((ratio - 1.5).abs() < 0.01, "{ratio}");
+        let t = table("run", &[floor.clone(), rr.clone()], true);
+        assert!(t.contains("remote-read"), "{t}");
+        assert!(t.contains("1.50"), "{t}");
+        assert!(t.contains("prefetch"), "{t}");
+        let j = json(&rr, Some(&floor));
+        assert!(j.starts_with("{\"scenario\":\"remote-read\""), "{j}");
+        assert!(j.contains("\"count\":20,"), "{j}");
+        assert!(j.contains("\"floor_ratio\":1.50"), "{j}");
+        assert!(json(&rr, None).contains("\"floor_ratio\":null"));
+        assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+        // A breakdown with no matched sample but a helper's answers is still valid JSON.
+        let mut b = crate::fault_latency::breakdown::compute(&[], &[], 0);
+        b.answered = vec![(1, 10, 2000, 3000)];
+        let mut with = rr.clone();
+        with.breakdown = Some(b);
+        let v: serde_json::Value = serde_json::from_str(&json(&with, None)).unwrap();
+        assert_eq!(v["breakdown"]["answered_by_node1"]["p50_ns"], 2000);
+        assert_eq!(v["count"], 20);
+    }
+}

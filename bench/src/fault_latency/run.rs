@@ -1,0 +1,526 @@
+//! A whole run: for every point of the axes (transport × node 0's idle policy) the floor, then
+//! a fresh cluster and every scenario in order; then the tables, breakdowns, JSON lines, HDR
+//! logs and the plot. Every result carries the machine, transport, idle policy and placement.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dataplane::cpulist;
+use dataplane::idle::IdlePolicy;
+use dataplane::node::TransportKind;
+use dataplane::pmqos::LatencyGuard;
+use dataplane::shard::trace::FaultTrace;
+use thiserror::Error;
+
+use super::breakdown;
+use super::cli::RunArgs;
+use super::cluster::{idle_arg, Cluster, ClusterError, ClusterOpts};
+use super::floor::{self, FloorOpts};
+use super::load::CpuSnapshot;
+use super::netns::{NetNs, NetnsError};
+use super::plan::{PageCursor, Plan, PlanError, Scenario};
+use super::plot;
+use super::progress::Progress;
+use super::report::{self, ScenarioResult};
+use super::scenario::{Ctx, Recorder, ScenarioError};
+
+/// Why a run could not start or complete.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// A bad selection.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A bad cpulist.
+    #[error("--fault-cpus: {0}")]
+    Cpus(String),
+    /// Namespaces.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// An output file or directory.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Warm-up samples before the recorded ones (page tables, caches, CPU frequency).
+pub fn warmup(samples: usize) -> usize {
+    (samples / 10).min(200)
+}
+
+fn transport_name(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Uring => "uring",
+        TransportKind::Fallback => "epoll",
+        TransportKind::Auto => match transport_uring::choose() {
+            transport_uring::Choice::Uring(_) => "uring",
+            transport_uring::Choice::Fallback(_) => "epoll",
+        },
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One line describing the machine. (Not its load average: a spinning shard alone keeps it
+/// at 1 or more. Each part of the run reports the CPU time other processes took instead.)
+pub fn machine_line() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "machine: {} CPUs ({model}), Linux {}",
+        crate::online_cpus(),
+        read_trim("/proc/sys/kernel/osrelease"),
+    )
+}
+
+/// Runs the benchmark; returns the exit code (1 when a scenario failed or read wrong data).
+pub fn run(a: &RunArgs) -> Result<i32, RunError> {
+    let samples = a.samples();
+    let plan = Plan::new(
+        &a.scenarios,
+        a.max_sharers,
+        &a.threads,
+        samples + warmup(samples),
+        a.tp_faults(),
+    )?;
+    let fault_cpus =
+        cpulist::parse(&a.placement.fault_cpus).map_err(|e| RunError::Cpus(e.to_string()))?;
+    if fault_cpus.is_empty() {
+        return Err(RunError::Cpus("no CPU given".into()));
+    }
+    if let Some(dir) = &a.hlog {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::Output {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let netns = if a.netns {
+        Some(NetNs::create(plan.nodes)?)
+    } else {
+        None
+    };
+    let progress = Arc::new(Progress::default());
+    let printer = (!a.no_progress).then(|| progress.spawn_printer());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# fault-latency: per-fault service time as the faulting thread sees it"
+    );
+    let _ = writeln!(out, "# {}", machine_line());
+    let _ = writeln!(
+        out,
+        "# nodes: {} ({}); node 0 = this process; {samples} samples per latency scenario \
+         (+{} warm-up), {} faults per throughput row",
+        plan.nodes,
+        if a.netns {
+            "network namespaces joined by veth and a bridge"
+        } else {
+            "processes on loopback"
+        },
+        warmup(samples),
+        plan.tp_faults
+    );
+    emit(a, &out);
+    let mut code = 0;
+    let mut all: Vec<ScenarioResult> = Vec::new();
+    for &t in &a.transport {
+        for &idle in &a.idle {
+            let point = AxisPoint {
+                transport: t,
+                idle,
+                fault_cpus: &fault_cpus,
+            };
+            match run_point(a, &plan, &point, netns.as_ref(), &progress) {
+                Ok((rows, failed)) => {
+                    if failed {
+                        code = 1;
+                    }
+                    all.extend(rows);
+                }
+                Err(e) => {
+                    eprintln!("fault-latency: {}/{}: {e}", transport_name(t), idle);
+                    code = 1;
+                }
+            }
+        }
+    }
+    progress.stop();
+    if let Some(p) = printer {
+        let _ = p.join();
+    }
+    if let Some(path) = &a.plot {
+        let multi = a.transport.len() * a.idle.len() > 1;
+        let series: Vec<plot::Series<'_>> = all
+            .iter()
+            .map(|r| plot::Series {
+                label: r.series_label(multi),
+                hist: r.lat.histogram(),
+            })
+            .collect();
+        let axes: Vec<String> = a
+            .transport
+            .iter()
+            .flat_map(|t| {
+                a.idle
+                    .iter()
+                    .map(move |i| format!("{} {i}", transport_name(*t)))
+            })
+            .collect();
+        let svg = plot::svg(
+            "ssi-dp fault-latency: percentile distribution",
+            &format!(
+                "{}\n{}; faults on CPU {}, node 0 shard on CPU {}, helpers on CPU {} ({}); {}",
+                machine_line(),
+                axes.join(", "),
+                a.placement.fault_cpus,
+                a.placement.shard_cpu,
+                a.placement.helper_cpu,
+                a.helper_idle,
+                if a.netns { "netns + veth" } else { "loopback" }
+            ),
+            &series,
+        );
+        std::fs::write(path, svg).map_err(|source| RunError::Output {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("fault-latency: plot written to {}", path.display());
+    }
+    Ok(code)
+}
+
+/// Prints run output: on stdout, or on stderr when stdout carries JSON.
+fn emit(a: &RunArgs, s: &str) {
+    if a.json {
+        eprint!("{s}");
+    } else {
+        print!("{s}");
+    }
+}
+
+struct AxisPoint<'a> {
+    transport: TransportKind,
+    idle: IdlePolicy,
+    fault_cpus: &'a [usize],
+}
+
+/// What every row of one axis point shares.
+struct PointLabels {
+    tname: &'static str,
+    idle: String,
+    placement: String,
+    /// HDR log file suffix (`uring.spin`).
+    suffix: String,
+}
+
+impl PointLabels {
+    fn result(
+        &self,
+        s: Scenario,
+        rec: &Recorder<'_>,
+        breakdown: Option<breakdown::Breakdown>,
+    ) -> ScenarioResult {
+        ScenarioResult {
+            scenario: s,
+            transport: if s == Scenario::Floor {
+                "plain-tcp".into()
+            } else {
+                self.tname.into()
+            },
+            idle: self.idle.clone(),
+            placement: self.placement.clone(),
+            lat: rec.lat.clone(),
+            measured_ns: rec.measured_ns(),
+            breakdown,
+            others_pct: 0.0,
+        }
+    }
+}
+
+fn run_point(
+    a: &RunArgs,
+    plan: &Plan,
+    p: &AxisPoint<'_>,
+    netns: Option<&NetNs>,
+    progress: &Progress,
+) -> Result<(Vec<ScenarioResult>, bool), RunError> {
+    let tname = transport_name(p.transport);
+    let labels = PointLabels {
+        tname,
+        idle: p.idle.to_string(),
+        placement: format!(
+            "faults cpu {}, node0 shard cpu {} ({}), helper shards cpu {} ({})",
+            cpulist::format(p.fault_cpus),
+            a.placement.shard_cpu,
+            p.idle,
+            a.placement.helper_cpu,
+            a.helper_idle
+        ),
+        suffix: format!("{tname}.{}", idle_arg(p.idle).replace(':', "-")),
+    };
+    // The node holds PM QoS while its shard may spin; the floor must run under the same.
+    let pm = if p.idle.spins() {
+        match LatencyGuard::hold(0) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("fault-latency: warning: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let pm_line = match (p.idle.spins(), pm.is_some()) {
+        (true, true) => {
+            "/dev/cpu_dma_latency held at 0 (node 0 may spin; the floor runs under the same)"
+        }
+        (true, false) => "/dev/cpu_dma_latency could not be held (see the warning above)",
+        (false, _) => "/dev/cpu_dma_latency not held (node 0 blocks; so does the floor)",
+    };
+    let cpu_start = CpuSnapshot::now();
+    let mut rows = Vec::new();
+    let mut failed = false;
+    if plan.scenarios.contains(&Scenario::Floor) {
+        match measure_floor(a, p, &labels, netns, progress) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                eprintln!("fault-latency: floor: {e}");
+                failed = true;
+            }
+        }
+    }
+    let mut transport_line = String::new();
+    if plan.scenarios.iter().any(|s| s.needs_cluster()) {
+        match cluster_rows(a, plan, p, &labels, netns, progress) {
+            Ok((line, cluster_rows, cluster_failed)) => {
+                transport_line = line;
+                rows.extend(cluster_rows);
+                failed |= cluster_failed;
+            }
+            Err(e) => {
+                eprintln!("fault-latency: cannot start the cluster: {e}");
+                failed = true;
+            }
+        }
+    }
+    drop(pm);
+    let others = cpu_start.others_pct_since();
+    for r in rows.iter_mut() {
+        r.others_pct = others;
+    }
+    let heading = format!(
+        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {}; floor: \
+         handler on CPU {}, home process on CPU {}\n# pm_qos: {pm_line}\n# other processes used \
+         {others:.1}% of the machine's CPU time during this part{}",
+        p.idle,
+        a.helper_idle,
+        if transport_line.is_empty() {
+            "transport: -".to_string()
+        } else {
+            transport_line
+        },
+        labels.placement,
+        a.placement.shard_cpu,
+        a.placement.helper_cpu,
+        if others >= 5.0 {
+            " (the machine was not quiet: treat these numbers as disturbed)"
+        } else {
+            ""
+        },
+    );
+    print_point(a, plan, p, &heading, &rows);
+    Ok((rows, failed))
+}
+
+/// The floor row of one axis point.
+fn measure_floor(
+    a: &RunArgs,
+    p: &AxisPoint<'_>,
+    labels: &PointLabels,
+    netns: Option<&NetNs>,
+    progress: &Progress,
+) -> Result<ScenarioResult, floor::FloorError> {
+    progress.begin(
+        &format!("floor [{} {}]", labels.tname, p.idle),
+        a.samples() as u64,
+    );
+    let hlog = a.hlog.as_ref().map(|dir| {
+        (
+            dataplane::histlog::HistLog::new(
+                dir.join(format!("floor.{}.hlog", labels.suffix)),
+                vec![format!(
+                    "fault-latency floor ({}): uffd read, 16-byte request, 4 KiB reply, \
+                     UFFDIO_COPY; ns as the faulting thread sees it",
+                    labels.suffix
+                )],
+            ),
+            "floor".to_string(),
+        )
+    });
+    let mut rec = Recorder::new(progress, a.breakdown, a.samples(), hlog);
+    let o = FloorOpts {
+        samples: a.samples(),
+        warmup: warmup(a.samples()),
+        fault_cpu: p.fault_cpus[0],
+        handler_cpu: a.placement.shard_cpu,
+        home_cpu: a.placement.helper_cpu,
+        idle: p.idle,
+        netns,
+        trace: a.breakdown,
+    };
+    let r = floor::run(&o, &mut rec);
+    progress.end();
+    let traces = r?;
+    let bd = a
+        .breakdown
+        .then(|| breakdown::compute(rec.samples(), &traces, 0));
+    Ok(labels.result(Scenario::Floor, &rec, bd))
+}
+
+/// Starts a cluster and runs every cluster scenario of the plan on it; returns the transport
+/// line, the rows, and whether any scenario failed.
+fn cluster_rows(
+    a: &RunArgs,
+    plan: &Plan,
+    p: &AxisPoint<'_>,
+    labels: &PointLabels,
+    netns: Option<&NetNs>,
+    progress: &Progress,
+) -> Result<(String, Vec<ScenarioResult>, bool), ClusterError> {
+    let opts = ClusterOpts {
+        memory: plan.memory(),
+        transport: p.transport,
+        idle: p.idle,
+        helper_idle: a.helper_idle,
+        shard_cpu: a.placement.shard_cpu,
+        helper_cpu: a.placement.helper_cpu,
+        connect_timeout: a.connect_timeout,
+        trace: a.breakdown,
+    };
+    let mut cluster = Cluster::start(&opts, netns)?;
+    let transport_line = cluster.transport_line.clone();
+    let ranges = cluster.node.cluster().ranges();
+    let mut rows = Vec::new();
+    let mut failed = false;
+    {
+        let mut ctx = Ctx {
+            cluster: &mut cluster,
+            progress,
+            fault_cpus: p.fault_cpus.to_vec(),
+            samples: a.samples(),
+            warmup: warmup(a.samples()),
+            tp_faults: plan.tp_faults,
+            local: PageCursor::new(ranges[0].1, ranges[0].2),
+            remote: PageCursor::new(ranges[1].1, ranges[1].2),
+            keep_samples: a.breakdown,
+            hlog: a.hlog.as_ref().map(|d| (d.clone(), labels.suffix.clone())),
+        };
+        let mut cursor = 0u64;
+        for &s in plan.scenarios.iter().filter(|s| s.needs_cluster()) {
+            let total = match s {
+                Scenario::Throughput { threads } => plan.tp_faults.div_ceil(threads) * threads,
+                _ => a.samples(),
+            };
+            progress.begin(
+                &format!("{} [{} {}]", s.label(), labels.tname, p.idle),
+                total as u64,
+            );
+            let r = ctx.run(s);
+            progress.end();
+            match r {
+                Ok(rec) => {
+                    let bd = a
+                        .breakdown
+                        .then(|| cluster_breakdown(&mut ctx, &rec, &mut cursor));
+                    rows.push(labels.result(s, &rec, bd));
+                }
+                Err(e) => {
+                    eprintln!("fault-latency: {}: {e}", s.label());
+                    failed = true;
+                    if matches!(e, ScenarioError::Cluster(_)) {
+                        // A helper is gone: the rest of this point cannot run.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    cluster.stop();
+    Ok((transport_line, rows, failed))
+}
+
+/// Node 0's shard records since `cursor` matched with the samples, plus what the helper
+/// nodes timed of their answers.
+fn cluster_breakdown(
+    ctx: &mut Ctx<'_>,
+    rec: &Recorder<'_>,
+    cursor: &mut u64,
+) -> breakdown::Breakdown {
+    let mut traces: Vec<FaultTrace> = Vec::new();
+    let mut missed = 0;
+    if let Some(r) = ctx.cluster.node.traces().first() {
+        missed = r.faults.read_since(cursor, &mut traces);
+    }
+    let mut b = breakdown::compute(rec.samples(), &traces, missed);
+    match ctx.cluster.served() {
+        Ok(v) => b.answered = v.into_iter().filter(|x| x.1 > 0).collect(),
+        Err(e) => eprintln!("fault-latency: {e}"),
+    }
+    b
+}
+
+/// Prints one axis point: the table, the breakdowns, and the JSON lines.
+fn print_point(
+    a: &RunArgs,
+    plan: &Plan,
+    p: &AxisPoint<'_>,
+    heading: &str,
+    rows: &[ScenarioResult],
+) {
+    let mut out = report::table(heading, rows, plan.prefetch_asked);
+    for r in rows {
+        if let Some(b) = &r.breakdown {
+            out.push('\n');
+            out.push_str(&breakdown::render(
+                &format!(
+                    "{} [{} {}]",
+                    r.scenario.label(),
+                    transport_name(p.transport),
+                    p.idle
+                ),
+                b,
+            ));
+        }
+    }
+    emit(a, &out);
+    if a.json {
+        let floor = rows.iter().find(|r| r.scenario == Scenario::Floor);
+        for r in rows {
+            println!("{}", report::json(r, floor));
+        }
+        if plan.prefetch_asked {
+            println!(
+                "{}",
+                report::json_unavailable(
+                    "prefetch",
+                    "the data plane has no multi-page request; see docs/benchmarks.md"
+                )
+            );
+        }
+    }
+}
