@@ -8,6 +8,7 @@ use wire::txq::TxQueue;
 use wire::{DownReason, FrameParser, PeerId, TransportConfig};
 
 use crate::bufring::BufRing;
+use crate::sendvec::SendVec;
 
 /// One connection slot (slot number = registered file index = buffer group id).
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct Peer {
     pub parser: FrameParser,
     /// Frames to send.
     pub txq: TxQueue,
+    /// The header and iovecs of the vectored send in flight (copying sends).
+    pub sendvec: Box<SendVec>,
     /// Free copy-slot indices (global, into the registered copy region).
     pub copy_free: Vec<u32>,
     /// Provided buffers for multishot receive.
@@ -63,6 +66,7 @@ impl Peer {
             addr: None,
             parser: FrameParser::new(None),
             txq: TxQueue::new(cfg.tx_depth),
+            sendvec: SendVec::new(),
             copy_free: Vec::with_capacity(cfg.tx_copy_slots),
             bufs: BufRing::new(slot, cfg.rx_buf_count, cfg.rx_buf_size)?,
             held: VecDeque::with_capacity(usize::from(cfg.rx_buf_count)),

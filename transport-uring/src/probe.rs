@@ -62,6 +62,7 @@ pub fn probe() -> Result<Features, UnsupportedReason> {
     for (code, name) in [
         (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
         (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
         (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
     ] {
         if !p.is_supported(code) {

@@ -6,13 +6,20 @@
 //! they are parsed. A peer out of receive slots keeps its buffers; its ring runs dry, the
 //! multishot ends with `ENOBUFS` and is re-armed after the caller releases a slot.
 //!
-//! Send: per connection at most one chain of linked sends is in flight, so frames of one
-//! peer never overtake each other. A chain covers the queued bytes from the send cursor:
-//! headers of consecutive frames are merged into one `SEND`; page payloads go out with
-//! `SEND_ZC` (copy-slot payloads from the registered fixed buffer); `MSG_WAITALL` makes the
-//! kernel finish short sends itself, and any remainder (a broken chain) is resubmitted from
-//! the byte where it stopped. A frame's memory is released after its send completed and, for
-//! zero-copy sends, after the kernel's notification (`IORING_CQE_F_NOTIF`).
+//! Send: per connection at most one send operation (or chain) is in flight, so frames of one
+//! peer never overtake each other. It covers the queued bytes from the send cursor, up to 32
+//! byte ranges (headers of consecutive frames merged into one range). By default that is one
+//! vectored `SENDMSG` (the kernel copies the bytes: one `tcp_sendmsg` per connection and
+//! flush, however many frames). With zero-copy configured it is a chain of linked sends
+//! instead: headers with `SEND`, page payloads with `SEND_ZC` (copy-slot payloads from the
+//! registered fixed buffer). `MSG_WAITALL` makes the kernel finish short sends itself, and any
+//! remainder (a short send, a broken chain) is resubmitted from the byte where it stopped. A
+//! frame's memory is released after its send completed and, for zero-copy sends, after the
+//! kernel's notification (`IORING_CQE_F_NOTIF`).
+//!
+//! Why copying is the default: for 4 KiB pages a zero-copy send costs more than the copy it
+//! saves (a send per payload, a notification per send, and on loopback the kernel copies the
+//! pages anyway); see docs/benchmarks.md for the numbers.
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
@@ -33,12 +40,17 @@ use wire::{
 
 use crate::peer::Peer;
 use crate::probe::Features;
+use crate::sendvec::MAX_IOV;
 use crate::userdata::{self, pack, unpack};
 
 /// Most fds `watch_fd` accepts.
 pub const MAX_WATCHES: usize = 64;
 /// Most operations in one send chain.
 const MAX_CHAIN: usize = 32;
+const _: () = assert!(
+    MAX_CHAIN >= MAX_IOV,
+    "the segment buffer holds a vectored send"
+);
 /// Completions copied out of the ring per batch.
 const CQE_BATCH: usize = 64;
 /// Index of the registered transmit copy region among the fixed buffers.
@@ -241,9 +253,28 @@ impl UringTransport {
             len: 0,
             kind: SegKind::Headers,
         }; MAX_CHAIN];
-        let (n, _) = p.txq.segments(&mut segs[..room]);
         let flags = libc::MSG_WAITALL | libc::MSG_NOSIGNAL;
         let fd = types::Fixed(u32::from(slot));
+        if !zc {
+            let (n, _) = p.txq.segments(&mut segs[..MAX_IOV]);
+            let p = &mut self.peers[slot as usize];
+            let hdr = p.sendvec.fill(&segs[..n]);
+            let e = opcode::SendMsg::new(fd, hdr)
+                .flags(flags as u32)
+                .build()
+                .user_data(pack(userdata::SEND, slot, 0));
+            // SAFETY: the header and iovecs live in the slot's boxed `SendVec`, and the bytes
+            // they describe are queued frames (headers in the peer's queue, copy slots we own,
+            // caller pages under the `PageRef` contract); neither is reused or released before
+            // this send completes (`chain_ops` blocks the next one).
+            unsafe { self.push(&e) };
+            let p = &mut self.peers[slot as usize];
+            p.chain_ops = 1;
+            p.chain_bytes = 0;
+            p.inflight += 1;
+            return true;
+        }
+        let (n, _) = p.txq.segments(&mut segs[..room]);
         for (i, s) in segs[..n].iter().enumerate() {
             let len = s.len as u32;
             let ptr = s.addr as *const u8;

@@ -1,5 +1,4 @@
-//! io_uring-only checks: zero-copy is chosen from the probe, and the copy fallback (no
-//! `SEND_ZC`) carries a checked stream as well.
+//! io_uring-only checks: zero-copy is off by default and, when asked for, follows the probe.
 
 use transport_uring::{probe, UringTransport};
 use wire::TransportConfig;
@@ -8,24 +7,13 @@ use wire::TransportConfig;
 fn zero_copy_follows_the_probe_and_the_config() {
     let f = probe().expect("io_uring works on the test hosts");
     let t = UringTransport::new(&TransportConfig::default()).expect("transport");
-    assert_eq!(t.zero_copy(), f.send_zc);
-    let off = TransportConfig {
-        zero_copy: false,
+    assert!(!t.zero_copy(), "copying vectored sends are the default");
+    let on = TransportConfig {
+        zero_copy: true,
         ..TransportConfig::default()
     };
-    let t = UringTransport::new(&off).expect("transport");
-    assert!(!t.zero_copy());
-}
-
-#[test]
-fn copy_fallback_carries_a_checked_stream() {
-    wire::testkit::scenarios::tiny_socket_buffers(|cfg: &TransportConfig| {
-        let cfg = TransportConfig {
-            zero_copy: false,
-            ..cfg.clone()
-        };
-        UringTransport::new(&cfg).expect("transport")
-    });
+    let t = UringTransport::new(&on).expect("transport");
+    assert_eq!(t.zero_copy(), f.send_zc);
 }
 
 #[test]

@@ -259,9 +259,9 @@ fn uring(cfg: &TransportConfig) -> UringTransport {
     UringTransport::new(cfg).expect("io_uring transport")
 }
 
-fn uring_copy(cfg: &TransportConfig) -> UringTransport {
+fn uring_zc(cfg: &TransportConfig) -> UringTransport {
     let cfg = TransportConfig {
-        zero_copy: false,
+        zero_copy: true,
         ..cfg.clone()
     };
     UringTransport::new(&cfg).expect("io_uring transport")
@@ -300,8 +300,8 @@ fn main() {
             Box::new(|a| transport_row(a, Idle::Block, uring)),
         ),
         (
-            "uring-spin (copy send)",
-            Box::new(|a| transport_row(a, Idle::Spin, uring_copy)),
+            "uring-spin (zero-copy send)",
+            Box::new(|a| transport_row(a, Idle::Spin, uring_zc)),
         ),
         (
             "epoll-spin",
