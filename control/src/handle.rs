@@ -148,6 +148,8 @@ pub struct Telemetry {
     pub peer_rtt: Vec<(u16, f64)>,
     /// Pages counted as ping-ponging (taken away within the window after acquisition).
     pub ping_pong: u64,
+    /// Read requests issued by sequential prefetch (`--prefetch`).
+    pub prefetches: u64,
     /// Completion-queue errors (io_uring CQEs with an error result; RDMA CQ errors).
     pub cq_errors: u64,
     /// Shard loop turns that found work / none, by shard.

@@ -26,6 +26,7 @@
 //! | `ssi_dp_reconnects_total` | counter | | `reconnects` |
 //! | `ssi_dp_peer_rtt_seconds` | gauge | peer | `peer_rtt` |
 //! | `ssi_dp_ping_pong_pages_total` | counter | | `ping_pong` |
+//! | `ssi_dp_prefetch_requests_total` | counter | | `prefetches` |
 //! | `ssi_dp_cq_errors_total` | counter | | `cq_errors` |
 //! | `ssi_dp_shard_busy_turns_total` | counter | shard | `shard_turns` (turns that found work) |
 //! | `ssi_dp_shard_idle_turns_total` | counter | shard | `shard_turns` (turns that found none) |
@@ -66,6 +67,7 @@ pub const FAMILIES: &[&str] = &[
     "ssi_dp_reconnects",
     "ssi_dp_peer_rtt_seconds",
     "ssi_dp_ping_pong_pages",
+    "ssi_dp_prefetch_requests",
     "ssi_dp_cq_errors",
     "ssi_dp_shard_busy_turns",
     "ssi_dp_shard_idle_turns",
@@ -241,6 +243,7 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         reconnects,
         peer_rtt,
         ping_pong,
+        prefetches,
         cq_errors,
         shard_turns,
         faults_failed,
@@ -400,6 +403,14 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         None,
         &n,
         *ping_pong,
+    )?;
+    counter(
+        enc,
+        "ssi_dp_prefetch_requests",
+        "Read requests issued ahead of any fault by sequential prefetch (--prefetch).",
+        None,
+        &n,
+        *prefetches,
     )?;
     counter(
         enc,

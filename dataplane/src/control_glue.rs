@@ -314,6 +314,7 @@ impl NodeHandle for Glue {
             reconnects: m.map_or(0, |m| m.reconnects()) + peers_down,
             peer_rtt: m.map(|m| m.rtt()).unwrap_or_default(),
             ping_pong: sum(st, |x| &x.proto.ping_pong),
+            prefetches: sum(st, |x| &x.proto.prefetches),
             cq_errors,
             shard_turns: st
                 .iter()

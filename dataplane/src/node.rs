@@ -127,6 +127,9 @@ pub struct NodeConfig {
     /// Per-fault timestamps each shard keeps for [`Node::traces`] (the most recent
     /// this many records per shard); 0, the default, turns tracing off.
     pub fault_trace: usize,
+    /// Sequential-prefetch depth in pages (0 or 1: off); see [`NodeState::set_prefetch`],
+    /// which also changes it while the node runs.
+    pub prefetch: u32,
 }
 
 /// Most pages traced at once.
@@ -154,6 +157,7 @@ impl NodeConfig {
             max_address_space: DEFAULT_MAX_ADDRESS_SPACE,
             trace_pages: Vec::new(),
             fault_trace: 0,
+            prefetch: 0,
         }
     }
 }
@@ -251,6 +255,7 @@ impl Node {
         };
 
         let state = Arc::new(NodeState::new(shards));
+        state.set_prefetch(cfg.prefetch);
         let doorbells: Arc<[Doorbell]> = (0..shards)
             .map(|_| Doorbell::new())
             .collect::<Result<Vec<_>, _>>()

@@ -16,7 +16,11 @@ pub struct NodeState {
     evict_gen: AtomicU64,
     evict_done: Box<[AtomicU64]>,
     running: AtomicU32,
+    prefetch: AtomicU32,
 }
+
+/// Most pages one sequential-prefetch trigger covers (the faulting page included).
+pub const MAX_PREFETCH: u32 = 64;
 
 impl NodeState {
     /// State for a node with `shards` shards.
@@ -31,7 +35,21 @@ impl NodeState {
             evict_gen: AtomicU64::new(0),
             evict_done: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             running: AtomicU32::new(0),
+            prefetch: AtomicU32::new(0),
         }
+    }
+
+    /// Sets the sequential-prefetch depth: a read miss that continues a run of this shard's
+    /// pages also requests the next `pages - 1` of them; 0 or 1 turns prefetch off. Clamped
+    /// to [`MAX_PREFETCH`]; takes effect at the next fault.
+    pub fn set_prefetch(&self, pages: u32) {
+        self.prefetch.store(pages.min(MAX_PREFETCH), Relaxed);
+    }
+
+    /// The sequential-prefetch depth (see [`NodeState::set_prefetch`]).
+    #[inline]
+    pub fn prefetch(&self) -> u32 {
+        self.prefetch.load(Relaxed)
     }
 
     /// Asks the shards to stop.

@@ -222,6 +222,8 @@ pub struct ProtoCounters {
     pub requests: AtomicU64,
     /// Busy refusals sent by this home.
     pub nacks_busy: AtomicU64,
+    /// Read requests issued by sequential prefetch.
+    pub prefetches: AtomicU64,
 }
 
 impl ProtoCounters {
@@ -234,6 +236,7 @@ impl ProtoCounters {
         self.evictions_dirty.store(s.evictions_dirty, Relaxed);
         self.requests.store(s.requests, Relaxed);
         self.nacks_busy.store(s.nacks_busy, Relaxed);
+        self.prefetches.store(s.prefetches, Relaxed);
     }
 }
 

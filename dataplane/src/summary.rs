@@ -58,7 +58,8 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
     let _ = writeln!(
         s,
         "  messages sent {} / received {}, page bytes sent {} / received {}, faults forwarded \
-         between shards {}, deferred {}, failed {}, pages lost {}, protocol violations {}",
+         between shards {}, deferred {}, failed {}, pages lost {}, protocol violations {}, \
+         prefetch requests {}",
         sum(stats, |x| &x.msgs_sent),
         sum(stats, |x| &x.msgs_received),
         sum(stats, |x| &x.bytes_sent),
@@ -68,6 +69,7 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
         sum(stats, |x| &x.faults_failed),
         sum(stats, |x| &x.pages_lost),
         sum(stats, |x| &x.violations),
+        sum(stats, |x| &x.proto.prefetches),
     );
     let busy = sum(stats, |x| &x.busy_turns);
     let idle = sum(stats, |x| &x.idle_turns);

@@ -707,3 +707,103 @@ fn a_joining_node_extends_the_layout_without_touching_existing_state() {
     let bad = Layout::new(4096, bad).unwrap();
     assert_eq!(c[0].m.extend(bad), Err(StepError::NotAnExtension));
 }
+
+/// One step's outcome (its actions stay in the node's buffer).
+fn outcome(c: &mut [Node], node: u16, now: u64, input: Input) -> Result<Outcome, StepError> {
+    let x = &mut c[usize::from(node)];
+    x.m.step(now, input, &mut x.out)
+}
+
+#[test]
+fn prefetch_is_a_read_without_a_waiter_that_a_fault_can_join() {
+    let mut c = cluster(Config::default());
+    let pf = |page| Input::Prefetch { page };
+    // Pages homed here, or beyond the address space: nothing to fetch / an error.
+    assert_eq!(outcome(&mut c, 0, 1, pf(1)), Ok(Outcome::Ignored));
+    assert!(c[0].out.is_empty());
+    assert!(outcome(&mut c, 2, 1, pf(99)).is_err());
+    // Node 2 prefetches pages 2 and 3 (home 0): two ordinary read requests.
+    assert_eq!(outcome(&mut c, 2, 10, pf(2)), Ok(Outcome::PrefetchStarted));
+    let [(to, req2)] = sends(c[2].out.as_slice())[..] else {
+        panic!("{:?}", c[2].out.as_slice())
+    };
+    assert_eq!(to, n(0));
+    assert!(matches!(req2, Msg::ReadReq { page: 2, .. }));
+    let a = step(&mut c, 2, 11, pf(3));
+    let [(_, req3)] = sends(&a)[..] else {
+        panic!("{a:?}")
+    };
+    // A second prefetch of a page already on its way does nothing.
+    assert_eq!(outcome(&mut c, 2, 12, pf(3)), Ok(Outcome::Ignored));
+    // A thread faults on page 3 before the data arrives: it joins the request.
+    let a = step(&mut c, 2, 13, fault(3, Access::Read, 5));
+    assert!(sends(&a).is_empty(), "{a:?}");
+    // Page 2's data: installed read-only, nobody to wake.
+    let a = deliver(&mut c, 2, 0, 20, req2);
+    let Action::Send { msg: data2, .. } = a[1] else {
+        panic!("{a:?}")
+    };
+    let a = deliver(&mut c, 0, 2, 30, data2);
+    assert_eq!(
+        a,
+        vec![Action::Install {
+            page: 2,
+            writable: false,
+            source: InstallSource::Payload
+        }]
+    );
+    assert_eq!(c[2].m.local_access(2), Some(PageAccess::ReadOnly));
+    assert_eq!(
+        c[0].m.dir_state(2),
+        Some(DirState::Shared(NodeSet::single(n(0)).with(n(2))))
+    );
+    // Page 3's data completes the fault that joined.
+    let a = deliver(&mut c, 2, 0, 40, req3);
+    let Action::Send { msg: data3, .. } = a[1] else {
+        panic!("{a:?}")
+    };
+    let a = deliver(&mut c, 0, 2, 50, data3);
+    assert!(
+        a.contains(&Action::FaultDone { page: 3, token: 5 }),
+        "{a:?}"
+    );
+    // A held page is not prefetched again; a write elsewhere invalidates the replica as usual.
+    assert_eq!(outcome(&mut c, 2, 60, pf(2)), Ok(Outcome::Ignored));
+    let a = step(&mut c, 1, 70, fault(2, Access::Write, 9));
+    let [(_, wreq)] = sends(&a)[..] else {
+        panic!("{a:?}")
+    };
+    let a = deliver(&mut c, 1, 0, 80, wreq);
+    let invs: Vec<_> = sends(&a)
+        .into_iter()
+        .filter(|(to, m)| *to == n(2) && matches!(m, Msg::Inv { page: 2, .. }))
+        .collect();
+    assert_eq!(invs.len(), 1, "{a:?}");
+    assert!(c.iter().all(|x| x.m.stats().violations == 0));
+    assert_eq!(c[2].m.stats().prefetches, 2);
+}
+
+#[test]
+fn prefetch_leaves_a_quarter_of_the_records_to_faults() {
+    let config = Config {
+        max_active_pages: 4,
+        ..Config::default()
+    };
+    let mut c = cluster(config);
+    // Four records: prefetches may take three (free must stay above 4 / 4 = 1).
+    let outcomes: Vec<Outcome> = (4..8)
+        .map(|p| outcome(&mut c, 2, 1, Input::Prefetch { page: p }).unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::PrefetchStarted,
+            Outcome::PrefetchStarted,
+            Outcome::PrefetchStarted,
+            Outcome::Ignored
+        ]
+    );
+    // The record kept back serves a fault.
+    let a = step(&mut c, 2, 2, fault(0, Access::Read, 1));
+    assert_eq!(sends(&a).len(), 1, "{a:?}");
+}

@@ -94,6 +94,9 @@ pub struct RunArgs {
     /// remote-write, upgrade, pingpong, throughput, prefetch (default: all).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
+    /// Pages per sequential-prefetch trigger in the prefetch row (node 0's `--prefetch`).
+    #[arg(long, default_value_t = 16)]
+    pub prefetch_depth: u32,
     /// Largest number of sharers a remote write invalidates (rows k = 0..=K; K+2 nodes).
     #[arg(long, default_value_t = 2)]
     pub max_sharers: usize,

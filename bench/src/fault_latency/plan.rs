@@ -19,6 +19,9 @@ pub enum PlanError {
     /// Too many sharers for the cluster size limit.
     #[error("--max-sharers {0} is too large: at most 16")]
     Sharers(usize),
+    /// A prefetch depth the data plane does not take.
+    #[error("--prefetch-depth {0} is out of range: use 2 to 64 pages")]
+    PrefetchDepth(u32),
 }
 
 /// One measured scenario.
@@ -50,6 +53,12 @@ pub enum Scenario {
         /// Faulting threads.
         threads: usize,
     },
+    /// One thread reading fresh remote pages front to back with node 0's sequential prefetch
+    /// at `depth` pages: every touch is a sample (hits included), the rate is pages/s.
+    Prefetch {
+        /// Pages per prefetch trigger (`--prefetch` of the node).
+        depth: u32,
+    },
 }
 
 impl Scenario {
@@ -65,6 +74,7 @@ impl Scenario {
             Scenario::Upgrade => "upgrade",
             Scenario::PingPong => "pingpong",
             Scenario::Throughput { .. } => "throughput",
+            Scenario::Prefetch { .. } => "prefetch",
         }
     }
 
@@ -73,6 +83,7 @@ impl Scenario {
         match self {
             Scenario::RemoteWrite { k } => format!("remote-write-k{k}"),
             Scenario::Throughput { threads } => format!("throughput-t{threads}"),
+            Scenario::Prefetch { depth } => format!("prefetch-{depth}"),
             s => s.name().to_string(),
         }
     }
@@ -96,8 +107,6 @@ impl Scenario {
 pub struct Plan {
     /// Scenarios in the order they run.
     pub scenarios: Vec<Scenario>,
-    /// Whether the (unavailable) prefetch row was asked for.
-    pub prefetch_asked: bool,
     /// Pages per latency scenario (samples and warm-up).
     pub samples: usize,
     /// Faults per throughput row.
@@ -122,7 +131,11 @@ impl Plan {
         threads: &[usize],
         samples: usize,
         tp_faults: usize,
+        prefetch_depth: u32,
     ) -> Result<Plan, PlanError> {
+        if !(2..=64).contains(&prefetch_depth) {
+            return Err(PlanError::PrefetchDepth(prefetch_depth));
+        }
         if max_sharers > 16 {
             return Err(PlanError::Sharers(max_sharers));
         }
@@ -175,6 +188,11 @@ impl Plan {
         if want("throughput") {
             scenarios.extend(threads.iter().map(|&t| Scenario::Throughput { threads: t }));
         }
+        if want("prefetch") {
+            scenarios.push(Scenario::Prefetch {
+                depth: prefetch_depth,
+            });
+        }
         let mut nodes = 2;
         let mut local = 0u64;
         let mut remote = 0u64;
@@ -196,11 +214,12 @@ impl Plan {
                     remote += (tp_faults.div_ceil(threads) * threads) as u64;
                 }
                 Scenario::RemoteRead | Scenario::Upgrade => remote += samples as u64,
+                // The scan may prefetch up to `depth` pages past its end: keep them fresh.
+                Scenario::Prefetch { depth } => remote += (tp_faults + depth as usize) as u64,
             }
         }
         Ok(Plan {
             scenarios,
-            prefetch_asked: want("prefetch"),
             samples,
             tp_faults,
             nodes,
@@ -254,10 +273,10 @@ mod tests {
 
     #[test]
     fn plan_sizes_ranges_for_every_scenario() {
-        let p = Plan::new(&[], 2, &[1, 4, 16], 100, 50).unwrap();
+        let p = Plan::new(&[], 2, &[1, 4, 16], 100, 50, 16).unwrap();
         assert_eq!(p.nodes, 4, "k = 2 needs two sharers besides the home");
         assert_eq!(p.scenarios.first(), Some(&Scenario::Floor));
-        assert!(p.prefetch_asked);
+        assert_eq!(p.scenarios.last(), Some(&Scenario::Prefetch { depth: 16 }));
         let labels: Vec<String> = p.scenarios.iter().map(|s| s.label()).collect();
         for l in [
             "remote-write-k0",
@@ -267,25 +286,29 @@ mod tests {
         ] {
             assert!(labels.iter().any(|x| x == l), "{l} missing from {labels:?}");
         }
-        // read, shared, fwd, 3 writes, upgrade = 7 × 100; pingpong 1; throughput 50 + 52 + 64.
-        assert_eq!(p.remote_pages, 700 + 1 + 50 + 52 + 64 + GUARD_PAGES);
+        // read, shared, fwd, 3 writes, upgrade = 7 × 100; pingpong 1; throughput 50 + 52 + 64;
+        // prefetch 50 + 16.
+        assert_eq!(p.remote_pages, 700 + 1 + 50 + 52 + 64 + 66 + GUARD_PAGES);
         assert_eq!(p.local_pages, 100 + GUARD_PAGES);
         assert_eq!(p.memory()[2], 0);
     }
 
     #[test]
     fn selection_and_errors() {
-        let p = Plan::new(&["remote-read".into()], 2, &[1], 10, 10).unwrap();
+        let p = Plan::new(&["remote-read".into()], 2, &[1], 10, 10, 16).unwrap();
         assert_eq!(p.scenarios, vec![Scenario::RemoteRead]);
         assert_eq!(p.nodes, 2);
-        assert!(!p.prefetch_asked);
         assert_eq!(
-            Plan::new(&["nope".into()], 2, &[1], 10, 10).unwrap_err(),
+            Plan::new(&["nope".into()], 2, &[1], 10, 10, 16).unwrap_err(),
             PlanError::Unknown("nope".into())
         );
         assert_eq!(
-            Plan::new(&[], 2, &[0], 10, 10).unwrap_err(),
+            Plan::new(&[], 2, &[0], 10, 10, 16).unwrap_err(),
             PlanError::Threads(0)
+        );
+        assert_eq!(
+            Plan::new(&[], 2, &[1], 10, 10, 1).unwrap_err(),
+            PlanError::PrefetchDepth(1)
         );
     }
 

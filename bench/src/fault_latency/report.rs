@@ -27,6 +27,17 @@ pub struct ScenarioResult {
     pub breakdown: Option<Breakdown>,
     /// Percent of the machine's CPU time other processes used while this was measured.
     pub others_pct: f64,
+    /// What node 0 counted during a prefetch row.
+    pub prefetch: Option<PrefetchCounts>,
+}
+
+/// Node 0's counters over a prefetch row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefetchCounts {
+    /// Remote read faults node 0 served (touches that found no page mapped).
+    pub faults: u64,
+    /// Read requests its prefetch issued.
+    pub requests: u64,
 }
 
 impl ScenarioResult {
@@ -38,8 +49,12 @@ impl ScenarioResult {
         self.lat.count() as f64 * 1e9 / self.measured_ns as f64
     }
 
-    /// p50 relative to the floor's p50.
+    /// p50 relative to the floor's p50 (none for a prefetch row, whose samples are mostly
+    /// hits, not faults).
     pub fn floor_ratio(&self, floor: Option<&ScenarioResult>) -> Option<f64> {
+        if self.prefetch.is_some() {
+            return None;
+        }
         let f = floor?.lat.percentile(50.0);
         (f > 0).then(|| self.lat.percentile(50.0) as f64 / f as f64)
     }
@@ -87,7 +102,7 @@ pub fn row(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
 }
 
 /// The table of one axis point (rows in run order), with its heading.
-pub fn table(heading: &str, rows: &[ScenarioResult], prefetch_note: bool) -> String {
+pub fn table(heading: &str, rows: &[ScenarioResult]) -> String {
     let floor = rows.iter().find(|r| r.scenario == Scenario::Floor);
     let mut s = String::new();
     let _ = writeln!(s, "{heading}");
@@ -95,12 +110,21 @@ pub fn table(heading: &str, rows: &[ScenarioResult], prefetch_note: bool) -> Str
     for r in rows {
         let _ = writeln!(s, "{}", row(r, floor));
     }
-    if prefetch_note {
-        let _ = writeln!(
-            s,
-            "prefetch           not measured: the data plane has no multi-page request yet \
-             (see docs/benchmarks.md); throughput-tN rows are the measured alternative"
-        );
+    for r in rows {
+        if let Some(c) = r.prefetch {
+            let pages = r.lat.count();
+            let _ = writeln!(
+                s,
+                "{}: every touch is a sample (faults/s is pages/s): {:.0} pages/s; {} of {} \
+                 touches faulted (1 per {:.1} pages), {} prefetch requests",
+                r.scenario.label(),
+                r.faults_per_s(),
+                c.faults,
+                pages,
+                pages as f64 / c.faults.max(1) as f64,
+                c.requests
+            );
+        }
     }
     s
 }
@@ -147,6 +171,15 @@ pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
             .map_or("null".to_string(), |x| format!("{x:.3}")),
         r.others_pct,
     );
+    if let Some(c) = r.prefetch {
+        let _ = write!(
+            s,
+            ",\"pages_per_s\":{:.1},\"faults\":{},\"prefetch_requests\":{}",
+            r.faults_per_s(),
+            c.faults,
+            c.requests
+        );
+    }
     if let Some(b) = &r.breakdown {
         let mut entries: Vec<String> = STEP_KEYS
             .iter()
@@ -172,15 +205,6 @@ pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
     s
 }
 
-/// The JSON object printed when prefetch was asked for but cannot be measured.
-pub fn json_unavailable(scenario: &str, why: &str) -> String {
-    format!(
-        "{{\"scenario\":{},\"unavailable\":{}}}",
-        json_str(scenario),
-        json_str(why)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +223,7 @@ mod tests {
             measured_ns,
             breakdown: None,
             others_pct: 0.0,
+            prefetch: None,
         }
     }
 
@@ -209,10 +234,23 @@ mod tests {
         assert_eq!(rr.faults_per_s(), 20_000.0);
         let ratio = rr.floor_ratio(Some(&floor)).unwrap();
         assert!((ratio - 1.5).abs() < 0.01, "{ratio}");
-        let t = table("run", &[floor.clone(), rr.clone()], true);
+        let mut pf = result(Scenario::Prefetch { depth: 16 }, &[100; 64], 1_000_000);
+        pf.prefetch = Some(PrefetchCounts {
+            faults: 4,
+            requests: 60,
+        });
+        let t = table("run", &[floor.clone(), rr.clone(), pf.clone()]);
         assert!(t.contains("remote-read"), "{t}");
         assert!(t.contains("1.50"), "{t}");
-        assert!(t.contains("prefetch"), "{t}");
+        assert!(
+            t.contains("prefetch-16: every touch is a sample (faults/s is pages/s): 64000 pages/s; 4 of 64 touches faulted (1 per 16.0 pages), 60 prefetch requests"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&pf, Some(&floor))).unwrap();
+        assert_eq!(v["faults"], 4);
+        assert_eq!(v["prefetch_requests"], 60);
+        assert_eq!(v["pages_per_s"], 64000.0);
+        assert!(v["floor_ratio"].is_null(), "{v}");
         let j = json(&rr, Some(&floor));
         assert!(j.starts_with("{\"scenario\":\"remote-read\""), "{j}");
         assert!(j.contains("\"count\":20,"), "{j}");

@@ -97,6 +97,7 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
         &a.threads,
         samples + warmup(samples),
         a.tp_faults(),
+        a.prefetch_depth,
     )?;
     let fault_cpus =
         cpulist::parse(&a.placement.fault_cpus).map_err(|e| RunError::Cpus(e.to_string()))?;
@@ -248,6 +249,7 @@ impl PointLabels {
             measured_ns: rec.measured_ns(),
             breakdown,
             others_pct: 0.0,
+            prefetch: rec.prefetch,
         }
     }
 }
@@ -343,7 +345,7 @@ fn run_point(
             ""
         },
     );
-    print_point(a, plan, p, &heading, &rows);
+    print_point(a, p, &heading, &rows);
     Ok((rows, failed))
 }
 
@@ -434,6 +436,7 @@ fn cluster_rows(
         for &s in plan.scenarios.iter().filter(|s| s.needs_cluster()) {
             let total = match s {
                 Scenario::Throughput { threads } => plan.tp_faults.div_ceil(threads) * threads,
+                Scenario::Prefetch { .. } => plan.tp_faults,
                 _ => a.samples(),
             };
             progress.begin(
@@ -485,14 +488,8 @@ fn cluster_breakdown(
 }
 
 /// Prints one axis point: the table, the breakdowns, and the JSON lines.
-fn print_point(
-    a: &RunArgs,
-    plan: &Plan,
-    p: &AxisPoint<'_>,
-    heading: &str,
-    rows: &[ScenarioResult],
-) {
-    let mut out = report::table(heading, rows, plan.prefetch_asked);
+fn print_point(a: &RunArgs, p: &AxisPoint<'_>, heading: &str, rows: &[ScenarioResult]) {
+    let mut out = report::table(heading, rows);
     for r in rows {
         if let Some(b) = &r.breakdown {
             out.push('\n');
@@ -512,15 +509,6 @@ fn print_point(
         let floor = rows.iter().find(|r| r.scenario == Scenario::Floor);
         for r in rows {
             println!("{}", report::json(r, floor));
-        }
-        if plan.prefetch_asked {
-            println!(
-                "{}",
-                report::json_unavailable(
-                    "prefetch",
-                    "the data plane has no multi-page request; see docs/benchmarks.md"
-                )
-            );
         }
     }
 }

@@ -10,11 +10,13 @@ use std::sync::Barrier;
 use dataplane::clock::now_ns;
 use dataplane::histlog::HistLog;
 use dataplane::node::Node;
+use dataplane::stats::{FaultKind, Locality};
 use thiserror::Error;
 
 use super::cluster::{Cluster, ClusterError};
 use super::plan::{PageCursor, Scenario};
 use super::progress::Progress;
+use super::report::PrefetchCounts;
 use super::stamp;
 use crate::Latency;
 
@@ -74,6 +76,8 @@ pub struct Recorder<'a> {
     unreported: u64,
     active_since: Option<u64>,
     measured_ns: u64,
+    /// Node 0's counters over a prefetch row.
+    pub prefetch: Option<PrefetchCounts>,
 }
 
 impl<'a> Recorder<'a> {
@@ -95,6 +99,7 @@ impl<'a> Recorder<'a> {
             unreported: 0,
             active_since: None,
             measured_ns: 0,
+            prefetch: None,
         }
     }
 
@@ -337,6 +342,14 @@ impl<'c> Ctx<'c> {
                 self.timed_begins()?;
                 self.pingpong_loop(s, page)?
             }
+            Scenario::Prefetch { depth } => {
+                let n = self.tp_faults;
+                // `depth` more pages stay fresh past the end: the scan prefetches into them.
+                let first = self.fresh(s, true, n + depth as usize)?;
+                self.cluster.helper(1).call(&format!("write {first} {n}"))?;
+                self.timed_begins()?;
+                self.prefetch_scan(s, first, n, depth)
+            }
             Scenario::Throughput { threads } => {
                 let per = self.tp_faults.div_ceil(threads);
                 let first = self.fresh(s, true, per * threads)?;
@@ -513,6 +526,59 @@ impl<'c> Ctx<'c> {
             .expect("the faulting thread does not panic")
         })?;
         Ok((rec, wrong))
+    }
+
+    /// One thread reads `n` fresh remote pages in order with node 0's prefetch at `depth`;
+    /// every touch is timed (a hit takes tens of ns, a miss a fault), the rate is pages/s.
+    fn prefetch_scan(&self, s: Scenario, first: u64, n: usize, depth: u32) -> (Recorder<'c>, u64) {
+        let mut rec = self.recorder(s, n);
+        let node = &*self.cluster.node;
+        let cpu = self.fault_cpus[0];
+        let counts = || {
+            let st = node.stats();
+            PrefetchCounts {
+                faults: dataplane::summary::served(st, FaultKind::Read, Locality::Remote),
+                requests: st
+                    .iter()
+                    .map(|x| x.proto.prefetches.load(Ordering::Relaxed))
+                    .sum(),
+            }
+        };
+        // The shards publish their protocol counters every few turns and whenever idle:
+        // give them a moment before reading, on both sides of the scan.
+        let settle = || std::thread::sleep(std::time::Duration::from_millis(20));
+        settle();
+        let before = counts();
+        node.state().set_prefetch(depth);
+        let (wrong, wall) = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                pin(cpu);
+                let mut wrong = 0;
+                let start = now_ns();
+                for i in 0..n as u64 {
+                    let p = first + i;
+                    let (v, t0, t1) = timed_read(node, p);
+                    rec.record(p, t0, t1);
+                    if v != stamp(1, p) {
+                        wrong += 1;
+                    }
+                }
+                let wall = now_ns() - start;
+                rec.finish(wall);
+                (wrong, wall)
+            })
+            .join()
+            .expect("the faulting thread does not panic")
+        });
+        node.state().set_prefetch(0);
+        settle();
+        let after = counts();
+        rec.set_measured_ns(wall);
+        rec.prefetch = Some(PrefetchCounts {
+            faults: after.faults - before.faults,
+            requests: after.requests - before.requests,
+        });
+        (rec, wrong)
     }
 
     /// `threads` threads, each reading its own `per` fresh pages as fast as it can.

@@ -128,6 +128,10 @@ pub struct NodeArgs {
     /// 0x hex; repeatable, up to 16): one log event per step with its transaction id.
     #[arg(long = "trace-page")]
     pub trace_pages: Vec<String>,
+    /// Sequential prefetch: a remote read miss that continues a run of pages also requests
+    /// the next N-1 pages (up to 64; 0 or 1: off). See docs/tuning.md.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub prefetch: u32,
     /// Address space to reserve for growth (nodes joining), e.g. 1T.
     #[arg(long, default_value = "256G")]
     pub max_address_space: String,

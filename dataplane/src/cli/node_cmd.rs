@@ -125,6 +125,7 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
     cfg.protocol.residency_ns = a.residency_us * 1000;
     cfg.max_address_space = max_space;
+    cfg.prefetch = a.prefetch;
     for t in &a.trace_pages {
         let gpa = match t
             .strip_prefix("0x")

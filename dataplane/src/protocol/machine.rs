@@ -52,6 +52,14 @@ pub enum Input {
     },
     /// Membership declared `node` dead.
     NodeDead(NodeId),
+    /// Fetch a read-only copy of `page` ahead of any fault (sequential prefetch). Only a page
+    /// homed elsewhere, not held, with no activity, and only while a quarter of the page
+    /// records stay free for faults; otherwise ignored. The request is an ordinary read
+    /// transaction, so the copy is an ordinary replica at the home.
+    Prefetch {
+        /// Page number.
+        page: u64,
+    },
 }
 
 /// Why an eviction was refused.
@@ -82,6 +90,8 @@ pub enum Outcome {
     EvictStarted,
     /// The eviction was refused.
     EvictRefused(EvictRefusal),
+    /// The prefetch request went out.
+    PrefetchStarted,
 }
 
 /// Errors of [`Machine::new`] and [`Machine::step`].
@@ -299,6 +309,7 @@ impl Machine {
             }
             Input::Evict { page } => self.on_evict(page, out),
             Input::NodeDead(node) => self.on_node_dead(node, out),
+            Input::Prefetch { page } => self.on_prefetch(page, out),
         };
         match (res, self.violation.take()) {
             (Ok(_), Some((what, page))) => Err(StepError::Violation { what, page }),

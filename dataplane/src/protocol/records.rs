@@ -256,6 +256,10 @@ impl Records {
         self.timers.peek().map(|Reverse((at, _, _))| *at)
     }
 
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     pub(crate) fn all_free(&self) -> bool {
         self.free.len() == self.recs.len()
     }

@@ -60,6 +60,39 @@ impl Machine {
         Ok(Outcome::Done)
     }
 
+    pub(crate) fn on_prefetch(
+        &mut self,
+        page: u64,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        let li = self.local_index(page)?;
+        let home = self.layout.home_of(page)?;
+        let idle =
+            self.local[li].access() == PageAccess::Invalid && self.local[li].record().is_none();
+        // Faults keep a quarter of the records: a prefetch never makes one wait.
+        let spare = self.recs.free_count() > self.recs.recs.len() / 4;
+        if home == self.me || self.dead.contains(home) || !idle || !spare {
+            return Ok(Outcome::Ignored);
+        }
+        let Some(ri) = self.rec_alloc(li, page) else {
+            return Ok(Outcome::Ignored);
+        };
+        // A read with no waiter: the reply installs a read-only replica and frees the record
+        // (after its hold); a fault arriving meanwhile joins it like any coalesced fault; a
+        // busy refusal drops it (the retry finds no waiter to issue for).
+        let txn = self.fresh_txn();
+        self.stats.requests += 1;
+        self.stats.prefetches += 1;
+        let r = self.rec_mut(ri);
+        r.req = Req::Pending {
+            kind: ReqKind::Read,
+            txn,
+        };
+        r.recalled = false;
+        self.send(home, Msg::ReadReq { txn, page }, None, out);
+        Ok(Outcome::PrefetchStarted)
+    }
+
     pub(crate) fn on_evict(&mut self, page: u64, out: &mut Actions) -> Result<Outcome, StepError> {
         let li = self.local_index(page)?;
         let home = self.layout.home_of(page)?;

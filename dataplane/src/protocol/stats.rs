@@ -11,6 +11,8 @@ pub struct Stats {
     pub faults_busy: u64,
     /// Requests issued (remote or to the local directory).
     pub requests: u64,
+    /// Read requests issued ahead of any fault ([`super::Input::Prefetch`]).
+    pub prefetches: u64,
     /// Requests re-issued after a busy refusal.
     pub retries: u64,
     /// Transactions started at this home.

@@ -141,6 +141,8 @@ pub struct Shard<T: Transport> {
     mailbox: Arc<Mailbox>,
     turns_since_publish: u32,
     traced: Vec<u64>,
+    /// The page of this shard's last remote read miss (sequential-prefetch trigger).
+    last_miss: u64,
 }
 
 impl<T: Transport> std::fmt::Debug for Shard<T> {
@@ -198,6 +200,7 @@ impl<T: Transport> Shard<T> {
             mailbox: s.mailbox,
             turns_since_publish: 0,
             traced: s.traced,
+            last_miss: u64::MAX,
         })
     }
 
@@ -379,7 +382,7 @@ impl<T: Transport> Shard<T> {
     /// the transaction id that correlates the steps of one fault across nodes.
     fn trace(&self, input: &Input, from: Option<NodeId>) {
         let page = match *input {
-            Input::Fault { page, .. } | Input::Evict { page } => page,
+            Input::Fault { page, .. } | Input::Evict { page } | Input::Prefetch { page } => page,
             Input::Message { msg, .. } => msg.page(),
             Input::Tick | Input::NodeDead(_) => {
                 // Not about one page: trace it when its actions touch a traced page.
@@ -597,9 +600,12 @@ impl<T: Transport> Shard<T> {
         else {
             return;
         };
-        match self.machine.layout().home_of(page) {
-            Ok(h) if h == self.me => self.io.stats.heat.record(page, self.me.get()),
-            Ok(_) => {}
+        let remote = match self.machine.layout().home_of(page) {
+            Ok(h) if h == self.me => {
+                self.io.stats.heat.record(page, self.me.get());
+                false
+            }
+            Ok(_) => true,
             Err(_) => {
                 // Beyond the address space (a stray pointer into the reserved region): the
                 // toucher gets SIGBUS instead of waiting forever.
@@ -615,7 +621,7 @@ impl<T: Transport> Shard<T> {
                     .poison(addr, 4096, uffd_poller::PoisonMode::empty());
                 return;
             }
-        }
+        };
         if let Some(Outcome::Busy) = self.step(
             Input::Fault {
                 page,
@@ -626,6 +632,40 @@ impl<T: Transport> Shard<T> {
             None,
         ) {
             self.defer(m);
+            return;
+        }
+        if remote && access == Access::Read {
+            self.prefetch_after(page);
+        }
+    }
+
+    /// Sequential prefetch: a remote read miss on `page` whose predecessor in this shard's
+    /// partition missed just before or is held also requests the next `depth - 1` pages of
+    /// the partition. Their requests leave in this turn's flush with the fault's own.
+    /// Each is an ordinary read transaction (see `Input::Prefetch`); pages held, busy or
+    /// homed here are skipped, and a quarter of the protocol records stay for faults.
+    fn prefetch_after(&mut self, page: u64) {
+        let depth = self.state.prefetch();
+        let stride = u64::from(self.count);
+        let prev = page.checked_sub(stride);
+        let sequential = prev.is_some_and(|q| {
+            q == self.last_miss
+                || matches!(
+                    self.machine.local_access(q),
+                    Some(PageAccess::ReadOnly | PageAccess::Writable)
+                )
+        });
+        self.last_miss = page;
+        if depth <= 1 || !sequential || self.evict_cursor.is_some() {
+            return;
+        }
+        let end = self.machine.layout().end_page();
+        for k in 1..u64::from(depth) {
+            let q = page + k * stride;
+            if q >= end {
+                break;
+            }
+            self.step(Input::Prefetch { page: q }, None, None);
         }
     }
 

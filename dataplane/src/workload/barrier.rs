@@ -48,4 +48,17 @@ impl Barrier {
         self.arrive(slot);
         self.wait_for(slot);
     }
+
+    /// A barrier used once per round: arrives at `slot` and waits until every party has
+    /// arrived `round + 1` times.
+    pub(crate) fn wait_round(&self, slot: u64, round: u64) {
+        self.arrive(slot);
+        let c = self.mem.atomic64(self.page, (slot * 8) as usize);
+        let want = self.parties * (round + 1);
+        let mut pause = Duration::from_micros(20);
+        while c.load(SeqCst) < want {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
 }

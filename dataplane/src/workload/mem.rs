@@ -146,6 +146,13 @@ impl Plan {
         (idx < count).then_some(first + idx)
     }
 
+    /// Page `i` of the `h`-th home's range (contiguous within the home; page 0 of the range
+    /// is left out, as in [`Plan::page`]). `None` beyond the range.
+    pub fn run_page(&self, h: usize, i: u64) -> Option<u64> {
+        let &(_, first, count) = self.homes.get(h)?;
+        (1 + i < count).then_some(first + 1 + i)
+    }
+
     /// The home node of the `k`-th data page.
     pub fn home_of(&self, k: u64) -> u16 {
         self.homes[(k % self.homes.len() as u64) as usize].0

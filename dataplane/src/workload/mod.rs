@@ -11,6 +11,7 @@ pub(crate) mod barrier;
 mod counters;
 pub mod mem;
 mod pingpong;
+mod scan;
 mod seqs;
 mod share;
 mod spinlock;
@@ -38,6 +39,9 @@ pub enum Kind {
     PingPong,
     /// Read sharing of a table, then contended atomics: the demo.
     Demo,
+    /// Rounds of writing a table spread over every home, then scanning it front to back on
+    /// every worker (sequential remote misses: what `--prefetch` is for) → no stale page.
+    Scan,
     /// Writes to pages only this node touches, until killed (the failure drill's victim).
     Private,
 }
@@ -52,11 +56,12 @@ impl std::str::FromStr for Kind {
             "seqs" => Kind::Seqs,
             "pingpong" => Kind::PingPong,
             "demo" => Kind::Demo,
+            "scan" => Kind::Scan,
             "private" => Kind::Private,
             _ => {
                 return Err(format!(
-                    "unknown workload {s:?}: use counters, lock, seqs, pingpong, demo or private"
-                ))
+                "unknown workload {s:?}: use counters, lock, seqs, pingpong, demo, scan or private"
+            ))
             }
         })
     }
@@ -71,6 +76,7 @@ impl Kind {
             Kind::Seqs => "seqs",
             Kind::PingPong => "pingpong",
             Kind::Demo => "demo",
+            Kind::Scan => "scan",
             Kind::Private => "private",
         }
     }
@@ -172,6 +178,9 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
         ops: spec.ops,
     };
     let barrier = Barrier::new(mem, BARRIER_PAGE, ctx.parties);
+    if spec.kind == Kind::Scan {
+        scan::check(&ctx)?;
+    }
 
     // Set-up by the first participant, then everyone starts together.
     if rank == 0 {
@@ -195,6 +204,7 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
                         Kind::Lock => spinlock::work(ctx, w),
                         Kind::Seqs => seqs::work(ctx, w),
                         Kind::PingPong => pingpong::work(ctx, w),
+                        Kind::Scan => scan::work(ctx, w),
                         Kind::Demo => {
                             let shared = share::work(ctx, w);
                             let c = counters::work(ctx, w);
@@ -221,6 +231,7 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
         Kind::Lock => spinlock::verify(&ctx, outcome, work_time),
         Kind::Seqs => seqs::verify(&ctx, outcome, work_time),
         Kind::PingPong => pingpong::verify(&ctx, outcome, work_time),
+        Kind::Scan => scan::verify(&ctx, &outcome, work_time),
         Kind::Demo => {
             let a = share::verify(&ctx, &outcome);
             let b = counters::verify(&ctx, outcome, work_time);
@@ -269,6 +280,14 @@ pub(crate) struct WorkerResult {
     pub writes: Vec<(u64, u64)>,
     /// Reads checked.
     pub reads: u64,
+}
+
+impl Ctx<'_> {
+    /// A barrier every worker of every participant arrives at (the run's own barrier counts
+    /// nodes).
+    pub(crate) fn worker_barrier(&self) -> Barrier {
+        Barrier::new(self.mem, BARRIER_PAGE, self.parties * self.workers)
+    }
 }
 
 impl WorkerResult {

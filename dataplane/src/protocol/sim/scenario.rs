@@ -79,6 +79,9 @@ pub(crate) struct Scenario {
     pub(crate) crashes: Vec<(usize, u64)>,
     pub(crate) detect_max_ns: u64,
     pub(crate) bug: Option<Bug>,
+    /// Sequential-prefetch depth: a read fault on page `p` also prefetches `p+1 ..
+    /// p+depth-1` (0: off).
+    pub(crate) prefetch: u32,
 }
 
 impl Scenario {
@@ -190,6 +193,15 @@ impl Scenario {
             crashes,
             detect_max_ns: rng.gen_range(1_000..=300_000),
             bug: None,
+            // Its own stream, so the rest of each seed's scenario stays what it was.
+            prefetch: {
+                let mut r = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+                if r.gen_bool(0.4) {
+                    r.gen_range(2..=4)
+                } else {
+                    0
+                }
+            },
         }
     }
 
@@ -213,7 +225,7 @@ impl Scenario {
         format!(
             "family={:?} nodes={} contrib={:?} base_page={} shards={:?} threads={} profile={:?} \
              write%={} ops={} evict%={} residency={}ns pingpong={}ns pools(rec={},wait={},wpp={},txn={}) \
-             fifo_per_page={} delay_max={}ns slow%={} crashes={:?} bug={:?}",
+             fifo_per_page={} delay_max={}ns slow%={} crashes={:?} prefetch={} bug={:?}",
             self.family,
             self.contrib.len(),
             self.contrib,
@@ -234,6 +246,7 @@ impl Scenario {
             self.delay_max_ns,
             self.slow_pct,
             self.crashes,
+            self.prefetch,
             self.bug,
         )
     }

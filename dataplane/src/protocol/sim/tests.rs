@@ -17,6 +17,8 @@ fn sim_mixed_clusters() {
             "only {} steps",
             s.totals.steps
         );
+        // Sequential prefetch (an ordinary read with no waiter) is part of the mix.
+        assert!(s.totals.prefetches > 0, "no prefetch was issued");
     }
 }
 
@@ -30,6 +32,9 @@ fn sim_sharded_instances() {
 fn sim_compute_node_crashes() {
     let s = run_family("sim_compute_node_crashes", Family::Crash, 1_500, 3_000_000);
     assert!(s.totals.steps > s.seeds);
+    if !replaying() {
+        assert!(s.totals.prefetches > 0, "no prefetch was issued");
+    }
     if !replaying() {
         // The failure paths were taken, not just scheduled.
         assert!(s.totals.lost > 0 && s.totals.recalls > 0, "{:?}", s.totals);

@@ -22,7 +22,9 @@ pub(crate) struct Entry {
 impl Entry {
     fn pages(&self) -> impl Iterator<Item = u64> + '_ {
         let input_page = match self.input {
-            Input::Fault { page, .. } | Input::Evict { page } => Some(page),
+            Input::Fault { page, .. } | Input::Evict { page } | Input::Prefetch { page } => {
+                Some(page)
+            }
             Input::Message { msg, .. } => Some(msg.page()),
             Input::Tick | Input::NodeDead(_) => None,
         };

@@ -69,6 +69,8 @@ pub(crate) struct RunStats {
     pub(crate) deferred: u64,
     pub(crate) recalls: u64,
     pub(crate) evictions: u64,
+    /// Prefetch requests issued.
+    pub(crate) prefetches: u64,
     /// Events the run took to drain after its last operation.
     pub(crate) drain_events: u64,
     /// Messages sent, by variant (coverage).
@@ -87,6 +89,7 @@ impl Default for RunStats {
             deferred: 0,
             recalls: 0,
             evictions: 0,
+            prefetches: 0,
             drain_events: 0,
             by_kind: [0; KINDS],
         }
@@ -494,6 +497,7 @@ impl World {
                 self.stats.ping_pong += s.ping_pong;
                 self.stats.deferred += s.deferred;
                 self.stats.recalls += s.recalls;
+                self.stats.prefetches += s.prefetches;
                 self.stats.lost += s.pages_lost;
                 self.stats.evictions += s.evictions_clean + s.evictions_dirty;
             }
@@ -561,9 +565,9 @@ impl World {
             }
         }
         let input_page = match input {
-            super::super::Input::Fault { page, .. } | super::super::Input::Evict { page } => {
-                Some(page)
-            }
+            super::super::Input::Fault { page, .. }
+            | super::super::Input::Evict { page }
+            | super::super::Input::Prefetch { page } => Some(page),
             super::super::Input::Message { msg, .. } => Some(msg.page()),
             _ => None,
         };
@@ -575,8 +579,11 @@ impl World {
             )
         })?;
         self.trace.set_outcome(outcome);
-        if outcome == Outcome::Busy {
-            // A local refusal the thread retries: keep it out of the trace.
+        let skipped_prefetch =
+            matches!(input, super::super::Input::Prefetch { .. }) && outcome == Outcome::Ignored;
+        if outcome == Outcome::Busy || skipped_prefetch {
+            // A local refusal the thread retries, or a prefetch with nothing to do: keep it
+            // out of the trace; it is not progress.
             self.trace.drop_last();
         } else {
             self.progress += 1;

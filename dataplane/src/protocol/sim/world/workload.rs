@@ -82,6 +82,17 @@ impl World {
             None,
             false,
         )?;
+        if out != Outcome::Busy && !write {
+            for k in 1..u64::from(self.sc.prefetch) {
+                let q = p as u64 + k;
+                if q >= self.pages as u64 {
+                    break;
+                }
+                let qpage = self.base + q;
+                let qi = self.inst_of(n, qpage);
+                self.step(n, qi, Input::Prefetch { page: qpage }, None, false)?;
+            }
+        }
         if out == Outcome::Busy {
             // Back off exponentially, as a data plane retrying a refused
             // fault would, so tiny pools do not turn into busy loops.
