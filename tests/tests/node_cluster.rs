@@ -200,7 +200,8 @@ fn histogram_dump_matches_the_served_faults() {
 /// Sequential prefetch (`--prefetch 16`): rounds of writing a table spread over every home
 /// and scanning it front to back on every worker. The scans must prefetch, and no page may
 /// ever show an earlier round's contents (a prefetched replica that missed its
-/// invalidation would). Node 2 runs two shards, so prefetch also runs per partition.
+/// invalidation would). Node 2 runs two shards, so prefetch also runs per partition; node 1
+/// sends its pages zero-copy (`--zero-copy`), the others with vectored copying sends.
 #[test]
 fn sequential_scans_with_prefetch_never_read_stale_pages() {
     let dir = scratch_dir("scan");
@@ -211,6 +212,9 @@ fn sequential_scans_with_prefetch_never_read_stale_pages() {
         if id == 2 {
             let i = a.iter().position(|x| x == "--cores").expect("cores arg");
             a[i + 1] = "0-1".into();
+        }
+        if id == 1 {
+            a.push("--zero-copy".into());
         }
         NodeOpts::new(id, &a.iter().map(String::as_str).collect::<Vec<_>>())
     };

@@ -72,6 +72,10 @@ pub struct NodeArgs {
     /// Transport: auto (io_uring when it works here), uring, fallback (epoll).
     #[arg(long, default_value = "auto")]
     pub transport: TransportKind,
+    /// Send page payloads with io_uring SEND_ZC. Off by default: for 4 KiB pages one copying
+    /// vectored send per flush is cheaper (docs/wire.md); try it with a NIC that benefits.
+    #[arg(long)]
+    pub zero_copy: bool,
     /// File holding the cluster secret (at least 16 bytes; the same on every node).
     #[arg(long)]
     pub cluster_secret_file: Option<PathBuf>,

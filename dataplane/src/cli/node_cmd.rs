@@ -122,6 +122,7 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.pin = !a.no_pin;
     cfg.idle = s.idle;
     cfg.transport = a.transport;
+    cfg.zero_copy = a.zero_copy;
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
     cfg.protocol.residency_ns = a.residency_us * 1000;
     cfg.max_address_space = max_space;
