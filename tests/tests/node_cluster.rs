@@ -236,3 +236,57 @@ fn sequential_scans_with_prefetch_never_read_stale_pages() {
     assert!(prefetched > 100, "only {prefetched} prefetch requests");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--hist-interval 1` writes the HDR log on a timer while the node runs (here while it
+/// lingers after its workload), one interval per tick, next to the dump at exit.
+#[test]
+fn histogram_log_is_also_written_on_a_timer() {
+    let dir = scratch_dir("hist-timer");
+    let s = secret_file(&dir, "secret", 14);
+    let log = dir.join("node0.hlog");
+    let mk = |id: u16| {
+        let mut a = common(id, &s, "seqs", 5_000);
+        if id == 0 {
+            a.extend([
+                "--hist-dump".into(),
+                log.display().to_string(),
+                "--hist-interval".into(),
+                "1".into(),
+                "--linger-secs".into(),
+                "4".into(),
+            ]);
+        }
+        NodeOpts::new(id, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let procs = launch(&[mk(0), mk(1)]);
+    assert!(
+        procs[0].wait_for_output("serving for 4 more seconds", Duration::from_secs(120)),
+        "{}",
+        procs[0].output()
+    );
+    // Written by the timer while the node still runs (no signal, no exit yet).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !log.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(log.exists(), "no log written by the timer");
+    assert!(
+        !procs[0].output().contains("histograms written"),
+        "the node already exited:\n{}",
+        procs[0].output()
+    );
+    let r = wait_all(procs, TIMEOUT);
+    assert_all_ok(&r);
+    let text = std::fs::read_to_string(&log).expect("log text");
+    // Interval lines start with a timestamp; the run plus four seconds of lingering give
+    // several intervals of the same series.
+    let intervals = text
+        .lines()
+        .filter(|l| l.starts_with("Tag=read-remote,"))
+        .count();
+    assert!(
+        intervals >= 3,
+        "only {intervals} read-remote intervals:\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

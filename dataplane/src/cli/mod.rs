@@ -142,6 +142,10 @@ pub struct NodeArgs {
     /// Write HDR histogram interval logs of fault service times here at exit and on SIGUSR1.
     #[arg(long)]
     pub hist_dump: Option<PathBuf>,
+    /// With --hist-dump: also record an interval (and rewrite the file) every this many
+    /// seconds (0: only at exit and on SIGUSR1).
+    #[arg(long, default_value_t = 0, requires = "hist_dump")]
+    pub hist_interval: u64,
     /// Run a built-in workload, check its result and exit: counters, lock, seqs, pingpong,
     /// demo, private.
     #[arg(long, conflicts_with = "guest")]

@@ -251,11 +251,13 @@ pub fn run(a: NodeArgs) -> i32 {
     };
     let mut worker = worker;
     let mut code = 0;
+    let mut dumps = DumpTimer {
+        every: (a.hist_interval > 0).then(|| Duration::from_secs(a.hist_interval)),
+        last: std::time::Instant::now(),
+    };
     loop {
         std::thread::sleep(Duration::from_millis(10));
-        if signals::take_dump_request() {
-            dump(&mut hlog, &node);
-        }
+        dumps.tick(&mut hlog, &node);
         if node.state().cluster_stop_requested() {
             tracing::info!("stopping: asked by the control plane");
             // Let the answer to the API request that stopped the cluster, and the stop
@@ -302,6 +304,7 @@ pub fn run(a: NodeArgs) -> i32 {
             && !node.state().cluster_stop_requested()
         {
             std::thread::sleep(Duration::from_millis(20));
+            dumps.tick(&mut hlog, &node);
         }
     }
     node.state().expect_departures();
@@ -475,6 +478,30 @@ fn print_report(me: u16, label: &str, r: Result<workload::Report, String>) -> i3
             tracing::info!("{label}: error: {e}");
             EXIT_FAILED
         }
+    }
+}
+
+/// When the histogram log gets its next interval: on SIGUSR1, and every `--hist-interval`.
+struct DumpTimer {
+    every: Option<Duration>,
+    last: std::time::Instant,
+}
+
+impl DumpTimer {
+    fn tick(&mut self, hlog: &mut Option<HistLog>, node: &Node) {
+        if signals::take_dump_request() {
+            dump(hlog, node);
+        } else if self.every.is_some_and(|d| self.last.elapsed() >= d) {
+            // Timer dumps log only their failures.
+            if let Some(h) = hlog {
+                if let Err(e) = h.dump(&summary::series(node.stats())) {
+                    tracing::warn!("{e}");
+                }
+            }
+        } else {
+            return;
+        }
+        self.last = std::time::Instant::now();
     }
 }
 
