@@ -369,16 +369,22 @@ impl<'c> Ctx<'c> {
         Ok(rec)
     }
 
+    /// What a single-threaded latency loop needs: its CPU, the warm-up samples, and the
+    /// pages it touches in all (warm-up included).
+    fn single_thread(&self) -> (usize, u64, u64) {
+        (
+            self.fault_cpus[0],
+            self.warmup as u64,
+            (self.samples + self.warmup) as u64,
+        )
+    }
+
     /// One thread reads `n` fresh pages; `writer` is the node whose stamp they must hold
     /// (`None`: never written, so zero).
     fn read_loop(&self, s: Scenario, first: u64, writer: Option<u16>) -> (Recorder<'c>, u64) {
         let mut rec = self.recorder(s, self.samples);
-        let (node, cpu, warmup, n) = (
-            &*self.cluster.node,
-            self.fault_cpus[0],
-            self.warmup as u64,
-            (self.samples + self.warmup) as u64,
-        );
+        let node = &*self.cluster.node;
+        let (cpu, warmup, n) = self.single_thread();
         let wrong = std::thread::scope(|sc| {
             sc.spawn(|| {
                 pin(cpu);
@@ -407,12 +413,8 @@ impl<'c> Ctx<'c> {
 
     fn write_loop(&self, s: Scenario, first: u64) -> (Recorder<'c>, u64) {
         let mut rec = self.recorder(s, self.samples);
-        let (node, cpu, warmup, n) = (
-            &*self.cluster.node,
-            self.fault_cpus[0],
-            self.warmup as u64,
-            (self.samples + self.warmup) as u64,
-        );
+        let node = &*self.cluster.node;
+        let (cpu, warmup, n) = self.single_thread();
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 pin(cpu);
@@ -437,12 +439,8 @@ impl<'c> Ctx<'c> {
     /// Reads a batch of pages (a replica each, untimed), then times a write to each.
     fn upgrade_loop(&self, s: Scenario, first: u64) -> (Recorder<'c>, u64) {
         let mut rec = self.recorder(s, self.samples);
-        let (node, cpu, warmup, n) = (
-            &*self.cluster.node,
-            self.fault_cpus[0],
-            self.warmup as u64,
-            (self.samples + self.warmup) as u64,
-        );
+        let node = &*self.cluster.node;
+        let (cpu, warmup, n) = self.single_thread();
         let wrong = std::thread::scope(|sc| {
             sc.spawn(|| {
                 pin(cpu);
@@ -486,11 +484,7 @@ impl<'c> Ctx<'c> {
         page: u64,
     ) -> Result<(Recorder<'c>, u64), ScenarioError> {
         let mut rec = self.recorder(s, self.samples);
-        let (cpu, warmup, n) = (
-            self.fault_cpus[0],
-            self.warmup as u64,
-            (self.samples + self.warmup) as u64,
-        );
+        let (cpu, warmup, n) = self.single_thread();
         let cluster = &mut *self.cluster;
         let node = cluster.node.clone();
         let wrong = std::thread::scope(|sc| {
