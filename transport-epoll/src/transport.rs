@@ -12,7 +12,7 @@ use wire::counters::bump;
 use wire::ratelimit::LogLimiter;
 use wire::region::PageRegion;
 use wire::sock::{errno_of, prepare_stream};
-use wire::txq::{SegKind, Segment, TxPayload};
+use wire::txq::{queue_frame, CopySlots, SegKind, Segment, TxPayload};
 use wire::{
     DownReason, Event, FrameParser, Header, NodeId, Parsed, Payload, PeerId, PeerMap, RxBuf,
     RxSlots, SendOutcome, Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
@@ -389,54 +389,19 @@ impl Transport for EpollTransport {
         token: u64,
     ) -> Result<SendOutcome, TransportError> {
         let slot = self.slot_of(peer)?;
-        header.validate()?;
-        if payload.len() != header.payload_len as usize {
-            return Err(TransportError::PayloadMismatch {
-                header: header.payload_len,
-                payload: payload.len(),
-            });
-        }
         let p = &mut self.peers[slot as usize];
         if p.down.is_some() {
             return Err(TransportError::PeerClosing(peer));
         }
-        if p.txq.is_full() {
-            bump(&self.stats.backpressure);
-            return Ok(SendOutcome::Backpressure);
-        }
-        let tp = match payload {
-            Payload::None => TxPayload::None,
-            Payload::Page(r) => TxPayload::Page {
-                addr: r.addr(),
-                len: r.len() as u32,
-            },
-            Payload::Copy(bytes) => {
-                let Some(c) = p.copy_free.pop() else {
-                    bump(&self.stats.backpressure);
-                    return Ok(SendOutcome::Backpressure);
-                };
-                let off = c as usize * PAGE_SIZE;
-                match self.copy.slice_mut(off, bytes.len()) {
-                    Some(dst) => dst.copy_from_slice(bytes),
-                    None => {
-                        p.copy_free.push(c);
-                        return Err(TransportError::Config("copy slot outside its region"));
-                    }
-                }
-                let addr = self.copy.as_ptr() as usize + off;
-                TxPayload::Copy {
-                    slot: c,
-                    addr,
-                    len: bytes.len() as u32,
-                }
-            }
+        let copy = CopySlots {
+            free: &mut p.copy_free,
+            region: &mut self.copy,
         };
-        if p.txq.push(header, tp, token).is_none() {
-            bump(&self.stats.backpressure);
-            return Ok(SendOutcome::Backpressure);
+        let out = queue_frame(&mut p.txq, copy, &self.stats, header, payload, token)?;
+        if out == SendOutcome::Queued {
+            list_add(&mut self.dirty, &mut p.in_dirty, slot);
         }
-        list_add(&mut self.dirty, &mut p.in_dirty, slot);
-        Ok(SendOutcome::Queued)
+        Ok(out)
     }
 
     fn flush(&mut self) -> Result<(), TransportError> {

@@ -2,7 +2,10 @@
 //! headers in one contiguous array, payload references), the send cursor with its byte offset
 //! for short sends, and completion tracking (zero-copy notifications) before entries are freed.
 
-use crate::header::{Header, HEADER_LEN};
+use crate::counters::{bump, TransportStats};
+use crate::header::{Header, HEADER_LEN, PAGE_SIZE};
+use crate::region::PageRegion;
+use crate::transport::{Payload, SendOutcome, TransportError};
 
 /// Payload of a queued frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +291,75 @@ impl TxQueue {
             sent,
         })
     }
+}
+
+/// Where a connection's [`Payload::Copy`] bytes go: its free slots in the transport's copy
+/// region (slot `c` is the 4 KiB at `c * PAGE_SIZE`).
+#[derive(Debug)]
+pub struct CopySlots<'a> {
+    /// Free slot indices of this connection.
+    pub free: &'a mut Vec<u32>,
+    /// The transport's copy region.
+    pub region: &'a mut PageRegion,
+}
+
+/// The part of `Transport::send` every transport shares, after the peer lookup: validates
+/// the frame, takes a copy slot for a `Copy` payload, and queues the frame on `txq`.
+/// `Backpressure` (counted in `stats`) when the queue or the copy slots are full; nothing is
+/// queued then.
+pub fn queue_frame(
+    txq: &mut TxQueue,
+    copy: CopySlots<'_>,
+    stats: &TransportStats,
+    header: &Header,
+    payload: Payload<'_>,
+    token: u64,
+) -> Result<SendOutcome, TransportError> {
+    header.validate()?;
+    if payload.len() != header.payload_len as usize {
+        return Err(TransportError::PayloadMismatch {
+            header: header.payload_len,
+            payload: payload.len(),
+        });
+    }
+    if txq.is_full() {
+        bump(&stats.backpressure);
+        return Ok(SendOutcome::Backpressure);
+    }
+    let tp = match payload {
+        Payload::None => TxPayload::None,
+        Payload::Page(r) => TxPayload::Page {
+            addr: r.addr(),
+            len: r.len() as u32,
+        },
+        Payload::Copy(bytes) => {
+            let Some(c) = copy.free.pop() else {
+                bump(&stats.backpressure);
+                return Ok(SendOutcome::Backpressure);
+            };
+            let off = c as usize * PAGE_SIZE;
+            match copy.region.slice_mut(off, bytes.len()) {
+                Some(dst) => dst.copy_from_slice(bytes),
+                None => {
+                    copy.free.push(c);
+                    return Err(TransportError::Config("copy slot outside its region"));
+                }
+            }
+            TxPayload::Copy {
+                slot: c,
+                addr: copy.region.as_ptr() as usize + off,
+                len: bytes.len() as u32,
+            }
+        }
+    };
+    if txq.push(header, tp, token).is_none() {
+        if let TxPayload::Copy { slot, .. } = tp {
+            copy.free.push(slot);
+        }
+        bump(&stats.backpressure);
+        return Ok(SendOutcome::Backpressure);
+    }
+    Ok(SendOutcome::Queued)
 }
 
 #[cfg(test)]
