@@ -118,6 +118,24 @@ pub struct Actions {
     cap: usize,
 }
 
+impl Action {
+    /// The page the action is about (`None` for `ClusterFatal`).
+    pub fn page(&self) -> Option<u64> {
+        match *self {
+            Action::Send { msg, .. } => Some(msg.page()),
+            Action::Install { page, .. }
+            | Action::MakeWritable { page }
+            | Action::WriteProtect { page }
+            | Action::Drop { page }
+            | Action::Wake { page }
+            | Action::FaultDone { page, .. }
+            | Action::FaultFailed { page, .. }
+            | Action::PageLost { page } => Some(page),
+            Action::ClusterFatal { .. } => None,
+        }
+    }
+}
+
 impl Actions {
     pub(crate) fn with_capacity(cap: usize) -> Self {
         Self {

@@ -62,6 +62,19 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// The page the input is about (`None` for `Tick` and `NodeDead`).
+    pub fn page(&self) -> Option<u64> {
+        match *self {
+            Input::Fault { page, .. } | Input::Evict { page } | Input::Prefetch { page } => {
+                Some(page)
+            }
+            Input::Message { msg, .. } => Some(msg.page()),
+            Input::Tick | Input::NodeDead(_) => None,
+        }
+    }
+}
+
 /// Why an eviction was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvictRefusal {

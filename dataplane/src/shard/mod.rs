@@ -381,16 +381,13 @@ impl<T: Transport> Shard<T> {
     /// Logs one step on a traced page: its input and every action, each with the page and
     /// the transaction id that correlates the steps of one fault across nodes.
     fn trace(&self, input: &Input, from: Option<NodeId>) {
-        let page = match *input {
-            Input::Fault { page, .. } | Input::Evict { page } | Input::Prefetch { page } => page,
-            Input::Message { msg, .. } => msg.page(),
-            Input::Tick | Input::NodeDead(_) => {
-                // Not about one page: trace it when its actions touch a traced page.
-                match self.actions.iter().find_map(action_page) {
-                    Some(p) => p,
-                    None => return,
-                }
-            }
+        // An input not about one page (a tick, a death) is traced when its actions touch a
+        // traced page.
+        let Some(page) = input
+            .page()
+            .or_else(|| self.actions.iter().find_map(|a| a.page()))
+        else {
+            return;
         };
         if !self.traced.contains(&page) {
             return;
@@ -826,22 +823,5 @@ impl<T: Transport> Shard<T> {
         for node in news.iter() {
             self.node_down_local(node, "reported by another shard");
         }
-    }
-}
-
-/// The page an action is about, if any.
-fn action_page(a: &crate::protocol::Action) -> Option<u64> {
-    use crate::protocol::Action;
-    match *a {
-        Action::Send { msg, .. } => Some(msg.page()),
-        Action::Install { page, .. }
-        | Action::MakeWritable { page }
-        | Action::WriteProtect { page }
-        | Action::Drop { page }
-        | Action::Wake { page }
-        | Action::FaultDone { page, .. }
-        | Action::FaultFailed { page, .. }
-        | Action::PageLost { page } => Some(page),
-        Action::ClusterFatal { .. } => None,
     }
 }

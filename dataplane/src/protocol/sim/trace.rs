@@ -21,27 +21,10 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn pages(&self) -> impl Iterator<Item = u64> + '_ {
-        let input_page = match self.input {
-            Input::Fault { page, .. } | Input::Evict { page } | Input::Prefetch { page } => {
-                Some(page)
-            }
-            Input::Message { msg, .. } => Some(msg.page()),
-            Input::Tick | Input::NodeDead(_) => None,
-        };
-        input_page
+        self.input
+            .page()
             .into_iter()
-            .chain(self.actions.iter().flatten().filter_map(|a| match *a {
-                Action::Send { msg, .. } => Some(msg.page()),
-                Action::Install { page, .. }
-                | Action::MakeWritable { page }
-                | Action::WriteProtect { page }
-                | Action::Drop { page }
-                | Action::Wake { page }
-                | Action::FaultDone { page, .. }
-                | Action::FaultFailed { page, .. }
-                | Action::PageLost { page } => Some(page),
-                Action::ClusterFatal { .. } => None,
-            }))
+            .chain(self.actions.iter().flatten().filter_map(Action::page))
     }
 
     fn involves(&self, page: Option<u64>) -> bool {

@@ -564,13 +564,7 @@ impl World {
                 eprint!("{line}");
             }
         }
-        let input_page = match input {
-            super::super::Input::Fault { page, .. }
-            | super::super::Input::Evict { page }
-            | super::super::Input::Prefetch { page } => Some(page),
-            super::super::Input::Message { msg, .. } => Some(msg.page()),
-            _ => None,
-        };
+        let input_page = input.page();
         let outcome = res.map_err(|e| {
             self.fail(
                 FailKind::Violation,
