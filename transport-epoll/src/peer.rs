@@ -33,12 +33,6 @@ pub struct Peer {
     pub stalled: bool,
     /// The socket may accept bytes (no `EAGAIN` since the last `EPOLLOUT`).
     pub writable: bool,
-    /// Listed in the transport's ready list.
-    pub in_ready: bool,
-    /// Listed in the transport's dirty (pending send) list.
-    pub in_dirty: bool,
-    /// Listed in the transport's list of peers with sent frames to retire.
-    pub in_done: bool,
     /// Set when the connection failed; the peer is torn down at the next poll.
     pub down: Option<DownReason>,
 }
@@ -59,9 +53,6 @@ impl Peer {
             readable: false,
             stalled: false,
             writable: false,
-            in_ready: false,
-            in_dirty: false,
-            in_done: false,
             down: None,
         }
     }

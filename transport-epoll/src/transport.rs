@@ -11,6 +11,7 @@ use std::time::Duration;
 use wire::counters::bump;
 use wire::ratelimit::LogLimiter;
 use wire::region::PageRegion;
+use wire::slotset::SlotSet;
 use wire::sock::{errno_of, prepare_stream};
 use wire::txq::{queue_frame, CopySlots, SegKind, Segment, TxPayload};
 use wire::{
@@ -49,21 +50,14 @@ pub struct EpollTransport {
     map: PeerMap,
     rx: RxSlots,
     copy: PageRegion,
-    ready: Vec<u16>,
-    dirty: Vec<u16>,
-    done: Vec<u16>,
+    ready: SlotSet,
+    dirty: SlotSet,
+    done: SlotSet,
     downs: Vec<u16>,
     watches: Vec<Watch>,
     evbuf: Vec<libc::epoll_event>,
     stats: Arc<TransportStats>,
     limiter: LogLimiter,
-}
-
-fn list_add(list: &mut Vec<u16>, flag: &mut bool, slot: u16) {
-    if !*flag {
-        *flag = true;
-        list.push(slot);
-    }
 }
 
 fn mark_down(p: &mut Peer, downs: &mut Vec<u16>, slot: u16, reason: DownReason) {
@@ -89,9 +83,9 @@ impl EpollTransport {
             rx: RxSlots::new(n, cfg.rx_slots).map_err(io("allocating receive slots"))?,
             copy: PageRegion::new(n * cfg.tx_copy_slots * PAGE_SIZE)
                 .map_err(io("allocating transmit copy slots"))?,
-            ready: Vec::with_capacity(n),
-            dirty: Vec::with_capacity(n),
-            done: Vec::with_capacity(n),
+            ready: SlotSet::new(n),
+            dirty: SlotSet::new(n),
+            done: SlotSet::new(n),
             downs: Vec::with_capacity(n),
             watches: Vec::with_capacity(MAX_WATCHES),
             evbuf: vec![libc::epoll_event { events: 0, u64: 0 }; n + MAX_WATCHES],
@@ -125,12 +119,12 @@ impl EpollTransport {
             }
             if events & READ_EVENTS != 0 {
                 p.readable = true;
-                list_add(&mut self.ready, &mut p.in_ready, slot);
+                self.ready.insert(slot);
             }
             if events & WRITE_EVENTS != 0 {
                 p.writable = true;
                 if p.txq.has_unsent() {
-                    list_add(&mut self.dirty, &mut p.in_dirty, slot);
+                    self.dirty.insert(slot);
                 }
             }
         }
@@ -252,7 +246,7 @@ impl EpollTransport {
             let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if r >= 0 {
                 p.txq.advance(r as usize);
-                list_add(&mut self.done, &mut p.in_done, slot);
+                self.done.insert(slot);
                 continue;
             }
             let e = io::Error::last_os_error();
@@ -267,7 +261,6 @@ impl EpollTransport {
     fn retire_sent<F: FnMut(Event)>(&mut self, out: &mut F) {
         while let Some(slot) = self.done.pop() {
             let p = &mut self.peers[slot as usize];
-            p.in_done = false;
             while let Some(d) = p.txq.pop_done() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
                 match d.payload {
@@ -306,12 +299,9 @@ impl EpollTransport {
         p.writable = false;
         p.stalled = false;
         let id = p.id;
-        for list in [&mut self.ready, &mut self.dirty, &mut self.done] {
-            list.retain(|&s| s != slot);
-        }
-        p.in_ready = false;
-        p.in_dirty = false;
-        p.in_done = false;
+        self.ready.remove(slot);
+        self.dirty.remove(slot);
+        self.done.remove(slot);
         self.map.remove(id);
         self.free_slots.push(slot);
         bump(&self.stats.peers_down);
@@ -322,7 +312,7 @@ impl EpollTransport {
         !self.downs.is_empty()
             || !self.done.is_empty()
             || self.watches.iter().any(|w| w.ready)
-            || self.ready.iter().any(|&s| {
+            || self.ready.iter().any(|s| {
                 let p = &self.peers[s as usize];
                 !p.stalled && (p.readable || p.rstart < p.rend)
             })
@@ -366,7 +356,7 @@ impl Transport for EpollTransport {
         p.down = None;
         p.readable = true;
         p.writable = true;
-        list_add(&mut self.ready, &mut p.in_ready, slot);
+        self.ready.insert(slot);
         Ok(())
     }
 
@@ -399,20 +389,18 @@ impl Transport for EpollTransport {
         };
         let out = queue_frame(&mut p.txq, copy, &self.stats, header, payload, token)?;
         if out == SendOutcome::Queued {
-            list_add(&mut self.dirty, &mut p.in_dirty, slot);
+            self.dirty.insert(slot);
         }
         Ok(out)
     }
 
     fn flush(&mut self) -> Result<(), TransportError> {
         let mut i = 0;
-        while i < self.dirty.len() {
-            let slot = self.dirty[i];
+        while let Some(slot) = self.dirty.get(i) {
             self.write_peer(slot);
             let p = &mut self.peers[slot as usize];
             if p.down.is_some() || !p.txq.has_unsent() {
-                p.in_dirty = false;
-                self.dirty.swap_remove(i);
+                self.dirty.remove_at(i);
             } else {
                 i += 1;
             }
@@ -431,14 +419,15 @@ impl Transport for EpollTransport {
             }
         }
         let mut i = 0;
-        while i < self.ready.len() && n < self.cfg.poll_budget {
-            let slot = self.ready[i];
+        while n < self.cfg.poll_budget {
+            let Some(slot) = self.ready.get(i) else {
+                break;
+            };
             if self.service_rx(slot, &mut out, &mut n) {
                 let p = &mut self.peers[slot as usize];
                 // Keep a stalled peer listed only if it still has bytes or readability.
                 if p.stalled || !(p.readable || p.rstart < p.rend) || p.down.is_some() {
-                    p.in_ready = false;
-                    self.ready.swap_remove(i);
+                    self.ready.remove_at(i);
                     continue;
                 }
             }
@@ -487,7 +476,7 @@ impl Transport for EpollTransport {
             let p = &mut self.peers[owner];
             if p.stalled && p.stream.is_some() {
                 p.stalled = false;
-                list_add(&mut self.ready, &mut p.in_ready, owner as u16);
+                self.ready.insert(owner as u16);
             }
         }
     }

@@ -47,12 +47,6 @@ pub struct Peer {
     pub inflight: u32,
     /// Zero-copy notifications still to come.
     pub notifs: u32,
-    /// Listed in the ready (parse) list.
-    pub in_ready: bool,
-    /// Listed in the dirty (send) list.
-    pub in_dirty: bool,
-    /// Listed in the list of peers with sent frames to retire.
-    pub in_done: bool,
     /// Set when the connection failed or is being closed.
     pub down: Option<DownReason>,
 }
@@ -78,9 +72,6 @@ impl Peer {
             chain_bytes: 0,
             inflight: 0,
             notifs: 0,
-            in_ready: false,
-            in_dirty: false,
-            in_done: false,
             down: None,
         })
     }

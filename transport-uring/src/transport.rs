@@ -31,6 +31,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use wire::counters::bump;
 use wire::ratelimit::LogLimiter;
 use wire::region::PageRegion;
+use wire::slotset::SlotSet;
 use wire::sock::prepare_stream;
 use wire::txq::{queue_frame, CopySlots, SegKind, Segment, TxPayload};
 use wire::{
@@ -76,9 +77,9 @@ pub struct UringTransport {
     map: PeerMap,
     rx: RxSlots,
     copy: PageRegion,
-    ready: Vec<u16>,
-    dirty: Vec<u16>,
-    done: Vec<u16>,
+    ready: SlotSet,
+    dirty: SlotSet,
+    done: SlotSet,
     downs: Vec<u16>,
     watches: Vec<Watch>,
     stats: Arc<TransportStats>,
@@ -93,13 +94,6 @@ impl std::fmt::Debug for UringTransport {
             .field("fixed_copy", &self.fixed_copy)
             .field("peers", &self.map.len())
             .finish_non_exhaustive()
-    }
-}
-
-fn list_add(list: &mut Vec<u16>, flag: &mut bool, slot: u16) {
-    if !*flag {
-        *flag = true;
-        list.push(slot);
     }
 }
 
@@ -160,9 +154,9 @@ impl UringTransport {
             map: PeerMap::new(n),
             rx: RxSlots::new(n, cfg.rx_slots).map_err(io("allocating receive slots"))?,
             copy,
-            ready: Vec::with_capacity(n),
-            dirty: Vec::with_capacity(n),
-            done: Vec::with_capacity(n),
+            ready: SlotSet::new(n),
+            dirty: SlotSet::new(n),
+            done: SlotSet::new(n),
             downs: Vec::with_capacity(n),
             watches: Vec::with_capacity(MAX_WATCHES),
             stats: Arc::new(TransportStats::new(n)),
@@ -218,11 +212,7 @@ impl UringTransport {
         let bgid = p.bufs.bgid();
         if self.sq_room() == 0 {
             // Retried by the next `stage` (the peer stays in the ready list).
-            list_add(
-                &mut self.ready,
-                &mut self.peers[slot as usize].in_ready,
-                slot,
-            );
+            self.ready.insert(slot);
             return;
         }
         let e = opcode::RecvMulti::new(types::Fixed(u32::from(slot)), bgid)
@@ -311,12 +301,9 @@ impl UringTransport {
     /// Queues submissions: pending receive re-arms and send chains. No system call.
     fn stage(&mut self) {
         let mut i = 0;
-        while i < self.dirty.len() {
-            let slot = self.dirty[i];
+        while let Some(slot) = self.dirty.get(i) {
             if self.stage_sends(slot) {
-                let p = &mut self.peers[slot as usize];
-                p.in_dirty = false;
-                self.dirty.swap_remove(i);
+                self.dirty.remove_at(i);
             } else {
                 i += 1;
             }
@@ -374,19 +361,19 @@ impl UringTransport {
                     if let Some(bid) = cqueue::buffer_select(flags) {
                         p.held.push_back((bid, res as u32));
                     }
-                    list_add(&mut self.ready, &mut p.in_ready, slot);
+                    self.ready.insert(slot);
                 } else if res == 0 && p.zero_reads == 0 {
                     // A multishot receive can end with 0 on an open connection (seen under
                     // load on 6.18, with IORING_CQE_F_SOCK_NONEMPTY). Re-arm once: at a real
                     // EOF the new receive ends with 0 again at once.
                     p.zero_reads = 1;
-                    list_add(&mut self.ready, &mut p.in_ready, slot);
+                    self.ready.insert(slot);
                 } else if res == 0 {
                     mark_down(p, &mut self.downs, slot, DownReason::Closed);
                 } else if res == -libc::ENOBUFS {
                     // Every buffer is held (stalled peer or slow parsing): re-armed after
                     // buffers are recycled.
-                    list_add(&mut self.ready, &mut p.in_ready, slot);
+                    self.ready.insert(slot);
                 } else if res != -libc::ECANCELED {
                     bump(&self.stats.cq_errors);
                     mark_down(p, &mut self.downs, slot, DownReason::Io(-res));
@@ -396,7 +383,7 @@ impl UringTransport {
                 if kind == userdata::SEND_ZC && cqueue::notif(flags) {
                     p.notifs = p.notifs.saturating_sub(1);
                     p.txq.notif_done(arg);
-                    list_add(&mut self.done, &mut p.in_done, slot);
+                    self.done.insert(slot);
                     return 0;
                 }
                 if kind == userdata::SEND_ZC && cqueue::more(flags) {
@@ -413,9 +400,9 @@ impl UringTransport {
                 }
                 if p.chain_ops == 0 && p.down.is_none() {
                     p.txq.advance(p.chain_bytes);
-                    list_add(&mut self.done, &mut p.in_done, slot);
+                    self.done.insert(slot);
                     if p.txq.has_unsent() {
-                        list_add(&mut self.dirty, &mut p.in_dirty, slot);
+                        self.dirty.insert(slot);
                     }
                 }
             }
@@ -473,7 +460,6 @@ impl UringTransport {
         let mut n = 0;
         while let Some(slot) = self.done.pop() {
             let p = &mut self.peers[slot as usize];
-            p.in_done = false;
             while let Some(d) = p.txq.pop_done() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
                 match d.payload {
@@ -535,13 +521,9 @@ impl UringTransport {
         p.chain_ops = 0;
         p.recv_armed = false;
         let id = p.id;
-        for list in [&mut self.ready, &mut self.dirty, &mut self.done] {
-            list.retain(|&s| s != slot);
-        }
-        let p = &mut self.peers[slot as usize];
-        p.in_ready = false;
-        p.in_dirty = false;
-        p.in_done = false;
+        self.ready.remove(slot);
+        self.dirty.remove(slot);
+        self.done.remove(slot);
         self.map.remove(id);
         self.free_slots.push(slot);
         bump(&self.stats.peers_down);
@@ -579,7 +561,7 @@ impl UringTransport {
         {
             return true;
         }
-        self.ready.iter().any(|&s| {
+        self.ready.iter().any(|s| {
             let p = &self.peers[s as usize];
             !p.stalled && p.down.is_none() && !p.held.is_empty()
         })
@@ -695,7 +677,7 @@ impl Transport for UringTransport {
         };
         let out = queue_frame(&mut p.txq, copy, &self.stats, header, payload, token)?;
         if out == SendOutcome::Queued {
-            list_add(&mut self.dirty, &mut p.in_dirty, slot);
+            self.dirty.insert(slot);
         }
         Ok(out)
     }
@@ -713,11 +695,12 @@ impl Transport for UringTransport {
         }
         let mut n = self.reap(&mut out);
         let mut i = 0;
-        while i < self.ready.len() && n < self.cfg.poll_budget {
-            let slot = self.ready[i];
+        while n < self.cfg.poll_budget {
+            let Some(slot) = self.ready.get(i) else {
+                break;
+            };
             if self.parse_peer(slot, &mut out, &mut n) {
-                self.peers[slot as usize].in_ready = false;
-                self.ready.swap_remove(i);
+                self.ready.remove_at(i);
                 self.arm_recv(slot);
             } else {
                 i += 1;
@@ -783,7 +766,7 @@ impl Transport for UringTransport {
             let p = &mut self.peers[owner];
             if p.stalled && p.stream.is_some() {
                 p.stalled = false;
-                list_add(&mut self.ready, &mut p.in_ready, owner as u16);
+                self.ready.insert(owner as u16);
             }
         }
     }

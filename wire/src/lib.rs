@@ -17,6 +17,7 @@ pub mod peermap;
 pub mod ratelimit;
 pub mod region;
 pub mod slots;
+pub mod slotset;
 pub mod sock;
 pub mod transport;
 pub mod txq;
