@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 /// A member's state as membership sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Heartbeats arrive.
@@ -33,7 +33,7 @@ impl fmt::Display for MemberState {
 }
 
 /// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Member {
     /// Node id.
     pub id: u16,
@@ -172,6 +172,12 @@ pub trait NodeHandle: Send + Sync {
     fn heat(&self) -> Heat;
     /// Current telemetry.
     fn telemetry(&self) -> Telemetry;
+    /// `Some(why)` when the process answering is not a node but the `ssi-dp supervisor`,
+    /// which forms and stops clusters: the routes about one node (`/pages`, `/metrics`,
+    /// `/heatmap`) then answer 409 with `why`, which names a node's API to ask instead.
+    fn not_a_node(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A node asking to join (body of `POST /nodes`).

@@ -34,6 +34,8 @@ struct MockState {
     joins: Vec<JoinRequest>,
     inventories: Vec<String>,
     broken_heat: bool,
+    /// Answers as `ssi-dp supervisor` does: not a node.
+    supervisor: bool,
 }
 
 impl MockNode {
@@ -56,6 +58,7 @@ impl MockNode {
                 joins: Vec::new(),
                 inventories: Vec::new(),
                 broken_heat: false,
+                supervisor: false,
             }),
         })
     }
@@ -63,7 +66,10 @@ impl MockNode {
     /// A supervisor that is not in a cluster yet.
     fn fresh() -> Arc<MockNode> {
         let m = MockNode::in_cluster();
-        m.state.lock().unwrap().members.clear();
+        let mut st = m.state.lock().unwrap();
+        st.members.clear();
+        st.supervisor = true;
+        drop(st);
         m
     }
 
@@ -133,6 +139,12 @@ impl NodeHandle for MockNode {
             nodes,
             counts,
         }
+    }
+
+    fn not_a_node(&self) -> Option<String> {
+        let st = self.state.lock().unwrap();
+        st.supervisor
+            .then(|| "mock supervisor: ask a node's API at 10.0.0.1:7300".to_string())
     }
 
     fn telemetry(&self) -> Telemetry {
@@ -631,6 +643,33 @@ fn post_cluster_forms_from_the_inventory() {
     // Formed now: a second formation is refused.
     let msg = send(srv.addr(), "POST", "/cluster", Some(inventory.as_bytes())).error(409);
     assert!(msg.contains("already"), "{msg}");
+}
+
+#[test]
+fn a_supervisor_refers_the_routes_about_one_node_to_a_node() {
+    let mock = MockNode::fresh();
+    let srv = start(&mock);
+    for path in [
+        "/pages/0x1000",
+        "/metrics",
+        "/heatmap",
+        "/heatmap?columns=8",
+    ] {
+        let msg = get(srv.addr(), path).error(409);
+        assert!(msg.contains("10.0.0.1:7300"), "{path}: {msg}");
+    }
+    // Bad input is still told apart from the referral.
+    get(srv.addr(), "/pages/0x1000?x=1").error(400);
+    assert_eq!(get(srv.addr(), "/nodes").status, 200);
+    let inventory = "[[node]]\naddr = \"10.1.0.1:7000\"\n";
+    assert_eq!(
+        send(srv.addr(), "POST", "/cluster", Some(inventory.as_bytes())).status,
+        201
+    );
+    // A node answers them itself.
+    let node = MockNode::in_cluster();
+    let srv = start(&node);
+    assert_eq!(get(srv.addr(), "/metrics").status, 200);
 }
 
 #[test]

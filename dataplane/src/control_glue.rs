@@ -350,7 +350,7 @@ impl MembershipOps for NoControlPlane {
 
     fn form_cluster(&self, _inventory_toml: &str) -> Result<Vec<Member>, MembershipError> {
         Err(MembershipError::Conflict(
-            "this node already belongs to a cluster; start a new one with `ssi-dp up INVENTORY`"
+            "this node already belongs to a cluster; start a new one with `ssi-dp up INVENTORY` or POST /cluster to an `ssi-dp supervisor`"
                 .into(),
         ))
     }

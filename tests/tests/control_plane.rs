@@ -1,7 +1,8 @@
 //! The control plane across real node processes: `ssi-dp up` forms a cluster from an
 //! inventory, the REST API reports and steers it, heartbeats detect a stopped node (which is
-//! not readmitted when it resumes), a node without a valid certificate is refused, and a node
-//! joins a running cluster, after which a workload spreads over its memory too.
+//! not readmitted when it resumes), a node without a valid certificate is refused, a node
+//! joins a running cluster, after which a workload spreads over its memory too, and
+//! `ssi-dp supervisor` forms and stops clusters on `POST` / `DELETE /cluster`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -422,5 +423,113 @@ fn a_node_joins_a_running_cluster_and_its_memory_is_used() {
             "{out}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_supervisor_forms_stops_and_reforms_clusters_on_request() {
+    let dir = scratch_dir("cp-sup");
+    let api = port();
+    let a = format!("127.0.0.1:{api}");
+    let d = dir.display().to_string();
+    let mut sup = Proc::start(&[
+        "supervisor",
+        "--api-addr",
+        &a,
+        "--dir",
+        &d,
+        "--init",
+        "--form-timeout",
+        "3",
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(10), || http("GET", api, "/nodes", "").0
+            == 200),
+        "{}",
+        sup.output()
+    );
+    assert_eq!(http("GET", api, "/nodes", ""), (200, "[]".to_string()));
+    assert_eq!(http("DELETE", api, "/cluster", "").0, 409);
+    assert_eq!(http("POST", api, "/cluster", "").0, 400);
+    assert_eq!(http("POST", api, "/cluster", "[cluster\n").0, 400);
+
+    for round in 0..2 {
+        let p = ports(2);
+        let text =
+            std::fs::read_to_string(inventory(&dir, &[0, 1], &["8M", "8M"], &p, 1500)).unwrap();
+        let (code, body) = http("POST", api, "/cluster", &text);
+        assert_eq!(code, 201, "round {round}: {body}\n{}", sup.output());
+        let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let states: Vec<_> = m
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["id"].as_u64().unwrap(), x["state"].as_str().unwrap()))
+            .collect();
+        assert_eq!(states, [(0, "alive"), (1, "alive")], "{body}");
+        // The nodes' own APIs serve; the supervisor refers clients to them.
+        assert_eq!(state_of(p[1].api, 0).as_deref(), Some("alive"));
+        let (code, body) = http("GET", api, "/metrics", "");
+        assert_eq!(code, 409);
+        assert!(body.contains(&format!("127.0.0.1:{}", p[0].api)), "{body}");
+        assert_eq!(http("GET", api, "/pages/0", "").0, 409);
+        assert_eq!(http("DELETE", api, "/nodes/1", "").0, 409);
+        // One cluster at a time.
+        assert_eq!(http("POST", api, "/cluster", &text).0, 409);
+        assert_eq!(http("GET", api, "/nodes", "").0, 200);
+        // Stopped through the supervisor, then through a node: either way it is gone.
+        let stop_at = if round == 0 { api } else { p[0].api };
+        assert_eq!(http("DELETE", stop_at, "/cluster", "").0, 202);
+        assert!(
+            wait_for(Duration::from_secs(30), || sup
+                .output()
+                .matches("the cluster stopped")
+                .count()
+                == round + 1),
+            "round {round}: the cluster did not stop\n{}",
+            sup.output()
+        );
+        assert_eq!(http("GET", api, "/nodes", ""), (200, "[]".to_string()));
+    }
+    let out = sup.output();
+    assert_eq!(
+        out.matches("node 1 exited with exit status: 0").count(),
+        2,
+        "{out}"
+    );
+
+    // A cluster that cannot form (node 1 is on an unreachable host): 503 after the timeout,
+    // and node 0 is stopped.
+    let p = ports(1);
+    let text = std::fs::read_to_string(inventory(&dir, &[0], &["8M"], &p, 1500)).unwrap()
+        + "\n[[node]]\nid = 1\nhost = \"elsewhere.invalid\"\nlisten = \"192.0.2.1:7000\"\n\
+           control = \"192.0.2.1:7001\"\nmemory = \"8M\"\ncert = \"certs/node1.pem\"\n\
+           key = \"certs/node1.key\"\n";
+    let (code, body) = http("POST", api, "/cluster", &text);
+    assert_eq!(code, 503, "{body}\n{}", sup.output());
+    assert!(body.contains("did not form"), "{body}");
+    assert_eq!(http("GET", api, "/nodes", ""), (200, "[]".to_string()));
+
+    // SIGTERM stops the supervisor and the cluster it runs.
+    let p = ports(2);
+    let text = std::fs::read_to_string(inventory(&dir, &[0, 1], &["8M", "8M"], &p, 1500)).unwrap();
+    assert_eq!(
+        http("POST", api, "/cluster", &text).0,
+        201,
+        "{}",
+        sup.output()
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(
+        sup.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        sup.output()
+    );
+    assert_eq!(
+        http("GET", p[0].api, "/nodes", "").0,
+        0,
+        "node 0 outlived the supervisor"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -191,6 +191,11 @@ pub fn handle(ctx: &Context, req: &Request<'_>) -> Response {
             );
         }
     }
+    if matches!(route.path, "/pages/{gpa}" | "/metrics" | "/heatmap") {
+        if let Some(why) = ctx.node.not_a_node() {
+            return error(409, &why);
+        }
+    }
     match (route.path, method) {
         ("/cluster", Method::Post) => form_cluster(ctx, req.body),
         ("/cluster", Method::Delete) => stop_cluster(ctx),

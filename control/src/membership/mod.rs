@@ -242,7 +242,7 @@ impl MembershipOps for Membership {
     fn form_cluster(&self, _inventory_toml: &str) -> Result<Vec<Member>, MembershipError> {
         Err(MembershipError::Conflict(
             "this node already belongs to a cluster; start a new cluster with `ssi-dp up INVENTORY` \
-             (or POST /cluster to its supervisor)"
+             or POST /cluster to an `ssi-dp supervisor`"
                 .into(),
         ))
     }

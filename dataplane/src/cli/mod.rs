@@ -5,6 +5,7 @@ mod acpi_cmd;
 mod demo;
 mod node_cmd;
 mod settings;
+mod supervisor;
 mod up;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     Up(up::UpArgs),
     /// Create a cluster CA and one certificate per node for the control plane's mutual TLS.
     Certs(up::CertsArgs),
+    /// Serve the REST API without being a node and form clusters on request: `POST /cluster`
+    /// with an inventory starts its nodes for this host, `DELETE /cluster` stops them.
+    Supervisor(supervisor::SupervisorArgs),
 }
 
 /// Running one node.
@@ -209,6 +213,7 @@ pub fn main() -> i32 {
         Some(Command::Acpi(a)) => acpi_cmd::run(a),
         Some(Command::Up(a)) => up::run(a),
         Some(Command::Certs(a)) => up::certs(a),
+        Some(Command::Supervisor(a)) => supervisor::run(a),
         None => node_cmd::run(cli.node),
     }
 }

@@ -8,12 +8,12 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Args;
-use control::inventory::Inventory;
+use control::inventory::{Inventory, NodeEntry};
 
 use crate::{cpulist, signals};
 
@@ -91,27 +91,8 @@ pub fn run(a: UpArgs) -> i32 {
             return 2;
         }
     }
-    let mut missing = Vec::new();
-    for p in std::iter::once(&inv.tls.ca).chain(local.iter().flat_map(|n| [&n.cert, &n.key])) {
-        if !p.exists() {
-            missing.push(p.display().to_string());
-        }
-    }
-    if !inv.cluster.secret_file.exists() {
-        missing.push(inv.cluster.secret_file.display().to_string());
-    }
-    if !missing.is_empty() {
-        let ids = cpulist::format(
-            &inv.nodes
-                .iter()
-                .map(|n| usize::from(n.id))
-                .collect::<Vec<_>>(),
-        );
-        eprintln!(
-            "ssi-dp up: error: missing {}; create the certificates with `ssi-dp certs --out DIR --nodes {ids}` \
-             and the secret with `head -c 32 /dev/urandom > SECRET`, at the paths the inventory names",
-            missing.join(", ")
-        );
+    if let Err(e) = check_files(&inv, &local) {
+        eprintln!("ssi-dp up: error: {e}");
         return 2;
     }
     let exe = match std::env::current_exe() {
@@ -126,38 +107,8 @@ pub fn run(a: UpArgs) -> i32 {
     }
     let mut children: Vec<(u16, Child)> = Vec::new();
     for n in &local {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--inventory")
-            .arg(&a.inventory)
-            .arg("--node-id")
-            .arg(n.id.to_string());
-        cmd.args(&a.node_args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        // A node must not outlive `up`: if `up` is killed (SIGKILL, a crashed terminal), the
-        // kernel sends each node SIGTERM, which stops it in order.
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs in the forked child before exec and only makes two
-        // async-signal-safe syscalls (prctl, getppid); it touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    // `up` died between fork and prctl: nobody would relay or stop us.
-                    return Err(std::io::Error::other(
-                        "ssi-dp up exited while starting the node",
-                    ));
-                }
-                Ok(())
-            })
-        };
-        match cmd.spawn() {
-            Ok(mut c) => {
-                relay(n.id, c.stdout.take(), false);
-                relay(n.id, c.stderr.take(), true);
-                children.push((n.id, c));
-            }
+        match spawn_node(&exe, &a.inventory, n.id, &a.node_args) {
+            Ok(c) => children.push((n.id, c)),
             Err(e) => {
                 eprintln!("ssi-dp up: error: cannot start node {}: {e}", n.id);
                 stop_all(&mut children);
@@ -196,8 +147,72 @@ pub fn run(a: UpArgs) -> i32 {
     worst
 }
 
+/// Refuses to start `local` nodes whose secret or certificate files are missing, saying how to
+/// create them.
+pub(super) fn check_files(inv: &Inventory, local: &[&NodeEntry]) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for p in std::iter::once(&inv.tls.ca).chain(local.iter().flat_map(|n| [&n.cert, &n.key])) {
+        if !p.exists() {
+            missing.push(p.display().to_string());
+        }
+    }
+    if !inv.cluster.secret_file.exists() {
+        missing.push(inv.cluster.secret_file.display().to_string());
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<usize> = inv.nodes.iter().map(|n| usize::from(n.id)).collect();
+    Err(format!(
+        "missing {}; create the certificates with `ssi-dp certs --out DIR --nodes {}` and the \
+         secret with `head -c 32 /dev/urandom > SECRET`, at the paths the inventory names",
+        missing.join(", "),
+        cpulist::format(&ids)
+    ))
+}
+
+/// Starts node `id` of `inventory` as a child process whose output is relayed with a
+/// `[node N]` prefix, and which gets SIGTERM (stopping it in order) if this process dies.
+pub(super) fn spawn_node(
+    exe: &Path,
+    inventory: &Path,
+    id: u16,
+    node_args: &[String],
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--inventory")
+        .arg(inventory)
+        .arg("--node-id")
+        .arg(id.to_string());
+    cmd.args(node_args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A node must not outlive its parent: if the parent is killed (SIGKILL, a crashed
+    // terminal), the kernel sends the node SIGTERM, which stops it in order.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe syscalls (prctl, getppid); it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The parent died between fork and prctl: nobody would relay or stop us.
+                return Err(std::io::Error::other(
+                    "the parent exited while starting the node",
+                ));
+            }
+            Ok(())
+        })
+    };
+    let mut c = cmd.spawn()?;
+    relay(id, c.stdout.take(), false);
+    relay(id, c.stderr.take(), true);
+    Ok(c)
+}
+
 /// Creates the secret and the certificates an inventory names, where missing.
-fn init(inv: &Inventory) -> Result<(), String> {
+pub(super) fn init(inv: &Inventory) -> Result<(), String> {
     if !inv.cluster.secret_file.exists() {
         let mut secret = [0u8; 32];
         std::fs::File::open("/dev/urandom")
@@ -237,7 +252,8 @@ fn init(inv: &Inventory) -> Result<(), String> {
     Ok(())
 }
 
-fn stop_all(children: &mut [(u16, Child)]) {
+/// Asks every child to stop (SIGTERM: a node stops in order).
+pub(super) fn stop_all(children: &mut [(u16, Child)]) {
     for (_, c) in children.iter_mut() {
         // SAFETY: plain syscall to our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
