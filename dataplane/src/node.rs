@@ -41,6 +41,21 @@ pub enum TransportKind {
     Uring,
     /// The epoll fallback.
     Fallback,
+    /// RDMA verbs: refused with the reason (no device here; no verbs data path in this
+    /// version, see transport-verbs).
+    Verbs,
+}
+
+impl TransportKind {
+    /// The `--transport` value that selects this kind.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            TransportKind::Auto => "auto",
+            TransportKind::Uring => "uring",
+            TransportKind::Fallback => "fallback",
+            TransportKind::Verbs => "verbs",
+        }
+    }
 }
 
 impl std::str::FromStr for TransportKind {
@@ -51,7 +66,10 @@ impl std::str::FromStr for TransportKind {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" => Ok(Self::Uring),
             "fallback" | "epoll" => Ok(Self::Fallback),
-            _ => Err(format!("bad transport {s:?}: use auto, uring or fallback")),
+            "verbs" | "rdma" => Ok(Self::Verbs),
+            _ => Err(format!(
+                "bad transport {s:?}: use auto, uring, fallback or verbs"
+            )),
         }
     }
 }
@@ -74,6 +92,9 @@ pub enum NodeError {
     /// io_uring was required but cannot be used here.
     #[error("--transport uring was asked for, but {0}; use --transport auto or fallback")]
     UringUnavailable(String),
+    /// RDMA verbs were required but cannot be used.
+    #[error("--transport verbs was asked for, but {0}; use --transport auto (TCP)")]
+    VerbsUnavailable(String),
     /// The mesh could not be formed.
     #[error(transparent)]
     Mesh(#[from] MeshError),
@@ -201,15 +222,19 @@ pub fn layout_of(cluster: &ClusterSpec) -> Result<Layout, protocol::StepError> {
     Ok(Layout::new(PAGE_SIZE, ranges)?)
 }
 
-/// The transport to use, and the line that tells the user which and why.
+/// The transport to use, and the line that tells the user which and why (`Node::start`
+/// adds, for `auto`, why RDMA is not used).
 fn choose(kind: TransportKind) -> Result<(bool, String), NodeError> {
+    if kind == TransportKind::Verbs {
+        let why = transport_verbs::unavailable_reason(&transport_verbs::probe());
+        return Err(NodeError::VerbsUnavailable(why));
+    }
     match (kind, transport_uring::choose()) {
         (TransportKind::Fallback, _) => Ok((false, "transport: epoll fallback (asked for)".into())),
-        (_, c @ transport_uring::Choice::Uring(_)) => Ok((true, c.to_string())),
         (TransportKind::Uring, transport_uring::Choice::Fallback(r)) => {
             Err(NodeError::UringUnavailable(r.to_string()))
         }
-        (TransportKind::Auto, c) => Ok((false, c.to_string())),
+        (_, c) => Ok((matches!(c, transport_uring::Choice::Uring(_)), c.to_string())),
     }
 }
 
@@ -232,6 +257,11 @@ impl Node {
             } else {
                 "; pages sent with vectored copying sends"
             });
+        }
+        if cfg.transport == TransportKind::Auto {
+            let rdma = transport_verbs::unavailable_reason(&transport_verbs::probe());
+            transport_line.push_str("; TCP, not RDMA: ");
+            transport_line.push_str(&rdma);
         }
         let reserve = (cfg.max_address_space / PAGE_SIZE).max(layout.end_page());
         let region = Arc::new(Region::new(layout.end_page(), reserve)?);

@@ -101,6 +101,8 @@ fn sequence_numbers_never_go_backwards() {
     let mut moved = 0;
     for (_, _, out) in &r {
         assert!(out.contains("0 went backwards, own slots exact"), "{out}");
+        // `--transport auto` says why it is TCP and not RDMA (these machines have none).
+        assert!(out.contains("; TCP, not RDMA: "), "{out}");
         moved += remote_faults(out);
     }
     // The slots share pages, so the run must have moved them between nodes many times.

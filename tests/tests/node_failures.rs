@@ -268,6 +268,23 @@ fn misconfigurations_give_clear_errors() {
         assert_eq!(code, 2, "{a:?} should exit 2:\n{out}");
         assert!(out.contains(want), "{a:?} should say {want:?}:\n{out}");
     }
+    // RDMA asked for: refused at start with what the machine has (no verbs data path is built).
+    let (code, out) = run_alone(&[
+        "--node-id",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--transport",
+        "verbs",
+        "--cluster-secret-file",
+        &sp,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("--transport verbs was asked for, but ")
+            && out.contains("; use --transport auto (TCP)"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

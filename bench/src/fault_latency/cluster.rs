@@ -115,7 +115,7 @@ impl Helper {
             "--idle",
             &idle_arg(o.helper_idle),
             "--transport",
-            transport_arg(o.transport),
+            o.transport.as_arg(),
             "--connect-timeout",
             &o.connect_timeout.to_string(),
         ])
@@ -184,14 +184,6 @@ pub fn idle_arg(p: IdlePolicy) -> String {
     match p {
         IdlePolicy::Hybrid { spin } => format!("hybrid:{}", spin.as_micros()),
         p => p.to_string(),
-    }
-}
-
-fn transport_arg(t: TransportKind) -> &'static str {
-    match t {
-        TransportKind::Auto => "auto",
-        TransportKind::Uring => "uring",
-        TransportKind::Fallback => "fallback",
     }
 }
 

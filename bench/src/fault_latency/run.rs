@@ -56,6 +56,7 @@ fn transport_name(t: TransportKind) -> &'static str {
     match t {
         TransportKind::Uring => "uring",
         TransportKind::Fallback => "epoll",
+        TransportKind::Verbs => "verbs",
         TransportKind::Auto => match transport_uring::choose() {
             transport_uring::Choice::Uring(_) => "uring",
             transport_uring::Choice::Fallback(_) => "epoll",

@@ -44,14 +44,6 @@ pub struct DemoArgs {
     timeout: u64,
 }
 
-fn transport_arg(t: TransportKind) -> &'static str {
-    match t {
-        TransportKind::Auto => "auto",
-        TransportKind::Uring => "uring",
-        TransportKind::Fallback => "fallback",
-    }
-}
-
 /// Runs the demo; returns the exit code.
 pub fn run(a: DemoArgs) -> i32 {
     match demo(&a) {
@@ -97,7 +89,7 @@ fn demo(a: &DemoArgs) -> Result<bool, String> {
         a.workers,
         a.ops,
         a.idle,
-        transport_arg(a.transport)
+        a.transport.as_arg()
     );
 
     let mut children: Vec<(u16, Child)> = Vec::new();
@@ -117,7 +109,7 @@ fn demo(a: &DemoArgs) -> Result<bool, String> {
         cmd.arg("--cores").arg((usize::from(i) % cpus).to_string());
         cmd.arg("--idle")
             .arg(a.idle.to_string().split('(').next().unwrap_or("block"));
-        cmd.arg("--transport").arg(transport_arg(a.transport));
+        cmd.arg("--transport").arg(a.transport.as_arg());
         cmd.arg("--cluster-secret-file").arg(&secret_path);
         cmd.arg("--workload").arg(a.workload.name());
         cmd.arg("--ops").arg(a.ops.to_string());

@@ -73,7 +73,8 @@ pub struct NodeArgs {
     /// What an idle shard does: spin, hybrid (spin 50us then sleep), hybrid:<us>, block.
     #[arg(long, default_value = "hybrid")]
     pub idle: IdlePolicy,
-    /// Transport: auto (io_uring when it works here), uring, fallback (epoll).
+    /// Transport: auto (io_uring when it works here), uring, fallback (epoll), verbs (RDMA:
+    /// refused with the reason; this version has no verbs data path).
     #[arg(long, default_value = "auto")]
     pub transport: TransportKind,
     /// Send page payloads with io_uring SEND_ZC. Off by default: for 4 KiB pages one copying
