@@ -234,7 +234,10 @@ fn choose(kind: TransportKind) -> Result<(bool, String), NodeError> {
         (TransportKind::Uring, transport_uring::Choice::Fallback(r)) => {
             Err(NodeError::UringUnavailable(r.to_string()))
         }
-        (_, c) => Ok((matches!(c, transport_uring::Choice::Uring(_)), c.to_string())),
+        (_, c) => Ok((
+            matches!(c, transport_uring::Choice::Uring(_)),
+            c.to_string(),
+        )),
     }
 }
 
