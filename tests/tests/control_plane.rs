@@ -452,6 +452,15 @@ fn a_supervisor_forms_stops_and_reforms_clusters_on_request() {
     assert_eq!(http("DELETE", api, "/cluster", "").0, 409);
     assert_eq!(http("POST", api, "/cluster", "").0, 400);
     assert_eq!(http("POST", api, "/cluster", "[cluster\n").0, 400);
+    // With --init it writes files only inside its --dir.
+    let p = ports(2);
+    let text = std::fs::read_to_string(inventory(&dir, &[0, 1], &["8M", "8M"], &p, 1500)).unwrap();
+    let escape = text.replace("secret_file = \"secret\"", "secret_file = \"../escape\"");
+    assert_ne!(escape, text);
+    let (code, body) = http("POST", api, "/cluster", &escape);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("outside"), "{body}");
+    assert!(!dir.join("../escape").exists());
 
     for round in 0..2 {
         let p = ports(2);

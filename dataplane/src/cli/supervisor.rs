@@ -200,6 +200,20 @@ impl Supervisor {
             ));
         }
         if self.args.init {
+            // The API is not authenticated: whoever can reach it must not make the supervisor
+            // write files outside its directory.
+            let outside = std::iter::once(&inv.cluster.secret_file)
+                .chain(std::iter::once(&inv.tls.ca))
+                .chain(inv.nodes.iter().flat_map(|n| [&n.cert, &n.key]))
+                .find(|p| !inside(&self.args.dir, p));
+            if let Some(p) = outside {
+                return Err(invalid(format!(
+                    "{} is outside {}: with --init the supervisor creates files only inside its \
+                     --dir; use relative paths without `..`",
+                    p.display(),
+                    self.args.dir.display()
+                )));
+            }
             up::init(&inv).map_err(|e| invalid(format!("creating secret/certificates: {e}")))?;
         }
         up::check_files(&inv, &local).map_err(invalid)?;
@@ -407,6 +421,14 @@ pub fn run(args: SupervisorArgs) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether `path` lies inside `dir` (lexically, with no `..` component).
+fn inside(dir: &std::path::Path, path: &std::path::Path) -> bool {
+    path.starts_with(dir)
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 fn fmt_ids(ids: &[u16]) -> String {
