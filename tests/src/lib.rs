@@ -277,3 +277,5 @@ pub fn assert_all_ok(results: &[(u16, Option<ExitStatus>, String)]) {
         );
     }
 }
+
+pub mod lab;

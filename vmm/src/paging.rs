@@ -16,10 +16,18 @@ pub const PTE_RW: u64 = 1 << 1;
 pub const PTE_US: u64 = 1 << 2;
 /// Cache disabled (the doorbell).
 pub const PTE_PCD: u64 = 1 << 4;
+/// Accessed.
+pub const PTE_A: u64 = 1 << 5;
+/// Dirty (in a leaf).
+pub const PTE_D: u64 = 1 << 6;
 /// Large page (in a PDE).
 pub const PTE_PS: u64 = 1 << 7;
 
-const TABLE: u64 = PTE_P | PTE_RW | PTE_US;
+/// Table entries and leaves carry Accessed (and leaves Dirty) from the start, so the CPU's
+/// page walker has no reason to write them: a walker write to a table page that vCPUs on
+/// several nodes read would move it between nodes instead of leaving it read-replicated.
+const TABLE: u64 = PTE_P | PTE_RW | PTE_US | PTE_A;
+const LEAF: u64 = TABLE | PTE_D | PTE_PS;
 
 /// Guest-physical pages the tables occupy, in writing order (PML4, PDPT, directories).
 pub fn table_pages(layout: &TestLayout) -> Vec<u64> {
@@ -47,7 +55,7 @@ pub fn write_identity_map(mem: &GuestMemory, layout: &TestLayout) -> Result<u64,
         for slot in 0..512u64 {
             let addr = gib * GIB + slot * LARGE_PAGE_SIZE;
             if addr >= layout.ram_base && addr < layout.ram_end() {
-                mem.write_u64(pd + 8 * slot, addr | TABLE | PTE_PS)?;
+                mem.write_u64(pd + 8 * slot, addr | LEAF)?;
             }
         }
         pd += PAGE_SIZE;
@@ -55,7 +63,7 @@ pub fn write_identity_map(mem: &GuestMemory, layout: &TestLayout) -> Result<u64,
     }
     let bell = layout.doorbell_gpa();
     mem.write_u64(pdpt + 8 * (bell / GIB), pd | TABLE)?;
-    mem.write_u64(pd, bell | TABLE | PTE_PS | PTE_PCD)?;
+    mem.write_u64(pd, bell | LEAF | PTE_PCD)?;
     Ok(pml4)
 }
 

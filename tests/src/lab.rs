@@ -1,0 +1,185 @@
+//! The lab from the tests: boots the lab VM (`scripts/lab run`: QEMU TCG emulating an AMD CPU
+//! with SVM and nested paging, so the VM has a hardware-style `/dev/kvm`), runs one shell
+//! command in it with the `ssi-dp` binary and `lab-cluster` on its PATH, and returns the
+//! command's output and exit status.
+//!
+//! A lab that cannot run (no QEMU, no kernel package, no KVM inside the VM) makes the test
+//! fail with the script's message: a lab test never passes without having run.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ssi_dp_bin;
+
+/// Exit status `scripts/lab` uses when the lab itself could not run.
+const LAB_UNAVAILABLE: i32 = 125;
+/// Exit status when the VM ran out of time.
+const LAB_TIMEOUT: i32 = 124;
+
+/// The repository root (the `tests` crate sits one level below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// One lab run to make.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    timeout: Duration,
+    bins: Vec<PathBuf>,
+    files: Vec<(PathBuf, String)>,
+    smp: u32,
+    shadow_paging: bool,
+}
+
+/// What a lab run gave.
+#[derive(Debug)]
+pub struct LabRun {
+    /// The command's exit status inside the VM (`None`: the VM ran out of time).
+    pub status: Option<i32>,
+    /// The command's output (stdout and stderr).
+    pub output: String,
+    /// What `scripts/lab` itself said (progress, errors).
+    pub log: String,
+    /// Wall time of the whole run, VM boot included.
+    pub elapsed: Duration,
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lab {
+    /// A run with `ssi-dp` and `lab-cluster` in the VM, 2 vCPUs, 10 minutes at most.
+    pub fn new() -> Self {
+        Lab {
+            timeout: Duration::from_secs(600),
+            bins: vec![ssi_dp_bin(), repo_root().join("scripts/lab-cluster")],
+            files: Vec::new(),
+            smp: 2,
+            shadow_paging: false,
+        }
+    }
+
+    /// Sets the wall-clock limit of the whole VM.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Gives L1's KVM no nested paging (scripts/lab explains when that is sound).
+    pub fn shadow_paging(mut self) -> Self {
+        self.shadow_paging = true;
+        self
+    }
+
+    /// Copies `src` into the VM at the absolute path `dest`.
+    pub fn file(mut self, src: impl Into<PathBuf>, dest: &str) -> Self {
+        self.files.push((src.into(), dest.to_string()));
+        self
+    }
+
+    /// Boots the VM and runs `command` (a `sh -c` line) in it. Panics with the lab's own
+    /// message when the lab could not run.
+    pub fn run(&self, command: &str) -> LabRun {
+        let script = repo_root().join("scripts/lab");
+        let mut cmd = Command::new(&script);
+        cmd.arg("run")
+            .arg("--timeout")
+            .arg(self.timeout.as_secs().to_string())
+            .arg("--smp")
+            .arg(self.smp.to_string());
+        if self.shadow_paging {
+            cmd.arg("--shadow-paging");
+        }
+        for b in &self.bins {
+            cmd.arg("--bin").arg(b);
+        }
+        for (src, dest) in &self.files {
+            cmd.arg("--file").arg(format!("{}:{dest}", src.display()));
+        }
+        cmd.arg("--").arg(command);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        // The script bounds the VM; this bounds the script (waiting for the lab lock, packing,
+        // fetching) with a margin on top.
+        let deadline = start + self.timeout + Duration::from_secs(900);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let output = reader.join().unwrap_or_default();
+        let log = err_reader.join().unwrap_or_default();
+        assert_ne!(
+            status,
+            Some(LAB_UNAVAILABLE),
+            "the lab could not run, so this test cannot check anything:\n{log}"
+        );
+        LabRun {
+            status: status.filter(|&s| s != LAB_TIMEOUT),
+            output,
+            log,
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+impl LabRun {
+    /// The exit status `lab-cluster` reported for node `id` (`@@NODE id status`).
+    pub fn node_status(&self, id: u16) -> Option<i32> {
+        let prefix = format!("@@NODE {id} ");
+        self.output
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// What node `id` printed (its lines without the `[nI] ` prefix).
+    pub fn node_output(&self, id: u16) -> String {
+        let prefix = format!("[n{id}] ");
+        let mut s = String::new();
+        for l in self.output.lines().filter_map(|l| l.strip_prefix(&prefix)) {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Everything, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "status {:?} after {:.0?}\n--- output ---\n{}\n--- lab ---\n{}",
+            self.status, self.elapsed, self.output, self.log
+        )
+    }
+}
