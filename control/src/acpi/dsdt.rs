@@ -1,9 +1,12 @@
 //! DSDT (ACPI 6.5 §5.2.11.1): a minimal AML namespace, built with rust-vmm's `acpi_tables` AML
 //! encoder: one processor device (`ACPI0007`) per vCPU under `\_SB`, named `Cxxx` (hex UID),
-//! with `_UID` matching the MADT and `_PXM` matching the SRAT; and COM1 (`PNP0501`) with its
-//! I/O ports and interrupt, which a hardware-reduced guest only learns from here.
+//! with `_UID` matching the MADT and `_PXM` matching the SRAT; COM1 (`PNP0501`) with its
+//! I/O ports and interrupt, which a hardware-reduced guest only learns from here; and the
+//! `\_S5` package that lets the guest power off through the FADT's sleep control register.
 
-use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Path, ResourceTemplate, Scope, IO};
+use acpi_tables::aml::{
+    Device, EISAName, Interrupt, Name, Package, Path, ResourceTemplate, Scope, IO,
+};
 use acpi_tables::Aml;
 
 use super::platform::Platform;
@@ -36,5 +39,12 @@ pub fn build(topology: &Topology, platform: &Platform) -> Vec<u8> {
     let aml = Scope::raw(Path::new("\\_SB_"), children);
     let mut t = Sdt::new(*b"DSDT", REVISION, &platform.ids);
     t.bytes(&aml);
+    if let Some(power) = platform.power {
+        // \_S5: SLP_TYPa, SLP_TYPb (only the first matters for the hardware-reduced register).
+        let (a, b) = (power.s5_sleep_type, 0u8);
+        let mut s5 = Vec::new();
+        Name::new(Path::new("\\_S5_"), &Package::new(vec![&a, &b])).to_aml_bytes(&mut s5);
+        t.bytes(&s5);
+    }
     t.finish()
 }

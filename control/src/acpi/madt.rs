@@ -102,7 +102,15 @@ mod tests {
             bandwidth_mbps: Matrix::from_fn(1, |_, _| 1),
         };
         let t = Topology::new(nodes, m, Overrides::default()).unwrap();
-        let b = build(&t, &Platform::default(), &OemIds::SSI_DP);
+        // The default (userspace irqchip) has no PC-AT PIC: no PCAT_COMPAT, no IRQ 0 override.
+        let plain = build(&t, &Platform::default(), &OemIds::SSI_DP);
+        assert_eq!(u32_at(&plain, HEADER_LEN + 4), 0);
+        let legacy = Platform {
+            legacy_pic: true,
+            ..Platform::default()
+        };
+        assert_eq!(plain.len() + 10, build(&t, &legacy, &OemIds::SSI_DP).len());
+        let b = build(&t, &legacy, &OemIds::SSI_DP);
         assert!(sums_to_zero(&b));
         assert_eq!(u32_at(&b, HEADER_LEN), 0xFEE0_0000);
         assert_eq!(u32_at(&b, HEADER_LEN + 4), FLAG_PCAT_COMPAT);

@@ -1,7 +1,8 @@
 //! The fixed facts of the virtual platform that the tables state besides the NUMA layout:
-//! interrupt controller addresses, legacy PIC/PIT presence, IA-PC boot flags, the serial port
-//! and OEM ids. The
-//! defaults describe a KVM guest with the in-kernel irqchip (what the VMM of issue #7 runs).
+//! interrupt controller addresses, legacy PIC/PIT presence, IA-PC boot flags, the serial port,
+//! the ACPI sleep and reset registers and OEM ids. The defaults describe what the `vmm` crate
+//! runs for a Linux guest: local APICs and an I/O APIC emulated in userspace, no PIC or PIT,
+//! COM1, power-off through the hardware-reduced sleep registers.
 
 use super::sdt::OemIds;
 
@@ -29,6 +30,33 @@ pub struct SerialPort {
     pub gsi: u32,
 }
 
+/// The hardware-reduced ACPI sleep and reset registers (FADT `SLEEP_CONTROL_REG`,
+/// `SLEEP_STATUS_REG`, `RESET_REG`), all 8-bit I/O ports, and the DSDT's `_S5` sleep type.
+/// Linux powers off by writing `SLP_EN | S5 << 2` to the control register and resets by
+/// writing `reset_value` to the reset register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowerRegisters {
+    /// Sleep control register port.
+    pub sleep_control: u16,
+    /// Sleep status register port.
+    pub sleep_status: u16,
+    /// Reset register port.
+    pub reset: u16,
+    /// Value that resets.
+    pub reset_value: u8,
+    /// The `_S5` (soft-off) sleep type value.
+    pub s5_sleep_type: u8,
+}
+
+/// The registers the `vmm` crate emulates.
+pub const POWER_REGISTERS: PowerRegisters = PowerRegisters {
+    sleep_control: 0x600,
+    sleep_status: 0x601,
+    reset: 0x602,
+    reset_value: 1,
+    s5_sleep_type: 5,
+};
+
 /// Platform facts the FADT, MADT and DSDT state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Platform {
@@ -37,8 +65,11 @@ pub struct Platform {
     /// The I/O APIC, if the guest has one.
     pub io_apic: Option<IoApic>,
     /// Whether the guest has the PC's dual 8259 PIC and an 8254 PIT on ISA IRQ 0 wired to
-    /// GSI 2 (MADT PCAT_COMPAT flag and the IRQ 0 override). True for KVM's in-kernel irqchip.
+    /// GSI 2 (MADT PCAT_COMPAT flag and the IRQ 0 override). True for KVM's in-kernel irqchip;
+    /// false for the userspace one the `vmm` crate runs.
     pub legacy_pic: bool,
+    /// Sleep and reset registers (power-off, reset), if the guest has them.
+    pub power: Option<PowerRegisters>,
     /// FADT IA-PC boot architecture flags.
     pub iapc_boot_arch: u16,
     /// COM1, if the guest has it (the Linux boot console).
@@ -56,7 +87,8 @@ impl Default for Platform {
                 address: 0xFEC0_0000,
                 gsi_base: 0,
             }),
-            legacy_pic: true,
+            legacy_pic: false,
+            power: Some(POWER_REGISTERS),
             iapc_boot_arch: IAPC_NO_VGA,
             serial: Some(SerialPort {
                 io_base: 0x3F8,
