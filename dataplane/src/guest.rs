@@ -73,7 +73,7 @@ impl Reports {
         let (code, status) = match &r.outcome {
             Outcome::Done(s) => (0, *s),
             Outcome::Halted => (1, 0),
-            Outcome::Stopped => (2, 0),
+            Outcome::Stopped | Outcome::PoweredOff | Outcome::Reset => (2, 0),
             Outcome::Failed(_) => (3, 0),
         };
         let cap = (SLOT_PAGES * PAGE_SIZE / 8 - 5) / 2;
@@ -129,6 +129,7 @@ impl Reports {
             unhandled_pio: 0,
             last_rip: 0,
             elapsed: Duration::ZERO,
+            counters: Default::default(),
         }
     }
 }

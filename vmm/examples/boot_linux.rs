@@ -1,81 +1,78 @@
-//! Boots a Linux kernel on our VMM with its serial console on stdout and reports how far it
-//! got: `cargo run -p vmm --example boot_linux -- /boot/vmlinuz-... [seconds] [pvh|bzimage]`.
-//! With `HIDE_CX16=1` the guest's CPUID hides CMPXCHG16B, which PVM's CPL0 emulator lacks
-//! (see docs/vmm.md, "Linux on PVM hosts").
+//! Boots a Linux kernel on one node (anonymous memory, no cluster) with its serial console on
+//! stdout, and reports how the run ended:
+//!
+//! `cargo run -p vmm --example boot_linux -- KERNEL [INITRD] [SECONDS] [VCPUS] [CMDLINE]`
+//!
+//! On a PVM host the kernel stops in early boot (docs/vmm.md, "Linux on PVM hosts"); on
+//! hardware KVM (or in the lab, scripts/lab) it boots to its init and, if the init powers off,
+//! the run ends there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmm::linux::{self, LinuxConfig, Protocol};
-use vmm::{Console, GuestMemory, Vm, VmConfig};
+use vmm::launch::{run_linux, LinuxArgs};
+use vmm::linux::Protocol;
+use vmm::{Console, GuestMemory};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let path = args
-        .next()
-        .ok_or("usage: boot_linux KERNEL [SECONDS] [pvh|bzimage]")?;
-    let secs: u64 = args.next().map_or(Ok(60), |s| s.parse())?;
-    let protocol = match args.next().as_deref() {
-        Some("bzimage") => Protocol::BzImage64,
-        _ => Protocol::Pvh,
-    };
-    let kernel = std::fs::read(&path)?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let kernel = args
+        .first()
+        .ok_or("usage: boot_linux KERNEL [INITRD|-] [SECONDS] [VCPUS] [CMDLINE]")?;
+    let initrd = args.get(1).filter(|s| *s != "-").map(Into::into);
+    let secs: u64 = args.get(2).map_or(Ok(60), |s| s.parse())?;
+    let vcpus: u32 = args.get(3).map_or(Ok(1), |s| s.parse())?;
+    let cmdline = args
+        .get(4)
+        .cloned()
+        .unwrap_or_else(|| "console=ttyS0 panic=-1".into());
     let ram = 256usize << 20;
     let mem = GuestMemory::anonymous(ram, 0)?;
+    let cpus = (0..vcpus)
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let topology = control::acpi::parse_topology(&control::acpi::SpecArgs {
-        layout: "0:mem=0-256M:cpus=0",
+        layout: &format!("0:mem=0-256M:cpus={cpus}"),
         latency_ns: Some("400"),
         bandwidth_mbps: Some("20000"),
         ..Default::default()
     })?;
     let acpi = control::acpi::tables(&topology).image(control::acpi::Placement::BIOS_AREA)?;
-    let t0 = Instant::now();
-    let cfg = LinuxConfig {
-        kernel: &kernel,
-        initrd: None,
-        cmdline: "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic nosmp panic=-1",
-        acpi: Some(&acpi),
-        protocol,
+    let linux = LinuxArgs {
+        kernel: kernel.into(),
+        initrd,
+        cmdline,
+        protocol: Protocol::Pvh,
     };
-    let boot = linux::load(&mem, &cfg)?;
-    println!(
-        "loaded {:?} in {:?}: {boot:x?}",
-        boot.protocol,
-        t0.elapsed()
-    );
-    let mut vm = Vm::new(&mem, VmConfig::single_node(1))?;
-    println!("irqchip: {}", vm.try_create_irqchip());
-    if std::env::var_os("HIDE_CX16").is_some() {
-        vm.edit_cpuid(|e| {
-            if e.function == 1 {
-                e.ecx &= !(1 << 13);
-            }
-        })?;
-    }
-    let console = Console::new(true);
-    vm.attach_serial(console.clone())?;
-    vm.load(&boot.boot, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let c = console.clone();
-    let start = Instant::now();
     std::thread::spawn(move || {
-        let mut seen = false;
-        while start.elapsed() < Duration::from_secs(secs) {
-            if !seen && c.contains(b"Linux version") {
-                seen = true;
-                eprintln!("\n[banner after {:?}]", start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        std::thread::sleep(Duration::from_secs(secs));
         s.store(true, Ordering::Release);
     });
-    let reports = vm.run_vcpus(&[], &stop);
-    for r in &reports {
+    let start = Instant::now();
+    let console = Console::new(true);
+    let run = run_linux(
+        &mem,
+        &linux,
+        Some(&acpi),
+        vcpus,
+        &[],
+        &stop,
+        console.clone(),
+    )?;
+    println!(
+        "\nended after {:?}: {:?}, guest status {:?}",
+        start.elapsed(),
+        run.end,
+        run.guest_status
+    );
+    for r in &run.reports {
         println!(
-            "\nvcpu {}: {:?} exits {} unhandled pio {} last rip {:#x} after {:?}",
-            r.vcpu, r.outcome, r.exits, r.unhandled_pio, r.last_rip, r.elapsed
+            "vcpu {}: {:?} exits {} last rip {:#x} {:?}",
+            r.vcpu, r.outcome, r.exits, r.last_rip, r.counters
         );
     }
     println!("console bytes: {}", console.snapshot().len());

@@ -9,9 +9,12 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use crate::console::Console;
+use crate::cpu::Boot;
 use crate::guests::{GuestError, GuestParams, Plan, TestGuest};
 use crate::linux::{self, LinuxBoot, LinuxConfig, LinuxError, Protocol};
 use crate::memory::GuestMemory;
+use crate::platform::vcpu_loop::GuestTsc;
+use crate::platform::{End, Placement, Platform, PlatformError};
 use crate::vcpu::VcpuReport;
 use crate::vm::{Vm, VmConfig, VmError};
 
@@ -41,12 +44,9 @@ pub enum LaunchError {
     /// Creating or configuring the VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
-    /// SMP Linux without an in-kernel irqchip.
-    #[error(
-        "Linux with {0} vCPUs needs an in-kernel interrupt controller, which this host's KVM \
-         refuses (PVM): boot with 1 vCPU here, or on a host with hardware KVM"
-    )]
-    NoIrqchip(u32),
+    /// The guest platform could not be set up.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
 }
 
 /// Parses `test:<name>`.
@@ -120,10 +120,12 @@ pub struct LinuxArgs {
 pub struct LinuxRun {
     /// Where the kernel went and how it started.
     pub boot: LinuxBoot,
-    /// Whether the host gave us an in-kernel irqchip.
-    pub irqchip: bool,
     /// One report per vCPU.
     pub reports: Vec<VcpuReport>,
+    /// How the guest ended (power-off, reset, a failure), if it did before the stop.
+    pub end: Option<End>,
+    /// The verdict the guest wrote to the status port, if any.
+    pub guest_status: Option<u32>,
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, LaunchError> {
@@ -133,9 +135,54 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, LaunchError> {
     })
 }
 
-/// Boots Linux with `vcpus` vCPUs (the boot vCPU starts at the kernel entry; the others wait
-/// for the kernel's INIT/SIPI in the in-kernel irqchip, so more than one needs hardware KVM),
-/// its console on `console`, until it halts, fails, or `stop` is set.
+/// Reads the kernel and initrd named in `args` and writes them, the boot structures and the
+/// ACPI tables into `mem` (on a cluster: only the node that loads the guest).
+pub fn load_linux(
+    mem: &GuestMemory,
+    args: &LinuxArgs,
+    acpi: Option<&control::acpi::AcpiImage>,
+) -> Result<LinuxBoot, LaunchError> {
+    let kernel = read(&args.kernel)?;
+    let initrd = args.initrd.as_ref().map(read).transpose()?;
+    Ok(linux::load(
+        mem,
+        &LinuxConfig {
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            cmdline: &args.cmdline,
+            acpi,
+            protocol: args.protocol,
+        },
+    )?)
+}
+
+/// The KVM VM for a Linux guest: `config`'s local vCPUs prepared for the userspace interrupt
+/// controllers ([`Vm::prepare_linux`]); vCPU 0, if local, starts at `boot`.
+pub fn linux_vm(mem: &GuestMemory, config: VmConfig, boot: &Boot) -> Result<Vm, LaunchError> {
+    let bsp_local = config.local_vcpus.contains(&0);
+    let mut vm = Vm::new(mem, config)?;
+    vm.prepare_linux()?;
+    if bsp_local {
+        vm.load_vcpu(0, boot)?;
+    }
+    Ok(vm)
+}
+
+/// Whether this host's KVM is PVM (its module is loaded), where a stock Linux gets only as far
+/// as early boot (docs/vmm.md, "Linux on PVM hosts").
+pub fn host_kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// What to tell a user who boots Linux on a PVM host.
+pub const PVM_NOTE: &str = "this host's /dev/kvm is PVM, which emulates every guest kernel \
+    instruction and stops a stock Linux in early boot; a full boot needs hardware KVM \
+    (Intel VT-x or AMD-V), for example the lab VM: scripts/lab run --bin target/release/ssi-dp \
+    -- 'ssi-dp ... --kernel ...' (docs/vmm.md, \"The lab\")";
+
+/// Boots Linux on one node with `vcpus` vCPUs (vCPU 0 starts at the kernel entry, the others
+/// wait for the kernel's INIT/SIPI), its console on `console`, until it powers off, resets,
+/// fails, or `stop` is set.
 pub fn run_linux(
     mem: &GuestMemory,
     args: &LinuxArgs,
@@ -145,30 +192,23 @@ pub fn run_linux(
     stop: &AtomicBool,
     console: Console,
 ) -> Result<LinuxRun, LaunchError> {
-    let kernel = read(&args.kernel)?;
-    let initrd = args.initrd.as_ref().map(read).transpose()?;
-    let boot = linux::load(
-        mem,
-        &LinuxConfig {
-            kernel: &kernel,
-            initrd: initrd.as_deref(),
-            cmdline: &args.cmdline,
-            acpi,
-            protocol: args.protocol,
-        },
-    )?;
-    let mut vm = Vm::new(mem, VmConfig::single_node(vcpus))?;
-    let irqchip = vm.try_create_irqchip();
-    if !irqchip && vcpus > 1 {
-        return Err(LaunchError::NoIrqchip(vcpus));
-    }
-    vm.attach_serial(console)?;
-    vm.load_vcpu(0, &boot.boot)?;
-    let reports = vm.run_vcpus(pin_cpus, stop);
+    let boot = load_linux(mem, args, acpi)?;
+    let mut vm = linux_vm(mem, VmConfig::single_node(vcpus), &boot.boot)?;
+    let platform = Platform::new(Placement::single_node(vcpus), console, None)?;
+    // One guest TSC for every vCPU: KVM matches the offsets of vCPUs created close together,
+    // but the APIC timers convert deadlines with one offset, so make it so.
+    let offset = vm.tsc_offset()?;
+    vm.set_tsc_offset(offset)?;
+    let tsc = GuestTsc {
+        offset,
+        khz: vm.tsc_khz().unwrap_or(0),
+    };
+    let reports = vm.run_linux_vcpus(&platform, tsc, pin_cpus, stop);
     Ok(LinuxRun {
         boot,
-        irqchip,
         reports,
+        end: platform.ended(),
+        guest_status: platform.guest_status(),
     })
 }
 

@@ -27,6 +27,7 @@ pub mod layout;
 pub mod linux;
 pub mod memory;
 pub mod paging;
+pub mod platform;
 pub mod protocol;
 pub mod vcpu;
 pub mod vm;

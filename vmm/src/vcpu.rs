@@ -102,8 +102,13 @@ pub enum Outcome {
     Done(u64),
     /// The guest executed HLT (Linux idling or dead).
     Halted,
-    /// The stop flag was set.
+    /// The stop flag was set (or, for Linux, another node ended the run with a failure).
     Stopped,
+    /// The guest powered off (ACPI S5).
+    PoweredOff,
+    /// The guest asked for a reset (ACPI reset register, port 0xCF9 or the keyboard
+    /// controller); this version ends the run instead of restarting it.
+    Reset,
     /// An error.
     Failed(VcpuError),
 }
@@ -129,6 +134,37 @@ pub struct VcpuReport {
     pub last_rip: u64,
     /// Wall time in the run loop.
     pub elapsed: Duration,
+    /// What the exits were (Linux guests).
+    pub counters: ExitCounters,
+}
+
+/// Exits of a Linux vCPU by what caused them, and what its loop did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitCounters {
+    /// Local APIC register accesses (MMIO).
+    pub lapic: u64,
+    /// Device accesses (COM1, I/O APIC, ACPI registers, status port), served here or forwarded.
+    pub device: u64,
+    /// Of those, forwarded to the device node on another node.
+    pub forwarded: u64,
+    /// Port or MMIO accesses nobody emulates (reads all ones, writes ignored).
+    pub unclaimed: u64,
+    /// TSC-deadline MSR accesses.
+    pub msr: u64,
+    /// HLT exits.
+    pub hlt: u64,
+    /// Interrupt-window exits.
+    pub irq_window: u64,
+    /// Interrupts injected (KVM_INTERRUPT).
+    pub injected: u64,
+    /// NMIs injected.
+    pub nmis: u64,
+    /// IPIs this vCPU sent (ICR writes).
+    pub ipis_sent: u64,
+    /// LAPIC timer expiries.
+    pub timer_fires: u64,
+    /// Times KVM_RUN returned early for a kick (an interrupt, a timer, a stop).
+    pub kicks: u64,
 }
 
 impl VcpuReport {
@@ -213,12 +249,21 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     }
 }
 
-struct ImmediateExitGuard;
+/// While alive, the kick signal sets `vcpu`'s `immediate_exit` when it hits this thread.
+pub(crate) struct ImmediateExitGuard;
 
 impl Drop for ImmediateExitGuard {
     fn drop(&mut self) {
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
     }
+}
+
+/// Points this thread's kick handler at `vcpu`'s `kvm_run.immediate_exit` (call on the vCPU's
+/// own thread, after [`install_kick_handler`]).
+pub(crate) fn bind_immediate_exit(vcpu: &mut VcpuFd) -> ImmediateExitGuard {
+    let flag: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+    IMMEDIATE_EXIT.with(|p| p.set(flag));
+    ImmediateExitGuard
 }
 
 /// Runs `vcpu` until the guest is done, `stop` is set, or an error. Call on the vCPU's own
@@ -235,10 +280,9 @@ pub fn run(id: u32, vcpu: &mut VcpuFd, exits: &Exits, stop: &AtomicBool) -> Vcpu
         unhandled_pio: 0,
         last_rip: 0,
         elapsed: Duration::ZERO,
+        counters: ExitCounters::default(),
     };
-    let flag: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
-    IMMEDIATE_EXIT.with(|p| p.set(flag));
-    let _guard = ImmediateExitGuard;
+    let _guard = bind_immediate_exit(vcpu);
     let mut key = 0u64;
     let outcome = loop {
         if stop.load(Ordering::Acquire) {

@@ -9,9 +9,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vmm_sys_util::eventfd::EventFd;
+use kvm_bindings::{
+    kvm_clock_data, kvm_device_attr, kvm_enable_cap, kvm_userspace_memory_region, KVMIO,
+    KVM_CAP_X86_USER_SPACE_MSR, KVM_CLOCK_REALTIME, KVM_MAX_CPUID_ENTRIES,
+    KVM_MSR_EXIT_REASON_FILTER, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET,
+};
+use kvm_ioctls::{
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
+};
+use vmm_sys_util::ioctl::ioctl_with_mut_ref;
+use vmm_sys_util::ioctl_iow_nr;
+
+use crate::platform::vcpu_loop::{self, GuestTsc, VcpuSetup, MSR_TSC_DEADLINE};
+use crate::platform::{cpuid, Platform};
 
 use crate::console::{Console, SerialIrq, SerialPort};
 use crate::cpu::Boot;
@@ -20,10 +30,28 @@ use crate::vcpu::{self, Exits, Outcome, VcpuError, VcpuReport};
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u32 = 256;
-/// GSI of COM1.
-pub const COM1_GSI: u32 = 4;
 /// How often the controller re-checks the stop flag and re-kicks vCPUs.
 const CONTROL_TICK: Duration = Duration::from_millis(5);
+
+ioctl_iow_nr!(KVM_SET_DEVICE_ATTR, KVMIO, 0xe1, kvm_device_attr);
+ioctl_iow_nr!(KVM_GET_DEVICE_ATTR, KVMIO, 0xe2, kvm_device_attr);
+ioctl_iow_nr!(KVM_HAS_DEVICE_ATTR, KVMIO, 0xe3, kvm_device_attr);
+
+/// KVM_{HAS,GET,SET}_DEVICE_ATTR on a vCPU (kvm-ioctls has them only for other
+/// architectures).
+fn vcpu_attr(
+    fd: &VcpuFd,
+    op: libc::c_ulong,
+    attr: &mut kvm_device_attr,
+) -> Result<(), kvm_ioctls::Error> {
+    // SAFETY: the three device-attribute ioctls read one kvm_device_attr from the pointer;
+    // GET writes the attribute's value to `attr.addr`, which every caller points at a live u64.
+    let rc = unsafe { ioctl_with_mut_ref(fd, op, attr) };
+    if rc < 0 {
+        return Err(kvm_ioctls::Error::last());
+    }
+    Ok(())
+}
 
 /// Errors creating or configuring the VM. Messages say what to change.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +79,12 @@ pub enum VmError {
     /// Installing the kick signal handler failed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    /// The host's KVM lacks something a Linux guest across nodes needs.
+    #[error(
+        "this host's KVM lacks {0}, which a Linux guest needs here; use a host kernel of 5.16 \
+         or later with hardware virtualization (or run it in the lab: scripts/lab)"
+    )]
+    Missing(&'static str),
 }
 
 /// Which vCPUs exist in the whole VM and which run here.
@@ -107,7 +141,6 @@ pub struct Vm {
     config: VmConfig,
     vcpus: Vec<LocalVcpu>,
     exits: Exits,
-    irqchip: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -115,7 +148,6 @@ impl std::fmt::Debug for Vm {
         f.debug_struct("Vm")
             .field("memory", &self.memory)
             .field("config", &self.config)
-            .field("irqchip", &self.irqchip)
             .finish_non_exhaustive()
     }
 }
@@ -173,7 +205,6 @@ impl Vm {
                 serial: None,
                 console: None,
             },
-            irqchip: false,
         })
     }
 
@@ -250,27 +281,219 @@ impl Vm {
         self.exits.console = Some(console);
     }
 
-    /// Creates the in-kernel interrupt controller (for Linux guests). Returns false where
-    /// the host refuses it; the serial port then runs without an interrupt line.
-    pub fn try_create_irqchip(&mut self) -> bool {
-        self.irqchip = self.fd.create_irq_chip().is_ok();
-        self.irqchip
+    /// Prepares the VM for a Linux guest whose interrupt controllers are emulated in
+    /// userspace ([`crate::platform`]): no in-kernel irqchip (KVM refuses one once vCPUs
+    /// exist, and it would drop IPIs to vCPUs of other nodes), TSC-deadline MSR accesses
+    /// routed to userspace through an MSR filter, the Linux CPUID, and the APIC base of each
+    /// local vCPU (vCPU 0 is the bootstrap processor). Every capability is checked first.
+    pub fn prepare_linux(&mut self) -> Result<(), VmError> {
+        if !self.kvm.check_extension(Cap::X86UserSpaceMsr) {
+            return Err(VmError::Missing("KVM_CAP_X86_USER_SPACE_MSR"));
+        }
+        if !self.kvm.check_extension(Cap::X86MsrFilter) {
+            return Err(VmError::Missing("KVM_CAP_X86_MSR_FILTER"));
+        }
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_X86_USER_SPACE_MSR,
+            ..Default::default()
+        };
+        cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_FILTER);
+        self.fd
+            .enable_cap(&cap)
+            .map_err(kvm_err("enable userspace MSR exits"))?;
+        let bitmap = [1u8];
+        let deadline = MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: MSR_TSC_DEADLINE,
+            msr_count: 1,
+            bitmap: &bitmap,
+        };
+        // A set bit allows; the range denies IA32_TSC_DEADLINE in KVM, so it exits to us.
+        let deny = [0u8];
+        let deadline = MsrFilterRange {
+            bitmap: &deny,
+            ..deadline
+        };
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::ALLOW, &[deadline])
+            .map_err(kvm_err("set the MSR filter"))?;
+        let supported = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get supported CPUID"))?;
+        for v in &self.vcpus {
+            let mut entries = supported.clone();
+            for e in entries.as_mut_slice() {
+                cpuid::edit(e, v.id);
+            }
+            v.fd.set_cpuid2(&entries).map_err(kvm_err("set CPUID"))?;
+            vcpu_loop::set_apic_base(&v.fd, v.id == 0).map_err(kvm_err("set the APIC base"))?;
+        }
+        Ok(())
     }
 
-    /// Attaches a 16550 on COM1 writing to `console`; returns the port for inspection.
-    pub fn attach_serial(&mut self, console: Console) -> Result<SerialPort, VmError> {
-        let irq = if self.irqchip {
-            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-            self.fd
-                .register_irqfd(&evt, COM1_GSI)
-                .map_err(kvm_err("register serial irqfd"))?;
-            Some(evt)
-        } else {
-            None
+    /// The guest TSC offset of the local vCPUs (KVM_VCPU_TSC_OFFSET of the first one).
+    pub fn tsc_offset(&self) -> Result<u64, VmError> {
+        let v = self
+            .vcpus
+            .first()
+            .ok_or_else(|| VmError::Config("no local vCPU".into()))?;
+        let mut offset = 0u64;
+        let mut attr = kvm_device_attr {
+            group: KVM_VCPU_TSC_CTRL,
+            attr: u64::from(KVM_VCPU_TSC_OFFSET),
+            addr: &mut offset as *mut u64 as u64,
+            flags: 0,
         };
-        let port = SerialPort::new(SerialIrq::new(irq), console);
+        vcpu_attr(&v.fd, KVM_HAS_DEVICE_ATTR(), &mut attr)
+            .map_err(|_| VmError::Missing("KVM_VCPU_TSC_OFFSET (vCPU TSC control)"))?;
+        vcpu_attr(&v.fd, KVM_GET_DEVICE_ATTR(), &mut attr)
+            .map_err(kvm_err("get the TSC offset"))?;
+        Ok(offset)
+    }
+
+    /// Gives every local vCPU the guest TSC offset `offset` (all nodes of a guest use one, so
+    /// the guest TSC is one clock; docs/vmm.md, "Time").
+    pub fn set_tsc_offset(&self, offset: u64) -> Result<(), VmError> {
+        for v in &self.vcpus {
+            let mut value = offset;
+            let mut attr = kvm_device_attr {
+                group: KVM_VCPU_TSC_CTRL,
+                attr: u64::from(KVM_VCPU_TSC_OFFSET),
+                addr: &mut value as *mut u64 as u64,
+                flags: 0,
+            };
+            vcpu_attr(&v.fd, KVM_HAS_DEVICE_ATTR(), &mut attr)
+                .map_err(|_| VmError::Missing("KVM_VCPU_TSC_OFFSET (vCPU TSC control)"))?;
+            vcpu_attr(&v.fd, KVM_SET_DEVICE_ATTR(), &mut attr)
+                .map_err(kvm_err("set the TSC offset"))?;
+        }
+        Ok(())
+    }
+
+    /// The VM's kvm-clock (KVM_GET_CLOCK) with the host's realtime when KVM provides it.
+    pub fn clock(&self) -> Result<kvm_clock_data, VmError> {
+        self.fd.get_clock().map_err(kvm_err("get the kvm-clock"))
+    }
+
+    /// Sets the kvm-clock to what another node's VM read (`data` from [`Vm::clock`]): with
+    /// KVM_CLOCK_REALTIME, KVM adds the realtime that passed since, so both VMs' clocks agree
+    /// as far as the hosts' realtime clocks do.
+    pub fn set_clock(&self, data: &kvm_clock_data) -> Result<(), VmError> {
+        let supported = self.kvm.check_extension_int(Cap::AdjustClock) as u32;
+        let mut d = kvm_clock_data {
+            clock: data.clock,
+            flags: 0,
+            realtime: data.realtime,
+            ..Default::default()
+        };
+        if data.flags & KVM_CLOCK_REALTIME != 0 && supported & KVM_CLOCK_REALTIME != 0 {
+            d.flags = KVM_CLOCK_REALTIME;
+        } else {
+            return Err(VmError::Missing(
+                "KVM_CLOCK_REALTIME (kvm-clock set by realtime)",
+            ));
+        }
+        self.fd.set_clock(&d).map_err(kvm_err("set the kvm-clock"))
+    }
+
+    /// Runs every local vCPU of a Linux guest on its own thread (pinned like
+    /// [`Vm::run_vcpus`]) until the platform says the run ended or `stop` is set; vCPU 0 is
+    /// the bootstrap processor, the others wait for their start-up IPI. Returns one report per
+    /// local vCPU, in local order.
+    pub fn run_linux_vcpus(
+        &mut self,
+        platform: &Platform,
+        tsc: GuestTsc,
+        pin_cpus: &[usize],
+        stop: &AtomicBool,
+    ) -> Vec<VcpuReport> {
+        let n = self.vcpus.len();
+        let finished = AtomicUsize::new(0);
+        let controller = std::thread::current();
+        let mut reports = Vec::with_capacity(n);
+        std::thread::scope(|scope| {
+            let mut handles = Vec::with_capacity(n);
+            for (k, v) in self.vcpus.iter_mut().enumerate() {
+                let id = v.id;
+                let cpu = (!pin_cpus.is_empty()).then(|| pin_cpus[k % pin_cpus.len()]);
+                let (finished, controller) = (&finished, controller.clone());
+                let setup = VcpuSetup {
+                    id,
+                    platform,
+                    tsc,
+                    bsp: id == 0,
+                    stop,
+                };
+                let handle = std::thread::Builder::new()
+                    .name(format!("vcpu{id}"))
+                    .spawn_scoped(scope, move || {
+                        let report = match cpu.map(vcpu::pin_current_thread) {
+                            Some(Err(source)) => failed(
+                                id,
+                                VcpuError::Pin {
+                                    vcpu: id,
+                                    cpu: cpu.unwrap_or(0),
+                                    source,
+                                },
+                            ),
+                            _ => vcpu_loop::run(&setup, &mut v.fd),
+                        };
+                        finished.fetch_add(1, Ordering::AcqRel);
+                        controller.unpark();
+                        report
+                    });
+                match handle {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        platform.end(crate::platform::msg::Lifecycle::Failed, 1);
+                        finished.fetch_add(1, Ordering::AcqRel);
+                        reports.push(failed(
+                            id,
+                            VcpuError::UnexpectedExit {
+                                vcpu: id,
+                                exit: format!("could not spawn the vCPU thread: {e}"),
+                            },
+                        ));
+                    }
+                }
+            }
+            while finished.load(Ordering::Acquire) < n {
+                if stop.load(Ordering::Acquire) || platform.ended().is_some() {
+                    platform.kick_all();
+                }
+                std::thread::park_timeout(CONTROL_TICK);
+            }
+            for h in handles {
+                match h.join() {
+                    Ok(r) => reports.push(r),
+                    Err(_) => reports.push(failed(
+                        u32::MAX,
+                        VcpuError::UnexpectedExit {
+                            vcpu: u32::MAX,
+                            exit: "vCPU thread panicked".into(),
+                        },
+                    )),
+                }
+            }
+        });
+        reports.sort_by_key(|r| {
+            self.config
+                .local_vcpus
+                .iter()
+                .position(|&id| id == r.vcpu)
+                .unwrap_or(usize::MAX)
+        });
+        reports
+    }
+
+    /// Attaches a 16550 on COM1 writing to `console`, without an interrupt line (its early
+    /// console polls), for guests run by [`Vm::run_vcpus`]; returns the port for inspection.
+    /// Linux guests get theirs from [`crate::platform`].
+    pub fn attach_serial(&mut self, console: Console) -> SerialPort {
+        let port = SerialPort::new(SerialIrq::new(None), console);
         self.exits.serial = Some(port.clone());
-        Ok(port)
+        port
     }
 
     /// Runs every local vCPU on its own thread (vCPU `k` of the local list pinned to
@@ -385,6 +608,7 @@ fn failed(vcpu: u32, error: VcpuError) -> VcpuReport {
         unhandled_pio: 0,
         last_rip: 0,
         elapsed: Duration::ZERO,
+        counters: Default::default(),
     }
 }
 

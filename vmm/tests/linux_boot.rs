@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use vmm::layout::linux as l;
 use vmm::linux::{self, LinuxConfig, Protocol};
-use vmm::{Console, CpuMode, GuestMemory, Outcome, Vm, VmConfig};
+use vmm::{Console, CpuMode, GuestMemory, Outcome};
 
 const RAM: usize = 256 << 20;
 const BANNER_BUDGET: Duration = Duration::from_secs(150);
@@ -219,22 +219,17 @@ fn debian_kernel_prints_its_banner_on_our_serial() {
     let mem = GuestMemory::anonymous(RAM, 0).unwrap();
     let acpi = acpi(RAM);
     let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic nosmp panic=-1";
-    let boot = linux::load(
-        &mem,
-        &LinuxConfig {
-            kernel: &image,
-            initrd: None,
-            cmdline,
-            acpi: Some(&acpi),
-            protocol: Protocol::Pvh,
-        },
-    )
-    .unwrap();
-    let mut vm = Vm::new(&mem, VmConfig::single_node(1)).unwrap();
-    vm.try_create_irqchip();
+    let dir = std::env::temp_dir().join(format!("vmm-banner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, &image).unwrap();
+    let args = vmm::launch::LinuxArgs {
+        kernel,
+        initrd: None,
+        cmdline: cmdline.to_string(),
+        protocol: Protocol::Pvh,
+    };
     let console = Console::new(false);
-    vm.attach_serial(console.clone()).unwrap();
-    vm.load(&boot.boot, None).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (s, c) = (stop.clone(), console.clone());
     // Stop once the early console has printed the replayed log (banner, command line, e820
@@ -254,9 +249,12 @@ fn debian_kernel_prints_its_banner_on_our_serial() {
         s.store(true, Ordering::Release);
         banner
     });
-    let reports = vm.run_vcpus(&[], &stop);
+    let run = vmm::launch::run_linux(&mem, &args, Some(&acpi), 1, &[], &stop, console.clone())
+        .expect("the VM for Linux is set up");
+    let reports = run.reports;
     stop.store(true, Ordering::Release);
     let seen = watcher.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     let out = String::from_utf8_lossy(&console.snapshot()).into_owned();
     let r = &reports[0];
     let Some(after) = seen else {

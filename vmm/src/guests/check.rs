@@ -97,6 +97,8 @@ fn outcome_text(o: &Outcome) -> String {
         Outcome::Done(s) => format!("guest status {s:#x}"),
         Outcome::Halted => "halted".into(),
         Outcome::Stopped => "stopped before finishing (timeout or stop flag)".into(),
+        Outcome::PoweredOff => "powered off".into(),
+        Outcome::Reset => "reset".into(),
         Outcome::Failed(e) => e.to_string(),
     }
 }

@@ -427,6 +427,7 @@ mod tests {
             unhandled_pio: 0,
             last_rip: 0,
             elapsed: Duration::ZERO,
+            counters: Default::default(),
         }
     }
 
