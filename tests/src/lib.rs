@@ -279,3 +279,6 @@ pub fn assert_all_ok(results: &[(u16, Option<ExitStatus>, String)]) {
 }
 
 pub mod lab;
+
+/// The guest-side checker (`ssi-guest-check`) packed into a Linux initramfs.
+pub mod initramfs;
