@@ -277,35 +277,6 @@ pub fn run(
     finish(node, &barrier, progress, report)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vcpus_are_dealt_round_robin_over_participants() {
-        assert_eq!(default_local_vcpus(4, &[0, 1], 0), vec![0, 2]);
-        assert_eq!(default_local_vcpus(4, &[0, 1], 1), vec![1, 3]);
-        assert_eq!(default_local_vcpus(2, &[3], 3), vec![0, 1]);
-        assert!(default_local_vcpus(2, &[0, 1], 5).is_empty());
-    }
-}
-
-/// A Linux boot on the cluster (`--kernel`).
-#[derive(Debug, Clone)]
-pub struct LinuxSpec {
-    /// Kernel, initrd, command line and entry protocol.
-    pub args: vmm::launch::LinuxArgs,
-    /// CPUs to pin the boot vCPU's thread to.
-    pub vcpu_cores: Vec<usize>,
-    /// Give up after this long.
-    pub timeout: Duration,
-    /// The nodes that take part, sorted.
-    pub participants: Vec<u16>,
-}
-
-/// Highest guest RAM end for Linux: below the 3 GiB PCI hole.
-const LINUX_RAM_LIMIT: u64 = 3 << 30;
-
 /// The ACPI tables for a guest on this cluster whose vCPUs run per `vcpus_of`.
 pub fn acpi_tables(
     node: &Node,
@@ -319,69 +290,15 @@ pub fn acpi_tables(
     crate::acpi_topology::topology(&node.cluster(), figures, ram_end, vcpus_of)
 }
 
-/// Boots Linux with one vCPU on the node homing page 0, over the whole cluster's memory, with
-/// ACPI tables describing the cluster (SRAT/SLIT/HMAT from the formation measurements). The
-/// other nodes serve memory until it ends. The console goes to this node's stdout.
-pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<Report, String> {
-    let me = node.id();
-    let Some(area) = HostArea::of(node) else {
-        return Err(
-            "the address space is too small for a guest: give the nodes more --memory".into(),
-        );
-    };
-    let ram = (area.start() / RAM_ALIGN * RAM_ALIGN).min(LINUX_RAM_LIMIT);
-    let barrier = Barrier::new(
-        area.mem,
-        area.page(GUEST_BARRIERS),
-        spec.participants.len() as u64,
-    );
-    let loader = node.layout().home_of(0).map_err(|e| e.to_string())?.get();
-    let report = if loader == me {
-        let topology = acpi_tables(node, ram, |id| if id == loader { vec![0] } else { vec![] })?;
-        let image = control::acpi::tables(&topology)
-            .image(control::acpi::Placement::BIOS_AREA)
-            .map_err(|e| format!("placing the ACPI tables: {e}"))?;
-        // SAFETY: the region stays mapped while `node` lives; the VM is dropped before return.
-        let gm = unsafe { GuestMemory::from_raw(node.base(), ram as usize, 0) }
-            .map_err(|e| format!("guest memory: {e}"))?;
-        let (stop, _watchdog) = vmm::stop_after(spec.timeout);
-        let console = vmm::Console::new(true);
-        let run = vmm::launch::run_linux(
-            &gm,
-            &spec.args,
-            Some(&image),
-            1,
-            &spec.vcpu_cores,
-            &stop,
-            console.clone(),
-        )
-        .map_err(|e| format!("booting Linux: {e}"))?;
-        let banner = console.contains(b"Linux version");
-        let r = run.reports.first();
-        let outcome = r.map_or("no vCPU report".to_string(), |r| match &r.outcome {
-            Outcome::Failed(e) => format!("failed: {e}"),
-            other => format!("{other:?}"),
-        });
-        let clean = r.is_some_and(|r| matches!(r.outcome, Outcome::Halted | Outcome::Done(0)));
-        Report {
-            ok: clean,
-            summary: format!(
-                "Linux on {} MiB of cluster memory, 1 vCPU on node {me}: kernel banner {}, {} console bytes, \
-                 {} exits, vCPU ended: {outcome}",
-                ram >> 20,
-                if banner { "printed" } else { "NOT printed" },
-                console.snapshot().len(),
-                r.map_or(0, |r| r.exits)
-            ),
-            work_time: r.map(|r| r.elapsed).unwrap_or_default(),
-        }
-    } else {
-        Report {
-            ok: true,
-            summary: format!("served memory while node {loader} booted Linux"),
-            work_time: Duration::ZERO,
-        }
-    };
-    barrier.wait(1);
-    finish(node, &barrier, progress, report)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_are_dealt_round_robin_over_participants() {
+        assert_eq!(default_local_vcpus(4, &[0, 1], 0), vec![0, 2]);
+        assert_eq!(default_local_vcpus(4, &[0, 1], 1), vec![1, 3]);
+        assert_eq!(default_local_vcpus(2, &[3], 3), vec![0, 1]);
+        assert!(default_local_vcpus(2, &[0, 1], 5).is_empty());
+    }
 }

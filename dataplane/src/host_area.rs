@@ -4,7 +4,7 @@
 //!
 //! | pages (from the start of the area) | use |
 //! |---|---|
-//! | 0 | barriers of a guest run (loaded, reported, end) |
+//! | 0 | barriers of a guest run (loaded, reported, end); for a Linux guest also each node's vCPU count, the clock the loader read and each vCPU's node ([`linux_words`]) |
 //! | 1 | the formation barrier (measurements exchanged) |
 //! | 2 .. 2 + [`ROW_PAGES`] | one row of measured figures per node (64 × (latency, bandwidth)) |
 //! | [`REPORTS`] .. | one report slot of [`SLOT_PAGES`] pages per vCPU of a guest run |
@@ -34,6 +34,20 @@ pub const REPORTS: u64 = ROWS + ROW_PAGES;
 pub const SLOT_PAGES: u64 = 15;
 /// Most vCPUs whose reports fit.
 pub const MAX_VCPUS: u32 = ((HOST_AREA / PAGE_SIZE - REPORTS) / SLOT_PAGES) as u32;
+
+/// Byte offsets in the guest-barrier page, after the barrier counters, that a Linux guest
+/// run uses to agree on its setup.
+pub mod linux_words {
+    /// `vcpus + 1` as node `n` was told (`--vcpus`), at `VCPUS + 8 * n` (64 nodes).
+    pub const VCPUS: usize = 128;
+    /// What the loading node read from its VM: ready flag, guest TSC offset, kvm-clock
+    /// value, its flags, host realtime (five words).
+    pub const CLOCK: usize = 1024;
+    /// `node + 1` of the node that runs vCPU `v`, at `OWNERS + 8 * v` (256 vCPUs).
+    pub const OWNERS: usize = 2048;
+    /// Most vCPUs a Linux guest may have (the OWNERS words).
+    pub const MAX_VCPUS: u32 = 255;
+}
 
 /// The host area of a node's address space.
 #[derive(Debug, Clone, Copy)]

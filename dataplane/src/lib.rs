@@ -19,6 +19,8 @@ pub mod control_glue;
 pub mod cpulist;
 pub mod doorbell;
 pub mod guest;
+pub mod guest_link;
+pub mod guest_linux;
 pub mod histlog;
 pub mod host_area;
 pub mod idle;

@@ -19,7 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use wire::handshake::{self, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats};
+use wire::handshake::{
+    self, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats, PLATFORM_CHANNEL,
+};
 use wire::ratelimit::LogLimiter;
 
 use crate::config::{ClusterSpec, NodeSpec};
@@ -92,11 +94,18 @@ pub struct Mesh {
     pub acceptor: Acceptor,
 }
 
+/// Where the acceptor hands authenticated guest platform channels
+/// ([`PLATFORM_CHANNEL`]): a guest run that spans nodes sets a sender while it accepts them;
+/// with none set they are refused.
+pub type PlatformSink = Arc<Mutex<Option<Sender<Authenticated>>>>;
+
 /// The background acceptor.
 #[derive(Debug)]
 pub struct Acceptor {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Where platform channels go.
+    pub platform: PlatformSink,
     /// Handshake outcomes by reason (server side and our own dials).
     pub stats: Arc<HandshakeStats>,
     /// Connections from known nodes refused after the mesh formed.
@@ -155,17 +164,22 @@ pub fn establish(
     let setup_done = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let late_refused = Arc::new(AtomicUsize::new(0));
+    let platform: PlatformSink = Arc::default();
     let thread = spawn_acceptor(
         listener,
         server_cfg,
-        tx,
-        setup_done.clone(),
+        Routes {
+            tx,
+            setup_done: setup_done.clone(),
+            late: late_refused.clone(),
+            platform: platform.clone(),
+        },
         stop.clone(),
-        late_refused.clone(),
     )?;
     let mut acceptor = Acceptor {
         stop,
         thread: Some(thread),
+        platform,
         stats: stats.clone(),
         late_refused,
     };
@@ -253,6 +267,28 @@ fn conn(node: NodeId, a: Authenticated) -> Conn {
         peer_shard_count: a.peer_shard_count,
         stream: a.stream,
     }
+}
+
+/// Opens the guest platform channel to `peer` (authenticated like a shard connection; the
+/// peer's acceptor hands it to its guest run). Retries until `timeout` while the peer is not
+/// listening yet.
+pub fn dial_platform(
+    cluster: &ClusterSpec,
+    peer: &NodeSpec,
+    shards: u16,
+    secret: &[u8],
+    timeout: Duration,
+) -> Result<TcpStream, MeshError> {
+    let stats = Arc::new(HandshakeStats::default());
+    let cfg = hs_config(cluster, 0, shards, secret, &stats)?;
+    let a = dial(
+        peer.addr,
+        &cfg,
+        peer.id,
+        PLATFORM_CHANNEL,
+        Instant::now() + timeout,
+    )?;
+    Ok(a.stream)
 }
 
 /// Dials until the peer answers or the deadline passes; configuration errors end at once.
@@ -351,13 +387,24 @@ fn collect_accepted(
     Ok(())
 }
 
+/// Where the acceptor sends what it authenticated.
+#[derive(Clone)]
+struct Routes {
+    /// Shard connections while the mesh forms.
+    tx: Sender<Result<Authenticated, HandshakeError>>,
+    /// Set once the mesh formed (later shard connections are refused).
+    setup_done: Arc<AtomicBool>,
+    /// Connections from known nodes refused after the mesh formed.
+    late: Arc<AtomicUsize>,
+    /// Guest platform channels.
+    platform: PlatformSink,
+}
+
 fn spawn_acceptor(
     listener: TcpListener,
     cfg: Arc<HandshakeConfig>,
-    tx: Sender<Result<Authenticated, HandshakeError>>,
-    setup_done: Arc<AtomicBool>,
+    routes: Routes,
     stop: Arc<AtomicBool>,
-    late_refused: Arc<AtomicUsize>,
 ) -> Result<JoinHandle<()>, MeshError> {
     listener
         .set_nonblocking(true)
@@ -403,18 +450,12 @@ fn spawn_acceptor(
                     continue;
                 }
                 active.fetch_add(1, Ordering::SeqCst);
-                let (cfg, tx, setup_done, late, active2, log2) = (
-                    cfg.clone(),
-                    tx.clone(),
-                    setup_done.clone(),
-                    late_refused.clone(),
-                    active.clone(),
-                    log.clone(),
-                );
+                let (cfg, routes, active2, log2) =
+                    (cfg.clone(), routes.clone(), active.clone(), log.clone());
                 let spawned = std::thread::Builder::new()
                     .name("ssi-dp-handshake".into())
                     .spawn(move || {
-                        let msg = serve_one(stream, &cfg, &tx, &setup_done, &late);
+                        let msg = serve_one(stream, &cfg, &routes);
                         if let Some(msg) = msg {
                             warn(&log2, format_args!("connection from {from}: {msg}"));
                         }
@@ -436,17 +477,30 @@ fn spawn_acceptor(
 }
 
 /// Runs the server side of one handshake; returns what to log, if anything.
-fn serve_one(
-    stream: TcpStream,
-    cfg: &HandshakeConfig,
-    tx: &Sender<Result<Authenticated, HandshakeError>>,
-    setup_done: &AtomicBool,
-    late: &AtomicUsize,
-) -> Option<String> {
+fn serve_one(stream: TcpStream, cfg: &HandshakeConfig, routes: &Routes) -> Option<String> {
+    let Routes {
+        tx,
+        setup_done,
+        late,
+        platform,
+    } = routes;
     if let Err(e) = stream.set_nonblocking(false) {
         return Some(e.to_string());
     }
     match handshake::accept_stream(stream, cfg) {
+        Ok(a) if a.local_shard == PLATFORM_CHANNEL => {
+            let node = a.peer_node;
+            let sent = match platform.lock() {
+                Ok(sink) => sink.as_ref().map(|s| s.send(a).is_ok()),
+                Err(_) => None,
+            };
+            match sent {
+                Some(true) => None,
+                _ => Some(format!(
+                    "refusing node {node}'s guest platform channel: no guest run here accepts one"
+                )),
+            }
+        }
         Ok(a) => {
             if setup_done.load(Ordering::SeqCst) {
                 late.fetch_add(1, Ordering::SeqCst);

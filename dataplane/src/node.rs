@@ -547,6 +547,36 @@ impl Node {
         Ok(())
     }
 
+    /// Where authenticated guest platform channels from other nodes arrive: a guest run that
+    /// spans nodes puts a sender here while it expects them.
+    pub fn platform_sink(&self) -> crate::mesh::PlatformSink {
+        self.acceptor.platform.clone()
+    }
+
+    /// Opens the guest platform channel to node `peer` (authenticated with the cluster
+    /// secret, layout digest checked), retrying until `timeout` while it is not listening.
+    pub fn dial_platform(
+        &self,
+        peer: u16,
+        timeout: Duration,
+    ) -> Result<std::net::TcpStream, NodeError> {
+        let cluster = self.cluster();
+        let spec = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == peer)
+            .cloned()
+            .ok_or_else(|| NodeError::Join(format!("node {peer} is not in the cluster")))?;
+        let shards = self.mailboxes.len() as u16;
+        Ok(mesh::dial_platform(
+            &cluster,
+            &spec,
+            shards,
+            &self.secret,
+            timeout,
+        )?)
+    }
+
     /// The state of `page` as this node knows it: the directory entry if it homes the page,
     /// and the recent requests it counted for it.
     pub fn query_page(&self, page: u64) -> Option<PageState> {

@@ -157,13 +157,27 @@ pub fn load_linux(
 }
 
 /// The KVM VM for a Linux guest: `config`'s local vCPUs prepared for the userspace interrupt
-/// controllers ([`Vm::prepare_linux`]); vCPU 0, if local, starts at `boot`.
-pub fn linux_vm(mem: &GuestMemory, config: VmConfig, boot: &Boot) -> Result<Vm, LaunchError> {
+/// controllers ([`Vm::prepare_linux`]); vCPU 0, which must be local exactly when `boot` is
+/// given, starts at `boot`.
+pub fn linux_vm(
+    mem: &GuestMemory,
+    config: VmConfig,
+    boot: Option<&Boot>,
+) -> Result<Vm, LaunchError> {
     let bsp_local = config.local_vcpus.contains(&0);
     let mut vm = Vm::new(mem, config)?;
     vm.prepare_linux()?;
-    if bsp_local {
-        vm.load_vcpu(0, boot)?;
+    match (bsp_local, boot) {
+        (true, Some(b)) => vm.load_vcpu(0, b)?,
+        (false, None) => {}
+        (true, None) => {
+            return Err(VmError::Config("vCPU 0 is local but has no boot state".into()).into())
+        }
+        (false, Some(_)) => {
+            return Err(
+                VmError::Config("a boot state for vCPU 0, which runs elsewhere".into()).into(),
+            )
+        }
     }
     Ok(vm)
 }
@@ -193,7 +207,7 @@ pub fn run_linux(
     console: Console,
 ) -> Result<LinuxRun, LaunchError> {
     let boot = load_linux(mem, args, acpi)?;
-    let mut vm = linux_vm(mem, VmConfig::single_node(vcpus), &boot.boot)?;
+    let mut vm = linux_vm(mem, VmConfig::single_node(vcpus), Some(&boot.boot))?;
     let platform = Platform::new(Placement::single_node(vcpus), console, None)?;
     // One guest TSC for every vCPU: KVM matches the offsets of vCPUs created close together,
     // but the APIC timers convert deadlines with one offset, so make it so.

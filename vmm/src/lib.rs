@@ -35,6 +35,8 @@ pub mod vm;
 pub use console::{Console, SerialPort};
 pub use cpu::{Boot, CpuMode};
 pub use guests::{CheckError, GuestError, GuestParams, Plan, TestGuest, Verdict};
+/// The kvm-clock state a node reads from its VM and others copy ([`Vm::clock`]).
+pub use kvm_bindings::kvm_clock_data as ClockData;
 pub use memory::{GuestMemory, MemoryError};
 pub use vcpu::{Outcome, VcpuError, VcpuReport};
 pub use vm::{stop_after, Vm, VmConfig, VmError};

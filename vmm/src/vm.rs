@@ -371,28 +371,35 @@ impl Vm {
         Ok(())
     }
 
-    /// The VM's kvm-clock (KVM_GET_CLOCK) with the host's realtime when KVM provides it.
+    /// The VM's kvm-clock (KVM_GET_CLOCK), with the host's realtime of the same instant: KVM
+    /// gives both at once (KVM_CLOCK_REALTIME) when the host clocksource is the TSC; otherwise
+    /// the realtime is read right after, and the flag stays clear.
     pub fn clock(&self) -> Result<kvm_clock_data, VmError> {
-        self.fd.get_clock().map_err(kvm_err("get the kvm-clock"))
+        let mut c = self.fd.get_clock().map_err(kvm_err("get the kvm-clock"))?;
+        if c.flags & KVM_CLOCK_REALTIME == 0 {
+            c.realtime = realtime_ns();
+        }
+        Ok(c)
     }
 
-    /// Sets the kvm-clock to what another node's VM read (`data` from [`Vm::clock`]): with
-    /// KVM_CLOCK_REALTIME, KVM adds the realtime that passed since, so both VMs' clocks agree
-    /// as far as the hosts' realtime clocks do.
+    /// Sets the kvm-clock to what another node's VM read (`data` from [`Vm::clock`]) plus the
+    /// realtime that passed since: by KVM itself (KVM_CLOCK_REALTIME) when both sides support
+    /// it, else from this host's realtime now. Either way the VMs' clocks agree as far as the
+    /// hosts' realtime clocks do (the same host in the lab; NTP/PTP across hosts).
     pub fn set_clock(&self, data: &kvm_clock_data) -> Result<(), VmError> {
         let supported = self.kvm.check_extension_int(Cap::AdjustClock) as u32;
         let mut d = kvm_clock_data {
             clock: data.clock,
-            flags: 0,
             realtime: data.realtime,
             ..Default::default()
         };
-        if data.flags & KVM_CLOCK_REALTIME != 0 && supported & KVM_CLOCK_REALTIME != 0 {
+        if data.flags & supported & KVM_CLOCK_REALTIME != 0 {
             d.flags = KVM_CLOCK_REALTIME;
         } else {
-            return Err(VmError::Missing(
-                "KVM_CLOCK_REALTIME (kvm-clock set by realtime)",
-            ));
+            d.clock = data
+                .clock
+                .wrapping_add(realtime_ns().saturating_sub(data.realtime));
+            d.realtime = 0;
         }
         self.fd.set_clock(&d).map_err(kvm_err("set the kvm-clock"))
     }
@@ -610,6 +617,17 @@ fn failed(vcpu: u32, error: VcpuError) -> VcpuReport {
         elapsed: Duration::ZERO,
         counters: Default::default(),
     }
+}
+
+/// CLOCK_REALTIME in nanoseconds.
+fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A stop flag that a watchdog sets after `timeout` unless the returned guard is dropped

@@ -46,6 +46,10 @@ pub const MAC_LEN: usize = 32;
 pub const MIN_SECRET_LEN: usize = 16;
 /// Client nonces remembered to detect replays.
 pub const NONCE_CACHE: usize = 1024;
+/// The `target` a client names to open the guest platform channel (interrupts and device
+/// accesses of a guest spanning nodes, docs/vmm.md) instead of a shard connection. A server
+/// accepts it whatever its shard count; what it does with the connection is its own choice.
+pub const PLATFORM_CHANNEL: u16 = 0xFF00;
 
 const KIND_CLIENT_HELLO: u8 = 1;
 const KIND_SERVER_HELLO: u8 = 2;
@@ -660,7 +664,7 @@ fn server(mut s: TcpStream, cfg: &HandshakeConfig) -> Result<Authenticated, Hand
         return reject(&mut s, RejectReason::Replayed, HandshakeError::Replayed);
     }
 
-    if hello.target >= cfg.shard_count {
+    if hello.target >= cfg.shard_count && hello.target != PLATFORM_CHANNEL {
         let e = HandshakeError::NoSuchShard {
             asked: hello.target,
             count: cfg.shard_count,

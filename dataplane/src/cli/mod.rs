@@ -176,8 +176,10 @@ pub struct NodeArgs {
     /// Stop the guest's vCPUs after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub guest_timeout: u64,
-    /// Boot this Linux kernel (bzImage or vmlinux) with one vCPU on the node homing page 0,
-    /// over the cluster's memory, with ACPI tables describing the cluster.
+    /// Boot this Linux kernel (bzImage or vmlinux) over the cluster's memory, with --vcpus
+    /// vCPUs placed like a test guest's (vCPU 0 on the node homing page 0, which also has the
+    /// devices) and ACPI tables describing the cluster; the run ends when the guest powers
+    /// off. Needs hardware KVM (on PVM hosts Linux stops in early boot).
     #[arg(long, conflicts_with_all = ["guest", "workload"])]
     pub kernel: Option<PathBuf>,
     /// Initrd for --kernel.

@@ -42,6 +42,9 @@ pub fn run(a: NodeArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if let Err(e) = check_guest_files(&a) {
+        return fail(e);
+    }
     let me = s.id;
     let max_space = match config::parse_size(&a.max_address_space) {
         Ok(v) => v,
@@ -356,6 +359,25 @@ fn cluster_of(me: u16, s: &Settings, nodes: &[NodeInfo]) -> Result<ClusterSpec, 
 
 type Job = std::thread::JoinHandle<Result<workload::Report, String>>;
 
+/// Checks what a guest run will read before the node joins a cluster (a file that turns out
+/// missing later would take a home node out of a formed cluster), and says up front when this
+/// host's KVM cannot boot Linux.
+fn check_guest_files(a: &NodeArgs) -> Result<(), String> {
+    let Some(kernel) = &a.kernel else {
+        return Ok(());
+    };
+    for (flag, path) in [("--kernel", Some(kernel)), ("--initrd", a.initrd.as_ref())] {
+        let Some(path) = path else { continue };
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(format!("{flag} {}: {e}", path.display()));
+        }
+    }
+    if vmm::launch::host_kvm_is_pvm() {
+        tracing::warn!("{}", vmm::launch::PVM_NOTE);
+    }
+    Ok(())
+}
+
 /// Starts what the node was asked to run besides serving (`--workload` or `--guest`), if
 /// anything, on its own thread; returns its label and handle.
 fn job(
@@ -385,13 +407,26 @@ fn job(
             "bzimage" => vmm::linux::Protocol::BzImage64,
             other => return Err(format!("--boot {other:?}: use pvh or bzimage")),
         };
-        let spec = guest::LinuxSpec {
+        let local_vcpus = match &a.local_vcpus {
+            Some(l) if l == "none" => Some(Vec::new()),
+            Some(l) => Some(
+                cpulist::parse(l)
+                    .map_err(|e| format!("--local-vcpus: {e}"))?
+                    .into_iter()
+                    .map(|v| v as u32)
+                    .collect(),
+            ),
+            None => None,
+        };
+        let spec = crate::guest_linux::LinuxSpec {
             args: vmm::launch::LinuxArgs {
                 kernel: kernel.clone(),
                 initrd: a.initrd.clone(),
                 cmdline: a.cmdline.clone(),
                 protocol,
             },
+            vcpus: a.vcpus.unwrap_or(participants.len() as u32),
+            local_vcpus,
             vcpu_cores: match &a.vcpu_cores {
                 Some(l) => cpulist::parse(l).map_err(|e| format!("--vcpu-cores: {e}"))?,
                 None => Vec::new(),
@@ -401,7 +436,7 @@ fn job(
         };
         let h = std::thread::Builder::new()
             .name("linux".into())
-            .spawn(move || guest::run_linux(&node, &spec, &progress))
+            .spawn(move || crate::guest_linux::run_linux(&node, &spec, &progress))
             .map_err(|e| e.to_string())?;
         return Ok(Some(("linux".into(), h)));
     }

@@ -1,0 +1,204 @@
+//! The guest platform channels of one node: one authenticated TCP connection to every other
+//! node that runs vCPUs of the same Linux guest or has its devices, carrying
+//! [`vmm::platform::msg`] frames (interrupts, forwarded device accesses, logical APIC ids, the
+//! end of the run). The lower node id dials (through the cluster's handshake with
+//! `PLATFORM_CHANNEL` as target); the higher one receives it from its acceptor. One reader
+//! thread per peer hands frames to the platform; senders (vCPU threads, readers) write whole
+//! frames under a per-peer lock, with a write timeout so a stopped peer cannot hang a vCPU.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm::platform::msg::{Lifecycle, Msg, FRAME_LEN};
+use vmm::platform::{Platform, Uplink};
+use wire::handshake::Authenticated;
+
+use crate::node::Node;
+
+/// Longest a frame write may block (a peer that stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reader whose link closed waits for the end of the run to arrive on another
+/// link before it calls the close a failure.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// The channels, before and after they are connected.
+#[derive(Debug)]
+pub struct PlatformLink {
+    me: u16,
+    peers: Vec<(u16, Mutex<TcpStream>)>,
+}
+
+/// Channels this node expects from lower-numbered peers: registered with the node's acceptor
+/// before any peer may dial (the caller meets the others at a barrier in between).
+#[derive(Debug)]
+pub struct Expected {
+    rx: Receiver<Authenticated>,
+    sink: crate::mesh::PlatformSink,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.sink.lock() {
+            *s = None;
+        }
+    }
+}
+
+/// Starts accepting platform channels on `node`.
+pub fn expect(node: &Node) -> Expected {
+    let (tx, rx) = mpsc::channel();
+    let sink = node.platform_sink();
+    *sink.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+    Expected { rx, sink }
+}
+
+impl PlatformLink {
+    /// Connects to every node in `peers`: dials the higher ids, takes the lower ones' dials
+    /// from `expected`. Fails when a peer does not connect within `timeout`.
+    pub fn connect(
+        node: &Node,
+        peers: &[u16],
+        expected: Expected,
+        timeout: Duration,
+    ) -> Result<PlatformLink, String> {
+        let me = node.id();
+        let mut out = Vec::with_capacity(peers.len());
+        for &p in peers.iter().filter(|&&p| p > me) {
+            let s = node
+                .dial_platform(p, timeout)
+                .map_err(|e| format!("opening the guest platform channel to node {p}: {e}"))?;
+            out.push((p, s));
+        }
+        let deadline = Instant::now() + timeout;
+        let lower: Vec<u16> = peers.iter().copied().filter(|&p| p < me).collect();
+        let mut got: Vec<u16> = Vec::new();
+        while got.len() < lower.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match expected.rx.recv_timeout(left) {
+                Ok(a) if lower.contains(&a.peer_node) && !got.contains(&a.peer_node) => {
+                    got.push(a.peer_node);
+                    out.push((a.peer_node, a.stream));
+                }
+                Ok(a) => tracing::warn!(
+                    "refusing a guest platform channel from node {}: not expected here",
+                    a.peer_node
+                ),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    let missing: Vec<String> = lower
+                        .iter()
+                        .filter(|p| !got.contains(p))
+                        .map(|p| p.to_string())
+                        .collect();
+                    return Err(format!(
+                        "node(s) {} did not open their guest platform channel within {} s",
+                        missing.join(", "),
+                        timeout.as_secs()
+                    ));
+                }
+            }
+        }
+        drop(expected);
+        let mut peers = Vec::with_capacity(out.len());
+        for (p, s) in out {
+            s.set_nodelay(true)
+                .and_then(|()| s.set_write_timeout(Some(WRITE_TIMEOUT)))
+                .and_then(|()| s.set_read_timeout(None))
+                .map_err(|e| format!("setting up the channel to node {p}: {e}"))?;
+            peers.push((p, Mutex::new(s)));
+        }
+        Ok(PlatformLink { me, peers })
+    }
+
+    /// Starts one reader per peer, handing what arrives to `platform`. A malformed frame, a
+    /// message the platform refuses, or a link that closes before the run ended ends the run
+    /// with a failure on every node.
+    pub fn start_readers(&self, platform: &Arc<Platform>) -> Result<Vec<JoinHandle<()>>, String> {
+        let mut threads = Vec::with_capacity(self.peers.len());
+        for (p, s) in &self.peers {
+            let stream = s
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_clone()
+                .map_err(|e| format!("cloning the channel to node {p}: {e}"))?;
+            let (from, platform) = (*p, platform.clone());
+            let me = self.me;
+            let t = std::thread::Builder::new()
+                .name(format!("platform-rx{from}"))
+                .spawn(move || read_loop(me, from, stream, &platform))
+                .map_err(|e| format!("starting the reader for node {p}: {e}"))?;
+            threads.push(t);
+        }
+        Ok(threads)
+    }
+
+    /// Tells every peer how the run ended (again: a peer must learn it before it sees the
+    /// link close), then closes every channel so the readers end.
+    pub fn close(&self, end: Option<vmm::platform::End>) {
+        for (_, s) in &self.peers {
+            let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = end {
+                let m = Msg::Lifecycle {
+                    event: e.event,
+                    status: e.status,
+                };
+                // The peer may be gone already; closing is what matters.
+                let _ = s.write_all(&m.encode());
+            }
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Uplink for PlatformLink {
+    fn send(&self, node: u16, msg: &Msg) -> Result<(), String> {
+        let (_, s) = self
+            .peers
+            .iter()
+            .find(|(p, _)| *p == node)
+            .ok_or_else(|| format!("no guest platform channel to node {node}"))?;
+        let frame = msg.encode();
+        s.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(&frame)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn read_loop(me: u16, from: u16, mut stream: TcpStream, platform: &Platform) {
+    let mut frame = [0u8; FRAME_LEN];
+    loop {
+        if let Err(e) = stream.read_exact(&mut frame) {
+            if platform.ended().is_none() {
+                // Another link may carry the end of the run that made this one close.
+                let start = Instant::now();
+                while platform.ended().is_none() && start.elapsed() < CLOSE_GRACE {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            if platform.ended().is_none() {
+                tracing::error!(
+                    "node {me}: the guest platform channel to node {from} closed ({e}): the guest cannot continue without it"
+                );
+                platform.end(Lifecycle::Failed, 1);
+            }
+            return;
+        }
+        let result = Msg::decode(&frame)
+            .map_err(|e| e.to_string())
+            .and_then(|m| platform.on_message(from, m).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            if platform.ended().is_none() {
+                tracing::error!(
+                    "node {me}: guest platform channel from node {from}: {e}; ending the guest"
+                );
+                platform.end(Lifecycle::Failed, 1);
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! One unmodified Linux guest across the nodes of a cluster (`ssi-dp ... --kernel`).
+//!
+//! Every participating node creates a KVM VM over its view of the distributed address space
+//! and runs the vCPUs placed on it (`--vcpus`, `--local-vcpus`; by default vCPU i on the
+//! participant of rank i mod participants). The node that homes page 0 (the *loader*) writes
+//! the kernel, initrd, boot structures and ACPI tables (which describe the cluster: one
+//! proximity domain per node, with its memory and vCPUs, and the measured distances), runs
+//! vCPU 0 (the bootstrap processor) and has the guest's devices. The interrupt controllers are
+//! emulated in userspace (`vmm::platform`), so an IPI, a device access or the end of the run
+//! that concerns another node travels on that node's guest platform channel
+//! (`guest_link`). The nodes agree on the setup through the host area: each writes its vCPUs
+//! and its `--vcpus`; the loader writes its VM's guest TSC offset and kvm-clock, which the
+//! others copy, so the guest's clocks agree on every node.
+//!
+//! The run ends when the guest powers off (ACPI S5): every node then reports the guest's
+//! verdict (what a program in the guest wrote to the status port, 0 when nothing was) and
+//! exits 0 for a clean power-off with a zero verdict. A reset, a failure on any node, a lost
+//! link or `--guest-timeout` end it with a failure on every node.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmm::launch::{linux_vm, load_linux, LinuxArgs};
+use vmm::platform::msg::Lifecycle;
+use vmm::platform::vcpu_loop::GuestTsc;
+use vmm::platform::{End, Placement, Platform, Uplink};
+use vmm::{ClockData, Console, GuestMemory, Outcome, VcpuReport, VmConfig};
+
+use crate::guest::{acpi_tables, default_local_vcpus};
+use crate::guest_link::{self, PlatformLink};
+use crate::host_area::{linux_words, HostArea, GUEST_BARRIERS};
+use crate::node::Node;
+use crate::workload::barrier::Barrier;
+use crate::workload::{finish, Progress, Report};
+
+/// Guest RAM is a whole number of these.
+const RAM_ALIGN: u64 = 2 << 20;
+/// Highest guest RAM end for Linux: below the 3 GiB MMIO hole (I/O APIC, local APICs).
+const LINUX_RAM_LIMIT: u64 = 3 << 30;
+/// How long nodes wait for each other's platform channels.
+const LINK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Barrier slots of the guest-barrier page this run uses (2 is `finish`'s).
+const PLACED: u64 = 0;
+const LOADED: u64 = 1;
+const LINKED: u64 = 3;
+
+/// A Linux boot on the cluster (`--kernel`).
+#[derive(Debug, Clone)]
+pub struct LinuxSpec {
+    /// Kernel, initrd, command line and entry protocol.
+    pub args: LinuxArgs,
+    /// vCPUs of the guest.
+    pub vcpus: u32,
+    /// The vCPUs this node runs (`None`: the default placement).
+    pub local_vcpus: Option<Vec<u32>>,
+    /// CPUs to pin this node's vCPU threads to (empty: not pinned).
+    pub vcpu_cores: Vec<usize>,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// The nodes that take part, sorted.
+    pub participants: Vec<u16>,
+}
+
+/// Agrees with the other participants on which node runs each vCPU.
+fn agree_on_placement(
+    node: &Node,
+    area: &HostArea,
+    spec: &LinuxSpec,
+    barrier: &Barrier,
+    loader: u16,
+) -> Result<Placement, String> {
+    let me = node.id();
+    let page = area.page(GUEST_BARRIERS);
+    let local = spec
+        .local_vcpus
+        .clone()
+        .unwrap_or_else(|| default_local_vcpus(spec.vcpus, &spec.participants, me));
+    if spec.vcpus == 0 || spec.vcpus > linux_words::MAX_VCPUS {
+        return Err(format!(
+            "--vcpus {}: a Linux guest has 1 to {}",
+            spec.vcpus,
+            linux_words::MAX_VCPUS
+        ));
+    }
+    if let Some(v) = local.iter().find(|&&v| v >= spec.vcpus) {
+        return Err(format!("vCPU {v} is beyond --vcpus {}", spec.vcpus));
+    }
+    area.mem.write64(
+        page,
+        linux_words::VCPUS + 8 * usize::from(me),
+        u64::from(spec.vcpus) + 1,
+    );
+    for &v in &local {
+        let word = area
+            .mem
+            .atomic64(page, linux_words::OWNERS + 8 * v as usize);
+        if let Err(other) =
+            word.compare_exchange(0, u64::from(me) + 1, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            return Err(format!(
+                "vCPU {v} is placed on node {} and on this node: give each vCPU to one node (--local-vcpus)",
+                other - 1
+            ));
+        }
+    }
+    barrier.wait(PLACED);
+    for &p in &spec.participants {
+        let theirs = area
+            .mem
+            .read64(page, linux_words::VCPUS + 8 * usize::from(p));
+        if theirs != u64::from(spec.vcpus) + 1 {
+            return Err(format!(
+                "node {p} was given --vcpus {} and this node --vcpus {}: give every node the same",
+                theirs.saturating_sub(1),
+                spec.vcpus
+            ));
+        }
+    }
+    let mut owner = Vec::with_capacity(spec.vcpus as usize);
+    for v in 0..spec.vcpus {
+        match area.mem.read64(page, linux_words::OWNERS + 8 * v as usize) {
+            0 => {
+                return Err(format!(
+                    "vCPU {v} runs on no node: place it with --local-vcpus"
+                ))
+            }
+            n => owner.push((n - 1) as u16),
+        }
+    }
+    if owner[0] != loader {
+        return Err(format!(
+            "vCPU 0 (the boot processor) runs on node {}, but node {loader} loads the kernel \
+             (it homes guest page 0): place vCPU 0 on node {loader}",
+            owner[0]
+        ));
+    }
+    Ok(Placement {
+        me,
+        owner,
+        device_node: loader,
+    })
+}
+
+/// The loader's VM clock, as the other nodes copy it.
+fn publish_clock(area: &HostArea, offset: u64, clock: &ClockData) {
+    let page = area.page(GUEST_BARRIERS);
+    let w = |i: usize, v: u64| area.mem.write64(page, linux_words::CLOCK + 8 * i, v);
+    w(1, offset);
+    w(2, clock.clock);
+    w(3, u64::from(clock.flags));
+    w(4, clock.realtime);
+    w(0, 1);
+}
+
+fn read_clock(area: &HostArea) -> Option<(u64, ClockData)> {
+    let page = area.page(GUEST_BARRIERS);
+    let r = |i: usize| area.mem.read64(page, linux_words::CLOCK + 8 * i);
+    (r(0) == 1).then(|| {
+        (
+            r(1),
+            ClockData {
+                clock: r(2),
+                flags: r(3) as u32,
+                realtime: r(4),
+                ..Default::default()
+            },
+        )
+    })
+}
+
+/// Boots Linux across the participants and returns this node's verdict on the run.
+pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<Report, String> {
+    let me = node.id();
+    let Some(area) = HostArea::of(node) else {
+        return Err(
+            "the address space is too small for a guest: give the nodes more --memory".into(),
+        );
+    };
+    let ram = (area.start() / RAM_ALIGN * RAM_ALIGN).min(LINUX_RAM_LIMIT);
+    let barrier = Barrier::new(
+        area.mem,
+        area.page(GUEST_BARRIERS),
+        spec.participants.len() as u64,
+    );
+    let loader = node.layout().home_of(0).map_err(|e| e.to_string())?.get();
+    let placement = agree_on_placement(node, &area, spec, &barrier, loader)?;
+    let local = placement.local_vcpus();
+    // SAFETY: the region stays mapped while `node` lives; the VM is dropped before return.
+    let gm = unsafe { GuestMemory::from_raw(node.base(), ram as usize, 0) }
+        .map_err(|e| format!("guest memory: {e}"))?;
+    let config = VmConfig {
+        vcpus: spec.vcpus,
+        local_vcpus: local.clone(),
+    };
+    // The loader writes the guest and reads its VM's clock; the others wait, then copy it.
+    let expected = guest_link::expect(node);
+    let mut vm = if me == loader {
+        let owner = placement.owner.clone();
+        let vcpus_of = |id: u16| -> Vec<u32> {
+            (0..owner.len() as u32)
+                .filter(|&v| owner[v as usize] == id)
+                .collect()
+        };
+        let topology = acpi_tables(node, ram, vcpus_of)?;
+        let image = control::acpi::tables(&topology)
+            .image(control::acpi::Placement::BIOS_AREA)
+            .map_err(|e| format!("placing the ACPI tables: {e}"))?;
+        let boot =
+            load_linux(&gm, &spec.args, Some(&image)).map_err(|e| format!("loading Linux: {e}"))?;
+        let vm =
+            linux_vm(&gm, config, Some(&boot.boot)).map_err(|e| format!("creating the VM: {e}"))?;
+        let offset = vm.tsc_offset().map_err(|e| e.to_string())?;
+        vm.set_tsc_offset(offset).map_err(|e| e.to_string())?;
+        let clock = vm.clock().map_err(|e| e.to_string())?;
+        publish_clock(&area, offset, &clock);
+        barrier.wait(LOADED);
+        vm
+    } else {
+        barrier.wait(LOADED);
+        let (offset, clock) = read_clock(&area).ok_or("the loading node published no clock")?;
+        let vm = if local.is_empty() {
+            None
+        } else {
+            let vm = linux_vm(&gm, config, None).map_err(|e| format!("creating the VM: {e}"))?;
+            vm.set_tsc_offset(offset).map_err(|e| e.to_string())?;
+            vm.set_clock(&clock).map_err(|e| e.to_string())?;
+            Some(vm)
+        };
+        match vm {
+            Some(vm) => vm,
+            None => return serve_only(node, &barrier, progress, &placement, expected),
+        }
+    };
+    let tsc = GuestTsc {
+        offset: vm.tsc_offset().map_err(|e| e.to_string())?,
+        khz: vm.tsc_khz().unwrap_or(0),
+    };
+    let peers = placement.peers();
+    let link = Arc::new(PlatformLink::connect(node, &peers, expected, LINK_TIMEOUT)?);
+    let console = Console::new(me == placement.device_node);
+    let uplink: Option<Arc<dyn Uplink>> =
+        (!peers.is_empty()).then(|| link.clone() as Arc<dyn Uplink>);
+    let platform = Arc::new(
+        Platform::new(placement.clone(), console.clone(), uplink).map_err(|e| e.to_string())?,
+    );
+    let readers = link.start_readers(&platform)?;
+    barrier.wait(LINKED);
+
+    let (stop, _watchdog) = vmm::stop_after(spec.timeout);
+    let init_seen = watch_for_init(&console, me == placement.device_node);
+    let start = Instant::now();
+    let reports = vm.run_linux_vcpus(&platform, tsc, &spec.vcpu_cores, &stop);
+    let end = platform.ended();
+    if end.is_none() {
+        // Stopped here (the timeout): the others must learn it before the links close.
+        platform.end(Lifecycle::Failed, 1);
+    }
+    init_seen.0.store(true, Ordering::Release);
+    let reached_init = init_seen.1.join().ok().flatten();
+    link.close(end);
+    for r in readers {
+        let _ = r.join();
+    }
+    drop(vm);
+    let report = verdict(
+        spec,
+        &placement,
+        &platform,
+        &reports,
+        end,
+        start.elapsed(),
+        reached_init,
+        ram,
+    );
+    finish(node, &barrier, progress, report)
+}
+
+/// A participant with no vCPU: it only serves memory, and meets the others at the barriers.
+fn serve_only(
+    node: &Node,
+    barrier: &Barrier,
+    progress: &Progress,
+    placement: &Placement,
+    expected: guest_link::Expected,
+) -> Result<Report, String> {
+    drop(expected);
+    barrier.wait(LINKED);
+    let mut runners = placement.owner.clone();
+    runners.sort_unstable();
+    runners.dedup();
+    let report = Report {
+        ok: true,
+        summary: format!("served memory while nodes {runners:?} ran the guest's vCPUs"),
+        work_time: Duration::ZERO,
+    };
+    finish(node, barrier, progress, report)
+}
+
+/// On the device node, a thread that notes when the console shows the kernel starting init.
+fn watch_for_init(
+    console: &Console,
+    active: bool,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Option<Duration>>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (d, c) = (done.clone(), console.clone());
+    let start = Instant::now();
+    let h = std::thread::spawn(move || {
+        while active && !d.load(Ordering::Acquire) {
+            if c.contains(b"Run /init as init process") {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    });
+    (done, h)
+}
+
+/// This node's verdict on the run and its summary line.
+#[allow(clippy::too_many_arguments)]
+fn verdict(
+    spec: &LinuxSpec,
+    placement: &Placement,
+    platform: &Platform,
+    reports: &[VcpuReport],
+    end: Option<End>,
+    elapsed: Duration,
+    reached_init: Option<Duration>,
+    ram: u64,
+) -> Report {
+    let failures: Vec<String> = reports
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Failed(e) => Some(format!("vCPU {}: {e}", r.vcpu)),
+            _ => None,
+        })
+        .collect();
+    let (ok, how) = match end {
+        Some(End {
+            event: Lifecycle::PowerOff,
+            status: 0,
+        }) if failures.is_empty() => (
+            true,
+            "the guest powered off, verdict 0 (success)".to_string(),
+        ),
+        Some(End {
+            event: Lifecycle::PowerOff,
+            status,
+        }) => (
+            false,
+            format!("the guest powered off with verdict {status} (failure)"),
+        ),
+        Some(End {
+            event: Lifecycle::Reset,
+            ..
+        }) => (
+            false,
+            "the guest asked for a reset (a kernel panic with panic=N does too); this version \
+             ends the run instead of restarting the guest"
+                .to_string(),
+        ),
+        Some(End {
+            event: Lifecycle::Failed,
+            ..
+        }) if failures.is_empty() => (false, "another node's part of the guest failed".to_string()),
+        Some(_) | None if !failures.is_empty() => (false, failures.join("; ")),
+        _ => (
+            false,
+            format!(
+                "the guest did not power off within --guest-timeout {} s",
+                spec.timeout.as_secs()
+            ),
+        ),
+    };
+    let c = reports
+        .iter()
+        .fold(vmm::vcpu::ExitCounters::default(), |mut a, r| {
+            let b = &r.counters;
+            a.lapic += b.lapic;
+            a.device += b.device;
+            a.forwarded += b.forwarded;
+            a.msr += b.msr;
+            a.hlt += b.hlt;
+            a.injected += b.injected;
+            a.ipis_sent += b.ipis_sent;
+            a.timer_fires += b.timer_fires;
+            a.unclaimed += b.unclaimed;
+            a
+        });
+    let exits: u64 = reports.iter().map(|r| r.exits).sum();
+    let s = &platform.stats;
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let init = reached_init.map_or(String::new(), |d| {
+        format!(", reached init after {:.1} s", d.as_secs_f64())
+    });
+    Report {
+        ok,
+        summary: format!(
+            "Linux on {} MiB across nodes, {} vCPUs (this node ran {:?}, devices on node {}): {how}; \
+             {:.1} s{init}; {exits} exits ({:.0}/s): local APIC {}, devices {} ({} forwarded), \
+             TSC deadline {}, HLT {}, injected {}, unclaimed {}; IPIs sent {} (to other nodes {}, \
+             received from them {}), device accesses served for other nodes {}",
+            ram >> 20,
+            spec.vcpus,
+            placement.local_vcpus(),
+            placement.device_node,
+            secs,
+            exits as f64 / secs,
+            c.lapic,
+            c.device,
+            c.forwarded,
+            c.msr,
+            c.hlt,
+            c.injected,
+            c.unclaimed,
+            c.ipis_sent,
+            s.ipis_sent_remote.load(Ordering::Relaxed),
+            s.ipis_received_remote.load(Ordering::Relaxed),
+            s.io_served.load(Ordering::Relaxed),
+        ),
+        work_time: elapsed,
+    }
+}
