@@ -3,7 +3,9 @@
 //! hosts with hardware KVM it boots; on these PVM hosts every kernel-mode instruction is
 //! emulated and the emulator stops early boot (docs/vmm.md), so the test checks what can be
 //! checked here: the kernel runs on distributed memory far enough to print its banner on our
-//! serial console and to read our SRAT, whose node ranges match the layout.
+//! serial console and to read our SRAT, whose node ranges match the layout. Its one vCPU runs
+//! on node 0; node 1 only serves memory (the vCPUs spread over nodes are observed in the lab,
+//! tests/tests/lab_linux.rs).
 
 use std::time::Duration;
 
@@ -48,6 +50,8 @@ fn linux_reads_the_cluster_tables_from_distributed_memory() {
             &s,
             "--kernel",
             &kernel,
+            "--vcpus",
+            "1",
             "--vcpu-cores",
             &vcpu,
             "--guest-timeout",
