@@ -35,7 +35,9 @@ pub use dump::{dump, dump_with, DumpError, FILES};
 pub use figures::{distance, figures, slit_from_latency, Figures, LOCAL_DISTANCE};
 pub use hmat::{encode_bandwidth, encode_latency, Encoded};
 pub use image::{AcpiImage, PlaceError, Placement, TableLocation, BIOS_AREA_START, RSDP_LEN};
-pub use platform::{IoApic, Platform, PowerRegisters, SerialPort, IAPC_NO_VGA, POWER_REGISTERS};
+pub use platform::{
+    IoApic, Platform, PowerRegisters, SerialPort, IAPC_NO_CMOS_RTC, IAPC_NO_VGA, POWER_REGISTERS,
+};
 pub use sdt::{checksum, sums_to_zero, OemIds};
 pub use spec::{parse_layout, parse_matrix, parse_size, parse_topology, SpecArgs, SpecError};
 pub use topology::{
