@@ -138,6 +138,62 @@ pub struct VcpuReport {
     pub counters: ExitCounters,
 }
 
+/// The first [`Unclaimed::SLOTS`] distinct port or MMIO addresses nothing emulates, with how
+/// often each was touched: what an operator needs to see which device a guest looks for.
+/// Fixed size, no allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unclaimed {
+    /// `(is_mmio, address, count)`; count 0 = free slot.
+    slots: [(bool, u64, u64); Unclaimed::SLOTS],
+}
+
+impl Unclaimed {
+    /// Addresses kept.
+    pub const SLOTS: usize = 4;
+
+    /// Counts one access (addresses beyond the first few are only in the total).
+    pub fn note(&mut self, mmio: bool, addr: u64) {
+        for s in &mut self.slots {
+            if s.2 == 0 {
+                *s = (mmio, addr, 1);
+                return;
+            }
+            if s.0 == mmio && s.1 == addr {
+                s.2 += 1;
+                return;
+            }
+        }
+    }
+
+    /// Adds another vCPU's table (slots beyond the first few are dropped).
+    pub fn merge(&mut self, other: &Unclaimed) {
+        for &(mmio, addr, n) in other.slots.iter().filter(|s| s.2 > 0) {
+            if let Some(s) = self
+                .slots
+                .iter_mut()
+                .find(|s| s.2 == 0 || (s.0 == mmio && s.1 == addr))
+            {
+                if s.2 == 0 {
+                    *s = (mmio, addr, 0);
+                }
+                s.2 += n;
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Unclaimed {
+    /// `port 0x70 ×12, mmio 0xfed00000 ×1` (empty when none).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(mmio, addr, n)) in self.slots.iter().filter(|s| s.2 > 0).enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let space = if mmio { "mmio" } else { "port" };
+            write!(f, "{sep}{space} {addr:#x} ×{n}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Exits of a Linux vCPU by what caused them, and what its loop did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExitCounters {
@@ -149,6 +205,8 @@ pub struct ExitCounters {
     pub forwarded: u64,
     /// Port or MMIO accesses nobody emulates (reads all ones, writes ignored).
     pub unclaimed: u64,
+    /// The first few addresses of those, with their counts.
+    pub unclaimed_at: Unclaimed,
     /// TSC-deadline MSR accesses.
     pub msr: u64,
     /// HLT exits.
@@ -400,4 +458,34 @@ fn handle_event(
         Event::Done(status) => return Some(Outcome::Done(status)),
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unclaimed;
+
+    #[test]
+    fn unclaimed_keeps_the_first_addresses_with_counts() {
+        let mut a = Unclaimed::default();
+        assert_eq!(a.to_string(), "");
+        for _ in 0..3 {
+            a.note(false, 0x70);
+        }
+        a.note(true, 0xFED0_0000);
+        for p in [0x61, 0x80, 0x3FD] {
+            a.note(false, p);
+        }
+        assert_eq!(
+            a.to_string(),
+            "port 0x70 ×3, mmio 0xfed00000 ×1, port 0x61 ×1, port 0x80 ×1"
+        );
+        let mut b = Unclaimed::default();
+        b.note(false, 0x80);
+        b.note(false, 0x71);
+        b.merge(&a);
+        assert_eq!(
+            b.to_string(),
+            "port 0x80 ×2, port 0x71 ×1, port 0x70 ×3, mmio 0xfed00000 ×1"
+        );
+    }
 }

@@ -754,6 +754,67 @@ mod tests {
     }
 
     #[test]
+    fn misaddressed_messages_are_refused_and_counted() {
+        // Node 0 (devices, vCPUs 0 and 2) hears from node 1 (vCPUs 1 and 3).
+        let (p0, _) = two_nodes(0);
+        let from_1 = [
+            Msg::Interrupt {
+                vcpu: 1,
+                vector: 0x40,
+                delivery: DeliveryMode::Fixed,
+                level_triggered: false,
+            },
+            Msg::LogicalId {
+                vcpu: 2,
+                ldr: 1 << 24,
+                dfr: u32::MAX,
+            },
+            Msg::IoRequest {
+                vcpu: 0,
+                seq: 1,
+                space: Space::Pio,
+                addr: 0x3F8,
+                len: 1,
+                write: true,
+                data: 0,
+            },
+            Msg::IoRequest {
+                vcpu: 1,
+                seq: 1,
+                space: Space::Pio,
+                addr: 0x1234,
+                len: 1,
+                write: false,
+                data: 0,
+            },
+            Msg::IoReply {
+                vcpu: 0,
+                seq: 1,
+                data: 0,
+            },
+        ];
+        for m in from_1 {
+            assert!(p0.on_message(1, m).is_err(), "{m:?} was accepted");
+        }
+        assert_eq!(p0.stats.bad_messages.load(Ordering::Relaxed), 5);
+        // Node 1 has no devices: device requests and EOIs addressed to it are refused too.
+        let (p1, _) = two_nodes(1);
+        let io = Msg::IoRequest {
+            vcpu: 0,
+            seq: 1,
+            space: Space::Pio,
+            addr: 0x3F8,
+            len: 1,
+            write: true,
+            data: 0,
+        };
+        assert!(p1.on_message(0, io).is_err());
+        assert!(p1.on_message(0, Msg::LevelEoi { vector: 0x30 }).is_err());
+        assert_eq!(p1.stats.bad_messages.load(Ordering::Relaxed), 2);
+        assert!(p0.ended().is_none() && p1.ended().is_none());
+    }
+
+    #[test]
     fn logical_destinations_use_published_ids() {
         let (p, rec) = two_nodes(0);
         // vCPU 1 (node 1) publishes flat logical id bit 1; vCPU 2 (local) bit 2.

@@ -511,6 +511,7 @@ fn drive_inner(
                     fill(data, v);
                 } else {
                     lp.counters.unclaimed += 1;
+                    lp.counters.unclaimed_at.note(true, addr);
                     data.fill(0xff);
                 }
             }
@@ -531,6 +532,7 @@ fn drive_inner(
                         .map_err(|e| platform_err(id, &e))?;
                 } else {
                     lp.counters.unclaimed += 1;
+                    lp.counters.unclaimed_at.note(true, addr);
                 }
             }
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -540,6 +542,7 @@ fn drive_inner(
                         .map_err(|e| platform_err(id, &e))?;
                 } else {
                     lp.counters.unclaimed += 1;
+                    lp.counters.unclaimed_at.note(false, u64::from(port));
                     report.unhandled_pio += 1;
                 }
             }
@@ -552,6 +555,7 @@ fn drive_inner(
                     fill(data, v);
                 } else {
                     lp.counters.unclaimed += 1;
+                    lp.counters.unclaimed_at.note(false, u64::from(port));
                     report.unhandled_pio += 1;
                     data.fill(0xff);
                 }
