@@ -6,10 +6,13 @@ use crate::sys::MAX_CPUS;
 
 /// One-line usage, printed with every usage error and for `--help`.
 pub const USAGE: &str = "usage: ssi-guest-check --expect-cpus N [--expect-node ID=CPULIST]... \
-                         [--rounds R] [--timeout SECS] [--status-port] [--poweroff]";
+                         [--rounds R] [--measure N] [--timeout SECS] [--status-port] \
+                         [--poweroff]";
 
 /// Most rounds accepted (keeps every sum the checks make far from overflow).
 const MAX_ROUNDS: u64 = 10_000_000;
+/// Most samples per measurement accepted.
+const MAX_SAMPLES: u64 = 100_000;
 /// Longest watchdog timeout accepted, in seconds (a day).
 const MAX_TIMEOUT_S: u64 = 86_400;
 
@@ -23,6 +26,8 @@ pub struct Opts {
     pub expect_nodes: Vec<(u32, Vec<usize>)>,
     /// Size of the work.
     pub rounds: u64,
+    /// Samples per measurement after the checks (IPI round trips, timer lateness); 0 = none.
+    pub measure: u64,
     /// Seconds before the watchdog fails the run.
     pub timeout_s: u64,
     /// Write the status to I/O port 0x513 after the verdict.
@@ -49,6 +54,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         expect_cpus: 0,
         expect_nodes: Vec::new(),
         rounds: 2000,
+        measure: 0,
         timeout_s: 600,
         status_port: false,
         poweroff: false,
@@ -76,6 +82,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 opts.expect_nodes.push((id, cpus));
             }
             "--rounds" => opts.rounds = number(&flag, &value()?, 1, MAX_ROUNDS)?,
+            "--measure" => opts.measure = number(&flag, &value()?, 1, MAX_SAMPLES)?,
             "--timeout" => opts.timeout_s = number(&flag, &value()?, 1, MAX_TIMEOUT_S)?,
             "--status-port" | "--poweroff" | "--help" | "-h" if inline.is_some() => {
                 return Err(format!("{flag} takes no value"))
@@ -124,7 +131,7 @@ mod tests {
     fn parses_a_full_command_line() {
         let got = parse_str(
             "--expect-cpus 4 --expect-node 1=1,3 --expect-node=0=0,2 --rounds=50 --timeout 30 \
-             --status-port --poweroff",
+             --measure 20 --status-port --poweroff",
         );
         assert_eq!(
             got,
@@ -132,6 +139,7 @@ mod tests {
                 expect_cpus: 4,
                 expect_nodes: vec![(0, vec![0, 2]), (1, vec![1, 3])],
                 rounds: 50,
+                measure: 20,
                 timeout_s: 30,
                 status_port: true,
                 poweroff: true,
@@ -140,7 +148,10 @@ mod tests {
         let Ok(Command::Run(defaults)) = parse_str("--expect-cpus 1") else {
             panic!("minimal command line refused");
         };
-        assert_eq!((defaults.rounds, defaults.timeout_s), (2000, 600));
+        assert_eq!(
+            (defaults.rounds, defaults.measure, defaults.timeout_s),
+            (2000, 0, 600)
+        );
         assert_eq!(parse_str("--help"), Ok(Command::Help));
     }
 
@@ -154,6 +165,7 @@ mod tests {
             ("--expect-cpus 0", "out of range"),
             ("--expect-cpus 2 --rounds 0", "out of range"),
             ("--expect-cpus 2 --timeout 0", "out of range"),
+            ("--expect-cpus 2 --measure 0", "out of range"),
             ("--expect-cpus 2 --expect-node 0", "wants ID=CPULIST"),
             ("--expect-cpus 2 --expect-node x=0", "not a node number"),
             ("--expect-cpus 2 --expect-node 0=2-1", "backwards"),

@@ -22,6 +22,7 @@ macro_rules! say {
 
 mod args;
 mod cpulist;
+mod measure;
 mod spin;
 mod sys;
 mod topology;
@@ -126,6 +127,10 @@ fn main() {
     Phase::Topology.store(&PHASE);
     let verdict = topology::check(&opts).and_then(|seen| {
         let done = work::run(&seen.cpus, opts.rounds, &PHASE)?;
+        if opts.measure > 0 {
+            Phase::Measure.store(&PHASE);
+            measure::run(&seen.cpus, opts.measure)?;
+        }
         Ok(format!(
             "cpus={} nodes={} counters={} records={} rounds={} elapsed_ms={}",
             seen.cpus.len(),

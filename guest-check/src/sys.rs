@@ -1,8 +1,8 @@
 //! The few C library calls and the one x86 port write the checker needs, declared here so
 //! that it builds with plain `rustc` and no crates: CPU affinity, the current CPU, the VMM's
-//! status port (I/O port 0x513, reached with `ioperm`), and power-off.
+//! status port (I/O port 0x513, reached with `ioperm`), membarrier, and power-off.
 
-use std::ffi::{c_int, c_ulong};
+use std::ffi::{c_int, c_long, c_ulong};
 use std::io;
 
 /// Words in glibc's `cpu_set_t` (1024 CPUs).
@@ -17,6 +17,12 @@ pub const PORT_RANGE: (c_ulong, c_ulong) = (0x510, 8);
 pub const STATUS_PORT: u16 = 0x513;
 /// `LINUX_REBOOT_CMD_POWER_OFF`.
 const RB_POWER_OFF: c_int = 0x4321_fedc;
+/// `SYS_membarrier` on x86_64.
+const SYS_MEMBARRIER: c_long = 324;
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED`.
+const MEMBARRIER_PRIVATE_EXPEDITED: c_int = 1 << 3;
+/// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED`.
+const MEMBARRIER_REGISTER_PRIVATE_EXPEDITED: c_int = 1 << 4;
 
 extern "C" {
     fn sched_setaffinity(pid: c_int, size: usize, mask: *const u64) -> c_int;
@@ -25,6 +31,29 @@ extern "C" {
     fn ioperm(from: c_ulong, num: c_ulong, turn_on: c_int) -> c_int;
     fn reboot(cmd: c_int) -> c_int;
     fn sync();
+    fn syscall(num: c_long, ...) -> c_long;
+}
+
+/// `membarrier(cmd, 0, 0)`.
+fn membarrier(cmd: c_int) -> io::Result<()> {
+    // SAFETY: membarrier takes two integers and a CPU id, no pointers.
+    let rc = unsafe { syscall(SYS_MEMBARRIER, cmd, 0 as c_int, 0 as c_int) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Registers this process for expedited private membarriers.
+pub fn membarrier_register() -> io::Result<()> {
+    membarrier(MEMBARRIER_REGISTER_PRIVATE_EXPEDITED)
+}
+
+/// An expedited private membarrier: an IPI to every other CPU running one of our threads,
+/// returning once each has handled it.
+pub fn membarrier_expedited() -> io::Result<()> {
+    membarrier(MEMBARRIER_PRIVATE_EXPEDITED)
 }
 
 /// Pins the calling thread to `cpu` alone.

@@ -24,17 +24,19 @@ pub enum Phase {
     Counters,
     Records,
     BarrierRounds,
+    Measure,
     Done,
 }
 
 impl Phase {
-    const ALL: [Phase; 7] = [
+    const ALL: [Phase; 8] = [
         Phase::Start,
         Phase::Topology,
         Phase::Pinning,
         Phase::Counters,
         Phase::Records,
         Phase::BarrierRounds,
+        Phase::Measure,
         Phase::Done,
     ];
 
@@ -47,6 +49,7 @@ impl Phase {
             Phase::Counters => "counters",
             Phase::Records => "spinlock records",
             Phase::BarrierRounds => "barrier rounds",
+            Phase::Measure => "measurements",
             Phase::Done => "verdict",
         }
     }
