@@ -3,7 +3,10 @@
 //! inter-node figures measured at formation — the input `control::acpi` turns into SRAT,
 //! SLIT and HMAT.
 
-use control::acpi::{Matrix, Measurements, MemRange, NodeDesc, Overrides, Topology};
+use control::acpi::{
+    Matrix, Measurements, MemRange, NodeDesc, Overrides, Topology, MAX_BANDWIDTH_MBPS,
+    MAX_LATENCY_NS,
+};
 
 use crate::config::{ClusterSpec, PAGE_SIZE};
 use crate::measure::Figures;
@@ -11,6 +14,9 @@ use crate::measure::Figures;
 /// Builds the topology of `cluster` for a guest whose RAM is `[0, ram_end)`, with
 /// `vcpus_of(node id)` the vCPU ids (= APIC ids) that run on each node. Nodes that hold
 /// neither guest memory nor vCPUs are left out (ACPI has nothing to say about them).
+/// Measured figures beyond what the tables can state (a latency above
+/// [`MAX_LATENCY_NS`] on an overloaded or emulated host, say) are clamped to the limit with
+/// a warning: they still tell the guest "far".
 pub fn topology(
     cluster: &ClusterSpec,
     figures: &Figures,
@@ -38,17 +44,41 @@ pub fn topology(
         });
         ranks.push(rank);
     }
-    let pick = |m: &Vec<Vec<u32>>| -> Vec<Vec<u32>> {
+    let pick = |what: &str, m: &Vec<Vec<u32>>, max: u32| -> Vec<Vec<u32>> {
         ranks
             .iter()
-            .map(|&i| ranks.iter().map(|&j| m[i][j]).collect())
+            .map(|&i| {
+                ranks
+                    .iter()
+                    .map(|&j| {
+                        let v = m[i][j];
+                        if v > max {
+                            tracing::warn!(
+                                "measured {what} from node rank {i} to rank {j} is {v}, above the \
+                                 {max} ACPI can state; the guest is told {max}"
+                            );
+                        }
+                        v.clamp(1, max)
+                    })
+                    .collect()
+            })
             .collect()
     };
     let measurements = Measurements {
-        fetch_latency_ns: Matrix::from_rows("fetch latency", pick(&figures.latency_ns))
-            .map_err(|e| e.to_string())?,
-        bandwidth_mbps: Matrix::from_rows("bandwidth", pick(&figures.bandwidth_mbps))
-            .map_err(|e| e.to_string())?,
+        fetch_latency_ns: Matrix::from_rows(
+            "fetch latency",
+            pick("fetch latency (ns)", &figures.latency_ns, MAX_LATENCY_NS),
+        )
+        .map_err(|e| e.to_string())?,
+        bandwidth_mbps: Matrix::from_rows(
+            "bandwidth",
+            pick(
+                "bandwidth (MB/s)",
+                &figures.bandwidth_mbps,
+                MAX_BANDWIDTH_MBPS,
+            ),
+        )
+        .map_err(|e| e.to_string())?,
     };
     Topology::new(nodes, measurements, Overrides::default()).map_err(|e| e.to_string())
 }
@@ -115,5 +145,23 @@ mod tests {
                 10
             ]
         );
+    }
+
+    #[test]
+    fn figures_beyond_what_acpi_can_state_are_clamped() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let node = |id, memory| NodeSpec { id, addr, memory };
+        let c = ClusterSpec::new(node(0, 8 << 20), vec![node(1, 8 << 20)]).unwrap();
+        // Seen in the lab: a 6.5 ms fetch under QEMU TCG, and a 0 MB/s bandwidth must not
+        // reach the tables either.
+        let f = Figures {
+            nodes: vec![0, 1],
+            latency_ns: vec![vec![2_000, 6_560_249], vec![7_242_178, 2_000]],
+            bandwidth_mbps: vec![vec![600, 0], vec![1, 600]],
+        };
+        let t = topology(&c, &f, 14 << 20, |id| vec![u32::from(id)])
+            .expect("clamped figures make valid tables");
+        let slit = control::acpi::tables(&t).slit;
+        assert_eq!(slit[45], control::acpi::distance(2_000, MAX_LATENCY_NS));
     }
 }

@@ -31,6 +31,7 @@ use crate::guest::{acpi_tables, default_local_vcpus};
 use crate::guest_link::{self, PlatformLink};
 use crate::host_area::{linux_words, HostArea, GUEST_BARRIERS};
 use crate::node::Node;
+use crate::stats::ShardStats;
 use crate::workload::barrier::Barrier;
 use crate::workload::{finish, Progress, Report};
 
@@ -44,6 +45,9 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(60);
 const PLACED: u64 = 0;
 const LOADED: u64 = 1;
 const LINKED: u64 = 3;
+
+/// What the kernel prints when it starts init (KERN_INFO).
+pub const DEFAULT_INIT_MARKER: &str = "Run /init as init process";
 
 /// A Linux boot on the cluster (`--kernel`).
 #[derive(Debug, Clone)]
@@ -60,6 +64,8 @@ pub struct LinuxSpec {
     pub timeout: Duration,
     /// The nodes that take part, sorted.
     pub participants: Vec<u16>,
+    /// Console text that marks the end of boot (`--init-marker`).
+    pub init_marker: String,
 }
 
 /// Agrees with the other participants on which node runs each vCPU.
@@ -248,8 +254,14 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
     barrier.wait(LINKED);
 
     let (stop, _watchdog) = vmm::stop_after(spec.timeout);
-    let init_seen = watch_for_init(&console, me == placement.device_node);
+    let init_seen = watch_for_init(
+        node,
+        area,
+        &console,
+        (me == placement.device_node).then(|| spec.init_marker.clone()),
+    );
     let start = Instant::now();
+    let at_start = Counts::of(node.stats());
     let reports = vm.run_linux_vcpus(&platform, tsc, &spec.vcpu_cores, &stop);
     let end = platform.ended();
     if end.is_none() {
@@ -258,6 +270,7 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
     }
     init_seen.0.store(true, Ordering::Release);
     let reached_init = init_seen.1.join().ok().flatten();
+    let at_end = Counts::of(node.stats());
     link.close(end);
     for r in readers {
         let _ = r.join();
@@ -270,7 +283,11 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
         &reports,
         end,
         start.elapsed(),
-        reached_init,
+        Phases {
+            at_start,
+            init: reached_init,
+            at_end,
+        },
         ram,
     );
     finish(node, &barrier, progress, report)
@@ -297,24 +314,107 @@ fn serve_only(
     finish(node, barrier, progress, report)
 }
 
-/// On the device node, a thread that notes when the console shows the kernel starting init.
+/// What this node's data plane did, summed over its shards.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Faults served (every kind, home and remote pages).
+    faults: u64,
+    /// Of which on pages homed on another node.
+    remote: u64,
+    /// Pages that arrived with their contents from another node.
+    pages_in: u64,
+}
+
+impl Counts {
+    fn of(shards: &[Arc<ShardStats>]) -> Counts {
+        let mut c = Counts::default();
+        for s in shards {
+            for by_loc in &s.faults_served {
+                let home = by_loc[0].load(Ordering::Relaxed);
+                let remote = by_loc[1].load(Ordering::Relaxed);
+                c.faults += home + remote;
+                c.remote += remote;
+            }
+            c.pages_in += s.installs_data.load(Ordering::Relaxed);
+        }
+        c
+    }
+
+    fn since(self, before: Counts) -> Counts {
+        Counts {
+            faults: self.faults.saturating_sub(before.faults),
+            remote: self.remote.saturating_sub(before.remote),
+            pages_in: self.pages_in.saturating_sub(before.pages_in),
+        }
+    }
+}
+
+/// When the guest started init, and this node's counts then.
+type InitSeen = Option<(Duration, Counts)>;
+
+/// A thread that splits the run at the guest's init: on the device node (`marker` given) it
+/// watches the console for the marker and writes the time into the host area; on every
+/// node it polls that word and notes its data-plane counts when it appears, so each node can
+/// tell its boot from its workload.
 fn watch_for_init(
+    node: &Node,
+    area: HostArea,
     console: &Console,
-    active: bool,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<Option<Duration>>) {
+    marker: Option<String>,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<InitSeen>) {
     let done = Arc::new(AtomicBool::new(false));
     let (d, c) = (done.clone(), console.clone());
+    let stats = node.stats().to_vec();
     let start = Instant::now();
     let h = std::thread::spawn(move || {
-        while active && !d.load(Ordering::Acquire) {
-            if c.contains(b"Run /init as init process") {
-                return Some(start.elapsed());
+        let page = area.page(GUEST_BARRIERS);
+        let mut written = false;
+        while !d.load(Ordering::Acquire) {
+            if !written && marker.as_ref().is_some_and(|m| c.contains(m.as_bytes())) {
+                let ms = start.elapsed().as_millis() as u64;
+                area.mem.write64(page, linux_words::INIT, ms + 1);
+                written = true;
+            }
+            let mark = area.mem.read64(page, linux_words::INIT);
+            if mark != 0 {
+                return Some((Duration::from_millis(mark - 1), Counts::of(&stats)));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         None
     });
     (done, h)
+}
+
+/// This node's counts at the start of the run, at init (with its time), at the end.
+struct Phases {
+    at_start: Counts,
+    init: InitSeen,
+    at_end: Counts,
+}
+
+impl Phases {
+    /// "; boot: F faults (R on remote pages), P pages in; after init: ..."
+    fn describe(&self) -> String {
+        let line = |c: Counts| {
+            format!(
+                "{} faults ({} on remote-homed pages), {} pages in",
+                c.faults, c.remote, c.pages_in
+            )
+        };
+        match self.init {
+            Some((at, c)) => format!(
+                "; reached init after {:.1} s; data plane until init: {}; after init: {}",
+                at.as_secs_f64(),
+                line(c.since(self.at_start)),
+                line(self.at_end.since(c))
+            ),
+            None => format!(
+                "; init not reached; data plane: {}",
+                line(self.at_end.since(self.at_start))
+            ),
+        }
+    }
 }
 
 /// This node's verdict on the run and its summary line.
@@ -326,7 +426,7 @@ fn verdict(
     reports: &[VcpuReport],
     end: Option<End>,
     elapsed: Duration,
-    reached_init: Option<Duration>,
+    phases: Phases,
     ram: u64,
 ) -> Report {
     let failures: Vec<String> = reports
@@ -386,26 +486,27 @@ fn verdict(
             a.ipis_sent += b.ipis_sent;
             a.timer_fires += b.timer_fires;
             a.unclaimed += b.unclaimed;
+            a.unclaimed_at.merge(&b.unclaimed_at);
             a
         });
     let exits: u64 = reports.iter().map(|r| r.exits).sum();
     let s = &platform.stats;
     let secs = elapsed.as_secs_f64().max(1e-3);
-    let init = reached_init.map_or(String::new(), |d| {
-        format!(", reached init after {:.1} s", d.as_secs_f64())
-    });
+    let remote_ipis = s.ipis_sent_remote.load(Ordering::Relaxed);
     Report {
         ok,
         summary: format!(
             "Linux on {} MiB across nodes, {} vCPUs (this node ran {:?}, devices on node {}): {how}; \
-             {:.1} s{init}; {exits} exits ({:.0}/s): local APIC {}, devices {} ({} forwarded), \
-             TSC deadline {}, HLT {}, injected {}, unclaimed {}; IPIs sent {} (to other nodes {}, \
-             received from them {}), device accesses served for other nodes {}",
+             {:.1} s{}; {exits} exits ({:.0}/s): local APIC {}, devices {} ({} forwarded), \
+             TSC deadline {}, HLT {}, injected {}, unclaimed {}{}; IPIs sent {} (to other nodes \
+             {remote_ipis}, {:.1}/s; received from them {}), device accesses served for other \
+             nodes {}",
             ram >> 20,
             spec.vcpus,
             placement.local_vcpus(),
             placement.device_node,
             secs,
+            phases.describe(),
             exits as f64 / secs,
             c.lapic,
             c.device,
@@ -414,8 +515,13 @@ fn verdict(
             c.hlt,
             c.injected,
             c.unclaimed,
+            if c.unclaimed > 0 {
+                format!(" ({})", c.unclaimed_at)
+            } else {
+                String::new()
+            },
             c.ipis_sent,
-            s.ipis_sent_remote.load(Ordering::Relaxed),
+            remote_ipis as f64 / secs,
             s.ipis_received_remote.load(Ordering::Relaxed),
             s.io_served.load(Ordering::Relaxed),
         ),

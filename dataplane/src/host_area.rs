@@ -43,6 +43,9 @@ pub mod linux_words {
     /// What the loading node read from its VM: ready flag, guest TSC offset, kvm-clock
     /// value, its flags, host realtime (five words).
     pub const CLOCK: usize = 1024;
+    /// Milliseconds from the start of the run to the guest starting init, plus one, written
+    /// by the device node when its console shows it (0 until then).
+    pub const INIT: usize = 1088;
     /// `node + 1` of the node that runs vCPU `v`, at `OWNERS + 8 * v` (256 vCPUs).
     pub const OWNERS: usize = 2048;
     /// Most vCPUs a Linux guest may have (the OWNERS words).

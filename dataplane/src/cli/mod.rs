@@ -188,6 +188,11 @@ pub struct NodeArgs {
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel", default_value = vmm::launch::DEFAULT_CMDLINE)]
     pub cmdline: String,
+    /// Console text that marks the end of the guest's boot, for the boot / workload split
+    /// of the run's summary (the default is a KERN_INFO message: it shows only with
+    /// loglevel 7 or more).
+    #[arg(long, requires = "kernel", default_value = crate::guest_linux::DEFAULT_INIT_MARKER)]
+    pub init_marker: String,
     /// Kernel entry: pvh (the vmlinux inside a bzImage, or a vmlinux) or bzimage (64-bit boot
     /// protocol).
     #[arg(long, requires = "kernel", default_value = "pvh")]

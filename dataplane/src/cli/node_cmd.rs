@@ -402,6 +402,14 @@ fn job(
         return Ok(Some((format!("workload {}", kind.name()), h)));
     }
     if let Some(kernel) = &a.kernel {
+        if !participants.contains(&node.id()) {
+            // It must not count at the participants' barriers; it serves memory (and may
+            // leave or die) like any member.
+            tracing::info!(
+                "not among the guest's participants {participants:?}: serving memory only"
+            );
+            return Ok(None);
+        }
         let protocol = match a.boot.as_str() {
             "pvh" => vmm::linux::Protocol::Pvh,
             "bzimage" => vmm::linux::Protocol::BzImage64,
@@ -433,6 +441,7 @@ fn job(
             },
             timeout: Duration::from_secs(a.guest_timeout),
             participants: participants.to_vec(),
+            init_marker: a.init_marker.clone(),
         };
         let h = std::thread::Builder::new()
             .name("linux".into())
