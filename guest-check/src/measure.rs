@@ -9,7 +9,9 @@
 //! * **Timer lateness** on every CPU: how much later than asked a 1 ms sleep wakes (the
 //!   kernel's hrtimer on that CPU's local APIC timer).
 //!
-//! Each prints one line, `SSI-GUEST-MEASURE ...`, with p50 / p99 / max in microseconds.
+//! Each prints one line, `SSI-GUEST-MEASURE ...`, with p50 / p99 / max in microseconds; the
+//! IPI line also says how many function-call IPIs the target CPU handled meanwhile (from
+//! /proc/interrupts), so a call that sent none shows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,10 +30,16 @@ pub fn run(cpus: &[usize], samples: u64) -> Result<(), String> {
     sys::membarrier_register()
         .map_err(|e| format!("membarrier(REGISTER_PRIVATE_EXPEDITED) failed: {e}"))?;
     for &to in others {
+        let before = function_call_interrupts(to);
         let rtt = ipi_round_trips(from, to, samples)?;
+        // The target's count of function-call IPIs shows how many calls really sent one.
+        let sent = match (before, function_call_interrupts(to)) {
+            (Some(b), Some(a)) => a.saturating_sub(b).to_string(),
+            _ => "?".to_string(),
+        };
         say_line(
             &format!(
-                "ipi cpu{from}(node {})->cpu{to}(node {})",
+                "ipi cpu{from}(node {})->cpu{to}(node {}) ipis_received={sent}",
                 node_of(from),
                 node_of(to)
             ),
@@ -109,6 +117,18 @@ fn timer_lateness(cpu: usize, samples: u64) -> Result<Vec<f64>, String> {
         us.push(t.elapsed().saturating_sub(SLEEP).as_secs_f64() * 1e6);
     }
     Ok(us)
+}
+
+/// The function-call interrupts `cpu` has handled (its column of the `CAL:` line of
+/// /proc/interrupts), if readable.
+fn function_call_interrupts(cpu: usize) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/interrupts").ok()?;
+    let header = text.lines().next()?;
+    let column = header
+        .split_whitespace()
+        .position(|c| c == format!("CPU{cpu}"))?;
+    let line = text.lines().find(|l| l.trim_start().starts_with("CAL:"))?;
+    line.split_whitespace().nth(column + 1)?.parse().ok()
 }
 
 /// The NUMA node of `cpu` (its `nodeN` entry in sysfs), or `?`.
