@@ -26,13 +26,52 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The Linux kernel the lab boots as L1, which the Linux guest tests also boot as the guest
+/// (Debian's cloud kernel, downloaded and unpacked by `scripts/lab fetch`, never installed).
+pub fn guest_kernel() -> PathBuf {
+    let script = repo_root().join("scripts/lab");
+    let out = Command::new(&script)
+        .arg("fetch")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/lab fetch failed, so no kernel to boot:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let lab = std::env::var_os("LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("lab"));
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&lab)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("boot"))
+        .flat_map(|boot| std::fs::read_dir(boot).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    kernels.pop().unwrap_or_else(|| {
+        panic!(
+            "no vmlinuz-* under {}/*/boot after scripts/lab fetch",
+            lab.display()
+        )
+    })
+}
+
 /// One lab run to make.
 #[derive(Debug, Clone)]
 pub struct Lab {
     timeout: Duration,
     bins: Vec<PathBuf>,
     files: Vec<(PathBuf, String)>,
-    smp: u32,
     shadow_paging: bool,
 }
 
@@ -56,13 +95,13 @@ impl Default for Lab {
 }
 
 impl Lab {
-    /// A run with `ssi-dp` and `lab-cluster` in the VM, 2 vCPUs, 10 minutes at most.
+    /// A run with `ssi-dp` and `lab-cluster` in the VM, scripts/lab's one L1 vCPU (it says
+    /// why), 10 minutes at most.
     pub fn new() -> Self {
         Lab {
             timeout: Duration::from_secs(600),
             bins: vec![ssi_dp_bin(), repo_root().join("scripts/lab-cluster")],
             files: Vec::new(),
-            smp: 2,
             shadow_paging: false,
         }
     }
@@ -92,9 +131,7 @@ impl Lab {
         let mut cmd = Command::new(&script);
         cmd.arg("run")
             .arg("--timeout")
-            .arg(self.timeout.as_secs().to_string())
-            .arg("--smp")
-            .arg(self.smp.to_string());
+            .arg(self.timeout.as_secs().to_string());
         if self.shadow_paging {
             cmd.arg("--shadow-paging");
         }
