@@ -138,16 +138,24 @@ impl PlatformLink {
     /// Tells every peer how the run ended (again: a peer must learn it before it sees the
     /// link close), then closes every channel so the readers end.
     pub fn close(&self, end: Option<vmm::platform::End>) {
-        for (_, s) in &self.peers {
+        for (p, s) in &self.peers {
             let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(e) = end {
                 let m = Msg::Lifecycle {
                     event: e.event,
                     status: e.status,
                 };
-                // The peer may be gone already; closing is what matters.
-                let _ = s.write_all(&m.encode());
+                // A peer that misses this still ends, as failed, when it sees the close: say
+                // why its verdict may differ from ours.
+                if let Err(err) = s.write_all(&m.encode()) {
+                    tracing::warn!(
+                        "node {}: could not tell node {p} how the guest ended ({err}); it will \
+                         report the run as failed",
+                        self.me
+                    );
+                }
             }
+            // ENOTCONN when the peer closed first: the channel is closed either way.
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -197,6 +205,7 @@ fn read_loop(me: u16, from: u16, mut stream: TcpStream, platform: &Platform) {
                 );
                 platform.end(Lifecycle::Failed, 1);
             }
+            // Closing a broken peer's channel; an error means it is closed already.
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }

@@ -273,7 +273,9 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
     let at_end = Counts::of(node.stats());
     link.close(end);
     for r in readers {
-        let _ = r.join();
+        if r.join().is_err() {
+            tracing::error!("node {me}: a guest platform channel reader panicked");
+        }
     }
     drop(vm);
     let report = verdict(
