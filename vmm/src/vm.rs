@@ -621,12 +621,20 @@ fn failed(vcpu: u32, error: VcpuError) -> VcpuReport {
 
 /// CLOCK_REALTIME in nanoseconds.
 fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+/// `clock`'s time in nanoseconds. Only for the realtime and monotonic clocks, which every
+/// Linux has: `clock_gettime` fails only for an unknown clock or a bad pointer, neither
+/// possible here, so a failure is a broken libc and panics rather than yielding a wrong time.
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid timespec to fill; CLOCK_REALTIME always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    // SAFETY: `ts` is a valid timespec to fill.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({clock}) failed");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

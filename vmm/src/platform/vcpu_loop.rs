@@ -62,13 +62,7 @@ impl GuestTsc {
 
 /// Monotonic nanoseconds (the APIC timer's one-shot and periodic modes count in them).
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to fill; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::vm::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// A POSIX timer that sends the kick signal to the thread that created it.
