@@ -1,13 +1,10 @@
-//! The low-priority control side: membership, ACPI table generation, telemetry export, REST
-//! API. Never on the fault path.
+//! The low-priority control side: membership, telemetry export, REST API. Never on the fault path.
 //!
 //! - [`handle`]: the narrow handle through which it sees and steers a data-plane node.
 //! - [`membership`]: heartbeats, failure detection, join / leave / stop over mutual TLS.
 //! - [`inventory`], [`tls`]: the cluster inventory file and the nodes' certificates.
 //! - [`api`], [`metrics`], [`heatmap`]: the REST API, `/metrics`, `/heatmap`.
-//! - [`acpi`]: the ACPI NUMA tables the guest sees.
 
-pub mod acpi;
 pub mod api;
 pub mod handle;
 pub mod heatmap;

@@ -1,9 +1,9 @@
 //! The ACPI view of a running cluster: its nodes as proximity domains (in node-id order),
 //! each with the guest-physical memory it homes and the vCPUs that run on it, and the
-//! inter-node figures measured at formation — the input `control::acpi` turns into SRAT,
+//! inter-node figures measured at formation — the input `acpi` turns into SRAT,
 //! SLIT and HMAT.
 
-use control::acpi::{
+use acpi::{
     Matrix, Measurements, MemRange, NodeDesc, Overrides, Topology, MAX_BANDWIDTH_MBPS,
     MAX_LATENCY_NS,
 };
@@ -125,9 +125,9 @@ mod tests {
             }
         })
         .unwrap();
-        let slit = control::acpi::tables(&t).slit;
+        let slit = acpi::tables(&t).slit;
         // Two domains; distances from the measured latencies (log scale, docs/acpi.md).
-        let want = control::acpi::distance(400, 30_000);
+        let want = acpi::distance(400, 30_000);
         assert_eq!(
             &slit[36..36 + 8 + 4],
             &[
@@ -141,7 +141,7 @@ mod tests {
                 0,
                 10,
                 want,
-                control::acpi::distance(420, 31_000),
+                acpi::distance(420, 31_000),
                 10
             ]
         );
@@ -161,7 +161,7 @@ mod tests {
         };
         let t = topology(&c, &f, 14 << 20, |id| vec![u32::from(id)])
             .expect("clamped figures make valid tables");
-        let slit = control::acpi::tables(&t).slit;
-        assert_eq!(slit[45], control::acpi::distance(2_000, MAX_LATENCY_NS));
+        let slit = acpi::tables(&t).slit;
+        assert_eq!(slit[45], acpi::distance(2_000, MAX_LATENCY_NS));
     }
 }

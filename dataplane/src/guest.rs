@@ -282,7 +282,7 @@ pub fn acpi_tables(
     node: &Node,
     ram_end: u64,
     vcpus_of: impl Fn(u16) -> Vec<u32>,
-) -> Result<control::acpi::Topology, String> {
+) -> Result<acpi::Topology, String> {
     let figures = node.figures().ok_or(
         "no inter-node measurements: the cluster was formed without them (address space too \
          small for a host area)",

@@ -209,8 +209,8 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
                 .collect()
         };
         let topology = acpi_tables(node, ram, vcpus_of)?;
-        let image = control::acpi::tables(&topology)
-            .image(control::acpi::Placement::BIOS_AREA)
+        let image = acpi::tables(&topology)
+            .image(acpi::Placement::BIOS_AREA)
             .map_err(|e| format!("placing the ACPI tables: {e}"))?;
         let boot =
             load_linux(&gm, &spec.args, Some(&image)).map_err(|e| format!("loading Linux: {e}"))?;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use control::acpi::{slit_from_latency, Matrix};
+use acpi::{slit_from_latency, Matrix};
 use ssi_tests::{assert_all_ok, launch, scratch_dir, secret_file, wait_all, NodeOpts};
 
 fn matrix(out: &str, what: &str) -> Vec<Vec<u32>> {

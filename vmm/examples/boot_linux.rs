@@ -33,13 +33,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|v| v.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let topology = control::acpi::parse_topology(&control::acpi::SpecArgs {
+    let topology = acpi::parse_topology(&acpi::SpecArgs {
         layout: &format!("0:mem=0-256M:cpus={cpus}"),
         latency_ns: Some("400"),
         bandwidth_mbps: Some("20000"),
         ..Default::default()
     })?;
-    let acpi = control::acpi::tables(&topology).image(control::acpi::Placement::BIOS_AREA)?;
+    let acpi = acpi::tables(&topology).image(acpi::Placement::BIOS_AREA)?;
     let linux = LinuxArgs {
         kernel: kernel.into(),
         initrd,

@@ -140,7 +140,7 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, LaunchError> {
 pub fn load_linux(
     mem: &GuestMemory,
     args: &LinuxArgs,
-    acpi: Option<&control::acpi::AcpiImage>,
+    acpi: Option<&acpi::AcpiImage>,
 ) -> Result<LinuxBoot, LaunchError> {
     let kernel = read(&args.kernel)?;
     let initrd = args.initrd.as_ref().map(read).transpose()?;
@@ -200,7 +200,7 @@ pub const PVM_NOTE: &str = "this host's /dev/kvm is PVM, which emulates every gu
 pub fn run_linux(
     mem: &GuestMemory,
     args: &LinuxArgs,
-    acpi: Option<&control::acpi::AcpiImage>,
+    acpi: Option<&acpi::AcpiImage>,
     vcpus: u32,
     pin_cpus: &[usize],
     stop: &AtomicBool,

@@ -40,17 +40,17 @@ fn debian_kernel() -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
-fn acpi(ram: usize) -> control::acpi::AcpiImage {
+fn acpi(ram: usize) -> acpi::AcpiImage {
     let layout = format!("0:mem=0-{}M:cpus=0", ram >> 20);
-    let topology = control::acpi::parse_topology(&control::acpi::SpecArgs {
+    let topology = acpi::parse_topology(&acpi::SpecArgs {
         layout: &layout,
         latency_ns: Some("400"),
         bandwidth_mbps: Some("20000"),
         ..Default::default()
     })
     .unwrap();
-    control::acpi::tables(&topology)
-        .image(control::acpi::Placement::BIOS_AREA)
+    acpi::tables(&topology)
+        .image(acpi::Placement::BIOS_AREA)
         .unwrap()
 }
 

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use acpi::{dump, parse_topology, SpecArgs};
 use clap::Args;
-use control::acpi::{dump, parse_topology, SpecArgs};
 
 /// `ssi-dp acpi` options.
 #[derive(Debug, Args)]

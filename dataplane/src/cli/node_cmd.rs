@@ -496,7 +496,7 @@ fn acpi_dump(
     let topology = guest::acpi_tables(node, ram_end, |id| {
         guest::default_local_vcpus(vcpus, participants, id)
     })?;
-    let files = control::acpi::dump(&topology, dir).map_err(|e| e.to_string())?;
+    let files = acpi::dump(&topology, dir).map_err(|e| e.to_string())?;
     for f in files {
         tracing::info!("wrote {}", f.display());
     }

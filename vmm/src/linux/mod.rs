@@ -1,6 +1,6 @@
 //! The Linux boot path: loading a kernel (PVH `vmlinux`, or a bzImage through its 64-bit entry
 //! or through the PVH entry of the vmlinux inside it), the initrd, the command line, the
-//! memory map, the ACPI tables from `control::acpi`, and the boot vCPU's initial state.
+//! memory map, the ACPI tables from `acpi`, and the boot vCPU's initial state.
 //!
 //! Layout: see [`crate::layout::linux`]. RAM starts at GPA 0 and ends below the MMIO hole at
 //! 3 GiB. Memory map: RAM `[0, EBDA)`, reserved `[EBDA, 1 MiB)` (EBDA, VGA hole, BIOS area with
@@ -107,8 +107,8 @@ pub struct LinuxConfig<'a> {
     pub initrd: Option<&'a [u8]>,
     /// The kernel command line.
     pub cmdline: &'a str,
-    /// The RSDP and tables (from `control::acpi`), if any.
-    pub acpi: Option<&'a control::acpi::AcpiImage>,
+    /// The RSDP and tables (from `acpi`), if any.
+    pub acpi: Option<&'a acpi::AcpiImage>,
     /// Entry to use. A bzImage with `Pvh` is booted through the vmlinux inside it.
     pub protocol: Protocol,
 }

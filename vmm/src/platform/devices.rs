@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use control::acpi::POWER_REGISTERS;
+use acpi::POWER_REGISTERS;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 

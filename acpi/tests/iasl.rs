@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use control::acpi::{figures, sums_to_zero, tables, Placement, Topology, FILES};
+use acpi::{figures, sums_to_zero, tables, Placement, Topology, FILES};
 
 /// One `[off len] Name : value` line of iasl's data-table output, or one decoded flag line
 /// (`    Name : value` under a "Flags (decoded below)" field).
@@ -113,7 +113,7 @@ fn disassemble(iasl: &Path, dat: &Path) -> String {
 fn check_case(iasl: &Path, case: &common::Case, work: &Path) {
     let topology: Topology = case.topology();
     let dir = work.join(case.name);
-    control::acpi::dump(&topology, &dir).unwrap();
+    acpi::dump(&topology, &dir).unwrap();
     let image = tables(&topology).image(Placement::BIOS_AREA).unwrap();
     let f = figures(&topology);
     let vcpus = topology.vcpus();
@@ -393,7 +393,7 @@ fn iasl_flags_a_corrupted_table() {
     let iasl = iasl_binary();
     let work = std::env::temp_dir().join(format!("ssi-dp-iasl-bad-{}", std::process::id()));
     let topology = common::TWO_NODES.topology();
-    let paths = control::acpi::dump(&topology, &work).unwrap();
+    let paths = acpi::dump(&topology, &work).unwrap();
     let slit = paths.iter().find(|p| p.ends_with("slit.dat")).unwrap();
     let mut bytes = std::fs::read(slit).unwrap();
     let last = bytes.len() - 1;

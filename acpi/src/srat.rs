@@ -62,8 +62,8 @@ pub fn build(topology: &Topology, ids: &OemIds) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi::sdt::{sums_to_zero, HEADER_LEN};
-    use crate::acpi::topology::{Matrix, Measurements, MemRange, NodeDesc, Overrides};
+    use crate::sdt::{sums_to_zero, HEADER_LEN};
+    use crate::topology::{Matrix, Measurements, MemRange, NodeDesc, Overrides};
 
     fn u32_at(b: &[u8], o: usize) -> u32 {
         u32::from_le_bytes(b[o..o + 4].try_into().unwrap())

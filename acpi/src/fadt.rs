@@ -46,7 +46,7 @@ pub fn build(platform: &Platform, dsdt_gpa: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi::sdt::sums_to_zero;
+    use crate::sdt::sums_to_zero;
 
     #[test]
     fn hardware_reduced_with_64_bit_dsdt_pointer() {

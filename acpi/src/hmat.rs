@@ -172,9 +172,9 @@ fn locality(t: &mut Sdt, kind: DataType, initiators: &[u32], targets: &[u32], en
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi::figures::figures;
-    use crate::acpi::sdt::{sums_to_zero, HEADER_LEN};
-    use crate::acpi::topology::{Measurements, MemRange, NodeDesc, Overrides};
+    use crate::figures::figures;
+    use crate::sdt::{sums_to_zero, HEADER_LEN};
+    use crate::topology::{Measurements, MemRange, NodeDesc, Overrides};
 
     fn u16_at(b: &[u8], o: usize) -> u16 {
         u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
@@ -297,7 +297,7 @@ mod tests {
         // 65 535 ns no longer fits at 1 ns: base 10 ns, rounded up.
         let e = encode_latency(&[401, 65_535]);
         assert_eq!((e.base_unit, e.entries.clone()), (10_000, vec![41, 6_554]));
-        let e = encode_latency(&[crate::acpi::topology::MAX_LATENCY_NS]);
+        let e = encode_latency(&[crate::topology::MAX_LATENCY_NS]);
         assert!(e.entries[0] <= MAX_ENTRY);
         // What Linux computes (entry × base in ps, in a u32) must not overflow.
         assert!(u64::from(e.entries[0]) * e.base_unit <= u64::from(u32::MAX));
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!((e.base_unit, e.entries.clone()), (1, vec![20_000, 1_100]));
         let e = encode_bandwidth(&[100_000, 4, 15]);
         assert_eq!((e.base_unit, e.entries.clone()), (10, vec![10_000, 1, 2]));
-        let e = encode_bandwidth(&[crate::acpi::topology::MAX_BANDWIDTH_MBPS]);
+        let e = encode_bandwidth(&[crate::topology::MAX_BANDWIDTH_MBPS]);
         assert!(e.entries[0] <= MAX_ENTRY);
         assert!(u64::from(e.entries[0]) * e.base_unit <= u64::from(u32::MAX));
     }

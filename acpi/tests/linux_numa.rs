@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use acpi::{figures, Placement, Topology};
 use common::guest::{self, GuestView};
 use common::Case;
-use control::acpi::{figures, Placement, Topology};
 
 /// Per-boot limit; a TCG boot takes seconds, but CI machines are shared.
 const BOOT_DEADLINE: Duration = Duration::from_secs(240);
@@ -348,7 +348,7 @@ fn linux_sees_the_numa_topology_we_describe() {
             case.name
         );
         let dir = work.join(case.name);
-        let written = control::acpi::dump(&topology, &dir).unwrap();
+        let written = acpi::dump(&topology, &dir).unwrap();
         let pick = |name: &str| -> PathBuf {
             written
                 .iter()
@@ -379,7 +379,7 @@ fn linux_sees_the_numa_topology_we_describe() {
             view.dmesg.join("\n  ")
         );
         let mut problems = check(case, &topology, &view);
-        let ours = control::acpi::tables(&topology);
+        let ours = acpi::tables(&topology);
         problems.extend(same_tables(
             &view,
             &[
@@ -401,7 +401,7 @@ fn linux_sees_the_numa_topology_we_describe() {
     // the kernel through acpi_rsdp= (the boot_params.acpi_rsdp_addr equivalent under QEMU).
     let case = &common::FOUR_NODES_ASYMMETRIC;
     let topology = case.topology();
-    let set = control::acpi::tables(&topology);
+    let set = acpi::tables(&topology);
     let placement = Placement {
         rsdp_gpa: WHOLE_SET_GPA,
         tables_gpa: WHOLE_SET_GPA + 64,

@@ -108,7 +108,7 @@ fn log2_fixed(num: u64, den: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi::topology::{Measurements, MemRange, NodeDesc, Overrides};
+    use crate::topology::{Measurements, MemRange, NodeDesc, Overrides};
 
     #[test]
     fn distance_is_linear_up_to_twice_and_logarithmic_beyond() {

@@ -270,8 +270,8 @@ fn checked(gpa: u64, len: u64) -> Result<u64, PlaceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi::sdt::sums_to_zero;
-    use crate::acpi::{parse_topology, tables, SpecArgs};
+    use crate::sdt::sums_to_zero;
+    use crate::{parse_topology, tables, SpecArgs};
 
     fn two_nodes() -> AcpiTables {
         let t = parse_topology(&SpecArgs {

@@ -5,7 +5,7 @@
 
 pub mod guest;
 
-use control::acpi::{parse_topology, SpecArgs, Topology};
+use acpi::{parse_topology, SpecArgs, Topology};
 
 /// One test topology.
 pub struct Case {

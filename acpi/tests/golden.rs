@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use control::acpi::{dump, sums_to_zero, FILES};
+use acpi::{dump, sums_to_zero, FILES};
 
 fn golden_dir(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,8 +68,8 @@ fn tables_match_the_checked_in_bytes() {
 #[test]
 fn the_same_topology_gives_the_same_bytes() {
     for case in common::ALL {
-        let a = control::acpi::tables(&case.topology());
-        let b = control::acpi::tables(&case.topology());
+        let a = acpi::tables(&case.topology());
+        let b = acpi::tables(&case.topology());
         assert_eq!(a, b, "{}", case.name);
     }
 }

@@ -20,7 +20,7 @@ pub fn build(distances: &Matrix<u8>, ids: &OemIds) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi::sdt::{sums_to_zero, HEADER_LEN};
+    use crate::sdt::{sums_to_zero, HEADER_LEN};
 
     #[test]
     fn keeps_asymmetric_rows_in_order() {

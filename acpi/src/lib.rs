@@ -1,10 +1,17 @@
-//! ACPI tables that show the guest the cluster as a NUMA machine (issue #8): RSDP, XSDT, FADT,
-//! DSDT, MADT, SRAT, SLIT and HMAT, each a pure function of a [`Topology`] (layout plus measured
-//! inter-node figures plus overrides). See docs/acpi.md for what each table says, the formula from
-//! measurements to SLIT/HMAT values, and how a VMM places the tables.
+//! ACPI tables that show the guest the cluster as a NUMA machine: RSDP, XSDT, FADT, DSDT, MADT,
+//! SRAT, SLIT and HMAT, each a pure function of a [`Topology`] (layout plus measured inter-node
+//! figures plus overrides).
+//!
+//! This crate owns the table bytes and the text forms (`--layout`, `--latency-ns`, ...) they are
+//! parsed from. It is pure computation: no I/O except [`dump`] (which writes the tables to a
+//! directory for inspection), no threads, no clocks. It may depend only on `thiserror` and
+//! rust-vmm's `acpi_tables`; the VMM (which places the image in guest memory) and the node
+//! binary (which measures the figures) depend on it, so neither links the control plane's TLS.
+//! See docs/acpi.md for what each table says, the formula from measurements to SLIT/HMAT
+//! values, and how a VMM places the tables.
 //!
 //! ```
-//! use control::acpi::{parse_topology, tables, Placement, SpecArgs};
+//! use acpi::{parse_topology, tables, Placement, SpecArgs};
 //!
 //! let topology = parse_topology(&SpecArgs {
 //!     layout: "0:mem=0-256M:cpus=0;1:mem=256M-512M:cpus=1",
