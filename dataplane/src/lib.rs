@@ -1,6 +1,5 @@
 //! The ssi-dp data plane: the coherence protocol, shards, page-state tables and the node.
 //!
-//! - [`protocol`]: the coherence protocol as a sans-I/O state machine (and its simulator).
 //! - [`node`]: the embedding API — start a node in-process, get the guest region.
 //! - [`shard`]: the pinned run-to-completion loop that serves faults and messages.
 //! - [`mesh`]: authenticated connections between every pair of shards.
@@ -30,7 +29,6 @@ pub mod mesh;
 pub mod node;
 pub mod node_state;
 pub mod pmqos;
-pub mod protocol;
 pub mod region;
 pub mod shard;
 pub mod signals;

@@ -25,8 +25,8 @@ use wire::handshake::{
 use wire::ratelimit::LogLimiter;
 
 use crate::config::{ClusterSpec, NodeSpec};
-use crate::protocol::NodeId;
 use crate::shard::Conn;
+use coherence::NodeId;
 
 /// Handshakes the acceptor runs at once; further connections wait in the listen backlog.
 const MAX_HANDSHAKES: usize = 16;

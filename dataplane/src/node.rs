@@ -20,7 +20,6 @@ use crate::measure::{self, Figures};
 use crate::mesh::{self, Acceptor, MeshError};
 use crate::node_state::NodeState;
 use crate::pmqos::LatencyGuard;
-use crate::protocol::{self, Layout, Machine, NodeId, NodeRange, Partition};
 use crate::region::{Region, RegionError};
 use crate::shard::mailbox::{Command, Mailbox, PageState};
 use crate::shard::route::ShardMsg;
@@ -28,6 +27,7 @@ use crate::shard::trace::TraceRings;
 use crate::shard::{Conn, Shard, ShardSetup};
 use crate::spsc;
 use crate::stats::ShardStats;
+use coherence::{Layout, Machine, NodeId, NodeRange, Partition};
 
 /// Capacity of each ring between two shards.
 const SHARD_RING: usize = 1024;
@@ -88,7 +88,7 @@ pub enum NodeError {
     Region(#[from] RegionError),
     /// The protocol refused the layout or configuration.
     #[error("protocol setup: {0}")]
-    Protocol(#[from] protocol::StepError),
+    Protocol(#[from] coherence::StepError),
     /// io_uring was required but cannot be used here.
     #[error("--transport uring was asked for, but {0}; use --transport auto or fallback")]
     UringUnavailable(String),
@@ -140,7 +140,7 @@ pub struct NodeConfig {
     /// How long to wait for every peer to connect.
     pub connect_timeout: Duration,
     /// Protocol tunables (`max_home_txns` is sized from the cluster automatically).
-    pub protocol: protocol::Config,
+    pub protocol: coherence::Config,
     /// Measure inter-node fetch latency and bandwidth once the cluster is formed (every node
     /// must agree: it is an exchange). See [`crate::measure`].
     pub measure: bool,
@@ -177,7 +177,7 @@ impl NodeConfig {
             zero_copy: false,
             secret,
             connect_timeout: Duration::from_secs(30),
-            protocol: protocol::Config::default(),
+            protocol: coherence::Config::default(),
             measure: true,
             max_address_space: DEFAULT_MAX_ADDRESS_SPACE,
             trace_pages: Vec::new(),
@@ -209,7 +209,7 @@ pub struct Node {
 }
 
 /// The protocol layout of a cluster.
-pub fn layout_of(cluster: &ClusterSpec) -> Result<Layout, protocol::StepError> {
+pub fn layout_of(cluster: &ClusterSpec) -> Result<Layout, coherence::StepError> {
     let ranges = cluster
         .ranges()
         .into_iter()
@@ -288,7 +288,8 @@ impl Node {
                 .map(|c| u32::from(c.peer_shard_count))
                 .sum::<u32>();
         let mut proto = cfg.protocol;
-        proto.max_home_txns = protocol::Config::home_txns_needed(instances, proto.max_active_pages);
+        proto.max_home_txns =
+            coherence::Config::home_txns_needed(instances, proto.max_active_pages);
         let peer_conns: usize = mesh.conns[0].len();
         let tcfg = TransportConfig {
             max_peers: peer_conns.max(1) + 4,
@@ -352,7 +353,7 @@ impl Node {
             let machine = Machine::new(
                 me,
                 layout.clone(),
-                Partition::new(i as u32, shards as u32).map_err(protocol::StepError::from)?,
+                Partition::new(i as u32, shards as u32).map_err(coherence::StepError::from)?,
                 proto,
             )?;
             let st = Arc::new(ShardStats::with_heat(bucket_pages));

@@ -228,7 +228,7 @@ pub struct ProtoCounters {
 
 impl ProtoCounters {
     /// Publishes a protocol instance's counters.
-    pub fn publish(&self, s: &crate::protocol::Stats) {
+    pub fn publish(&self, s: &coherence::Stats) {
         self.invalidations.store(s.invalidations, Relaxed);
         self.forwards.store(s.forwards, Relaxed);
         self.ping_pong.store(s.ping_pong, Relaxed);

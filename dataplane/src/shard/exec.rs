@@ -15,11 +15,11 @@ use super::route::PeerShards;
 use super::trace::Tracer;
 use crate::clock::now_ns;
 use crate::node_state::NodeState;
-use crate::protocol::{
-    Action, Actions, DataSource, FailReason, InstallSource, Layout, Msg, NodeId, NodeSet,
-};
 use crate::region::{Region, ZERO_PAGE};
 use crate::stats::{add, bump, FaultKind, Locality, ShardStats};
+use coherence::{
+    Action, Actions, DataSource, FailReason, InstallSource, Layout, Msg, NodeId, NodeSet,
+};
 
 /// How often a transient `EAGAIN` from an ioctl is retried before it is reported.
 const IOCTL_RETRIES: u32 = 10_000;
@@ -99,7 +99,7 @@ impl<T: Transport> Io<T> {
                     ));
                 }
                 Action::ClusterFatal { reason } => {
-                    let crate::protocol::FatalReason::HomeDied(n) = reason;
+                    let coherence::FatalReason::HomeDied(n) = reason;
                     after.fatal = Some(n.get());
                 }
             }
@@ -255,21 +255,8 @@ impl<T: Transport> Io<T> {
             after.down.insert(to);
             return;
         };
-        let f = msg.to_fields();
-        let Some(ty) = MsgType::from_code(f.ty) else {
-            bump(&self.stats.violations);
-            self.log.warn(format_args!(
-                "protocol produced unknown message code {}",
-                f.ty
-            ));
-            return;
-        };
-        let mut h = Header::new(ty, self.me.get());
-        h.flags = f.flags;
-        h.aux = f.aux;
-        h.txn = f.txn;
-        h.page = f.page;
-        h.arg = f.arg;
+        let mut h = super::codec::encode(&msg, self.me);
+        let ty = h.ty;
         let payload: Option<&[u8]> = match data {
             None => None,
             // SAFETY: the machine sends local contents only of pages this node holds mapped,

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Conn;
-use crate::protocol::Layout;
+use coherence::Layout;
 
 /// A directory entry as a page query reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //! allocates, locks or queues without a bound.
 
 pub mod backlog;
+pub mod codec;
 pub mod exec;
 pub mod mailbox;
 pub mod route;
@@ -33,13 +34,13 @@ use crate::clock::now_ns;
 use crate::doorbell::Doorbell;
 use crate::idle::IdlePolicy;
 use crate::node_state::NodeState;
-use crate::protocol::{
-    Access, Actions, DirState, Input, Layout, Machine, Msg, MsgFields, NodeId, NodeSet, Outcome,
-    PageAccess, StepError,
-};
 use crate::region::Region;
 use crate::spsc::{Consumer, Producer};
 use crate::stats::{bump, FaultKind, ShardStats};
+use coherence::{
+    Access, Actions, DirState, Input, Layout, Machine, Msg, NodeId, NodeSet, Outcome, PageAccess,
+    StepError,
+};
 
 /// Token the shard's userfaultfd is watched with.
 const TOKEN_UFFD: u64 = 1;
@@ -398,7 +399,7 @@ impl<T: Transport> Shard<T> {
                 .actions
                 .iter()
                 .find_map(|a| match a {
-                    crate::protocol::Action::Send { msg, .. } => Some(msg.txn()),
+                    coherence::Action::Send { msg, .. } => Some(msg.txn()),
                     _ => None,
                 })
                 .unwrap_or(0),
@@ -406,7 +407,7 @@ impl<T: Transport> Shard<T> {
         tracing::info!(target: "ssi_dp::trace", page, txn, from = from.map(|n| n.get()), "input {input:?}");
         for a in &self.actions {
             match a {
-                crate::protocol::Action::Send { to, msg, .. } => {
+                coherence::Action::Send { to, msg, .. } => {
                     tracing::info!(target: "ssi_dp::trace", page, txn = msg.txn(), to = to.get(), "send {msg:?}")
                 }
                 other => tracing::info!(target: "ssi_dp::trace", page, txn, "action {other:?}"),
@@ -482,15 +483,7 @@ impl<T: Transport> Shard<T> {
         if matches!(h.ty, MsgType::Ping | MsgType::Pong) {
             return;
         }
-        let fields = MsgFields {
-            ty: h.ty as u8,
-            flags: h.flags,
-            aux: h.aux,
-            txn: h.txn,
-            page: h.page,
-            arg: h.arg,
-        };
-        let msg = match Msg::from_fields(fields) {
+        let msg = match codec::decode(&h) {
             Ok(m) => m,
             Err(e) => {
                 bump(&self.io.stats.violations);

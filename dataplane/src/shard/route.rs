@@ -1,7 +1,7 @@
 //! Who is where: peer handles for (node, shard) pairs, each peer node's shard count, which
 //! local shard owns a page, and the messages shards pass each other.
 
-use crate::protocol::{Access, NodeId, MAX_NODES};
+use coherence::{Access, NodeId, MAX_NODES};
 use wire::PeerId;
 
 /// The transport handle of shard `shard` on node `node`.

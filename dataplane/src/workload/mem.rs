@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::config::PAGE_SIZE;
-use crate::protocol::Layout;
+use coherence::Layout;
 
 /// The guest address space as the workloads see it.
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +162,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{NodeId, NodeRange};
+    use coherence::{NodeId, NodeRange};
 
     #[test]
     fn plan_spreads_pages_over_homes_and_skips_page_zero() {

@@ -160,7 +160,7 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
     // The address space is final once every participant is a member here too.
     let deadline = Instant::now() + Duration::from_secs(60);
     let member =
-        |p: u16| crate::protocol::NodeId::new(p).is_ok_and(|n| node.layout().range_of(n).is_some());
+        |p: u16| coherence::NodeId::new(p).is_ok_and(|n| node.layout().range_of(n).is_some());
     while !spec.participants.iter().all(|&p| member(p)) {
         if Instant::now() > deadline {
             return Err("a participant never became a member of this node's cluster".into());

@@ -3,8 +3,8 @@
 //! forbids.
 
 use super::{allows, kind_of, Ev, FailKind, Failure, Map, Mem, Packet, ThreadState, World};
-use crate::protocol::sim::scenario::Family;
-use crate::protocol::{Action, DataSource, FailReason, FatalReason, InstallSource, NodeId};
+use crate::sim::scenario::Family;
+use crate::{Action, DataSource, FailReason, FatalReason, InstallSource, NodeId};
 use rand::Rng;
 
 impl World {

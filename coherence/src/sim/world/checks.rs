@@ -2,7 +2,7 @@
 //! step, which pages were at risk after a crash, liveness, and the end state.
 
 use super::{FailKind, Failure, Map, ThreadState, World, LIVENESS_STEPS};
-use crate::protocol::{DirState, Msg, NodeId, NodeSet, PageAccess};
+use crate::{DirState, Msg, NodeId, NodeSet, PageAccess};
 
 impl World {
     /// SWMR and data value for one page over the live nodes.

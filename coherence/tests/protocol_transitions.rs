@@ -2,7 +2,7 @@
 //! small clusters driven by hand, asserting the exact actions of the rows of
 //! the transition table in docs/protocol.md.
 
-use dataplane::protocol::{
+use coherence::{
     Access, Action, Actions, Config, DataSource, DirState, EvictRefusal, FailReason, FatalReason,
     FwdOutcome, Input, InstallSource, Layout, Machine, Msg, NackReason, NodeId, NodeRange, NodeSet,
     Outcome, PageAccess, Partition, StepError,

@@ -1,7 +1,7 @@
 //! The simulator's test families and its self-tests (injected bugs).
 
 use super::{find_bug, replaying, report, run_family, run_seed, FailKind, Family};
-use crate::protocol::inject::Bug;
+use crate::inject::Bug;
 
 /// The default CI run of the main family must cover at least this much.
 const CI_MIN_SEEDS: u64 = 1_000;

@@ -2,8 +2,8 @@
 //! does not allow it), evictions asked by a replacement policy, crashes.
 
 use super::{allows, Ev, FailKind, Failure, Map, ThreadState, World};
-use crate::protocol::sim::scenario::Profile;
-use crate::protocol::{Access, Input, Outcome};
+use crate::sim::scenario::Profile;
+use crate::{Access, Input, Outcome};
 use rand::Rng;
 
 impl World {

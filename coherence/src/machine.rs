@@ -137,10 +137,12 @@ pub enum StepError {
     BadDeadNode(NodeId),
     /// A message only a page's home may receive, for a page homed elsewhere,
     /// or one only the home may send, from another node.
-    #[error("message type {ty} about page {page} from {from} is misrouted: page {page}'s home is {home}")]
+    #[error(
+        "message {name} about page {page} from {from} is misrouted: page {page}'s home is {home}"
+    )]
     Misrouted {
-        /// Type code.
-        ty: u8,
+        /// The message's name.
+        name: &'static str,
         /// Page number.
         page: u64,
         /// Sender.
@@ -362,7 +364,7 @@ impl Machine {
         };
         if misrouted {
             return Err(StepError::Misrouted {
-                ty: msg.code(),
+                name: msg.name(),
                 page,
                 from,
                 home,
