@@ -135,7 +135,7 @@ impl fmt::Display for Ns {
     }
 }
 
-pub use dataplane::affinity::{current_affinity, pin_current_thread};
+pub use engine::affinity::{current_affinity, pin_current_thread};
 
 /// Number of online CPUs.
 pub fn online_cpus() -> usize {

@@ -211,7 +211,7 @@ fn quick_run_writes_every_row_log_and_plot() {
 
         // The HDR log holds exactly the samples of the row.
         let log = hlog_of(&hlog, &label);
-        let series = dataplane::histlog::read_log(&log).unwrap();
+        let series = engine::histlog::read_log(&log).unwrap();
         assert_eq!(series.len(), 1, "{log:?}");
         assert_eq!(series[0].0, label);
         assert_eq!(series[0].1.len(), count, "{log:?}");

@@ -24,7 +24,7 @@ pub fn ssi_dp_bin() -> PathBuf {
     assert!(
         bin.exists(),
         "{} is missing: run the tests with `cargo test --workspace` (which builds the ssi-dp \
-         binary) or build it first with `cargo build -p dataplane`",
+         binary) or build it first with `cargo build -p ssi-dp`",
         bin.display()
     );
     bin

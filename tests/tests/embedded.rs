@@ -6,9 +6,9 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dataplane::config::{ClusterSpec, NodeSpec};
-use dataplane::idle::IdlePolicy;
-use dataplane::node::{Node, NodeConfig};
+use engine::config::{ClusterSpec, NodeSpec};
+use engine::idle::IdlePolicy;
+use engine::node::{Node, NodeConfig};
 
 fn start_pair() -> (Node, Node) {
     let l0 = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -173,7 +173,7 @@ fn histogram_dump_matches_the_served_faults() {
     let r = wait_all(procs, TIMEOUT);
     assert_all_ok(&r);
     for (id, _, out) in &r {
-        let series = dataplane::histlog::read_log(&logs[*id as usize]).expect("readable log");
+        let series = engine::histlog::read_log(&logs[*id as usize]).expect("readable log");
         let logged: u64 = series.iter().map(|(_, h)| h.len()).sum();
         let reported: u64 = out
             .lines()

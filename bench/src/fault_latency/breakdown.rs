@@ -1,11 +1,11 @@
 //! `--breakdown`: where the time of a fault goes. The faulting thread knows when it touched
 //! the page and when it resumed; node 0's shard records when it read the fault, sent the
-//! request, received the reply and installed the page (`dataplane::shard::trace`). Samples and
+//! request, received the reply and installed the page (`engine::shard::trace`). Samples and
 //! shard records are matched by page and time; each step's durations are aggregated.
 
 use std::fmt::Write as _;
 
-use dataplane::shard::trace::FaultTrace;
+use engine::shard::trace::FaultTrace;
 
 use super::scenario::Sample;
 use crate::{Latency, Ns};

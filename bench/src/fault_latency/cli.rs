@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use dataplane::idle::IdlePolicy;
-use dataplane::node::TransportKind;
+use engine::idle::IdlePolicy;
+use engine::node::TransportKind;
 
 /// Per-fault latency of the ssi-dp data plane, as the faulting thread sees it.
 #[derive(Debug, Parser)]

@@ -8,9 +8,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::config::{ClusterSpec, NodeSpec};
-use dataplane::idle::IdlePolicy;
-use dataplane::node::{Node, NodeConfig, NodeError, TransportKind};
+use engine::config::{ClusterSpec, NodeSpec};
+use engine::idle::IdlePolicy;
+use engine::node::{Node, NodeConfig, NodeError, TransportKind};
 use thiserror::Error;
 
 use super::netns::{NetNs, NetnsError};
@@ -51,7 +51,7 @@ pub enum ClusterError {
     },
     /// The cluster description was refused.
     #[error("bad cluster: {0}")]
-    Config(#[from] dataplane::config::ConfigError),
+    Config(#[from] engine::config::ConfigError),
     /// Network namespaces.
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -375,7 +375,7 @@ fn cluster_secret() -> Vec<u8> {
         .is_err()
     {
         // Loopback-only benchmark clusters: a time-derived secret still keeps stray nodes out.
-        let t = dataplane::clock::now_ns() ^ u64::from(std::process::id());
+        let t = engine::clock::now_ns() ^ u64::from(std::process::id());
         for (i, x) in b.iter_mut().enumerate() {
             *x = (t.rotate_left(i as u32 * 5) as u8) ^ (i as u8);
         }

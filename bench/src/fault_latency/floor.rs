@@ -14,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dataplane::clock::now_ns;
-use dataplane::idle::IdlePolicy;
-use dataplane::shard::trace::FaultTrace;
+use engine::clock::now_ns;
+use engine::idle::IdlePolicy;
+use engine::shard::trace::FaultTrace;
 use thiserror::Error;
 use uffd_poller::{CopyMode, Event, EventBuf, Features, FillOutcome, RegisterMode, Uffd};
 

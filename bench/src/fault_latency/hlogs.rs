@@ -1,13 +1,13 @@
 //! HDR interval logs after the run: `fault-latency show FILE...` prints the percentiles of
 //! every series in the logs (or in every `.hlog` of a directory); `fault-latency compare A B`
 //! prints two logs (or two `--hlog` directories) side by side, series by series, with the
-//! change at each percentile; `fault-latency plot` draws them. Logs are read with `dataplane::histlog::read_log`, so any HDR V2
+//! change at each percentile; `fault-latency plot` draws them. Logs are read with `engine::histlog::read_log`, so any HDR V2
 //! interval log works, not only ours.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use dataplane::histlog::{read_log, HistLogError};
+use engine::histlog::{read_log, HistLogError};
 use hdrhistogram::Histogram;
 use thiserror::Error;
 
@@ -225,7 +225,7 @@ pub fn compare(a: &Path, b: &Path) -> Result<String, HlogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataplane::histlog::HistLog;
+    use engine::histlog::HistLog;
 
     fn hist(values: impl Iterator<Item = u64>) -> Histogram<u64> {
         let mut h = Histogram::new_with_bounds(1, 10_000_000_000, 3).unwrap();

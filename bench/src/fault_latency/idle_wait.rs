@@ -6,8 +6,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use dataplane::clock::now_ns;
-use dataplane::idle::IdlePolicy;
+use engine::clock::now_ns;
+use engine::idle::IdlePolicy;
 
 /// Longest single sleep, so that a stop flag is seen.
 const MAX_POLL: Duration = Duration::from_millis(100);

@@ -19,9 +19,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dataplane::config::{ClusterSpec, NodeSpec};
-use dataplane::node::{Node, NodeConfig};
-use dataplane::shard::trace::ServeTrace;
+use engine::config::{ClusterSpec, NodeSpec};
+use engine::node::{Node, NodeConfig};
+use engine::shard::trace::ServeTrace;
 use thiserror::Error;
 
 use super::cli::RoleArgs;
@@ -45,10 +45,10 @@ pub enum RoleError {
     BadCommand(String),
     /// The node did not start.
     #[error("node start failed: {0}")]
-    Node(#[from] dataplane::node::NodeError),
+    Node(#[from] engine::node::NodeError),
     /// A cluster description that the data plane refused.
     #[error("bad cluster: {0}")]
-    Cluster(#[from] dataplane::config::ConfigError),
+    Cluster(#[from] engine::config::ConfigError),
     /// A command came before `start`.
     #[error("the node is not started")]
     NotStarted,

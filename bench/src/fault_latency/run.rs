@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dataplane::cpulist;
-use dataplane::idle::IdlePolicy;
-use dataplane::node::TransportKind;
-use dataplane::pmqos::LatencyGuard;
-use dataplane::shard::trace::FaultTrace;
+use engine::cpulist;
+use engine::idle::IdlePolicy;
+use engine::node::TransportKind;
+use engine::pmqos::LatencyGuard;
+use engine::shard::trace::FaultTrace;
 use thiserror::Error;
 
 use super::breakdown;
@@ -364,7 +364,7 @@ fn measure_floor(
     );
     let hlog = a.hlog.as_ref().map(|dir| {
         (
-            dataplane::histlog::HistLog::new(
+            engine::histlog::HistLog::new(
                 dir.join(format!("floor.{}.hlog", labels.suffix)),
                 vec![format!(
                     "fault-latency floor ({}): uffd read, 16-byte request, 4 KiB reply, \

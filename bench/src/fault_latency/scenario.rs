@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 
-use dataplane::clock::now_ns;
-use dataplane::histlog::HistLog;
-use dataplane::node::Node;
-use dataplane::stats::{FaultKind, Locality};
+use engine::clock::now_ns;
+use engine::histlog::HistLog;
+use engine::node::Node;
+use engine::stats::{FaultKind, Locality};
 use thiserror::Error;
 
 use super::cluster::{Cluster, ClusterError};
@@ -49,7 +49,7 @@ pub enum ScenarioError {
     NotCluster(String),
     /// The HDR log could not be written.
     #[error(transparent)]
-    Hlog(#[from] dataplane::histlog::HistLogError),
+    Hlog(#[from] engine::histlog::HistLogError),
 }
 
 /// One sample: the page touched and the thread's clock before and after.
@@ -531,7 +531,7 @@ impl<'c> Ctx<'c> {
         let counts = || {
             let st = node.stats();
             PrefetchCounts {
-                faults: dataplane::summary::served(st, FaultKind::Read, Locality::Remote),
+                faults: engine::summary::served(st, FaultKind::Read, Locality::Remote),
                 requests: st
                     .iter()
                     .map(|x| x.proto.prefetches.load(Ordering::Relaxed))

@@ -29,10 +29,10 @@ use vmm::{ClockData, Console, GuestMemory, Outcome, VcpuReport, VmConfig};
 
 use crate::guest::{acpi_tables, default_local_vcpus};
 use crate::guest_link::{self, PlatformLink};
-use crate::host_area::{linux_words, HostArea, GUEST_BARRIERS};
-use crate::node::Node;
-use crate::stats::ShardStats;
-use crate::workload::barrier::Barrier;
+use engine::host_area::{linux_words, HostArea, GUEST_BARRIERS};
+use engine::node::Node;
+use engine::stats::ShardStats;
+use engine::barrier::Barrier;
 use crate::workload::{finish, Progress, Report};
 
 /// Guest RAM is a whole number of these.

@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::Duration;
 
-use super::mem::{mix, Mem, Plan};
+use engine::mem::{mix, Mem, Plan};
 use super::{per_op, Ctx, Report, WorkerResult};
 
 /// Data-page indices: the lock word, the counter, the records.

@@ -14,11 +14,11 @@ use control::handle::{
 use control::membership::msg::NodeInfo;
 use control::membership::{Membership, NodeControl};
 
-use crate::config::{self, ClusterSpec, NodeSpec, PAGE_SIZE};
-use crate::node::Node;
-use crate::shard::mailbox::DirView;
-use crate::stats::{sum, FaultKind, Locality, HEAT_BUCKETS};
-use crate::summary;
+use engine::config::{self, ClusterSpec, NodeSpec, PAGE_SIZE};
+use engine::node::Node;
+use engine::shard::mailbox::DirView;
+use engine::stats::{sum, FaultKind, Locality, HEAT_BUCKETS};
+use engine::summary;
 
 /// How long a join may take to apply on this node.
 const EXTEND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::idle::IdlePolicy;
-use crate::node::TransportKind;
+use engine::idle::IdlePolicy;
+use engine::node::TransportKind;
 use crate::workload::Kind;
 
 /// ssi-dp: the data plane of a single-system-image hypervisor.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config::PAGE_SIZE;
 use crate::host_area::{HostArea, FORMATION};
 use crate::node::Node;
-use crate::workload::barrier::Barrier;
+use crate::barrier::Barrier;
 
 /// Pages read one at a time for the latency median.
 pub const LATENCY_PAGES: u64 = 64;

@@ -7,9 +7,7 @@
 //! pages back home, final barrier. Nodes leave only after the final barrier, so no node's
 //! departure takes a page another node still needs.
 
-pub(crate) mod barrier;
 mod counters;
-pub mod mem;
 mod pingpong;
 mod scan;
 mod seqs;
@@ -20,9 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use self::barrier::Barrier;
-use self::mem::{Mem, Plan, BARRIER_PAGE};
-use crate::node::Node;
+use engine::barrier::Barrier;
+use engine::mem::{Mem, Plan, BARRIER_PAGE};
+use engine::node::Node;
 
 /// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use control::inventory::Inventory;
 use control::tls::TlsIdentity;
 
 use super::NodeArgs;
-use crate::config::{self, ClusterSpec, NodeSpec, PeerArg};
-use crate::cpulist;
-use crate::idle::IdlePolicy;
+use engine::config::{self, ClusterSpec, NodeSpec, PeerArg};
+use engine::cpulist;
+use engine::idle::IdlePolicy;
 
 /// The control plane's settings.
 #[derive(Debug)]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::idle::IdlePolicy;
-use crate::node::TransportKind;
+use engine::idle::IdlePolicy;
+use engine::node::TransportKind;
 use crate::workload::Kind;
 
 /// `ssi-dp demo` options.

@@ -11,7 +11,8 @@ use super::mem::Mem;
 pub const SLOTS: u64 = 8;
 
 /// See the module documentation.
-pub(crate) struct Barrier {
+#[derive(Debug)]
+pub struct Barrier {
     mem: Mem,
     page: u64,
     parties: u64,
@@ -19,12 +20,12 @@ pub(crate) struct Barrier {
 
 impl Barrier {
     /// Barriers for `parties` participants on page `page`.
-    pub(crate) fn new(mem: Mem, page: u64, parties: u64) -> Self {
+    pub fn new(mem: Mem, page: u64, parties: u64) -> Self {
         Self { mem, page, parties }
     }
 
     /// Arrives at barrier `slot` without waiting.
-    pub(crate) fn arrive(&self, slot: u64) {
+    pub fn arrive(&self, slot: u64) {
         assert!(slot < SLOTS);
         self.mem
             .atomic64(self.page, (slot * 8) as usize)
@@ -32,7 +33,7 @@ impl Barrier {
     }
 
     /// Waits until every party arrived at barrier `slot`.
-    pub(crate) fn wait_for(&self, slot: u64) {
+    pub fn wait_for(&self, slot: u64) {
         let c = self.mem.atomic64(self.page, (slot * 8) as usize);
         let mut pause = Duration::from_micros(20);
         while c.load(SeqCst) < self.parties {
@@ -44,14 +45,14 @@ impl Barrier {
     }
 
     /// Arrives at barrier `slot` and waits for everyone.
-    pub(crate) fn wait(&self, slot: u64) {
+    pub fn wait(&self, slot: u64) {
         self.arrive(slot);
         self.wait_for(slot);
     }
 
     /// A barrier used once per round: arrives at `slot` and waits until every party has
     /// arrived `round + 1` times.
-    pub(crate) fn wait_round(&self, slot: u64, round: u64) {
+    pub fn wait_round(&self, slot: u64, round: u64) {
         self.arrive(slot);
         let c = self.mem.atomic64(self.page, (slot * 8) as usize);
         let want = self.parties * (round + 1);

@@ -11,13 +11,14 @@ use control::membership::{self, Membership, MembershipConfig};
 
 use super::settings::{self, Settings};
 use super::NodeArgs;
-use crate::config::{self, ClusterSpec, NodeSpec};
+use engine::config::{self, ClusterSpec, NodeSpec};
 use crate::control_glue::{Glue, NoControlPlane};
-use crate::histlog::HistLog;
-use crate::measure::Figures;
-use crate::node::{Node, NodeConfig};
+use engine::histlog::HistLog;
+use engine::measure::Figures;
+use engine::node::{Node, NodeConfig};
 use crate::workload::{self, Progress, Spec};
-use crate::{cpulist, guest, logging, signals, summary};
+use crate::{guest, logging, signals};
+use engine::{cpulist, summary};
 
 /// Exit code: a workload check failed or the cluster stopped.
 pub const EXIT_FAILED: i32 = 1;
@@ -145,10 +146,10 @@ pub fn run(a: NodeArgs) -> i32 {
         };
         cfg.trace_pages.push(gpa / config::PAGE_SIZE);
     }
-    if cfg.trace_pages.len() > crate::node::MAX_TRACED_PAGES {
+    if cfg.trace_pages.len() > engine::node::MAX_TRACED_PAGES {
         return fail(format!(
             "--trace-page: at most {} pages",
-            crate::node::MAX_TRACED_PAGES
+            engine::node::MAX_TRACED_PAGES
         ));
     }
     // Formation measurements are an exchange among the founding nodes; a joiner has none.
@@ -491,7 +492,7 @@ fn acpi_dump(
     dir: &std::path::Path,
 ) -> Result<(), String> {
     let vcpus = a.vcpus.unwrap_or(participants.len() as u32);
-    let area = crate::host_area::HostArea::of(node).ok_or("the address space is too small")?;
+    let area = engine::host_area::HostArea::of(node).ok_or("the address space is too small")?;
     let ram_end = area.start() / (2 << 20) * (2 << 20);
     let topology = guest::acpi_tables(node, ram_end, |id| {
         guest::default_local_vcpus(vcpus, participants, id)

@@ -32,7 +32,7 @@ fn page(ctx: &Ctx<'_>, j: u64) -> u64 {
 }
 
 fn seed(round: u64, j: u64) -> u64 {
-    super::mem::mix(0x5ca4_0000 + round, j)
+    engine::mem::mix(0x5ca4_0000 + round, j)
 }
 
 /// Whether every home has room for its part of the table.

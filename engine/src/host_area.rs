@@ -14,7 +14,7 @@
 
 use crate::config::PAGE_SIZE;
 use crate::node::Node;
-use crate::workload::mem::Mem;
+use crate::mem::Mem;
 
 /// Bytes of the host area.
 pub const HOST_AREA: u64 = 2 << 20;

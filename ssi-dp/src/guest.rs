@@ -5,7 +5,7 @@
 //! stores, KVM's page walks and the VMM's own writes all fault into the data plane.
 //!
 //! The address space is split in two: guest RAM from GPA 0 (a whole number of 2 MiB pages),
-//! and the **host area** at the top ([`crate::host_area`]) that the guest cannot see (no
+//! and the **host area** at the top ([`engine::host_area`]) that the guest cannot see (no
 //! memory slot covers it) where the nodes coordinate: barriers (guest loaded, reports
 //! written, end) and one report slot per vCPU. The node homing page 0 writes the guest (page tables,
 //! GDT/TSS, code, parameters, data) before anyone starts a vCPU; afterwards every node writes
@@ -18,10 +18,10 @@ use vmm::guests::{GuestParams, TestGuest, Verdict};
 use vmm::launch::{run_test_guest, Loader};
 use vmm::{GuestMemory, Outcome, VcpuReport, VmConfig};
 
-use crate::config::PAGE_SIZE;
-use crate::host_area::{HostArea, GUEST_BARRIERS, MAX_VCPUS, SLOT_PAGES};
-use crate::node::Node;
-use crate::workload::barrier::Barrier;
+use engine::config::PAGE_SIZE;
+use engine::host_area::{HostArea, GUEST_BARRIERS, MAX_VCPUS, SLOT_PAGES};
+use engine::node::Node;
+use engine::barrier::Barrier;
 use crate::workload::{finish, Progress, Report};
 
 /// Guest RAM is a whole number of these.

@@ -17,7 +17,7 @@ use vmm::platform::msg::{Lifecycle, Msg, FRAME_LEN};
 use vmm::platform::{Platform, Uplink};
 use wire::handshake::Authenticated;
 
-use crate::node::Node;
+use engine::node::Node;
 
 /// Longest a frame write may block (a peer that stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ pub struct PlatformLink {
 #[derive(Debug)]
 pub struct Expected {
     rx: Receiver<Authenticated>,
-    sink: crate::mesh::PlatformSink,
+    sink: engine::mesh::PlatformSink,
 }
 
 impl Drop for Expected {

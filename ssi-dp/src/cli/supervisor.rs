@@ -27,7 +27,8 @@ use control::handle::{
 use control::inventory::Inventory;
 
 use super::up;
-use crate::{cpulist, signals};
+use crate::signals;
+use engine::cpulist;
 
 /// How long a request to a node's API may take.
 const NODE_API_TIMEOUT: Duration = Duration::from_secs(2);

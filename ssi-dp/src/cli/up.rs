@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::Args;
 use control::inventory::{Inventory, NodeEntry};
 
-use crate::{cpulist, signals};
+use crate::signals;
+use engine::cpulist;
 
 /// `ssi-dp up` options.
 #[derive(Debug, Args)]

@@ -8,8 +8,8 @@ use acpi::{
     MAX_LATENCY_NS,
 };
 
-use crate::config::{ClusterSpec, PAGE_SIZE};
-use crate::measure::Figures;
+use engine::config::{ClusterSpec, PAGE_SIZE};
+use engine::measure::Figures;
 
 /// Builds the topology of `cluster` for a guest whose RAM is `[0, ram_end)`, with
 /// `vcpus_of(node id)` the vCPU ids (= APIC ids) that run on each node. Nodes that hold
@@ -86,7 +86,7 @@ pub fn topology(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NodeSpec;
+    use engine::config::NodeSpec;
 
     #[test]
     fn domains_follow_node_order_and_skip_empty_nodes() {
