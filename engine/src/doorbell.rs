@@ -74,6 +74,11 @@ impl Doorbell {
         self.pending.0.load(Ordering::SeqCst) == 0
     }
 
+    /// Whether the consumer announced a sleep and has not woken since (for the watchdog).
+    pub fn is_sleeping(&self) -> bool {
+        self.sleeping.0.load(Ordering::Relaxed)
+    }
+
     /// Consumer side, after waking: clears the sleep flag and drains the eventfd.
     pub fn awake(&self) {
         self.sleeping.0.store(false, Ordering::SeqCst);

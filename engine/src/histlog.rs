@@ -155,16 +155,21 @@ impl HistLog {
 
 /// Reads every tagged histogram of an interval log, summed per tag (in first-seen order).
 pub fn read_log(path: &Path) -> Result<Vec<(String, Histogram<u64>)>, HistLogError> {
-    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-    use hdrhistogram::serialization::Deserializer;
     let io_err = |source| HistLogError::Io {
         path: path.to_path_buf(),
         source,
     };
     let bytes = std::fs::read(path).map_err(io_err)?;
+    parse_log(&bytes)
+}
+
+/// Parses the bytes of an interval log (see [`read_log`]); hostile input is a typed error.
+pub fn parse_log(bytes: &[u8]) -> Result<Vec<(String, Histogram<u64>)>, HistLogError> {
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
     let mut out: Vec<(String, Histogram<u64>)> = Vec::new();
     let mut de = Deserializer::new();
-    for entry in IntervalLogIterator::new(&bytes) {
+    for entry in IntervalLogIterator::new(bytes) {
         let entry = entry.map_err(|e| HistLogError::Encode(format!("{e:?}")))?;
         let LogEntry::Interval(h) = entry else {
             continue;

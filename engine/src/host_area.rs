@@ -13,8 +13,8 @@
 //! RAM below it stays useful; smaller (test) clusters have none.
 
 use crate::config::PAGE_SIZE;
-use crate::node::Node;
 use crate::mem::Mem;
+use crate::node::Node;
 
 /// Bytes of the host area.
 pub const HOST_AREA: u64 = 2 << 20;

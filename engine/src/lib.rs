@@ -21,6 +21,7 @@
 //! - [`mem`], [`barrier`], [`host_area`], [`measure`]: typed access to guest memory through the
 //!   fault path, barriers kept there, the host area nodes coordinate in, and the inter-node
 //!   figures measured at formation.
+//! - [`watchdog`]: a panicking shard aborts the node; a stalled one is named.
 //! - [`idle`], [`affinity`], [`cpulist`], [`pmqos`], [`clock`]: the idle policy, CPU
 //!   placement, PM QoS and the clock the shards read.
 
@@ -45,3 +46,4 @@ pub mod shard;
 pub mod spsc;
 pub mod stats;
 pub mod summary;
+pub mod watchdog;

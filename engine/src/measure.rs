@@ -17,10 +17,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::barrier::Barrier;
 use crate::config::PAGE_SIZE;
 use crate::host_area::{HostArea, FORMATION};
 use crate::node::Node;
-use crate::barrier::Barrier;
 
 /// Pages read one at a time for the latency median.
 pub const LATENCY_PAGES: u64 = 64;

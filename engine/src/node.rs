@@ -154,7 +154,14 @@ pub struct NodeConfig {
     /// Sequential-prefetch depth in pages (0 or 1: off); see [`NodeState::set_prefetch`],
     /// which also changes it while the node runs.
     pub prefetch: u32,
+    /// A shard that finishes no loop turn for this long while not asleep is named in the log
+    /// (see [`crate::watchdog`]); zero turns the watchdog off.
+    pub stall_after: Duration,
 }
+
+/// Default for [`NodeConfig::stall_after`]: far above any turn (microseconds) and any
+/// scheduling delay of a busy host, short enough to be seen while the stall lasts.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// Most pages traced at once.
 pub const MAX_TRACED_PAGES: usize = 16;
@@ -183,6 +190,7 @@ impl NodeConfig {
             trace_pages: Vec::new(),
             fault_trace: 0,
             prefetch: 0,
+            stall_after: DEFAULT_STALL_AFTER,
         }
     }
 }
@@ -390,6 +398,7 @@ impl Node {
             let t = std::thread::Builder::new()
                 .name(format!("ssi-dp-shard{i}"))
                 .spawn(move || {
+                    let _abort_on_panic = crate::watchdog::AbortOnPanic::new(i);
                     if pin {
                         if let Err(e) = crate::affinity::pin_current_thread(cpu) {
                             let _ = ready.send((i, Err(e.to_string())));
@@ -445,6 +454,20 @@ impl Node {
             }
         }
         node.transport_stats = tstats.into_iter().flatten().collect();
+        if !cfg.stall_after.is_zero() {
+            let dog = crate::watchdog::Watchdog::start(
+                node.state.clone(),
+                &node.stats,
+                node.doorbells.clone(),
+                &cfg.cores,
+                cfg.stall_after,
+            )
+            .map_err(|e| NodeError::Shard {
+                shard: 0,
+                why: format!("cannot start the watchdog thread: {e}"),
+            })?;
+            node.threads.push(dog);
+        }
         if cfg.measure && HostArea::of(&node).is_some() {
             node.figures = Some(measure::measure(&node).map_err(NodeError::Measure)?);
             // Hand the probe replicas back: the node starts with nothing cached.
