@@ -18,11 +18,11 @@ use vmm::guests::{GuestParams, TestGuest, Verdict};
 use vmm::launch::{run_test_guest, Loader};
 use vmm::{GuestMemory, Outcome, VcpuReport, VmConfig};
 
+use crate::workload::{finish, Progress, Report};
+use engine::barrier::Barrier;
 use engine::config::PAGE_SIZE;
 use engine::host_area::{HostArea, GUEST_BARRIERS, MAX_VCPUS, SLOT_PAGES};
 use engine::node::Node;
-use engine::barrier::Barrier;
-use crate::workload::{finish, Progress, Report};
 
 /// Guest RAM is a whole number of these.
 const RAM_ALIGN: u64 = 2 << 20;

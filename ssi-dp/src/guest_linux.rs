@@ -29,11 +29,11 @@ use vmm::{ClockData, Console, GuestMemory, Outcome, VcpuReport, VmConfig};
 
 use crate::guest::{acpi_tables, default_local_vcpus};
 use crate::guest_link::{self, PlatformLink};
+use crate::workload::{finish, Progress, Report};
+use engine::barrier::Barrier;
 use engine::host_area::{linux_words, HostArea, GUEST_BARRIERS};
 use engine::node::Node;
 use engine::stats::ShardStats;
-use engine::barrier::Barrier;
-use crate::workload::{finish, Progress, Report};
 
 /// Guest RAM is a whole number of these.
 const RAM_ALIGN: u64 = 2 << 20;

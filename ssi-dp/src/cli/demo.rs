@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::workload::Kind;
 use engine::idle::IdlePolicy;
 use engine::node::TransportKind;
-use crate::workload::Kind;
 
 /// `ssi-dp demo` options.
 #[derive(Debug, Args)]

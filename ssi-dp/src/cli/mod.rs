@@ -12,9 +12,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::workload::Kind;
 use engine::idle::IdlePolicy;
 use engine::node::TransportKind;
-use crate::workload::Kind;
 
 /// ssi-dp: the data plane of a single-system-image hypervisor.
 #[derive(Debug, Parser)]

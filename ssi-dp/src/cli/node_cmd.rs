@@ -11,13 +11,13 @@ use control::membership::{self, Membership, MembershipConfig};
 
 use super::settings::{self, Settings};
 use super::NodeArgs;
-use engine::config::{self, ClusterSpec, NodeSpec};
 use crate::control_glue::{Glue, NoControlPlane};
+use crate::workload::{self, Progress, Spec};
+use crate::{guest, logging, signals};
+use engine::config::{self, ClusterSpec, NodeSpec};
 use engine::histlog::HistLog;
 use engine::measure::Figures;
 use engine::node::{Node, NodeConfig};
-use crate::workload::{self, Progress, Spec};
-use crate::{guest, logging, signals};
 use engine::{cpulist, summary};
 
 /// Exit code: a workload check failed or the cluster stopped.

@@ -9,8 +9,8 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::Duration;
 
-use engine::mem::{mix, Mem, Plan};
 use super::{per_op, Ctx, Report, WorkerResult};
+use engine::mem::{mix, Mem, Plan};
 
 /// Data-page indices: the lock word, the counter, the records.
 const LOCK: u64 = 8;
