@@ -8,15 +8,16 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use wire::conn::ConnTable;
 use wire::counters::bump;
 use wire::ratelimit::LogLimiter;
 use wire::region::PageRegion;
 use wire::slotset::SlotSet;
 use wire::sock::{errno_of, prepare_stream};
-use wire::txq::{queue_frame, CopySlots, SegKind, Segment, TxPayload};
+use wire::txq::{SegKind, Segment, TxPayload};
 use wire::{
-    DownReason, Event, FrameParser, Header, NodeId, Parsed, Payload, PeerId, PeerMap, RxBuf,
-    RxSlots, SendOutcome, Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
+    DownReason, Event, Header, NodeId, Parsed, Payload, PeerId, RxBuf, RxSlots, SendOutcome,
+    Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
 };
 
 use crate::epoll::Epoll;
@@ -46,8 +47,7 @@ pub struct EpollTransport {
     cfg: TransportConfig,
     ep: Epoll,
     peers: Box<[Peer]>,
-    free_slots: Vec<u16>,
-    map: PeerMap,
+    table: ConnTable,
     rx: RxSlots,
     copy: PageRegion,
     ready: SlotSet,
@@ -58,13 +58,6 @@ pub struct EpollTransport {
     evbuf: Vec<libc::epoll_event>,
     stats: Arc<TransportStats>,
     limiter: LogLimiter,
-}
-
-fn mark_down(p: &mut Peer, downs: &mut Vec<u16>, slot: u16, reason: DownReason) {
-    if p.down.is_none() {
-        p.down = Some(reason);
-        downs.push(slot);
-    }
 }
 
 impl EpollTransport {
@@ -78,8 +71,7 @@ impl EpollTransport {
             peers: (0..n)
                 .map(|_| Peer::new(cfg.tx_depth, cfg.tx_copy_slots, cfg.rx_buf_size as usize))
                 .collect(),
-            free_slots: (0..n as u16).rev().collect(),
-            map: PeerMap::new(n),
+            table: ConnTable::new(n),
             rx: RxSlots::new(n, cfg.rx_slots).map_err(io("allocating receive slots"))?,
             copy: PageRegion::new(n * cfg.tx_copy_slots * PAGE_SIZE)
                 .map_err(io("allocating transmit copy slots"))?,
@@ -96,7 +88,7 @@ impl EpollTransport {
     }
 
     fn slot_of(&self, peer: PeerId) -> Result<u16, TransportError> {
-        self.map.get(peer).ok_or(TransportError::UnknownPeer(peer))
+        self.table.slot_of(peer)
     }
 
     /// Applies `n` epoll results to the peer flags and watch list.
@@ -114,7 +106,7 @@ impl EpollTransport {
             let Some(p) = self.peers.get_mut(slot as usize) else {
                 continue;
             };
-            if p.stream.is_none() {
+            if p.conn.stream.is_none() {
                 continue;
             }
             if events & READ_EVENTS != 0 {
@@ -123,7 +115,7 @@ impl EpollTransport {
             }
             if events & WRITE_EVENTS != 0 {
                 p.writable = true;
-                if p.txq.has_unsent() {
+                if p.conn.txq.has_unsent() {
                     self.dirty.insert(slot);
                 }
             }
@@ -144,7 +136,7 @@ impl EpollTransport {
         let budget = self.cfg.poll_budget;
         let p = &mut self.peers[slot as usize];
         loop {
-            if p.down.is_some() || p.stalled {
+            if p.conn.down.is_some() || p.conn.stalled {
                 return true;
             }
             if *n >= budget {
@@ -154,12 +146,12 @@ impl EpollTransport {
                 if !p.readable {
                     return true;
                 }
-                let Some(stream) = p.stream.as_mut() else {
+                let Some(stream) = p.conn.stream.as_mut() else {
                     return true;
                 };
                 match stream.read(&mut p.rbuf) {
                     Ok(0) => {
-                        mark_down(p, &mut self.downs, slot, DownReason::Closed);
+                        p.conn.mark_down(&mut self.downs, slot, DownReason::Closed);
                         return true;
                     }
                     Ok(k) => {
@@ -172,13 +164,15 @@ impl EpollTransport {
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        mark_down(p, &mut self.downs, slot, DownReason::Io(errno_of(&e)));
+                        p.conn
+                            .mark_down(&mut self.downs, slot, DownReason::Io(errno_of(&e)));
                         return true;
                     }
                 }
             }
             let mut pos = p.rstart;
             let r = p
+                .conn
                 .parser
                 .next(&p.rbuf[..p.rend], &mut pos, &mut self.rx, slot as usize);
             p.rstart = pos;
@@ -186,7 +180,7 @@ impl EpollTransport {
                 Ok(Parsed::Frame(header, payload)) => {
                     bump(&self.stats.per_slot[slot as usize].rx_frames);
                     out(Event::Received {
-                        peer: p.id,
+                        peer: p.conn.id,
                         header,
                         payload,
                     });
@@ -194,16 +188,17 @@ impl EpollTransport {
                 }
                 Ok(Parsed::NeedMore) => {}
                 Ok(Parsed::NoSlot) => {
-                    p.stalled = true;
+                    p.conn.stalled = true;
                     return true;
                 }
                 Err(e) => {
                     self.stats.reject(slot as usize, &e);
                     self.limiter.warn(format_args!(
                         "epoll transport: rejected frame from peer {} ({:?}): {e}; closing the connection",
-                        p.id, p.addr
+                        p.conn.id, p.conn.addr
                     ));
-                    mark_down(p, &mut self.downs, slot, DownReason::Protocol(e));
+                    p.conn
+                        .mark_down(&mut self.downs, slot, DownReason::Protocol(e));
                     return true;
                 }
             }
@@ -213,7 +208,7 @@ impl EpollTransport {
     /// Writes as much of one peer's queue as the socket takes.
     fn write_peer(&mut self, slot: u16) {
         let p = &mut self.peers[slot as usize];
-        let Some(fd) = p.stream.as_ref().map(|s| s.as_raw_fd()) else {
+        let Some(fd) = p.conn.stream.as_ref().map(|s| s.as_raw_fd()) else {
             return;
         };
         let mut segs = [Segment {
@@ -221,8 +216,8 @@ impl EpollTransport {
             len: 0,
             kind: SegKind::Headers,
         }; MAX_IOV];
-        while p.writable && p.down.is_none() {
-            let (nseg, _) = p.txq.segments(&mut segs);
+        while p.writable && p.conn.down.is_none() {
+            let (nseg, _) = p.conn.txq.segments(&mut segs);
             if nseg == 0 {
                 break;
             }
@@ -245,7 +240,7 @@ impl EpollTransport {
             // `PageRef` contract); `msg` and `iov` outlive the call.
             let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if r >= 0 {
-                p.txq.advance(r as usize);
+                p.conn.txq.advance(r as usize);
                 self.done.insert(slot);
                 continue;
             }
@@ -253,7 +248,9 @@ impl EpollTransport {
             match e.kind() {
                 io::ErrorKind::WouldBlock => p.writable = false,
                 io::ErrorKind::Interrupted => {}
-                _ => mark_down(p, &mut self.downs, slot, DownReason::Io(errno_of(&e))),
+                _ => p
+                    .conn
+                    .mark_down(&mut self.downs, slot, DownReason::Io(errno_of(&e))),
             }
         }
     }
@@ -261,14 +258,14 @@ impl EpollTransport {
     fn retire_sent<F: FnMut(Event)>(&mut self, out: &mut F) {
         while let Some(slot) = self.done.pop() {
             let p = &mut self.peers[slot as usize];
-            while let Some(d) = p.txq.pop_done() {
+            while let Some(d) = p.conn.txq.pop_done() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
                 match d.payload {
                     TxPayload::Page { .. } => out(Event::SendDone {
-                        peer: p.id,
+                        peer: p.conn.id,
                         token: d.token,
                     }),
-                    TxPayload::Copy { slot: c, .. } => p.copy_free.push(c),
+                    TxPayload::Copy { slot: c, .. } => p.conn.copy_free.push(c),
                     TxPayload::None => {}
                 }
             }
@@ -277,35 +274,20 @@ impl EpollTransport {
 
     fn teardown<F: FnMut(Event)>(&mut self, slot: u16, out: &mut F) {
         let p = &mut self.peers[slot as usize];
-        let reason = p.down.take().unwrap_or(DownReason::Local);
-        if let Some(s) = p.stream.take() {
+        if let Some(s) = p.conn.stream.as_ref() {
             // Closing the socket removes it from the epoll set; delete first to be explicit.
             let _ = self.ep.delete(s.as_raw_fd());
-            drop(s);
         }
-        p.parser.reset(&mut self.rx);
-        while let Some(d) = p.txq.pop_any() {
-            if let TxPayload::Page { .. } = d.payload {
-                out(Event::SendDone {
-                    peer: p.id,
-                    token: d.token,
-                });
-            }
-        }
-        p.copy_free.clear();
         p.rstart = 0;
         p.rend = 0;
         p.readable = false;
         p.writable = false;
-        p.stalled = false;
-        let id = p.id;
         self.ready.remove(slot);
         self.dirty.remove(slot);
         self.done.remove(slot);
-        self.map.remove(id);
-        self.free_slots.push(slot);
+        self.table.release(p.conn.id, slot);
         bump(&self.stats.peers_down);
-        out(Event::PeerDown { peer: id, reason });
+        p.conn.close(&mut self.rx, out);
     }
 
     fn has_work(&self) -> bool {
@@ -314,7 +296,7 @@ impl EpollTransport {
             || self.watches.iter().any(|w| w.ready)
             || self.ready.iter().any(|s| {
                 let p = &self.peers[s as usize];
-                !p.stalled && (p.readable || p.rstart < p.rend)
+                !p.conn.stalled && (p.readable || p.rstart < p.rend)
             })
     }
 }
@@ -330,30 +312,16 @@ impl Transport for EpollTransport {
         stream: TcpStream,
         node: Option<NodeId>,
     ) -> Result<(), TransportError> {
-        if self.map.get(peer).is_some() {
-            return Err(TransportError::PeerExists(peer));
-        }
-        let Some(&slot) = self.free_slots.last() else {
-            return Err(TransportError::TooManyPeers(self.cfg.max_peers));
-        };
+        let slot = self.table.vacant(peer)?;
         prepare_stream(&stream).map_err(|e| TransportError::io("configuring the socket", e))?;
         self.ep
             .add(stream.as_raw_fd(), PEER_EVENTS, u64::from(slot))
             .map_err(|e| TransportError::io("epoll_ctl(ADD)", e))?;
-        self.free_slots.pop();
-        self.map.insert(peer, slot);
+        self.table.take(peer, slot);
         self.stats.open_slot(slot as usize, peer);
-        let per = self.cfg.tx_copy_slots as u32;
         let p = &mut self.peers[slot as usize];
-        p.id = peer;
-        p.addr = stream.peer_addr().ok();
-        p.stream = Some(stream);
-        p.parser = FrameParser::new(node);
-        p.txq.reset();
-        p.copy_free.clear();
-        p.copy_free
-            .extend((0..per).map(|i| u32::from(slot) * per + i));
-        p.down = None;
+        p.conn
+            .open(slot, peer, stream, node, self.cfg.tx_copy_slots);
         p.readable = true;
         p.writable = true;
         self.ready.insert(slot);
@@ -362,12 +330,9 @@ impl Transport for EpollTransport {
 
     fn close_peer(&mut self, peer: PeerId) -> Result<(), TransportError> {
         let slot = self.slot_of(peer)?;
-        mark_down(
-            &mut self.peers[slot as usize],
-            &mut self.downs,
-            slot,
-            DownReason::Local,
-        );
+        self.peers[slot as usize]
+            .conn
+            .mark_down(&mut self.downs, slot, DownReason::Local);
         Ok(())
     }
 
@@ -380,14 +345,9 @@ impl Transport for EpollTransport {
     ) -> Result<SendOutcome, TransportError> {
         let slot = self.slot_of(peer)?;
         let p = &mut self.peers[slot as usize];
-        if p.down.is_some() {
-            return Err(TransportError::PeerClosing(peer));
-        }
-        let copy = CopySlots {
-            free: &mut p.copy_free,
-            region: &mut self.copy,
-        };
-        let out = queue_frame(&mut p.txq, copy, &self.stats, header, payload, token)?;
+        let out = p
+            .conn
+            .queue(&mut self.copy, &self.stats, header, payload, token)?;
         if out == SendOutcome::Queued {
             self.dirty.insert(slot);
         }
@@ -399,7 +359,7 @@ impl Transport for EpollTransport {
         while let Some(slot) = self.dirty.get(i) {
             self.write_peer(slot);
             let p = &mut self.peers[slot as usize];
-            if p.down.is_some() || !p.txq.has_unsent() {
+            if p.conn.down.is_some() || !p.conn.txq.has_unsent() {
                 self.dirty.remove_at(i);
             } else {
                 i += 1;
@@ -426,7 +386,7 @@ impl Transport for EpollTransport {
             if self.service_rx(slot, &mut out, &mut n) {
                 let p = &mut self.peers[slot as usize];
                 // Keep a stalled peer listed only if it still has bytes or readability.
-                if p.stalled || !(p.readable || p.rstart < p.rend) || p.down.is_some() {
+                if p.conn.stalled || !(p.readable || p.rstart < p.rend) || p.conn.down.is_some() {
                     self.ready.remove_at(i);
                     continue;
                 }
@@ -474,8 +434,8 @@ impl Transport for EpollTransport {
     fn release(&mut self, buf: RxBuf) {
         if let Some(owner) = self.rx.release(buf) {
             let p = &mut self.peers[owner];
-            if p.stalled && p.stream.is_some() {
-                p.stalled = false;
+            if p.conn.stalled && p.conn.stream.is_some() {
+                p.conn.stalled = false;
                 self.ready.insert(owner as u16);
             }
         }

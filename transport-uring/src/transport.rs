@@ -28,15 +28,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use wire::conn::ConnTable;
 use wire::counters::bump;
 use wire::ratelimit::LogLimiter;
 use wire::region::PageRegion;
 use wire::slotset::SlotSet;
 use wire::sock::prepare_stream;
-use wire::txq::{queue_frame, CopySlots, SegKind, Segment, TxPayload};
+use wire::txq::{SegKind, Segment, TxPayload};
 use wire::{
-    DownReason, Event, FrameParser, Header, NodeId, Parsed, Payload, PeerId, PeerMap, RxBuf,
-    RxSlots, SendOutcome, Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
+    DownReason, Event, Header, NodeId, Parsed, Payload, PeerId, RxBuf, RxSlots, SendOutcome,
+    Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
 };
 
 use crate::peer::Peer;
@@ -73,8 +74,7 @@ pub struct UringTransport {
     zero_copy: bool,
     fixed_copy: bool,
     peers: Box<[Peer]>,
-    free_slots: Vec<u16>,
-    map: PeerMap,
+    table: ConnTable,
     rx: RxSlots,
     copy: PageRegion,
     ready: SlotSet,
@@ -92,16 +92,16 @@ impl std::fmt::Debug for UringTransport {
             .field("features", &self.features)
             .field("zero_copy", &self.zero_copy)
             .field("fixed_copy", &self.fixed_copy)
-            .field("peers", &self.map.len())
+            .field("peers", &self.table.len())
             .finish_non_exhaustive()
     }
 }
 
+/// Marks a connection down and shuts its socket down.
 fn mark_down(p: &mut Peer, downs: &mut Vec<u16>, slot: u16, reason: DownReason) {
-    if p.down.is_none() {
-        p.down = Some(reason);
-        downs.push(slot);
-        if let Some(s) = &p.stream {
+    if p.conn.down.is_none() {
+        p.conn.mark_down(downs, slot, reason);
+        if let Some(s) = &p.conn.stream {
             // Ends the multishot receive (EOF) and fails pending sends, so the kernel lets go
             // of every buffer of this connection soon. Already-dead sockets may refuse.
             let _ = s.shutdown(Shutdown::Both);
@@ -150,8 +150,7 @@ impl UringTransport {
             zero_copy: cfg.zero_copy && features.send_zc,
             fixed_copy,
             peers,
-            free_slots: (0..n as u16).rev().collect(),
-            map: PeerMap::new(n),
+            table: ConnTable::new(n),
             rx: RxSlots::new(n, cfg.rx_slots).map_err(io("allocating receive slots"))?,
             copy,
             ready: SlotSet::new(n),
@@ -176,7 +175,7 @@ impl UringTransport {
     }
 
     fn slot_of(&self, peer: PeerId) -> Result<u16, TransportError> {
-        self.map.get(peer).ok_or(TransportError::UnknownPeer(peer))
+        self.table.slot_of(peer)
     }
 
     fn sq_room(&mut self) -> usize {
@@ -203,7 +202,7 @@ impl UringTransport {
     /// Arms the multishot receive of `slot` if it should run and is not running.
     fn arm_recv(&mut self, slot: u16) {
         let p = &self.peers[slot as usize];
-        if p.recv_armed || p.down.is_some() || p.stalled || p.stream.is_none() {
+        if p.recv_armed || p.conn.down.is_some() || p.conn.stalled || p.conn.stream.is_none() {
             return;
         }
         if p.held.len() >= usize::from(p.bufs.count()) {
@@ -232,7 +231,7 @@ impl UringTransport {
         let zc = self.zero_copy;
         let fixed = self.fixed_copy;
         let p = &self.peers[slot as usize];
-        if p.down.is_some() || p.chain_ops > 0 || !p.txq.has_unsent() {
+        if p.conn.down.is_some() || p.chain_ops > 0 || !p.conn.txq.has_unsent() {
             return true;
         }
         if room == 0 {
@@ -246,7 +245,7 @@ impl UringTransport {
         let flags = libc::MSG_WAITALL | libc::MSG_NOSIGNAL;
         let fd = types::Fixed(u32::from(slot));
         if !zc {
-            let (n, _) = p.txq.segments(&mut segs[..MAX_IOV]);
+            let (n, _) = p.conn.txq.segments(&mut segs[..MAX_IOV]);
             let p = &mut self.peers[slot as usize];
             let hdr = p.sendvec.fill(&segs[..n]);
             let e = opcode::SendMsg::new(fd, hdr)
@@ -264,7 +263,7 @@ impl UringTransport {
             p.inflight += 1;
             return true;
         }
-        let (n, _) = p.txq.segments(&mut segs[..room]);
+        let (n, _) = p.conn.txq.segments(&mut segs[..room]);
         for (i, s) in segs[..n].iter().enumerate() {
             let len = s.len as u32;
             let ptr = s.addr as *const u8;
@@ -382,13 +381,13 @@ impl UringTransport {
             userdata::SEND | userdata::SEND_ZC => {
                 if kind == userdata::SEND_ZC && cqueue::notif(flags) {
                     p.notifs = p.notifs.saturating_sub(1);
-                    p.txq.notif_done(arg);
+                    p.conn.txq.notif_done(arg);
                     self.done.insert(slot);
                     return 0;
                 }
                 if kind == userdata::SEND_ZC && cqueue::more(flags) {
                     p.notifs += 1;
-                    p.txq.notif_add(arg);
+                    p.conn.txq.notif_add(arg);
                 }
                 p.inflight = p.inflight.saturating_sub(1);
                 p.chain_ops = p.chain_ops.saturating_sub(1);
@@ -398,10 +397,10 @@ impl UringTransport {
                     bump(&self.stats.cq_errors);
                     mark_down(p, &mut self.downs, slot, DownReason::Io(-res));
                 }
-                if p.chain_ops == 0 && p.down.is_none() {
-                    p.txq.advance(p.chain_bytes);
+                if p.chain_ops == 0 && p.conn.down.is_none() {
+                    p.conn.txq.advance(p.chain_bytes);
                     self.done.insert(slot);
-                    if p.txq.has_unsent() {
+                    if p.conn.txq.has_unsent() {
                         self.dirty.insert(slot);
                     }
                 }
@@ -416,7 +415,7 @@ impl UringTransport {
         let budget = self.cfg.poll_budget;
         let p = &mut self.peers[slot as usize];
         while let Some(&(bid, len)) = p.held.front() {
-            if p.down.is_some() || p.stalled {
+            if p.conn.down.is_some() || p.conn.stalled {
                 return true;
             }
             if *n >= budget {
@@ -424,7 +423,10 @@ impl UringTransport {
             }
             let data = p.bufs.data(bid, len as usize);
             let mut pos = p.held_off;
-            let r = p.parser.next(data, &mut pos, &mut self.rx, slot as usize);
+            let r = p
+                .conn
+                .parser
+                .next(data, &mut pos, &mut self.rx, slot as usize);
             p.held_off = pos;
             if pos >= data.len() {
                 p.held.pop_front();
@@ -435,19 +437,19 @@ impl UringTransport {
                 Ok(Parsed::Frame(header, payload)) => {
                     bump(&self.stats.per_slot[slot as usize].rx_frames);
                     out(Event::Received {
-                        peer: p.id,
+                        peer: p.conn.id,
                         header,
                         payload,
                     });
                     *n += 1;
                 }
                 Ok(Parsed::NeedMore) => {}
-                Ok(Parsed::NoSlot) => p.stalled = true,
+                Ok(Parsed::NoSlot) => p.conn.stalled = true,
                 Err(e) => {
                     self.stats.reject(slot as usize, &e);
                     self.limiter.warn(format_args!(
                         "io_uring transport: rejected frame from peer {} ({:?}): {e}; closing the connection",
-                        p.id, p.addr
+                        p.conn.id, p.conn.addr
                     ));
                     mark_down(p, &mut self.downs, slot, DownReason::Protocol(e));
                 }
@@ -460,17 +462,17 @@ impl UringTransport {
         let mut n = 0;
         while let Some(slot) = self.done.pop() {
             let p = &mut self.peers[slot as usize];
-            while let Some(d) = p.txq.pop_done() {
+            while let Some(d) = p.conn.txq.pop_done() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
                 match d.payload {
                     TxPayload::Page { .. } => {
                         out(Event::SendDone {
-                            peer: p.id,
+                            peer: p.conn.id,
                             token: d.token,
                         });
                         n += 1;
                     }
-                    TxPayload::Copy { slot: c, .. } => p.copy_free.push(c),
+                    TxPayload::Copy { slot: c, .. } => p.conn.copy_free.push(c),
                     TxPayload::None => {}
                 }
             }
@@ -501,34 +503,16 @@ impl UringTransport {
         let _ = sub.register_files_update(u32::from(slot), &[-1]);
         let p = &mut self.peers[slot as usize];
         let _ = p.bufs.unregister(&sub);
-        let reason = p.down.take().unwrap_or(DownReason::Local);
-        p.stream = None;
-        p.parser.reset(&mut self.rx);
         p.held.clear();
         p.held_off = 0;
-        let mut n = 1;
-        while let Some(d) = p.txq.pop_any() {
-            if let TxPayload::Page { .. } = d.payload {
-                out(Event::SendDone {
-                    peer: p.id,
-                    token: d.token,
-                });
-                n += 1;
-            }
-        }
-        p.copy_free.clear();
-        p.stalled = false;
         p.chain_ops = 0;
         p.recv_armed = false;
-        let id = p.id;
         self.ready.remove(slot);
         self.dirty.remove(slot);
         self.done.remove(slot);
-        self.map.remove(id);
-        self.free_slots.push(slot);
+        self.table.release(p.conn.id, slot);
         bump(&self.stats.peers_down);
-        out(Event::PeerDown { peer: id, reason });
-        n
+        p.conn.close(&mut self.rx, out)
     }
 
     fn rearm_watches(&mut self) {
@@ -563,7 +547,7 @@ impl UringTransport {
         }
         self.ready.iter().any(|s| {
             let p = &self.peers[s as usize];
-            !p.stalled && p.down.is_none() && !p.held.is_empty()
+            !p.conn.stalled && p.conn.down.is_none() && !p.held.is_empty()
         })
     }
 
@@ -613,12 +597,7 @@ impl Transport for UringTransport {
         stream: TcpStream,
         node: Option<NodeId>,
     ) -> Result<(), TransportError> {
-        if self.map.get(peer).is_some() {
-            return Err(TransportError::PeerExists(peer));
-        }
-        let Some(&slot) = self.free_slots.last() else {
-            return Err(TransportError::TooManyPeers(self.cfg.max_peers));
-        };
+        let slot = self.table.vacant(peer)?;
         prepare_stream(&stream).map_err(|e| TransportError::io("configuring the socket", e))?;
         let sub = self.ring.submitter();
         sub.register_files_update(u32::from(slot), &[stream.as_raw_fd()])
@@ -628,19 +607,10 @@ impl Transport for UringTransport {
             let _ = sub.register_files_update(u32::from(slot), &[-1]);
             return Err(TransportError::io("registering the receive buffer ring", e));
         }
-        self.free_slots.pop();
-        self.map.insert(peer, slot);
+        self.table.take(peer, slot);
         self.stats.open_slot(slot as usize, peer);
-        let per = self.cfg.tx_copy_slots as u32;
-        p.id = peer;
-        p.addr = stream.peer_addr().ok();
-        p.stream = Some(stream);
-        p.parser = FrameParser::new(node);
-        p.txq.reset();
-        p.copy_free.clear();
-        p.copy_free
-            .extend((0..per).map(|i| u32::from(slot) * per + i));
-        p.down = None;
+        p.conn
+            .open(slot, peer, stream, node, self.cfg.tx_copy_slots);
         p.inflight = 0;
         p.notifs = 0;
         p.zero_reads = 0;
@@ -668,14 +638,9 @@ impl Transport for UringTransport {
     ) -> Result<SendOutcome, TransportError> {
         let slot = self.slot_of(peer)?;
         let p = &mut self.peers[slot as usize];
-        if p.down.is_some() {
-            return Err(TransportError::PeerClosing(peer));
-        }
-        let copy = CopySlots {
-            free: &mut p.copy_free,
-            region: &mut self.copy,
-        };
-        let out = queue_frame(&mut p.txq, copy, &self.stats, header, payload, token)?;
+        let out = p
+            .conn
+            .queue(&mut self.copy, &self.stats, header, payload, token)?;
         if out == SendOutcome::Queued {
             self.dirty.insert(slot);
         }
@@ -764,8 +729,8 @@ impl Transport for UringTransport {
     fn release(&mut self, buf: RxBuf) {
         if let Some(owner) = self.rx.release(buf) {
             let p = &mut self.peers[owner];
-            if p.stalled && p.stream.is_some() {
-                p.stalled = false;
+            if p.conn.stalled && p.conn.stream.is_some() {
+                p.conn.stalled = false;
                 self.ready.insert(owner as u16);
             }
         }
@@ -781,7 +746,7 @@ impl Drop for UringTransport {
         // Make every connection's operations finish so the kernel stops using our buffers
         // before they are unmapped; bounded, in case a completion never comes.
         for p in self.peers.iter() {
-            if let Some(s) = &p.stream {
+            if let Some(s) = &p.conn.stream {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }

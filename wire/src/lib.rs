@@ -9,6 +9,7 @@
 //!
 //! The format and handshake are described in `docs/wire.md`.
 
+pub mod conn;
 pub mod counters;
 pub mod handshake;
 pub mod header;
