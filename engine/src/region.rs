@@ -6,11 +6,12 @@
 //! has installed it: every other access — by a worker thread, a vCPU (through KVM), or the
 //! kernel on the process's behalf — stops in the userfaultfd until a shard serves it.
 
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use thiserror::Error;
 use uffd_poller::{Features, OpenError, RegisterError, RegisterMode, Uffd};
+
+use wire::region::PageRegion;
 
 use crate::config::PAGE_SIZE;
 
@@ -64,18 +65,12 @@ pub fn optional_features() -> Features {
 /// until touched) and registered; `len` is the current address space.
 #[derive(Debug)]
 pub struct Region {
-    base: NonNull<u8>,
+    /// The reservation (unmapped when the region drops, after the uffd lets go of it).
+    map: PageRegion,
     reserved: usize,
     len: AtomicUsize,
     uffd: Uffd,
 }
-
-// SAFETY: the region is a raw mapping owned by this struct; it hands out addresses only, and
-// every access to guest memory goes through raw pointers whose concurrency is governed by the
-// coherence protocol. `Uffd` is Send + Sync.
-unsafe impl Send for Region {}
-// SAFETY: see above; shared references only expose the base address and the uffd.
-unsafe impl Sync for Region {}
 
 impl Region {
     /// Maps `pages` pages and registers them with a new userfaultfd, reserving room for the
@@ -96,31 +91,10 @@ impl Region {
         let len = bytes_of(reserve_pages.max(pages))?;
         let bytes = len as u64;
         let uffd = Uffd::open_with(required_features(), optional_features())?;
-        // SAFETY: a fresh private anonymous mapping at an address the kernel chooses; no
-        // existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(RegionError::Map {
-                bytes,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let base = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
-        // Pages must stay 4 KiB: a transparent huge page would map 512 guest pages at once
-        // behind the protocol's back. Failure only costs the hint, so it is ignored.
-        // SAFETY: advice on the mapping created above.
-        unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
+        let map = PageRegion::reserve(len).map_err(|source| RegionError::Map { bytes, source })?;
+        let base = map.as_ptr();
         let region = Region {
-            base,
+            map,
             reserved: len,
             len: AtomicUsize::new(current),
             uffd,
@@ -128,18 +102,16 @@ impl Region {
         // SAFETY: the range is the private anonymous mapping created above, owned by `region`
         // and accessed only through raw pointers; its missing pages are filled by the shards.
         unsafe {
-            region.uffd.register(
-                base.as_ptr() as usize,
-                len,
-                RegisterMode::MISSING | RegisterMode::WP,
-            )
+            region
+                .uffd
+                .register(base as usize, len, RegisterMode::MISSING | RegisterMode::WP)
         }?;
         Ok(region)
     }
 
     /// Address of page 0.
     pub fn base(&self) -> *mut u8 {
-        self.base.as_ptr()
+        self.map.as_ptr()
     }
 
     /// Length of the current address space in bytes.
@@ -185,14 +157,14 @@ impl Region {
     #[inline]
     pub fn page_addr(&self, page: u64) -> usize {
         debug_assert!(page * PAGE_SIZE < self.reserved as u64);
-        self.base.as_ptr() as usize + (page * PAGE_SIZE) as usize
+        self.map.as_ptr() as usize + (page * PAGE_SIZE) as usize
     }
 
     /// The page containing host address `addr`, if it lies in the reservation (pages past
     /// the current address space included: a fault there must be answered, not lost).
     #[inline]
     pub fn page_of(&self, addr: usize) -> Option<u64> {
-        let off = addr.checked_sub(self.base.as_ptr() as usize)?;
+        let off = addr.checked_sub(self.map.as_ptr() as usize)?;
         (off < self.reserved).then_some(off as u64 / PAGE_SIZE)
     }
 
@@ -234,9 +206,8 @@ impl Drop for Region {
         // which only happens while the process exits.
         let _ = self
             .uffd
-            .unregister(self.base.as_ptr() as usize, self.reserved);
-        // SAFETY: unmaps the mapping created in `new`; nothing uses it after drop.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.reserved) };
+            .unregister(self.map.as_ptr() as usize, self.reserved);
+        // `map` unmaps the memory when the fields drop, after this.
     }
 }
 

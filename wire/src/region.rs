@@ -1,5 +1,7 @@
-//! Page-aligned memory regions for buffer pools (rx slots, tx copy slots, provided-buffer
-//! rings), mapped once at construction and never resized.
+//! Page-aligned anonymous mappings: the one helper the workspace maps private anonymous
+//! memory with — buffer pools (rx slots, tx copy slots, provided-buffer rings) with
+//! [`PageRegion::new`], and address-space reservations (the guest region, the benchmark's
+//! floor) with [`PageRegion::reserve`]. Mapped once, never resized, unmapped on drop.
 
 use std::io;
 use std::ptr::NonNull;
@@ -21,7 +23,30 @@ unsafe impl Sync for PageRegion {}
 impl PageRegion {
     /// Maps `len` bytes (rounded up to whole pages; at least one page).
     pub fn new(len: usize) -> io::Result<PageRegion> {
-        let len = len.max(1).div_ceil(crate::PAGE_SIZE) * crate::PAGE_SIZE;
+        Self::map(len, 0)
+    }
+
+    /// Reserves `len` bytes of address space (rounded up to whole pages): `MAP_NORESERVE`, so
+    /// nothing is committed until touched, and no transparent huge pages, so every fault is
+    /// one 4 KiB page (a huge page would map 512 pages behind a userfaultfd handler's back).
+    pub fn reserve(len: usize) -> io::Result<PageRegion> {
+        let r = Self::map(len, libc::MAP_NORESERVE)?;
+        // SAFETY: advice on the mapping just created, owned by `r`.
+        if unsafe { libc::madvise(r.ptr.as_ptr().cast(), r.len, libc::MADV_NOHUGEPAGE) } != 0 {
+            let e = io::Error::last_os_error();
+            // EINVAL: a kernel without transparent huge pages, where pages are 4 KiB anyway.
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+        Ok(r)
+    }
+
+    fn map(len: usize, flags: libc::c_int) -> io::Result<PageRegion> {
+        let len = len
+            .max(1)
+            .checked_next_multiple_of(crate::PAGE_SIZE)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
         // SAFETY: a fresh anonymous private mapping at a kernel-chosen address; no existing
         // memory is affected. The result is checked against MAP_FAILED.
         let p = unsafe {
@@ -29,7 +54,7 @@ impl PageRegion {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
                 -1,
                 0,
             )

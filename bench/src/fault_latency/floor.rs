@@ -19,6 +19,7 @@ use engine::idle::IdlePolicy;
 use engine::shard::trace::FaultTrace;
 use thiserror::Error;
 use uffd_poller::{CopyMode, Event, EventBuf, Features, FillOutcome, RegisterMode, Uffd};
+use wire::region::PageRegion;
 
 use super::cli::FloorHomeArgs;
 use super::idle_wait::until_ready;
@@ -68,43 +69,6 @@ pub struct FloorOpts<'a> {
     pub netns: Option<&'a NetNs>,
     /// Record each fault's steps, as node 0's shard does for `--breakdown`.
     pub trace: bool,
-}
-
-struct Mapping {
-    addr: usize,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: advice on the mapping just created (4 KiB faults, like the guest region).
-        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-        Ok(Mapping {
-            addr: p as usize,
-            len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping this value owns; nothing refers to it any more.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
-    }
 }
 
 fn spawn_home(o: &FloorOpts<'_>) -> Result<(Child, String), FloorError> {
@@ -210,15 +174,21 @@ fn measure(
         Uffd::open(Features::PAGEFAULT_FLAG_WP).map_err(|e| FloorError::Uffd(e.to_string()))?,
     );
     let pages = o.samples + o.warmup;
-    let map = Mapping::new(pages * PAGE)?;
+    let map = PageRegion::reserve(pages * PAGE)?;
     // SAFETY: the mapping is this function's own and is only touched through raw pointers by
     // the faulting thread below; the handler fills its missing pages.
-    unsafe { uffd.register(map.addr, map.len, RegisterMode::MISSING | RegisterMode::WP) }
-        .map_err(|e| FloorError::Uffd(e.to_string()))?;
+    unsafe {
+        uffd.register(
+            map.as_ptr() as usize,
+            map.len(),
+            RegisterMode::MISSING | RegisterMode::WP,
+        )
+    }
+    .map_err(|e| FloorError::Uffd(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler = {
         let (uffd, stop) = (uffd.clone(), stop.clone());
-        let (idle, cpu, base, len) = (o.idle, o.handler_cpu, map.addr, map.len);
+        let (idle, cpu, base, len) = (o.idle, o.handler_cpu, map.as_ptr() as usize, map.len());
         let trace = Vec::with_capacity(if o.trace { pages } else { 0 });
         std::thread::Builder::new()
             .name("floor-handler".into())
@@ -241,7 +211,12 @@ fn measure(
 }
 
 /// The faulting thread: touches every page once; returns how many read wrong contents.
-fn fault_loop(o: &FloorOpts<'_>, rec: &mut Recorder<'_>, map: &Mapping, stop: &AtomicBool) -> u64 {
+fn fault_loop(
+    o: &FloorOpts<'_>,
+    rec: &mut Recorder<'_>,
+    map: &PageRegion,
+    stop: &AtomicBool,
+) -> u64 {
     if let Err(e) = crate::pin_current_thread(o.fault_cpu) {
         eprintln!("fault-latency: floor: {e}");
     }
@@ -249,7 +224,7 @@ fn fault_loop(o: &FloorOpts<'_>, rec: &mut Recorder<'_>, map: &Mapping, stop: &A
     let mut wrong = 0u64;
     let start = now_ns();
     for i in 0..pages {
-        let word = (map.addr + i * PAGE) as *const u64;
+        let word = ((map.as_ptr() as usize) + i * PAGE) as *const u64;
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
         let t0 = now_ns();
         // SAFETY: the word lies in the registered mapping (alive until the end of this
