@@ -2,15 +2,15 @@
 //! loopback (ports picked by the kernel, a freshly generated secret), runs a workload on all
 //! of them, relays their output, and exits 0 only if every node verified its result.
 
-use std::io::{BufRead, BufReader, Read};
+use std::ffi::OsString;
+use std::io::Read;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use super::child::{self, NodeChild};
 use crate::workload::Kind;
 use engine::idle::IdlePolicy;
 use engine::node::TransportKind;
@@ -92,77 +92,50 @@ fn demo(a: &DemoArgs) -> Result<bool, String> {
         a.transport.as_arg()
     );
 
-    let mut children: Vec<(u16, Child)> = Vec::new();
-    let mut relays = Vec::new();
+    let mut children: Vec<NodeChild> = Vec::new();
     for (i, l) in listeners.iter().enumerate() {
         let i = i as u16;
         let fd = l.as_raw_fd();
-        let mut cmd = Command::new(&exe);
-        cmd.arg("--node-id").arg(i.to_string());
-        cmd.arg("--listen-fd").arg(fd.to_string());
+        let mut args: Vec<OsString> = vec![
+            "--node-id".into(),
+            i.to_string().into(),
+            "--listen-fd".into(),
+            fd.to_string().into(),
+        ];
         for (j, p) in ports.iter().enumerate() {
             if j as u16 != i {
-                cmd.arg("--peer").arg(format!("{j}@127.0.0.1:{p}"));
+                args.push("--peer".into());
+                args.push(format!("{j}@127.0.0.1:{p}").into());
             }
         }
-        cmd.arg("--memory").arg(&a.memory);
-        cmd.arg("--cores").arg((usize::from(i) % cpus).to_string());
-        cmd.arg("--idle")
-            .arg(a.idle.to_string().split('(').next().unwrap_or("block"));
-        cmd.arg("--transport").arg(a.transport.as_arg());
-        cmd.arg("--cluster-secret-file").arg(&secret_path);
-        cmd.arg("--workload").arg(a.workload.name());
-        cmd.arg("--ops").arg(a.ops.to_string());
-        cmd.arg("--workers").arg(a.workers.to_string());
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: runs in the child between fork and exec; fcntl is async-signal-safe, and
-        // it only clears close-on-exec on the listener this child inherits.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start node {i}: {e}"))?;
-        for (stream, err) in [
+        let idle = a.idle.to_string();
+        for (k, v) in [
+            ("--memory", a.memory.clone()),
+            ("--cores", (usize::from(i) % cpus).to_string()),
             (
-                child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                false,
+                "--idle",
+                idle.split('(').next().unwrap_or("block").to_string(),
             ),
-            (
-                child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                true,
-            ),
+            ("--transport", a.transport.as_arg().to_string()),
+            ("--workload", a.workload.name().to_string()),
+            ("--ops", a.ops.to_string()),
+            ("--workers", a.workers.to_string()),
         ] {
-            if let Some(s) = stream {
-                relays.push(std::thread::spawn(move || {
-                    let mut ok = false;
-                    for line in BufReader::new(s).lines().map_while(Result::ok) {
-                        if line.contains(": OK: ") {
-                            ok = true;
-                        }
-                        if err {
-                            eprintln!("[node {i}] {line}");
-                        } else {
-                            println!("[node {i}] {line}");
-                        }
-                    }
-                    ok
-                }));
+            args.push(k.into());
+            args.push(v.into());
+        }
+        args.push("--cluster-secret-file".into());
+        args.push(secret_path.clone().into());
+        match child::spawn(&exe, i, &args, Some(fd)) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                for c in children.iter_mut() {
+                    let _ = c.child.kill();
+                    let _ = c.child.wait();
+                }
+                return Err(format!("cannot start node {i}: {e}"));
             }
         }
-        children.push((i, child));
     }
     drop(listeners);
 
@@ -170,7 +143,13 @@ fn demo(a: &DemoArgs) -> Result<bool, String> {
     let mut codes: Vec<Option<i32>> = vec![None; children.len()];
     let mut failed = false;
     while codes.iter().any(Option::is_none) {
-        for (k, (i, c)) in children.iter_mut().enumerate() {
+        for (
+            k,
+            NodeChild {
+                id: i, child: c, ..
+            },
+        ) in children.iter_mut().enumerate()
+        {
             if codes[k].is_some() {
                 continue;
             }
@@ -187,10 +166,10 @@ fn demo(a: &DemoArgs) -> Result<bool, String> {
             if !failed {
                 eprintln!("ssi-dp demo: timed out after {} s", a.timeout);
             }
-            for (k, (_, c)) in children.iter_mut().enumerate() {
+            for (k, c) in children.iter_mut().enumerate() {
                 if codes[k].is_none() {
-                    let _ = c.kill();
-                    let _ = c.wait();
+                    let _ = c.child.kill();
+                    let _ = c.child.wait();
                     codes[k] = Some(-1);
                 }
             }
@@ -199,9 +178,9 @@ fn demo(a: &DemoArgs) -> Result<bool, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let oks = relays
+    let oks = children
         .into_iter()
-        .filter_map(|r| r.join().ok())
+        .map(NodeChild::verified)
         .filter(|&ok| ok)
         .count();
     let _ = std::fs::remove_dir_all(&dir);

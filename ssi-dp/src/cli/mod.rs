@@ -2,6 +2,7 @@
 //! tools around them.
 
 mod acpi_cmd;
+mod child;
 mod demo;
 mod node_cmd;
 mod settings;

@@ -6,15 +6,16 @@
 //! `ssi-dp certs --out DIR --nodes LIST`: creates the cluster CA and one certificate per node
 //! for the control plane's mutual TLS.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
+use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use clap::Args;
 use control::inventory::{Inventory, NodeEntry};
 
+use super::child;
 use crate::signals;
 use engine::cpulist;
 
@@ -172,44 +173,22 @@ pub(super) fn check_files(inv: &Inventory, local: &[&NodeEntry]) -> Result<(), S
     ))
 }
 
-/// Starts node `id` of `inventory` as a child process whose output is relayed with a
-/// `[node N]` prefix, and which gets SIGTERM (stopping it in order) if this process dies.
+/// Starts node `id` of `inventory` as a child process (see [`child::spawn`]).
 pub(super) fn spawn_node(
     exe: &Path,
     inventory: &Path,
     id: u16,
     node_args: &[String],
 ) -> std::io::Result<Child> {
-    let mut cmd = Command::new(exe);
-    cmd.arg("--inventory")
-        .arg(inventory)
-        .arg("--node-id")
-        .arg(id.to_string());
-    cmd.args(node_args);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    // A node must not outlive its parent: if the parent is killed (SIGKILL, a crashed
-    // terminal), the kernel sends the node SIGTERM, which stops it in order.
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the forked child before exec and only makes two
-    // async-signal-safe syscalls (prctl, getppid); it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                // The parent died between fork and prctl: nobody would relay or stop us.
-                return Err(std::io::Error::other(
-                    "the parent exited while starting the node",
-                ));
-            }
-            Ok(())
-        })
-    };
-    let mut c = cmd.spawn()?;
-    relay(id, c.stdout.take(), false);
-    relay(id, c.stderr.take(), true);
-    Ok(c)
+    let mut args: Vec<OsString> = vec![
+        "--inventory".into(),
+        inventory.into(),
+        "--node-id".into(),
+        id.to_string().into(),
+    ];
+    args.extend(node_args.iter().map(OsString::from));
+    // The relays run until the node closes its output; nothing waits for them.
+    child::spawn(exe, id, &args, None).map(|c| c.child)
 }
 
 /// Creates the secret and the certificates an inventory names, where missing.
@@ -259,17 +238,4 @@ pub(super) fn stop_all(children: &mut [(u16, Child)]) {
         // SAFETY: plain syscall to our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
     }
-}
-
-fn relay(id: u16, stream: Option<impl Read + Send + 'static>, err: bool) {
-    let Some(s) = stream else { return };
-    std::thread::spawn(move || {
-        for line in BufReader::new(s).lines().map_while(Result::ok) {
-            if err {
-                eprintln!("[node {id}] {line}");
-            } else {
-                println!("[node {id}] {line}");
-            }
-        }
-    });
 }
