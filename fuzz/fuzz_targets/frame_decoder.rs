@@ -1,9 +1,11 @@
-//! Fuzzes the frame header decoder and the frame parser: arbitrary bytes, split at
-//! input-chosen points, must only ever produce frames or a typed error, never a panic, and
-//! every accepted header must re-encode to the bytes it came from.
+//! Fuzzes the frame header decoder, the frame parser and the protocol codec behind them:
+//! arbitrary bytes, split at input-chosen points, must only ever produce frames or a typed
+//! error, never a panic; every accepted header must re-encode to the bytes it came from, and
+//! every header the codec accepts as a protocol message must re-encode to the same header.
 
 #![no_main]
 
+use engine::shard::codec;
 use libfuzzer_sys::fuzz_target;
 use wire::{FrameParser, Header, Parsed, RxSlots, HEADER_LEN};
 
@@ -15,13 +17,27 @@ fuzz_target!(|data: &[u8]| {
             let mut again = [0u8; HEADER_LEN];
             h.encode(&mut again);
             assert_eq!(again, b, "decode/encode round trip");
+            if let Ok(msg) = codec::decode(&h) {
+                let sender = coherence::NodeId::new(h.sender).expect("decoded sender is valid");
+                let mut back = codec::encode(&msg, sender);
+                back.payload_len = h.payload_len;
+                assert_eq!(back, h, "codec round trip of {msg:?}");
+            }
         }
     }
-    let Some((&ctl, stream)) = data.split_first() else { return };
+    let Some((&ctl, stream)) = data.split_first() else {
+        return;
+    };
     let chunk = 1 + usize::from(ctl) * 17;
-    let expected = if ctl & 1 == 0 { None } else { Some(u16::from(ctl >> 1) % 64) };
+    let expected = if ctl & 1 == 0 {
+        None
+    } else {
+        Some(u16::from(ctl >> 1) % 64)
+    };
     let mut parser = FrameParser::new(expected);
-    let Ok(mut slots) = RxSlots::new(1, 2) else { return };
+    let Ok(mut slots) = RxSlots::new(1, 2) else {
+        return;
+    };
     for piece in stream.chunks(chunk) {
         let mut pos = 0;
         loop {

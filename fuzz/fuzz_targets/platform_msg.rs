@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use vmm::platform::msg::{Msg, FRAME_LEN};
 
 fuzz_target!(|data: &[u8]| {
-    let Some(bytes) = data.get(..FRAME_LEN) else { return };
+    let Some(bytes) = data.get(..FRAME_LEN) else {
+        return;
+    };
     let mut f = [0u8; FRAME_LEN];
     f.copy_from_slice(bytes);
     if let Ok(m) = Msg::decode(&f) {
