@@ -141,11 +141,22 @@ fn remote(node: &Node, area: &HostArea, home: u16) -> Option<(u64, u64)> {
     Some((median(samples), mbps))
 }
 
+/// Why the formation measurements failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeasureError {
+    /// The address space has no room for the host area the rows are exchanged in.
+    #[error("the address space is too small to have a host area: give the nodes more --memory")]
+    NoHostArea,
+    /// The exchange did not complete in time.
+    #[error("not every node finished its measurements within {0:?} (a node is slow or down): check that every node started and can reach the others")]
+    Exchange(Duration),
+}
+
 /// Measures this node's row, exchanges rows with every node through the host area, and
 /// returns the full matrices. Every node of the cluster must call it (at formation).
-pub fn measure(node: &Node) -> Result<Figures, String> {
+pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
     let Some(area) = HostArea::of(node) else {
-        return Err("the address space is too small to have a host area".into());
+        return Err(MeasureError::NoHostArea);
     };
     let nodes: Vec<u16> = node.cluster().nodes.iter().map(|n| n.id).collect();
     let me = node.id();
@@ -175,7 +186,7 @@ pub fn measure(node: &Node) -> Result<Figures, String> {
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
     while counter.load(Ordering::SeqCst) < nodes.len() as u64 {
         if Instant::now() > deadline || node.state().dead() != 0 {
-            return Err("not every node finished its measurements (a node is slow or down)".into());
+            return Err(MeasureError::Exchange(EXCHANGE_TIMEOUT));
         }
         std::thread::sleep(Duration::from_millis(1));
     }

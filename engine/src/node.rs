@@ -108,7 +108,7 @@ pub enum NodeError {
     },
     /// The formation measurements failed.
     #[error("measuring the cluster at formation: {0}")]
-    Measure(String),
+    Measure(#[from] crate::measure::MeasureError),
     /// A join could not be applied.
     #[error("join: {0}")]
     Join(String),
@@ -469,7 +469,7 @@ impl Node {
             node.threads.push(dog);
         }
         if cfg.measure && HostArea::of(&node).is_some() {
-            node.figures = Some(measure::measure(&node).map_err(NodeError::Measure)?);
+            node.figures = Some(measure::measure(&node)?);
             // Hand the probe replicas back: the node starts with nothing cached.
             node.leave(Duration::from_secs(30))?;
         }
