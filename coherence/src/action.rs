@@ -37,6 +37,10 @@ pub enum FailReason {
 pub enum FatalReason {
     /// A node that is home to pages died; its pages are gone.
     HomeDied(NodeId),
+    /// A step produced more actions than the buffer holds: a bug in this protocol instance.
+    /// The actions it could not record were never carried out, so its state no longer
+    /// matches the memory, and it stops rather than go on.
+    ActionOverflow,
 }
 
 /// One thing for the caller to do.
@@ -116,6 +120,9 @@ pub enum Action {
 pub struct Actions {
     items: Vec<Action>,
     cap: usize,
+    /// Actions refused because the buffer was full (the machine turns this into a fatal
+    /// stop at the end of the step).
+    overflow: usize,
 }
 
 impl Action {
@@ -141,6 +148,7 @@ impl Actions {
         Self {
             items: Vec::with_capacity(cap),
             cap,
+            overflow: 0,
         }
     }
 
@@ -172,6 +180,13 @@ impl Actions {
     /// Forgets the actions (keeps the storage).
     pub fn clear(&mut self) {
         self.items.clear();
+        self.overflow = 0;
+    }
+
+    /// Actions the step could not record because the buffer was full (always 0 after a
+    /// step returned; see [`FatalReason::ActionOverflow`]).
+    pub fn overflowed(&self) -> usize {
+        self.overflow
     }
 
     /// Room left.
@@ -179,11 +194,16 @@ impl Actions {
         self.cap.saturating_sub(self.items.len())
     }
 
+    /// Records `a`. The machine sizes the buffer for the worst step and budgets the
+    /// open-ended work (timers, death clean-up) against `remaining()`, so a full buffer is a
+    /// bug: the action is counted as lost (the buffer never grows, in any build) and the
+    /// step ends in [`FatalReason::ActionOverflow`].
     pub(crate) fn push(&mut self, a: Action) {
-        // The machine sizes the buffer for the worst step and budgets the
-        // open-ended work (timers, death clean-up) against `remaining()`.
-        debug_assert!(self.items.len() < self.cap, "action buffer overflow: {a:?}");
-        self.items.push(a);
+        if self.items.len() < self.cap {
+            self.items.push(a);
+        } else {
+            self.overflow += 1;
+        }
     }
 }
 

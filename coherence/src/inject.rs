@@ -21,6 +21,8 @@ pub(crate) enum Bug {
     KeepDeadSharers,
     /// The home installs a zero page instead of a dirty write-back.
     DropWriteBack,
+    /// A fault produces more actions than the buffer holds.
+    FloodActions,
 }
 
 impl Machine {

@@ -153,6 +153,15 @@ pub enum StepError {
     /// A layout given to `extend` changes or drops existing ranges.
     #[error("the new layout does not extend the current one: a join may only append nodes (with higher ids) after the existing ranges")]
     NotAnExtension,
+    /// A step produced more actions than the buffer holds (a bug in the protocol): the
+    /// instance stopped ([`FatalReason::ActionOverflow`]); the step's actions are its stop.
+    #[error("a protocol step produced {lost} actions more than its buffer of {cap} holds: this instance stopped (a bug; please report it with the log)")]
+    ActionOverflow {
+        /// The buffer's capacity.
+        cap: usize,
+        /// Actions that did not fit.
+        lost: usize,
+    },
     /// The action buffer was not created by this machine's `new_actions`.
     #[error("action buffer holds {have} actions, this machine needs {need}: create it with Machine::new_actions")]
     BufferTooSmall {
@@ -326,6 +335,17 @@ impl Machine {
             Input::NodeDead(node) => self.on_node_dead(node, out),
             Input::Prefetch { page } => self.on_prefetch(page, out),
         };
+        if out.overflowed() > 0 {
+            let lost = out.overflowed();
+            // Some of the step's actions were never recorded: the instance's state has moved
+            // past effects that will not happen. Stop it, failing every waiter.
+            out.clear();
+            self.go_fatal(FatalReason::ActionOverflow, out);
+            return Err(StepError::ActionOverflow {
+                cap: out.capacity(),
+                lost,
+            });
+        }
         match (res, self.violation.take()) {
             (Ok(_), Some((what, page))) => Err(StepError::Violation { what, page }),
             (res, _) => res,
@@ -648,5 +668,74 @@ impl Machine {
             self.now
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Layout, NodeRange, Partition};
+
+    fn n(i: u16) -> NodeId {
+        NodeId::new(i).unwrap()
+    }
+
+    #[test]
+    fn a_step_that_overflows_its_buffer_stops_the_instance_instead_of_growing_it() {
+        let layout = Layout::new(
+            4096,
+            vec![
+                NodeRange {
+                    node: n(0),
+                    first_page: 0,
+                    page_count: 4,
+                },
+                NodeRange {
+                    node: n(1),
+                    first_page: 4,
+                    page_count: 4,
+                },
+            ],
+        )
+        .unwrap();
+        let mut m = Machine::new(n(0), layout, Partition::WHOLE, Config::default()).unwrap();
+        let mut out = m.new_actions();
+        let cap = out.capacity();
+        // A remote read waits; then a planted bug floods the next step.
+        let read = |page, token| Input::Fault {
+            page,
+            access: Access::Read,
+            token,
+        };
+        assert_eq!(m.step(1, read(5, 7), &mut out), Ok(Outcome::Done));
+        m.bug = Some(super::super::inject::Bug::FloodActions);
+        let e = m.step(2, read(6, 8), &mut out).unwrap_err();
+        assert!(
+            matches!(e, StepError::ActionOverflow { cap: c, lost } if c == cap && lost >= 1),
+            "{e:?}"
+        );
+        // The buffer never grew; the step's actions are the stop: the waiting fault fails.
+        assert_eq!(out.capacity(), cap);
+        assert!(out.len() <= cap);
+        assert_eq!(out.overflowed(), 0);
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::ClusterFatal {
+                reason: FatalReason::ActionOverflow
+            }
+        )));
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::FaultFailed { token: 7, .. })));
+        // Later faults fail at once.
+        m.bug = None;
+        assert_eq!(m.step(3, read(7, 9), &mut out), Ok(Outcome::Done));
+        assert!(matches!(
+            out.as_slice(),
+            [Action::FaultFailed {
+                reason: FailReason::ClusterDown,
+                ..
+            }]
+        ));
     }
 }

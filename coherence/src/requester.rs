@@ -20,6 +20,11 @@ impl Machine {
     ) -> Result<Outcome, StepError> {
         let li = self.local_index(page)?;
         self.stats.faults += 1;
+        if self.bug_on(super::inject::Bug::FloodActions) {
+            for _ in 0..=out.capacity() {
+                out.push(Action::WriteProtect { page });
+            }
+        }
         let write = access == Access::Write;
         let acc = self.local[li].access();
         if allows(acc, write) {

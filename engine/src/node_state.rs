@@ -4,6 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
+use coherence::{FatalReason, NodeId};
+
+/// `fatal`'s code for [`FatalReason::ActionOverflow`] (node ids use `1 + id`).
+const OVERFLOW: u32 = u32::MAX;
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct NodeState {
@@ -107,18 +112,21 @@ impl NodeState {
         self.dead.load(Relaxed)
     }
 
-    /// Records that the cluster stopped because home node `node` died (first cause wins).
-    pub fn set_fatal(&self, node: u16) {
-        let _ = self
-            .fatal
-            .compare_exchange(0, u32::from(node) + 1, SeqCst, Relaxed);
+    /// Records why this node's share of the cluster stopped (first cause wins).
+    pub fn set_fatal(&self, reason: FatalReason) {
+        let code = match reason {
+            FatalReason::HomeDied(n) => u32::from(n.get()) + 1,
+            FatalReason::ActionOverflow => OVERFLOW,
+        };
+        let _ = self.fatal.compare_exchange(0, code, SeqCst, Relaxed);
     }
 
-    /// The home node whose death stopped the cluster, if any.
-    pub fn fatal(&self) -> Option<u16> {
+    /// Why this node's share of the cluster stopped, if it did.
+    pub fn fatal(&self) -> Option<FatalReason> {
         match self.fatal.load(Relaxed) {
             0 => None,
-            n => Some((n - 1) as u16),
+            OVERFLOW => Some(FatalReason::ActionOverflow),
+            n => NodeId::new((n - 1) as u16).ok().map(FatalReason::HomeDied),
         }
     }
 
@@ -173,9 +181,14 @@ mod tests {
         );
         assert_eq!(s.dead(), 1 << 3);
         assert_eq!(s.fatal(), None);
-        s.set_fatal(0);
-        s.set_fatal(5);
-        assert_eq!(s.fatal(), Some(0), "the first cause is kept");
+        let home = |i| FatalReason::HomeDied(NodeId::new(i).unwrap());
+        s.set_fatal(home(0));
+        s.set_fatal(home(5));
+        assert_eq!(s.fatal(), Some(home(0)), "the first cause is kept");
+        let t = NodeState::new(1);
+        t.set_fatal(FatalReason::ActionOverflow);
+        t.set_fatal(home(3));
+        assert_eq!(t.fatal(), Some(FatalReason::ActionOverflow));
         let g = s.request_evict_all();
         assert!(!s.evicted(g));
         s.evict_finished(0, g);

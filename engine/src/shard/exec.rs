@@ -29,8 +29,8 @@ const IOCTL_RETRIES: u32 = 10_000;
 pub struct Aftermath {
     /// Nodes whose connection refused a send (going down): declare them down.
     pub down: NodeSet,
-    /// A home died: the cluster stopped.
-    pub fatal: Option<u16>,
+    /// The protocol stopped (a home died, or the instance overflowed).
+    pub fatal: Option<coherence::FatalReason>,
 }
 
 /// The shard's means of acting on the world.
@@ -98,10 +98,7 @@ impl<T: Transport> Io<T> {
                          threads touching it get SIGBUS"
                     ));
                 }
-                Action::ClusterFatal { reason } => {
-                    let coherence::FatalReason::HomeDied(n) = reason;
-                    after.fatal = Some(n.get());
-                }
+                Action::ClusterFatal { reason } => after.fatal = Some(reason),
             }
         }
         after

@@ -416,8 +416,8 @@ impl<T: Transport> Shard<T> {
     }
 
     fn aftermath(&mut self, after: Aftermath) {
-        if let Some(home) = after.fatal {
-            self.state.set_fatal(home);
+        if let Some(reason) = after.fatal {
+            self.state.set_fatal(reason);
         }
         for n in after.down.iter() {
             self.node_down(n, "its connection refused a send");

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coherence::FatalReason;
 use control::handle::MembershipOps;
 use control::membership::msg::NodeInfo;
 use control::membership::{self, Membership, MembershipConfig};
@@ -270,19 +271,30 @@ pub fn run(a: NodeArgs) -> i32 {
             std::thread::sleep(STOP_GRACE);
             break;
         }
-        if let Some(home) = node.state().fatal() {
-            if progress.verified.load(Ordering::SeqCst) {
-                tracing::info!("node {home} left after the final check; finishing");
-                let report = progress.report.lock().ok().and_then(|mut r| r.take());
-                code = print_report(me, &label, report.ok_or_else(|| "no report".to_string()));
+        match node.state().fatal() {
+            None => {}
+            Some(FatalReason::HomeDied(home)) => {
+                if progress.verified.load(Ordering::SeqCst) {
+                    tracing::info!("node {home} left after the final check; finishing");
+                    let report = progress.report.lock().ok().and_then(|mut r| r.take());
+                    code = print_report(me, &label, report.ok_or_else(|| "no report".to_string()));
+                    break;
+                }
+                tracing::error!(
+                    "node {home}, home of part of the address space, \
+                     died; the cluster cannot continue (this version does not replicate home pages)"
+                );
+                code = EXIT_FAILED;
                 break;
             }
-            tracing::error!(
-                "node {home}, home of part of the address space, \
-                 died; the cluster cannot continue (this version does not replicate home pages)"
-            );
-            code = EXIT_FAILED;
-            break;
+            Some(FatalReason::ActionOverflow) => {
+                tracing::error!(
+                    "a protocol instance of this node stopped: one of its steps produced more \
+                     actions than its buffer holds (a bug; please report it with this log)"
+                );
+                code = EXIT_FAILED;
+                break;
+            }
         }
         if signals::stop_requested() {
             tracing::info!("stopping on signal");

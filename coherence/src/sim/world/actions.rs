@@ -253,7 +253,10 @@ impl World {
                 }
             }
             Action::ClusterFatal { reason } => {
-                let FatalReason::HomeDied(d) = reason;
+                // An overflow is always a failure of the run (a bug in the machine).
+                let FatalReason::HomeDied(d) = reason else {
+                    return Err(self.fail(FailKind::Fatal, None, format!("n{n}/{i}: {a:?}")));
+                };
                 if self.sc.family != Family::HomeDeath
                     || self.alive[d.index()]
                     || self.insts[n][i].fatal_seen
