@@ -164,8 +164,17 @@ impl Region {
     /// the current address space included: a fault there must be answered, not lost).
     #[inline]
     pub fn page_of(&self, addr: usize) -> Option<u64> {
-        let off = addr.checked_sub(self.map.as_ptr() as usize)?;
-        (off < self.reserved).then_some(off as u64 / PAGE_SIZE)
+        self.page_index().page_of(addr)
+    }
+
+    /// The reservation's address range as a plain value, to map fault addresses to pages
+    /// without holding a borrow of the region.
+    #[inline]
+    pub fn page_index(&self) -> PageIndex {
+        PageIndex {
+            base: self.map.as_ptr() as usize,
+            reserved: self.reserved,
+        }
     }
 
     /// Drops the local copy of a page (`MADV_DONTNEED`): the next access faults again.
@@ -208,6 +217,22 @@ impl Drop for Region {
             .uffd
             .unregister(self.map.as_ptr() as usize, self.reserved);
         // `map` unmaps the memory when the fields drop, after this.
+    }
+}
+
+/// Where the region's pages are in this process (see [`Region::page_index`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PageIndex {
+    base: usize,
+    reserved: usize,
+}
+
+impl PageIndex {
+    /// The page containing host address `addr`, if it lies in the reservation.
+    #[inline]
+    pub fn page_of(self, addr: usize) -> Option<u64> {
+        let off = addr.checked_sub(self.base)?;
+        (off < self.reserved).then_some(off as u64 / PAGE_SIZE)
     }
 }
 

@@ -516,15 +516,16 @@ impl<T: Transport> Shard<T> {
 
     fn read_faults(&mut self) -> usize {
         let mut buf = self.ubuf.take().expect("event buffer is always returned");
-        let region = self.io.region.clone();
-        let n = match region.uffd().read_events(&mut buf) {
+        // The events borrow `buf` (taken out of `self`), not the region: no clone per turn.
+        let pages = self.io.region.page_index();
+        let n = match self.io.region.uffd().read_events(&mut buf) {
             Ok(evs) => {
                 let now = now_ns();
                 for ev in evs {
                     match *ev {
                         UffdEvent::PageFault(f) => {
                             bump(&self.io.stats.uffd_events);
-                            let Some(page) = region.page_of(f.address) else {
+                            let Some(page) = pages.page_of(f.address) else {
                                 continue;
                             };
                             let (access, kind) = if f.flags.contains(FaultFlags::WP) {
