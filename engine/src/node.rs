@@ -253,27 +253,13 @@ impl Node {
     /// Starts the node: maps and registers the region, forms the mesh (waiting for every
     /// peer), then starts the shards. Returns once every shard runs.
     pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-        let shards = cfg.cores.len();
-        if shards == 0 {
-            return Err(NodeError::NoCores);
-        }
-        if shards > 1024 {
-            return Err(NodeError::TooManyCores(shards));
-        }
+        let shards = match cfg.cores.len() {
+            0 => return Err(NodeError::NoCores),
+            n if n > 1024 => return Err(NodeError::TooManyCores(n)),
+            n => n,
+        };
         let layout = layout_of(&cfg.cluster)?;
-        let (uring, mut transport_line) = choose(cfg.transport)?;
-        if uring {
-            transport_line.push_str(if cfg.zero_copy {
-                "; pages sent zero-copy where available (--zero-copy)"
-            } else {
-                "; pages sent with vectored copying sends"
-            });
-        }
-        if cfg.transport == TransportKind::Auto {
-            let rdma = transport_verbs::unavailable_reason(&transport_verbs::probe());
-            transport_line.push_str("; TCP, not RDMA: ");
-            transport_line.push_str(&rdma);
-        }
+        let (uring, transport_line) = transport_choice(&cfg)?;
         let reserve = (cfg.max_address_space / PAGE_SIZE).max(layout.end_page());
         let region = Arc::new(Region::new(layout.end_page(), reserve)?);
         let bucket_pages = layout
@@ -281,7 +267,6 @@ impl Node {
             .div_ceil(crate::stats::HEAT_BUCKETS as u64 / 4)
             .max(1);
         let me = NodeId::new(cfg.cluster.me).expect("validated");
-
         let mesh = mesh::establish(
             cfg.listener,
             &cfg.cluster,
@@ -289,135 +274,48 @@ impl Node {
             &cfg.secret,
             cfg.connect_timeout,
         )?;
-        let instances: u32 = shards as u32
-            + mesh.conns[0]
-                .iter()
-                .filter(|c| c.peer_shard == 0)
-                .map(|c| u32::from(c.peer_shard_count))
-                .sum::<u32>();
-        let mut proto = cfg.protocol;
-        proto.max_home_txns =
-            coherence::Config::home_txns_needed(instances, proto.max_active_pages);
-        let peer_conns: usize = mesh.conns[0].len();
-        let tcfg = TransportConfig {
-            max_peers: peer_conns.max(1) + 4,
-            tx_depth: 512,
-            tx_copy_slots: 256,
-            rx_slots: 128,
-            zero_copy: cfg.zero_copy,
-            ..TransportConfig::default()
-        };
+        let (proto, tcfg) = sizes(cfg.protocol, cfg.zero_copy, &mesh.conns[0], shards);
 
         let state = Arc::new(NodeState::new(shards));
         state.set_prefetch(cfg.prefetch);
-        let doorbells: Arc<[Doorbell]> = (0..shards)
-            .map(|_| Doorbell::new())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| NodeError::Shard {
-                shard: 0,
-                why: format!("doorbell: {e}"),
-            })?
-            .into();
-        // Ring (i -> j) for every ordered pair of distinct shards.
-        let mut inbox: Vec<Vec<(usize, spsc::Consumer<ShardMsg>)>> =
-            (0..shards).map(|_| Vec::new()).collect();
-        let mut outbox: Vec<Vec<Option<spsc::Producer<ShardMsg>>>> = (0..shards)
-            .map(|_| (0..shards).map(|_| None).collect())
-            .collect();
-        for (i, row) in outbox.iter_mut().enumerate() {
-            for (j, slot) in row.iter_mut().enumerate() {
-                if i != j {
-                    let (tx, rx) = spsc::ring(SHARD_RING);
-                    *slot = Some(tx);
-                    inbox[j].push((i, rx));
-                }
-            }
-        }
-        let pm_qos = if cfg.idle.spins() {
-            match LatencyGuard::hold(0) {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let doorbells = doorbells(shards)?;
+        let (mut inbox, mut outbox) = shard_rings(shards);
+        let pm_qos = pm_qos_for(cfg.idle);
 
-        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
-        let mut threads = Vec::with_capacity(shards);
-        let mut stats = Vec::with_capacity(shards);
-        let mut mailboxes = Vec::with_capacity(shards);
-        let traces: Vec<TraceRings> = if cfg.fault_trace > 0 {
-            (0..shards)
-                .map(|_| TraceRings::new(cfg.fault_trace))
-                .collect()
-        } else {
-            Vec::new()
+        let traces: Vec<TraceRings> = (0..shards)
+            .filter(|_| cfg.fault_trace > 0)
+            .map(|_| TraceRings::new(cfg.fault_trace))
+            .collect();
+        // Every shard's machine and tables first: a failure here leaves no thread behind.
+        let common = ShardCommon {
+            me,
+            layout: &layout,
+            region: &region,
+            doorbells: &doorbells,
+            state: &state,
+            idle: cfg.idle,
+            proto,
+            bucket_pages,
+            traced: &cfg.trace_pages,
         };
-        let mut conns = mesh.conns;
-        for (i, (inbox_i, outbox_i)) in inbox.drain(..).zip(outbox.drain(..)).enumerate() {
-            let machine = Machine::new(
-                me,
-                layout.clone(),
-                Partition::new(i as u32, shards as u32).map_err(coherence::StepError::from)?,
-                proto,
-            )?;
-            let st = Arc::new(ShardStats::with_heat(bucket_pages));
-            let mailbox = Arc::new(Mailbox::default());
-            mailboxes.push(mailbox.clone());
-            stats.push(st.clone());
-            let setup = PartialSetup {
-                index: i as u32,
-                count: shards as u32,
-                machine,
-                layout: layout.clone(),
-                conns: std::mem::take(&mut conns[i]),
-                region: region.clone(),
-                inbox: inbox_i,
-                outbox: outbox_i,
-                doorbells: doorbells.clone(),
-                stats: st,
-                state: state.clone(),
-                idle: cfg.idle,
-                retry_limit: proto.max_active_pages as usize,
-                mailbox,
-                traced: cfg
-                    .trace_pages
-                    .iter()
-                    .copied()
-                    .take(MAX_TRACED_PAGES)
-                    .collect(),
-                trace: traces.get(i).cloned(),
-            };
-            let cpu = cfg.cores[i];
-            let pin = cfg.pin;
-            let ready = ready_tx.clone();
-            let tcfg = tcfg.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("ssi-dp-shard{i}"))
-                .spawn(move || {
-                    let _abort_on_panic = crate::watchdog::AbortOnPanic::new(i);
-                    if pin {
-                        if let Err(e) = crate::affinity::pin_current_thread(cpu) {
-                            let _ = ready.send((i, Err(e.to_string())));
-                            return;
-                        }
-                    }
-                    if uring {
-                        run_shard(setup, transport_uring::UringTransport::new(&tcfg), ready, i)
-                    } else {
-                        run_shard(setup, transport_epoll::EpollTransport::new(&tcfg), ready, i)
-                    }
-                })
-                .map_err(|e| NodeError::Shard {
-                    shard: i,
-                    why: e.to_string(),
-                })?;
-            threads.push(t);
+        let mut setups = Vec::with_capacity(shards);
+        for (i, (conns, rings)) in mesh
+            .conns
+            .into_iter()
+            .zip(inbox.drain(..).zip(outbox.drain(..)))
+            .enumerate()
+        {
+            setups.push(common.setup(i, shards, conns, rings, traces.get(i).cloned())?);
         }
-        drop(ready_tx);
+        let stats: Vec<_> = setups.iter().map(|s| s.stats.clone()).collect();
+        let mailboxes: Vec<_> = setups.iter().map(|s| s.mailbox.clone()).collect();
+        let placement = Placement {
+            cores: &cfg.cores,
+            pin: cfg.pin,
+            uring,
+            tcfg: &tcfg,
+        };
+        let (threads, ready_rx) = placement.spawn(setups, &state, &doorbells)?;
         let mut node = Node {
             me: cfg.cluster.me,
             cluster: Mutex::new(cfg.cluster),
@@ -436,44 +334,60 @@ impl Node {
             figures: None,
             _pm_qos: pm_qos,
         };
-        let mut tstats = vec![None; shards];
-        for _ in 0..shards {
-            match ready_rx.recv() {
-                Ok((i, Ok(t))) => tstats[i] = Some(t),
-                Ok((shard, Err(why))) => {
-                    node.stop_threads();
-                    return Err(NodeError::Shard { shard, why });
-                }
-                Err(_) => {
-                    node.stop_threads();
-                    return Err(NodeError::Shard {
-                        shard: 0,
-                        why: "a shard thread died".into(),
-                    });
-                }
-            }
-        }
-        node.transport_stats = tstats.into_iter().flatten().collect();
-        if !cfg.stall_after.is_zero() {
-            let dog = crate::watchdog::Watchdog::start(
-                node.state.clone(),
-                &node.stats,
-                node.doorbells.clone(),
-                &cfg.cores,
-                cfg.stall_after,
-            )
-            .map_err(|e| NodeError::Shard {
-                shard: 0,
-                why: format!("cannot start the watchdog thread: {e}"),
-            })?;
-            node.threads.push(dog);
-        }
+        node.await_shards(&ready_rx, shards)?;
+        node.start_watchdog(&cfg.cores, cfg.stall_after)?;
         if cfg.measure && HostArea::of(&node).is_some() {
             node.figures = Some(measure::measure(&node)?);
             // Hand the probe replicas back: the node starts with nothing cached.
             node.leave(Duration::from_secs(30))?;
         }
         Ok(node)
+    }
+
+    /// Starts the watchdog over the running shards (`bound` zero: none).
+    fn start_watchdog(&mut self, cores: &[usize], bound: Duration) -> Result<(), NodeError> {
+        if bound.is_zero() {
+            return Ok(());
+        }
+        let dog = crate::watchdog::Watchdog::start(
+            self.state.clone(),
+            &self.stats,
+            self.doorbells.clone(),
+            cores,
+            bound,
+        )
+        .map_err(|e| NodeError::Shard {
+            shard: 0,
+            why: format!("cannot start the watchdog thread: {e}"),
+        })?;
+        self.threads.push(dog);
+        Ok(())
+    }
+
+    /// Waits until every shard runs (or one failed to start: then stops the others).
+    fn await_shards(
+        &mut self,
+        ready: &mpsc::Receiver<(usize, Ready)>,
+        shards: usize,
+    ) -> Result<(), NodeError> {
+        let mut tstats = vec![None; shards];
+        for _ in 0..shards {
+            let failed = match ready.recv() {
+                Ok((i, Ok(t))) => {
+                    tstats[i] = Some(t);
+                    continue;
+                }
+                Ok((shard, Err(why))) => NodeError::Shard { shard, why },
+                Err(_) => NodeError::Shard {
+                    shard: 0,
+                    why: "a shard thread died".into(),
+                },
+            };
+            self.stop_threads();
+            return Err(failed);
+        }
+        self.transport_stats = tstats.into_iter().flatten().collect();
+        Ok(())
     }
 
     /// Every shard's transport counters.
@@ -718,6 +632,231 @@ struct PartialSetup {
 /// What a shard thread reports once it runs: its transport's counters, or why it could not
 /// start.
 type Ready = Result<Arc<wire::TransportStats>, String>;
+
+/// The shard threads, and the channel on which each reports that it runs.
+type Spawned = (Vec<JoinHandle<()>>, mpsc::Receiver<(usize, Ready)>);
+
+/// Where and how the shard threads run.
+struct Placement<'a> {
+    cores: &'a [usize],
+    pin: bool,
+    uring: bool,
+    tcfg: &'a TransportConfig,
+}
+
+impl Placement<'_> {
+    /// Starts one thread per set-up; each reports on the returned channel once its transport
+    /// runs. If a thread cannot be started, the ones already started are stopped.
+    fn spawn(
+        &self,
+        setups: Vec<PartialSetup>,
+        state: &NodeState,
+        doorbells: &[Doorbell],
+    ) -> Result<Spawned, NodeError> {
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
+        let mut threads = Vec::with_capacity(setups.len());
+        for setup in setups {
+            let place = (self.cores[setup.index as usize], self.pin);
+            match spawn_shard(setup, place, self.uring, self.tcfg, ready_tx.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    stop_shards(state, doorbells, threads);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((threads, ready_rx))
+    }
+}
+
+/// Stops shard threads started so far (a later one failed to start).
+fn stop_shards(state: &NodeState, doorbells: &[Doorbell], threads: Vec<JoinHandle<()>>) {
+    state.request_stop();
+    doorbells.iter().for_each(Doorbell::kick);
+    for t in threads {
+        // A shard that panicked aborted the process; a join error cannot reach here.
+        let _ = t.join();
+    }
+}
+
+/// One doorbell per shard.
+fn doorbells(shards: usize) -> Result<Arc<[Doorbell]>, NodeError> {
+    let bells = (0..shards)
+        .map(|_| Doorbell::new())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NodeError::Shard {
+            shard: 0,
+            why: format!("doorbell: {e}"),
+        })?;
+    Ok(bells.into())
+}
+
+/// What every shard of a node shares, for building their set-ups.
+struct ShardCommon<'a> {
+    me: NodeId,
+    layout: &'a Layout,
+    region: &'a Arc<Region>,
+    doorbells: &'a Arc<[Doorbell]>,
+    state: &'a Arc<NodeState>,
+    idle: IdlePolicy,
+    proto: coherence::Config,
+    bucket_pages: u64,
+    traced: &'a [u64],
+}
+
+impl ShardCommon<'_> {
+    /// Shard `i` of `shards`: its protocol machine, connections, rings and tables.
+    fn setup(
+        &self,
+        i: usize,
+        shards: usize,
+        conns: Vec<crate::shard::Conn>,
+        (inbox, outbox): ShardRingsOf,
+        trace: Option<TraceRings>,
+    ) -> Result<PartialSetup, NodeError> {
+        let part = Partition::new(i as u32, shards as u32).map_err(coherence::StepError::from)?;
+        Ok(PartialSetup {
+            index: i as u32,
+            count: shards as u32,
+            machine: Machine::new(self.me, self.layout.clone(), part, self.proto)?,
+            layout: self.layout.clone(),
+            conns,
+            region: self.region.clone(),
+            inbox,
+            outbox,
+            doorbells: self.doorbells.clone(),
+            stats: Arc::new(ShardStats::with_heat(self.bucket_pages)),
+            state: self.state.clone(),
+            idle: self.idle,
+            retry_limit: self.proto.max_active_pages as usize,
+            mailbox: Arc::new(Mailbox::default()),
+            traced: self.traced.iter().copied().take(MAX_TRACED_PAGES).collect(),
+            trace,
+        })
+    }
+}
+
+/// The protocol's tunables (home transactions sized for every protocol instance of the
+/// cluster: ours plus each peer's shards, learnt from the connections to its shard 0) and
+/// each shard's transport configuration.
+fn sizes(
+    protocol: coherence::Config,
+    zero_copy: bool,
+    conns: &[crate::shard::Conn],
+    shards: usize,
+) -> (coherence::Config, TransportConfig) {
+    let instances: u32 = shards as u32
+        + conns
+            .iter()
+            .filter(|c| c.peer_shard == 0)
+            .map(|c| u32::from(c.peer_shard_count))
+            .sum::<u32>();
+    let mut proto = protocol;
+    proto.max_home_txns = coherence::Config::home_txns_needed(instances, proto.max_active_pages);
+    let tcfg = TransportConfig {
+        max_peers: conns.len().max(1) + 4,
+        tx_depth: 512,
+        tx_copy_slots: 256,
+        rx_slots: 128,
+        zero_copy,
+        ..TransportConfig::default()
+    };
+    (proto, tcfg)
+}
+
+/// Which transport the shards use (`true`: io_uring) and the line that says why.
+fn transport_choice(cfg: &NodeConfig) -> Result<(bool, String), NodeError> {
+    let (uring, mut line) = choose(cfg.transport)?;
+    if uring {
+        line.push_str(if cfg.zero_copy {
+            "; pages sent zero-copy where available (--zero-copy)"
+        } else {
+            "; pages sent with vectored copying sends"
+        });
+    }
+    if cfg.transport == TransportKind::Auto {
+        let rdma = transport_verbs::unavailable_reason(&transport_verbs::probe());
+        line.push_str("; TCP, not RDMA: ");
+        line.push_str(&rdma);
+    }
+    Ok((uring, line))
+}
+
+/// One shard's inbound rings (from every other shard `i`, tagged with `i`) and outbound
+/// producers (indexed by destination; `None` for itself).
+type ShardRingsOf = (
+    Vec<(usize, spsc::Consumer<ShardMsg>)>,
+    Vec<Option<spsc::Producer<ShardMsg>>>,
+);
+
+/// Every shard's [`ShardRingsOf`], as two vectors indexed by shard.
+type ShardRings = (
+    Vec<Vec<(usize, spsc::Consumer<ShardMsg>)>>,
+    Vec<Vec<Option<spsc::Producer<ShardMsg>>>>,
+);
+
+/// One bounded ring (i -> j) for every ordered pair of distinct shards.
+fn shard_rings(shards: usize) -> ShardRings {
+    let mut inbox: Vec<Vec<(usize, spsc::Consumer<ShardMsg>)>> =
+        (0..shards).map(|_| Vec::new()).collect();
+    let mut outbox: Vec<Vec<Option<spsc::Producer<ShardMsg>>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    for (i, row) in outbox.iter_mut().enumerate() {
+        for (j, slot) in row.iter_mut().enumerate() {
+            if i != j {
+                let (tx, rx) = spsc::ring(SHARD_RING);
+                *slot = Some(tx);
+                inbox[j].push((i, rx));
+            }
+        }
+    }
+    (inbox, outbox)
+}
+
+/// Holds `/dev/cpu_dma_latency` at 0 while any shard may spin (a warning where it cannot).
+fn pm_qos_for(idle: IdlePolicy) -> Option<LatencyGuard> {
+    if !idle.spins() {
+        return None;
+    }
+    LatencyGuard::hold(0)
+        .map_err(|e| tracing::warn!("{e}"))
+        .ok()
+}
+
+/// Starts shard `setup.index` on its own thread, pinned to `place.0` when `place.1`; the
+/// thread builds its transport and reports on `ready`.
+fn spawn_shard(
+    setup: PartialSetup,
+    place: (usize, bool),
+    uring: bool,
+    tcfg: &TransportConfig,
+    ready: mpsc::Sender<(usize, Ready)>,
+) -> Result<JoinHandle<()>, NodeError> {
+    let i = setup.index as usize;
+    let (cpu, pin) = place;
+    let tcfg = tcfg.clone();
+    std::thread::Builder::new()
+        .name(format!("ssi-dp-shard{i}"))
+        .spawn(move || {
+            let _abort_on_panic = crate::watchdog::AbortOnPanic::new(i);
+            if pin {
+                if let Err(e) = crate::affinity::pin_current_thread(cpu) {
+                    let _ = ready.send((i, Err(e.to_string())));
+                    return;
+                }
+            }
+            if uring {
+                run_shard(setup, transport_uring::UringTransport::new(&tcfg), ready, i)
+            } else {
+                run_shard(setup, transport_epoll::EpollTransport::new(&tcfg), ready, i)
+            }
+        })
+        .map_err(|e| NodeError::Shard {
+            shard: i,
+            why: e.to_string(),
+        })
+}
 
 fn run_shard<T: Transport>(
     s: PartialSetup,
