@@ -43,6 +43,8 @@ pub mod node_state;
 pub mod pmqos;
 pub mod region;
 pub mod shard;
+#[cfg(test)]
+mod sim;
 pub mod spsc;
 pub mod stats;
 pub mod summary;
