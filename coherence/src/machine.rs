@@ -593,6 +593,14 @@ impl Machine {
             .is_some_and(|ri| matches!(self.recs.recs[usize::from(ri)].req, Req::Evicting { .. }))
     }
 
+    /// Threads waiting for `page` here (0 for a page of another partition).
+    pub fn waiters_on(&self, page: u64) -> usize {
+        self.local_range
+            .index(page)
+            .and_then(|li| self.local[li].record())
+            .map_or(0, |ri| self.recs.recs[usize::from(ri)].n_waiters as usize)
+    }
+
     /// Whether the death clean-up is still running.
     pub fn cleanup_pending(&self) -> bool {
         self.cleanup.is_some()

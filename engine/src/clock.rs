@@ -13,6 +13,29 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Where a shard reads the time: the monotonic clock, or (in the engine simulator) a clock
+/// the simulator moves. Only the protocol's time goes through it (steps, timers, service
+/// times); the idle policy's spin window always reads the real clock.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// [`now_ns`].
+    #[default]
+    Monotonic,
+    /// A clock set by its owner (nanoseconds).
+    Manual(std::sync::Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Clock {
+    /// The current time in nanoseconds.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::Monotonic => now_ns(),
+            Clock::Manual(t) => t.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -890,6 +890,7 @@ fn run_shard<T: Transport>(
         mailbox: s.mailbox,
         traced: s.traced,
         trace: s.trace,
+        clock: crate::clock::Clock::Monotonic,
     };
     let tstats = setup.transport.stats().clone();
     match Shard::new(setup) {

@@ -13,7 +13,7 @@ use wire::{Header, MsgType, Payload, PeerId, RxBuf, SendOutcome, Transport, Tran
 use super::backlog::Backlog;
 use super::route::PeerShards;
 use super::trace::Tracer;
-use crate::clock::now_ns;
+use crate::clock::Clock;
 use crate::node_state::NodeState;
 use crate::region::{Region, ZERO_PAGE};
 use crate::stats::{add, bump, FaultKind, Locality, ShardStats};
@@ -45,6 +45,8 @@ pub struct Io<T: Transport> {
     pub(crate) log: LogLimiter,
     pub(crate) state: Arc<NodeState>,
     pub(crate) tracer: Option<Tracer>,
+    /// Where the protocol's time comes from.
+    pub clock: Clock,
 }
 
 impl<T: Transport> std::fmt::Debug for Io<T> {
@@ -84,7 +86,7 @@ impl<T: Transport> Io<T> {
                         Ok(h) if h == self.me => Locality::Home,
                         _ => Locality::Remote,
                     };
-                    let ns = now_ns().saturating_sub(token >> 2);
+                    let ns = self.clock.now().saturating_sub(token >> 2);
                     self.stats.served(kind, loc, ns);
                     if let Some(t) = &mut self.tracer {
                         t.fault_done(page, token >> 2);

@@ -108,6 +108,8 @@ pub struct ShardSetup<T: Transport> {
     pub traced: Vec<u64>,
     /// Where to publish per-fault timestamps (`None`: not traced).
     pub trace: Option<TraceRings>,
+    /// Where the protocol's time comes from (the monotonic clock but in the simulator).
+    pub clock: crate::clock::Clock,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardSetup<T> {
@@ -185,6 +187,7 @@ impl<T: Transport> Shard<T> {
                 log: LogLimiter::new(10, 2),
                 state: s.state.clone(),
                 tracer: s.trace.map(Tracer::new),
+                clock: s.clock,
             },
             events: Vec::with_capacity(wire::TransportConfig::default().poll_budget.max(1024)),
             ubuf: Some(Box::default()),
@@ -238,6 +241,44 @@ impl<T: Transport> Shard<T> {
         // Whatever is still queued goes out before the connections close.
         let _ = self.io.transport.flush();
         self.state.shard_stopped();
+    }
+
+    /// The engine simulator's hooks: a fault as if a thread had touched `page` (it takes the
+    /// path a userfaultfd event takes), the protocol instance to check, and the shard
+    /// counts of peers it reaches through the simulated transport.
+    #[cfg(test)]
+    pub(crate) fn sim_fault(&mut self, page: u64, access: Access) {
+        let kind = match access {
+            Access::Read => FaultKind::Read,
+            Access::Write => FaultKind::Write,
+        };
+        let token = (self.io.clock.now() << 2) | kind as u64;
+        self.route_fault(ShardMsg::Fault {
+            page,
+            access,
+            token,
+        });
+    }
+
+    /// See [`Shard::sim_fault`].
+    #[cfg(test)]
+    pub(crate) fn sim_machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// See [`Shard::sim_fault`].
+    #[cfg(test)]
+    pub(crate) fn sim_peer(&mut self, node: NodeId, shards: u16) {
+        self.io.peers.set(node, shards);
+    }
+
+    /// See [`Shard::sim_fault`]: whether a fault on `page` waits in this shard's retry list
+    /// (the protocol had no room for it yet).
+    #[cfg(test)]
+    pub(crate) fn sim_deferred(&self, page: u64) -> bool {
+        self.retry
+            .iter()
+            .any(|m| matches!(m, ShardMsg::Fault { page: p, .. } if *p == page))
     }
 
     /// Mirrors the protocol instance's counters into the published atomics.
@@ -302,7 +343,7 @@ impl<T: Transport> Shard<T> {
     }
 
     /// One loop turn; returns how much work it found.
-    fn turn(&mut self) -> usize {
+    pub(crate) fn turn(&mut self) -> usize {
         if self.mailbox.has_work() {
             self.mailbox();
         }
@@ -334,7 +375,7 @@ impl<T: Transport> Shard<T> {
             return;
         }
         let timeout = match self.machine.next_deadline() {
-            Some(d) => Duration::from_nanos(d.saturating_sub(now_ns())).min(MAX_SLEEP),
+            Some(d) => Duration::from_nanos(d.saturating_sub(self.io.clock.now())).min(MAX_SLEEP),
             None => MAX_SLEEP,
         };
         bump(&self.io.stats.sleeps);
@@ -351,7 +392,7 @@ impl<T: Transport> Shard<T> {
         payload: Option<&RxBuf>,
         from: Option<NodeId>,
     ) -> Option<Outcome> {
-        let now = now_ns();
+        let now = self.io.clock.now();
         if let Some(t) = &mut self.io.tracer {
             t.set_rx(if from.is_some() { now } else { 0 });
         }
@@ -520,7 +561,7 @@ impl<T: Transport> Shard<T> {
         let pages = self.io.region.page_index();
         let n = match self.io.region.uffd().read_events(&mut buf) {
             Ok(evs) => {
-                let now = now_ns();
+                let now = self.io.clock.now();
                 for ev in evs {
                     match *ev {
                         UffdEvent::PageFault(f) => {
@@ -719,7 +760,7 @@ impl<T: Transport> Shard<T> {
 
     fn run_timers(&mut self) -> usize {
         match self.machine.next_deadline() {
-            Some(d) if d <= now_ns() => {
+            Some(d) if d <= self.io.clock.now() => {
                 self.step(Input::Tick, None, None);
                 1
             }

@@ -1,0 +1,485 @@
+//! The engine simulator's world: nodes whose shards are the real `Shard` code, each over a
+//! real guest region (real userfaultfd, real memory, real ioctls), talking over the simulated
+//! network, driven in one thread in an order chosen by the seed.
+//!
+//! What is simulated, and only that: the network (delays, reordering across connections), the
+//! clock, and the threads that touch memory — a touch is a fault handed to the shard the way a
+//! userfaultfd event is, and once the shard says the access is allowed the simulator performs
+//! it on the real memory. After every step the invariants are checked:
+//!
+//! - single writer / multiple readers: a page writable on one node is mapped nowhere else;
+//! - the protocol's view matches the memory: a page the protocol calls mapped is present in
+//!   the page tables, and one it calls writable is not write-protected (`/proc/self/pagemap`);
+//! - every read returns the last write: every mapped copy holds the page's last value;
+//! - liveness: every touch is eventually allowed, or failed with a named reason, before the
+//!   run's time bound.
+
+use std::fmt;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use coherence::{Access, Config, Layout, Machine, NodeId, NodeRange, PageAccess, Partition};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::net::{Net, SharedNet, SimTransport};
+use crate::clock::Clock;
+use crate::doorbell::Doorbell;
+use crate::idle::IdlePolicy;
+use crate::node_state::NodeState;
+use crate::region::Region;
+use crate::shard::mailbox::Mailbox;
+use crate::shard::route::peer_id;
+use crate::shard::{Shard, ShardSetup};
+use crate::stats::ShardStats;
+
+/// Which invariant broke, with the step and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The seed that reproduces it.
+    pub seed: u64,
+    /// The step at which it was seen.
+    pub step: u64,
+    /// The invariant.
+    pub invariant: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} step {}: {} broken: {} (replay: SIM_SEED={} cargo test -p engine sim::)",
+            self.seed, self.step, self.invariant, self.detail, self.seed
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Steps taken (turns, touches, clock moves).
+    pub steps: u64,
+    /// Touches that became accesses.
+    pub accesses: u64,
+    /// Frames the network delivered.
+    pub delivered: u64,
+    /// Touches that faulted again after a wake.
+    pub refaults: u64,
+}
+
+/// A run's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Nodes that home memory.
+    pub homes: u16,
+    /// Nodes that home none.
+    pub computes: u16,
+    /// Pages each home contributes.
+    pub pages_per_home: u64,
+    /// Touches to make.
+    pub touches: u64,
+    /// Network delay range (ns).
+    pub delay: (u64, u64),
+    /// The protocol's residency window (ns).
+    pub residency_ns: u64,
+}
+
+impl Scenario {
+    /// A small cluster with hot pages, drawn from `rng`.
+    pub fn draw(rng: &mut StdRng) -> Scenario {
+        Scenario {
+            homes: rng.gen_range(1..=3),
+            computes: rng.gen_range(0..=2),
+            pages_per_home: rng.gen_range(1..=4),
+            touches: rng.gen_range(100..=800),
+            delay: (1_000, rng.gen_range(2_000..=200_000)),
+            residency_ns: [0, 10_000, 1_000_000][rng.gen_range(0..3)],
+        }
+    }
+}
+
+/// A touch waiting to be allowed.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    node: usize,
+    page: u64,
+    access: Access,
+    since: u64,
+}
+
+/// One simulated node.
+struct SimNode {
+    shard: Shard<SimTransport>,
+    region: Arc<Region>,
+}
+
+/// The world (see the module documentation).
+pub struct World {
+    seed: u64,
+    rng: StdRng,
+    net: SharedNet,
+    clock: Arc<AtomicU64>,
+    nodes: Vec<SimNode>,
+    pages: u64,
+    /// The last value written to each page (0: never written; pages start zeroed).
+    last: Vec<u64>,
+    next_value: u64,
+    pending: Vec<Pending>,
+    pagemap: std::fs::File,
+    /// Pages the protocol declared lost (their contents are gone; not checked).
+    lost: Vec<bool>,
+    stats: RunStats,
+}
+
+/// Longest a touch may wait, in simulated time, before the run fails on liveness.
+const LIVENESS_NS: u64 = 5_000_000_000;
+
+/// How far the clock moves when nothing is scheduled (no frame in flight, no protocol timer).
+const IDLE_TICK_NS: u64 = 100_000;
+
+impl World {
+    /// Builds the cluster of `sc` (seeded by `seed`).
+    pub fn new(seed: u64, sc: Scenario) -> Result<World, String> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = usize::from(sc.homes + sc.computes);
+        let ranges: Vec<NodeRange> = (0..n as u16)
+            .map(|i| NodeRange {
+                node: NodeId::new(i).expect("small ids"),
+                first_page: u64::from(i.min(sc.homes)) * sc.pages_per_home,
+                page_count: if i < sc.homes { sc.pages_per_home } else { 0 },
+            })
+            .collect();
+        let pages = u64::from(sc.homes) * sc.pages_per_home;
+        let layout = Layout::new(4096, ranges).map_err(|e| e.to_string())?;
+        let net_rng = StdRng::seed_from_u64(rng.gen());
+        let net = Net::new(net_rng, sc.delay);
+        let clock = Arc::new(AtomicU64::new(1));
+        let config = Config {
+            residency_ns: sc.residency_ns,
+            ..Config::default()
+        };
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            for j in 0..n {
+                if i < j {
+                    net.borrow_mut().connect((i as u16, 0), (j as u16, 0));
+                }
+            }
+        }
+        for i in 0..n {
+            let me = NodeId::new(i as u16).expect("small ids");
+            let machine = Machine::new(me, layout.clone(), Partition::WHOLE, config)
+                .map_err(|e| e.to_string())?;
+            let region = Arc::new(Region::new(pages, pages).map_err(|e| e.to_string())?);
+            let mut transport = SimTransport::new((i as u16, 0), net.clone(), n.max(1));
+            for j in 0..n {
+                if j != i {
+                    let peer = peer_id(NodeId::new(j as u16).expect("small ids"), 0);
+                    transport
+                        .add_sim_peer(peer, (j as u16, 0))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            let doorbells: Arc<[Doorbell]> =
+                vec![Doorbell::new().map_err(|e| e.to_string())?].into();
+            let setup = ShardSetup {
+                index: 0,
+                count: 1,
+                machine,
+                layout: layout.clone(),
+                transport,
+                conns: Vec::new(),
+                region: region.clone(),
+                inbox: Vec::new(),
+                outbox: vec![None],
+                doorbells,
+                stats: Arc::new(ShardStats::default()),
+                state: Arc::new(NodeState::new(1)),
+                idle: IdlePolicy::Block,
+                backlog: (4096, 1024),
+                retry_limit: config.max_active_pages as usize,
+                mailbox: Arc::new(Mailbox::default()),
+                traced: Vec::new(),
+                trace: None,
+                clock: Clock::Manual(clock.clone()),
+            };
+            let mut shard = Shard::new(setup).map_err(|e| e.to_string())?;
+            for j in 0..n {
+                if j != i {
+                    shard.sim_peer(NodeId::new(j as u16).expect("small ids"), 1);
+                }
+            }
+            nodes.push(SimNode { shard, region });
+        }
+        let pagemap = std::fs::File::open("/proc/self/pagemap")
+            .map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+        Ok(World {
+            seed,
+            rng,
+            net,
+            clock,
+            nodes,
+            pages,
+            last: vec![0; pages as usize],
+            next_value: 1,
+            pending: Vec::new(),
+            pagemap,
+            lost: vec![false; pages as usize],
+            stats: RunStats::default(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_now(&mut self, t: u64) {
+        let t = t.max(self.now());
+        self.clock.store(t, std::sync::atomic::Ordering::Relaxed);
+        self.net.borrow_mut().advance_to(t);
+    }
+
+    fn fail(&self, invariant: &'static str, detail: String) -> Failure {
+        Failure {
+            seed: self.seed,
+            step: self.stats.steps,
+            invariant,
+            detail,
+        }
+    }
+
+    /// Runs `touches` random touches to completion, checking after every step.
+    pub fn run(&mut self, touches: u64) -> Result<RunStats, Failure> {
+        let mut made = 0;
+        while made < touches || !self.pending.is_empty() {
+            self.stats.steps += 1;
+            let roll = self.rng.gen_range(0..100);
+            if made < touches && roll < 25 {
+                self.touch();
+                made += 1;
+            } else if roll < 80 {
+                let i = self.rng.gen_range(0..self.nodes.len());
+                self.nodes[i].shard.turn();
+            } else {
+                self.advance();
+            }
+            self.complete_touches()?;
+            self.check()?;
+            if let Some(p) = self
+                .pending
+                .iter()
+                .find(|p| self.now() - p.since > LIVENESS_NS)
+            {
+                return Err(self.fail(
+                    "liveness",
+                    format!(
+                        "node {} has waited {} ms for {:?} access to page {}",
+                        p.node,
+                        (self.now() - p.since) / 1_000_000,
+                        p.access,
+                        p.page
+                    ),
+                ));
+            }
+        }
+        self.stats.delivered = self.net.borrow().delivered;
+        Ok(self.stats)
+    }
+
+    /// Moves the clock: to the next frame's delivery or the next protocol deadline, whichever
+    /// comes first (at least a tick).
+    fn advance(&mut self) {
+        let net_next = self.net.borrow().next_delivery();
+        let timer_next = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.shard.sim_machine().next_deadline())
+            .min();
+        let now = self.now();
+        let target = [net_next, timer_next]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
+            .unwrap_or(now + IDLE_TICK_NS);
+        self.set_now(target);
+    }
+
+    /// A random thread on a random node touches a random page.
+    fn touch(&mut self) {
+        let node = self.rng.gen_range(0..self.nodes.len());
+        let page = self.rng.gen_range(0..self.pages);
+        let access = if self.rng.gen_bool(0.4) {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        let since = self.now();
+        self.pending.push(Pending {
+            node,
+            page,
+            access,
+            since,
+        });
+        // A touch of a page already allowed completes without a fault (no kernel event).
+        if !allowed(self.access_of(node, page), access) {
+            self.nodes[node].shard.sim_fault(page, access);
+        }
+    }
+
+    fn access_of(&self, node: usize, page: u64) -> PageAccess {
+        self.nodes[node]
+            .shard
+            .sim_machine()
+            .local_access(page)
+            .unwrap_or(PageAccess::Invalid)
+    }
+
+    /// Performs the touches whose access the protocol now allows (on the real memory).
+    fn complete_touches(&mut self) -> Result<(), Failure> {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = self.pending[i];
+            let acc = self.access_of(p.node, p.page);
+            if acc == PageAccess::Lost {
+                self.lost[p.page as usize] = true;
+                self.pending.swap_remove(i);
+                continue;
+            }
+            if !allowed(acc, p.access) {
+                // The kernel wakes a waiting thread whenever the page's mapping changes; it
+                // touches again and faults again if the access is still not allowed. A touch
+                // with no waiter and no deferred fault for its page is such a thread.
+                let shard = &self.nodes[p.node].shard;
+                if shard.sim_machine().waiters_on(p.page) == 0 && !shard.sim_deferred(p.page) {
+                    self.stats.refaults += 1;
+                    self.nodes[p.node].shard.sim_fault(p.page, p.access);
+                }
+                i += 1;
+                continue;
+            }
+            self.pending.swap_remove(i);
+            self.stats.accesses += 1;
+            let (present, wp) = self.page_flags(p.node, p.page)?;
+            if !present || (p.access == Access::Write && wp) {
+                return Err(self.fail(
+                    "protocol view matches memory",
+                    format!(
+                        "node {} page {}: the protocol allows {:?}, the page tables say present={present} write-protected={wp}",
+                        p.node, p.page, p.access
+                    ),
+                ));
+            }
+            let addr = self.nodes[p.node].region.page_addr(p.page) as *mut u64;
+            if p.access == Access::Write {
+                let v = self.next_value;
+                self.next_value += 1;
+                // SAFETY: the page is present and not write-protected (checked above), so the
+                // store cannot fault; this thread is the only one touching the region.
+                unsafe { addr.write_volatile(v) };
+                self.last[p.page as usize] = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// `(present, uffd write-protected)` from `/proc/self/pagemap` for `page` on `node`.
+    fn page_flags(&self, node: usize, page: u64) -> Result<(bool, bool), Failure> {
+        let addr = self.nodes[node].region.page_addr(page) as u64;
+        let mut e = [0u8; 8];
+        // SAFETY: pread into an 8-byte buffer we own, from our own pagemap fd.
+        let r = unsafe {
+            libc::pread(
+                self.pagemap.as_raw_fd(),
+                e.as_mut_ptr().cast(),
+                8,
+                ((addr / 4096) * 8) as libc::off_t,
+            )
+        };
+        if r != 8 {
+            return Err(self.fail(
+                "protocol view matches memory",
+                format!(
+                    "cannot read /proc/self/pagemap: {}",
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
+        let v = u64::from_le_bytes(e);
+        Ok((v >> 63 & 1 == 1, v >> 57 & 1 == 1))
+    }
+
+    /// The invariants over every page.
+    fn check(&self) -> Result<(), Failure> {
+        for page in 0..self.pages {
+            let mut writers = Vec::new();
+            let mut readers = Vec::new();
+            for node in 0..self.nodes.len() {
+                let access = self.access_of(node, page);
+                match access {
+                    PageAccess::Writable => writers.push(node),
+                    PageAccess::ReadOnly => readers.push(node),
+                    _ => {}
+                }
+                // What a thread could do without asking the protocol must be what the
+                // protocol allows: no mapping where it holds nothing, no write where it holds
+                // a read-only copy.
+                let (present, wp) = self.page_flags(node, page)?;
+                let leak = match access {
+                    PageAccess::Invalid | PageAccess::Lost => present,
+                    PageAccess::ReadOnly => present && !wp,
+                    PageAccess::Writable => false,
+                };
+                if leak {
+                    return Err(self.fail(
+                        "protocol view matches memory",
+                        format!(
+                            "node {node} page {page}: the protocol says {access:?}, the page tables say present={present} write-protected={wp}"
+                        ),
+                    ));
+                }
+            }
+            if writers.len() > 1 || (writers.len() == 1 && !readers.is_empty()) {
+                return Err(self.fail(
+                    "single writer / multiple readers",
+                    format!("page {page}: writable on {writers:?}, read-only on {readers:?}"),
+                ));
+            }
+            if self.lost[page as usize] {
+                continue;
+            }
+            for node in writers.into_iter().chain(readers) {
+                let (present, _) = self.page_flags(node, page)?;
+                if !present {
+                    return Err(self.fail(
+                        "protocol view matches memory",
+                        format!("node {node} page {page}: mapped per the protocol, absent in the page tables"),
+                    ));
+                }
+                let addr = self.nodes[node].region.page_addr(page) as *const u64;
+                // SAFETY: the page is present (checked above): the load cannot fault.
+                let v = unsafe { addr.read_volatile() };
+                if v != self.last[page as usize] {
+                    return Err(self.fail(
+                        "every read returns the last write",
+                        format!(
+                            "node {node} page {page} holds {v}, the last write was {}",
+                            self.last[page as usize]
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn allowed(have: PageAccess, want: Access) -> bool {
+    match want {
+        Access::Read => matches!(have, PageAccess::ReadOnly | PageAccess::Writable),
+        Access::Write => have == PageAccess::Writable,
+    }
+}
