@@ -40,6 +40,8 @@ fn seeds_hold_every_invariant() {
         total.accesses += st.accesses;
         total.delivered += st.delivered;
         total.refaults += st.refaults;
+        total.failed += st.failed;
+        total.crashes += st.crashes;
     }
     eprintln!("engine simulator: {seeds} seeds, {total:?}");
     // The runs did something: accesses were made and frames crossed the network.

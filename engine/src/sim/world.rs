@@ -68,6 +68,10 @@ pub struct RunStats {
     pub delivered: u64,
     /// Touches that faulted again after a wake.
     pub refaults: u64,
+    /// Touches that failed with a named reason (page lost, cluster stopped).
+    pub failed: u64,
+    /// Nodes crashed.
+    pub crashes: u64,
 }
 
 /// A run's shape.
@@ -85,6 +89,9 @@ pub struct Scenario {
     pub delay: (u64, u64),
     /// The protocol's residency window (ns).
     pub residency_ns: u64,
+    /// A node that crashes (all its connections break, it never turns again) after this
+    /// many touches, if any.
+    pub crash: Option<(u16, u64)>,
 }
 
 impl Scenario {
@@ -97,7 +104,18 @@ impl Scenario {
             touches: rng.gen_range(100..=800),
             delay: (1_000, rng.gen_range(2_000..=200_000)),
             residency_ns: [0, 10_000, 1_000_000][rng.gen_range(0..3)],
+            crash: None,
         }
+        .with_crash(rng)
+    }
+
+    /// One seed in three crashes a node (a home as often as a compute node).
+    fn with_crash(mut self, rng: &mut StdRng) -> Scenario {
+        let n = self.homes + self.computes;
+        if n > 1 && rng.gen_ratio(1, 3) {
+            self.crash = Some((rng.gen_range(0..n), rng.gen_range(0..self.touches)));
+        }
+        self
     }
 }
 
@@ -131,6 +149,9 @@ pub struct World {
     pagemap: std::fs::File,
     /// Pages the protocol declared lost (their contents are gone; not checked).
     lost: Vec<bool>,
+    /// Nodes that crashed.
+    dead: Vec<bool>,
+    crash: Option<(u16, u64)>,
     stats: RunStats,
 }
 
@@ -228,6 +249,8 @@ impl World {
             pending: Vec::new(),
             pagemap,
             lost: vec![false; pages as usize],
+            dead: vec![false; n],
+            crash: sc.crash,
             stats: RunStats::default(),
         })
     }
@@ -256,13 +279,19 @@ impl World {
         let mut made = 0;
         while made < touches || !self.pending.is_empty() {
             self.stats.steps += 1;
+            if self.crash.is_some_and(|(_, at)| made >= at) {
+                let (n, _) = self.crash.take().expect("checked");
+                self.crash_node(usize::from(n));
+            }
             let roll = self.rng.gen_range(0..100);
             if made < touches && roll < 25 {
                 self.touch();
                 made += 1;
             } else if roll < 80 {
                 let i = self.rng.gen_range(0..self.nodes.len());
-                self.nodes[i].shard.turn();
+                if !self.dead[i] {
+                    self.nodes[i].shard.turn();
+                }
             } else {
                 self.advance();
             }
@@ -308,9 +337,26 @@ impl World {
         self.set_now(target);
     }
 
+    /// Node `n` crashes: its connections break (the others learn it at their next poll)
+    /// and it never runs again; its waiting touches die with it.
+    fn crash_node(&mut self, n: usize) {
+        self.dead[n] = true;
+        self.stats.crashes += 1;
+        self.net.borrow_mut().crash(n as u16);
+        self.pending.retain(|p| p.node != n);
+    }
+
+    /// Whether node `n` is out of the run: crashed, or stopped by the protocol (a home died).
+    fn out(&self, n: usize) -> bool {
+        self.dead[n] || self.nodes[n].shard.sim_machine().fatal().is_some()
+    }
+
     /// A random thread on a random node touches a random page.
     fn touch(&mut self) {
         let node = self.rng.gen_range(0..self.nodes.len());
+        if self.out(node) {
+            return;
+        }
         let page = self.rng.gen_range(0..self.pages);
         let access = if self.rng.gen_bool(0.4) {
             Access::Write
@@ -344,7 +390,14 @@ impl World {
         while i < self.pending.len() {
             let p = self.pending[i];
             let acc = self.access_of(p.node, p.page);
+            if self.out(p.node) {
+                // The node stopped (a home died): its touches fail with the cluster.
+                self.stats.failed += 1;
+                self.pending.swap_remove(i);
+                continue;
+            }
             if acc == PageAccess::Lost {
+                self.stats.failed += 1;
                 self.lost[p.page as usize] = true;
                 self.pending.swap_remove(i);
                 continue;
@@ -418,6 +471,9 @@ impl World {
             let mut writers = Vec::new();
             let mut readers = Vec::new();
             for node in 0..self.nodes.len() {
+                if self.dead[node] {
+                    continue;
+                }
                 let access = self.access_of(node, page);
                 match access {
                     PageAccess::Writable => writers.push(node),
@@ -448,7 +504,15 @@ impl World {
                     format!("page {page}: writable on {writers:?}, read-only on {readers:?}"),
                 ));
             }
-            if self.lost[page as usize] {
+            let lost = self.lost[page as usize]
+                || (0..self.nodes.len()).any(|n| {
+                    !self.dead[n]
+                        && matches!(
+                            self.nodes[n].shard.sim_machine().dir_state(page),
+                            Some(coherence::DirState::Lost)
+                        )
+                });
+            if lost {
                 continue;
             }
             for node in writers.into_iter().chain(readers) {
