@@ -22,6 +22,8 @@
 //!   fault path, barriers kept there, the host area nodes coordinate in, and the inter-node
 //!   figures measured at formation.
 //! - [`watchdog`]: a panicking shard aborts the node; a stalled one is named.
+//! - `sim` (test builds): the engine simulator, the real shards over a simulated network
+//!   and clock (docs/architecture.md).
 //! - [`idle`], [`affinity`], [`cpulist`], [`pmqos`], [`clock`]: the idle policy, CPU
 //!   placement, PM QoS and the clock the shards read.
 
