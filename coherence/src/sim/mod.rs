@@ -53,7 +53,7 @@ pub(crate) fn run_seed(
 /// The failure report: seed, replay command, scenario, shortened trace.
 pub(crate) fn report(test: &str, sc: &Scenario, f: &Failure) -> String {
     format!(
-        "protocol simulation failed: seed={} kind={:?} at step {} (t={}ns)\n  {}\n  replay: SEED={} cargo test -p dataplane {}\n  scenario: {}\n  last steps{}:\n{}",
+        "protocol simulation failed: seed={} kind={:?} at step {} (t={}ns)\n  {}\n  replay: SEED={} cargo test -p coherence {}\n  scenario: {}\n  last steps{}:\n{}",
         sc.seed,
         f.kind,
         f.step,
