@@ -5,6 +5,7 @@ mod acpi_cmd;
 mod child;
 mod demo;
 mod node_cmd;
+mod peer_arg;
 mod settings;
 mod supervisor;
 mod up;

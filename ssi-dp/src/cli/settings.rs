@@ -10,8 +10,9 @@ use std::time::Duration;
 use control::inventory::Inventory;
 use control::tls::TlsIdentity;
 
+use super::peer_arg::{self, PeerArg};
 use super::NodeArgs;
-use engine::config::{self, ClusterSpec, NodeSpec, PeerArg};
+use engine::config::{self, ClusterSpec, NodeSpec};
 use engine::cpulist;
 use engine::idle::IdlePolicy;
 
@@ -117,7 +118,7 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, String> {
     let peers = a
         .peers
         .iter()
-        .map(|p| config::parse_peer(p).map_err(|e| e.to_string()))
+        .map(|p| peer_arg::parse_peer(p).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let secret_path = a
         .cluster_secret_file
