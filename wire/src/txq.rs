@@ -303,6 +303,19 @@ pub struct CopySlots<'a> {
     pub region: &'a mut PageRegion,
 }
 
+/// What every transport checks of a frame before queueing it: a header a peer would accept,
+/// and a payload of the length the header announces.
+pub fn check_frame(header: &Header, payload: &Payload<'_>) -> Result<(), TransportError> {
+    header.validate()?;
+    if payload.len() != header.payload_len as usize {
+        return Err(TransportError::PayloadMismatch {
+            header: header.payload_len,
+            payload: payload.len(),
+        });
+    }
+    Ok(())
+}
+
 /// The part of `Transport::send` every transport shares, after the peer lookup: validates
 /// the frame, takes a copy slot for a `Copy` payload, and queues the frame on `txq`.
 /// `Backpressure` (counted in `stats`) when the queue or the copy slots are full; nothing is
@@ -315,13 +328,7 @@ pub fn queue_frame(
     payload: Payload<'_>,
     token: u64,
 ) -> Result<SendOutcome, TransportError> {
-    header.validate()?;
-    if payload.len() != header.payload_len as usize {
-        return Err(TransportError::PayloadMismatch {
-            header: header.payload_len,
-            payload: payload.len(),
-        });
-    }
+    check_frame(header, &payload)?;
     if txq.is_full() {
         bump(&stats.backpressure);
         return Ok(SendOutcome::Backpressure);

@@ -217,13 +217,7 @@ impl Transport for SimTransport {
         payload: Payload<'_>,
         token: u64,
     ) -> Result<SendOutcome, TransportError> {
-        header.validate()?;
-        if payload.len() != header.payload_len as usize {
-            return Err(TransportError::PayloadMismatch {
-                header: header.payload_len,
-                payload: payload.len(),
-            });
-        }
+        wire::txq::check_frame(header, &payload)?;
         let (to, _) = *self
             .peers
             .get(&peer)
