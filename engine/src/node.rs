@@ -842,6 +842,7 @@ fn spawn_shard(
             let _abort_on_panic = crate::watchdog::AbortOnPanic::new(i);
             if pin {
                 if let Err(e) = crate::affinity::pin_current_thread(cpu) {
+                    // A closed channel means Node::start already gave up: nobody to tell.
                     let _ = ready.send((i, Err(e.to_string())));
                     return;
                 }

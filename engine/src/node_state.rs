@@ -118,6 +118,7 @@ impl NodeState {
             FatalReason::HomeDied(n) => u32::from(n.get()) + 1,
             FatalReason::ActionOverflow => OVERFLOW,
         };
+        // Failing means a cause is already recorded; the first one is what the node reports.
         let _ = self.fatal.compare_exchange(0, code, SeqCst, Relaxed);
     }
 

@@ -316,7 +316,12 @@ impl Transport for SimTransport {
     }
 
     fn release(&mut self, buf: RxBuf) {
-        let _ = self.rx.release(buf);
+        // A handle this pool did not hand out, or one released twice, is a bug in the code
+        // under simulation: the simulator stops on it.
+        assert!(
+            self.rx.release(buf).is_some(),
+            "the shard released a receive buffer the transport does not hold"
+        );
     }
 
     fn stats(&self) -> &Arc<TransportStats> {
@@ -391,7 +396,10 @@ mod tests {
         data.set_payload_len(PAGE_SIZE as u32);
         data.txn = 99;
         let page = vec![0xab; PAGE_SIZE];
-        let _ = a.send(10, &data, Payload::Copy(&page), 0).unwrap();
+        assert_eq!(
+            a.send(10, &data, Payload::Copy(&page), 0).unwrap(),
+            SendOutcome::Queued
+        );
         // Nothing is deliverable before time passes.
         assert!(received(&mut b).is_empty());
         let mut got = Vec::new();
@@ -420,7 +428,10 @@ mod tests {
         let schedule = |seed| {
             let (net, mut a, _b) = pair(seed);
             for txn in 0..50 {
-                let _ = a.send(10, &frame(txn), Payload::None, 0).unwrap();
+                assert_eq!(
+                    a.send(10, &frame(txn), Payload::None, 0).unwrap(),
+                    SendOutcome::Queued
+                );
             }
             let q = &net.borrow().queues[&((0, 0), (1, 0))];
             q.iter().map(|f| f.at).collect::<Vec<_>>()
@@ -432,7 +443,10 @@ mod tests {
     #[test]
     fn a_broken_link_loses_its_frames_and_both_ends_hear_of_it() {
         let (net, mut a, mut b) = pair(3);
-        let _ = a.send(10, &frame(1), Payload::None, 0).unwrap();
+        assert_eq!(
+            a.send(10, &frame(1), Payload::None, 0).unwrap(),
+            SendOutcome::Queued
+        );
         net.borrow_mut().crash(0);
         net.borrow_mut().advance_to(u64::MAX / 2);
         let mut downs = Vec::new();
