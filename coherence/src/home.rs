@@ -149,7 +149,6 @@ impl Machine {
             self.answer_lost(di, h, out);
             return true;
         }
-        let v = self.dir[di].version();
         let is_write = t.is_write();
         let home_acc = self.home_access(page);
         if r == me
@@ -170,116 +169,80 @@ impl Machine {
             self.txn_mut(h).phase = Phase::WaitHome;
             return false;
         }
-        let txn = t.req_txn;
         match st {
             DirState::Lost => true,
-            DirState::Zero if r == me => {
-                out.push(Action::Install {
-                    page,
-                    writable: true,
-                    source: InstallSource::Zero,
-                });
-                self.set_home_access(page, PageAccess::Writable);
-                self.stats.installs += 1;
-                self.dir[di].set_version(v.wrapping_add(1));
-                self.set_dir(di, DirState::Exclusive(me));
-                self.local_granted(page, true, out);
-                true
-            }
-            DirState::Zero if !is_write => {
-                // Materialise the home copy so the page is Shared with the home.
-                out.push(Action::Install {
-                    page,
-                    writable: false,
-                    source: InstallSource::Zero,
-                });
-                self.set_home_access(page, PageAccess::ReadOnly);
-                self.stats.installs += 1;
-                let data = Msg::Data {
-                    txn,
-                    page,
-                    version: v,
-                    writable: false,
-                };
-                self.send(r, data, Some(DataSource::Zero), out);
-                self.set_dir(di, DirState::Shared(NodeSet::single(me).with(r)));
-                true
-            }
-            DirState::Zero => {
-                let nv = v.wrapping_add(1);
-                self.dir[di].set_version(nv);
-                let data = Msg::Data {
-                    txn,
-                    page,
-                    version: nv,
-                    writable: true,
-                };
-                self.send(r, data, Some(DataSource::Zero), out);
-                self.set_dir(di, DirState::Exclusive(r));
-                true
-            }
-            DirState::Shared(s) if !is_write => {
-                // A listed requester may have dropped its copy after an
-                // eviction (sharer sets may be supersets): it gets data like
-                // anyone else.
-                if r == me {
-                    self.violate("home read miss on a page it shares", page);
-                } else {
-                    let data = Msg::Data {
-                        txn,
-                        page,
-                        version: v,
-                        writable: false,
-                    };
-                    self.send(r, data, Some(DataSource::Local), out);
-                    self.set_dir(di, DirState::Shared(s.with(r)));
-                }
-                true
-            }
-            DirState::Shared(s) => {
-                // A listed requester that sends an upgrade holds a read-only
-                // copy, which is current: any write since would have removed
-                // it from the set. One that sends a write dropped its copy.
-                let upgrade_grant = r != me && t.kind == ReqKind::Upgrade && s.contains(r);
-                if upgrade_grant && (v & VERSION_MASK) != u32::from(t.ver13) {
-                    self.violate("upgrade of a copy whose version is not current", page);
-                }
-                let targets = self.live(s.without(me).without(r));
-                for x in targets.iter() {
-                    self.stats.invalidations += 1;
-                    self.send(
-                        x,
-                        Msg::Inv {
-                            txn,
-                            page,
-                            requester: r,
-                        },
-                        None,
-                        out,
-                    );
-                }
-                let mut pending = targets;
-                if self.bug_on(Bug::SkipInvAckWait) {
-                    // Injected bug: do not wait for the last sharer's ack.
-                    let last = pending.iter().last();
-                    if let Some(x) = last {
-                        pending.remove(x);
-                    }
-                }
-                let tx = self.txn_mut(h);
-                tx.upgrade_grant = upgrade_grant;
-                tx.pending = pending;
-                if pending.is_empty() {
-                    self.grant_write(di, h, out);
-                    true
-                } else {
-                    self.txn_mut(h).phase = Phase::Invalidating;
-                    false
-                }
-            }
-            DirState::Exclusive(o) if o == me && !is_write => {
-                out.push(Action::WriteProtect { page });
-                self.set_home_access(page, PageAccess::ReadOnly);
+            DirState::Zero => self.serve_zero(di, h, out),
+            DirState::Shared(s) => self.serve_shared(di, h, s, out),
+            DirState::Exclusive(o) => self.serve_exclusive(di, h, o, out),
+        }
+    }
+
+    /// A request for a page nobody holds (all zeros).
+    fn serve_zero(&mut self, di: usize, h: u16, out: &mut Actions) -> bool {
+        let page = self.home_range.page(di);
+        let t = *self.txn(h);
+        let (me, r, txn) = (self.me, t.requester, t.req_txn);
+        let v = self.dir[di].version();
+        let is_write = t.is_write();
+        if r == me {
+            out.push(Action::Install {
+                page,
+                writable: true,
+                source: InstallSource::Zero,
+            });
+            self.set_home_access(page, PageAccess::Writable);
+            self.stats.installs += 1;
+            self.dir[di].set_version(v.wrapping_add(1));
+            self.set_dir(di, DirState::Exclusive(me));
+            self.local_granted(page, true, out);
+            true
+        } else if !is_write {
+            // Materialise the home copy so the page is Shared with the home.
+            out.push(Action::Install {
+                page,
+                writable: false,
+                source: InstallSource::Zero,
+            });
+            self.set_home_access(page, PageAccess::ReadOnly);
+            self.stats.installs += 1;
+            let data = Msg::Data {
+                txn,
+                page,
+                version: v,
+                writable: false,
+            };
+            self.send(r, data, Some(DataSource::Zero), out);
+            self.set_dir(di, DirState::Shared(NodeSet::single(me).with(r)));
+            true
+        } else {
+            let nv = v.wrapping_add(1);
+            self.dir[di].set_version(nv);
+            let data = Msg::Data {
+                txn,
+                page,
+                version: nv,
+                writable: true,
+            };
+            self.send(r, data, Some(DataSource::Zero), out);
+            self.set_dir(di, DirState::Exclusive(r));
+            true
+        }
+    }
+
+    /// A request for a page held read-only by the sharers `s`.
+    fn serve_shared(&mut self, di: usize, h: u16, s: NodeSet, out: &mut Actions) -> bool {
+        let page = self.home_range.page(di);
+        let t = *self.txn(h);
+        let (me, r, txn) = (self.me, t.requester, t.req_txn);
+        let v = self.dir[di].version();
+        let is_write = t.is_write();
+        if !is_write {
+            // A listed requester may have dropped its copy after an
+            // eviction (sharer sets may be supersets): it gets data like
+            // anyone else.
+            if r == me {
+                self.violate("home read miss on a page it shares", page);
+            } else {
                 let data = Msg::Data {
                     txn,
                     page,
@@ -287,63 +250,123 @@ impl Machine {
                     writable: false,
                 };
                 self.send(r, data, Some(DataSource::Local), out);
-                self.set_dir(di, DirState::Shared(NodeSet::single(me).with(r)));
-                true
+                self.set_dir(di, DirState::Shared(s.with(r)));
             }
-            DirState::Exclusive(o) if o == me => {
-                let nv = v.wrapping_add(1);
-                self.dir[di].set_version(nv);
-                out.push(Action::WriteProtect { page });
-                let data = Msg::Data {
-                    txn,
-                    page,
-                    version: nv,
-                    writable: true,
-                };
-                self.send(r, data, Some(DataSource::Local), out);
-                out.push(Action::Drop { page });
-                self.set_home_access(page, PageAccess::Invalid);
-                self.set_dir(di, DirState::Exclusive(r));
-                true
+            true
+        } else {
+            // A listed requester that sends an upgrade holds a read-only
+            // copy, which is current: any write since would have removed
+            // it from the set. One that sends a write dropped its copy.
+            let upgrade_grant = r != me && t.kind == ReqKind::Upgrade && s.contains(r);
+            if upgrade_grant && (v & VERSION_MASK) != u32::from(t.ver13) {
+                self.violate("upgrade of a copy whose version is not current", page);
             }
-            DirState::Exclusive(o) => {
-                if o == r {
-                    self.violate("request from the node the directory lists as owner", page);
-                    let nack = Msg::Nack {
+            let targets = self.live(s.without(me).without(r));
+            for x in targets.iter() {
+                self.stats.invalidations += 1;
+                self.send(
+                    x,
+                    Msg::Inv {
                         txn,
                         page,
-                        reason: NackReason::Busy,
-                    };
-                    self.send(r, nack, None, out);
-                    return true;
+                        requester: r,
+                    },
+                    None,
+                    out,
+                );
+            }
+            let mut pending = targets;
+            if self.bug_on(Bug::SkipInvAckWait) {
+                // Injected bug: do not wait for the last sharer's ack.
+                let last = pending.iter().last();
+                if let Some(x) = last {
+                    pending.remove(x);
                 }
-                let nv = if is_write { v.wrapping_add(1) } else { v };
-                let msg = if is_write {
-                    Msg::FwdWrite {
-                        txn,
-                        page,
-                        requester: r,
-                        version: nv,
-                    }
-                } else {
-                    Msg::FwdRead {
-                        txn,
-                        page,
-                        requester: r,
-                        version: v,
-                    }
-                };
-                self.stats.forwards += 1;
-                self.send(o, msg, None, out);
-                let skip_done = self.bug_on(Bug::HomeSkipsDoneWait);
-                let tx = self.txn_mut(h);
-                tx.phase = Phase::Forwarded;
-                tx.owner = o;
-                tx.new_version = nv;
-                tx.await_fwd_ack = true;
-                tx.await_done = r != me && !skip_done;
+            }
+            let tx = self.txn_mut(h);
+            tx.upgrade_grant = upgrade_grant;
+            tx.pending = pending;
+            if pending.is_empty() {
+                self.grant_write(di, h, out);
+                true
+            } else {
+                self.txn_mut(h).phase = Phase::Invalidating;
                 false
             }
+        }
+    }
+
+    /// A request for a page the node `o` holds writable.
+    fn serve_exclusive(&mut self, di: usize, h: u16, o: NodeId, out: &mut Actions) -> bool {
+        let page = self.home_range.page(di);
+        let t = *self.txn(h);
+        let (me, r, txn) = (self.me, t.requester, t.req_txn);
+        let v = self.dir[di].version();
+        let is_write = t.is_write();
+        if o == me && !is_write {
+            out.push(Action::WriteProtect { page });
+            self.set_home_access(page, PageAccess::ReadOnly);
+            let data = Msg::Data {
+                txn,
+                page,
+                version: v,
+                writable: false,
+            };
+            self.send(r, data, Some(DataSource::Local), out);
+            self.set_dir(di, DirState::Shared(NodeSet::single(me).with(r)));
+            true
+        } else if o == me {
+            let nv = v.wrapping_add(1);
+            self.dir[di].set_version(nv);
+            out.push(Action::WriteProtect { page });
+            let data = Msg::Data {
+                txn,
+                page,
+                version: nv,
+                writable: true,
+            };
+            self.send(r, data, Some(DataSource::Local), out);
+            out.push(Action::Drop { page });
+            self.set_home_access(page, PageAccess::Invalid);
+            self.set_dir(di, DirState::Exclusive(r));
+            true
+        } else {
+            if o == r {
+                self.violate("request from the node the directory lists as owner", page);
+                let nack = Msg::Nack {
+                    txn,
+                    page,
+                    reason: NackReason::Busy,
+                };
+                self.send(r, nack, None, out);
+                return true;
+            }
+            let nv = if is_write { v.wrapping_add(1) } else { v };
+            let msg = if is_write {
+                Msg::FwdWrite {
+                    txn,
+                    page,
+                    requester: r,
+                    version: nv,
+                }
+            } else {
+                Msg::FwdRead {
+                    txn,
+                    page,
+                    requester: r,
+                    version: v,
+                }
+            };
+            self.stats.forwards += 1;
+            self.send(o, msg, None, out);
+            let skip_done = self.bug_on(Bug::HomeSkipsDoneWait);
+            let tx = self.txn_mut(h);
+            tx.phase = Phase::Forwarded;
+            tx.owner = o;
+            tx.new_version = nv;
+            tx.await_fwd_ack = true;
+            tx.await_done = r != me && !skip_done;
+            false
         }
     }
 

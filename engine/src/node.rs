@@ -253,11 +253,7 @@ impl Node {
     /// Starts the node: maps and registers the region, forms the mesh (waiting for every
     /// peer), then starts the shards. Returns once every shard runs.
     pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-        let shards = match cfg.cores.len() {
-            0 => return Err(NodeError::NoCores),
-            n if n > 1024 => return Err(NodeError::TooManyCores(n)),
-            n => n,
-        };
+        let shards = shard_count(&cfg.cores)?;
         let layout = layout_of(&cfg.cluster)?;
         let (uring, transport_line) = transport_choice(&cfg)?;
         let reserve = (cfg.max_address_space / PAGE_SIZE).max(layout.end_page());
@@ -298,15 +294,8 @@ impl Node {
             bucket_pages,
             traced: &cfg.trace_pages,
         };
-        let mut setups = Vec::with_capacity(shards);
-        for (i, (conns, rings)) in mesh
-            .conns
-            .into_iter()
-            .zip(inbox.drain(..).zip(outbox.drain(..)))
-            .enumerate()
-        {
-            setups.push(common.setup(i, shards, conns, rings, traces.get(i).cloned())?);
-        }
+        let rings = inbox.drain(..).zip(outbox.drain(..));
+        let setups = common.setups(mesh.conns, rings, &traces)?;
         let stats: Vec<_> = setups.iter().map(|s| s.stats.clone()).collect();
         let mailboxes: Vec<_> = setups.iter().map(|s| s.mailbox.clone()).collect();
         let placement = Placement {
@@ -691,6 +680,15 @@ fn doorbells(shards: usize) -> Result<Arc<[Doorbell]>, NodeError> {
     Ok(bells.into())
 }
 
+/// One shard per core; at least one, at most 1024.
+fn shard_count(cores: &[usize]) -> Result<usize, NodeError> {
+    match cores.len() {
+        0 => Err(NodeError::NoCores),
+        n if n > 1024 => Err(NodeError::TooManyCores(n)),
+        n => Ok(n),
+    }
+}
+
 /// What every shard of a node shares, for building their set-ups.
 struct ShardCommon<'a> {
     me: NodeId,
@@ -705,6 +703,21 @@ struct ShardCommon<'a> {
 }
 
 impl ShardCommon<'_> {
+    /// Every shard's set-up, shard `i` taking the `i`-th connection set, ring pair and trace.
+    fn setups(
+        &self,
+        conns: Vec<Vec<crate::shard::Conn>>,
+        rings: impl Iterator<Item = ShardRingsOf>,
+        traces: &[TraceRings],
+    ) -> Result<Vec<PartialSetup>, NodeError> {
+        let shards = conns.len();
+        let mut setups = Vec::with_capacity(shards);
+        for (i, (conns, rings)) in conns.into_iter().zip(rings).enumerate() {
+            setups.push(self.setup(i, shards, conns, rings, traces.get(i).cloned())?);
+        }
+        Ok(setups)
+    }
+
     /// Shard `i` of `shards`: its protocol machine, connections, rings and tables.
     fn setup(
         &self,

@@ -50,105 +50,57 @@ fn nack_arg(reason: NackReason) -> u64 {
 /// The header of `msg` sent by `sender`. The `DATA` flag is set when the message carries a
 /// page; the caller sets the payload length (`Header::set_payload_len`) when it attaches one.
 pub fn encode(msg: &Msg, sender: NodeId) -> Header {
-    let head = |ty: MsgType, txn: u64, page: u64| {
-        let mut h = Header::new(ty, sender.get());
-        h.txn = txn;
-        h.page = page;
-        if msg.has_data() {
-            h.flags = DATA;
-        }
-        h
-    };
+    let (ty, aux, arg, flags) = fields(msg);
+    let mut h = Header::new(ty, sender.get());
+    h.txn = msg.txn();
+    h.page = msg.page();
+    h.aux = aux;
+    h.arg = arg;
+    h.flags = flags | if msg.has_data() { DATA } else { 0 };
+    h
+}
+
+/// What `msg` puts in the header besides txn, page and `DATA`: its type, `aux`, `arg` and
+/// the type's own flags.
+fn fields(msg: &Msg) -> (MsgType, u16, u64, u16) {
+    use MsgType as T;
+    let set = |on: bool, flag: u16| if on { flag } else { 0 };
     match *msg {
-        Msg::ReadReq { txn, page } => head(MsgType::ReadReq, txn, page),
-        Msg::WriteReq { txn, page } => head(MsgType::WriteReq, txn, page),
-        Msg::UpgradeReq { txn, page, version } => Header {
-            arg: u64::from(version),
-            ..head(MsgType::UpgradeReq, txn, page)
-        },
+        Msg::ReadReq { .. } => (T::ReadReq, 0, 0, 0),
+        Msg::WriteReq { .. } => (T::WriteReq, 0, 0, 0),
+        Msg::UpgradeReq { version, .. } => (T::UpgradeReq, 0, version.into(), 0),
         Msg::FwdRead {
-            txn,
-            page,
-            requester,
-            version,
-        } => Header {
-            aux: requester.get(),
-            arg: u64::from(version),
-            ..head(MsgType::FwdRead, txn, page)
-        },
+            requester, version, ..
+        } => (T::FwdRead, requester.get(), version.into(), 0),
         Msg::FwdWrite {
-            txn,
-            page,
-            requester,
-            version,
-        } => Header {
-            aux: requester.get(),
-            arg: u64::from(version),
-            ..head(MsgType::FwdWrite, txn, page)
-        },
-        Msg::Inv {
-            txn,
-            page,
-            requester,
-        } => Header {
-            aux: requester.get(),
-            ..head(MsgType::Inv, txn, page)
-        },
-        Msg::InvAck { txn, page } => head(MsgType::InvAck, txn, page),
+            requester, version, ..
+        } => (T::FwdWrite, requester.get(), version.into(), 0),
+        Msg::Inv { requester, .. } => (T::Inv, requester.get(), 0, 0),
+        Msg::InvAck { .. } => (T::InvAck, 0, 0, 0),
         Msg::Data {
-            txn,
-            page,
-            version,
-            writable,
-        } => {
-            let h = head(MsgType::Data, txn, page);
-            Header {
-                flags: h.flags | if writable { WRITABLE } else { 0 },
-                arg: u64::from(version),
-                ..h
-            }
-        }
-        Msg::Grant { txn, page, version } => Header {
-            arg: u64::from(version),
-            ..head(MsgType::Grant, txn, page)
-        },
-        Msg::FwdAck { txn, page, outcome } => {
-            let h = head(MsgType::FwdAck, txn, page);
-            let extra = match outcome {
+            version, writable, ..
+        } => (T::Data, 0, version.into(), set(writable, WRITABLE)),
+        Msg::Grant { version, .. } => (T::Grant, 0, version.into(), 0),
+        Msg::FwdAck { outcome, .. } => {
+            let flags = match outcome {
                 FwdOutcome::Shared => KEPT,
                 FwdOutcome::HandedOff | FwdOutcome::Surrendered => 0,
                 FwdOutcome::RequesterGone => KEPT | GONE,
             };
-            Header {
-                flags: h.flags | extra,
-                ..h
-            }
+            (T::FwdAck, 0, 0, flags)
         }
-        Msg::Done { txn, page } => head(MsgType::Done, txn, page),
-        Msg::EvictReq { txn, page, dirty } => {
-            let h = head(MsgType::EvictReq, txn, page);
-            Header {
-                flags: h.flags | if dirty { DIRTY } else { 0 },
-                ..h
-            }
-        }
-        Msg::EvictAck { txn, page } => head(MsgType::EvictAck, txn, page),
-        Msg::Nack { txn, page, reason } => Header {
-            arg: nack_arg(reason),
-            ..head(MsgType::Nack, txn, page)
-        },
-        Msg::Recall { txn, page } => head(MsgType::Recall, txn, page),
-        Msg::RecallAck { txn, page, have } => {
-            let h = head(MsgType::RecallAck, txn, page);
-            let extra = match have {
+        Msg::Done { .. } => (T::Done, 0, 0, 0),
+        Msg::EvictReq { dirty, .. } => (T::EvictReq, 0, 0, set(dirty, DIRTY)),
+        Msg::EvictAck { .. } => (T::EvictAck, 0, 0, 0),
+        Msg::Nack { reason, .. } => (T::Nack, 0, nack_arg(reason), 0),
+        Msg::Recall { .. } => (T::Recall, 0, 0, 0),
+        Msg::RecallAck { have, .. } => {
+            let flags = match have {
                 RecallHave::Nothing => 0,
                 RecallHave::Copy => HAVE,
                 RecallHave::Exclusive => HAVE | EXCL,
             };
-            Header {
-                flags: h.flags | extra,
-                ..h
-            }
+            (T::RecallAck, 0, 0, flags)
         }
     }
 }
@@ -156,138 +108,185 @@ pub fn encode(msg: &Msg, sender: NodeId) -> Header {
 /// The message a received header carries; every field is checked, nothing panics. The
 /// sender and the payload length are the frame's business (checked by the wire decoder).
 pub fn decode(h: &Header) -> Result<Msg, DecodeError> {
-    let Header {
-        ty,
-        flags,
-        aux,
-        txn,
-        page,
-        arg,
-        ..
-    } = *h;
-    let bad_flags = || DecodeError::BadFlags { ty, flags };
-    let bad_arg = || DecodeError::BadArg { ty, arg };
-    let bad_node = || DecodeError::BadNode { ty, aux };
-    let node = || NodeId::new(aux).map_err(|_| bad_node());
-    let version = || u32::try_from(arg).map_err(|_| bad_arg());
-    let no_flags = || if flags != 0 { Err(bad_flags()) } else { Ok(()) };
-    let no_aux = || if aux != 0 { Err(bad_node()) } else { Ok(()) };
-    let no_arg = || if arg != 0 { Err(bad_arg()) } else { Ok(()) };
-    // Types with neither flags, aux nor arg.
-    let plain = |msg: Msg| {
-        no_flags()?;
-        no_aux()?;
-        no_arg()?;
-        Ok(msg)
-    };
-    match ty {
-        MsgType::ReadReq => plain(Msg::ReadReq { txn, page }),
-        MsgType::WriteReq => plain(Msg::WriteReq { txn, page }),
+    use MsgType as T;
+    let f = Fields(h);
+    let (txn, page) = (h.txn, h.page);
+    match h.ty {
+        // Types with neither flags, aux nor arg.
+        T::ReadReq => f.plain(Msg::ReadReq { txn, page }),
+        T::WriteReq => f.plain(Msg::WriteReq { txn, page }),
+        T::InvAck => f.plain(Msg::InvAck { txn, page }),
+        T::Done => f.plain(Msg::Done { txn, page }),
+        T::EvictAck => f.plain(Msg::EvictAck { txn, page }),
+        T::Recall => f.plain(Msg::Recall { txn, page }),
+        T::UpgradeReq | T::FwdRead | T::FwdWrite | T::Inv | T::Grant | T::Nack => {
+            f.no_flags()?;
+            decode_with_args(&f)
+        }
+        T::Data | T::FwdAck | T::EvictReq | T::RecallAck => {
+            f.no_aux()?;
+            decode_with_flags(&f)
+        }
+        other => Err(DecodeError::NotProtocol(other)),
+    }
+}
+
+/// Types whose meaning is in `aux` and `arg` (their flags are already checked to be zero).
+fn decode_with_args(f: &Fields<'_>) -> Result<Msg, DecodeError> {
+    let Header { txn, page, arg, .. } = *f.0;
+    Ok(match f.0.ty {
         MsgType::UpgradeReq => {
-            no_flags()?;
-            no_aux()?;
+            f.no_aux()?;
             let version = u16::try_from(arg)
                 .ok()
                 .filter(|v| *v < 1 << 13)
-                .ok_or_else(bad_arg)?;
-            Ok(Msg::UpgradeReq { txn, page, version })
+                .ok_or_else(|| f.bad_arg())?;
+            Msg::UpgradeReq { txn, page, version }
         }
-        MsgType::FwdRead => {
-            no_flags()?;
-            Ok(Msg::FwdRead {
-                txn,
-                page,
-                requester: node()?,
-                version: version()?,
-            })
-        }
-        MsgType::FwdWrite => {
-            no_flags()?;
-            Ok(Msg::FwdWrite {
-                txn,
-                page,
-                requester: node()?,
-                version: version()?,
-            })
-        }
+        MsgType::FwdRead => Msg::FwdRead {
+            txn,
+            page,
+            requester: f.node()?,
+            version: f.version()?,
+        },
+        MsgType::FwdWrite => Msg::FwdWrite {
+            txn,
+            page,
+            requester: f.node()?,
+            version: f.version()?,
+        },
         MsgType::Inv => {
-            no_flags()?;
-            no_arg()?;
-            Ok(Msg::Inv {
+            f.no_arg()?;
+            let requester = f.node()?;
+            Msg::Inv {
                 txn,
                 page,
-                requester: node()?,
-            })
-        }
-        MsgType::InvAck => plain(Msg::InvAck { txn, page }),
-        MsgType::Data => {
-            if flags & !(DATA | WRITABLE) != 0 || flags & DATA == 0 {
-                return Err(bad_flags());
+                requester,
             }
-            no_aux()?;
-            Ok(Msg::Data {
-                txn,
-                page,
-                version: version()?,
-                writable: flags & WRITABLE != 0,
-            })
         }
         MsgType::Grant => {
-            no_flags()?;
-            no_aux()?;
-            Ok(Msg::Grant {
-                txn,
-                page,
-                version: version()?,
-            })
+            f.no_aux()?;
+            let version = f.version()?;
+            Msg::Grant { txn, page, version }
         }
-        MsgType::FwdAck => {
-            no_aux()?;
-            no_arg()?;
-            let outcome = match flags {
-                f if f == DATA | KEPT => FwdOutcome::Shared,
-                0 => FwdOutcome::HandedOff,
-                DATA => FwdOutcome::Surrendered,
-                f if f == DATA | KEPT | GONE => FwdOutcome::RequesterGone,
-                _ => return Err(bad_flags()),
-            };
-            Ok(Msg::FwdAck { txn, page, outcome })
-        }
-        MsgType::Done => plain(Msg::Done { txn, page }),
-        MsgType::EvictReq => {
-            no_aux()?;
-            no_arg()?;
-            let dirty = match flags {
-                0 => false,
-                f if f == DATA | DIRTY => true,
-                _ => return Err(bad_flags()),
-            };
-            Ok(Msg::EvictReq { txn, page, dirty })
-        }
-        MsgType::EvictAck => plain(Msg::EvictAck { txn, page }),
         MsgType::Nack => {
-            no_flags()?;
-            no_aux()?;
+            f.no_aux()?;
             let reason = match arg {
                 1 => NackReason::Busy,
                 2 => NackReason::Lost,
-                _ => return Err(bad_arg()),
+                _ => return Err(f.bad_arg()),
             };
-            Ok(Msg::Nack { txn, page, reason })
+            Msg::Nack { txn, page, reason }
         }
-        MsgType::Recall => plain(Msg::Recall { txn, page }),
+        other => return Err(DecodeError::NotProtocol(other)),
+    })
+}
+
+/// Types whose meaning is in their flags (their `aux` is already checked to be zero).
+fn decode_with_flags(f: &Fields<'_>) -> Result<Msg, DecodeError> {
+    let Header {
+        txn, page, flags, ..
+    } = *f.0;
+    Ok(match f.0.ty {
+        MsgType::Data => {
+            if flags & !(DATA | WRITABLE) != 0 || flags & DATA == 0 {
+                return Err(f.bad_flags());
+            }
+            let version = f.version()?;
+            let writable = flags & WRITABLE != 0;
+            Msg::Data {
+                txn,
+                page,
+                version,
+                writable,
+            }
+        }
+        MsgType::FwdAck => {
+            f.no_arg()?;
+            let outcome = match flags {
+                x if x == DATA | KEPT => FwdOutcome::Shared,
+                0 => FwdOutcome::HandedOff,
+                DATA => FwdOutcome::Surrendered,
+                x if x == DATA | KEPT | GONE => FwdOutcome::RequesterGone,
+                _ => return Err(f.bad_flags()),
+            };
+            Msg::FwdAck { txn, page, outcome }
+        }
+        MsgType::EvictReq => {
+            f.no_arg()?;
+            let dirty = match flags {
+                0 => false,
+                x if x == DATA | DIRTY => true,
+                _ => return Err(f.bad_flags()),
+            };
+            Msg::EvictReq { txn, page, dirty }
+        }
         MsgType::RecallAck => {
-            no_aux()?;
-            no_arg()?;
+            f.no_arg()?;
             let have = match flags {
                 0 => RecallHave::Nothing,
-                f if f == DATA | HAVE => RecallHave::Copy,
-                f if f == HAVE | EXCL => RecallHave::Exclusive,
-                _ => return Err(bad_flags()),
+                x if x == DATA | HAVE => RecallHave::Copy,
+                x if x == HAVE | EXCL => RecallHave::Exclusive,
+                _ => return Err(f.bad_flags()),
             };
-            Ok(Msg::RecallAck { txn, page, have })
+            Msg::RecallAck { txn, page, have }
         }
-        other => Err(DecodeError::NotProtocol(other)),
+        other => return Err(DecodeError::NotProtocol(other)),
+    })
+}
+
+/// The checks a received header's fields pass, each failing with the error that names the
+/// field.
+struct Fields<'a>(&'a Header);
+
+impl Fields<'_> {
+    fn bad_flags(&self) -> DecodeError {
+        DecodeError::BadFlags {
+            ty: self.0.ty,
+            flags: self.0.flags,
+        }
+    }
+    fn bad_arg(&self) -> DecodeError {
+        DecodeError::BadArg {
+            ty: self.0.ty,
+            arg: self.0.arg,
+        }
+    }
+    fn bad_node(&self) -> DecodeError {
+        DecodeError::BadNode {
+            ty: self.0.ty,
+            aux: self.0.aux,
+        }
+    }
+    fn node(&self) -> Result<NodeId, DecodeError> {
+        NodeId::new(self.0.aux).map_err(|_| self.bad_node())
+    }
+    fn version(&self) -> Result<u32, DecodeError> {
+        u32::try_from(self.0.arg).map_err(|_| self.bad_arg())
+    }
+    fn no_flags(&self) -> Result<(), DecodeError> {
+        if self.0.flags != 0 {
+            return Err(self.bad_flags());
+        }
+        Ok(())
+    }
+    fn no_aux(&self) -> Result<(), DecodeError> {
+        if self.0.aux != 0 {
+            return Err(self.bad_node());
+        }
+        Ok(())
+    }
+    fn no_arg(&self) -> Result<(), DecodeError> {
+        if self.0.arg != 0 {
+            return Err(self.bad_arg());
+        }
+        Ok(())
+    }
+    fn plain(&self, msg: Msg) -> Result<Msg, DecodeError> {
+        self.no_flags()?;
+        self.no_aux()?;
+        self.no_arg()?;
+        Ok(msg)
     }
 }
 

@@ -191,49 +191,7 @@ impl World {
             }
         }
         for i in 0..n {
-            let me = NodeId::new(i as u16).expect("small ids");
-            let machine = Machine::new(me, layout.clone(), Partition::WHOLE, config)
-                .map_err(|e| e.to_string())?;
-            let region = Arc::new(Region::new(pages, pages).map_err(|e| e.to_string())?);
-            let mut transport = SimTransport::new((i as u16, 0), net.clone(), n.max(1));
-            for j in 0..n {
-                if j != i {
-                    let peer = peer_id(NodeId::new(j as u16).expect("small ids"), 0);
-                    transport
-                        .add_sim_peer(peer, (j as u16, 0))
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            let doorbells: Arc<[Doorbell]> =
-                vec![Doorbell::new().map_err(|e| e.to_string())?].into();
-            let setup = ShardSetup {
-                index: 0,
-                count: 1,
-                machine,
-                layout: layout.clone(),
-                transport,
-                conns: Vec::new(),
-                region: region.clone(),
-                inbox: Vec::new(),
-                outbox: vec![None],
-                doorbells,
-                stats: Arc::new(ShardStats::default()),
-                state: Arc::new(NodeState::new(1)),
-                idle: IdlePolicy::Block,
-                backlog: (4096, 1024),
-                retry_limit: config.max_active_pages as usize,
-                mailbox: Arc::new(Mailbox::default()),
-                traced: Vec::new(),
-                trace: None,
-                clock: Clock::Manual(clock.clone()),
-            };
-            let mut shard = Shard::new(setup).map_err(|e| e.to_string())?;
-            for j in 0..n {
-                if j != i {
-                    shard.sim_peer(NodeId::new(j as u16).expect("small ids"), 1);
-                }
-            }
-            nodes.push(SimNode { shard, region });
+            nodes.push(sim_node(i, n, &layout, pages, config, &net, &clock)?);
         }
         let pagemap = std::fs::File::open("/proc/self/pagemap")
             .map_err(|e| format!("/proc/self/pagemap: {e}"))?;
@@ -546,4 +504,59 @@ fn allowed(have: PageAccess, want: Access) -> bool {
         Access::Read => matches!(have, PageAccess::ReadOnly | PageAccess::Writable),
         Access::Write => have == PageAccess::Writable,
     }
+}
+
+/// Node `i` of `n`: one shard over its own region, a simulated transport with a connection
+/// to every other node, a manual clock.
+fn sim_node(
+    i: usize,
+    n: usize,
+    layout: &Layout,
+    pages: u64,
+    config: Config,
+    net: &SharedNet,
+    clock: &Arc<AtomicU64>,
+) -> Result<SimNode, String> {
+    let me = NodeId::new(i as u16).expect("small ids");
+    let machine =
+        Machine::new(me, layout.clone(), Partition::WHOLE, config).map_err(|e| e.to_string())?;
+    let region = Arc::new(Region::new(pages, pages).map_err(|e| e.to_string())?);
+    let mut transport = SimTransport::new((i as u16, 0), net.clone(), n.max(1));
+    for j in 0..n {
+        if j != i {
+            let peer = peer_id(NodeId::new(j as u16).expect("small ids"), 0);
+            transport
+                .add_sim_peer(peer, (j as u16, 0))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let doorbells: Arc<[Doorbell]> = vec![Doorbell::new().map_err(|e| e.to_string())?].into();
+    let setup = ShardSetup {
+        index: 0,
+        count: 1,
+        machine,
+        layout: layout.clone(),
+        transport,
+        conns: Vec::new(),
+        region: region.clone(),
+        inbox: Vec::new(),
+        outbox: vec![None],
+        doorbells,
+        stats: Arc::new(ShardStats::default()),
+        state: Arc::new(NodeState::new(1)),
+        idle: IdlePolicy::Block,
+        backlog: (4096, 1024),
+        retry_limit: config.max_active_pages as usize,
+        mailbox: Arc::new(Mailbox::default()),
+        traced: Vec::new(),
+        trace: None,
+        clock: Clock::Manual(clock.clone()),
+    };
+    let mut shard = Shard::new(setup).map_err(|e| e.to_string())?;
+    for j in 0..n {
+        if j != i {
+            shard.sim_peer(NodeId::new(j as u16).expect("small ids"), 1);
+        }
+    }
+    Ok(SimNode { shard, region })
 }
