@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use control::handle::{JoinRequest, MemberState, MembershipError, MembershipOps};
 use control::membership::msg::NodeInfo;
 use control::membership::{
-    wait_for_admission, wait_until, Membership, MembershipConfig, NodeControl,
+    wait_for_admission, wait_until, Membership, MembershipConfig, NodeControl, NodeControlError,
 };
 use control::tls::{generate, GeneratedFiles, TlsIdentity};
 
@@ -37,12 +37,12 @@ impl NodeControl for FakeNode {
     fn data_plane_dead(&self) -> u64 {
         0
     }
-    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), String> {
+    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), NodeControlError> {
         *self.nodes.lock().unwrap() = nodes.to_vec();
         self.extended.lock().unwrap().push(joiner);
         Ok(())
     }
-    fn hand_back(&self) -> Result<(), String> {
+    fn hand_back(&self) -> Result<(), NodeControlError> {
         *self.handed_back.lock().unwrap() = true;
         Ok(())
     }

@@ -11,6 +11,20 @@ use acpi::{
 use engine::config::{ClusterSpec, PAGE_SIZE};
 use engine::measure::Figures;
 
+/// Why the ACPI view of the cluster could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiTopologyError {
+    /// The cluster has no formation measurements to derive distances from.
+    #[error(
+        "no inter-node measurements: the cluster was formed without them (address space too \
+         small for a host area)"
+    )]
+    NoMeasurements,
+    /// `acpi` refused the described topology.
+    #[error(transparent)]
+    Tables(#[from] acpi::TopologyError),
+}
+
 /// Builds the topology of `cluster` for a guest whose RAM is `[0, ram_end)`, with
 /// `vcpus_of(node id)` the vCPU ids (= APIC ids) that run on each node. Nodes that hold
 /// neither guest memory nor vCPUs are left out (ACPI has nothing to say about them).
@@ -22,7 +36,7 @@ pub fn topology(
     figures: &Figures,
     ram_end: u64,
     vcpus_of: impl Fn(u16) -> Vec<u32>,
-) -> Result<Topology, String> {
+) -> Result<Topology, AcpiTopologyError> {
     let mut nodes = Vec::new();
     let mut ranks = Vec::new();
     for (rank, (id, first, count)) in cluster.ranges().into_iter().enumerate() {
@@ -68,8 +82,7 @@ pub fn topology(
         fetch_latency_ns: Matrix::from_rows(
             "fetch latency",
             pick("fetch latency (ns)", &figures.latency_ns, MAX_LATENCY_NS),
-        )
-        .map_err(|e| e.to_string())?,
+        )?,
         bandwidth_mbps: Matrix::from_rows(
             "bandwidth",
             pick(
@@ -77,10 +90,9 @@ pub fn topology(
                 &figures.bandwidth_mbps,
                 MAX_BANDWIDTH_MBPS,
             ),
-        )
-        .map_err(|e| e.to_string())?,
+        )?,
     };
-    Topology::new(nodes, measurements, Overrides::default()).map_err(|e| e.to_string())
+    Ok(Topology::new(nodes, measurements, Overrides::default())?)
 }
 
 #[cfg(test)]

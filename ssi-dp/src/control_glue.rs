@@ -12,7 +12,7 @@ use control::handle::{
     PageQueryError, Telemetry,
 };
 use control::membership::msg::NodeInfo;
-use control::membership::{Membership, NodeControl};
+use control::membership::{Membership, NodeControl, NodeControlError};
 
 use engine::config::{self, ClusterSpec, NodeSpec, PAGE_SIZE};
 use engine::node::Node;
@@ -133,11 +133,12 @@ impl NodeControl for Glue {
         self.node.state().dead() & !self.node.state().left()
     }
 
-    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), String> {
+    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), NodeControlError> {
         let me = self.node.id();
         let mut specs = Vec::new();
         for n in nodes {
-            let addr = config::resolve(n.id, &n.addr).map_err(|e| e.to_string())?;
+            let addr = config::resolve(n.id, &n.addr)
+                .map_err(|e| NodeControlError::Members(Box::new(e)))?;
             specs.push(NodeSpec {
                 id: n.id,
                 addr,
@@ -148,12 +149,13 @@ impl NodeControl for Glue {
             .iter()
             .find(|n| n.id == me)
             .cloned()
-            .ok_or("this node is not in the grown cluster")?;
+            .ok_or(NodeControlError::NotAMember)?;
         let others = specs.into_iter().filter(|n| n.id != me).collect();
-        let cluster = ClusterSpec::new(mine, others).map_err(|e| e.to_string())?;
+        let cluster =
+            ClusterSpec::new(mine, others).map_err(|e| NodeControlError::Members(Box::new(e)))?;
         self.node
             .extend(cluster, joiner, EXTEND_TIMEOUT)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NodeControlError::DataPlane(Box::new(e)))?;
         if let Ok(mut c) = self.controls.lock() {
             for n in nodes {
                 if !c.iter().any(|x| x.0 == n.id) {
@@ -164,10 +166,10 @@ impl NodeControl for Glue {
         Ok(())
     }
 
-    fn hand_back(&self) -> Result<(), String> {
+    fn hand_back(&self) -> Result<(), NodeControlError> {
         self.node
             .leave(Duration::from_secs(60))
-            .map_err(|e| e.to_string())
+            .map_err(|e| NodeControlError::DataPlane(Box::new(e)))
     }
 
     fn stop(&self) {

@@ -18,7 +18,8 @@ use vmm::guests::{GuestParams, TestGuest, Verdict};
 use vmm::launch::{run_test_guest, Loader};
 use vmm::{GuestMemory, Outcome, VcpuReport, VmConfig};
 
-use crate::workload::{finish, Progress, Report};
+use crate::acpi_topology::AcpiTopologyError;
+use crate::workload::{finish, Progress, Report, WorkloadError};
 use engine::barrier::Barrier;
 use engine::config::PAGE_SIZE;
 use engine::host_area::{HostArea, GUEST_BARRIERS, MAX_VCPUS, SLOT_PAGES};
@@ -26,6 +27,42 @@ use engine::node::Node;
 
 /// Guest RAM is a whole number of these.
 const RAM_ALIGN: u64 = 2 << 20;
+
+/// Why a test guest could not run (a failed check is a [`Report`], not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum GuestRunError {
+    /// No room for the host area above guest RAM.
+    #[error(
+        "the address space ({0} bytes) is too small for a guest: give the nodes more --memory"
+    )]
+    AddressSpaceTooSmall(usize),
+    /// `--vcpus` out of range.
+    #[error("--vcpus {0}: choose 1..={MAX_VCPUS}")]
+    Vcpus(u32),
+    /// `--local-vcpus` names a vCPU the guest does not have.
+    #[error("vCPU {vcpu} is beyond --vcpus {vcpus}")]
+    VcpuBeyond {
+        /// The vCPU named.
+        vcpu: u32,
+        /// `--vcpus`.
+        vcpus: u32,
+    },
+    /// The node's region cannot be guest memory.
+    #[error("guest memory: {0}")]
+    Memory(#[source] vmm::MemoryError),
+    /// Page 0 has no home in the layout.
+    #[error(transparent)]
+    Layout(#[from] coherence::LayoutError),
+    /// Writing the guest into memory failed.
+    #[error("loading the guest: {0}")]
+    Load(#[source] vmm::GuestError),
+    /// Creating or running the VM failed.
+    #[error("running the guest: {0}")]
+    Run(#[source] vmm::launch::LaunchError),
+    /// Handing pages back or meeting the others at the end failed.
+    #[error(transparent)]
+    Finish(#[from] WorkloadError),
+}
 
 /// A guest run's parameters.
 #[derive(Debug, Clone)]
@@ -163,25 +200,25 @@ pub fn run(
     spec: &GuestSpec,
     progress: &Progress,
     extras: &std::sync::Mutex<GuestExtras>,
-) -> Result<Report, String> {
+) -> Result<Report, GuestRunError> {
     let me = node.id();
     let Some(area) = HostArea::of(node) else {
-        return Err(format!(
-            "the address space ({} bytes) is too small for a guest: give the nodes more --memory",
-            node.region().len()
-        ));
+        return Err(GuestRunError::AddressSpaceTooSmall(node.region().len()));
     };
     if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
-        return Err(format!("--vcpus {}: choose 1..={MAX_VCPUS}", spec.vcpus));
+        return Err(GuestRunError::Vcpus(spec.vcpus));
     }
-    if let Some(v) = spec.local_vcpus.iter().find(|&&v| v >= spec.vcpus) {
-        return Err(format!("vCPU {v} is beyond --vcpus {}", spec.vcpus));
+    if let Some(&v) = spec.local_vcpus.iter().find(|&&v| v >= spec.vcpus) {
+        return Err(GuestRunError::VcpuBeyond {
+            vcpu: v,
+            vcpus: spec.vcpus,
+        });
     }
     let ram = area.start() / RAM_ALIGN * RAM_ALIGN;
     // SAFETY: the region stays mapped while `node` lives, which outlives the VM built here
     // (it is dropped before this function returns).
     let gm = unsafe { GuestMemory::from_raw(node.base(), ram as usize, 0) }
-        .map_err(|e| format!("guest memory: {e}"))?;
+        .map_err(GuestRunError::Memory)?;
     let host = Reports(area);
     let parties = spec.participants.len() as u64;
     let barrier = Barrier::new(area.mem, area.page(GUEST_BARRIERS), parties);
@@ -189,11 +226,11 @@ pub fn run(
     params.iterations = spec.iterations;
 
     // The node homing page 0 writes the guest; nobody starts a vCPU before it is done.
-    let loader = node.layout().home_of(0).map_err(|e| e.to_string())?.get() == me;
+    let loader = node.layout().home_of(0)?.get() == me;
     if loader {
         spec.guest
             .setup(&gm, &params)
-            .map_err(|e| format!("loading the guest: {e}"))?;
+            .map_err(GuestRunError::Load)?;
     }
     barrier.wait(0);
 
@@ -211,7 +248,7 @@ pub fn run(
         &spec.vcpu_cores,
         &stop,
     )
-    .map_err(|e| format!("running the guest: {e}"))?;
+    .map_err(GuestRunError::Run)?;
     let mut local_failures = Vec::new();
     for r in &run.reports {
         if let Outcome::Failed(e) = &r.outcome {
@@ -274,7 +311,7 @@ pub fn run(
         },
     };
     drop(run);
-    finish(node, &barrier, progress, report)
+    Ok(finish(node, &barrier, progress, report)?)
 }
 
 /// The ACPI tables for a guest on this cluster whose vCPUs run per `vcpus_of`.
@@ -282,11 +319,8 @@ pub fn acpi_tables(
     node: &Node,
     ram_end: u64,
     vcpus_of: impl Fn(u16) -> Vec<u32>,
-) -> Result<acpi::Topology, String> {
-    let figures = node.figures().ok_or(
-        "no inter-node measurements: the cluster was formed without them (address space too \
-         small for a host area)",
-    )?;
+) -> Result<acpi::Topology, AcpiTopologyError> {
+    let figures = node.figures().ok_or(AcpiTopologyError::NoMeasurements)?;
     crate::acpi_topology::topology(&node.cluster(), figures, ram_end, vcpus_of)
 }
 

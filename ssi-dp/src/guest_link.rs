@@ -13,17 +13,80 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm::platform::msg::{Lifecycle, Msg, FRAME_LEN};
-use vmm::platform::{Platform, Uplink};
+use vmm::platform::msg::{Lifecycle, Msg, MsgError, FRAME_LEN};
+use vmm::platform::{Platform, PlatformError, Uplink, UplinkError};
 use wire::handshake::Authenticated;
 
-use engine::node::Node;
+use engine::node::{Node, NodeError};
 
 /// Longest a frame write may block (a peer that stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reader whose link closed waits for the end of the run to arrive on another
 /// link before it calls the close a failure.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the guest platform channels could not be set up, or a peer's frame was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformLinkError {
+    /// Dialling a higher-numbered peer failed.
+    #[error("opening the guest platform channel to node {peer}: {source}")]
+    Dial {
+        /// The peer.
+        peer: u16,
+        /// Why.
+        #[source]
+        source: NodeError,
+    },
+    /// Lower-numbered peers did not dial in time.
+    #[error(
+        "node(s) {} did not open their guest platform channel within {secs} s",
+        ids(.missing)
+    )]
+    NotOpened {
+        /// The peers that did not.
+        missing: Vec<u16>,
+        /// How long this node waited.
+        secs: u64,
+    },
+    /// Setting the socket options of a channel failed.
+    #[error("setting up the channel to node {peer}: {source}")]
+    Setup {
+        /// The peer.
+        peer: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Duplicating a channel's socket for its reader failed.
+    #[error("cloning the channel to node {peer}: {source}")]
+    CloneSocket {
+        /// The peer.
+        peer: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting a reader thread failed.
+    #[error("starting the reader for node {peer}: {source}")]
+    Reader {
+        /// The peer.
+        peer: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer sent a frame that is not a platform message.
+    #[error(transparent)]
+    Frame(#[from] MsgError),
+    /// The platform refused a peer's message.
+    #[error(transparent)]
+    Refused(#[from] PlatformError),
+}
+
+/// `1, 3, 4`
+fn ids(v: &[u16]) -> String {
+    v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+}
 
 /// The channels, before and after they are connected.
 #[derive(Debug)]
@@ -64,13 +127,13 @@ impl PlatformLink {
         peers: &[u16],
         expected: Expected,
         timeout: Duration,
-    ) -> Result<PlatformLink, String> {
+    ) -> Result<PlatformLink, PlatformLinkError> {
         let me = node.id();
         let mut out = Vec::with_capacity(peers.len());
         for &p in peers.iter().filter(|&&p| p > me) {
             let s = node
                 .dial_platform(p, timeout)
-                .map_err(|e| format!("opening the guest platform channel to node {p}: {e}"))?;
+                .map_err(|source| PlatformLinkError::Dial { peer: p, source })?;
             out.push((p, s));
         }
         let deadline = Instant::now() + timeout;
@@ -88,16 +151,10 @@ impl PlatformLink {
                     a.peer_node
                 ),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    let missing: Vec<String> = lower
-                        .iter()
-                        .filter(|p| !got.contains(p))
-                        .map(|p| p.to_string())
-                        .collect();
-                    return Err(format!(
-                        "node(s) {} did not open their guest platform channel within {} s",
-                        missing.join(", "),
-                        timeout.as_secs()
-                    ));
+                    return Err(PlatformLinkError::NotOpened {
+                        missing: lower.iter().copied().filter(|p| !got.contains(p)).collect(),
+                        secs: timeout.as_secs(),
+                    });
                 }
             }
         }
@@ -107,7 +164,7 @@ impl PlatformLink {
             s.set_nodelay(true)
                 .and_then(|()| s.set_write_timeout(Some(WRITE_TIMEOUT)))
                 .and_then(|()| s.set_read_timeout(None))
-                .map_err(|e| format!("setting up the channel to node {p}: {e}"))?;
+                .map_err(|source| PlatformLinkError::Setup { peer: p, source })?;
             peers.push((p, Mutex::new(s)));
         }
         Ok(PlatformLink { me, peers })
@@ -116,20 +173,23 @@ impl PlatformLink {
     /// Starts one reader per peer, handing what arrives to `platform`. A malformed frame, a
     /// message the platform refuses, or a link that closes before the run ended ends the run
     /// with a failure on every node.
-    pub fn start_readers(&self, platform: &Arc<Platform>) -> Result<Vec<JoinHandle<()>>, String> {
+    pub fn start_readers(
+        &self,
+        platform: &Arc<Platform>,
+    ) -> Result<Vec<JoinHandle<()>>, PlatformLinkError> {
         let mut threads = Vec::with_capacity(self.peers.len());
         for (p, s) in &self.peers {
             let stream = s
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .try_clone()
-                .map_err(|e| format!("cloning the channel to node {p}: {e}"))?;
+                .map_err(|source| PlatformLinkError::CloneSocket { peer: *p, source })?;
             let (from, platform) = (*p, platform.clone());
             let me = self.me;
             let t = std::thread::Builder::new()
                 .name(format!("platform-rx{from}"))
                 .spawn(move || read_loop(me, from, stream, &platform))
-                .map_err(|e| format!("starting the reader for node {p}: {e}"))?;
+                .map_err(|source| PlatformLinkError::Reader { peer: *p, source })?;
             threads.push(t);
         }
         Ok(threads)
@@ -162,17 +222,16 @@ impl PlatformLink {
 }
 
 impl Uplink for PlatformLink {
-    fn send(&self, node: u16, msg: &Msg) -> Result<(), String> {
+    fn send(&self, node: u16, msg: &Msg) -> Result<(), UplinkError> {
         let (_, s) = self
             .peers
             .iter()
             .find(|(p, _)| *p == node)
-            .ok_or_else(|| format!("no guest platform channel to node {node}"))?;
+            .ok_or(UplinkError::NoChannel(node))?;
         let frame = msg.encode();
-        s.lock()
+        Ok(s.lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .write_all(&frame)
-            .map_err(|e| e.to_string())
+            .write_all(&frame)?)
     }
 }
 
@@ -195,9 +254,9 @@ fn read_loop(me: u16, from: u16, mut stream: TcpStream, platform: &Platform) {
             }
             return;
         }
-        let result = Msg::decode(&frame)
-            .map_err(|e| e.to_string())
-            .and_then(|m| platform.on_message(from, m).map_err(|e| e.to_string()));
+        let result: Result<(), PlatformLinkError> = Msg::decode(&frame)
+            .map_err(PlatformLinkError::from)
+            .and_then(|m| Ok(platform.on_message(from, m)?));
         if let Err(e) = result {
             if platform.ended().is_none() {
                 tracing::error!(

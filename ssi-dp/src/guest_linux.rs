@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use vmm::launch::{linux_vm, load_linux, LinuxArgs};
 use vmm::platform::msg::Lifecycle;
 use vmm::platform::vcpu_loop::GuestTsc;
-use vmm::platform::{End, Placement, Platform, Uplink};
+use vmm::platform::{End, Placement, Platform, PlatformError, Uplink};
 use vmm::{ClockData, Console, GuestMemory, Outcome, VcpuReport, VmConfig};
 
+use crate::acpi_topology::AcpiTopologyError;
 use crate::guest::{acpi_tables, default_local_vcpus};
-use crate::guest_link::{self, PlatformLink};
-use crate::workload::{finish, Progress, Report};
+use crate::guest_link::{self, PlatformLink, PlatformLinkError};
+use crate::workload::{finish, Progress, Report, WorkloadError};
 use engine::barrier::Barrier;
 use engine::host_area::{linux_words, HostArea, GUEST_BARRIERS};
 use engine::node::Node;
@@ -48,6 +49,101 @@ const LINKED: u64 = 3;
 
 /// What the kernel prints when it starts init (KERN_INFO).
 pub const DEFAULT_INIT_MARKER: &str = "Run /init as init process";
+
+/// Why a Linux guest could not run (how the guest itself ended is a [`Report`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxRunError {
+    /// No room for the host area above guest RAM.
+    #[error("the address space is too small for a guest: give the nodes more --memory")]
+    AddressSpaceTooSmall,
+    /// `--vcpus` out of range.
+    #[error("--vcpus {vcpus}: a Linux guest has 1 to {max}")]
+    Vcpus {
+        /// `--vcpus`.
+        vcpus: u32,
+        /// The most this version supports.
+        max: u32,
+    },
+    /// `--local-vcpus` names a vCPU the guest does not have.
+    #[error("vCPU {vcpu} is beyond --vcpus {vcpus}")]
+    VcpuBeyond {
+        /// The vCPU named.
+        vcpu: u32,
+        /// `--vcpus`.
+        vcpus: u32,
+    },
+    /// Two nodes claim the same vCPU.
+    #[error(
+        "vCPU {vcpu} is placed on node {other} and on this node: give each vCPU to one node \
+         (--local-vcpus)"
+    )]
+    PlacedTwice {
+        /// The vCPU.
+        vcpu: u32,
+        /// The other node.
+        other: u64,
+    },
+    /// The participants disagree on `--vcpus`.
+    #[error(
+        "node {node} was given --vcpus {theirs} and this node --vcpus {ours}: give every node \
+         the same"
+    )]
+    VcpusDiffer {
+        /// The other node.
+        node: u16,
+        /// Its `--vcpus`.
+        theirs: u64,
+        /// This node's.
+        ours: u32,
+    },
+    /// No node runs a vCPU.
+    #[error("vCPU {0} runs on no node: place it with --local-vcpus")]
+    Unplaced(u32),
+    /// The boot processor is not on the node that loads the kernel.
+    #[error(
+        "vCPU 0 (the boot processor) runs on node {node}, but node {loader} loads the kernel \
+         (it homes guest page 0): place vCPU 0 on node {loader}"
+    )]
+    BootProcessorElsewhere {
+        /// Where vCPU 0 was placed.
+        node: u16,
+        /// The loader.
+        loader: u16,
+    },
+    /// Page 0 has no home in the layout.
+    #[error(transparent)]
+    Layout(#[from] coherence::LayoutError),
+    /// The node's region cannot be guest memory.
+    #[error("guest memory: {0}")]
+    Memory(#[source] vmm::MemoryError),
+    /// The cluster's ACPI description could not be built.
+    #[error(transparent)]
+    Acpi(#[from] AcpiTopologyError),
+    /// The ACPI tables do not fit where the guest looks for them.
+    #[error("placing the ACPI tables: {0}")]
+    PlaceTables(#[source] acpi::PlaceError),
+    /// Reading or writing the kernel and initrd failed.
+    #[error("loading Linux: {0}")]
+    LoadLinux(#[source] vmm::launch::LaunchError),
+    /// KVM refused the VM.
+    #[error("creating the VM: {0}")]
+    CreateVm(#[source] vmm::launch::LaunchError),
+    /// Reading or setting the guest's TSC offset or kvm-clock failed.
+    #[error(transparent)]
+    Clock(#[from] vmm::VmError),
+    /// The loading node published no clock to copy.
+    #[error("the loading node published no clock")]
+    NoClock,
+    /// The guest platform channels could not be set up.
+    #[error(transparent)]
+    Link(#[from] PlatformLinkError),
+    /// The platform refused the placement.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// Handing pages back or meeting the others at the end failed.
+    #[error(transparent)]
+    Finish(#[from] WorkloadError),
+}
 
 /// A Linux boot on the cluster (`--kernel`).
 #[derive(Debug, Clone)]
@@ -75,7 +171,7 @@ fn agree_on_placement(
     spec: &LinuxSpec,
     barrier: &Barrier,
     loader: u16,
-) -> Result<Placement, String> {
+) -> Result<Placement, LinuxRunError> {
     let me = node.id();
     let page = area.page(GUEST_BARRIERS);
     let local = spec
@@ -83,14 +179,16 @@ fn agree_on_placement(
         .clone()
         .unwrap_or_else(|| default_local_vcpus(spec.vcpus, &spec.participants, me));
     if spec.vcpus == 0 || spec.vcpus > linux_words::MAX_VCPUS {
-        return Err(format!(
-            "--vcpus {}: a Linux guest has 1 to {}",
-            spec.vcpus,
-            linux_words::MAX_VCPUS
-        ));
+        return Err(LinuxRunError::Vcpus {
+            vcpus: spec.vcpus,
+            max: linux_words::MAX_VCPUS,
+        });
     }
-    if let Some(v) = local.iter().find(|&&v| v >= spec.vcpus) {
-        return Err(format!("vCPU {v} is beyond --vcpus {}", spec.vcpus));
+    if let Some(&v) = local.iter().find(|&&v| v >= spec.vcpus) {
+        return Err(LinuxRunError::VcpuBeyond {
+            vcpu: v,
+            vcpus: spec.vcpus,
+        });
     }
     area.mem.write64(
         page,
@@ -104,10 +202,10 @@ fn agree_on_placement(
         if let Err(other) =
             word.compare_exchange(0, u64::from(me) + 1, Ordering::SeqCst, Ordering::SeqCst)
         {
-            return Err(format!(
-                "vCPU {v} is placed on node {} and on this node: give each vCPU to one node (--local-vcpus)",
-                other - 1
-            ));
+            return Err(LinuxRunError::PlacedTwice {
+                vcpu: v,
+                other: other - 1,
+            });
         }
     }
     barrier.wait(PLACED);
@@ -116,30 +214,25 @@ fn agree_on_placement(
             .mem
             .read64(page, linux_words::VCPUS + 8 * usize::from(p));
         if theirs != u64::from(spec.vcpus) + 1 {
-            return Err(format!(
-                "node {p} was given --vcpus {} and this node --vcpus {}: give every node the same",
-                theirs.saturating_sub(1),
-                spec.vcpus
-            ));
+            return Err(LinuxRunError::VcpusDiffer {
+                node: p,
+                theirs: theirs.saturating_sub(1),
+                ours: spec.vcpus,
+            });
         }
     }
     let mut owner = Vec::with_capacity(spec.vcpus as usize);
     for v in 0..spec.vcpus {
         match area.mem.read64(page, linux_words::OWNERS + 8 * v as usize) {
-            0 => {
-                return Err(format!(
-                    "vCPU {v} runs on no node: place it with --local-vcpus"
-                ))
-            }
+            0 => return Err(LinuxRunError::Unplaced(v)),
             n => owner.push((n - 1) as u16),
         }
     }
     if owner[0] != loader {
-        return Err(format!(
-            "vCPU 0 (the boot processor) runs on node {}, but node {loader} loads the kernel \
-             (it homes guest page 0): place vCPU 0 on node {loader}",
-            owner[0]
-        ));
+        return Err(LinuxRunError::BootProcessorElsewhere {
+            node: owner[0],
+            loader,
+        });
     }
     Ok(Placement {
         me,
@@ -176,12 +269,14 @@ fn read_clock(area: &HostArea) -> Option<(u64, ClockData)> {
 }
 
 /// Boots Linux across the participants and returns this node's verdict on the run.
-pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<Report, String> {
+pub fn run_linux(
+    node: &Node,
+    spec: &LinuxSpec,
+    progress: &Progress,
+) -> Result<Report, LinuxRunError> {
     let me = node.id();
     let Some(area) = HostArea::of(node) else {
-        return Err(
-            "the address space is too small for a guest: give the nodes more --memory".into(),
-        );
+        return Err(LinuxRunError::AddressSpaceTooSmall);
     };
     let ram = (area.start() / RAM_ALIGN * RAM_ALIGN).min(LINUX_RAM_LIMIT);
     let barrier = Barrier::new(
@@ -189,12 +284,12 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
         area.page(GUEST_BARRIERS),
         spec.participants.len() as u64,
     );
-    let loader = node.layout().home_of(0).map_err(|e| e.to_string())?.get();
+    let loader = node.layout().home_of(0)?.get();
     let placement = agree_on_placement(node, &area, spec, &barrier, loader)?;
     let local = placement.local_vcpus();
     // SAFETY: the region stays mapped while `node` lives; the VM is dropped before return.
     let gm = unsafe { GuestMemory::from_raw(node.base(), ram as usize, 0) }
-        .map_err(|e| format!("guest memory: {e}"))?;
+        .map_err(LinuxRunError::Memory)?;
     let config = VmConfig {
         vcpus: spec.vcpus,
         local_vcpus: local.clone(),
@@ -211,26 +306,24 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
         let topology = acpi_tables(node, ram, vcpus_of)?;
         let image = acpi::tables(&topology)
             .image(acpi::Placement::BIOS_AREA)
-            .map_err(|e| format!("placing the ACPI tables: {e}"))?;
-        let boot =
-            load_linux(&gm, &spec.args, Some(&image)).map_err(|e| format!("loading Linux: {e}"))?;
-        let vm =
-            linux_vm(&gm, config, Some(&boot.boot)).map_err(|e| format!("creating the VM: {e}"))?;
-        let offset = vm.tsc_offset().map_err(|e| e.to_string())?;
-        vm.set_tsc_offset(offset).map_err(|e| e.to_string())?;
-        let clock = vm.clock().map_err(|e| e.to_string())?;
+            .map_err(LinuxRunError::PlaceTables)?;
+        let boot = load_linux(&gm, &spec.args, Some(&image)).map_err(LinuxRunError::LoadLinux)?;
+        let vm = linux_vm(&gm, config, Some(&boot.boot)).map_err(LinuxRunError::CreateVm)?;
+        let offset = vm.tsc_offset()?;
+        vm.set_tsc_offset(offset)?;
+        let clock = vm.clock()?;
         publish_clock(&area, offset, &clock);
         barrier.wait(LOADED);
         vm
     } else {
         barrier.wait(LOADED);
-        let (offset, clock) = read_clock(&area).ok_or("the loading node published no clock")?;
+        let (offset, clock) = read_clock(&area).ok_or(LinuxRunError::NoClock)?;
         let vm = if local.is_empty() {
             None
         } else {
-            let vm = linux_vm(&gm, config, None).map_err(|e| format!("creating the VM: {e}"))?;
-            vm.set_tsc_offset(offset).map_err(|e| e.to_string())?;
-            vm.set_clock(&clock).map_err(|e| e.to_string())?;
+            let vm = linux_vm(&gm, config, None).map_err(LinuxRunError::CreateVm)?;
+            vm.set_tsc_offset(offset)?;
+            vm.set_clock(&clock)?;
             Some(vm)
         };
         match vm {
@@ -239,7 +332,7 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
         }
     };
     let tsc = GuestTsc {
-        offset: vm.tsc_offset().map_err(|e| e.to_string())?,
+        offset: vm.tsc_offset()?,
         khz: vm.tsc_khz().unwrap_or(0),
     };
     let peers = placement.peers();
@@ -247,9 +340,7 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
     let console = Console::new(me == placement.device_node);
     let uplink: Option<Arc<dyn Uplink>> =
         (!peers.is_empty()).then(|| link.clone() as Arc<dyn Uplink>);
-    let platform = Arc::new(
-        Platform::new(placement.clone(), console.clone(), uplink).map_err(|e| e.to_string())?,
-    );
+    let platform = Arc::new(Platform::new(placement.clone(), console.clone(), uplink)?);
     let readers = link.start_readers(&platform)?;
     barrier.wait(LINKED);
 
@@ -292,7 +383,7 @@ pub fn run_linux(node: &Node, spec: &LinuxSpec, progress: &Progress) -> Result<R
         },
         ram,
     );
-    finish(node, &barrier, progress, report)
+    Ok(finish(node, &barrier, progress, report)?)
 }
 
 /// A participant with no vCPU: it only serves memory, and meets the others at the barriers.
@@ -302,7 +393,7 @@ fn serve_only(
     progress: &Progress,
     placement: &Placement,
     expected: guest_link::Expected,
-) -> Result<Report, String> {
+) -> Result<Report, LinuxRunError> {
     drop(expected);
     barrier.wait(LINKED);
     let mut runners = placement.owner.clone();
@@ -313,7 +404,7 @@ fn serve_only(
         summary: format!("served memory while nodes {runners:?} ran the guest's vCPUs"),
         work_time: Duration::ZERO,
     };
-    finish(node, barrier, progress, report)
+    Ok(finish(node, barrier, progress, report)?)
 }
 
 /// What this node's data plane did, summed over its shards.

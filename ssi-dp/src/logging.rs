@@ -25,14 +25,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why a `--log-format` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogFormatError {
+    /// Not a log format.
+    #[error("bad log format {0:?}: use human or json")]
+    Unknown(String),
+}
+
 impl std::str::FromStr for LogFormat {
-    type Err = String;
+    type Err = LogFormatError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "human" => Ok(LogFormat::Human),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!("bad log format {s:?}: use human or json")),
+            _ => Err(LogFormatError::Unknown(s.to_string())),
         }
     }
 }

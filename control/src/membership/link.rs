@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use rustls::Connection;
 
-use super::msg::{ControlMsg, MAX_LINE};
+use super::msg::{ControlMsg, ControlMsgError, MAX_LINE};
 
 /// Most bytes queued for sending before the link is considered stuck.
 const MAX_QUEUED: usize = 1 << 20;
@@ -25,9 +25,12 @@ pub enum LinkError {
     /// TLS error (bad certificate, protocol error).
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
-    /// A line too long or not a message.
-    #[error("{0}")]
-    Protocol(String),
+    /// A line that is not a message.
+    #[error(transparent)]
+    Malformed(#[from] ControlMsgError),
+    /// A line longer than [`MAX_LINE`].
+    #[error("a control line exceeds {MAX_LINE} bytes")]
+    LineTooLong,
     /// The peer does not read what we send.
     #[error("more than {MAX_QUEUED} bytes queued: the peer is not reading")]
     Stuck,
@@ -115,12 +118,10 @@ impl Link {
         }
         while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=nl).collect();
-            out.push(ControlMsg::parse(&line[..line.len() - 1]).map_err(LinkError::Protocol)?);
+            out.push(ControlMsg::parse(&line[..line.len() - 1])?);
         }
         if self.buf.len() > MAX_LINE {
-            return Err(LinkError::Protocol(format!(
-                "a control line exceeds {MAX_LINE} bytes"
-            )));
+            return Err(LinkError::LineTooLong);
         }
         // The handshake may want to answer what it read.
         self.flush()

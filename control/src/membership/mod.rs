@@ -59,13 +59,34 @@ pub trait NodeControl: Send + Sync {
     fn data_plane_dead(&self) -> u64;
     /// Applies a join: the cluster is now `nodes`, `joiner` is new. Extend the layout,
     /// connect to the joiner, and return once done. Called on a worker thread.
-    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), String>;
+    fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), NodeControlError>;
     /// Hands every cached replica back to its home (before leaving). Worker thread.
-    fn hand_back(&self) -> Result<(), String>;
+    fn hand_back(&self) -> Result<(), NodeControlError>;
     /// Stops this node in order (the process ends).
     fn stop(&self);
     /// The state of a page this node homes (answering another node's query).
     fn page_local(&self, gpa: u64) -> Result<PageInfo, PageQueryError>;
+}
+
+/// The data plane's own error, as [`NodeControlError`] carries it (membership only reports it).
+pub type DataPlaneError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the data plane could not do what membership asked of it ([`NodeControl::extend`],
+/// [`NodeControl::hand_back`]). Membership logs it, answers the API with it, or sends its
+/// text to the coordinator in `ExtendAck`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeControlError {
+    /// The grown member list does not include this node.
+    #[error("this node is not in the grown cluster")]
+    NotAMember,
+    /// The grown member list does not describe a cluster this node can use (an address
+    /// that does not resolve, an id twice, ...).
+    #[error(transparent)]
+    Members(DataPlaneError),
+    /// The data plane could not apply the change (a shard did not switch in time, the
+    /// joiner could not be reached, replicas still held when handing back).
+    #[error(transparent)]
+    DataPlane(DataPlaneError),
 }
 
 /// How to run membership.
@@ -332,9 +353,9 @@ enum Work {
     Extended {
         req: u64,
         coordinator: Option<u16>,
-        result: Result<(), String>,
+        result: Result<(), NodeControlError>,
     },
-    HandedBack(Result<(), String>),
+    HandedBack(Result<(), NodeControlError>),
     Dialled {
         peer: u16,
         sock: std::io::Result<TcpStream>,
@@ -860,7 +881,7 @@ impl Loop {
                         }
                         continue;
                     }
-                    let error = result.err();
+                    let error = result.err().map(|e| e.to_string());
                     if let Some(l) = self.links.iter_mut().find(|l| l.peer == coordinator) {
                         let _ = l.send(&ControlMsg::ExtendAck { req, error });
                     }

@@ -7,6 +7,14 @@ use serde::{Deserialize, Serialize};
 /// Longest accepted line (a message and its newline).
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// Why a line is not a control message.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlMsgError {
+    /// Not JSON, or not one of the messages (a peer of another version, or not a node).
+    #[error("malformed control message: {0}")]
+    Malformed(#[source] serde_json::Error),
+}
+
 /// A member as the control plane passes it around.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -119,8 +127,8 @@ impl ControlMsg {
     }
 
     /// Parses one line (without its newline).
-    pub fn parse(line: &[u8]) -> Result<ControlMsg, String> {
-        serde_json::from_slice(line).map_err(|e| format!("malformed control message: {e}"))
+    pub fn parse(line: &[u8]) -> Result<ControlMsg, ControlMsgError> {
+        serde_json::from_slice(line).map_err(ControlMsgError::Malformed)
     }
 }
 
@@ -153,9 +161,13 @@ mod tests {
         ] {
             let l = m.line();
             assert_eq!(*l.last().unwrap(), b'\n');
-            assert_eq!(ControlMsg::parse(&l[..l.len() - 1]), Ok(m));
+            assert_eq!(ControlMsg::parse(&l[..l.len() - 1]).unwrap(), m);
         }
-        assert!(ControlMsg::parse(b"{\"t\":\"nope\"}").is_err());
+        let e = ControlMsg::parse(b"{\"t\":\"nope\"}").unwrap_err();
+        assert!(
+            e.to_string().starts_with("malformed control message: "),
+            "{e}"
+        );
         assert!(ControlMsg::parse(b"\xff\xfe").is_err());
     }
 }

@@ -3,9 +3,10 @@
 //! of them, relays their output, and exits 0 only if every node verified its result.
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{self, Read};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -44,6 +45,41 @@ pub struct DemoArgs {
     timeout: u64,
 }
 
+/// Why the demo could not run (a node that fails its check is a verdict, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// `--nodes` out of range.
+    #[error("--nodes must be 1..=16 for a local demo")]
+    Nodes,
+    /// The running binary cannot be found to start the nodes.
+    #[error("cannot find the ssi-dp binary: {0}")]
+    NoBinary(#[source] io::Error),
+    /// The demo's directory or secret file could not be written.
+    #[error("{}: {source}", .path.display())]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// No random bytes for the secret.
+    #[error("cannot read /dev/urandom: {0}")]
+    Urandom(#[source] io::Error),
+    /// No loopback port.
+    #[error("cannot bind a loopback port: {0}")]
+    Bind(#[source] io::Error),
+    /// A node process could not be started.
+    #[error("cannot start node {node}: {source}")]
+    Spawn {
+        /// The node.
+        node: u16,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Runs the demo; returns the exit code.
 pub fn run(a: DemoArgs) -> i32 {
     match demo(&a) {
@@ -56,25 +92,31 @@ pub fn run(a: DemoArgs) -> i32 {
     }
 }
 
-fn demo(a: &DemoArgs) -> Result<bool, String> {
+fn demo(a: &DemoArgs) -> Result<bool, DemoError> {
     if a.nodes == 0 || a.nodes > 16 {
-        return Err("--nodes must be 1..=16 for a local demo".into());
+        return Err(DemoError::Nodes);
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ssi-dp binary: {e}"))?;
+    let exe = std::env::current_exe().map_err(DemoError::NoBinary)?;
     let dir = std::env::temp_dir().join(format!("ssi-dp-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| DemoError::File {
+        path: dir.clone(),
+        source,
+    })?;
     let secret_path = dir.join("cluster.secret");
     let mut secret = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut secret))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    std::fs::write(&secret_path, secret).map_err(|e| format!("{}: {e}", secret_path.display()))?;
+        .map_err(DemoError::Urandom)?;
+    std::fs::write(&secret_path, secret).map_err(|source| DemoError::File {
+        path: secret_path.clone(),
+        source,
+    })?;
 
     // Listeners bound here and inherited by the children: no port can be taken in between.
     let listeners: Vec<TcpListener> = (0..a.nodes)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
+        .map_err(DemoError::Bind)?;
     let ports: Vec<u16> = listeners
         .iter()
         .map(|l| l.local_addr().map(|x| x.port()).unwrap_or(0))
@@ -128,12 +170,12 @@ fn demo(a: &DemoArgs) -> Result<bool, String> {
         args.push(secret_path.clone().into());
         match child::spawn(&exe, i, &args, Some(fd)) {
             Ok(c) => children.push(c),
-            Err(e) => {
+            Err(source) => {
                 for c in children.iter_mut() {
                     let _ = c.child.kill();
                     let _ = c.child.wait();
                 }
-                return Err(format!("cannot start node {i}: {e}"));
+                return Err(DemoError::Spawn { node: i, source });
             }
         }
     }

@@ -12,10 +12,14 @@ use control::membership::{self, Membership, MembershipConfig};
 
 use super::settings::{self, Settings};
 use super::NodeArgs;
+use crate::acpi_topology::AcpiTopologyError;
 use crate::control_glue::{Glue, NoControlPlane};
-use crate::workload::{self, Progress, Spec};
+use crate::guest::GuestRunError;
+use crate::guest_linux::LinuxRunError;
+use crate::workload::{self, Progress, Spec, WorkloadError};
 use crate::{guest, logging, signals};
-use engine::config::{self, ClusterSpec, NodeSpec};
+use engine::config::{self, ClusterSpec, ConfigError, NodeSpec};
+use engine::cpulist::CpuListError;
 use engine::histlog::HistLog;
 use engine::measure::Figures;
 use engine::node::{Node, NodeConfig};
@@ -28,6 +32,75 @@ const STOP_GRACE: Duration = Duration::from_millis(300);
 
 /// Exit code: bad command line or configuration.
 pub const EXIT_USAGE: i32 = 2;
+
+/// Why a node could not start its job, or what stopped the job.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeCmdError {
+    /// The bound data-plane listener has no local address.
+    #[error(transparent)]
+    ListenerAddr(std::io::Error),
+    /// The member that admitted this node left it out of the cluster.
+    #[error("the admitting member did not list this node")]
+    NotListed,
+    /// The member that admitted this node has another memory size for it.
+    #[error("admitted with {admitted} bytes of memory but configured with {configured}")]
+    MemoryMismatch {
+        /// What the cluster expects.
+        admitted: u64,
+        /// `--memory`.
+        configured: u64,
+    },
+    /// An address or the admitted cluster is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `--kernel` or `--initrd` cannot be opened.
+    #[error("{flag} {}: {source}", .path.display())]
+    GuestFile {
+        /// The flag.
+        flag: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--boot` names no entry protocol.
+    #[error("--boot {0:?}: use pvh or bzimage")]
+    UnknownBoot(String),
+    /// `--local-vcpus` is invalid.
+    #[error("--local-vcpus: {0}")]
+    LocalVcpus(#[source] CpuListError),
+    /// `--vcpu-cores` is invalid.
+    #[error("--vcpu-cores: {0}")]
+    VcpuCores(#[source] CpuListError),
+    /// `--guest` names no test guest.
+    #[error(transparent)]
+    Guest(#[from] vmm::launch::LaunchError),
+    /// The job's thread could not start.
+    #[error(transparent)]
+    Spawn(std::io::Error),
+    /// The address space has no room for a host area (`--acpi-dump`).
+    #[error("the address space is too small")]
+    AddressSpaceTooSmall,
+    /// The cluster's ACPI description could not be built.
+    #[error(transparent)]
+    Acpi(#[from] AcpiTopologyError),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    AcpiDump(#[from] acpi::DumpError),
+    /// The workload could not run.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// The test guest could not run.
+    #[error(transparent)]
+    GuestRun(#[from] GuestRunError),
+    /// The Linux guest could not run.
+    #[error(transparent)]
+    LinuxRun(#[from] LinuxRunError),
+    /// A home left after the final check but the job published no result.
+    #[error("no report")]
+    NoReport,
+}
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
     tracing::error!("{msg}");
@@ -277,7 +350,7 @@ pub fn run(a: NodeArgs) -> i32 {
                 if progress.verified.load(Ordering::SeqCst) {
                     tracing::info!("node {home} left after the final check; finishing");
                     let report = progress.report.lock().ok().and_then(|mut r| r.take());
-                    code = print_report(me, &label, report.ok_or_else(|| "no report".to_string()));
+                    code = print_report(me, &label, report.ok_or(NodeCmdError::NoReport));
                     break;
                 }
                 tracing::error!(
@@ -338,51 +411,57 @@ pub fn run(a: NodeArgs) -> i32 {
 }
 
 /// The cluster a joiner was admitted into, seen from node `me`.
-fn cluster_of(me: u16, s: &Settings, nodes: &[NodeInfo]) -> Result<ClusterSpec, String> {
-    let listen = s.listener.local_addr().map_err(|e| e.to_string())?;
+fn cluster_of(me: u16, s: &Settings, nodes: &[NodeInfo]) -> Result<ClusterSpec, NodeCmdError> {
+    let listen = s
+        .listener
+        .local_addr()
+        .map_err(NodeCmdError::ListenerAddr)?;
     let mine = nodes
         .iter()
         .find(|n| n.id == me)
-        .ok_or("the admitting member did not list this node")?;
+        .ok_or(NodeCmdError::NotListed)?;
     if mine.memory != s.memory {
-        return Err(format!(
-            "admitted with {} bytes of memory but configured with {}",
-            mine.memory, s.memory
-        ));
+        return Err(NodeCmdError::MemoryMismatch {
+            admitted: mine.memory,
+            configured: s.memory,
+        });
     }
     let mut peers = Vec::new();
     for n in nodes.iter().filter(|n| n.id != me) {
-        let addr = config::resolve(n.id, &n.addr).map_err(|e| e.to_string())?;
+        let addr = config::resolve(n.id, &n.addr)?;
         peers.push(NodeSpec {
             id: n.id,
             addr,
             memory: n.memory,
         });
     }
-    ClusterSpec::new(
+    Ok(ClusterSpec::new(
         NodeSpec {
             id: me,
             addr: listen,
             memory: s.memory,
         },
         peers,
-    )
-    .map_err(|e| e.to_string())
+    )?)
 }
 
-type Job = std::thread::JoinHandle<Result<workload::Report, String>>;
+type Job = std::thread::JoinHandle<Result<workload::Report, NodeCmdError>>;
 
 /// Checks what a guest run will read before the node joins a cluster (a file that turns out
 /// missing later would take a home node out of a formed cluster), and says up front when this
 /// host's KVM cannot boot Linux.
-fn check_guest_files(a: &NodeArgs) -> Result<(), String> {
+fn check_guest_files(a: &NodeArgs) -> Result<(), NodeCmdError> {
     let Some(kernel) = &a.kernel else {
         return Ok(());
     };
     for (flag, path) in [("--kernel", Some(kernel)), ("--initrd", a.initrd.as_ref())] {
         let Some(path) = path else { continue };
-        if let Err(e) = std::fs::File::open(path) {
-            return Err(format!("{flag} {}: {e}", path.display()));
+        if let Err(source) = std::fs::File::open(path) {
+            return Err(NodeCmdError::GuestFile {
+                flag,
+                path: path.clone(),
+                source,
+            });
         }
     }
     if vmm::launch::host_kvm_is_pvm() {
@@ -399,7 +478,7 @@ fn job(
     participants: &[u16],
     progress: &Arc<Progress>,
     extras: &Arc<std::sync::Mutex<guest::GuestExtras>>,
-) -> Result<Option<(String, Job)>, String> {
+) -> Result<Option<(String, Job)>, NodeCmdError> {
     let (node, progress) = (node.clone(), progress.clone());
     if let Some(kind) = a.workload {
         let spec = Spec {
@@ -410,8 +489,8 @@ fn job(
         };
         let h = std::thread::Builder::new()
             .name("workload".into())
-            .spawn(move || workload::run(&node, &spec, &progress))
-            .map_err(|e| e.to_string())?;
+            .spawn(move || Ok(workload::run(&node, &spec, &progress)?))
+            .map_err(NodeCmdError::Spawn)?;
         return Ok(Some((format!("workload {}", kind.name()), h)));
     }
     if let Some(kernel) = &a.kernel {
@@ -426,13 +505,13 @@ fn job(
         let protocol = match a.boot.as_str() {
             "pvh" => vmm::linux::Protocol::Pvh,
             "bzimage" => vmm::linux::Protocol::BzImage64,
-            other => return Err(format!("--boot {other:?}: use pvh or bzimage")),
+            other => return Err(NodeCmdError::UnknownBoot(other.to_string())),
         };
         let local_vcpus = match &a.local_vcpus {
             Some(l) if l == "none" => Some(Vec::new()),
             Some(l) => Some(
                 cpulist::parse(l)
-                    .map_err(|e| format!("--local-vcpus: {e}"))?
+                    .map_err(NodeCmdError::LocalVcpus)?
                     .into_iter()
                     .map(|v| v as u32)
                     .collect(),
@@ -449,7 +528,7 @@ fn job(
             vcpus: a.vcpus.unwrap_or(participants.len() as u32),
             local_vcpus,
             vcpu_cores: match &a.vcpu_cores {
-                Some(l) => cpulist::parse(l).map_err(|e| format!("--vcpu-cores: {e}"))?,
+                Some(l) => cpulist::parse(l).map_err(NodeCmdError::VcpuCores)?,
                 None => Vec::new(),
             },
             timeout: Duration::from_secs(a.guest_timeout),
@@ -458,24 +537,24 @@ fn job(
         };
         let h = std::thread::Builder::new()
             .name("linux".into())
-            .spawn(move || crate::guest_linux::run_linux(&node, &spec, &progress))
-            .map_err(|e| e.to_string())?;
+            .spawn(move || Ok(crate::guest_linux::run_linux(&node, &spec, &progress)?))
+            .map_err(NodeCmdError::Spawn)?;
         return Ok(Some(("linux".into(), h)));
     }
     let Some(g) = &a.guest else { return Ok(None) };
-    let guest = vmm::launch::parse_guest_arg(g).map_err(|e| e.to_string())?;
+    let guest = vmm::launch::parse_guest_arg(g)?;
     let vcpus = a.vcpus.unwrap_or(participants.len() as u32);
     let local_vcpus = match &a.local_vcpus {
         Some(l) if l == "none" => Vec::new(),
         Some(l) => cpulist::parse(l)
-            .map_err(|e| format!("--local-vcpus: {e}"))?
+            .map_err(NodeCmdError::LocalVcpus)?
             .into_iter()
             .map(|v| v as u32)
             .collect(),
         None => guest::default_local_vcpus(vcpus, participants, node.id()),
     };
     let vcpu_cores = match &a.vcpu_cores {
-        Some(l) => cpulist::parse(l).map_err(|e| format!("--vcpu-cores: {e}"))?,
+        Some(l) => cpulist::parse(l).map_err(NodeCmdError::VcpuCores)?,
         None => Vec::new(),
     };
     let spec = guest::GuestSpec {
@@ -490,8 +569,8 @@ fn job(
     let extras = extras.clone();
     let h = std::thread::Builder::new()
         .name("guest".into())
-        .spawn(move || guest::run(&node, &spec, &progress, &extras))
-        .map_err(|e| e.to_string())?;
+        .spawn(move || Ok(guest::run(&node, &spec, &progress, &extras)?))
+        .map_err(NodeCmdError::Spawn)?;
     Ok(Some((format!("guest {}", guest.name()), h)))
 }
 
@@ -502,14 +581,14 @@ fn acpi_dump(
     a: &NodeArgs,
     participants: &[u16],
     dir: &std::path::Path,
-) -> Result<(), String> {
+) -> Result<(), NodeCmdError> {
     let vcpus = a.vcpus.unwrap_or(participants.len() as u32);
-    let area = engine::host_area::HostArea::of(node).ok_or("the address space is too small")?;
+    let area = engine::host_area::HostArea::of(node).ok_or(NodeCmdError::AddressSpaceTooSmall)?;
     let ram_end = area.start() / (2 << 20) * (2 << 20);
     let topology = guest::acpi_tables(node, ram_end, |id| {
         guest::default_local_vcpus(vcpus, participants, id)
     })?;
-    let files = acpi::dump(&topology, dir).map_err(|e| e.to_string())?;
+    let files = acpi::dump(&topology, dir)?;
     for f in files {
         tracing::info!("wrote {}", f.display());
     }
@@ -517,7 +596,7 @@ fn acpi_dump(
 }
 
 /// Prints a job's verdict; returns the exit code it implies.
-fn print_report(me: u16, label: &str, r: Result<workload::Report, String>) -> i32 {
+fn print_report(me: u16, label: &str, r: Result<workload::Report, NodeCmdError>) -> i32 {
     match r {
         Ok(r) => {
             println!(

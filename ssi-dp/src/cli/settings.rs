@@ -2,19 +2,150 @@
 //! --node-id N`): addresses, peers, memory, cores, the secret, and the control plane (mutual
 //! TLS identity and timeouts) when one is configured.
 
+use std::io;
 use std::net::TcpListener;
 use std::os::fd::FromRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use control::inventory::Inventory;
-use control::tls::TlsIdentity;
+use control::inventory::{Inventory, InventoryError};
+use control::tls::{TlsError, TlsIdentity};
 
-use super::peer_arg::{self, PeerArg};
+use super::peer_arg::{self, PeerArg, PeerArgError};
 use super::NodeArgs;
-use engine::config::{self, ClusterSpec, NodeSpec};
-use engine::cpulist;
+use engine::config::{self, ClusterSpec, ConfigError, NodeSpec};
+use engine::cpulist::{self, CpuListError};
 use engine::idle::IdlePolicy;
+
+/// Why a node's settings are unusable; each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `--node-id` missing.
+    #[error("--node-id is required to run a node (or run `ssi-dp demo` or `ssi-dp up`)")]
+    NoNodeId,
+    /// Neither `--listen` nor `--listen-fd` (nor an inventory).
+    #[error("--listen HOST:PORT is required to run a node")]
+    NoListen,
+    /// `--listen-fd` names stdin, stdout or stderr.
+    #[error("--listen-fd {0} is not an inherited socket")]
+    ListenFdReserved(i32),
+    /// `--listen-fd` is not a listening socket.
+    #[error("--listen-fd {fd} is not a listening socket: {source}")]
+    ListenFdNotSocket {
+        /// The fd.
+        fd: i32,
+        /// What `getsockname` said.
+        #[source]
+        source: io::Error,
+    },
+    /// A listener could not be bound.
+    #[error(
+        "cannot listen on {addr} ({what}): {source}; is another node already using that port?"
+    )]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The bound data-plane listener has no local address.
+    #[error(transparent)]
+    ListenerAddr(io::Error),
+    /// `--cluster-secret-file` missing.
+    #[error("--cluster-secret-file is required: every node must share the same secret")]
+    NoSecretFile,
+    /// The secret file cannot be read.
+    #[error(
+        "cannot read the cluster secret {}: {source}; create it with e.g. `head -c 32 \
+         /dev/urandom > {}`",
+        .path.display(),
+        .path.display()
+    )]
+    ReadSecret {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The secret is too short.
+    #[error(
+        "the cluster secret in {} has {len} bytes; it needs at least {}",
+        .path.display(),
+        wire::handshake::MIN_SECRET_LEN
+    )]
+    ShortSecret {
+        /// The file.
+        path: PathBuf,
+        /// Its length (without a final newline).
+        len: usize,
+    },
+    /// A size, node id, address or the cluster they make is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A `--peer` value is invalid.
+    #[error(transparent)]
+    Peer(#[from] PeerArgError),
+    /// `--cores` is invalid.
+    #[error("--cores: {0}")]
+    Cores(#[source] CpuListError),
+    /// `--control` without the TLS files.
+    #[error(
+        "--control needs --tls-ca, --tls-cert and --tls-key (create them with `ssi-dp certs`)"
+    )]
+    ControlNeedsTls,
+    /// `--control` with a peer that has no control address.
+    #[error("with --control, every --peer needs control=HOST:PORT (node {0} has none)")]
+    PeerWithoutControl(u16),
+    /// The TLS identity could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// `--join-wait` without the control plane.
+    #[error(
+        "--join-wait needs the control plane (--control and the --tls-* files, or --inventory)"
+    )]
+    JoinWaitNeedsControl,
+    /// The inventory cannot be used.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// The inventory does not list `--node-id`.
+    #[error("node {id} is not in the inventory {}", .path.display())]
+    NotInInventory {
+        /// `--node-id`.
+        id: u16,
+        /// The inventory.
+        path: PathBuf,
+    },
+    /// An inventory node's memory is invalid.
+    #[error("inventory node {id}: {source}")]
+    InventorySize {
+        /// The node.
+        id: u16,
+        /// Why.
+        #[source]
+        source: ConfigError,
+    },
+    /// An inventory node's cores are invalid.
+    #[error("inventory node {id} cores: {source}")]
+    InventoryCores {
+        /// The node.
+        id: u16,
+        /// Why.
+        #[source]
+        source: CpuListError,
+    },
+    /// An inventory node's idle policy is invalid (`why` is the engine's parse message).
+    #[error("inventory node {id}: {why}")]
+    InventoryIdle {
+        /// The node.
+        id: u16,
+        /// Why.
+        why: String,
+    },
+}
 
 /// The control plane's settings.
 #[derive(Debug)]
@@ -57,91 +188,83 @@ pub struct Settings {
 }
 
 /// Reads and checks the cluster secret.
-pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read the cluster secret {}: {e}; create it with e.g. `head -c 32 /dev/urandom > {}`",
-            path.display(),
-            path.display()
-        )
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, SettingsError> {
+    let bytes = std::fs::read(path).map_err(|source| SettingsError::ReadSecret {
+        path: path.to_path_buf(),
+        source,
     })?;
     let trimmed: Vec<u8> = bytes.strip_suffix(b"\n").unwrap_or(&bytes).to_vec();
     if trimmed.len() < wire::handshake::MIN_SECRET_LEN {
-        return Err(format!(
-            "the cluster secret in {} has {} bytes; it needs at least {}",
-            path.display(),
-            trimmed.len(),
-            wire::handshake::MIN_SECRET_LEN
-        ));
+        return Err(SettingsError::ShortSecret {
+            path: path.to_path_buf(),
+            len: trimmed.len(),
+        });
     }
     Ok(trimmed)
 }
 
-fn bind(what: &str, addr: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).map_err(|e| {
-        format!("cannot listen on {addr} ({what}): {e}; is another node already using that port?")
+fn bind(what: &'static str, addr: &str) -> Result<TcpListener, SettingsError> {
+    TcpListener::bind(addr).map_err(|source| SettingsError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
     })
 }
 
-fn data_listener(a: &NodeArgs, fallback: Option<&str>) -> Result<TcpListener, String> {
+fn data_listener(a: &NodeArgs, fallback: Option<&str>) -> Result<TcpListener, SettingsError> {
     if let Some(fd) = a.listen_fd {
         if fd < 3 {
-            return Err(format!("--listen-fd {fd} is not an inherited socket"));
+            return Err(SettingsError::ListenFdReserved(fd));
         }
         // SAFETY: the parent passed this fd for us to own (the demo and the tests do).
         let l = unsafe { TcpListener::from_raw_fd(fd) };
         l.local_addr()
-            .map_err(|e| format!("--listen-fd {fd} is not a listening socket: {e}"))?;
+            .map_err(|source| SettingsError::ListenFdNotSocket { fd, source })?;
         return Ok(l);
     }
     match a.listen.as_deref().or(fallback) {
         Some(addr) => bind("data plane", addr),
-        None => Err("--listen HOST:PORT is required to run a node".into()),
+        None => Err(SettingsError::NoListen),
     }
 }
 
 /// Resolves the settings from the command line (and the inventory, if given).
-pub fn resolve(a: &NodeArgs) -> Result<Settings, String> {
-    let id = a
-        .node_id
-        .ok_or("--node-id is required to run a node (or run `ssi-dp demo` or `ssi-dp up`)")?;
-    let id = config::node_id(id).map_err(|e| e.to_string())?;
+pub fn resolve(a: &NodeArgs) -> Result<Settings, SettingsError> {
+    let id = a.node_id.ok_or(SettingsError::NoNodeId)?;
+    let id = config::node_id(id)?;
     match &a.inventory {
         Some(path) => from_inventory(a, id, path),
         None => from_flags(a, id),
     }
 }
 
-fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, String> {
+fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
     let listener = data_listener(a, None)?;
-    let memory = config::parse_size(&a.memory).map_err(|e| e.to_string())?;
+    let memory = config::parse_size(&a.memory)?;
     let peers = a
         .peers
         .iter()
-        .map(|p| peer_arg::parse_peer(p).map_err(|e| e.to_string()))
+        .map(|p| peer_arg::parse_peer(p))
         .collect::<Result<Vec<_>, _>>()?;
     let secret_path = a
         .cluster_secret_file
         .as_ref()
-        .ok_or("--cluster-secret-file is required: every node must share the same secret")?;
+        .ok_or(SettingsError::NoSecretFile)?;
     let secret = read_secret(secret_path)?;
-    let cores = cpulist::parse(&a.cores).map_err(|e| format!("--cores: {e}"))?;
+    let cores = cpulist::parse(&a.cores).map_err(SettingsError::Cores)?;
     let control = match &a.control {
         None => None,
         Some(addr) => {
             let (Some(ca), Some(cert), Some(key)) = (&a.tls_ca, &a.tls_cert, &a.tls_key) else {
-                return Err("--control needs --tls-ca, --tls-cert and --tls-key (create them with `ssi-dp certs`)".into());
+                return Err(SettingsError::ControlNeedsTls);
             };
             if let Some(p) = peers.iter().find(|p| p.control.is_none()) {
-                return Err(format!(
-                    "with --control, every --peer needs control=HOST:PORT (node {} has none)",
-                    p.id
-                ));
+                return Err(SettingsError::PeerWithoutControl(p.id));
             }
             Some(ControlSettings {
                 addr: addr.clone(),
                 listener: bind("control plane", addr)?,
-                tls: TlsIdentity::load(id, ca, cert, key).map_err(|e| e.to_string())?,
+                tls: TlsIdentity::load(id, ca, cert, key)?,
                 heartbeat: Duration::from_millis(a.heartbeat_ms),
                 suspect: Duration::from_millis(a.suspect_ms),
                 dead: Duration::from_millis(a.dead_ms),
@@ -149,10 +272,7 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, String> {
         }
     };
     if a.join_wait && control.is_none() {
-        return Err(
-            "--join-wait needs the control plane (--control and the --tls-* files, or --inventory)"
-                .into(),
-        );
+        return Err(SettingsError::JoinWaitNeedsControl);
     }
     Ok(Settings {
         id,
@@ -167,13 +287,15 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, String> {
     })
 }
 
-fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, String> {
-    let inv = Inventory::load(path).map_err(|e| e.to_string())?;
-    let me = inv
-        .node(id)
-        .ok_or_else(|| format!("node {id} is not in the inventory {}", path.display()))?;
+fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, SettingsError> {
+    let inv = Inventory::load(path)?;
+    let me = inv.node(id).ok_or_else(|| SettingsError::NotInInventory {
+        id,
+        path: path.to_path_buf(),
+    })?;
     let listener = data_listener(a, Some(&me.listen))?;
-    let memory = config::parse_size(&me.memory).map_err(|e| format!("inventory node {id}: {e}"))?;
+    let memory = config::parse_size(&me.memory)
+        .map_err(|source| SettingsError::InventorySize { id, source })?;
     let mut peers = Vec::new();
     for n in inv.nodes.iter().filter(|n| n.id != id) {
         peers.push(PeerArg {
@@ -181,18 +303,19 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, String
             addr: n.listen.clone(),
             memory: Some(
                 config::parse_size(&n.memory)
-                    .map_err(|e| format!("inventory node {}: {e}", n.id))?,
+                    .map_err(|source| SettingsError::InventorySize { id: n.id, source })?,
             ),
             control: Some(n.control.clone()),
         });
     }
     let secret = read_secret(&inv.cluster.secret_file)?;
-    let cores = cpulist::parse(&me.cores).map_err(|e| format!("inventory node {id} cores: {e}"))?;
+    let cores =
+        cpulist::parse(&me.cores).map_err(|source| SettingsError::InventoryCores { id, source })?;
     let idle: IdlePolicy = me
         .idle
         .parse()
-        .map_err(|e: String| format!("inventory node {id}: {e}"))?;
-    let tls = TlsIdentity::load(id, &inv.tls.ca, &me.cert, &me.key).map_err(|e| e.to_string())?;
+        .map_err(|why: String| SettingsError::InventoryIdle { id, why })?;
+    let tls = TlsIdentity::load(id, &inv.tls.ca, &me.cert, &me.key)?;
     let control = Some(ControlSettings {
         addr: me.control.clone(),
         listener: bind("control plane", &me.control)?,
@@ -216,26 +339,28 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, String
 
 impl Settings {
     /// The cluster these settings describe (peers' memory defaults to this node's).
-    pub fn cluster(&self) -> Result<ClusterSpec, String> {
-        let listen = self.listener.local_addr().map_err(|e| e.to_string())?;
+    pub fn cluster(&self) -> Result<ClusterSpec, SettingsError> {
+        let listen = self
+            .listener
+            .local_addr()
+            .map_err(SettingsError::ListenerAddr)?;
         let mut peers = Vec::new();
         for p in &self.peers {
-            let addr = config::resolve(p.id, &p.addr).map_err(|e| e.to_string())?;
+            let addr = config::resolve(p.id, &p.addr)?;
             peers.push(NodeSpec {
                 id: p.id,
                 addr,
                 memory: p.memory.unwrap_or(self.memory),
             });
         }
-        ClusterSpec::new(
+        Ok(ClusterSpec::new(
             NodeSpec {
                 id: self.id,
                 addr: listen,
                 memory: self.memory,
             },
             peers,
-        )
-        .map_err(|e| e.to_string())
+        )?)
     }
 
     /// Every member's control address, this node's included.

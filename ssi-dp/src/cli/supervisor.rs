@@ -217,7 +217,7 @@ impl Supervisor {
             }
             up::init(&inv).map_err(|e| invalid(format!("creating secret/certificates: {e}")))?;
         }
-        up::check_files(&inv, &local).map_err(invalid)?;
+        up::check_files(&inv, &local).map_err(|e| invalid(e.to_string()))?;
         std::fs::create_dir_all(&self.args.dir)
             .and_then(|()| std::fs::write(&path, text))
             .map_err(|e| {
@@ -436,31 +436,46 @@ fn fmt_ids(ids: &[u16]) -> String {
     cpulist::format(&ids.iter().map(|&i| usize::from(i)).collect::<Vec<_>>())
 }
 
+/// Why a node's API could not tell the members (the supervisor then asks the next node).
+#[derive(Debug, thiserror::Error)]
+enum NodeApiError {
+    /// The API address resolves to nothing.
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    /// Resolving, connecting, writing or reading failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The answer is not HTTP.
+    #[error("the answer has no header end")]
+    NoHeaderEnd,
+    /// The node answered with another status (its status line).
+    #[error("answered {0}")]
+    Answered(String),
+    /// The answer's body is not a member list.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// `GET /nodes` on a node's API.
-fn get_members(api: &str) -> Result<Vec<Member>, String> {
+fn get_members(api: &str) -> Result<Vec<Member>, NodeApiError> {
     let addr = api
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
+        .to_socket_addrs()?
         .next()
-        .ok_or_else(|| format!("{api} resolves to no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, NODE_API_TIMEOUT).map_err(|e| e.to_string())?;
+        .ok_or_else(|| NodeApiError::NoAddress(api.to_string()))?;
+    let mut s = TcpStream::connect_timeout(&addr, NODE_API_TIMEOUT)?;
     s.set_read_timeout(Some(NODE_API_TIMEOUT))
-        .and_then(|()| s.set_write_timeout(Some(NODE_API_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET /nodes HTTP/1.0\r\nHost: {api}\r\n\r\n").map_err(|e| e.to_string())?;
+        .and_then(|()| s.set_write_timeout(Some(NODE_API_TIMEOUT)))?;
+    write!(s, "GET /nodes HTTP/1.0\r\nHost: {api}\r\n\r\n")?;
     let mut out = Vec::new();
-    s.take(NODE_API_MAX_BYTES)
-        .read_to_end(&mut out)
-        .map_err(|e| e.to_string())?;
+    s.take(NODE_API_MAX_BYTES).read_to_end(&mut out)?;
     let text = String::from_utf8_lossy(&out);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or("the answer has no header end")?;
+        .ok_or(NodeApiError::NoHeaderEnd)?;
     if head.split_whitespace().nth(1) != Some("200") {
-        return Err(format!(
-            "answered {}",
-            head.lines().next().unwrap_or_default()
+        return Err(NodeApiError::Answered(
+            head.lines().next().unwrap_or_default().to_string(),
         ));
     }
-    serde_json::from_str(body).map_err(|e| e.to_string())
+    Ok(serde_json::from_str(body)?)
 }

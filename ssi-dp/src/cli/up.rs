@@ -7,13 +7,14 @@
 //! for the control plane's mutual TLS.
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
 use clap::Args;
 use control::inventory::{Inventory, NodeEntry};
+use control::tls::TlsError;
 
 use super::child;
 use crate::signals;
@@ -44,6 +45,61 @@ pub struct CertsArgs {
     /// Node ids to create certificates for (cpulist syntax: 0-2,5).
     #[arg(long)]
     nodes: String,
+}
+
+/// Why the files an inventory names are missing or could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// The secret or certificates are missing.
+    #[error(
+        "missing {}; create the certificates with `ssi-dp certs --out DIR --nodes {}` and the \
+         secret with `head -c 32 /dev/urandom > SECRET`, at the paths the inventory names",
+        paths(.missing),
+        cpulist::format(.nodes)
+    )]
+    MissingFiles {
+        /// The missing files.
+        missing: Vec<PathBuf>,
+        /// Every node of the inventory.
+        nodes: Vec<usize>,
+    },
+    /// No random bytes for the secret.
+    #[error("cannot read /dev/urandom: {0}")]
+    Urandom(#[source] io::Error),
+    /// A directory or the secret could not be written.
+    #[error("{}: {source}", .path.display())]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The inventory's certificate paths are not the ones `--init` creates.
+    #[error(
+        "node {id}'s certificate and key must be {} and {} to be created here",
+        .cert.display(),
+        .key.display()
+    )]
+    CertPaths {
+        /// The node.
+        id: u16,
+        /// The certificate path `--init` would create.
+        cert: PathBuf,
+        /// The key path `--init` would create.
+        key: PathBuf,
+    },
+    /// Generating the certificates failed.
+    #[error(transparent)]
+    Generate(#[from] TlsError),
+}
+
+/// `a, b, c`
+fn paths(v: &[PathBuf]) -> String {
+    v.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Creates certificates; returns the exit code.
@@ -151,26 +207,23 @@ pub fn run(a: UpArgs) -> i32 {
 
 /// Refuses to start `local` nodes whose secret or certificate files are missing, saying how to
 /// create them.
-pub(super) fn check_files(inv: &Inventory, local: &[&NodeEntry]) -> Result<(), String> {
+pub(super) fn check_files(inv: &Inventory, local: &[&NodeEntry]) -> Result<(), UpError> {
     let mut missing = Vec::new();
     for p in std::iter::once(&inv.tls.ca).chain(local.iter().flat_map(|n| [&n.cert, &n.key])) {
         if !p.exists() {
-            missing.push(p.display().to_string());
+            missing.push(p.clone());
         }
     }
     if !inv.cluster.secret_file.exists() {
-        missing.push(inv.cluster.secret_file.display().to_string());
+        missing.push(inv.cluster.secret_file.clone());
     }
     if missing.is_empty() {
         return Ok(());
     }
-    let ids: Vec<usize> = inv.nodes.iter().map(|n| usize::from(n.id)).collect();
-    Err(format!(
-        "missing {}; create the certificates with `ssi-dp certs --out DIR --nodes {}` and the \
-         secret with `head -c 32 /dev/urandom > SECRET`, at the paths the inventory names",
-        missing.join(", "),
-        cpulist::format(&ids)
-    ))
+    Err(UpError::MissingFiles {
+        missing,
+        nodes: inv.nodes.iter().map(|n| usize::from(n.id)).collect(),
+    })
 }
 
 /// Starts node `id` of `inventory` as a child process (see [`child::spawn`]).
@@ -192,17 +245,22 @@ pub(super) fn spawn_node(
 }
 
 /// Creates the secret and the certificates an inventory names, where missing.
-pub(super) fn init(inv: &Inventory) -> Result<(), String> {
+pub(super) fn init(inv: &Inventory) -> Result<(), UpError> {
     if !inv.cluster.secret_file.exists() {
         let mut secret = [0u8; 32];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut secret))
-            .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+            .map_err(UpError::Urandom)?;
         if let Some(d) = inv.cluster.secret_file.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(|source| UpError::File {
+                path: d.to_path_buf(),
+                source,
+            })?;
         }
-        std::fs::write(&inv.cluster.secret_file, secret)
-            .map_err(|e| format!("{}: {e}", inv.cluster.secret_file.display()))?;
+        std::fs::write(&inv.cluster.secret_file, secret).map_err(|source| UpError::File {
+            path: inv.cluster.secret_file.clone(),
+            source,
+        })?;
         eprintln!("ssi-dp up: created {}", inv.cluster.secret_file.display());
     }
     if inv.tls.ca.exists() {
@@ -215,16 +273,15 @@ pub(super) fn init(inv: &Inventory) -> Result<(), String> {
             dir.join(format!("node{}.key", n.id)),
         );
         if n.cert != c || n.key != k {
-            return Err(format!(
-                "node {}'s certificate and key must be {} and {} to be created here",
-                n.id,
-                c.display(),
-                k.display()
-            ));
+            return Err(UpError::CertPaths {
+                id: n.id,
+                cert: c,
+                key: k,
+            });
         }
     }
     let ids: Vec<u16> = inv.nodes.iter().map(|n| n.id).collect();
-    control::tls::generate(&dir, &ids).map_err(|e| e.to_string())?;
+    control::tls::generate(&dir, &ids)?;
     eprintln!(
         "ssi-dp up: created a CA and certificates for nodes {ids:?} in {}",
         dir.display()

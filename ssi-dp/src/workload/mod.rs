@@ -20,7 +20,46 @@ use std::time::{Duration, Instant};
 
 use engine::barrier::Barrier;
 use engine::mem::{Mem, Plan, BARRIER_PAGE};
-use engine::node::Node;
+use engine::node::{Node, NodeError};
+
+/// Why a workload could not run (a verdict of FAILED is a [`Report`], not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// `--workload` names no workload.
+    #[error("unknown workload {0:?}: use counters, lock, seqs, pingpong, demo, scan or private")]
+    UnknownKind(String),
+    /// This node runs the workload but is not one of its participants.
+    #[error("node {node} is not among the participants {participants:?}")]
+    NotAParticipant {
+        /// This node.
+        node: u16,
+        /// `--participants`.
+        participants: Vec<u16>,
+    },
+    /// `--workers 0`.
+    #[error("a workload needs at least one worker (--workers)")]
+    NoWorkers,
+    /// `pingpong` with other than two participants.
+    #[error("pingpong needs exactly two participants")]
+    PingPongParties,
+    /// A participant did not join the cluster in time.
+    #[error("a participant never became a member of this node's cluster")]
+    ParticipantNeverJoined,
+    /// A home has no room for the scan workload's table.
+    #[error(
+        "the scan workload needs {pages} pages ({} KiB) on every node that contributes memory; \
+         give each at least --memory {}K",
+        .pages * 4,
+        .pages * 4
+    )]
+    ScanNeedsMemory {
+        /// Pages needed on every home.
+        pages: u64,
+    },
+    /// Handing cached pages back home at the end failed.
+    #[error(transparent)]
+    HandBack(#[from] NodeError),
+}
 
 /// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +84,7 @@ pub enum Kind {
 }
 
 impl std::str::FromStr for Kind {
-    type Err = String;
+    type Err = WorkloadError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
@@ -56,11 +95,7 @@ impl std::str::FromStr for Kind {
             "demo" => Kind::Demo,
             "scan" => Kind::Scan,
             "private" => Kind::Private,
-            _ => {
-                return Err(format!(
-                "unknown workload {s:?}: use counters, lock, seqs, pingpong, demo, scan or private"
-            ))
-            }
+            _ => return Err(WorkloadError::UnknownKind(s.to_string())),
         })
     }
 }
@@ -125,13 +160,13 @@ pub(crate) struct Ctx<'a> {
 }
 
 /// Runs the workload on a started node and returns the verified result.
-pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, String> {
+pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, WorkloadError> {
     let me = node.id();
     let Some(rank) = spec.participants.iter().position(|&p| p == me) else {
-        return Err(format!(
-            "node {me} is not among the participants {:?}",
-            spec.participants
-        ));
+        return Err(WorkloadError::NotAParticipant {
+            node: me,
+            participants: spec.participants.clone(),
+        });
     };
     let mem_now = || {
         // SAFETY: the node's region stays mapped while `node` lives, which outlives this call.
@@ -146,11 +181,11 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
         ));
     }
     if spec.workers == 0 {
-        return Err("a workload needs at least one worker (--workers)".into());
+        return Err(WorkloadError::NoWorkers);
     }
     let parties = spec.participants.len() as u64;
     if spec.kind == Kind::PingPong && parties != 2 {
-        return Err("pingpong needs exactly two participants".into());
+        return Err(WorkloadError::PingPongParties);
     }
     // Everyone present (a participant may join the running cluster first; page 0 is homed by
     // a founding node, so the barrier page exists from the start).
@@ -161,7 +196,7 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Stri
         |p: u16| coherence::NodeId::new(p).is_ok_and(|n| node.layout().range_of(n).is_some());
     while !spec.participants.iter().all(|&p| member(p)) {
         if Instant::now() > deadline {
-            return Err("a participant never became a member of this node's cluster".into());
+            return Err(WorkloadError::ParticipantNeverJoined);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -253,16 +288,16 @@ pub(crate) fn finish(
     barrier: &Barrier,
     progress: &Progress,
     report: Report,
-) -> Result<Report, String> {
+) -> Result<Report, WorkloadError> {
     let leave = Duration::from_secs(30);
-    node.leave(leave).map_err(|e| e.to_string())?;
+    node.leave(leave)?;
     if let Ok(mut r) = progress.report.lock() {
         *r = Some(report.clone());
     }
     progress.verified.store(true, Ordering::SeqCst);
     node.state().expect_departures();
     barrier.arrive(2);
-    node.leave(leave).map_err(|e| e.to_string())?;
+    node.leave(leave)?;
     barrier.wait_for(2);
     Ok(report)
 }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::{per_op, Ctx, Report, WorkerResult};
+use super::{per_op, Ctx, Report, WorkerResult, WorkloadError};
 
 /// Pages of the table on each home, from the home's page [`OFFSET`] on.
 pub(crate) const PAGES_PER_HOME: u64 = 256;
@@ -36,16 +36,12 @@ fn seed(round: u64, j: u64) -> u64 {
 }
 
 /// Whether every home has room for its part of the table.
-pub(crate) fn check(ctx: &Ctx<'_>) -> Result<(), String> {
+pub(crate) fn check(ctx: &Ctx<'_>) -> Result<(), WorkloadError> {
     for h in 0..ctx.plan.homes() {
         if ctx.plan.run_page(h, OFFSET + PAGES_PER_HOME - 1).is_none() {
-            return Err(format!(
-                "the scan workload needs {} pages ({} KiB) on every node that contributes memory; \
-                 give each at least --memory {}K",
-                OFFSET + PAGES_PER_HOME + 1,
-                (OFFSET + PAGES_PER_HOME + 1) * 4,
-                (OFFSET + PAGES_PER_HOME + 1) * 4
-            ));
+            return Err(WorkloadError::ScanNeedsMemory {
+                pages: OFFSET + PAGES_PER_HOME + 1,
+            });
         }
     }
     Ok(())

@@ -33,7 +33,20 @@ use msg::{Lifecycle, Msg, Space};
 /// (an authenticated TCP connection per pair of nodes).
 pub trait Uplink: Send + Sync + std::fmt::Debug {
     /// Sends `msg` to `node`; an error means the node is unreachable (the run then fails).
-    fn send(&self, node: u16, msg: &Msg) -> Result<(), String>;
+    fn send(&self, node: u16, msg: &Msg) -> Result<(), UplinkError>;
+}
+
+/// Why an [`Uplink`] could not send a message to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// There is no channel to that node: it runs none of this guest's vCPUs and has none of
+    /// its devices, so nothing should be sent to it.
+    #[error("no guest platform channel to node {0}")]
+    NoChannel(u16),
+    /// Writing to the node's channel failed (it closed, or stopped reading past the write
+    /// timeout).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Why the platform could not do something. Messages say what to look at.
@@ -48,7 +61,8 @@ pub enum PlatformError {
         /// The node.
         node: u16,
         /// What the link said.
-        reason: String,
+        #[source]
+        reason: UplinkError,
     },
     /// The device node did not answer a forwarded access in time.
     #[error(
@@ -693,7 +707,7 @@ mod tests {
     struct Recorder(Mutex<Vec<(u16, Msg)>>);
 
     impl Uplink for Recorder {
-        fn send(&self, node: u16, msg: &Msg) -> Result<(), String> {
+        fn send(&self, node: u16, msg: &Msg) -> Result<(), UplinkError> {
             self.0.lock().unwrap().push((node, *msg));
             Ok(())
         }
