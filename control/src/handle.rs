@@ -112,8 +112,60 @@ pub struct Heat {
 }
 
 /// One service-time histogram: `(series name, [(upper bound in s, cumulative count)],
-/// count, sum in s)`.
+/// count, sum in s)`. The upper bounds are [`SERVICE_TIME_BUCKETS_NS`], always all of them
+/// (build the list with [`service_time_buckets`]), so that a series keeps the same `le`
+/// labels from scrape to scrape.
 pub type ServiceTimeSeries = (String, Vec<(f64, u64)>, u64, f64);
+
+/// The fixed upper bounds, in nanoseconds, of every fault service-time histogram: 1-2-5 steps
+/// from 1 µs to 10 s (a remote fault here takes 50–200 µs; a stalled one, seconds). Values
+/// above the last bound count only in `+Inf`. Changing these breaks dashboards: they are
+/// documented in docs/api.md.
+pub const SERVICE_TIME_BUCKETS_NS: [u64; 22] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Cumulative counts at each of [`SERVICE_TIME_BUCKETS_NS`] (as `(bound in s, count)`) from
+/// recorded `(value in ns, count)` pairs in any order.
+pub fn service_time_buckets(recorded: impl IntoIterator<Item = (u64, u64)>) -> Vec<(f64, u64)> {
+    let mut counts = [0u64; SERVICE_TIME_BUCKETS_NS.len()];
+    for (ns, n) in recorded {
+        let i = SERVICE_TIME_BUCKETS_NS.partition_point(|&le| le < ns);
+        if let Some(c) = counts.get_mut(i) {
+            *c = c.saturating_add(n);
+        }
+    }
+    let mut cumulative = 0u64;
+    SERVICE_TIME_BUCKETS_NS
+        .iter()
+        .zip(counts)
+        .map(|(&le, c)| {
+            cumulative = cumulative.saturating_add(c);
+            (le as f64 / 1e9, cumulative)
+        })
+        .collect()
+}
 
 /// What the data plane reports for metrics; every field is a real, updated counter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -234,4 +286,28 @@ pub trait MembershipOps: Send + Sync {
     /// Forms a cluster from an inventory (`POST /cluster`), where the receiver can (the
     /// `ssi-dp up` supervisor); a node already in a cluster answers `Conflict`.
     fn form_cluster(&self, inventory_toml: &str) -> Result<Vec<Member>, MembershipError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_time_buckets_are_fixed_and_cumulative() {
+        let empty = service_time_buckets([]);
+        let bounds: Vec<f64> = empty.iter().map(|b| b.0).collect();
+        assert_eq!(bounds.len(), SERVICE_TIME_BUCKETS_NS.len());
+        assert_eq!(bounds[0], 1e-6);
+        assert_eq!(*bounds.last().unwrap(), 10.0);
+        assert!(empty.iter().all(|b| b.1 == 0));
+        // A value on a bound counts in that bucket; above the last one, only in +Inf.
+        let b = service_time_buckets([(50_000, 2), (999, 1), (50_001, 4), (20_000_000_000, 9)]);
+        assert_eq!(b.len(), SERVICE_TIME_BUCKETS_NS.len());
+        let at = |s: f64| b.iter().find(|x| x.0 == s).unwrap().1;
+        assert_eq!(at(1e-6), 1);
+        assert_eq!(at(20e-6), 1);
+        assert_eq!(at(50e-6), 3);
+        assert_eq!(at(100e-6), 7);
+        assert_eq!(at(10.0), 7);
+    }
 }

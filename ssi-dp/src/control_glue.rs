@@ -277,12 +277,11 @@ impl NodeHandle for Glue {
         let service_time = summary::series(st)
             .into_iter()
             .map(|(name, h)| {
-                let mut buckets = Vec::new();
-                let mut cumulative = 0;
-                for v in h.iter_log(1_000, 2.0) {
-                    cumulative += v.count_since_last_iteration();
-                    buckets.push((v.value_iterated_to() as f64 / 1e9, cumulative));
-                }
+                // Fixed bounds: the `le` labels never change between scrapes.
+                let buckets = control::handle::service_time_buckets(
+                    h.iter_recorded()
+                        .map(|v| (v.value_iterated_to(), v.count_at_value())),
+                );
                 let sum_s = h
                     .iter_recorded()
                     .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
