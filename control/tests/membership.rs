@@ -22,6 +22,7 @@ struct FakeNode {
     extended: Mutex<Vec<u16>>,
     stopped: Mutex<bool>,
     handed_back: Mutex<bool>,
+    refusals: Mutex<Vec<String>>,
 }
 
 impl NodeControl for FakeNode {
@@ -33,6 +34,9 @@ impl NodeControl for FakeNode {
     }
     fn mark_left(&self, id: u16) {
         self.left.lock().unwrap().push(id);
+    }
+    fn refused(&self, reason: &str) {
+        self.refusals.lock().unwrap().push(reason.to_string());
     }
     fn data_plane_dead(&self) -> u64 {
         0

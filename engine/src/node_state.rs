@@ -3,11 +3,32 @@
 //! (before a node leaves). Shards read these with relaxed loads once per loop turn.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::OnceLock;
 
-use coherence::{FatalReason, NodeId};
+use coherence::FatalReason;
 
-/// `fatal`'s code for [`FatalReason::ActionOverflow`] (node ids use `1 + id`).
-const OVERFLOW: u32 = u32::MAX;
+/// Why a node stopped working for the cluster. Threads whose faults can no longer be served
+/// are left waiting (never woken into a SIGBUS): whoever runs the node watches
+/// [`NodeState::fatal`], reports the reason and ends the process, which ends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The protocol stopped: a home node died, or a step overflowed its action buffer.
+    Protocol(FatalReason),
+    /// A thread of this node touched `page`, whose only copy died with another node.
+    PageLost {
+        /// The page.
+        page: u64,
+    },
+    /// The cluster declared this node dead (it was paused or cut off for longer than the
+    /// failure timeout); it must rejoin as a new node.
+    DeclaredDead,
+}
+
+impl From<FatalReason> for StopReason {
+    fn from(r: FatalReason) -> Self {
+        StopReason::Protocol(r)
+    }
+}
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -17,7 +38,7 @@ pub struct NodeState {
     dead: AtomicU64,
     left: AtomicU64,
     cluster_stop: AtomicBool,
-    fatal: AtomicU32,
+    fatal: OnceLock<StopReason>,
     evict_gen: AtomicU64,
     evict_done: Box<[AtomicU64]>,
     running: AtomicU32,
@@ -36,7 +57,7 @@ impl NodeState {
             dead: AtomicU64::new(0),
             left: AtomicU64::new(0),
             cluster_stop: AtomicBool::new(false),
-            fatal: AtomicU32::new(0),
+            fatal: OnceLock::new(),
             evict_gen: AtomicU64::new(0),
             evict_done: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             running: AtomicU32::new(0),
@@ -112,23 +133,16 @@ impl NodeState {
         self.dead.load(Relaxed)
     }
 
-    /// Records why this node's share of the cluster stopped (first cause wins).
-    pub fn set_fatal(&self, reason: FatalReason) {
-        let code = match reason {
-            FatalReason::HomeDied(n) => u32::from(n.get()) + 1,
-            FatalReason::ActionOverflow => OVERFLOW,
-        };
-        // Failing means a cause is already recorded; the first one is what the node reports.
-        let _ = self.fatal.compare_exchange(0, code, SeqCst, Relaxed);
+    /// Records why this node stopped working for the cluster (the first cause wins).
+    pub fn set_fatal(&self, reason: impl Into<StopReason>) {
+        // Failing means a cause is already recorded; the first one is what the node reports
+        // (a later one is usually its consequence: a lost page after its home died).
+        let _ = self.fatal.set(reason.into());
     }
 
-    /// Why this node's share of the cluster stopped, if it did.
-    pub fn fatal(&self) -> Option<FatalReason> {
-        match self.fatal.load(Relaxed) {
-            0 => None,
-            OVERFLOW => Some(FatalReason::ActionOverflow),
-            n => NodeId::new((n - 1) as u16).ok().map(FatalReason::HomeDied),
-        }
+    /// Why this node stopped working for the cluster, if it did.
+    pub fn fatal(&self) -> Option<StopReason> {
+        self.fatal.get().copied()
     }
 
     /// Asks every shard to evict its cached replicas; returns the request's generation.
@@ -171,6 +185,7 @@ impl NodeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coherence::NodeId;
 
     #[test]
     fn dead_set_fatal_and_evictions() {
@@ -185,11 +200,12 @@ mod tests {
         let home = |i| FatalReason::HomeDied(NodeId::new(i).unwrap());
         s.set_fatal(home(0));
         s.set_fatal(home(5));
-        assert_eq!(s.fatal(), Some(home(0)), "the first cause is kept");
+        s.set_fatal(StopReason::DeclaredDead);
+        assert_eq!(s.fatal(), Some(home(0).into()), "the first cause is kept");
         let t = NodeState::new(1);
+        t.set_fatal(StopReason::PageLost { page: 7 });
         t.set_fatal(FatalReason::ActionOverflow);
-        t.set_fatal(home(3));
-        assert_eq!(t.fatal(), Some(FatalReason::ActionOverflow));
+        assert_eq!(t.fatal(), Some(StopReason::PageLost { page: 7 }));
         let g = s.request_evict_all();
         assert!(!s.evicted(g));
         s.evict_finished(0, g);

@@ -53,7 +53,8 @@ pub fn required_features() -> Features {
 }
 
 /// Features used when the kernel offers them: the faulting thread's id (for traces) and
-/// POISON (to make a lost page raise SIGBUS in whoever touches it).
+/// POISON (to make a touch beyond the address space, a stray pointer, raise SIGBUS rather
+/// than wait forever).
 pub fn optional_features() -> Features {
     Features::THREAD_ID | Features::POISON
 }

@@ -16,6 +16,7 @@ use control::membership::{Membership, NodeControl, NodeControlError};
 
 use engine::config::{self, ClusterSpec, NodeSpec, PAGE_SIZE};
 use engine::node::Node;
+use engine::node_state::StopReason;
 use engine::shard::mailbox::DirView;
 use engine::stats::{sum, FaultKind, Locality, HEAT_BUCKETS};
 use engine::summary;
@@ -127,6 +128,11 @@ impl NodeControl for Glue {
     fn mark_left(&self, id: u16) {
         self.node.state().mark_left(id);
         self.node.wake_shards();
+    }
+
+    fn refused(&self, _reason: &str) {
+        // Membership logged the member's reason; the main loop reports the stop.
+        self.node.state().set_fatal(StopReason::DeclaredDead);
     }
 
     fn data_plane_dead(&self) -> u64 {

@@ -288,6 +288,82 @@ fn misconfigurations_give_clear_errors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a node will read, write, back and pin is checked before it listens or dials: each
+/// mistake is one line and exit code 2, and no "listening" line comes before it. (Before these
+/// checks, a missing --kernel was found only after the cluster formed, and --memory 1T on a
+/// 23 GiB host was accepted.)
+#[test]
+fn files_memory_and_cores_are_checked_before_listening() {
+    let dir = scratch_dir("preflight");
+    let s = secret_file(&dir, "secret", 6);
+    let sp = s.display().to_string();
+    let junk = dir.join("junk-kernel");
+    std::fs::write(&junk, b"not a kernel at all").expect("write");
+    let junkp = junk.display().to_string();
+    // Any ELF passes the kernel's format check, so the initrd is checked next.
+    let elf = std::env::current_exe().expect("the test binary is an ELF");
+    let elfp = elf.display().to_string();
+    let port = ssi_tests::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let base = [
+        "--node-id",
+        "0",
+        "--listen",
+        &listen,
+        "--peer",
+        "1@127.0.0.1:9",
+        "--connect-timeout",
+        "1",
+        "--cluster-secret-file",
+        &sp,
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--memory", "1T"], "pass --allow-overcommit"),
+        (
+            vec!["--kernel", "/nonexistent/bzImage"],
+            "--kernel /nonexistent/bzImage: No such file",
+        ),
+        (
+            vec!["--kernel", &junkp],
+            "neither a vmlinux ELF nor a bzImage",
+        ),
+        (
+            vec!["--kernel", &elfp, "--initrd", "/nonexistent/initrd"],
+            "--initrd /nonexistent/initrd: No such file",
+        ),
+        (
+            vec!["--cores", "1000"],
+            "--cores: CPU 1000 is not available to this process",
+        ),
+        (
+            vec!["--hist-dump", "/nonexistent/dir/h.hlog"],
+            "--hist-dump /nonexistent/dir/h.hlog",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        let (code, out) = run_alone(&a);
+        assert_eq!(code, 2, "{a:?} should exit 2:\n{out}");
+        assert!(out.contains(want), "{a:?} should say {want:?}:\n{out}");
+        assert!(
+            !out.contains("listening on"),
+            "{a:?} listened before failing:\n{out}"
+        );
+        assert_eq!(out.lines().count(), 1, "one line:\n{out}");
+    }
+    // With --allow-overcommit the size check is skipped: the node gets as far as dialling.
+    let mut a = base.to_vec();
+    a.extend(["--memory", "1T", "--allow-overcommit"]);
+    let (code, out) = run_alone(&a);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("listening on") && out.contains("node 1"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Two nodes whose layouts differ (one thinks its peer contributes more memory) refuse each
 /// other at connection setup, naming the mismatch, and exit non-zero.
 #[test]

@@ -123,6 +123,17 @@ impl Detector {
         }
     }
 
+    /// This node itself did not run for `gap_ns` (stopped, or starved of CPU): nobody could
+    /// be heard meanwhile, so the silence is not the peers'. Every live peer's last-heard time
+    /// moves forward by the gap.
+    pub fn forgive(&mut self, gap_ns: u64) {
+        for p in self.peers.iter_mut().flatten() {
+            if matches!(p.state, MemberState::Alive | MemberState::Suspect) {
+                p.last = p.last.saturating_add(gap_ns);
+            }
+        }
+    }
+
     /// A peer's state and when it was last heard.
     pub fn state(&self, peer: u16) -> Option<(MemberState, u64)> {
         self.peers
@@ -188,5 +199,23 @@ mod tests {
             d.tick(t * MS, &mut out);
         }
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn our_own_pause_is_not_the_peers_silence() {
+        let mut d = Detector::new(Duration::from_millis(200), Duration::from_millis(1000));
+        d.watch(1, 0);
+        d.watch(2, 0);
+        d.declare_dead(2);
+        // This node stopped for 10 s: on its first tick every peer looks silent.
+        d.forgive(10_000 * MS);
+        let mut out = Vec::new();
+        d.tick(10_000 * MS + MS, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(d.state(1).map(|s| s.0), Some(MemberState::Alive));
+        assert_eq!(d.state(2).map(|s| s.0), Some(MemberState::Dead));
+        // A peer still silent after the pause is suspected and declared dead as usual.
+        d.tick(10_000 * MS + 1_000 * MS, &mut out);
+        assert_eq!(out, vec![Change::Died(1)]);
     }
 }

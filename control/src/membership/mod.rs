@@ -55,6 +55,10 @@ pub trait NodeControl: Send + Sync {
     fn declare_dead(&self, id: u16);
     /// `id` left in order (it holds nothing any more): forget it without alarm.
     fn mark_left(&self, id: u16);
+    /// A member refused this node: the cluster declared it dead (or never admitted it), and
+    /// it cannot take part any more. `reason` is the member's text. The node stops and says
+    /// so.
+    fn refused(&self, reason: &str);
     /// Nodes the data plane itself found dead (connections broke), as a bit mask.
     fn data_plane_dead(&self) -> u64;
     /// Applies a join: the cluster is now `nodes`, `joiner` is new. Extend the layout,
@@ -366,6 +370,9 @@ struct Loop {
     me: NodeInfo,
     listener: TcpListener,
     heartbeat: Duration,
+    /// The failure detector's timeouts (also used to recognise this node's own pauses).
+    suspect: Duration,
+    dead: Duration,
     tls: TlsIdentity,
     node: Arc<dyn NodeControl>,
     shared: Arc<Shared>,
@@ -466,6 +473,8 @@ impl Loop {
             me: cfg.me,
             listener: cfg.listener,
             heartbeat: cfg.heartbeat,
+            suspect: cfg.suspect,
+            dead: cfg.dead,
             tls: cfg.tls,
             node,
             shared,
@@ -493,7 +502,22 @@ impl Loop {
 
     fn run(mut self) {
         let mut changes = Vec::new();
+        let mut last_turn = Instant::now();
         while !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let gap = last_turn.elapsed();
+            last_turn = Instant::now();
+            if gap > self.suspect {
+                // This node did not run (SIGSTOP, a frozen VM, CPU starvation): the silence
+                // was ours, not the peers'. They may have declared us dead meanwhile; if so
+                // they refuse us and `refused` stops the node.
+                tracing::warn!(
+                    "this node did not run for {:.1} s (stopped or starved of CPU); the other \
+                     members declare a node dead after {} ms of silence",
+                    gap.as_secs_f64(),
+                    self.dead.as_millis()
+                );
+                self.detector.forgive(gap.as_nanos() as u64);
+            }
             self.accept();
             self.dial();
             self.read_links();
@@ -831,6 +855,7 @@ impl Loop {
             }
             ControlMsg::Refused { reason } => {
                 tracing::warn!("a peer refused us: {reason}");
+                self.node.refused(&reason);
                 true
             }
             ControlMsg::Admitted { .. } | ControlMsg::Leave { .. } => false,

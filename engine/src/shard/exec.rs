@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use uffd_poller::{
-    CopyMode, FillOutcome, OpError, PoisonMode, UnprotectMode, WpOutcome, ZeropageMode,
-};
+use uffd_poller::{CopyMode, FillOutcome, OpError, UnprotectMode, WpOutcome, ZeropageMode};
 use wire::ratelimit::LogLimiter;
 use wire::{Header, MsgType, Payload, PeerId, RxBuf, SendOutcome, Transport, TransportError};
 
@@ -14,7 +12,7 @@ use super::backlog::Backlog;
 use super::route::PeerShards;
 use super::trace::Tracer;
 use crate::clock::Clock;
-use crate::node_state::NodeState;
+use crate::node_state::{NodeState, StopReason};
 use crate::region::{Region, ZERO_PAGE};
 use crate::stats::{add, bump, FaultKind, Locality, ShardStats};
 use coherence::{
@@ -97,7 +95,7 @@ impl<T: Transport> Io<T> {
                     bump(&self.stats.pages_lost);
                     self.log.warn(format_args!(
                         "page {page} is lost: its only copy was on a node that died; \
-                         threads touching it get SIGBUS"
+                         a node whose thread touches it stops"
                     ));
                 }
                 Action::ClusterFatal { reason } => after.fatal = Some(reason),
@@ -212,32 +210,27 @@ impl<T: Transport> Io<T> {
         }
     }
 
-    /// A fault on `page` cannot be served: make every access to it raise SIGBUS (POISON)
-    /// so no thread waits forever, or, without POISON, wake them (they fault again and get
-    /// the same answer).
+    /// A fault on `page` cannot be served. The faulting thread is left waiting, never woken
+    /// into a SIGBUS: the node records why it stopped ([`crate::node_state::StopReason`]) and
+    /// the process that runs it reports that and exits, which ends the thread. (A POISONed
+    /// page would kill the process by signal before it could say why.)
     fn fail_page(&mut self, page: u64, reason: FailReason) {
         if reason == FailReason::ClusterDown && self.state.departures_expected() {
-            // An orderly end: the node is about to exit; leave the thread where it is rather
-            // than raise SIGBUS in it.
+            // An orderly end: the node is about to exit.
             return;
         }
         bump(&self.stats.faults_failed);
-        self.log.warn(format_args!(
-            "fault on page {page} failed: {}",
-            match reason {
-                FailReason::Lost => "the page is lost (its exclusive owner died)",
-                FailReason::ClusterDown => "the cluster stopped (a home node died)",
+        match reason {
+            FailReason::Lost => {
+                self.state.set_fatal(StopReason::PageLost { page });
+                self.log.warn(format_args!(
+                    "fault on page {page} failed: the page is lost (its only copy was on a \
+                     node that died); this node stops"
+                ));
             }
-        ));
-        let addr = self.addr(page);
-        match self
-            .region
-            .uffd()
-            .poison(addr, ZERO_PAGE.0.len(), PoisonMode::empty())
-        {
-            Ok(_) => {}
-            Err(OpError::FeatureNotNegotiated { .. }) => self.wake(page),
-            Err(e) => self.ioctl_failed("poison", page, &e),
+            FailReason::ClusterDown => self.log.warn(format_args!(
+                "fault on page {page} failed: the cluster stopped (a home node died)"
+            )),
         }
     }
 

@@ -266,6 +266,12 @@ impl<T: Transport> Shard<T> {
         &self.machine
     }
 
+    /// See [`Shard::sim_fault`]: why the node stopped, if it did.
+    #[cfg(test)]
+    pub(crate) fn sim_stopped(&self) -> Option<crate::node_state::StopReason> {
+        self.state.fatal()
+    }
+
     /// See [`Shard::sim_fault`].
     #[cfg(test)]
     pub(crate) fn sim_peer(&mut self, node: NodeId, shards: u16) {
@@ -646,11 +652,18 @@ impl<T: Transport> Shard<T> {
                     "fault on page {page}, beyond the address space"
                 ));
                 let addr = self.io.region.page_addr(page);
-                let _ = self
-                    .io
-                    .region
-                    .uffd()
-                    .poison(addr, 4096, uffd_poller::PoisonMode::empty());
+                if let Err(e) =
+                    self.io
+                        .region
+                        .uffd()
+                        .poison(addr, 4096, uffd_poller::PoisonMode::empty())
+                {
+                    // Without POISON the thread stays blocked; the node keeps serving.
+                    self.io.log.warn(format_args!(
+                        "poison of page {page} (beyond the address space) failed: {e}; \
+                         the thread that touched it stays blocked"
+                    ));
+                }
                 return;
             }
         };

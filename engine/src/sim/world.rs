@@ -304,9 +304,11 @@ impl World {
         self.pending.retain(|p| p.node != n);
     }
 
-    /// Whether node `n` is out of the run: crashed, or stopped by the protocol (a home died).
+    /// Whether node `n` is out of the run: crashed, or stopped (a home died, or one of its
+    /// touches found a page lost; the real node would report it and exit).
     fn out(&self, n: usize) -> bool {
-        self.dead[n] || self.nodes[n].shard.sim_machine().fatal().is_some()
+        let shard = &self.nodes[n].shard;
+        self.dead[n] || shard.sim_machine().fatal().is_some() || shard.sim_stopped().is_some()
     }
 
     /// A random thread on a random node touches a random page.

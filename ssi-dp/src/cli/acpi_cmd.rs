@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use acpi::{dump, parse_topology, SpecArgs};
 use clap::Args;
 
+use super::exit;
+
 /// `ssi-dp acpi` options.
 #[derive(Debug, Args)]
 pub struct AcpiArgs {
@@ -46,7 +48,7 @@ pub fn run(a: AcpiArgs) -> i32 {
         Ok(t) => t,
         Err(e) => {
             eprintln!("ssi-dp acpi: error: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     match dump(&topology, &a.out) {

@@ -4,8 +4,10 @@
 mod acpi_cmd;
 mod child;
 mod demo;
+mod exit;
 mod node_cmd;
 mod peer_arg;
+mod preflight;
 mod settings;
 mod supervisor;
 mod up;
@@ -72,6 +74,11 @@ pub struct NodeArgs {
     /// Do not pin shard threads to their cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Start even when --memory is more than this host has available (MemAvailable): the
+    /// guest region is reserved, not allocated, so this works as long as the guest does not
+    /// touch it all.
+    #[arg(long)]
+    pub allow_overcommit: bool,
     /// What an idle shard does: spin, hybrid (spin 50us then sleep), hybrid:<us>, block.
     #[arg(long, default_value = "hybrid")]
     pub idle: IdlePolicy,

@@ -10,6 +10,7 @@ use control::handle::MembershipOps;
 use control::membership::msg::NodeInfo;
 use control::membership::{self, Membership, MembershipConfig};
 
+use super::exit::{self, PauseWatch};
 use super::settings::{self, Settings};
 use super::NodeArgs;
 use crate::acpi_topology::AcpiTopologyError;
@@ -23,15 +24,11 @@ use engine::cpulist::CpuListError;
 use engine::histlog::HistLog;
 use engine::measure::Figures;
 use engine::node::{Node, NodeConfig};
+use engine::node_state::StopReason;
 use engine::{cpulist, summary};
 
-/// Exit code: a workload check failed or the cluster stopped.
-pub const EXIT_FAILED: i32 = 1;
 /// How long a node stopped by the control plane keeps running before it exits.
 const STOP_GRACE: Duration = Duration::from_millis(300);
-
-/// Exit code: bad command line or configuration.
-pub const EXIT_USAGE: i32 = 2;
 
 /// Why a node could not start its job, or what stopped the job.
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +50,6 @@ pub enum NodeCmdError {
     /// An address or the admitted cluster is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// `--kernel` or `--initrd` cannot be opened.
-    #[error("{flag} {}: {source}", .path.display())]
-    GuestFile {
-        /// The flag.
-        flag: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// `--boot` names no entry protocol.
     #[error("--boot {0:?}: use pvh or bzimage")]
     UnknownBoot(String),
@@ -104,7 +90,7 @@ pub enum NodeCmdError {
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
     tracing::error!("{msg}");
-    EXIT_USAGE
+    exit::USAGE
 }
 
 /// Runs a node; returns the exit code.
@@ -117,14 +103,16 @@ pub fn run(a: NodeArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    if let Err(e) = check_guest_files(&a) {
-        return fail(e);
-    }
+    warn_if_pvm(&a);
     let me = s.id;
     let max_space = match config::parse_size(&a.max_address_space) {
         Ok(v) => v,
         Err(e) => return fail(format!("--max-address-space: {e}")),
     };
+    let pause_threshold = s
+        .control
+        .as_ref()
+        .map(|c| c.dead.saturating_sub(c.heartbeat));
     let mut control = s.control.take();
     // A joiner learns the cluster from the member that admits it.
     let mut admitted = None;
@@ -142,7 +130,7 @@ pub fn run(a: NodeArgs) -> i32 {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!("{e}");
-                return EXIT_FAILED;
+                return exit::FAILED;
             }
         };
         admitted = Some(link);
@@ -232,7 +220,7 @@ pub fn run(a: NodeArgs) -> i32 {
         Ok(n) => Arc::new(n),
         Err(e) => {
             tracing::error!("{e}");
-            return EXIT_FAILED;
+            return exit::FAILED;
         }
     };
     tracing::info!("{}; cluster formed, serving", node.transport_line());
@@ -250,7 +238,7 @@ pub fn run(a: NodeArgs) -> i32 {
     if let Some(dir) = &a.acpi_dump {
         if let Err(e) = acpi_dump(&node, &a, &participants, dir) {
             tracing::error!("--acpi-dump: {e}");
-            return EXIT_FAILED;
+            return exit::FAILED;
         }
     }
     if let Err(e) = signals::install() {
@@ -284,7 +272,7 @@ pub fn run(a: NodeArgs) -> i32 {
                 }
                 Err(e) => {
                     tracing::error!("control plane: {e}");
-                    return EXIT_FAILED;
+                    return exit::FAILED;
                 }
             }
         }
@@ -303,7 +291,7 @@ pub fn run(a: NodeArgs) -> i32 {
                 }
                 Err(e) => {
                     tracing::error!("{e}");
-                    return EXIT_USAGE;
+                    return exit::USAGE;
                 }
             }
         }
@@ -328,13 +316,15 @@ pub fn run(a: NodeArgs) -> i32 {
         None => (String::new(), None),
     };
     let mut worker = worker;
-    let mut code = 0;
+    let mut code = exit::OK;
+    let mut pause = PauseWatch::new(pause_threshold);
     let mut dumps = DumpTimer {
         every: (a.hist_interval > 0).then(|| Duration::from_secs(a.hist_interval)),
         last: std::time::Instant::now(),
     };
     loop {
         std::thread::sleep(Duration::from_millis(10));
+        pause.tick();
         dumps.tick(&mut hlog, &node);
         if node.state().cluster_stop_requested() {
             tracing::info!("stopping: asked by the control plane");
@@ -344,30 +334,21 @@ pub fn run(a: NodeArgs) -> i32 {
             std::thread::sleep(STOP_GRACE);
             break;
         }
-        match node.state().fatal() {
-            None => {}
-            Some(FatalReason::HomeDied(home)) => {
+        if let Some(reason) = node.state().fatal() {
+            if let StopReason::Protocol(FatalReason::HomeDied(home)) = reason {
                 if progress.verified.load(Ordering::SeqCst) {
                     tracing::info!("node {home} left after the final check; finishing");
                     let report = progress.report.lock().ok().and_then(|mut r| r.take());
                     code = print_report(me, &label, report.ok_or(NodeCmdError::NoReport));
                     break;
                 }
-                tracing::error!(
-                    "node {home}, home of part of the address space, \
-                     died; the cluster cannot continue (this version does not replicate home pages)"
-                );
-                code = EXIT_FAILED;
-                break;
             }
-            Some(FatalReason::ActionOverflow) => {
-                tracing::error!(
-                    "a protocol instance of this node stopped: one of its steps produced more \
-                     actions than its buffer holds (a bug; please report it with this log)"
-                );
-                code = EXIT_FAILED;
-                break;
-            }
+            // Read the clock again: a stop may have landed between the tick and the read.
+            pause.tick();
+            let (c, line) = exit::explain(reason, pause.declared_dead(), &node.layout());
+            tracing::error!("{line}");
+            code = c;
+            break;
         }
         if signals::stop_requested() {
             tracing::info!("stopping on signal");
@@ -379,7 +360,7 @@ pub fn run(a: NodeArgs) -> i32 {
                 Ok(r) => print_report(me, &label, r),
                 Err(_) => {
                     tracing::info!("the workload thread panicked");
-                    EXIT_FAILED
+                    exit::FAILED
                 }
             };
             break;
@@ -447,27 +428,12 @@ fn cluster_of(me: u16, s: &Settings, nodes: &[NodeInfo]) -> Result<ClusterSpec, 
 
 type Job = std::thread::JoinHandle<Result<workload::Report, NodeCmdError>>;
 
-/// Checks what a guest run will read before the node joins a cluster (a file that turns out
-/// missing later would take a home node out of a formed cluster), and says up front when this
-/// host's KVM cannot boot Linux.
-fn check_guest_files(a: &NodeArgs) -> Result<(), NodeCmdError> {
-    let Some(kernel) = &a.kernel else {
-        return Ok(());
-    };
-    for (flag, path) in [("--kernel", Some(kernel)), ("--initrd", a.initrd.as_ref())] {
-        let Some(path) = path else { continue };
-        if let Err(source) = std::fs::File::open(path) {
-            return Err(NodeCmdError::GuestFile {
-                flag,
-                path: path.clone(),
-                source,
-            });
-        }
-    }
-    if vmm::launch::host_kvm_is_pvm() {
+/// Says up front when this host's KVM cannot boot Linux (the files were checked with the
+/// settings, before the node listened).
+fn warn_if_pvm(a: &NodeArgs) {
+    if a.kernel.is_some() && vmm::launch::host_kvm_is_pvm() {
         tracing::warn!("{}", vmm::launch::PVM_NOTE);
     }
-    Ok(())
 }
 
 /// Starts what the node was asked to run besides serving (`--workload` or `--guest`), if
@@ -607,12 +573,12 @@ fn print_report(me: u16, label: &str, r: Result<workload::Report, NodeCmdError>)
             if r.ok {
                 0
             } else {
-                EXIT_FAILED
+                exit::FAILED
             }
         }
         Err(e) => {
             tracing::info!("{label}: error: {e}");
-            EXIT_FAILED
+            exit::FAILED
         }
     }
 }

@@ -12,6 +12,7 @@ use control::inventory::{Inventory, InventoryError};
 use control::tls::{TlsError, TlsIdentity};
 
 use super::peer_arg::{self, PeerArg, PeerArgError};
+use super::preflight::{self, Preflight, PreflightError};
 use super::NodeArgs;
 use engine::config::{self, ClusterSpec, ConfigError, NodeSpec};
 use engine::cpulist::{self, CpuListError};
@@ -137,6 +138,9 @@ pub enum SettingsError {
         #[source]
         source: CpuListError,
     },
+    /// A file, the memory size or a core fails the checks made before listening.
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
     /// An inventory node's idle policy is invalid (`why` is the engine's parse message).
     #[error("inventory node {id}: {why}")]
     InventoryIdle {
@@ -238,8 +242,21 @@ pub fn resolve(a: &NodeArgs) -> Result<Settings, SettingsError> {
     }
 }
 
+/// The checks made before this node listens or dials ([`preflight`]).
+fn preflight(a: &NodeArgs, memory: u64, cores: &[usize]) -> Result<(), SettingsError> {
+    preflight::check(&Preflight {
+        cores,
+        pin: !a.no_pin,
+        memory,
+        allow_overcommit: a.allow_overcommit,
+        kernel: a.kernel.as_deref(),
+        initrd: a.initrd.as_deref(),
+        hist_dump: a.hist_dump.as_deref(),
+    })?;
+    Ok(())
+}
+
 fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
-    let listener = data_listener(a, None)?;
     let memory = config::parse_size(&a.memory)?;
     let peers = a
         .peers
@@ -252,6 +269,8 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
         .ok_or(SettingsError::NoSecretFile)?;
     let secret = read_secret(secret_path)?;
     let cores = cpulist::parse(&a.cores).map_err(SettingsError::Cores)?;
+    preflight(a, memory, &cores)?;
+    let listener = data_listener(a, None)?;
     let control = match &a.control {
         None => None,
         Some(addr) => {
@@ -293,7 +312,6 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, Settin
         id,
         path: path.to_path_buf(),
     })?;
-    let listener = data_listener(a, Some(&me.listen))?;
     let memory = config::parse_size(&me.memory)
         .map_err(|source| SettingsError::InventorySize { id, source })?;
     let mut peers = Vec::new();
@@ -316,6 +334,8 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, Settin
         .parse()
         .map_err(|why: String| SettingsError::InventoryIdle { id, why })?;
     let tls = TlsIdentity::load(id, &inv.tls.ca, &me.cert, &me.key)?;
+    preflight(a, memory, &cores)?;
+    let listener = data_listener(a, Some(&me.listen))?;
     let control = Some(ControlSettings {
         addr: me.control.clone(),
         listener: bind("control plane", &me.control)?,

@@ -26,6 +26,7 @@ use control::handle::{
 };
 use control::inventory::Inventory;
 
+use super::exit;
 use super::up;
 use crate::signals;
 use engine::cpulist;
@@ -377,7 +378,7 @@ pub fn run(args: SupervisorArgs) -> i32 {
         Ok(e) => e,
         Err(e) => {
             eprintln!("ssi-dp supervisor: error: cannot find the ssi-dp binary: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     if let Err(e) = signals::install() {
@@ -393,7 +394,7 @@ pub fn run(args: SupervisorArgs) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ssi-dp supervisor: error: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     eprintln!(

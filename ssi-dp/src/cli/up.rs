@@ -17,6 +17,7 @@ use control::inventory::{Inventory, NodeEntry};
 use control::tls::TlsError;
 
 use super::child;
+use super::exit;
 use crate::signals;
 use engine::cpulist;
 
@@ -108,7 +109,7 @@ pub fn certs(a: CertsArgs) -> i32 {
         Ok(v) => v.into_iter().map(|x| x as u16).collect::<Vec<_>>(),
         Err(e) => {
             eprintln!("ssi-dp certs: error: --nodes: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     match control::tls::generate(&a.out, &nodes) {
@@ -132,7 +133,7 @@ pub fn run(a: UpArgs) -> i32 {
         Ok(i) => i,
         Err(e) => {
             eprintln!("ssi-dp up: error: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     let local = inv.local_nodes();
@@ -141,23 +142,23 @@ pub fn run(a: UpArgs) -> i32 {
             "ssi-dp up: no node of {} runs on this host",
             a.inventory.display()
         );
-        return 2;
+        return exit::USAGE;
     }
     if a.init {
         if let Err(e) = init(&inv) {
             eprintln!("ssi-dp up: error: --init: {e}");
-            return 2;
+            return exit::USAGE;
         }
     }
     if let Err(e) = check_files(&inv, &local) {
         eprintln!("ssi-dp up: error: {e}");
-        return 2;
+        return exit::USAGE;
     }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("ssi-dp up: error: cannot find the ssi-dp binary: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     if let Err(e) = signals::install() {
@@ -170,7 +171,7 @@ pub fn run(a: UpArgs) -> i32 {
             Err(e) => {
                 eprintln!("ssi-dp up: error: cannot start node {}: {e}", n.id);
                 stop_all(&mut children);
-                return 1;
+                return exit::FAILED;
             }
         }
     }

@@ -188,6 +188,16 @@ pub fn zero_page(
     p
 }
 
+/// Whether `kernel` is an image [`load`] takes: a vmlinux ELF or a bzImage. A node checks this
+/// before it joins a cluster; the rest (PVH note, payload) is checked when it is loaded.
+pub fn check_image(kernel: &[u8]) -> Result<(), LinuxError> {
+    if kernel.starts_with(b"\x7fELF") || extract::is_bzimage(kernel) {
+        Ok(())
+    } else {
+        Err(LinuxError::UnknownImage)
+    }
+}
+
 /// Loads the kernel, initrd, command line, memory map and ACPI tables into `mem` and returns
 /// the boot vCPU's state. Writes guest memory: run on one node only.
 pub fn load(mem: &GuestMemory, cfg: &LinuxConfig<'_>) -> Result<LinuxBoot, LinuxError> {
@@ -200,11 +210,8 @@ pub fn load(mem: &GuestMemory, cfg: &LinuxConfig<'_>) -> Result<LinuxBoot, Linux
             max: l::MMIO_HOLE,
         });
     }
+    check_image(cfg.kernel)?;
     let is_elf = cfg.kernel.starts_with(b"\x7fELF");
-    let is_bz = extract::is_bzimage(cfg.kernel);
-    if !is_elf && !is_bz {
-        return Err(LinuxError::UnknownImage);
-    }
     cpu::write_gdt(mem, l::BOOT_GDT, l::BOOT_TSS)?;
     let mut cmdline =
         Cmdline::new(l::CMDLINE_MAX).map_err(|e| LinuxError::Cmdline(e.to_string()))?;
