@@ -3,15 +3,16 @@
 //!
 //! The lower node id dials the higher one (so each pair of shards has exactly one
 //! connection), asking for each peer shard in turn; the first connection to a node reveals
-//! its shard count. One listening port serves all of a node's shards: an acceptor thread runs
-//! the server side of each handshake on its own short-lived thread (a bounded number at
-//! once), and hands authenticated connections to the setup, or — once the mesh is complete —
-//! refuses and counts them (rejoining is not supported in this version). Refusals of every
-//! kind are counted in [`HandshakeStats`].
+//! its shard count. One listening port serves all of a node's shards: one acceptor thread runs
+//! the server side of every handshake at once, non-blocking, in a bounded pool
+//! ([`wire::handshake::AcceptPool`]: silent and trickling sockets expire, the peers'
+//! addresses are preferred, a new dialler is never turned away), and hands authenticated
+//! connections to the setup, or — once the mesh is complete — refuses and counts them
+//! (rejoining is not supported in this version). Refusals of every kind are counted in
+//! [`HandshakeStats`].
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use wire::handshake::{
-    self, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats, PLATFORM_CHANNEL,
+    self, AcceptPool, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats, PoolLimits,
+    PLATFORM_CHANNEL,
 };
 use wire::ratelimit::LogLimiter;
 
@@ -28,8 +30,6 @@ use crate::config::{ClusterSpec, NodeSpec};
 use crate::shard::Conn;
 use coherence::NodeId;
 
-/// Handshakes the acceptor runs at once; further connections wait in the listen backlog.
-const MAX_HANDSHAKES: usize = 16;
 /// Pause between attempts to reach a peer that is not listening yet.
 const DIAL_RETRY: Duration = Duration::from_millis(50);
 /// Deadline of one handshake.
@@ -165,8 +165,16 @@ pub fn establish(
     let stop = Arc::new(AtomicBool::new(false));
     let late_refused = Arc::new(AtomicUsize::new(0));
     let platform: PlatformSink = Arc::default();
+    // Connections from the peers' addresses are preferred over unknown ones.
+    let expected = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != cluster.me)
+        .map(|n| n.addr.ip())
+        .collect();
     let thread = spawn_acceptor(
         listener,
+        expected,
         server_cfg,
         Routes {
             tx,
@@ -402,71 +410,37 @@ struct Routes {
 
 fn spawn_acceptor(
     listener: TcpListener,
+    expected: Vec<IpAddr>,
     cfg: Arc<HandshakeConfig>,
     routes: Routes,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, MeshError> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| MeshError::Io {
-            what: "making the listener non-blocking",
-            source,
+    let mut pool =
+        AcceptPool::new(listener, PoolLimits::default(), expected).map_err(|source| {
+            MeshError::Io {
+                what: "making the listener non-blocking",
+                source,
+            }
         })?;
     std::thread::Builder::new()
         .name("ssi-dp-accept".into())
         .spawn(move || {
-            let active = Arc::new(AtomicUsize::new(0));
-            // Shared with the handshake threads: what peers trigger is rate-limited.
-            let log = Arc::new(Mutex::new(LogLimiter::new(10, 1)));
-            let warn = |log: &Mutex<LogLimiter>, msg: std::fmt::Arguments<'_>| {
-                if let Ok(mut l) = log.lock() {
-                    l.warn(msg);
-                }
-            };
+            // What strangers cause is logged rate-limited.
+            let mut log = LogLimiter::new(10, 1);
             while !stop.load(Ordering::SeqCst) {
-                let mut p = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the listener we own.
-                let n = unsafe { libc::poll(&mut p, 1, 100) };
-                if n <= 0 {
-                    continue;
-                }
-                let (stream, from) = match listener.accept() {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => {
-                        warn(&log, format_args!("accept failed: {e}"));
-                        continue;
+                let turn = pool.turn(&cfg, Duration::from_millis(100), |(from, r)| {
+                    let msg = match r {
+                        Ok(a) => route(a, &routes),
+                        Err(e) => Some(refused(e, &routes)),
+                    };
+                    if let Some(msg) = msg {
+                        log.warn(format_args!("connection from {from}: {msg}"));
                     }
-                };
-                if active.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
-                    warn(
-                        &log,
-                        format_args!("too many handshakes in progress: refusing {from}"),
-                    );
-                    continue;
-                }
-                active.fetch_add(1, Ordering::SeqCst);
-                let (cfg, routes, active2, log2) =
-                    (cfg.clone(), routes.clone(), active.clone(), log.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("ssi-dp-handshake".into())
-                    .spawn(move || {
-                        let msg = serve_one(stream, &cfg, &routes);
-                        if let Some(msg) = msg {
-                            warn(&log2, format_args!("connection from {from}: {msg}"));
-                        }
-                        active2.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    warn(
-                        &log,
-                        format_args!("cannot start a handshake thread: refusing {from}"),
-                    );
+                });
+                if let Err(e) = turn {
+                    log.warn(format_args!("accepting connections: {e}"));
+                    // Out of descriptors, say: give the handshakes in progress time to end.
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
         })
@@ -476,54 +450,52 @@ fn spawn_acceptor(
         })
 }
 
-/// Runs the server side of one handshake; returns what to log, if anything.
-fn serve_one(stream: TcpStream, cfg: &HandshakeConfig, routes: &Routes) -> Option<String> {
+/// Hands an authenticated connection to whoever waits for it; returns what to log, if
+/// anything.
+fn route(a: Authenticated, routes: &Routes) -> Option<String> {
     let Routes {
         tx,
         setup_done,
         late,
         platform,
     } = routes;
-    if let Err(e) = stream.set_nonblocking(false) {
-        return Some(e.to_string());
+    if a.local_shard == PLATFORM_CHANNEL {
+        let node = a.peer_node;
+        let sent = match platform.lock() {
+            Ok(sink) => sink.as_ref().map(|s| s.send(a).is_ok()),
+            Err(_) => None,
+        };
+        return match sent {
+            Some(true) => None,
+            _ => Some(format!(
+                "refusing node {node}'s guest platform channel: no guest run here accepts one"
+            )),
+        };
     }
-    match handshake::accept_stream(stream, cfg) {
-        Ok(a) if a.local_shard == PLATFORM_CHANNEL => {
-            let node = a.peer_node;
-            let sent = match platform.lock() {
-                Ok(sink) => sink.as_ref().map(|s| s.send(a).is_ok()),
-                Err(_) => None,
-            };
-            match sent {
-                Some(true) => None,
-                _ => Some(format!(
-                    "refusing node {node}'s guest platform channel: no guest run here accepts one"
-                )),
-            }
-        }
-        Ok(a) => {
-            if setup_done.load(Ordering::SeqCst) {
-                late.fetch_add(1, Ordering::SeqCst);
-                return Some(format!(
-                    "refusing node {}: the cluster is already formed (a node that restarts \
-                     must rejoin as a new cluster in this version)",
-                    a.peer_node
-                ));
-            }
-            let _ = tx.send(Ok(a));
-            None
-        }
-        Err(e) => {
-            let msg = format!("refused: {e}");
-            // A peer that proved it knows the secret but sees another cluster cannot be
-            // fixed by waiting: end the setup with its error. (Anything a stranger can cause,
-            // like a bad MAC, is only logged, so a stranger cannot abort our start.)
-            if matches!(e, HandshakeError::LayoutMismatch { .. })
-                && !setup_done.load(Ordering::SeqCst)
-            {
-                let _ = tx.send(Err(e));
-            }
-            Some(msg)
-        }
+    if setup_done.load(Ordering::SeqCst) {
+        late.fetch_add(1, Ordering::SeqCst);
+        return Some(format!(
+            "refusing node {}: the cluster is already formed (a node that restarts \
+             must rejoin as a new cluster in this version)",
+            a.peer_node
+        ));
     }
+    // The receiver is gone only once the mesh is set up (then `setup_done` is set).
+    let _ = tx.send(Ok(a));
+    None
+}
+
+/// What to log for a failed handshake. A peer that proved it knows the secret but sees
+/// another cluster cannot be fixed by waiting: that ends the setup with its error. (Anything
+/// a stranger can cause, like a bad MAC, is only logged, so a stranger cannot abort our
+/// start.)
+fn refused(e: HandshakeError, routes: &Routes) -> String {
+    let msg = format!("refused: {e}");
+    if matches!(e, HandshakeError::LayoutMismatch { .. })
+        && !routes.setup_done.load(Ordering::SeqCst)
+    {
+        // The receiver is gone only once the mesh is set up.
+        let _ = routes.tx.send(Err(e));
+    }
+    msg
 }

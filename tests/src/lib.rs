@@ -75,6 +75,9 @@ pub struct NodeOpts {
     /// Memory this node contributes (`--memory`, and `,mem=` in the other nodes' `--peer`
     /// entries for it); `None` leaves both to the arguments.
     pub memory: Option<String>,
+    /// Delay between the launch and the node's start (its listener exists from the launch
+    /// on, so peers can connect to it meanwhile: they wait in its backlog).
+    pub start_after: Option<Duration>,
 }
 
 impl NodeOpts {
@@ -86,7 +89,14 @@ impl NodeOpts {
             peers: None,
             extra_peers: Vec::new(),
             memory: None,
+            start_after: None,
         }
+    }
+
+    /// Starts this node `d` after the launch.
+    pub fn start_after(mut self, d: Duration) -> Self {
+        self.start_after = Some(d);
+        self
     }
 
     /// Sets the memory this node contributes, as its peers will see it too.
@@ -194,11 +204,12 @@ pub fn launch(nodes: &[NodeOpts]) -> Vec<NodeProc> {
     let mut procs = Vec::new();
     for (k, n) in nodes.iter().enumerate() {
         let fd = listeners[k].as_raw_fd();
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--node-id")
-            .arg(n.id.to_string())
-            .arg("--listen-fd")
-            .arg(fd.to_string());
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            n.id.to_string(),
+            "--listen-fd".into(),
+            fd.to_string(),
+        ];
         for (j, m) in nodes.iter().enumerate() {
             let listed = match &n.peers {
                 None => j != k,
@@ -210,17 +221,32 @@ pub fn launch(nodes: &[NodeOpts]) -> Vec<NodeProc> {
                     .as_ref()
                     .map(|x| format!(",mem={x}"))
                     .unwrap_or_default();
-                cmd.arg("--peer")
-                    .arg(format!("{}@127.0.0.1:{}{mem}", m.id, ports[j]));
+                args.push("--peer".into());
+                args.push(format!("{}@127.0.0.1:{}{mem}", m.id, ports[j]));
             }
         }
         if let Some(m) = &n.memory {
-            cmd.arg("--memory").arg(m);
+            args.push("--memory".into());
+            args.push(m.clone());
         }
         for p in &n.extra_peers {
-            cmd.arg("--peer").arg(p);
+            args.push("--peer".into());
+            args.push(p.clone());
         }
-        cmd.args(&n.args);
+        args.extend(n.args.iter().cloned());
+        let mut cmd = match n.start_after {
+            None => Command::new(&bin),
+            // A shell waits, then becomes the node (same pid, same inherited listener), so
+            // that the launch itself does not wait.
+            Some(d) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("sleep {:.3}; exec \"$0\" \"$@\"", d.as_secs_f64()))
+                    .arg(&bin);
+                c
+            }
+        };
+        cmd.args(&args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: runs between fork and exec; fcntl is async-signal-safe and only clears
         // close-on-exec on this child's own listener.

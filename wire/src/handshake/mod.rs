@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,12 @@ use thiserror::Error;
 
 use crate::transport::NodeId;
 use crate::MAX_NODES;
+
+mod pool;
+mod server;
+
+pub use pool::{AcceptPool, PoolLimits, PoolStats};
+pub use server::{accept, accept_stream, ServerConn, ServerProgress};
 
 /// Handshake magic: the bytes `S S H K` on the wire.
 pub const HS_MAGIC: u32 = u32::from_le_bytes(*b"SSHK");
@@ -402,6 +408,7 @@ pub struct Authenticated {
     pub local_shard: u16,
 }
 
+#[derive(Debug)]
 struct Hello {
     node: u16,
     shard: u16,
@@ -608,137 +615,4 @@ fn client(
         (KIND_REJECT, r) => Err(HandshakeError::Rejected(RejectReason::from_code(r))),
         _ => Err(HandshakeError::Malformed("expected accept or reject")),
     }
-}
-
-/// Accepts one connection from `listener` and authenticates it as a server.
-pub fn accept(
-    listener: &TcpListener,
-    cfg: &HandshakeConfig,
-) -> Result<Authenticated, HandshakeError> {
-    let r = listener
-        .accept()
-        .map_err(HandshakeError::Io)
-        .and_then(|(s, _)| server(s, cfg));
-    finish(cfg, r)
-}
-
-/// Authenticates an accepted stream as a server.
-pub fn accept_stream(
-    stream: TcpStream,
-    cfg: &HandshakeConfig,
-) -> Result<Authenticated, HandshakeError> {
-    finish(cfg, server(stream, cfg))
-}
-
-fn server(mut s: TcpStream, cfg: &HandshakeConfig) -> Result<Authenticated, HandshakeError> {
-    let deadline = Instant::now() + cfg.timeout;
-    s.set_nodelay(true)?;
-    let reject = |s: &mut TcpStream, r: RejectReason, e: HandshakeError| {
-        // Best effort: the client learns why; our own error is what matters.
-        let _ = write_by(s, &[&prefix(KIND_REJECT, r.code())], deadline);
-        Err(e)
-    };
-    let (kind, _) = match read_prefix(&mut s, deadline) {
-        Err(e @ HandshakeError::VersionMismatch { .. }) => {
-            return reject(&mut s, RejectReason::VersionMismatch, e)
-        }
-        r => r?,
-    };
-    if kind != KIND_CLIENT_HELLO {
-        return reject(
-            &mut s,
-            RejectReason::Malformed,
-            HandshakeError::Malformed("expected a client hello"),
-        );
-    }
-    let mut ch = [0u8; PREFIX_LEN + HELLO_BODY_LEN];
-    ch[..PREFIX_LEN].copy_from_slice(&prefix(KIND_CLIENT_HELLO, 0));
-    read_exact_by(&mut s, &mut ch[PREFIX_LEN..], deadline)?;
-    let hello = decode_hello(&ch);
-    let replayed = cfg
-        .seen
-        .lock()
-        .map(|c| c.contains(&hello.nonce))
-        .unwrap_or(true);
-    if replayed {
-        return reject(&mut s, RejectReason::Replayed, HandshakeError::Replayed);
-    }
-
-    if hello.target >= cfg.shard_count && hello.target != PLATFORM_CHANNEL {
-        let e = HandshakeError::NoSuchShard {
-            asked: hello.target,
-            count: cfg.shard_count,
-        };
-        return reject(&mut s, RejectReason::NoSuchShard, e);
-    }
-
-    let nonce_s = fresh_nonce();
-    let sh = encode_hello(KIND_SERVER_HELLO, cfg, hello.target, hello.shard, &nonce_s);
-    let mac_s = cfg.mac(b"ssi-dp server", &ch, &sh)?;
-    write_by(&mut s, &[&sh, &mac_s], deadline)?;
-
-    let (kind, reason) = read_prefix(&mut s, deadline)?;
-    match kind {
-        KIND_CLIENT_AUTH => {}
-        KIND_ABORT => {
-            return Err(match RejectReason::from_code(reason) {
-                RejectReason::WrongSecret => HandshakeError::WrongSecret,
-                RejectReason::LayoutMismatch => HandshakeError::LayoutMismatch {
-                    ours: cfg.digest,
-                    theirs: Digest(hello.digest),
-                },
-                r => HandshakeError::Aborted(r),
-            })
-        }
-        _ => {
-            return reject(
-                &mut s,
-                RejectReason::Malformed,
-                HandshakeError::Malformed("expected client auth"),
-            )
-        }
-    }
-    let mut mac_c = [0u8; MAC_LEN];
-    read_exact_by(&mut s, &mut mac_c, deadline)?;
-    let want = cfg.mac(b"ssi-dp client", &ch, &sh)?;
-    if !bool::from(want.ct_eq(&mac_c)) {
-        return reject(
-            &mut s,
-            RejectReason::WrongSecret,
-            HandshakeError::WrongSecret,
-        );
-    }
-    if hello.node >= MAX_NODES || cfg.allowed & (1u64 << hello.node) == 0 {
-        return reject(
-            &mut s,
-            RejectReason::UnknownNode,
-            HandshakeError::UnknownNode(hello.node),
-        );
-    }
-    if hello.digest != cfg.digest.0 {
-        let e = HandshakeError::LayoutMismatch {
-            ours: cfg.digest,
-            theirs: Digest(hello.digest),
-        };
-        return reject(&mut s, RejectReason::LayoutMismatch, e);
-    }
-    {
-        let mut seen = cfg
-            .seen
-            .lock()
-            .map_err(|_| HandshakeError::Malformed("nonce cache poisoned"))?;
-        if seen.contains(&hello.nonce) {
-            drop(seen);
-            return reject(&mut s, RejectReason::Replayed, HandshakeError::Replayed);
-        }
-        seen.insert(hello.nonce);
-    }
-    write_by(&mut s, &[&prefix(KIND_ACCEPT, 0)], deadline)?;
-    Ok(Authenticated {
-        stream: s,
-        peer_node: hello.node,
-        peer_shard: hello.shard,
-        peer_shard_count: hello.shard_count,
-        local_shard: hello.target,
-    })
 }
