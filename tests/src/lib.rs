@@ -304,6 +304,9 @@ pub fn assert_all_ok(results: &[(u16, Option<ExitStatus>, String)]) {
     }
 }
 
+/// Hostile clients that hold a node's ports without authenticating.
+pub mod flood;
+
 pub mod lab;
 
 /// The guest-side checker (`ssi-guest-check`) packed into a Linux initramfs.

@@ -42,8 +42,9 @@ pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
 const DIAL_RETRY: Duration = Duration::from_millis(200);
 /// Most control connections at once (members, joiners, and connections not yet identified).
 const MAX_LINKS: usize = 256;
-/// How long a connection may stay unidentified (no TLS handshake and Hello).
-const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay unidentified (no TLS handshake and Hello): a member
+/// needs two round trips, a silent or trickling stranger is closed.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest sleep of the loop (bounds heartbeat jitter and command latency).
 const LOOP_TICK: Duration = Duration::from_millis(5);
 
@@ -285,48 +286,85 @@ pub fn wait_for_admission(
     listener
         .set_nonblocking(true)
         .map_err(|e| unavailable(e.to_string()))?;
+    // Every connection at once, as the running loop does: a stranger that connects and
+    // says nothing cannot hold up the member that comes to admit this node.
+    let mut links: Vec<Link> = Vec::new();
+    let mut msgs = Vec::new();
     while Instant::now() < deadline {
-        let sock = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            Err(e) => return Err(unavailable(format!("accept: {e}"))),
-        };
-        let server = tls.server().map_err(|e| unavailable(e.to_string()))?;
-        let Ok(mut link) = Link::new(sock, server, false) else {
-            continue;
-        };
-        let mut msgs = Vec::new();
-        let link_deadline = Instant::now() + Duration::from_secs(10);
-        let mut ok = false;
-        while Instant::now() < link_deadline && Instant::now() < deadline {
-            if link.pump(&mut msgs).is_err() {
-                break;
-            }
-            for m in msgs.drain(..) {
-                match m {
-                    ControlMsg::Hello { id } => {
-                        let verified = link.server_conn().map(|c| check_peer(c, id));
-                        if !matches!(verified, Some(Ok(()))) {
-                            break;
-                        }
-                        link.peer = Some(id);
-                        ok = link.send(&ControlMsg::Hello { id: tls.node }).is_ok();
-                    }
-                    ControlMsg::Admitted { nodes } if ok => return Ok((nodes, link)),
-                    _ => {}
+        loop {
+            let sock = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(unavailable(format!("accept: {e}"))),
+            };
+            if links.len() >= MAX_LINKS {
+                if let Some(i) = (0..links.len()).min_by_key(|&i| links[i].opened) {
+                    drop(links.swap_remove(i));
                 }
             }
-            std::thread::sleep(Duration::from_millis(2));
+            let server = tls.server().map_err(|e| unavailable(e.to_string()))?;
+            if let Ok(l) = Link::new(sock, server, false) {
+                links.push(l);
+            }
         }
+        let mut i = 0;
+        while i < links.len() {
+            match admission_step(&mut links[i], tls, &mut msgs) {
+                Step::Wait => i += 1,
+                Step::Drop => drop(links.swap_remove(i)),
+                Step::Admitted(nodes) => return Ok((nodes, links.swap_remove(i))),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
     Err(unavailable(format!(
         "no member admitted this node within {} s: POST /nodes to a member's API with this node's \
          id, addresses and memory",
         timeout.as_secs()
     )))
+}
+
+/// What one pending connection did while this node waits to be admitted.
+enum Step {
+    Wait,
+    Drop,
+    Admitted(Vec<NodeInfo>),
+}
+
+fn admission_step(link: &mut Link, tls: &TlsIdentity, msgs: &mut Vec<ControlMsg>) -> Step {
+    let limit = if link.peer.is_none() {
+        IDENTIFY_TIMEOUT
+    } else {
+        Duration::from_secs(10)
+    };
+    if link.opened.elapsed() > limit || link.pump(msgs).is_err() {
+        msgs.clear();
+        return Step::Drop;
+    }
+    let mut step = Step::Wait;
+    for m in msgs.drain(..) {
+        match m {
+            ControlMsg::Hello { id } if link.peer.is_none() => {
+                let verified = link.server_conn().map(|c| check_peer(c, id));
+                if !matches!(verified, Some(Ok(()))) {
+                    step = Step::Drop;
+                    break;
+                }
+                link.peer = Some(id);
+                if link.send(&ControlMsg::Hello { id: tls.node }).is_err() {
+                    step = Step::Drop;
+                    break;
+                }
+            }
+            ControlMsg::Admitted { nodes } if link.peer.is_some() => {
+                step = Step::Admitted(nodes);
+                break;
+            }
+            _ => {}
+        }
+    }
+    msgs.clear();
+    step
 }
 
 /// A join the coordinator is running.
@@ -579,7 +617,20 @@ impl Loop {
     fn accept(&mut self) {
         while let Ok((sock, _)) = self.listener.accept() {
             if self.links.len() >= MAX_LINKS {
-                continue; // dropped: closes the socket
+                // Make room by closing the oldest connection that has not proved who it is
+                // (a stranger, or a slow one): a member's new connection is never the one
+                // turned away. Only if every link is a member's is the new one dropped.
+                let oldest = self
+                    .links
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.peer.is_none() && !l.outbound)
+                    .min_by_key(|(_, l)| l.opened)
+                    .map(|(i, _)| i);
+                match oldest {
+                    Some(i) => drop(self.links.swap_remove(i)),
+                    None => continue, // dropped: closes the socket
+                }
             }
             if let Ok(server) = self.tls.server() {
                 if let Ok(l) = Link::new(sock, server, false) {
