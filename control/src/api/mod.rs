@@ -58,8 +58,8 @@ pub enum ApiError {
 /// The server's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections accepted and not yet answered (served or waiting for a worker); more are
-    /// answered `503` at once.
+    /// Connections accepted and not yet answered (being read, served or waiting for a
+    /// worker); more are answered `503` at once.
     pub max_connections: usize,
     /// Worker threads (requests served at the same time), 1..=[`MAX_WORKERS`].
     pub workers: usize,
@@ -71,7 +71,7 @@ pub struct Limits {
     pub header_fields: usize,
     /// Bytes of a request body.
     pub body_bytes: usize,
-    /// Time a client has to send its whole request, from when a worker takes it up.
+    /// Time a client has to send its whole request, from its connection.
     pub request_timeout: Duration,
     /// Time a client has to take the answer.
     pub write_timeout: Duration,
@@ -80,13 +80,13 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 64,
+            max_connections: 256,
             workers: 4,
             head_bytes: 16 * 1024,
             target_bytes: 2048,
             header_fields: 64,
             body_bytes: 64 * 1024,
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
         }
     }
@@ -195,8 +195,8 @@ pub fn serve_with(
         server.threads.push(t);
     }
     let t = std::thread::Builder::new()
-        .name("api-accept".into())
-        .spawn(move || server::accept_loop(&listener, &shared, tx))
+        .name("api-reader".into())
+        .spawn(move || server::reader_loop(&listener, &shared, tx))
         .map_err(ApiError::Spawn)?;
     server.threads.push(t);
     Ok(server)

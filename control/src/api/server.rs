@@ -1,6 +1,8 @@
-//! The REST API's threads and sockets: the acceptor that admits connections up to the limit,
-//! the workers that read one request per connection (within the size and time limits), answer
-//! it through the routes and close.
+//! The REST API's threads and sockets. One reader thread accepts connections up to the limit
+//! and reads every request at once, non-blocking, within the size and time limits: a client
+//! that sends slowly (or not at all) holds a buffer and a slot, never a thread. A complete
+//! request — or the error answer for a bad or late one — goes to the workers, which run the
+//! route, write the answer and close.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -44,62 +46,201 @@ fn lower_priority() {
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
 }
 
-/// Waits up to `timeout` for the listener to become readable.
-fn wait_readable(l: &TcpListener, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd: l.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is a valid, initialised pollfd that outlives the call, and the count of 1
-    // matches the single entry; the fd is the listener's, open for the whole call.
-    let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
+/// What the reader hands to a worker.
+#[derive(Debug)]
+pub(super) enum Job {
+    /// A complete request: serve it.
+    Serve(TcpStream, http::RequestHead, Vec<u8>),
+    /// A bad or late request: write this answer, linger, close.
+    Answer(TcpStream, Response),
 }
 
-/// Accepts connections until the stop flag is set, handing them to the workers.
-pub(super) fn accept_loop(l: &TcpListener, shared: &Shared, tx: SyncSender<TcpStream>) {
-    lower_priority();
-    while !shared.stop.load(Ordering::SeqCst) {
-        wait_readable(l, TICK);
+/// A connection whose request is still arriving.
+struct Reading {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    head: Option<http::RequestHead>,
+    deadline: Instant,
+}
+
+/// How one read turn left a connection.
+enum Read1 {
+    /// The request is not complete yet.
+    More,
+    /// The request is complete: head and body.
+    Serve(http::RequestHead, Vec<u8>),
+    /// The request is bad: answer this.
+    Answer(Response),
+    /// The client went away.
+    Gone,
+}
+
+impl Reading {
+    /// Reads what the socket has (never blocks) and says whether the request is complete.
+    fn read(&mut self, head_limits: &HeadLimits) -> Read1 {
+        let mut chunk = [0u8; CHUNK];
         loop {
-            match l.accept() {
-                Ok((s, _)) => admit(s, shared, &tx),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // Out of descriptors or a connection reset before it was taken: give the
-                    // system a moment rather than spinning on the same error.
-                    std::thread::sleep(Duration::from_millis(20));
-                    break;
+            let want = match &self.head {
+                None => CHUNK,
+                Some(h) => (h.len + h.content_length)
+                    .saturating_sub(self.buf.len())
+                    .min(CHUNK),
+            };
+            if want == 0 {
+                return self.complete();
+            }
+            match self.stream.read(&mut chunk[..want]) {
+                Ok(0) => return Read1::Gone,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Read1::More,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Read1::Gone,
+            }
+            if self.head.is_none() {
+                match http::parse_head(&self.buf, head_limits) {
+                    Ok(Some(h)) => {
+                        let incomplete = self.buf.len() < h.len + h.content_length;
+                        if h.expect_continue && incomplete {
+                            // Tiny, into an empty send buffer: it does not block.
+                            if self.stream.write_all(http::CONTINUE).is_err() {
+                                return Read1::Gone;
+                            }
+                        }
+                        self.head = Some(h);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Read1::Answer(routes::error(e.status(), &e.to_string())),
                 }
+            }
+        }
+    }
+
+    fn complete(&mut self) -> Read1 {
+        let Some(head) = self.head.take() else {
+            return Read1::More;
+        };
+        let mut body = self.buf.split_off(head.len);
+        // Bytes past the body (a pipelined request) are not served: every answer closes.
+        body.truncate(head.content_length);
+        Read1::Serve(head, body)
+    }
+
+    /// The job for the workers once this connection leaves the reader.
+    fn job(self, r: Read1) -> Option<Job> {
+        match r {
+            Read1::Serve(head, body) => Some(Job::Serve(self.stream, head, body)),
+            Read1::Answer(resp) => Some(Job::Answer(self.stream, resp)),
+            Read1::More | Read1::Gone => None,
+        }
+    }
+}
+
+/// Accepts connections and reads their requests until the stop flag is set, handing complete
+/// ones to the workers.
+pub(super) fn reader_loop(l: &TcpListener, shared: &Shared, tx: SyncSender<Job>) {
+    lower_priority();
+    let max = shared.limits.max_connections;
+    let mut reading: Vec<Reading> = Vec::with_capacity(max);
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(max + 1);
+    while !shared.stop.load(Ordering::SeqCst) {
+        fds.clear();
+        fds.push(pollin(l.as_raw_fd()));
+        fds.extend(reading.iter().map(|r| pollin(r.stream.as_raw_fd())));
+        let ms = libc::c_int::try_from(TICK.as_millis()).unwrap_or(100);
+        // SAFETY: `fds` holds `fds.len()` initialised pollfds on sockets this thread owns,
+        // and outlives the call.
+        let _ = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        for i in (0..reading.len()).rev() {
+            if fds.get(i + 1).is_some_and(|p| p.revents != 0) {
+                let r = reading[i].read(&shared.head);
+                if !matches!(r, Read1::More) {
+                    let conn = reading.swap_remove(i);
+                    leave(conn.job(r), shared, &tx);
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            accept_all(l, shared, &mut reading);
+        }
+        let now = Instant::now();
+        for i in (0..reading.len()).rev() {
+            if now >= reading[i].deadline {
+                let conn = reading.swap_remove(i);
+                let late = routes::error(
+                    408,
+                    "the request did not arrive in time; send the whole request at once",
+                );
+                leave(conn.job(Read1::Answer(late)), shared, &tx);
+            }
+        }
+    }
+    shared.active.fetch_sub(reading.len(), Ordering::SeqCst);
+}
+
+fn pollin(fd: std::os::fd::RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn accept_all(l: &TcpListener, shared: &Shared, reading: &mut Vec<Reading>) {
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.limits.max_connections {
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                    refuse(
+                        s,
+                        "too many connections to the API at once; retry in a moment",
+                    );
+                    continue;
+                }
+                if s.set_nonblocking(true).is_err() {
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let _ = s.set_nodelay(true);
+                reading.push(Reading {
+                    stream: s,
+                    buf: Vec::new(),
+                    head: None,
+                    deadline: Instant::now() + shared.limits.request_timeout,
+                });
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                // Out of descriptors or a connection reset before it was taken: try again
+                // next turn rather than spinning on the same error.
+                return;
             }
         }
     }
 }
 
-fn admit(s: TcpStream, shared: &Shared, tx: &SyncSender<TcpStream>) {
-    if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.limits.max_connections {
+/// A connection leaves the reader: its job is queued for the workers (the queue holds
+/// `max_connections`, so it is never full while the count of admitted connections is right),
+/// or, without one (the client went away), its slot is freed.
+fn leave(job: Option<Job>, shared: &Shared, tx: &SyncSender<Job>) {
+    let Some(job) = job else {
         shared.active.fetch_sub(1, Ordering::SeqCst);
+        return;
+    };
+    if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = tx.try_send(job) {
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+        let s = match job {
+            Job::Serve(s, ..) | Job::Answer(s, _) => s,
+        };
         refuse(
             s,
-            "too many connections to the API at once; retry in a moment",
+            "the API is shutting down or overloaded; retry in a moment",
         );
-        return;
-    }
-    match tx.try_send(s) {
-        Ok(()) => {}
-        Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            refuse(
-                s,
-                "the API is shutting down or overloaded; retry in a moment",
-            );
-        }
     }
 }
 
-/// Answers 503 from the acceptor without waiting on the client.
+/// Answers 503 from the reader without waiting on the client.
 fn refuse(mut s: TcpStream, why: &str) {
     if s.set_nonblocking(true).is_ok() {
         let mut sink = [0u8; CHUNK];
@@ -118,8 +259,8 @@ impl Drop for Admitted<'_> {
     }
 }
 
-/// Serves connections until the acceptor is gone or the stop flag is set.
-pub(super) fn worker_loop(rx: &Mutex<Receiver<TcpStream>>, shared: &Shared) {
+/// Serves jobs until the reader is gone or the stop flag is set.
+pub(super) fn worker_loop(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     lower_priority();
     loop {
         let next = match rx.lock() {
@@ -129,88 +270,20 @@ pub(super) fn worker_loop(rx: &Mutex<Receiver<TcpStream>>, shared: &Shared) {
             Err(poisoned) => poisoned.into_inner().recv_timeout(TICK),
         };
         match next {
-            Ok(s) => {
+            Ok(job) => {
                 let _admitted = Admitted(&shared.active);
-                if shared.stop.load(Ordering::SeqCst) {
-                    refuse(s, "the API is shutting down");
-                } else {
-                    serve_connection(s, shared);
+                match job {
+                    Job::Serve(s, ..) | Job::Answer(s, _) if shared.stop.load(Ordering::SeqCst) => {
+                        refuse(s, "the API is shutting down")
+                    }
+                    Job::Serve(s, head, body) => serve(s, &head, &body, shared),
+                    Job::Answer(s, r) => answer_and_close(s, &r, shared),
                 }
             }
             Err(RecvTimeoutError::Timeout) if !shared.stop.load(Ordering::SeqCst) => {}
             Err(_) => return,
         }
     }
-}
-
-/// Why reading a request stopped.
-enum ReadFail {
-    /// Answer this and close.
-    Answer(Response),
-    /// The client is gone or the server is stopping: close without an answer.
-    Gone,
-}
-
-/// Reads some bytes before `deadline`, checking the stop flag while waiting.
-fn read_some(
-    s: &mut TcpStream,
-    buf: &mut [u8],
-    deadline: Instant,
-    stop: &AtomicBool,
-) -> Result<usize, ReadFail> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadFail::Answer(routes::error(
-                408,
-                "the request did not arrive in time; send the whole request at once",
-            )));
-        }
-        if stop.load(Ordering::SeqCst) {
-            return Err(ReadFail::Gone);
-        }
-        if s.set_read_timeout(Some(left.min(TICK))).is_err() {
-            return Err(ReadFail::Gone);
-        }
-        match s.read(buf) {
-            Ok(0) => return Err(ReadFail::Gone),
-            Ok(n) => return Ok(n),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Err(ReadFail::Gone),
-        }
-    }
-}
-
-/// Reads one request: its head and its body.
-fn read_request(
-    s: &mut TcpStream,
-    shared: &Shared,
-) -> Result<(http::RequestHead, Vec<u8>), ReadFail> {
-    let deadline = Instant::now() + shared.limits.request_timeout;
-    let mut buf = Vec::with_capacity(CHUNK);
-    let mut chunk = [0u8; CHUNK];
-    let head = loop {
-        match http::parse_head(&buf, &shared.head) {
-            Ok(Some(h)) => break h,
-            Ok(None) => {}
-            Err(e) => return Err(ReadFail::Answer(routes::error(e.status(), &e.to_string()))),
-        }
-        let n = read_some(s, &mut chunk, deadline, &shared.stop)?;
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut body = buf.split_off(head.len);
-    // Bytes past the body (a pipelined request) are not served: every answer closes.
-    body.truncate(head.content_length);
-    if head.expect_continue && body.len() < head.content_length {
-        s.write_all(http::CONTINUE).map_err(|_| ReadFail::Gone)?;
-    }
-    while body.len() < head.content_length {
-        let want = (head.content_length - body.len()).min(CHUNK);
-        let n = read_some(s, &mut chunk[..want], deadline, &shared.stop)?;
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Ok((head, body))
 }
 
 /// Reads and drops what the client still sends, briefly, then closes.
@@ -231,28 +304,30 @@ fn linger(s: &mut TcpStream) {
     }
 }
 
-fn serve_connection(mut s: TcpStream, shared: &Shared) {
-    if s.set_nonblocking(false).is_err()
-        || s.set_write_timeout(Some(shared.limits.write_timeout))
-            .is_err()
-    {
+/// Prepares a connection for the worker's blocking writes.
+fn blocking(s: &TcpStream, shared: &Shared) -> bool {
+    s.set_nonblocking(false).is_ok()
+        && s.set_write_timeout(Some(shared.limits.write_timeout))
+            .is_ok()
+}
+
+fn answer_and_close(mut s: TcpStream, r: &Response, shared: &Shared) {
+    if !blocking(&s, shared) {
         return;
     }
-    let _ = s.set_nodelay(true);
-    let (head, body) = match read_request(&mut s, shared) {
-        Ok(r) => r,
-        Err(ReadFail::Gone) => return,
-        Err(ReadFail::Answer(r)) => {
-            let _ = r.write_to(&mut s, false);
-            linger(&mut s);
-            return;
-        }
-    };
+    let _ = r.write_to(&mut s, false);
+    linger(&mut s);
+}
+
+fn serve(mut s: TcpStream, head: &http::RequestHead, body: &[u8], shared: &Shared) {
+    if !blocking(&s, shared) {
+        return;
+    }
     let req = Request {
         method: head.method,
         path: &head.path,
         query: head.query.as_deref(),
-        body: &body,
+        body,
     };
     let answer = catch_unwind(AssertUnwindSafe(|| routes::handle(&shared.ctx, &req)))
         .unwrap_or_else(|_| {
