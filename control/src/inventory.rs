@@ -8,6 +8,9 @@
 //! heartbeat_ms = 100               # how often nodes send heartbeats
 //! suspect_ms = 300                 # silence before a node is suspected
 //! dead_ms = 1000                   # silence before it is declared dead
+//! api_token_file = "api.token"     # bearer token for the API's mutating endpoints (optional;
+//!                                  # without it they are refused)
+//! api_read_auth = false            # reads need the token too
 //!
 //! [tls]
 //! ca = "certs/ca.pem"              # the CA every node certificate is signed by
@@ -74,6 +77,13 @@ pub struct ClusterSection {
     /// Silence before a node is declared dead, in ms.
     #[serde(default = "default_dead")]
     pub dead_ms: u64,
+    /// File holding the REST API's bearer token; without one the mutating endpoints are
+    /// refused.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// Whether the read-only endpoints need the token too.
+    #[serde(default)]
+    pub api_read_auth: bool,
 }
 
 fn default_heartbeat() -> u64 {
@@ -181,6 +191,7 @@ impl Inventory {
             }
         };
         inv.cluster.secret_file = abs(&inv.cluster.secret_file);
+        inv.cluster.api_token_file = inv.cluster.api_token_file.as_ref().map(abs);
         inv.tls.ca = abs(&inv.tls.ca);
         for n in &mut inv.nodes {
             n.cert = abs(&n.cert);

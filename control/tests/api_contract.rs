@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use control::api::{self, ApiServer, Limits, ROUTES};
+use control::api::{self, ApiAuth, ApiServer, Limits, ROUTES};
 use control::handle::{
     Heat, JoinRequest, Member, MemberState, MembershipError, MembershipOps, NodeHandle, PageInfo,
     PageQueryError, Telemetry,
@@ -246,8 +246,15 @@ impl MembershipOps for MockNode {
     }
 }
 
+/// The API token of the servers under test; `send` presents it.
+const TOKEN: &str = "contract-test-token-0123456789";
+
+fn auth() -> ApiAuth {
+    ApiAuth::with_token(TOKEN, false).expect("a usable token")
+}
+
 fn start(mock: &Arc<MockNode>) -> ApiServer {
-    api::serve("127.0.0.1:0", mock.clone(), mock.clone()).expect("serve on 127.0.0.1:0")
+    api::serve("127.0.0.1:0", mock.clone(), mock.clone(), auth()).expect("serve on 127.0.0.1:0")
 }
 
 /// One answer, as read off the wire.
@@ -357,7 +364,20 @@ fn raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
 }
 
 fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+    send_as(addr, method, path, body, Some(TOKEN))
+}
+
+fn send_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    token: Option<&str>,
+) -> Reply {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n").into_bytes();
+    if let Some(t) = token {
+        req.extend_from_slice(format!("Authorization: Bearer {t}\r\n").as_bytes());
+    }
     if let Some(b) = body {
         req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", b.len()).as_bytes());
         req.extend_from_slice(b);
@@ -790,7 +810,7 @@ fn expect_100_continue_gets_an_interim_answer() {
     let mut s = connect(srv.addr());
     write!(
         s,
-        "POST /nodes HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /nodes HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -821,7 +841,7 @@ fn connections_beyond_the_limit_get_503_at_once() {
         workers: 1,
         ..Limits::default()
     };
-    let srv = api::serve_with("127.0.0.1:0", mock.clone(), mock.clone(), limits).unwrap();
+    let srv = api::serve_with("127.0.0.1:0", mock.clone(), mock.clone(), limits, auth()).unwrap();
     // Two silent clients take both slots (one served, one waiting for the worker).
     let idle1 = connect(srv.addr());
     let idle2 = connect(srv.addr());
@@ -851,7 +871,7 @@ fn a_client_that_stalls_gets_408() {
         request_timeout: Duration::from_millis(300),
         ..Limits::default()
     };
-    let srv = api::serve_with("127.0.0.1:0", mock.clone(), mock.clone(), limits).unwrap();
+    let srv = api::serve_with("127.0.0.1:0", mock.clone(), mock.clone(), limits, auth()).unwrap();
     let mut s = connect(srv.addr());
     s.write_all(b"POST /nodes HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"addr\"")
         .unwrap();
@@ -868,7 +888,7 @@ fn a_failing_handler_is_a_500_and_the_server_goes_on() {
         workers: 1,
         ..Limits::default()
     };
-    let srv = api::serve_with("127.0.0.1:0", mock.clone(), mock.clone(), limits).unwrap();
+    let srv = api::serve_with("127.0.0.1:0", mock.clone(), mock.clone(), limits, auth()).unwrap();
     let msg = get(srv.addr(), &format!("/pages/{PANIC_GPA:#x}")).error(500);
     assert!(msg.contains("panic"), "{msg}");
     // The only worker survived.
@@ -921,15 +941,15 @@ fn dropping_the_server_closes_the_port() {
 fn bind_errors_say_what_to_do() {
     let mock = MockNode::in_cluster();
     let srv = start(&mock);
-    let e = api::serve(&srv.addr().to_string(), mock.clone(), mock.clone()).unwrap_err();
+    let e = api::serve(&srv.addr().to_string(), mock.clone(), mock.clone(), auth()).unwrap_err();
     assert!(e.to_string().contains("--api-addr"), "{e}");
-    let e = api::serve("not an address", mock.clone(), mock.clone()).unwrap_err();
+    let e = api::serve("not an address", mock.clone(), mock.clone(), auth()).unwrap_err();
     assert!(e.to_string().contains("HOST:PORT"), "{e}");
     let bad = Limits {
         workers: 0,
         ..Limits::default()
     };
-    let e = api::serve_with("127.0.0.1:0", mock.clone(), mock, bad).unwrap_err();
+    let e = api::serve_with("127.0.0.1:0", mock.clone(), mock, bad, auth()).unwrap_err();
     assert!(e.to_string().contains("workers"), "{e}");
 }
 
@@ -990,8 +1010,57 @@ fn openapi_documents_the_error_shape_and_statuses() {
     assert!(doc.starts_with("openapi: 3.0."), "OpenAPI 3.0 document");
     assert!(doc.contains("    Error:"), "an Error schema");
     for status in [
-        "\"201\"", "\"202\"", "\"204\"", "\"400\"", "\"404\"", "\"409\"", "\"413\"", "\"503\"",
+        "\"201\"", "\"202\"", "\"204\"", "\"400\"", "\"401\"", "\"403\"", "\"404\"", "\"409\"",
+        "\"413\"", "\"503\"",
     ] {
         assert!(doc.contains(status), "status {status} is not documented");
     }
+}
+
+#[test]
+fn mutating_endpoints_need_the_token_and_reads_only_when_asked() {
+    let mock = MockNode::in_cluster();
+    let srv = start(&mock);
+    for (method, path) in [
+        ("DELETE", "/cluster"),
+        ("DELETE", "/nodes/2"),
+        ("POST", "/nodes"),
+    ] {
+        let r = send_as(srv.addr(), method, path, Some(b"{}"), None);
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("www-authenticate") && v.starts_with("Bearer")),
+            "{r:?}"
+        );
+        r.error(401);
+        send_as(
+            srv.addr(),
+            method,
+            path,
+            Some(b"{}"),
+            Some("not-the-token-00000000"),
+        )
+        .error(401);
+    }
+    // Reads stay open; nothing was changed by the refused requests.
+    assert_eq!(send_as(srv.addr(), "GET", "/nodes", None, None).status, 200);
+    assert!(!mock.state.lock().unwrap().stopped);
+    // A server without a token refuses every mutating request, whatever it carries.
+    let open = api::serve(
+        "127.0.0.1:0",
+        mock.clone(),
+        mock.clone(),
+        ApiAuth::read_only(),
+    )
+    .unwrap();
+    let msg = send(open.addr(), "DELETE", "/cluster", None).error(403);
+    assert!(msg.contains("--api-token-file"), "{msg}");
+    assert_eq!(get(open.addr(), "/nodes").status, 200);
+    // Reads behind the token too.
+    let strict = ApiAuth::with_token(TOKEN, true).unwrap();
+    let closed = api::serve("127.0.0.1:0", mock.clone(), mock.clone(), strict).unwrap();
+    send_as(closed.addr(), "GET", "/metrics", None, None).error(401);
+    assert_eq!(get(closed.addr(), "/metrics").status, 200);
+    assert!(!mock.state.lock().unwrap().stopped);
 }

@@ -19,16 +19,27 @@ fn port() -> u16 {
     ssi_tests::free_port()
 }
 
-/// One HTTP/1.0 request; returns (status, body).
+/// The API token every test cluster uses (`api.token` next to the inventory).
+const TOKEN: &str = "control-plane-test-token-0123456789";
+
+/// One HTTP/1.0 request with the API token; returns (status, body).
 fn http(method: &str, port: u16, path: &str, body: &str) -> (u16, String) {
+    http_as(method, port, path, body, Some(TOKEN))
+}
+
+/// One HTTP/1.0 request, with `token` if given; returns (status, body).
+fn http_as(method: &str, port: u16, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
     // Not listening (yet, or any more): status 0.
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let sent = write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     if sent.is_err() {
@@ -88,7 +99,7 @@ fn ports(n: usize) -> Vec<Ports> {
 /// An inventory for nodes `ids` with `memory`; certificates in `dir/certs`.
 fn inventory(dir: &Path, ids: &[u16], memory: &[&str], p: &[Ports], dead_ms: u64) -> PathBuf {
     let mut t = format!(
-        "[cluster]\nsecret_file = \"secret\"\nheartbeat_ms = 50\nsuspect_ms = 200\ndead_ms = {dead_ms}\n\n[tls]\nca = \"certs/ca.pem\"\n"
+        "[cluster]\nsecret_file = \"secret\"\napi_token_file = \"api.token\"\nheartbeat_ms = 50\nsuspect_ms = 200\ndead_ms = {dead_ms}\n\n[tls]\nca = \"certs/ca.pem\"\n"
     );
     for (k, &id) in ids.iter().enumerate() {
         t.push_str(&format!(
@@ -98,6 +109,7 @@ fn inventory(dir: &Path, ids: &[u16], memory: &[&str], p: &[Ports], dead_ms: u64
     }
     let path = dir.join("inventory.toml");
     std::fs::write(&path, t).unwrap();
+    std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
     path
 }
 
@@ -228,6 +240,19 @@ fn up_forms_a_cluster_the_api_reports_and_steers() {
     )
     .as_deref()
         == Some("left")));
+    // Changing the cluster needs the API token: without it, or with another, 401.
+    assert_eq!(http_as("DELETE", p[1].api, "/cluster", "", None).0, 401);
+    assert_eq!(
+        http_as(
+            "DELETE",
+            p[1].api,
+            "/cluster",
+            "",
+            Some("another-token-0123456789")
+        )
+        .0,
+        401
+    );
     // Stop the cluster through any node: `up` ends with every node exiting 0.
     assert_eq!(http("DELETE", p[1].api, "/cluster", "").0, 202);
     assert_eq!(up.wait(Duration::from_secs(30)), Some(0), "{}", up.output());
@@ -534,6 +559,8 @@ fn a_supervisor_forms_stops_and_reforms_clusters_on_request() {
     let api = port();
     let a = format!("127.0.0.1:{api}");
     let d = dir.display().to_string();
+    let token_file = dir.join("supervisor.token").display().to_string();
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut sup = Proc::start(&[
         "supervisor",
         "--api-addr",
@@ -543,6 +570,8 @@ fn a_supervisor_forms_stops_and_reforms_clusters_on_request() {
         "--init",
         "--form-timeout",
         "3",
+        "--api-token-file",
+        &token_file,
     ]);
     assert!(
         wait_for(Duration::from_secs(10), || http("GET", api, "/nodes", "").0
@@ -578,8 +607,15 @@ fn a_supervisor_forms_stops_and_reforms_clusters_on_request() {
             .map(|x| (x["id"].as_u64().unwrap(), x["state"].as_str().unwrap()))
             .collect();
         assert_eq!(states, [(0, "alive"), (1, "alive")], "{body}");
-        // The nodes' own APIs serve; the supervisor refers clients to them.
-        assert_eq!(state_of(p[1].api, 0).as_deref(), Some("alive"));
+        // The nodes' own APIs serve (node 1's may start a moment after the supervisor heard
+        // from node 0's); the supervisor refers clients to them.
+        assert!(
+            wait_for(Duration::from_secs(5), || state_of(p[1].api, 0).as_deref()
+                == Some("alive")),
+            "round {round}: {:?}\n{}",
+            http("GET", p[1].api, "/nodes", ""),
+            sup.output()
+        );
         let (code, body) = http("GET", api, "/metrics", "");
         assert_eq!(code, 409);
         assert!(body.contains(&format!("127.0.0.1:{}", p[0].api)), "{body}");

@@ -101,6 +101,8 @@ pub struct RequestHead {
     pub content_length: usize,
     /// The client waits for `100 Continue` before sending the body.
     pub expect_continue: bool,
+    /// The token of an `Authorization: Bearer <token>` field, if the request has one.
+    pub bearer: Option<String>,
     /// Bytes of the head, including the blank line that ends it.
     pub len: usize,
 }
@@ -240,6 +242,8 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
 
     let mut content_length: Option<u64> = None;
     let mut expect_continue = false;
+    let mut bearer: Option<String> = None;
+    let mut authorization = false;
     let mut fields = 0usize;
     for line in it {
         if line.is_empty() {
@@ -276,6 +280,11 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return Err(HttpError::TransferCoding);
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            if std::mem::replace(&mut authorization, true) {
+                return Err(HttpError::BadField("several Authorization fields"));
+            }
+            bearer = parse_bearer(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -300,8 +309,22 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
         query,
         content_length,
         expect_continue,
+        bearer,
         len: end,
     }))
+}
+
+/// The token of a `Bearer <token>` credential (the scheme is case-insensitive); `None` for
+/// another scheme.
+fn parse_bearer(v: &[u8]) -> Option<String> {
+    let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = trim_ows(rest);
+    // Field values are visible ASCII here (checked above); a token has no spaces.
+    (!token.is_empty() && !token.contains(&b' '))
+        .then(|| String::from_utf8_lossy(token).into_owned())
 }
 
 fn trim_ows(mut v: &[u8]) -> &[u8] {
@@ -398,6 +421,8 @@ pub struct Response {
     pub allow: Option<String>,
     /// The body.
     pub body: Vec<u8>,
+    /// Ask for a bearer token (`WWW-Authenticate: Bearer`, on 401 answers).
+    pub challenge: bool,
 }
 
 impl Response {
@@ -408,6 +433,7 @@ impl Response {
             content_type: Some(content_type),
             allow: None,
             body,
+            challenge: false,
         }
     }
 
@@ -418,6 +444,7 @@ impl Response {
             content_type: None,
             allow: None,
             body: Vec::new(),
+            challenge: false,
         }
     }
 
@@ -438,6 +465,9 @@ impl Response {
             head.push_str("Allow: ");
             head.push_str(allow);
             head.push_str("\r\n");
+        }
+        if self.challenge {
+            head.push_str("WWW-Authenticate: Bearer realm=\"ssi-dp\"\r\n");
         }
         if self.status != 204 {
             head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
@@ -463,6 +493,8 @@ pub fn reason(status: u16) -> &'static str {
         202 => "Accepted",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

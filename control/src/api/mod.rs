@@ -8,9 +8,13 @@
 //! send its request and to read the answer. Each connection carries one request and is closed
 //! after the answer. The server stops when the [`ApiServer`] is dropped.
 //!
+//! Every method but GET and HEAD changes the cluster and needs the API's bearer token
+//! ([`ApiAuth`]; refused outright without one); reads need it too when configured so.
+//!
 //! Routes and status codes are documented in docs/api.md and docs/openapi.yaml; errors are
 //! JSON `{"error": "<message>", "status": <code>}`.
 
+pub mod auth;
 pub mod http;
 pub mod routes;
 mod server;
@@ -25,6 +29,7 @@ use std::time::Duration;
 use crate::handle::{MembershipOps, NodeHandle};
 use crate::metrics::Exporter;
 
+pub use auth::{ApiAuth, AuthError};
 pub use routes::ROUTES;
 
 /// The most worker threads a server may have.
@@ -144,21 +149,23 @@ impl Drop for ApiServer {
     }
 }
 
-/// Serves the API on `addr` (HOST:PORT) with the default [`Limits`].
+/// Serves the API on `addr` (HOST:PORT) with the default [`Limits`], under `auth`.
 pub fn serve(
     addr: &str,
     node: Arc<dyn NodeHandle>,
     ops: Arc<dyn MembershipOps>,
+    auth: ApiAuth,
 ) -> Result<ApiServer, ApiError> {
-    serve_with(addr, node, ops, Limits::default())
+    serve_with(addr, node, ops, Limits::default(), auth)
 }
 
-/// Serves the API on `addr` (HOST:PORT) within `limits`.
+/// Serves the API on `addr` (HOST:PORT) within `limits`, under `auth`.
 pub fn serve_with(
     addr: &str,
     node: Arc<dyn NodeHandle>,
     ops: Arc<dyn MembershipOps>,
     limits: Limits,
+    auth: ApiAuth,
 ) -> Result<ApiServer, ApiError> {
     limits.check()?;
     let listener = TcpListener::bind(addr).map_err(|source| ApiError::Bind {
@@ -176,6 +183,7 @@ pub fn serve_with(
         },
         head: limits.head(),
         limits,
+        auth,
         stop: AtomicBool::new(false),
         active: AtomicUsize::new(0),
     });

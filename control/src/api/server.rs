@@ -34,6 +34,7 @@ pub(super) struct Shared {
     pub(super) ctx: Context,
     pub(super) limits: Limits,
     pub(super) head: HeadLimits,
+    pub(super) auth: super::ApiAuth,
     pub(super) stop: AtomicBool,
     /// Connections admitted and not yet answered.
     pub(super) active: AtomicUsize,
@@ -321,6 +322,11 @@ fn answer_and_close(mut s: TcpStream, r: &Response, shared: &Shared) {
 
 fn serve(mut s: TcpStream, head: &http::RequestHead, body: &[u8], shared: &Shared) {
     if !blocking(&s, shared) {
+        return;
+    }
+    if let Some(refusal) = shared.auth.refuse(head.method, head.bearer.as_deref()) {
+        let _ = refusal.write_to(&mut s, head.method == Method::Head);
+        linger(&mut s);
         return;
     }
     let req = Request {

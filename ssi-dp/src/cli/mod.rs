@@ -103,6 +103,14 @@ pub struct NodeArgs {
     /// HOST:PORT. `--metrics-addr` is the same.
     #[arg(long, alias = "metrics-addr")]
     pub api_addr: Option<String>,
+    /// Bearer token for the API's mutating endpoints (every method but GET and HEAD), one
+    /// line of at least 16 characters; without it those endpoints answer 403. Overrides the
+    /// inventory's api_token_file.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// The API's read-only endpoints need the token too.
+    #[arg(long, requires = "api_token_file")]
+    pub api_read_auth: bool,
     /// Take every setting of node --node-id from this inventory (TOML; see docs/operations.md).
     #[arg(long)]
     pub inventory: Option<PathBuf>,

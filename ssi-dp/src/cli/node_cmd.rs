@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coherence::FatalReason;
 use control::handle::MembershipOps;
@@ -29,6 +29,9 @@ use engine::{cpulist, summary};
 
 /// How long a node stopped by the control plane keeps running before it exits.
 const STOP_GRACE: Duration = Duration::from_millis(300);
+/// How long a home's death waits for a cluster stop that would explain it (the home may have
+/// stopped in order, its stop message still on the way here).
+const STOP_RACE: Duration = Duration::from_secs(1);
 
 /// Why a node could not start its job, or what stopped the job.
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +287,7 @@ pub fn run(a: NodeArgs) -> i32 {
                 Some(m) => m.clone(),
                 None => Arc::new(NoControlPlane),
             };
-            match control::api::serve(addr, glue.clone(), ops) {
+            match control::api::serve(addr, glue.clone(), ops, s.api_auth.clone()) {
                 Ok(api) => {
                     tracing::info!("REST API on {}", api.addr());
                     Some(api)
@@ -318,6 +321,7 @@ pub fn run(a: NodeArgs) -> i32 {
     let mut worker = worker;
     let mut code = exit::OK;
     let mut pause = PauseWatch::new(pause_threshold);
+    let mut death_seen: Option<Instant> = None;
     let mut dumps = DumpTimer {
         every: (a.hist_interval > 0).then(|| Duration::from_secs(a.hist_interval)),
         last: std::time::Instant::now(),
@@ -341,6 +345,12 @@ pub fn run(a: NodeArgs) -> i32 {
                     let report = progress.report.lock().ok().and_then(|mut r| r.take());
                     code = print_report(me, &label, report.ok_or(NodeCmdError::NoReport));
                     break;
+                }
+                // A home stopping in order closes its connections STOP_GRACE after the
+                // cluster stop went out; on a loaded host the stop can reach us later than
+                // that. Give it time to arrive before calling the closure a death.
+                if death_seen.get_or_insert_with(Instant::now).elapsed() < STOP_RACE {
+                    continue;
                 }
             }
             // Read the clock again: a stop may have landed between the tick and the read.

@@ -8,6 +8,7 @@ use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use control::api::{ApiAuth, AuthError};
 use control::inventory::{Inventory, InventoryError};
 use control::tls::{TlsError, TlsIdentity};
 
@@ -138,6 +139,9 @@ pub enum SettingsError {
         #[source]
         source: CpuListError,
     },
+    /// The API token file cannot be used.
+    #[error(transparent)]
+    ApiToken(#[from] AuthError),
     /// A file, the memory size or a core fails the checks made before listening.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
@@ -189,6 +193,8 @@ pub struct Settings {
     pub control: Option<ControlSettings>,
     /// REST API address, if any.
     pub api: Option<String>,
+    /// Who may call the REST API.
+    pub api_auth: ApiAuth,
 }
 
 /// Reads and checks the cluster secret.
@@ -293,6 +299,7 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
     if a.join_wait && control.is_none() {
         return Err(SettingsError::JoinWaitNeedsControl);
     }
+    let api_auth = api_auth(a, None, false)?;
     Ok(Settings {
         id,
         listener,
@@ -303,6 +310,23 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
         secret,
         control,
         api: a.api_addr.clone(),
+        api_auth,
+    })
+}
+
+/// The API's access rule: `--api-token-file` (and `--api-read-auth`) over the inventory's.
+fn api_auth(
+    a: &NodeArgs,
+    inventory_file: Option<&Path>,
+    inventory_reads: bool,
+) -> Result<ApiAuth, SettingsError> {
+    let (file, reads) = match &a.api_token_file {
+        Some(f) => (Some(f.as_path()), a.api_read_auth),
+        None => (inventory_file, inventory_reads),
+    };
+    Ok(match file {
+        Some(f) => ApiAuth::from_file(f, reads)?,
+        None => ApiAuth::read_only(),
     })
 }
 
@@ -334,6 +358,11 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, Settin
         .parse()
         .map_err(|why: String| SettingsError::InventoryIdle { id, why })?;
     let tls = TlsIdentity::load(id, &inv.tls.ca, &me.cert, &me.key)?;
+    let api_auth = api_auth(
+        a,
+        inv.cluster.api_token_file.as_deref(),
+        inv.cluster.api_read_auth,
+    )?;
     preflight(a, memory, &cores)?;
     let listener = data_listener(a, Some(&me.listen))?;
     let control = Some(ControlSettings {
@@ -354,6 +383,7 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, Settin
         secret,
         control,
         api: a.api_addr.clone().or_else(|| me.api.clone()),
+        api_auth,
     })
 }
 

@@ -56,6 +56,10 @@ pub struct SupervisorArgs {
     /// and answers 503.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     form_timeout: u64,
+    /// Bearer token for the supervisor's `POST /cluster` and `DELETE /cluster` (one line of
+    /// at least 16 characters); without it they answer 403.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
     /// Arguments given to every node after its inventory settings.
     #[arg(last = true)]
     node_args: Vec<String>,
@@ -202,9 +206,10 @@ impl Supervisor {
             ));
         }
         if self.args.init {
-            // The API is not authenticated: whoever can reach it must not make the supervisor
-            // write files outside its directory.
+            // Whoever may post an inventory must still not make the supervisor write files
+            // outside its directory.
             let outside = std::iter::once(&inv.cluster.secret_file)
+                .chain(inv.cluster.api_token_file.as_ref())
                 .chain(std::iter::once(&inv.tls.ca))
                 .chain(inv.nodes.iter().flat_map(|n| [&n.cert, &n.key]))
                 .find(|p| !inside(&self.args.dir, p));
@@ -385,12 +390,22 @@ pub fn run(args: SupervisorArgs) -> i32 {
         eprintln!("ssi-dp supervisor: warning: cannot install signal handlers: {e}");
     }
     let addr = args.api_addr.clone();
+    let auth = match &args.api_token_file {
+        None => control::api::ApiAuth::read_only(),
+        Some(f) => match control::api::ApiAuth::from_file(f, false) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("ssi-dp supervisor: error: {e}");
+                return exit::USAGE;
+            }
+        },
+    };
     let sup = Arc::new(Supervisor {
         args,
         exe,
         running: Mutex::new(None),
     });
-    let server = match control::api::serve(&addr, sup.clone(), sup.clone()) {
+    let server = match control::api::serve(&addr, sup.clone(), sup.clone(), auth) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ssi-dp supervisor: error: {e}");

@@ -7,7 +7,8 @@
 //! for the control plane's mutual TLS.
 
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
@@ -218,6 +219,9 @@ pub(super) fn check_files(inv: &Inventory, local: &[&NodeEntry]) -> Result<(), U
     if !inv.cluster.secret_file.exists() {
         missing.push(inv.cluster.secret_file.clone());
     }
+    if let Some(t) = inv.cluster.api_token_file.as_ref().filter(|t| !t.exists()) {
+        missing.push(t.clone());
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -263,6 +267,31 @@ pub(super) fn init(inv: &Inventory) -> Result<(), UpError> {
             source,
         })?;
         eprintln!("ssi-dp up: created {}", inv.cluster.secret_file.display());
+    }
+    if let Some(path) = inv.cluster.api_token_file.as_ref().filter(|p| !p.exists()) {
+        let mut raw = [0u8; 24];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut raw))
+            .map_err(UpError::Urandom)?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|source| UpError::File {
+                path: d.to_path_buf(),
+                source,
+            })?;
+        }
+        // Readable by its owner only, like the secret should be.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()))
+            .map_err(|source| UpError::File {
+                path: path.clone(),
+                source,
+            })?;
+        eprintln!("ssi-dp up: created the API token {}", path.display());
     }
     if inv.tls.ca.exists() {
         return Ok(());
