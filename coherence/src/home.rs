@@ -205,25 +205,23 @@ impl Machine {
             });
             self.set_home_access(page, PageAccess::ReadOnly);
             self.stats.installs += 1;
-            let data = Msg::Data {
-                txn,
-                page,
-                version: v,
-                writable: false,
-            };
-            self.send(r, data, Some(DataSource::Zero), out);
+            self.send(
+                r,
+                data_msg(txn, page, v, false),
+                Some(DataSource::Zero),
+                out,
+            );
             self.set_dir(di, DirState::Shared(NodeSet::single(me).with(r)));
             true
         } else {
             let nv = v.wrapping_add(1);
             self.dir[di].set_version(nv);
-            let data = Msg::Data {
-                txn,
-                page,
-                version: nv,
-                writable: true,
-            };
-            self.send(r, data, Some(DataSource::Zero), out);
+            self.send(
+                r,
+                data_msg(txn, page, nv, true),
+                Some(DataSource::Zero),
+                out,
+            );
             self.set_dir(di, DirState::Exclusive(r));
             true
         }
@@ -243,13 +241,12 @@ impl Machine {
             if r == me {
                 self.violate("home read miss on a page it shares", page);
             } else {
-                let data = Msg::Data {
-                    txn,
-                    page,
-                    version: v,
-                    writable: false,
-                };
-                self.send(r, data, Some(DataSource::Local), out);
+                self.send(
+                    r,
+                    data_msg(txn, page, v, false),
+                    Some(DataSource::Local),
+                    out,
+                );
                 self.set_dir(di, DirState::Shared(s.with(r)));
             }
             true
@@ -306,26 +303,24 @@ impl Machine {
         if o == me && !is_write {
             out.push(Action::WriteProtect { page });
             self.set_home_access(page, PageAccess::ReadOnly);
-            let data = Msg::Data {
-                txn,
-                page,
-                version: v,
-                writable: false,
-            };
-            self.send(r, data, Some(DataSource::Local), out);
+            self.send(
+                r,
+                data_msg(txn, page, v, false),
+                Some(DataSource::Local),
+                out,
+            );
             self.set_dir(di, DirState::Shared(NodeSet::single(me).with(r)));
             true
         } else if o == me {
             let nv = v.wrapping_add(1);
             self.dir[di].set_version(nv);
             out.push(Action::WriteProtect { page });
-            let data = Msg::Data {
-                txn,
-                page,
-                version: nv,
-                writable: true,
-            };
-            self.send(r, data, Some(DataSource::Local), out);
+            self.send(
+                r,
+                data_msg(txn, page, nv, true),
+                Some(DataSource::Local),
+                out,
+            );
             out.push(Action::Drop { page });
             self.set_home_access(page, PageAccess::Invalid);
             self.set_dir(di, DirState::Exclusive(r));
@@ -400,13 +395,12 @@ impl Machine {
             };
             self.send(r, grant, None, out);
         } else {
-            let data = Msg::Data {
-                txn,
-                page,
-                version: nv,
-                writable: true,
-            };
-            self.send(r, data, Some(DataSource::Local), out);
+            self.send(
+                r,
+                data_msg(txn, page, nv, true),
+                Some(DataSource::Local),
+                out,
+            );
         }
         out.push(Action::Drop { page });
         self.set_home_access(page, PageAccess::Invalid);
@@ -626,13 +620,12 @@ impl Machine {
                 self.set_dir(di, DirState::Shared(NodeSet::single(me).with(from)));
             }
             (false, RecallHave::Nothing) if t.home_has => {
-                let data = Msg::Data {
-                    txn,
-                    page,
-                    version: self.dir[di].version(),
-                    writable: false,
-                };
-                self.send(from, data, Some(DataSource::Local), out);
+                self.send(
+                    from,
+                    data_msg(txn, page, self.dir[di].version(), false),
+                    Some(DataSource::Local),
+                    out,
+                );
                 self.set_dir(di, DirState::Shared(NodeSet::single(me).with(from)));
             }
             (true, RecallHave::Exclusive) => {
@@ -823,5 +816,15 @@ impl Machine {
 
     pub(crate) fn txn_mut(&mut self, h: u16) -> &mut Txn {
         &mut self.txns.items[usize::from(h)]
+    }
+}
+
+/// A `Data` message carrying the page at `version`.
+fn data_msg(txn: u64, page: u64, version: u32, writable: bool) -> Msg {
+    Msg::Data {
+        txn,
+        page,
+        version,
+        writable,
     }
 }

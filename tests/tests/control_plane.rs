@@ -394,56 +394,7 @@ fn a_node_joins_a_running_cluster_and_its_memory_is_used() {
     assert!(wait_for(Duration::from_secs(60), || state_of(p[0].api, 1)
         .as_deref()
         == Some("alive")));
-    let d = dir.display().to_string();
-    let (listen, control) = (
-        format!("127.0.0.1:{}", p[2].data),
-        format!("127.0.0.1:{}", p[2].control),
-    );
-    let mut a = vec![
-        "--node-id",
-        "2",
-        "--listen",
-        &listen,
-        "--control",
-        &control,
-        "--memory",
-        "16M",
-        "--cores",
-        "0",
-        "--idle",
-        "block",
-        "--join-wait",
-    ];
-    let (ca, cert, key, secret) = (
-        format!("{d}/certs/ca.pem"),
-        format!("{d}/certs/node2.pem"),
-        format!("{d}/certs/node2.key"),
-        format!("{d}/secret"),
-    );
-    a.extend([
-        "--tls-ca",
-        &ca,
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--cluster-secret-file",
-        &secret,
-    ]);
-    a.extend(work);
-    let mut joiner = Proc::start(&a);
-    std::thread::sleep(Duration::from_millis(300));
-    let body = format!(
-        "{{\"id\": 2, \"addr\": \"{listen}\", \"control\": \"{control}\", \"memory\": 16777216}}"
-    );
-    let (code, answer) = http("POST", p[0].api, "/nodes", &body);
-    assert_eq!(
-        code,
-        201,
-        "{answer}\n{}\n{}",
-        nodes[0].output(),
-        joiner.output()
-    );
+    let (mut joiner, _, answer) = join(&dir, 2, &p[2], p[0].api, &work);
     let m: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(
         (m["id"].as_u64(), m["gpa_start"].as_u64()),
@@ -461,9 +412,9 @@ fn a_node_joins_a_running_cluster_and_its_memory_is_used() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Starts node `id` waiting to join, with its ports `p`; asks member `api` to admit it and
-/// returns how long the admission took.
-fn join(dir: &Path, id: u16, p: &Ports, api: u16) -> (Proc, Duration) {
+/// Starts node `id` waiting to join, with its ports `p` and `extra` arguments; asks member
+/// `api` to admit it and returns the joiner, how long the admission took and the answer.
+fn join(dir: &Path, id: u16, p: &Ports, api: u16, extra: &[&str]) -> (Proc, Duration, String) {
     let d = dir.display().to_string();
     let (listen, control) = (
         format!("127.0.0.1:{}", p.data),
@@ -476,7 +427,7 @@ fn join(dir: &Path, id: u16, p: &Ports, api: u16) -> (Proc, Duration) {
         format!("{d}/secret"),
     );
     let ids = id.to_string();
-    let joiner = Proc::start(&[
+    let mut args = vec![
         "--node-id",
         &ids,
         "--listen",
@@ -498,7 +449,9 @@ fn join(dir: &Path, id: u16, p: &Ports, api: u16) -> (Proc, Duration) {
         &key,
         "--cluster-secret-file",
         &secret,
-    ]);
+    ];
+    args.extend(extra);
+    let joiner = Proc::start(&args);
     assert!(
         wait_for(Duration::from_secs(30), || joiner
             .output()
@@ -513,7 +466,7 @@ fn join(dir: &Path, id: u16, p: &Ports, api: u16) -> (Proc, Duration) {
     let (code, answer) = http("POST", api, "/nodes", &body);
     let took = t0.elapsed();
     assert_eq!(code, 201, "{answer}\n{}", joiner.output());
-    (joiner, took)
+    (joiner, took, answer)
 }
 
 /// Unauthenticated sockets on the data and control ports of the coordinating member and of
@@ -532,11 +485,11 @@ fn a_join_under_a_flood_of_hostile_sockets_takes_at_most_a_second_longer() {
     assert!(wait_for(Duration::from_secs(60), || state_of(p[0].api, 1)
         .as_deref()
         == Some("alive")));
-    let (_quiet_joiner, quiet) = join(&dir, 2, &p[2], p[0].api);
+    let (_quiet_joiner, quiet, _) = join(&dir, 2, &p[2], p[0].api, &[]);
     let flood = Flood::start(&[p[0].data, p[0].control, p[3].data, p[3].control], 64);
     // Let the flood reach its steady state (sockets expiring and reopening).
     std::thread::sleep(Duration::from_millis(3500));
-    let (_flooded_joiner, flooded) = join(&dir, 3, &p[3], p[0].api);
+    let (_flooded_joiner, flooded, _) = join(&dir, 3, &p[3], p[0].api, &[]);
     let opened = flood.stop();
     eprintln!(
         "join: {:.0} ms quiet, {:.0} ms with 64 hostile sockets ({opened} connections)",
