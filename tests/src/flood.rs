@@ -44,6 +44,8 @@ fn hostile(port: u16, kind: Hostile, stop: Arc<AtomicBool>, opened: Arc<AtomicU6
             continue;
         };
         opened.fetch_add(1, Ordering::SeqCst);
+        // A hostile client need not check its own socket options: the node's behaviour is
+        // what is tested.
         let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
         let mut sent = 0;
         if let Hostile::HelloThenStall = kind {

@@ -44,7 +44,14 @@ pub(super) struct Shared {
 /// to the calling thread only, so the node's other threads keep their priority.
 fn lower_priority() {
     // SAFETY: setpriority takes plain integers and touches no memory of ours.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        // Raising the nice value is always allowed; if it fails anyway the API still works,
+        // at normal priority, and says so once per thread.
+        tracing::warn!(
+            "the REST API thread stays at normal priority: setpriority failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// What the reader hands to a worker.
@@ -150,7 +157,12 @@ pub(super) fn reader_loop(l: &TcpListener, shared: &Shared, tx: SyncSender<Job>)
         let ms = libc::c_int::try_from(TICK.as_millis()).unwrap_or(100);
         // SAFETY: `fds` holds `fds.len()` initialised pollfds on sockets this thread owns,
         // and outlives the call.
-        let _ = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+            // Out of kernel memory (the only failure possible here): nothing is ready; wait
+            // rather than spin, and let the deadlines below still run.
+            std::thread::sleep(TICK);
+        }
         for i in (0..reading.len()).rev() {
             if fds.get(i + 1).is_some_and(|p| p.revents != 0) {
                 let r = reading[i].read(&shared.head);
@@ -202,6 +214,7 @@ fn accept_all(l: &TcpListener, shared: &Shared, reading: &mut Vec<Reading>) {
                     shared.active.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 }
+                // Latency only: the request is served either way.
                 let _ = s.set_nodelay(true);
                 reading.push(Reading {
                     stream: s,
@@ -316,6 +329,7 @@ fn answer_and_close(mut s: TcpStream, r: &Response, shared: &Shared) {
     if !blocking(&s, shared) {
         return;
     }
+    // A client that does not take its error answer loses nothing but the answer.
     let _ = r.write_to(&mut s, false);
     linger(&mut s);
 }
@@ -325,6 +339,7 @@ fn serve(mut s: TcpStream, head: &http::RequestHead, body: &[u8], shared: &Share
         return;
     }
     if let Some(refusal) = shared.auth.refuse(head.method, head.bearer.as_deref()) {
+        // A client that does not take its refusal loses nothing but the answer.
         let _ = refusal.write_to(&mut s, head.method == Method::Head);
         linger(&mut s);
         return;
