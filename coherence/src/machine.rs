@@ -352,20 +352,9 @@ impl Machine {
         }
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        out: &mut Actions,
-    ) -> Result<Outcome, StepError> {
-        if from == self.me || !self.layout.members().contains(from) {
-            return Err(StepError::BadSender(from));
-        }
-        let page = msg.page();
-        let li = self.local_index(page)?;
-        let home = self.layout.home_of(page)?;
-        // Who may send what: requests and replies to a home only to the
-        // page's home; orders from a home only from it; data from anyone.
+    /// Who may send what: requests and replies to a home only to the page's home; orders
+    /// from a home only from it; data from anyone.
+    fn check_route(&self, from: NodeId, msg: &Msg, home: NodeId) -> Result<(), StepError> {
         let to_home = matches!(
             msg,
             Msg::ReadReq { .. }
@@ -385,11 +374,27 @@ impl Machine {
         if misrouted {
             return Err(StepError::Misrouted {
                 name: msg.name(),
-                page,
+                page: msg.page(),
                 from,
                 home,
             });
         }
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: Msg,
+        out: &mut Actions,
+    ) -> Result<Outcome, StepError> {
+        if from == self.me || !self.layout.members().contains(from) {
+            return Err(StepError::BadSender(from));
+        }
+        let page = msg.page();
+        let li = self.local_index(page)?;
+        let home = self.layout.home_of(page)?;
+        self.check_route(from, &msg, home)?;
         if self.dead.contains(from) {
             self.stats.late_messages += 1;
             return Ok(Outcome::Ignored);

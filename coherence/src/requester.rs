@@ -339,6 +339,38 @@ impl Machine {
         Ok(Outcome::Done)
     }
 
+    /// Whether this node may answer a forward for local page `li` from `requester`: it owns
+    /// the page (or is writing its dirty copy back). The copy stops being dirty whatever
+    /// happens next. Returns the page's record and access; `None` after a violation.
+    fn fwd_accept(
+        &mut self,
+        li: usize,
+        page: u64,
+        requester: NodeId,
+    ) -> Option<(Option<u16>, PageAccess)> {
+        let rec = self.local[li].record();
+        let acc = self.local[li].access();
+        let evicting_dirty =
+            rec.is_some_and(|ri| matches!(self.rec(ri).req, Req::Evicting { dirty: true, .. }));
+        if !(acc == PageAccess::Writable || (acc == PageAccess::ReadOnly && evicting_dirty)) {
+            self.violate("forward to a node that does not own the page", page);
+            return None;
+        }
+        if requester == self.me {
+            self.violate("forward on behalf of the owner itself", page);
+            return None;
+        }
+        if let Some(ri) = rec {
+            if let Req::Evicting { txn: et, .. } = self.rec(ri).req {
+                self.rec_mut(ri).req = Req::Evicting {
+                    txn: et,
+                    dirty: false,
+                };
+            }
+        }
+        Some((rec, acc))
+    }
+
     pub(crate) fn do_fwd(
         &mut self,
         li: usize,
@@ -352,27 +384,9 @@ impl Machine {
         let Ok(home) = self.layout.home_of(page) else {
             return;
         };
-        let rec = self.local[li].record();
-        let acc = self.local[li].access();
-        let evicting_dirty =
-            rec.is_some_and(|ri| matches!(self.rec(ri).req, Req::Evicting { dirty: true, .. }));
-        if !(acc == PageAccess::Writable || (acc == PageAccess::ReadOnly && evicting_dirty)) {
-            self.violate("forward to a node that does not own the page", page);
+        let Some((rec, acc)) = self.fwd_accept(li, page, requester) else {
             return;
-        }
-        if requester == self.me {
-            self.violate("forward on behalf of the owner itself", page);
-            return;
-        }
-        // The copy stops being dirty whatever happens next.
-        if let Some(ri) = rec {
-            if let Req::Evicting { txn: et, .. } = self.rec(ri).req {
-                self.rec_mut(ri).req = Req::Evicting {
-                    txn: et,
-                    dirty: false,
-                };
-            }
-        }
+        };
         if acc == PageAccess::Writable {
             if !self.bug_on(super::inject::Bug::NoWriteProtectOnForward) {
                 out.push(Action::WriteProtect { page });
