@@ -39,13 +39,17 @@ impl fmt::Display for IdlePolicy {
     }
 }
 
+/// An idle policy that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad idle policy {0:?}: use spin, hybrid, hybrid:<microseconds> or block")]
+pub struct IdlePolicyError(pub String);
+
 impl FromStr for IdlePolicy {
-    type Err = String;
+    type Err = IdlePolicyError;
 
     /// `spin`, `block`, `hybrid` or `hybrid:<µs>`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("bad idle policy {s:?}: use spin, hybrid, hybrid:<microseconds> or block");
+        let bad = || IdlePolicyError(s.to_string());
         match s {
             "spin" => Ok(IdlePolicy::Spin),
             "block" => Ok(IdlePolicy::Block),

@@ -17,7 +17,7 @@ use super::preflight::{self, Preflight, PreflightError};
 use super::NodeArgs;
 use engine::config::{self, ClusterSpec, ConfigError, NodeSpec};
 use engine::cpulist::{self, CpuListError};
-use engine::idle::IdlePolicy;
+use engine::idle::{IdlePolicy, IdlePolicyError};
 
 /// Why a node's settings are unusable; each message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +145,14 @@ pub enum SettingsError {
     /// A file, the memory size or a core fails the checks made before listening.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
-    /// An inventory node's idle policy is invalid (`why` is the engine's parse message).
-    #[error("inventory node {id}: {why}")]
+    /// An inventory node's idle policy is invalid.
+    #[error("inventory node {id}: {source}")]
     InventoryIdle {
         /// The node.
         id: u16,
         /// Why.
-        why: String,
+        #[source]
+        source: IdlePolicyError,
     },
 }
 
@@ -356,7 +357,7 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, Settin
     let idle: IdlePolicy = me
         .idle
         .parse()
-        .map_err(|why: String| SettingsError::InventoryIdle { id, why })?;
+        .map_err(|source| SettingsError::InventoryIdle { id, source })?;
     let tls = TlsIdentity::load(id, &inv.tls.ca, &me.cert, &me.key)?;
     let api_auth = api_auth(
         a,
