@@ -33,6 +33,7 @@ fn slowloris(port: u16, stop: Arc<AtomicBool>, opened: Arc<AtomicU64>) {
             continue;
         };
         opened.fetch_add(1, Ordering::SeqCst);
+        // A slow client need not check its own socket options: the server is under test.
         let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
         let mut buf = [0u8; 512];
         for b in head.iter().cycle() {

@@ -13,7 +13,8 @@ const EXIT_HOME_DIED: i32 = 3;
 
 const TRIALS: usize = 3;
 
-fn node(id: u16, secret: &std::path::Path, memory: &str) -> NodeOpts {
+/// Node `id` of three running `workload` on 200,000 operations, contributing `memory`.
+fn node(id: u16, secret: &std::path::Path, workload: &str, memory: &str) -> NodeOpts {
     let s = secret.display().to_string();
     NodeOpts::new(
         id,
@@ -25,7 +26,7 @@ fn node(id: u16, secret: &std::path::Path, memory: &str) -> NodeOpts {
             "--cluster-secret-file",
             &s,
             "--workload",
-            "seqs",
+            workload,
             "--ops",
             "200000",
             "--participants",
@@ -42,7 +43,11 @@ fn survivors_of_a_dead_home_exit_with_its_name_and_never_by_signal() {
     let dir = scratch_dir("home-death");
     let s = secret_file(&dir, "secret", 7);
     for trial in 0..TRIALS {
-        let mut procs = launch(&[node(0, &s, "16M"), node(1, &s, "16M"), node(2, &s, "0")]);
+        let mut procs = launch(&[
+            node(0, &s, "seqs", "16M"),
+            node(1, &s, "seqs", "16M"),
+            node(2, &s, "seqs", "0"),
+        ]);
         for p in &procs {
             assert!(
                 p.wait_for_output("cluster formed", Duration::from_secs(60)),
@@ -100,9 +105,9 @@ fn a_survivor_that_touches_a_lost_page_says_so_and_exits_5() {
     let s = secret_file(&dir, "secret", 8);
     for trial in 0..3 {
         let mut procs = launch(&[
-            counters(0, &s).memory("16M"),
-            counters(1, &s).memory("16M"),
-            counters(2, &s).memory("0"),
+            node(0, &s, "counters", "16M"),
+            node(1, &s, "counters", "16M"),
+            node(2, &s, "counters", "0"),
         ]);
         for p in &procs {
             assert!(
@@ -154,27 +159,4 @@ fn a_survivor_that_touches_a_lost_page_says_so_and_exits_5() {
         return;
     }
     panic!("in 3 trials the killed node never held a page exclusively");
-}
-
-fn counters(id: u16, secret: &std::path::Path) -> NodeOpts {
-    let s = secret.display().to_string();
-    NodeOpts::new(
-        id,
-        &[
-            "--cores",
-            &(id % 2).to_string(),
-            "--idle",
-            "block",
-            "--cluster-secret-file",
-            &s,
-            "--workload",
-            "counters",
-            "--ops",
-            "200000",
-            "--participants",
-            "0-2",
-            "--connect-timeout",
-            "60",
-        ],
-    )
 }

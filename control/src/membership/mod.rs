@@ -56,9 +56,9 @@ pub trait NodeControl: Send + Sync {
     fn declare_dead(&self, id: u16);
     /// `id` left in order (it holds nothing any more): forget it without alarm.
     fn mark_left(&self, id: u16);
-    /// A member refused this node: the cluster declared it dead (or never admitted it), and
-    /// it cannot take part any more. `reason` is the member's text. The node stops and says
-    /// so.
+    /// A member refused this node because the cluster declared it dead (or it left): it
+    /// cannot take part any more. `reason` is the member's text. The node stops and says so.
+    /// (A refusal for any other reason is only logged.)
     fn refused(&self, reason: &str);
     /// Nodes the data plane itself found dead (connections broke), as a bit mask.
     fn data_plane_dead(&self) -> u64;
@@ -761,6 +761,7 @@ impl Loop {
                             reason: format!(
                                 "node {id} was declared dead or left; it must rejoin as a new node"
                             ),
+                            dead: true,
                         });
                         let _ = self.links[i].flush();
                         tracing::warn!(
@@ -771,6 +772,7 @@ impl Loop {
                     Heard::Unknown => {
                         let _ = self.links[i].send(&ControlMsg::Refused {
                             reason: format!("node {id} is not a member"),
+                            dead: false,
                         });
                         return true;
                     }
@@ -904,9 +906,11 @@ impl Loop {
                 self.node.stop();
                 false
             }
-            ControlMsg::Refused { reason } => {
+            ControlMsg::Refused { reason, dead } => {
                 tracing::warn!("a peer refused us: {reason}");
-                self.node.refused(&reason);
+                if dead {
+                    self.node.refused(&reason);
+                }
                 true
             }
             ControlMsg::Admitted { .. } | ControlMsg::Leave { .. } => false,

@@ -115,6 +115,11 @@ pub enum ControlMsg {
     Refused {
         /// Why.
         reason: String,
+        /// Because the sender's cluster declared this node dead (or it left): it cannot take
+        /// part any more. False for a refusal that says nothing about the receiver's standing
+        /// (a node the sender does not know yet, say, during a join).
+        #[serde(default)]
+        dead: bool,
     },
 }
 
@@ -157,7 +162,10 @@ mod tests {
             },
             ControlMsg::Admitted { nodes: vec![n] },
             ControlMsg::Stop,
-            ControlMsg::Refused { reason: "x".into() },
+            ControlMsg::Refused {
+                reason: "x".into(),
+                dead: true,
+            },
         ] {
             let l = m.line();
             assert_eq!(*l.last().unwrap(), b'\n');

@@ -97,8 +97,8 @@ pub fn explain(reason: StopReason, pause: Option<Duration>, layout: &Layout) -> 
         ),
         StopReason::DeclaredDead => (
             DECLARED_DEAD,
-            "a member refused this node: the cluster declared it dead (or never admitted it); \
-             it must rejoin as a new node, with a new id"
+            "a member refused this node: the cluster declared it dead; it must rejoin as a \
+             new node, with a new id"
                 .into(),
         ),
     }
