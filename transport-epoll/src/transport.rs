@@ -16,8 +16,8 @@ use wire::slotset::SlotSet;
 use wire::sock::{errno_of, prepare_stream};
 use wire::txq::{SegKind, Segment, TxPayload};
 use wire::{
-    DownReason, Event, Header, NodeId, Parsed, Payload, PeerId, RxBuf, RxSlots, SendOutcome,
-    Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
+    DownReason, Event, FrameKeys, Header, NodeId, Parsed, Payload, PeerId, RxBuf, RxSlots,
+    SendOutcome, Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
 };
 
 use crate::epoll::Epoll;
@@ -260,13 +260,14 @@ impl EpollTransport {
             let p = &mut self.peers[slot as usize];
             while let Some(d) = p.conn.txq.pop_done() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
-                match d.payload {
-                    TxPayload::Page { .. } => out(Event::SendDone {
+                if let TxPayload::Copy { slot: c, .. } = d.payload {
+                    p.conn.copy_free.push(c);
+                }
+                if d.payload.owes_send_done() {
+                    out(Event::SendDone {
                         peer: p.conn.id,
                         token: d.token,
-                    }),
-                    TxPayload::Copy { slot: c, .. } => p.conn.copy_free.push(c),
-                    TxPayload::None => {}
+                    });
                 }
             }
         }
@@ -311,17 +312,20 @@ impl Transport for EpollTransport {
         peer: PeerId,
         stream: TcpStream,
         node: Option<NodeId>,
+        keys: &FrameKeys,
     ) -> Result<(), TransportError> {
         let slot = self.table.vacant(peer)?;
         prepare_stream(&stream).map_err(|e| TransportError::io("configuring the socket", e))?;
-        self.ep
-            .add(stream.as_raw_fd(), PEER_EVENTS, u64::from(slot))
-            .map_err(|e| TransportError::io("epoll_ctl(ADD)", e))?;
-        self.table.take(peer, slot);
-        self.stats.open_slot(slot as usize, peer);
+        let fd = stream.as_raw_fd();
         let p = &mut self.peers[slot as usize];
         p.conn
-            .open(slot, peer, stream, node, self.cfg.tx_copy_slots);
+            .open(slot, peer, stream, node, keys, self.cfg.tx_copy_slots)?;
+        if let Err(e) = self.ep.add(fd, PEER_EVENTS, u64::from(slot)) {
+            p.conn.stream = None;
+            return Err(TransportError::io("epoll_ctl(ADD)", e));
+        }
+        self.table.take(peer, slot);
+        self.stats.open_slot(slot as usize, peer);
         p.readable = true;
         p.writable = true;
         self.ready.insert(slot);

@@ -36,8 +36,8 @@ use wire::slotset::SlotSet;
 use wire::sock::prepare_stream;
 use wire::txq::{SegKind, Segment, TxPayload};
 use wire::{
-    DownReason, Event, Header, NodeId, Parsed, Payload, PeerId, RxBuf, RxSlots, SendOutcome,
-    Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
+    DownReason, Event, FrameKeys, Header, NodeId, Parsed, Payload, PeerId, RxBuf, RxSlots,
+    SendOutcome, Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
 };
 
 use crate::peer::Peer;
@@ -464,16 +464,15 @@ impl UringTransport {
             let p = &mut self.peers[slot as usize];
             while let Some(d) = p.conn.txq.pop_done() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
-                match d.payload {
-                    TxPayload::Page { .. } => {
-                        out(Event::SendDone {
-                            peer: p.conn.id,
-                            token: d.token,
-                        });
-                        n += 1;
-                    }
-                    TxPayload::Copy { slot: c, .. } => p.conn.copy_free.push(c),
-                    TxPayload::None => {}
+                if let TxPayload::Copy { slot: c, .. } = d.payload {
+                    p.conn.copy_free.push(c);
+                }
+                if d.payload.owes_send_done() {
+                    out(Event::SendDone {
+                        peer: p.conn.id,
+                        token: d.token,
+                    });
+                    n += 1;
                 }
             }
         }
@@ -596,6 +595,7 @@ impl Transport for UringTransport {
         peer: PeerId,
         stream: TcpStream,
         node: Option<NodeId>,
+        keys: &FrameKeys,
     ) -> Result<(), TransportError> {
         let slot = self.table.vacant(peer)?;
         prepare_stream(&stream).map_err(|e| TransportError::io("configuring the socket", e))?;
@@ -604,13 +604,21 @@ impl Transport for UringTransport {
             .map_err(|e| TransportError::io("registering the socket", e))?;
         let p = &mut self.peers[slot as usize];
         if let Err(e) = p.bufs.register(&sub) {
+            // Best effort: the caller gets the registration's error.
             let _ = sub.register_files_update(u32::from(slot), &[-1]);
             return Err(TransportError::io("registering the receive buffer ring", e));
         }
+        if let Err(e) = p
+            .conn
+            .open(slot, peer, stream, node, keys, self.cfg.tx_copy_slots)
+        {
+            // Undoing the registrations is best effort: the caller gets the open's error.
+            let _ = p.bufs.unregister(&sub);
+            let _ = sub.register_files_update(u32::from(slot), &[-1]);
+            return Err(e);
+        }
         self.table.take(peer, slot);
         self.stats.open_slot(slot as usize, peer);
-        p.conn
-            .open(slot, peer, stream, node, self.cfg.tx_copy_slots);
         p.inflight = 0;
         p.notifs = 0;
         p.zero_reads = 0;

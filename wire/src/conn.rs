@@ -10,10 +10,10 @@ use std::net::{SocketAddr, TcpStream};
 use crate::counters::TransportStats;
 use crate::region::PageRegion;
 use crate::slots::RxSlots;
-use crate::txq::{queue_frame, CopySlots, TxPayload, TxQueue};
+use crate::txq::{queue_frame, CopySlots, TxQueue};
 use crate::{
-    DownReason, Event, FrameParser, Header, NodeId, Payload, PeerId, PeerMap, SendOutcome,
-    TransportError,
+    DownReason, Event, FrameKeys, FrameParser, Header, NodeId, Payload, PeerId, PeerMap,
+    SendOutcome, TransportError,
 };
 
 /// The transport-independent state of one connection slot, reused across connections.
@@ -54,27 +54,31 @@ impl Conn {
     }
 
     /// Binds slot `slot` to a new connection: `stream` for `peer`, whose frames must come
-    /// from `node` when given. The slot's copy slots are `slot * copy_slots ..` in the
-    /// transport's copy region.
+    /// from `node` when given and are sealed with `keys`. The slot's copy slots are
+    /// `slot * copy_slots ..` in the transport's copy region. Fails (leaving the slot free)
+    /// only when the keys are unusable.
     pub fn open(
         &mut self,
         slot: u16,
         peer: PeerId,
         stream: TcpStream,
         node: Option<NodeId>,
+        keys: &FrameKeys,
         copy_slots: usize,
-    ) {
+    ) -> Result<(), TransportError> {
+        let (sealer, opener) = (keys.sealer()?, keys.opener()?);
         let per = copy_slots as u32;
         self.id = peer;
         self.addr = stream.peer_addr().ok();
         self.stream = Some(stream);
-        self.parser = FrameParser::new(node);
-        self.txq.reset();
+        self.parser = FrameParser::sealed(node, opener);
+        self.txq.reset(sealer);
         self.copy_free.clear();
         self.copy_free
             .extend((0..per).map(|i| u32::from(slot) * per + i));
         self.stalled = false;
         self.down = None;
+        Ok(())
     }
 
     /// Marks the connection down (first reason wins) and lists its slot in `downs` for the
@@ -115,7 +119,7 @@ impl Conn {
         self.parser.reset(rx);
         let mut n = 1;
         while let Some(d) = self.txq.pop_any() {
-            if let TxPayload::Page { .. } = d.payload {
+            if d.payload.owes_send_done() {
                 out(Event::SendDone {
                     peer: self.id,
                     token: d.token,

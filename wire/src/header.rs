@@ -184,11 +184,15 @@ pub enum FrameError {
         /// The node id in the frame.
         got: u16,
     },
+    /// The frame's tag did not verify: it was altered, injected, dropped or replayed on the
+    /// path (or the peer's keys differ).
+    #[error("a frame failed authentication: something on the path altered, injected, dropped or replayed it")]
+    Unauthenticated,
 }
 
 impl FrameError {
     /// Number of distinct reasons (for per-reason counters).
-    pub const REASONS: usize = 8;
+    pub const REASONS: usize = 9;
 
     /// A dense index in `0..REASONS` for per-reason counters.
     pub const fn reason_index(&self) -> usize {
@@ -201,6 +205,7 @@ impl FrameError {
             FrameError::BadFlags { .. } => 5,
             FrameError::BadNodeId(_) => 6,
             FrameError::WrongSender { .. } => 7,
+            FrameError::Unauthenticated => 8,
         }
     }
 
@@ -215,6 +220,7 @@ impl FrameError {
             5 => "bad_flags",
             6 => "bad_node_id",
             7 => "wrong_sender",
+            8 => "unauthenticated",
             _ => "unknown",
         }
     }

@@ -3,7 +3,8 @@
 //! - [`header`]: the 40-byte frame header and its validation.
 //! - [`parser`]: per-connection frame reassembly into page-aligned receive slots.
 //! - [`txq`]: the bounded per-peer transmit queue with short-send and zero-copy tracking.
-//! - [`handshake`]: HMAC challenge–response peer authentication on a blocking socket.
+//! - [`handshake`]: peer authentication and session keys at connection setup.
+//! - [`seal`]: per-frame authentication (and optional encryption) with those keys.
 //! - [`transport`]: the `Transport` trait, its events, configuration and errors.
 //! - [`counters`], [`ratelimit`]: lock-free counters and rate-limited logging.
 //!
@@ -17,6 +18,7 @@ pub mod parser;
 pub mod peermap;
 pub mod ratelimit;
 pub mod region;
+pub mod seal;
 pub mod slots;
 pub mod slotset;
 pub mod sock;
@@ -33,6 +35,7 @@ pub use header::{
 };
 pub use parser::{FrameParser, Parsed};
 pub use peermap::PeerMap;
+pub use seal::{FrameAuth, FrameKeys};
 pub use slots::{RxBuf, RxSlots};
 pub use transport::{
     DownReason, Event, NodeId, PageRef, Payload, PeerId, SendOutcome, Transport, TransportConfig,

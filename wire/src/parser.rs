@@ -2,6 +2,7 @@
 //! arbitrary pieces into validated headers, copying page payloads into receive slots.
 
 use crate::header::{FrameError, Header, HEADER_LEN};
+use crate::seal::{Opener, TAG_LEN};
 use crate::slots::{RxBuf, RxSlots};
 
 /// What [`FrameParser::next`] produced.
@@ -31,20 +32,35 @@ enum State {
 }
 
 /// Reassembles frames for one connection. Bounded: holds at most one header and one slot.
+///
+/// On a sealed connection ([`FrameParser::sealed`]) each header is followed by its tag, and a
+/// frame is returned only after the tag verified (in `Aead` mode the payload is decrypted in
+/// its slot first); a frame that does not verify is [`FrameError::Unauthenticated`].
 #[derive(Debug)]
 pub struct FrameParser {
-    hdr: [u8; HEADER_LEN],
+    /// The header being collected, then its tag.
+    hdr: [u8; HEADER_LEN + TAG_LEN],
+    /// Header plus tag bytes per frame.
+    head_len: usize,
     state: State,
     expected_sender: Option<u16>,
+    opener: Option<Opener>,
 }
 
 impl FrameParser {
     /// A parser for a connection whose frames must come from `expected_sender` (if given).
     pub fn new(expected_sender: Option<u16>) -> FrameParser {
+        FrameParser::sealed(expected_sender, None)
+    }
+
+    /// A parser whose frames are checked (and decrypted) by `opener` when given.
+    pub fn sealed(expected_sender: Option<u16>, opener: Option<Opener>) -> FrameParser {
         FrameParser {
-            hdr: [0; HEADER_LEN],
+            hdr: [0; HEADER_LEN + TAG_LEN],
+            head_len: HEADER_LEN + opener.as_ref().map_or(0, |o| o.auth().tag_len()),
             state: State::Header { have: 0 },
             expected_sender,
+            opener,
         }
     }
 
@@ -72,6 +88,23 @@ impl FrameParser {
         }
     }
 
+    /// Verifies the tag of the frame whose header is in `self.hdr` and whose payload is
+    /// `payload` (decrypting it in `Aead` mode). Nothing to do on an unsealed connection.
+    fn open(&mut self, payload: &mut [u8]) -> Result<(), FrameError> {
+        let Some(o) = self.opener.as_mut() else {
+            return Ok(());
+        };
+        let mut h = [0u8; HEADER_LEN];
+        let mut t = [0u8; TAG_LEN];
+        h.copy_from_slice(&self.hdr[..HEADER_LEN]);
+        t.copy_from_slice(&self.hdr[HEADER_LEN..HEADER_LEN + TAG_LEN]);
+        if o.open(&h, &t, payload) {
+            Ok(())
+        } else {
+            Err(FrameError::Unauthenticated)
+        }
+    }
+
     /// Parses from `input[*pos..]`, advancing `*pos` past the bytes used, until one frame is
     /// complete, the input runs out, or a payload needs a slot that `owner` cannot get. A
     /// returned error is final for the connection.
@@ -86,24 +119,19 @@ impl FrameParser {
             let rest = input.get(*pos..).unwrap_or(&[]);
             match &mut self.state {
                 State::Header { have } => {
-                    let header = if *have == 0 && rest.len() >= HEADER_LEN {
-                        let mut b = [0u8; HEADER_LEN];
-                        b.copy_from_slice(&rest[..HEADER_LEN]);
-                        *pos += HEADER_LEN;
-                        Header::decode(&b)?
-                    } else {
-                        let n = rest.len().min(HEADER_LEN - *have);
-                        self.hdr[*have..*have + n].copy_from_slice(&rest[..n]);
-                        *have += n;
-                        *pos += n;
-                        if *have < HEADER_LEN {
-                            return Ok(Parsed::NeedMore);
-                        }
-                        *have = 0;
-                        Header::decode(&self.hdr)?
-                    };
-                    let header = self.check(header)?;
+                    let n = rest.len().min(self.head_len - *have);
+                    self.hdr[*have..*have + n].copy_from_slice(&rest[..n]);
+                    *have += n;
+                    *pos += n;
+                    if *have < self.head_len {
+                        return Ok(Parsed::NeedMore);
+                    }
+                    *have = 0;
+                    let mut b = [0u8; HEADER_LEN];
+                    b.copy_from_slice(&self.hdr[..HEADER_LEN]);
+                    let header = self.check(Header::decode(&b)?)?;
                     if header.payload_len == 0 {
+                        self.open(&mut [])?;
                         return Ok(Parsed::Frame(header, None));
                     }
                     self.state = State::NeedSlot(header);
@@ -134,6 +162,10 @@ impl FrameParser {
                     if let State::Payload { header, buf, .. } =
                         std::mem::replace(&mut self.state, State::Header { have: 0 })
                     {
+                        if let Err(e) = self.open(slots.bytes_mut(&buf)) {
+                            slots.release(buf);
+                            return Err(e);
+                        }
                         return Ok(Parsed::Frame(header, Some(buf)));
                     }
                 }

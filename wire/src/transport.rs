@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::counters::TransportStats;
 use crate::header::{FrameError, Header, MAX_PAYLOAD};
+use crate::seal::FrameKeys;
 use crate::slots::RxBuf;
 
 /// Caller-chosen peer handle (the data plane uses node × shard).
@@ -189,6 +190,9 @@ pub enum TransportError {
         /// The payload's length.
         payload: usize,
     },
+    /// A frame could not be sealed (authenticated or encrypted) for its connection.
+    #[error("cannot seal a frame: {0}")]
+    Seal(#[from] crate::seal::SealError),
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Io {
@@ -294,12 +298,14 @@ pub trait Transport {
     fn name(&self) -> &'static str;
 
     /// Takes over an authenticated connection. `node`, when given, is the node id every frame
-    /// on it must carry as sender. The socket is made non-blocking with `TCP_NODELAY`.
+    /// on it must carry as sender; `keys` (from the handshake) seal its frames. The socket is
+    /// made non-blocking with `TCP_NODELAY`.
     fn add_peer(
         &mut self,
         peer: PeerId,
         stream: TcpStream,
         node: Option<NodeId>,
+        keys: &FrameKeys,
     ) -> Result<(), TransportError>;
 
     /// Starts closing a connection; [`Event::PeerDown`] with [`DownReason::Local`] follows.

@@ -5,6 +5,7 @@
 use crate::counters::{bump, TransportStats};
 use crate::header::{Header, HEADER_LEN, PAGE_SIZE};
 use crate::region::PageRegion;
+use crate::seal::{SealError, Sealer, TAG_LEN};
 use crate::transport::{Payload, SendOutcome, TransportError};
 
 /// Payload of a queued frame.
@@ -27,7 +28,20 @@ pub enum TxPayload {
         addr: usize,
         /// Length in bytes.
         len: u32,
+        /// The caller sent a [`Payload::Page`], copied because the connection encrypts:
+        /// it still expects `SendDone` for it.
+        page: bool,
     },
+}
+
+impl TxPayload {
+    /// Whether the caller is owed `Event::SendDone` for this payload (it sent a page).
+    pub fn owes_send_done(&self) -> bool {
+        matches!(
+            self,
+            TxPayload::Page { .. } | TxPayload::Copy { page: true, .. }
+        )
+    }
 }
 
 impl TxPayload {
@@ -97,9 +111,15 @@ const EMPTY: Entry = Entry {
 };
 
 /// Bounded FIFO of frames for one connection. Sequence numbers wrap; `cap` ≤ 2^16.
+///
+/// On a sealed connection each frame's header is followed by its tag ([`crate::seal`]);
+/// header and tag sit together in the header array, so consecutive headers still merge.
 #[derive(Debug)]
 pub struct TxQueue {
-    hdrs: Box<[[u8; HEADER_LEN]]>,
+    /// `cap` slots of `stride` bytes: the encoded header, then the tag when sealed.
+    hdrs: Box<[u8]>,
+    stride: usize,
+    sealer: Option<Sealer>,
     entries: Box<[Entry]>,
     cap: u32,
     head: u32,
@@ -113,7 +133,9 @@ impl TxQueue {
     pub fn new(cap: usize) -> TxQueue {
         let cap = cap.clamp(1, 1 << 16);
         TxQueue {
-            hdrs: vec![[0u8; HEADER_LEN]; cap].into_boxed_slice(),
+            hdrs: vec![0u8; cap * (HEADER_LEN + TAG_LEN)].into_boxed_slice(),
+            stride: HEADER_LEN,
+            sealer: None,
             entries: vec![EMPTY; cap].into_boxed_slice(),
             cap: cap as u32,
             head: 0,
@@ -123,8 +145,11 @@ impl TxQueue {
         }
     }
 
-    /// Empties the queue for a new connection (entries must have been popped or abandoned).
-    pub fn reset(&mut self) {
+    /// Empties the queue for a new connection (entries must have been popped or abandoned);
+    /// its frames are sealed by `sealer` when given.
+    pub fn reset(&mut self, sealer: Option<Sealer>) {
+        self.stride = HEADER_LEN + sealer.as_ref().map_or(0, |s| s.auth().tag_len());
+        self.sealer = sealer;
         self.head = 0;
         self.cursor = 0;
         self.cursor_off = 0;
@@ -155,26 +180,71 @@ impl TxQueue {
         self.cursor != self.tail
     }
 
+    /// Whether payloads must be in a transmit slot of ours (they are encrypted in place).
+    pub fn encrypts(&self) -> bool {
+        self.sealer
+            .as_ref()
+            .is_some_and(|s| s.auth() == crate::seal::FrameAuth::Aead)
+    }
+
+    fn hdr(&self, i: usize) -> &[u8] {
+        &self.hdrs[i * self.stride..(i + 1) * self.stride]
+    }
+
     /// Queues a frame; returns its sequence number, or `None` when full. The header is
-    /// encoded as given (callers validate it first).
-    pub fn push(&mut self, header: &Header, payload: TxPayload, token: u64) -> Option<u32> {
+    /// encoded as given (callers validate it first) and sealed when the connection is: then
+    /// a `Copy` payload is encrypted in place in `Aead` mode, and a `Page` payload is refused
+    /// in that mode ([`TxQueue::encrypts`]).
+    ///
+    /// # Safety
+    ///
+    /// The payload's bytes must be readable (and, for `Copy`, writable and not otherwise
+    /// referenced) for the duration of the call, as the `PageRef` contract and the copy
+    /// slots guarantee.
+    pub unsafe fn push(
+        &mut self,
+        header: &Header,
+        payload: TxPayload,
+        token: u64,
+    ) -> Result<Option<u32>, SealError> {
         if self.is_full() {
-            return None;
+            return Ok(None);
         }
         let seq = self.tail;
         let i = self.idx(seq);
-        header.encode(&mut self.hdrs[i]);
+        let mut enc = [0u8; HEADER_LEN];
+        header.encode(&mut enc);
+        if let Some(s) = self.sealer.as_mut() {
+            let (addr, len) = (payload.addr() as *mut u8, payload.len());
+            let tag = match payload {
+                TxPayload::None => s.seal_clear(&enc, &[])?,
+                TxPayload::Page { .. } => {
+                    // SAFETY: the caller guarantees a readable page for the call (PageRef).
+                    let page = unsafe { std::slice::from_raw_parts(addr, len) };
+                    s.seal_clear(&enc, page)?
+                }
+                TxPayload::Copy { .. } => {
+                    // SAFETY: a copy slot of this connection, writable and referenced by
+                    // nothing else until the frame is queued (caller's contract).
+                    let slot = unsafe { std::slice::from_raw_parts_mut(addr, len) };
+                    s.seal_owned(&enc, slot)?
+                }
+            };
+            let at = i * self.stride + HEADER_LEN;
+            self.hdrs[at..at + TAG_LEN].copy_from_slice(&tag);
+        }
+        self.hdrs[i * self.stride..i * self.stride + HEADER_LEN].copy_from_slice(&enc);
         self.entries[i] = Entry {
             payload,
             token,
             notifs: 0,
         };
         self.tail = self.tail.wrapping_add(1);
-        Some(seq)
+        Ok(Some(seq))
     }
 
     fn frame_len(&self, seq: u32) -> usize {
-        HEADER_LEN + self.entries[self.idx(seq)].payload.len()
+        self.stride + self.entries[self.idx(seq)].payload.len()
     }
 
     /// Fills `out` with the unsent byte ranges in order, starting at the send cursor, merging
@@ -187,9 +257,10 @@ impl TxQueue {
         while seq != self.tail && n < out.len() {
             let i = self.idx(seq);
             let e = self.entries[i];
-            if off < HEADER_LEN {
-                let addr = self.hdrs[i].as_ptr() as usize + off;
-                let len = HEADER_LEN - off;
+            let stride = self.stride;
+            if off < stride {
+                let addr = self.hdr(i).as_ptr() as usize + off;
+                let len = stride - off;
                 match out[..n].last_mut() {
                     Some(prev) if prev.kind == SegKind::Headers && prev.addr + prev.len == addr => {
                         prev.len += len;
@@ -204,14 +275,14 @@ impl TxQueue {
                     }
                 }
                 total += len;
-                off = HEADER_LEN;
+                off = stride;
             }
             let plen = e.payload.len();
             if plen > 0 {
                 if n == out.len() {
                     break;
                 }
-                let skip = off - HEADER_LEN;
+                let skip = off - stride;
                 out[n] = Segment {
                     addr: e.payload.addr() + skip,
                     len: plen - skip,
@@ -333,6 +404,15 @@ pub fn queue_frame(
         bump(&stats.backpressure);
         return Ok(SendOutcome::Backpressure);
     }
+    let (payload, page) = match payload {
+        Payload::Page(r) if txq.encrypts() => {
+            // SAFETY: the PageRef contract: readable and unchanged while queued, so also
+            // for the copy made here.
+            let bytes = unsafe { std::slice::from_raw_parts(r.addr() as *const u8, r.len()) };
+            (Payload::Copy(bytes), true)
+        }
+        p => (p, false),
+    };
     let tp = match payload {
         Payload::None => TxPayload::None,
         Payload::Page(r) => TxPayload::Page {
@@ -356,17 +436,30 @@ pub fn queue_frame(
                 slot: c,
                 addr: copy.region.as_ptr() as usize + off,
                 len: bytes.len() as u32,
+                page,
             }
         }
     };
-    if txq.push(header, tp, token).is_none() {
+    // SAFETY: a `Page` payload is covered by the caller's PageRef contract; a `Copy` payload
+    // is the slot just filled, owned by this connection and referenced by nothing else.
+    let pushed = unsafe { txq.push(header, tp, token) };
+    let give_back = |free: &mut Vec<u32>| {
         if let TxPayload::Copy { slot, .. } = tp {
-            copy.free.push(slot);
+            free.push(slot);
         }
-        bump(&stats.backpressure);
-        return Ok(SendOutcome::Backpressure);
+    };
+    match pushed {
+        Ok(Some(_)) => Ok(SendOutcome::Queued),
+        Ok(None) => {
+            give_back(copy.free);
+            bump(&stats.backpressure);
+            Ok(SendOutcome::Backpressure)
+        }
+        Err(e) => {
+            give_back(copy.free);
+            Err(TransportError::Seal(e))
+        }
     }
-    Ok(SendOutcome::Queued)
 }
 
 #[cfg(test)]
@@ -378,6 +471,12 @@ mod tests {
         let mut h = Header::new(ty, 1);
         h.set_payload_len(len);
         h
+    }
+
+    /// Pushes with the queue's contract met: every test payload is a live buffer of the test.
+    fn push(q: &mut TxQueue, h: &Header, p: TxPayload, token: u64) -> Option<u32> {
+        // SAFETY: the payloads the tests push point at buffers alive for the whole test.
+        unsafe { q.push(h, p, token) }.expect("unsealed queues cannot fail to seal")
     }
 
     fn bytes_of(q: &TxQueue) -> Vec<u8> {
@@ -401,16 +500,16 @@ mod tests {
     fn merges_headers_and_resumes_after_short_sends() {
         let page = vec![7u8; PAGE_SIZE];
         let mut q = TxQueue::new(4);
-        q.push(&hdr(MsgType::Ping, 0), TxPayload::None, 1).unwrap();
-        q.push(&hdr(MsgType::Pong, 0), TxPayload::None, 2).unwrap();
+        push(&mut q, &hdr(MsgType::Ping, 0), TxPayload::None, 1).unwrap();
+        push(&mut q, &hdr(MsgType::Pong, 0), TxPayload::None, 2).unwrap();
         let p = TxPayload::Page {
             addr: page.as_ptr() as usize,
             len: PAGE_SIZE as u32,
         };
-        q.push(&hdr(MsgType::Data, PAGE_SIZE as u32), p, 3).unwrap();
-        q.push(&hdr(MsgType::Ping, 0), TxPayload::None, 4).unwrap();
+        push(&mut q, &hdr(MsgType::Data, PAGE_SIZE as u32), p, 3).unwrap();
+        push(&mut q, &hdr(MsgType::Ping, 0), TxPayload::None, 4).unwrap();
         assert!(q.is_full());
-        assert!(q.push(&hdr(MsgType::Ping, 0), TxPayload::None, 5).is_none());
+        assert!(push(&mut q, &hdr(MsgType::Ping, 0), TxPayload::None, 5).is_none());
         let mut segs = [Segment {
             addr: 0,
             len: 0,
@@ -445,7 +544,7 @@ mod tests {
             addr: page.as_ptr() as usize,
             len: PAGE_SIZE as u32,
         };
-        let seq = q.push(&hdr(MsgType::Data, PAGE_SIZE as u32), p, 9).unwrap();
+        let seq = push(&mut q, &hdr(MsgType::Data, PAGE_SIZE as u32), p, 9).unwrap();
         q.advance(HEADER_LEN + PAGE_SIZE);
         q.notif_add(seq);
         assert_eq!(q.pop_done(), None, "kernel still references the page");
@@ -456,8 +555,8 @@ mod tests {
     #[test]
     fn teardown_reports_unsent_frames() {
         let mut q = TxQueue::new(4);
-        q.push(&hdr(MsgType::Ping, 0), TxPayload::None, 1).unwrap();
-        q.push(&hdr(MsgType::Ping, 0), TxPayload::None, 2).unwrap();
+        push(&mut q, &hdr(MsgType::Ping, 0), TxPayload::None, 1).unwrap();
+        push(&mut q, &hdr(MsgType::Ping, 0), TxPayload::None, 2).unwrap();
         q.advance(HEADER_LEN);
         let a = q.pop_any().unwrap();
         let b = q.pop_any().unwrap();

@@ -17,8 +17,8 @@ use clap::Parser;
 use transport_epoll::EpollTransport;
 use transport_uring::UringTransport;
 use wire::{
-    Event, Header, MsgType, PageRef, Payload, SendOutcome, Transport, TransportConfig, HEADER_LEN,
-    PAGE_SIZE,
+    Event, FrameKeys, Header, MsgType, PageRef, Payload, SendOutcome, Transport, TransportConfig,
+    HEADER_LEN, PAGE_SIZE,
 };
 
 #[derive(Parser, Debug)]
@@ -180,7 +180,8 @@ fn transport_row<T: Transport + 'static>(
     let server = thread::spawn(move || {
         pin(server_cpu, "server");
         let mut t = make(&scfg);
-        t.add_peer(1, s, Some(1)).expect("add_peer");
+        t.add_peer(1, s, Some(1), &FrameKeys::none())
+            .expect("add_peer");
         let page = vec![0x5au8; PAGE_SIZE];
         // SAFETY: `page` is never written, and it is dropped only after the transport (explicit
         // drops at the end of this closure), which waits for its zero-copy sends on drop.
@@ -218,7 +219,8 @@ fn transport_row<T: Transport + 'static>(
     });
     pin(args.client_cpu, "client");
     let mut t = make(&cfg);
-    t.add_peer(1, c, Some(2)).expect("add_peer");
+    t.add_peer(1, c, Some(2), &FrameKeys::none())
+        .expect("add_peer");
     let mut req = Header::new(MsgType::ReadReq, 1);
     let mut lat = Latency::new();
     let mut start = Instant::now();

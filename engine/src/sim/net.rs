@@ -20,8 +20,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use wire::counters::TransportStats;
 use wire::{
-    DownReason, Event, Header, NodeId, Payload, PeerId, RxBuf, RxSlots, SendOutcome, Transport,
-    TransportError, PAGE_SIZE,
+    DownReason, Event, FrameKeys, Header, NodeId, Payload, PeerId, RxBuf, RxSlots, SendOutcome,
+    Transport, TransportError, PAGE_SIZE,
 };
 
 /// One end of the simulated network: a node's shard.
@@ -195,6 +195,7 @@ impl Transport for SimTransport {
         _peer: PeerId,
         _stream: TcpStream,
         _node: Option<NodeId>,
+        _keys: &FrameKeys,
     ) -> Result<(), TransportError> {
         Err(TransportError::Config(
             "the simulated transport takes peers with add_sim_peer, not sockets",

@@ -35,20 +35,20 @@ pub fn child_main<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     match role.as_str() {
         "stream" => {
             let a = connect_retry(addr, STREAM_NODE, RECEIVER_NODE, Duration::from_secs(30));
-            t.add_peer(1, a.stream, Some(a.peer_node))
+            t.add_peer(1, a.stream, Some(a.peer_node), &a.keys)
                 .expect("add_peer");
             run_sender(&mut t, 1, STREAM_NODE, count);
         }
         "spam" => {
             let a = connect_retry(addr, SPAM_NODE, RECEIVER_NODE, Duration::from_secs(30));
-            t.add_peer(1, a.stream, Some(a.peer_node))
+            t.add_peer(1, a.stream, Some(a.peer_node), &a.keys)
                 .expect("add_peer");
             spam(&mut t, 1);
         }
         "serve" => {
             let l = TcpListener::bind(addr).expect("bind in namespace");
             let a = accept_within(&l, &hs(RECEIVER_NODE), None, Duration::from_secs(60));
-            t.add_peer(1, a.stream, Some(a.peer_node))
+            t.add_peer(1, a.stream, Some(a.peer_node), &a.keys)
                 .expect("add_peer");
             run_receiver(&mut t, 1, STREAM_NODE, count);
         }

@@ -2,12 +2,13 @@
 //! each transport crate with [`transport_suite!`](crate::transport_suite) so both run the
 //! same checks: message streams with checksummed payloads in one process, across processes and
 //! across a veth pair between network namespaces; malformed frames of every kind; a peer killed
-//! mid-stream; handshake refusals; send and receive backpressure; waking from `wait`.
+//! mid-stream; handshake refusals; sealed frames (MAC and AEAD) and tampering; send and receive backpressure; waking from `wait`.
 
 pub mod child;
 pub mod gen;
 pub mod net;
 pub mod scenarios;
+pub mod sealed;
 
 /// Instantiates the suite for a transport: `transport_suite!(|cfg| MyTransport::new(cfg).unwrap())`.
 /// Generates one `#[test]` per scenario plus `testkit_child`, the entry point child processes
@@ -68,6 +69,16 @@ macro_rules! transport_suite {
         #[test]
         fn close_peer_reports_and_id_is_reusable() {
             $crate::testkit::scenarios::close_and_reuse(__testkit_make);
+        }
+
+        #[test]
+        fn mac_sealed_frames_open_and_a_flipped_bit_is_refused() {
+            $crate::testkit::sealed::sealed_frames(__testkit_make, $crate::FrameAuth::Mac);
+        }
+
+        #[test]
+        fn aead_sealed_frames_are_encrypted_and_a_flipped_bit_is_refused() {
+            $crate::testkit::sealed::sealed_frames(__testkit_make, $crate::FrameAuth::Aead);
         }
 
         #[test]

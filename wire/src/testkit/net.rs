@@ -32,10 +32,20 @@ pub fn tcp_pair() -> (TcpStream, TcpStream) {
 
 /// An authenticated loopback pair: (client as node `c` having dialled node `s`, server).
 pub fn auth_pair(c: u16, s: u16) -> (Authenticated, Authenticated) {
+    auth_pair_sealed(c, s, crate::FrameAuth::default())
+}
+
+/// [`auth_pair`] whose frames are protected in mode `auth`.
+pub fn auth_pair_sealed(c: u16, s: u16, auth: crate::FrameAuth) -> (Authenticated, Authenticated) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = l.local_addr().expect("local addr");
-    let server = std::thread::spawn(move || handshake::accept(&l, &hs(s)));
-    let client = handshake::connect(addr, &hs(c), s, 0).expect("client handshake");
+    let with = move |node| {
+        let mut cfg = hs(node);
+        cfg.frame_auth = auth;
+        cfg
+    };
+    let server = std::thread::spawn(move || handshake::accept(&l, &with(s)));
+    let client = handshake::connect(addr, &with(c), s, 0).expect("client handshake");
     let server = server
         .join()
         .expect("server thread")

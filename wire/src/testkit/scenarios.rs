@@ -14,8 +14,8 @@ use super::net::{
 };
 use crate::handshake::{self, HandshakeConfig, HandshakeError};
 use crate::{
-    DownReason, Event, FrameError, Header, MsgType, Payload, PeerId, SendOutcome, Transport,
-    TransportConfig, PAGE_SIZE,
+    DownReason, Event, FrameError, FrameKeys, Header, MsgType, Payload, PeerId, SendOutcome,
+    Transport, TransportConfig, PAGE_SIZE,
 };
 
 /// Messages in the stream scenarios.
@@ -92,8 +92,10 @@ fn stream_in_process<T: Transport>(make: impl Fn(&TransportConfig) -> T, count: 
         shrink_buffers(&client.stream);
     }
     let (mut a, mut b) = (make(&cfg), make(&cfg));
-    a.add_peer(20, client.stream, Some(2)).expect("add_peer a");
-    b.add_peer(10, server.stream, Some(1)).expect("add_peer b");
+    a.add_peer(20, client.stream, Some(2), &client.keys)
+        .expect("add_peer a");
+    b.add_peer(10, server.stream, Some(1), &server.keys)
+        .expect("add_peer b");
     let mut s = Sender::new(1, 64);
     let mut c = Checker::default();
     let mut evs = Vec::with_capacity(cfg.poll_budget);
@@ -157,7 +159,7 @@ pub fn million_two_processes<T: Transport>(make: impl Fn(&TransportConfig) -> T)
     let a = accept_within(&l, &hs(RECEIVER_NODE), Some(&mut child), LONG);
     assert_eq!(a.peer_node, super::child::STREAM_NODE);
     let mut t = make(&TransportConfig::default());
-    t.add_peer(5, a.stream, Some(a.peer_node))
+    t.add_peer(5, a.stream, Some(a.peer_node), &a.keys)
         .expect("add_peer");
     let c = run_receiver(&mut t, 5, a.peer_node, MILLION);
     assert_eq!(c.payload_bytes, MILLION / 2 * PAGE_SIZE as u64);
@@ -172,7 +174,8 @@ pub fn million_two_processes<T: Transport>(make: impl Fn(&TransportConfig) -> T)
 pub fn malformed_frames<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let mut t = make(&TransportConfig::default());
     let (mut healthy, ts) = tcp_pair();
-    t.add_peer(1, ts, Some(5)).expect("add healthy");
+    t.add_peer(1, ts, Some(5), &FrameKeys::none())
+        .expect("add healthy");
     ping_pong(&mut t, &mut healthy, 1, 5, 1);
 
     let ping = raw_header(&Header::new(MsgType::Ping, 5));
@@ -253,7 +256,8 @@ pub fn malformed_frames<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     for (i, (name, bytes, expected)) in cases.into_iter().enumerate() {
         let (mut bad, ts) = tcp_pair();
         let id = 100 + i as PeerId;
-        t.add_peer(id, ts, Some(5)).expect("add bad peer");
+        t.add_peer(id, ts, Some(5), &FrameKeys::none())
+            .expect("add bad peer");
         let before = t.stats().rejected.of(&expected);
         let mid = bytes.len() - 13;
         bad.write_all(&bytes[..mid]).expect("write");
@@ -312,9 +316,11 @@ pub fn peer_killed<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let mut child = spawn_child("spam", &addr, 0, &[]);
     let a = accept_within(&l, &hs(RECEIVER_NODE), Some(&mut child), LONG);
     let mut t = make(&TransportConfig::default());
-    t.add_peer(7, a.stream, Some(SPAM_NODE)).expect("add_peer");
+    t.add_peer(7, a.stream, Some(SPAM_NODE), &a.keys)
+        .expect("add_peer");
     let (mut healthy, ts) = tcp_pair();
-    t.add_peer(1, ts, Some(4)).expect("add healthy");
+    t.add_peer(1, ts, Some(4), &FrameKeys::none())
+        .expect("add healthy");
     let mut c = Checker::default();
     let mut evs = Vec::new();
     let deadline = Instant::now() + LONG;
@@ -379,7 +385,9 @@ pub fn peer_killed<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
 pub fn wrong_secret<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let (mut client, server) = auth_pair(1, 2);
     let mut t = make(&TransportConfig::default());
-    t.add_peer(1, server.stream, Some(1)).expect("add_peer");
+    // The test's side writes raw frames on its socket, so this connection is not sealed.
+    t.add_peer(1, server.stream, Some(1), &FrameKeys::none())
+        .expect("add_peer");
     ping_pong(&mut t, &mut client.stream, 1, 1, 1);
 
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -419,8 +427,8 @@ pub fn send_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let (a, b) = tcp_pair();
     let mut t = make(&cfg);
     let mut r = make(&TransportConfig::default());
-    t.add_peer(1, a, None).expect("add");
-    r.add_peer(1, b, None).expect("add");
+    t.add_peer(1, a, None, &FrameKeys::none()).expect("add");
+    r.add_peer(1, b, None, &FrameKeys::none()).expect("add");
     let page = vec![0xabu8; PAGE_SIZE];
     let mut data = Header::new(MsgType::Data, 1);
     data.set_payload_len(PAGE_SIZE as u32);
@@ -508,8 +516,8 @@ pub fn receive_backpressure<T: Transport>(make: impl Fn(&TransportConfig) -> T) 
         rx_slots: 2,
         ..TransportConfig::default()
     });
-    t.add_peer(1, a, None).expect("add");
-    r.add_peer(1, b, None).expect("add");
+    t.add_peer(1, a, None, &FrameKeys::none()).expect("add");
+    r.add_peer(1, b, None, &FrameKeys::none()).expect("add");
     let mut buf = vec![0u8; PAGE_SIZE];
     for seq in 0..6u64 {
         let mut h = Header::new(MsgType::Data, 1);
@@ -597,7 +605,7 @@ pub fn wait_wakes<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let _w = writer.join().expect("writer");
 
     let (mut raw, ts) = tcp_pair();
-    t.add_peer(3, ts, None).expect("add");
+    t.add_peer(3, ts, None, &FrameKeys::none()).expect("add");
     let pinger = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(30));
         raw_ping(&mut raw, 9, 5);
@@ -621,10 +629,10 @@ pub fn wait_wakes<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
 pub fn close_and_reuse<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     let mut t = make(&TransportConfig::default());
     let (mut raw, ts) = tcp_pair();
-    t.add_peer(1, ts, None).expect("add");
+    t.add_peer(1, ts, None, &FrameKeys::none()).expect("add");
     let (_raw2, ts2) = tcp_pair();
     assert!(matches!(
-        t.add_peer(1, ts2, None),
+        t.add_peer(1, ts2, None, &FrameKeys::none()),
         Err(crate::TransportError::PeerExists(1))
     ));
     t.close_peer(1).expect("close");
@@ -646,7 +654,8 @@ pub fn close_and_reuse<T: Transport>(make: impl Fn(&TransportConfig) -> T) {
     assert!(down);
     assert!(raw_sees_close(&mut raw, LONG));
     let (mut raw, ts) = tcp_pair();
-    t.add_peer(1, ts, None).expect("id reusable after PeerDown");
+    t.add_peer(1, ts, None, &FrameKeys::none())
+        .expect("id reusable after PeerDown");
     ping_pong(&mut t, &mut raw, 1, 2, 3);
 }
 
