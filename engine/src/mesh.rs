@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use wire::handshake::{
-    self, AcceptPool, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats, PoolLimits,
-    PLATFORM_CHANNEL,
+    self, AcceptPool, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats, NodeIdentity,
+    PoolLimits, PLATFORM_CHANNEL,
 };
 use wire::ratelimit::LogLimiter;
+use wire::FrameAuth;
 
 use crate::config::{ClusterSpec, NodeSpec};
 use crate::shard::Conn;
@@ -128,16 +129,40 @@ impl Drop for Acceptor {
     }
 }
 
+/// What a node proves in its data-plane handshakes, and how its frames are protected.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The cluster secret (at least 16 bytes).
+    pub secret: Vec<u8>,
+    /// Frame protection after the handshake (every node must use the same).
+    pub frame_auth: FrameAuth,
+    /// This node's identity (its certificate); with one, every peer must prove its own, and
+    /// the secret alone no longer admits a node id. Every node must have one, or none.
+    pub identity: Option<Arc<dyn NodeIdentity>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("secret", &"<redacted>")
+            .field("frame_auth", &self.frame_auth)
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
 /// Handshake configuration for node `me` speaking as local shard `shard`.
 fn hs_config(
     cluster: &ClusterSpec,
     shard: u16,
     shards: u16,
-    secret: &[u8],
+    creds: &Credentials,
     stats: &Arc<HandshakeStats>,
 ) -> Result<HandshakeConfig, MeshError> {
-    let mut c =
-        HandshakeConfig::new(cluster.me, secret, cluster.digest().0).map_err(MeshError::Config)?;
+    let mut c = HandshakeConfig::new(cluster.me, &creds.secret, cluster.digest().0)
+        .map_err(MeshError::Config)?;
+    c.frame_auth = creds.frame_auth;
+    c.identity = creds.identity.clone();
     c.shard = shard;
     c.shard_count = shards;
     c.allowed = cluster
@@ -155,11 +180,11 @@ pub fn establish(
     listener: TcpListener,
     cluster: &ClusterSpec,
     shards: u16,
-    secret: &[u8],
+    creds: &Credentials,
     timeout: Duration,
 ) -> Result<Mesh, MeshError> {
     let stats = Arc::new(HandshakeStats::default());
-    let server_cfg = Arc::new(hs_config(cluster, 0, shards, secret, &stats)?);
+    let server_cfg = Arc::new(hs_config(cluster, 0, shards, creds, &stats)?);
     let (tx, rx) = mpsc::channel::<Result<Authenticated, HandshakeError>>();
     let setup_done = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -198,7 +223,7 @@ pub fn establish(
     let result = (|| {
         // Dial every higher node, one connection per (local shard, peer shard).
         for peer in cluster.nodes.iter().filter(|n| n.id > me) {
-            let per_shard = dial_all(cluster, peer, shards, secret, &stats, deadline)?;
+            let per_shard = dial_all(cluster, peer, shards, creds, &stats, deadline)?;
             for (local, c) in per_shard.into_iter().enumerate() {
                 conns[local].extend(c);
             }
@@ -222,14 +247,14 @@ fn dial_all(
     cluster: &ClusterSpec,
     peer: &NodeSpec,
     shards: u16,
-    secret: &[u8],
+    creds: &Credentials,
     stats: &Arc<HandshakeStats>,
     deadline: Instant,
 ) -> Result<Vec<Vec<Conn>>, MeshError> {
     let node = NodeId::new(peer.id).expect("validated node id");
     let mut out: Vec<Vec<Conn>> = (0..shards).map(|_| Vec::new()).collect();
     for local in 0..shards {
-        let cfg = hs_config(cluster, local, shards, secret, stats)?;
+        let cfg = hs_config(cluster, local, shards, creds, stats)?;
         let first = dial(peer.addr, &cfg, peer.id, 0, deadline)?;
         let count = first.peer_shard_count;
         if count == 0 || count > 1024 {
@@ -254,7 +279,7 @@ pub fn dial_node(
     cluster: &ClusterSpec,
     peer: &NodeSpec,
     shards: u16,
-    secret: &[u8],
+    creds: &Credentials,
     timeout: Duration,
 ) -> Result<Vec<Vec<Conn>>, MeshError> {
     let stats = Arc::new(HandshakeStats::default());
@@ -262,7 +287,7 @@ pub fn dial_node(
         cluster,
         peer,
         shards,
-        secret,
+        creds,
         &stats,
         Instant::now() + timeout,
     )
@@ -274,6 +299,7 @@ fn conn(node: NodeId, a: Authenticated) -> Conn {
         peer_shard: a.peer_shard,
         peer_shard_count: a.peer_shard_count,
         stream: a.stream,
+        keys: a.keys,
     }
 }
 
@@ -284,11 +310,11 @@ pub fn dial_platform(
     cluster: &ClusterSpec,
     peer: &NodeSpec,
     shards: u16,
-    secret: &[u8],
+    creds: &Credentials,
     timeout: Duration,
 ) -> Result<TcpStream, MeshError> {
     let stats = Arc::new(HandshakeStats::default());
-    let cfg = hs_config(cluster, 0, shards, secret, &stats)?;
+    let cfg = hs_config(cluster, 0, shards, creds, &stats)?;
     let a = dial(
         peer.addr,
         &cfg,

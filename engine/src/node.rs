@@ -17,7 +17,7 @@ use crate::doorbell::Doorbell;
 use crate::host_area::HostArea;
 use crate::idle::IdlePolicy;
 use crate::measure::{self, Figures};
-use crate::mesh::{self, Acceptor, MeshError};
+use crate::mesh::{self, Acceptor, Credentials, MeshError};
 use crate::node_state::NodeState;
 use crate::pmqos::LatencyGuard;
 use crate::region::{Region, RegionError};
@@ -137,6 +137,10 @@ pub struct NodeConfig {
     pub zero_copy: bool,
     /// The cluster secret (at least 16 bytes).
     pub secret: Vec<u8>,
+    /// How frames are protected after the handshake (default MAC; every node must agree).
+    pub frame_auth: wire::FrameAuth,
+    /// This node's per-node identity for data connections (see [`Credentials::identity`]).
+    pub identity: Option<Arc<dyn wire::handshake::NodeIdentity>>,
     /// How long to wait for every peer to connect.
     pub connect_timeout: Duration,
     /// Protocol tunables (`max_home_txns` is sized from the cluster automatically).
@@ -183,6 +187,8 @@ impl NodeConfig {
             transport: TransportKind::Auto,
             zero_copy: false,
             secret,
+            frame_auth: wire::FrameAuth::default(),
+            identity: None,
             connect_timeout: Duration::from_secs(30),
             protocol: coherence::Config::default(),
             measure: true,
@@ -202,7 +208,7 @@ pub struct Node {
     cluster: Mutex<ClusterSpec>,
     layout: Mutex<Arc<Layout>>,
     mailboxes: Vec<Arc<Mailbox>>,
-    secret: Vec<u8>,
+    creds: Credentials,
     region: Arc<Region>,
     state: Arc<NodeState>,
     stats: Vec<Arc<ShardStats>>,
@@ -263,11 +269,16 @@ impl Node {
             .div_ceil(crate::stats::HEAT_BUCKETS as u64 / 4)
             .max(1);
         let me = NodeId::new(cfg.cluster.me).expect("validated");
+        let creds = Credentials {
+            secret: cfg.secret,
+            frame_auth: cfg.frame_auth,
+            identity: cfg.identity,
+        };
         let mesh = mesh::establish(
             cfg.listener,
             &cfg.cluster,
             shards as u16,
-            &cfg.secret,
+            &creds,
             cfg.connect_timeout,
         )?;
         let (proto, tcfg) = sizes(cfg.protocol, cfg.zero_copy, &mesh.conns[0], shards);
@@ -310,7 +321,7 @@ impl Node {
             cluster: Mutex::new(cfg.cluster),
             layout: Mutex::new(Arc::new(layout)),
             mailboxes,
-            secret: cfg.secret,
+            creds,
             region,
             state,
             stats,
@@ -460,7 +471,7 @@ impl Node {
             .cloned()
             .ok_or_else(|| NodeError::Join(format!("node {joiner} is not in the new cluster")))?;
         let node = NodeId::new(joiner).map_err(|e| NodeError::Join(e.to_string()))?;
-        let conns = mesh::dial_node(&cluster, &spec, shards as u16, &self.secret, timeout)?;
+        let conns = mesh::dial_node(&cluster, &spec, shards as u16, &self.creds, timeout)?;
         for (i, c) in conns.into_iter().enumerate() {
             let t = self.mailboxes[i].post(Command::AddConns(c));
             if !self.mailboxes[i].wait(t, timeout) {
@@ -499,7 +510,7 @@ impl Node {
             &cluster,
             &spec,
             shards,
-            &self.secret,
+            &self.creds,
             timeout,
         )?)
     }
@@ -543,6 +554,11 @@ impl Node {
     /// State shared with the shards (dead peers, cluster stop, ...).
     pub fn state(&self) -> &NodeState {
         &self.state
+    }
+
+    /// The shared state, for a thread that outlives a borrow of the node.
+    pub fn shared_state(&self) -> Arc<NodeState> {
+        self.state.clone()
     }
 
     /// Which transport runs, and why (one line for the log).

@@ -21,9 +21,9 @@ pub enum Hostile {
 }
 
 fn client_hello() -> Vec<u8> {
-    let mut b = Vec::with_capacity(80);
+    let mut b = Vec::with_capacity(wire::handshake::PREFIX_LEN + wire::handshake::HELLO_BODY_LEN);
     b.extend_from_slice(b"SSHK");
-    b.extend_from_slice(&[1, 1, 0, 0]); // version 1, client hello
+    b.extend_from_slice(&[wire::handshake::HS_VERSION, 1, 0, 0]); // client hello
     b.extend_from_slice(&0u16.to_le_bytes()); // node 0
     b.extend_from_slice(&0u16.to_le_bytes()); // shard
     b.extend_from_slice(&1u16.to_le_bytes()); // shard count
@@ -31,6 +31,9 @@ fn client_hello() -> Vec<u8> {
     let nonce: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5a);
     b.extend_from_slice(&nonce);
     b.extend_from_slice(&[0u8; 32]); // digest
+    let share: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(91) ^ 0x33);
+    b.extend_from_slice(&share); // X25519 key share
+    b.extend_from_slice(&[1, 0, 0, 0]); // frame protection: mac
     b
 }
 

@@ -67,8 +67,12 @@ fn silent_and_trickling_sockets_expire() {
     let mut trickle = TcpStream::connect(addr).unwrap();
     let t0 = Instant::now();
     // A valid hello prefix, then zeros: one byte per turn of ours, never a whole hello.
-    let mut hello = b"SSHK\x01\x01\x00\x00".to_vec();
-    hello.resize(80, 0);
+    let mut hello = b"SSHK".to_vec();
+    hello.extend([wire::handshake::HS_VERSION, 1, 0, 0]);
+    hello.resize(
+        wire::handshake::PREFIX_LEN + wire::handshake::HELLO_BODY_LEN,
+        0,
+    );
     let mut sent = 0;
     let gone = drive(&mut pool, &s, Duration::from_secs(3), |out| {
         if sent < 40 {

@@ -243,7 +243,10 @@ fn version_mismatch_and_garbage_are_refused() {
     assert!(
         matches!(
             r,
-            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 9 })
+            Err(HandshakeError::VersionMismatch {
+                ours: handshake::HS_VERSION,
+                theirs: 9
+            })
         ),
         "{r:?}"
     );
@@ -281,4 +284,153 @@ fn weak_configuration_is_rejected() {
         !dbg.contains("handshake test secret"),
         "secret must not be printed: {dbg}"
     );
+}
+
+/// Both ends derive matching frame keys (what one seals the other opens), fresh for every
+/// connection (a frame sealed on one connection does not open on another).
+#[test]
+fn frame_keys_match_across_the_connection_and_differ_between_connections() {
+    let s = cfg(1);
+    let (srv1, cli1) = run(&s, cfg(2), 1);
+    let (srv1, cli1) = (srv1.expect("server"), cli1.expect("client"));
+    let (srv2, _) = run(&s, cfg(2), 1);
+    let srv2 = srv2.expect("server");
+    assert_eq!(cli1.keys.auth(), wire::FrameAuth::Mac, "MAC is the default");
+    let hdr = [3u8; wire::HEADER_LEN];
+    let tag = {
+        let mut sealer = cli1.keys.sealer().unwrap().unwrap();
+        sealer.seal_clear(&hdr, b"payload").unwrap()
+    };
+    let mut other = srv2.keys.opener().unwrap().unwrap();
+    assert!(
+        !other.open(&hdr, &tag, &mut b"payload".to_vec()),
+        "another connection's keys do not open it"
+    );
+    let mut opener = srv1.keys.opener().unwrap().unwrap();
+    assert!(opener.open(&hdr, &tag, &mut b"payload".to_vec()));
+    // And the other direction.
+    let tag = {
+        let mut sealer = srv1.keys.sealer().unwrap().unwrap();
+        sealer.seal_clear(&hdr, b"reply").unwrap()
+    };
+    let mut opener = cli1.keys.opener().unwrap().unwrap();
+    assert!(opener.open(&hdr, &tag, &mut b"reply".to_vec()));
+}
+
+/// Nodes that protect frames differently refuse each other, each saying so.
+#[test]
+fn frame_protection_modes_must_match() {
+    let mut s = cfg(1);
+    s.frame_auth = wire::FrameAuth::None;
+    let (srv, cli) = run(&s, cfg(2), 1);
+    let srv = srv.expect_err("server must refuse");
+    assert!(
+        matches!(
+            srv,
+            HandshakeError::AuthMismatch {
+                ours: wire::FrameAuth::None,
+                theirs: Some(wire::FrameAuth::Mac)
+            }
+        ),
+        "{srv}"
+    );
+    assert!(srv.to_string().contains("--frame-auth"), "{srv}");
+    let cli = cli.expect_err("client must be refused");
+    assert!(
+        matches!(cli, HandshakeError::Rejected(RejectReason::AuthMismatch)),
+        "{cli}"
+    );
+    assert_eq!(s.stats.auth_mode.load(Relaxed), 1);
+}
+
+/// A stand-in identity (a seam: real nodes use their CA-signed certificates, tested against
+/// node processes in tests/tests/node_identity.rs): the credential names one node id, and a
+/// "signature" is a checksum of that id and the message. It exercises the handshake's
+/// carrying and checking of identities, not cryptography.
+#[derive(Debug)]
+struct ToyIdentity(u16);
+
+fn toy_sig(node: u16, msg: &[u8]) -> Vec<u8> {
+    let mut acc = u64::from(node) ^ 0x9e37_79b9_7f4a_7c15;
+    for &b in msg {
+        acc = acc.rotate_left(5) ^ u64::from(b);
+    }
+    acc.to_le_bytes().to_vec()
+}
+
+impl handshake::NodeIdentity for ToyIdentity {
+    fn credential(&self) -> &[u8] {
+        if self.0 == 1 {
+            &[1]
+        } else {
+            &[2]
+        }
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, handshake::IdentityError> {
+        Ok(toy_sig(self.0, msg))
+    }
+
+    fn verify(
+        &self,
+        node: u16,
+        cred: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), handshake::IdentityError> {
+        if cred != [node as u8] {
+            return Err(format!("credential is not for node {node}").into());
+        }
+        if sig != toy_sig(node, msg) {
+            return Err("bad signature".into());
+        }
+        Ok(())
+    }
+}
+
+fn with_id(node: u16, holds: u16) -> HandshakeConfig {
+    let mut c = cfg(node);
+    c.identity = Some(std::sync::Arc::new(ToyIdentity(holds)));
+    c
+}
+
+/// Identities travel both ways and are checked against the claimed ids: the right ones pass;
+/// a client holding node 2's credential but claiming node 3 is refused; a server answering
+/// as node 1 with node 2's credential is refused by the client; and a node without an
+/// identity is refused by one with (each side says why).
+#[test]
+fn identities_are_checked_against_the_claimed_node() {
+    let s = with_id(1, 1);
+    let (srv, cli) = run(&s, with_id(2, 2), 1);
+    srv.expect("server accepts node 2 with its own credential");
+    cli.expect("client accepts node 1 with its own credential");
+
+    let (srv, cli) = run(&s, with_id(3, 2), 1);
+    let e = srv.expect_err("node 3 with node 2's credential");
+    assert!(matches!(e, HandshakeError::Identity { node: 3, .. }), "{e}");
+    assert!(e.to_string().contains("node-3.ssi-dp"), "{e}");
+    let e = cli.expect_err("client refused");
+    assert!(
+        matches!(e, HandshakeError::Rejected(RejectReason::IdentityRefused)),
+        "{e}"
+    );
+
+    let impostor = with_id(1, 2);
+    let (srv, cli) = run(&impostor, with_id(2, 2), 1);
+    let e = cli.expect_err("a server with another node's credential");
+    assert!(matches!(e, HandshakeError::Identity { node: 1, .. }), "{e}");
+    assert!(srv.is_err(), "the server learns it was refused");
+
+    let (srv, cli) = run(&s, cfg(2), 1);
+    let e = srv.expect_err("a client without identity");
+    assert!(
+        matches!(e, HandshakeError::IdentityMismatch { ours: true }),
+        "{e}"
+    );
+    let e = cli.expect_err("refused");
+    assert!(
+        matches!(e, HandshakeError::Rejected(RejectReason::IdentityMismatch)),
+        "{e}"
+    );
+    assert_eq!(s.stats.identity.load(Relaxed), 2);
 }

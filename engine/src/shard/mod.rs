@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use uffd_poller::{Event as UffdEvent, EventBuf, FaultFlags};
 use wire::ratelimit::LogLimiter;
-use wire::{DownReason, Event, MsgType, RxBuf, Transport};
+use wire::{DownReason, Event, FrameKeys, MsgType, RxBuf, Transport};
 
 use self::backlog::Backlog;
 use self::exec::{Aftermath, Io};
@@ -68,6 +68,8 @@ pub struct Conn {
     pub peer_shard_count: u16,
     /// The stream.
     pub stream: TcpStream,
+    /// The keys sealing its frames (from the handshake).
+    pub keys: FrameKeys,
 }
 
 /// Everything a shard needs to start.
@@ -165,7 +167,12 @@ impl<T: Transport> Shard<T> {
         let mut peers = PeerShards::default();
         for c in s.conns {
             peers.set(c.node, c.peer_shard_count);
-            transport.add_peer(peer_id(c.node, c.peer_shard), c.stream, Some(c.node.get()))?;
+            transport.add_peer(
+                peer_id(c.node, c.peer_shard),
+                c.stream,
+                Some(c.node.get()),
+                &c.keys,
+            )?;
         }
         transport.watch_fd(s.region.uffd().as_raw_fd(), TOKEN_UFFD)?;
         transport.watch_fd(s.doorbells[s.index as usize].fd(), TOKEN_DOORBELL)?;
@@ -310,7 +317,10 @@ impl<T: Transport> Shard<T> {
                     for c in conns {
                         self.io.peers.set(c.node, c.peer_shard_count);
                         let id = peer_id(c.node, c.peer_shard);
-                        if let Err(e) = self.io.transport.add_peer(id, c.stream, Some(c.node.get()))
+                        if let Err(e) =
+                            self.io
+                                .transport
+                                .add_peer(id, c.stream, Some(c.node.get()), &c.keys)
                         {
                             self.io.log.warn(format_args!(
                                 "cannot add the connection to node {}: {e}",

@@ -1,16 +1,30 @@
 //! Peer authentication at connection setup: an HMAC-SHA256 challenge–response with fresh
 //! nonces on a blocking `TcpStream`, proving each side's node id and knowledge of the cluster
-//! secret, and checking wire version and cluster layout digest. Outcomes are counted by reason.
+//! secret, checking wire version, cluster layout digest and frame protection mode, and
+//! agreeing the connection's frame keys ([`crate::seal`]) by an ephemeral X25519 exchange.
+//! Outcomes are counted by reason.
 //!
 //! Exchange (every message starts with an 8-byte prefix: magic, version, kind, reason, pad):
-//! 1. client → server `ClientHello { node, shard, shard_count, target, nonce_c, digest }`
-//! 2. server → client `ServerHello { node, shard = target, …, nonce_s, digest }` + `mac_s`, or
-//!    `Reject`
+//! 1. client → server `ClientHello { node, shard, shard_count, target, nonce_c, digest,
+//!    share_c, auth }`
+//! 2. server → client `ServerHello { node, shard = target, …, nonce_s, digest, share_s, auth }`
+//!    + `mac_s`, or `Reject`
 //! 3. client → server `ClientAuth { mac_c }`, or `Abort { reason }`
 //! 4. server → client `Accept` or `Reject { reason }`
 //!
+//! With per-node identities ([`NodeIdentity`], both hellos say so), the server hello's MAC is
+//! followed by the server's identity, and the client's auth by the client's: a credential
+//! (the node's certificate) and its signature over `label ‖ client hello ‖ server hello`
+//! (`"ssi-dp server identity"` / `"ssi-dp client identity"`), checked to name the node id
+//! claimed. Holding the secret then no longer lets anyone claim another node's id, nor sit in
+//! the middle of the key exchange.
+//!
 //! `mac_s = HMAC(secret, "ssi-dp server" ‖ client hello ‖ server hello)` and
-//! `mac_c = HMAC(secret, "ssi-dp client" ‖ client hello ‖ server hello)`.
+//! `mac_c = HMAC(secret, "ssi-dp client" ‖ client hello ‖ server hello)`. The frame keys are
+//! `HMAC(prk, "client to server")` and `HMAC(prk, "server to client")` with
+//! `prk = HMAC(secret, "ssi-dp frame keys" ‖ client hello ‖ server hello ‖ X25519(share_c,
+//! share_s))`: fresh for every connection, and unknown to anyone who only watched the
+//! handshake, even with the secret.
 //!
 //! `target` is the server shard (data-plane core) the client wants this connection to serve:
 //! nodes run one connection per pair of shards, and one listening port serves all of a node's
@@ -25,10 +39,12 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
+use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
+use crate::seal::{FrameAuth, FrameKeys, KEY_LEN};
 use crate::transport::NodeId;
 use crate::MAX_NODES;
 
@@ -40,12 +56,44 @@ pub use server::{accept, accept_stream, ServerConn, ServerProgress};
 
 /// Handshake magic: the bytes `S S H K` on the wire.
 pub const HS_MAGIC: u32 = u32::from_le_bytes(*b"SSHK");
-/// Handshake protocol version.
-pub const HS_VERSION: u8 = 1;
+/// Handshake protocol version (2: key exchange and frame protection mode).
+pub const HS_VERSION: u8 = 2;
 /// Length of the common message prefix.
 pub const PREFIX_LEN: usize = 8;
 /// Length of a hello body (after the prefix).
-pub const HELLO_BODY_LEN: usize = 72;
+pub const HELLO_BODY_LEN: usize = 108;
+/// Length of an X25519 public key share.
+pub const SHARE_LEN: usize = 32;
+/// Largest credential (certificate) accepted in an identity.
+pub const MAX_CREDENTIAL: usize = 4096;
+/// Largest signature accepted in an identity.
+pub const MAX_SIGNATURE: usize = 512;
+/// Length of an identity's head: credential and signature lengths (u16 each).
+pub const IDENTITY_HEAD: usize = 4;
+/// Hello flag: the sender proves a per-node identity.
+const FLAG_IDENTITY: u8 = 1;
+
+/// A node's own credential for data connections, and the check of a peer's: for example the
+/// node's control-plane certificate signed by the cluster CA (`ssi-dp` provides that one).
+/// Implementations are called during handshakes only, never per frame.
+pub trait NodeIdentity: Send + Sync + fmt::Debug {
+    /// Our credential, sent to the peer (at most [`MAX_CREDENTIAL`] bytes).
+    fn credential(&self) -> &[u8];
+    /// Signs `msg` with our private key (at most [`MAX_SIGNATURE`] bytes).
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError>;
+    /// Checks that `credential` is valid for node `node` and that `signature` is its key's
+    /// signature over `msg`.
+    fn verify(
+        &self,
+        node: NodeId,
+        credential: &[u8],
+        msg: &[u8],
+        signature: &[u8],
+    ) -> Result<(), IdentityError>;
+}
+
+/// Why an identity could not be made or was not accepted (from a [`NodeIdentity`]).
+pub type IdentityError = Box<dyn std::error::Error + Send + Sync>;
 /// Length of a MAC.
 pub const MAC_LEN: usize = 32;
 /// Smallest accepted cluster secret.
@@ -104,6 +152,14 @@ pub enum RejectReason {
     Malformed,
     /// The client asked for a shard the server does not have.
     NoSuchShard,
+    /// The two sides protect frames differently (`--frame-auth`).
+    AuthMismatch,
+    /// The key exchange failed (an invalid key share).
+    KeyExchange,
+    /// The node's identity (certificate and signature) was not accepted.
+    IdentityRefused,
+    /// One side proves a per-node identity, the other does not.
+    IdentityMismatch,
     /// A reason code this build does not know.
     Other(u8),
 }
@@ -119,6 +175,10 @@ impl RejectReason {
             RejectReason::UnexpectedNode => 6,
             RejectReason::Malformed => 7,
             RejectReason::NoSuchShard => 8,
+            RejectReason::AuthMismatch => 9,
+            RejectReason::KeyExchange => 10,
+            RejectReason::IdentityRefused => 11,
+            RejectReason::IdentityMismatch => 12,
             RejectReason::Other(c) => c,
         }
     }
@@ -133,6 +193,10 @@ impl RejectReason {
             6 => RejectReason::UnexpectedNode,
             7 => RejectReason::Malformed,
             8 => RejectReason::NoSuchShard,
+            9 => RejectReason::AuthMismatch,
+            10 => RejectReason::KeyExchange,
+            11 => RejectReason::IdentityRefused,
+            12 => RejectReason::IdentityMismatch,
             c => RejectReason::Other(c),
         }
     }
@@ -149,6 +213,12 @@ impl fmt::Display for RejectReason {
             RejectReason::UnexpectedNode => "its node id is not the one we dialled",
             RejectReason::Malformed => "a handshake message was malformed",
             RejectReason::NoSuchShard => "it has no shard with the index we asked for",
+            RejectReason::AuthMismatch => "it protects frames in another mode (--frame-auth)",
+            RejectReason::KeyExchange => "the key exchange failed",
+            RejectReason::IdentityRefused => "it did not accept our node certificate",
+            RejectReason::IdentityMismatch => {
+                "one side has per-node certificates for the data plane, the other not"
+            }
             RejectReason::Other(c) => return write!(f, "unknown reason code {c}"),
         };
         f.write_str(s)
@@ -218,6 +288,34 @@ pub enum HandshakeError {
         /// The shard that answered.
         got: u16,
     },
+    /// The two sides protect frames differently.
+    #[error("frame protection differs: we use {ours}, the peer {}; give every node the same --frame-auth", .theirs.map_or("an unknown mode", FrameAuth::name))]
+    AuthMismatch {
+        /// Our mode.
+        ours: FrameAuth,
+        /// The peer's mode (`None` when its code is unknown to this build).
+        theirs: Option<FrameAuth>,
+    },
+    /// The key exchange failed.
+    #[error("the key exchange failed: the peer's key share is invalid")]
+    KeyExchange,
+    /// The peer's identity was not accepted.
+    #[error("node {node} did not prove its identity ({source}): its certificate must be signed by the cluster CA and valid for node-{node}.ssi-dp")]
+    Identity {
+        /// The node id the peer claimed.
+        node: NodeId,
+        /// What the check said.
+        source: IdentityError,
+    },
+    /// Our own identity could not be used.
+    #[error("cannot prove our node identity: {0}; check this node's certificate and key")]
+    OwnIdentity(IdentityError),
+    /// One side proves a per-node identity, the other does not.
+    #[error("{}", if *.ours { "we prove a per-node identity but the peer does not: give every node its certificate (--tls-*, or the inventory)" } else { "the peer proves a per-node identity but we do not: give this node its certificate (--tls-*, or the inventory)" })]
+    IdentityMismatch {
+        /// Whether we have an identity.
+        ours: bool,
+    },
     /// The peer refused us.
     #[error("the peer refused the connection: {0}")]
     Rejected(RejectReason),
@@ -247,6 +345,10 @@ pub struct HandshakeStats {
     pub layout: AtomicU64,
     /// Replayed client hellos.
     pub replayed: AtomicU64,
+    /// Frame protection mode mismatches and failed key exchanges.
+    pub auth_mode: AtomicU64,
+    /// Identities refused or missing.
+    pub identity: AtomicU64,
     /// Refusals received from the peer.
     pub rejected: AtomicU64,
     /// Aborts received from the peer.
@@ -267,6 +369,10 @@ impl HandshakeStats {
             HandshakeError::UnknownNode(_) => &self.unknown_node,
             HandshakeError::LayoutMismatch { .. } => &self.layout,
             HandshakeError::Replayed => &self.replayed,
+            HandshakeError::AuthMismatch { .. } | HandshakeError::KeyExchange => &self.auth_mode,
+            HandshakeError::Identity { .. }
+            | HandshakeError::OwnIdentity(_)
+            | HandshakeError::IdentityMismatch { .. } => &self.identity,
             HandshakeError::Rejected(_) => &self.rejected,
             HandshakeError::Aborted(_) => &self.aborted,
         };
@@ -284,6 +390,8 @@ impl HandshakeStats {
             &self.unknown_node,
             &self.layout,
             &self.replayed,
+            &self.auth_mode,
+            &self.identity,
             &self.rejected,
             &self.aborted,
         ]
@@ -327,6 +435,11 @@ pub struct HandshakeConfig {
     pub digest: Digest,
     /// Node ids (bit per node) allowed to connect to us.
     pub allowed: u64,
+    /// How frames are protected after the handshake (both sides must agree; default `Mac`).
+    pub frame_auth: FrameAuth,
+    /// Our per-node identity; with one, peers must prove theirs (default none: the secret
+    /// alone admits any node id).
+    pub identity: Option<Arc<dyn NodeIdentity>>,
     /// Deadline for a whole handshake.
     pub timeout: Duration,
     /// Outcomes by reason.
@@ -343,6 +456,8 @@ impl fmt::Debug for HandshakeConfig {
             .field("shard_count", &self.shard_count)
             .field("digest", &self.digest)
             .field("allowed", &format_args!("{:#x}", self.allowed))
+            .field("frame_auth", &self.frame_auth)
+            .field("identity", &self.identity.is_some())
             .field("timeout", &self.timeout)
             .field("secret", &"<redacted>")
             .finish()
@@ -367,6 +482,8 @@ impl HandshakeConfig {
             shard_count: 1,
             digest: Digest(digest),
             allowed: !(1u64 << node),
+            frame_auth: FrameAuth::default(),
+            identity: None,
             timeout: Duration::from_secs(5),
             stats: Arc::new(HandshakeStats::default()),
             secret: secret.to_vec(),
@@ -390,6 +507,125 @@ impl HandshakeConfig {
         m.update(server_hello);
         Ok(m.finalize().into_bytes().into())
     }
+
+    /// The frame keys of a connection whose hellos are `ch` and `sh`, from our key share
+    /// `ours` and the peer's share `theirs`; `client` says which end we are.
+    fn frame_keys(
+        &self,
+        ours: EphemeralPrivateKey,
+        theirs: &[u8; SHARE_LEN],
+        (ch, sh): (&[u8], &[u8]),
+        client: bool,
+    ) -> Result<FrameKeys, HandshakeError> {
+        let peer = UnparsedPublicKey::new(&X25519, theirs);
+        let prk = agreement::agree_ephemeral(ours, &peer, |dh| {
+            let mut m = <HmacSha256 as Mac>::new_from_slice(&self.secret).ok()?;
+            m.update(b"ssi-dp frame keys");
+            m.update(ch);
+            m.update(sh);
+            m.update(dh);
+            Some(m.finalize().into_bytes())
+        })
+        .ok()
+        .flatten()
+        .ok_or(HandshakeError::KeyExchange)?;
+        let derive = |label: &[u8]| -> Result<[u8; KEY_LEN], HandshakeError> {
+            let mut m = <HmacSha256 as Mac>::new_from_slice(&prk)
+                .map_err(|_| HandshakeError::KeyExchange)?;
+            m.update(label);
+            Ok(m.finalize().into_bytes().into())
+        };
+        let (c2s, s2c) = (derive(b"client to server")?, derive(b"server to client")?);
+        Ok(if client {
+            FrameKeys::new(self.frame_auth, c2s, s2c)
+        } else {
+            FrameKeys::new(self.frame_auth, s2c, c2s)
+        })
+    }
+}
+
+/// Labels of the identity signatures.
+const ID_SERVER: &[u8] = b"ssi-dp server identity";
+const ID_CLIENT: &[u8] = b"ssi-dp client identity";
+
+/// Our identity for this handshake (`label` says which end we are): head, credential and
+/// signature; empty without an identity.
+fn identity_proof(
+    cfg: &HandshakeConfig,
+    label: &[u8],
+    (ch, sh): (&[u8], &[u8]),
+) -> Result<Vec<u8>, HandshakeError> {
+    let Some(id) = cfg.identity.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let msg = [label, ch, sh].concat();
+    let sig = id.sign(&msg).map_err(HandshakeError::OwnIdentity)?;
+    let cred = id.credential();
+    if cred.len() > MAX_CREDENTIAL || sig.len() > MAX_SIGNATURE {
+        return Err(HandshakeError::OwnIdentity(
+            "the certificate or signature is too large".into(),
+        ));
+    }
+    let mut v = Vec::with_capacity(IDENTITY_HEAD + cred.len() + sig.len());
+    v.extend_from_slice(&(cred.len() as u16).to_le_bytes());
+    v.extend_from_slice(&(sig.len() as u16).to_le_bytes());
+    v.extend_from_slice(cred);
+    v.extend_from_slice(&sig);
+    Ok(v)
+}
+
+/// The body length an identity head announces, refused beyond the limits.
+fn identity_len(head: &[u8; IDENTITY_HEAD]) -> Result<(usize, usize), HandshakeError> {
+    let cred = usize::from(u16::from_le_bytes([head[0], head[1]]));
+    let sig = usize::from(u16::from_le_bytes([head[2], head[3]]));
+    if cred == 0 || cred > MAX_CREDENTIAL || sig == 0 || sig > MAX_SIGNATURE {
+        return Err(HandshakeError::Malformed("identity lengths out of range"));
+    }
+    Ok((cred, sig))
+}
+
+/// Checks the peer's identity `body` (credential then signature, lengths from its head) for
+/// node `node`.
+fn check_identity(
+    cfg: &HandshakeConfig,
+    node: NodeId,
+    label: &[u8],
+    (ch, sh): (&[u8], &[u8]),
+    (body, cred_len): (&[u8], usize),
+) -> Result<(), HandshakeError> {
+    let Some(id) = cfg.identity.as_ref() else {
+        return Ok(());
+    };
+    let (cred, sig) = body.split_at(cred_len.min(body.len()));
+    let msg = [label, ch, sh].concat();
+    id.verify(node, cred, &msg, sig)
+        .map_err(|source| HandshakeError::Identity { node, source })
+}
+
+/// Whether the peer's hello agrees with us on proving per-node identities.
+fn check_identity_flag(cfg: &HandshakeConfig, hello: &Hello) -> Result<(), HandshakeError> {
+    let ours = cfg.identity.is_some();
+    if hello.identity == ours {
+        Ok(())
+    } else {
+        Err(HandshakeError::IdentityMismatch { ours })
+    }
+}
+
+/// A fresh X25519 key share: the private half and the public bytes for the hello.
+fn key_share() -> Result<(EphemeralPrivateKey, [u8; SHARE_LEN]), HandshakeError> {
+    let rng = ring::rand::SystemRandom::new();
+    let k = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| {
+        HandshakeError::Io(io::Error::other(
+            "the system's random source failed while making a key share",
+        ))
+    })?;
+    let public = k
+        .compute_public_key()
+        .map_err(|_| HandshakeError::KeyExchange)?;
+    let mut b = [0u8; SHARE_LEN];
+    b.copy_from_slice(public.as_ref());
+    Ok((k, b))
 }
 
 /// An authenticated connection, ready to hand to a transport.
@@ -406,6 +642,8 @@ pub struct Authenticated {
     /// Our shard this connection serves (the client's `target` on the server side, the
     /// configured shard on the client side).
     pub local_shard: u16,
+    /// The keys that seal this connection's frames (hand them to `Transport::add_peer`).
+    pub keys: FrameKeys,
 }
 
 #[derive(Debug)]
@@ -416,6 +654,11 @@ struct Hello {
     target: u16,
     nonce: [u8; 32],
     digest: [u8; 32],
+    share: [u8; SHARE_LEN],
+    /// The raw frame protection code (checked against ours by the receiver).
+    auth: u8,
+    /// The sender proves a per-node identity.
+    identity: bool,
 }
 
 fn prefix(kind: u8, reason: u8) -> [u8; PREFIX_LEN] {
@@ -423,21 +666,34 @@ fn prefix(kind: u8, reason: u8) -> [u8; PREFIX_LEN] {
     [m[0], m[1], m[2], m[3], HS_VERSION, kind, reason, 0]
 }
 
+/// What a hello says besides the configuration's fixed fields.
+struct HelloFields<'a> {
+    shard: u16,
+    target: u16,
+    nonce: &'a [u8; 32],
+    share: &'a [u8; SHARE_LEN],
+}
+
 fn encode_hello(
     kind: u8,
     cfg: &HandshakeConfig,
-    shard: u16,
-    target: u16,
-    nonce: &[u8; 32],
+    f: HelloFields<'_>,
 ) -> [u8; PREFIX_LEN + HELLO_BODY_LEN] {
     let mut b = [0u8; PREFIX_LEN + HELLO_BODY_LEN];
     b[..PREFIX_LEN].copy_from_slice(&prefix(kind, 0));
     b[8..10].copy_from_slice(&cfg.node.to_le_bytes());
-    b[10..12].copy_from_slice(&shard.to_le_bytes());
+    b[10..12].copy_from_slice(&f.shard.to_le_bytes());
     b[12..14].copy_from_slice(&cfg.shard_count.to_le_bytes());
-    b[14..16].copy_from_slice(&target.to_le_bytes());
-    b[16..48].copy_from_slice(nonce);
+    b[14..16].copy_from_slice(&f.target.to_le_bytes());
+    b[16..48].copy_from_slice(f.nonce);
     b[48..80].copy_from_slice(&cfg.digest.0);
+    b[80..112].copy_from_slice(f.share);
+    b[112] = cfg.frame_auth.code();
+    b[113] = if cfg.identity.is_some() {
+        FLAG_IDENTITY
+    } else {
+        0
+    };
     b
 }
 
@@ -446,6 +702,8 @@ fn decode_hello(b: &[u8; PREFIX_LEN + HELLO_BODY_LEN]) -> Hello {
     nonce.copy_from_slice(&b[16..48]);
     let mut digest = [0u8; 32];
     digest.copy_from_slice(&b[48..80]);
+    let mut share = [0u8; SHARE_LEN];
+    share.copy_from_slice(&b[80..112]);
     Hello {
         node: u16::from_le_bytes([b[8], b[9]]),
         shard: u16::from_le_bytes([b[10], b[11]]),
@@ -453,6 +711,20 @@ fn decode_hello(b: &[u8; PREFIX_LEN + HELLO_BODY_LEN]) -> Hello {
         target: u16::from_le_bytes([b[14], b[15]]),
         nonce,
         digest,
+        share,
+        auth: b[112],
+        identity: b[113] & FLAG_IDENTITY != 0,
+    }
+}
+
+/// Whether the peer's hello asks for our frame protection mode.
+fn check_auth(cfg: &HandshakeConfig, hello: &Hello) -> Result<(), HandshakeError> {
+    match FrameAuth::from_code(hello.auth) {
+        Some(m) if m == cfg.frame_auth => Ok(()),
+        theirs => Err(HandshakeError::AuthMismatch {
+            ours: cfg.frame_auth,
+            theirs,
+        }),
     }
 }
 
@@ -540,6 +812,40 @@ pub fn connect_stream(
     finish(cfg, client(stream, cfg, expected, target))
 }
 
+/// What the client checks of an authentic server hello: the node dialled, the shard asked
+/// for, the layout, the frame protection and whether identities are proved; a failure comes
+/// with the reason to send back.
+fn check_server_hello(
+    cfg: &HandshakeConfig,
+    hello: &Hello,
+    expected: NodeId,
+    target: u16,
+) -> Result<(), (RejectReason, HandshakeError)> {
+    if hello.node != expected {
+        let e = HandshakeError::UnexpectedNode {
+            expected,
+            got: hello.node,
+        };
+        return Err((RejectReason::UnexpectedNode, e));
+    }
+    if hello.shard != target {
+        let e = HandshakeError::WrongShard {
+            asked: target,
+            got: hello.shard,
+        };
+        return Err((RejectReason::NoSuchShard, e));
+    }
+    if hello.digest != cfg.digest.0 {
+        let e = HandshakeError::LayoutMismatch {
+            ours: cfg.digest,
+            theirs: Digest(hello.digest),
+        };
+        return Err((RejectReason::LayoutMismatch, e));
+    }
+    check_auth(cfg, hello).map_err(|e| (RejectReason::AuthMismatch, e))?;
+    check_identity_flag(cfg, hello).map_err(|e| (RejectReason::IdentityMismatch, e))
+}
+
 fn client(
     mut s: TcpStream,
     cfg: &HandshakeConfig,
@@ -549,7 +855,14 @@ fn client(
     let deadline = Instant::now() + cfg.timeout;
     s.set_nodelay(true)?;
     let nonce_c = fresh_nonce();
-    let ch = encode_hello(KIND_CLIENT_HELLO, cfg, cfg.shard, target, &nonce_c);
+    let (share_key, share) = key_share()?;
+    let fields = HelloFields {
+        shard: cfg.shard,
+        target,
+        nonce: &nonce_c,
+        share: &share,
+    };
+    let ch = encode_hello(KIND_CLIENT_HELLO, cfg, fields);
     write_by(&mut s, &[&ch], deadline)?;
 
     let (kind, reason) = read_prefix(&mut s, deadline)?;
@@ -581,29 +894,31 @@ fn client(
             HandshakeError::WrongSecret,
         );
     }
-    if hello.node != expected {
-        let e = HandshakeError::UnexpectedNode {
-            expected,
-            got: hello.node,
-        };
-        return abort(&mut s, RejectReason::UnexpectedNode, e);
+    if let Err((r, e)) = check_server_hello(cfg, &hello, expected, target) {
+        return abort(&mut s, r, e);
     }
-    if hello.shard != target {
-        let e = HandshakeError::WrongShard {
-            asked: target,
-            got: hello.shard,
-        };
-        return abort(&mut s, RejectReason::NoSuchShard, e);
+    if cfg.identity.is_some() {
+        let mut head = [0u8; IDENTITY_HEAD];
+        read_exact_by(&mut s, &mut head, deadline)?;
+        let (cred, sig) = identity_len(&head)?;
+        let mut body = vec![0u8; cred + sig];
+        read_exact_by(&mut s, &mut body, deadline)?;
+        let r = check_identity(cfg, hello.node, ID_SERVER, (&ch, &sh), (&body, cred));
+        if let Err(e) = r {
+            return abort(&mut s, RejectReason::IdentityRefused, e);
+        }
     }
-    if hello.digest != cfg.digest.0 {
-        let e = HandshakeError::LayoutMismatch {
-            ours: cfg.digest,
-            theirs: Digest(hello.digest),
-        };
-        return abort(&mut s, RejectReason::LayoutMismatch, e);
-    }
+    let keys = match cfg.frame_keys(share_key, &hello.share, (&ch, &sh), true) {
+        Ok(k) => k,
+        Err(e) => return abort(&mut s, RejectReason::KeyExchange, e),
+    };
     let mac_c = cfg.mac(b"ssi-dp client", &ch, &sh)?;
-    write_by(&mut s, &[&prefix(KIND_CLIENT_AUTH, 0), &mac_c], deadline)?;
+    let proof = identity_proof(cfg, ID_CLIENT, (&ch, &sh))?;
+    write_by(
+        &mut s,
+        &[&prefix(KIND_CLIENT_AUTH, 0), &mac_c, &proof],
+        deadline,
+    )?;
     match read_prefix(&mut s, deadline)? {
         (KIND_ACCEPT, _) => Ok(Authenticated {
             stream: s,
@@ -611,6 +926,7 @@ fn client(
             peer_shard: hello.shard,
             peer_shard_count: hello.shard_count,
             local_shard: cfg.shard,
+            keys,
         }),
         (KIND_REJECT, r) => Err(HandshakeError::Rejected(RejectReason::from_code(r))),
         _ => Err(HandshakeError::Malformed("expected accept or reject")),

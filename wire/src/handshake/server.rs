@@ -3,9 +3,11 @@
 //! none of them can hold a thread. [`accept_stream`] drives the same machine on one stream
 //! until it finishes (tests, fuzzing, simple servers).
 //!
-//! Phases: read the client hello (80 bytes) → write server hello and MAC → read the client's
-//! auth or abort (8 + 32 bytes) → write accept or reject. Every message is checked as soon as
-//! its bytes are in; nothing is allocated per connection beyond the struct itself.
+//! Phases: read the client hello (116 bytes) → write server hello and MAC (and our identity)
+//! → read the client's auth or abort (8 + 32 bytes) → with identities, read the client's
+//! (4-byte head, then credential and signature) → write accept or reject. Every message is
+//! checked as soon as its bytes are in. Per connection, beyond the struct: our hello's output,
+//! and the client's identity only once its MAC proved it holds the secret.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,11 +17,13 @@ use std::time::Instant;
 use subtle::ConstantTimeEq;
 
 use super::{
-    decode_hello, encode_hello, finish, fresh_nonce, prefix, Authenticated, Digest,
-    HandshakeConfig, HandshakeError, Hello, RejectReason, HELLO_BODY_LEN, HS_MAGIC, HS_VERSION,
-    KIND_ABORT, KIND_ACCEPT, KIND_CLIENT_AUTH, KIND_CLIENT_HELLO, KIND_REJECT, KIND_SERVER_HELLO,
-    MAC_LEN, PREFIX_LEN,
+    check_auth, check_identity, check_identity_flag, decode_hello, encode_hello, finish,
+    fresh_nonce, identity_len, identity_proof, key_share, prefix, Authenticated, Digest,
+    HandshakeConfig, HandshakeError, Hello, HelloFields, RejectReason, HELLO_BODY_LEN, HS_MAGIC,
+    HS_VERSION, IDENTITY_HEAD, ID_CLIENT, ID_SERVER, KIND_ABORT, KIND_ACCEPT, KIND_CLIENT_AUTH,
+    KIND_CLIENT_HELLO, KIND_REJECT, KIND_SERVER_HELLO, MAC_LEN, PREFIX_LEN,
 };
+use crate::seal::FrameKeys;
 
 const HELLO_LEN: usize = PREFIX_LEN + HELLO_BODY_LEN;
 const AUTH_LEN: usize = PREFIX_LEN + MAC_LEN;
@@ -30,6 +34,10 @@ enum Phase {
     Hello,
     /// Our hello is written (or queued); reading the client's auth.
     Auth,
+    /// The client's MAC verified; reading the head of its identity.
+    IdHead,
+    /// Reading the credential and signature of its identity.
+    IdBody,
     /// Writing accept; done once it is out.
     Accepting,
     /// Writing a reject; failed once it is out (or could not be written).
@@ -69,8 +77,14 @@ pub struct ServerConn {
     ch: [u8; HELLO_LEN],
     sh: [u8; HELLO_LEN],
     hello: Option<Hello>,
-    /// Output not yet written.
-    out: [u8; HELLO_LEN + MAC_LEN],
+    /// The connection's frame keys, agreed when our hello was made.
+    keys: Option<FrameKeys>,
+    /// The client's identity (credential, signature) once its MAC verified, and the
+    /// credential's length.
+    id_body: Vec<u8>,
+    id_cred: usize,
+    /// Output not yet written (our hello, MAC and identity; or accept; or reject).
+    out: Vec<u8>,
     out_len: usize,
     out_sent: usize,
     /// The error a reject reports once it is out.
@@ -92,7 +106,10 @@ impl ServerConn {
             ch: [0; HELLO_LEN],
             sh: [0; HELLO_LEN],
             hello: None,
-            out: [0; HELLO_LEN + MAC_LEN],
+            keys: None,
+            id_body: Vec::new(),
+            id_cred: 0,
+            out: Vec::new(),
             out_len: 0,
             out_sent: 0,
             failure: None,
@@ -147,11 +164,11 @@ impl ServerConn {
                 return Ok(None);
             }
             match self.phase {
-                phase @ (Phase::Hello | Phase::Auth) => {
-                    let need = if phase == Phase::Hello {
-                        HELLO_LEN
-                    } else {
-                        AUTH_LEN
+                phase @ (Phase::Hello | Phase::Auth | Phase::IdHead) => {
+                    let need = match phase {
+                        Phase::Hello => HELLO_LEN,
+                        Phase::Auth => AUTH_LEN,
+                        _ => IDENTITY_HEAD,
                     };
                     if !self.fill(need, cfg)? {
                         return Ok(None);
@@ -159,11 +176,17 @@ impl ServerConn {
                     if self.phase == Phase::Rejecting {
                         continue;
                     }
-                    if phase == Phase::Hello {
-                        self.on_hello(cfg)?;
-                    } else {
-                        self.on_auth(cfg)?;
+                    match phase {
+                        Phase::Hello => self.on_hello(cfg)?,
+                        Phase::Auth => self.on_auth(cfg)?,
+                        _ => self.on_id_head()?,
                     }
+                }
+                Phase::IdBody => {
+                    if !self.fill_id()? {
+                        return Ok(None);
+                    }
+                    self.on_id_body(cfg)?;
                 }
                 Phase::Accepting => return self.accepted_stream().map(Some),
                 Phase::Rejecting => {
@@ -273,12 +296,32 @@ impl ServerConn {
             };
             return self.reject(RejectReason::NoSuchShard, e);
         }
+        if let Err(e) = check_auth(cfg, &hello) {
+            return self.reject(RejectReason::AuthMismatch, e);
+        }
+        if let Err(e) = check_identity_flag(cfg, &hello) {
+            return self.reject(RejectReason::IdentityMismatch, e);
+        }
         let nonce_s = fresh_nonce();
-        self.sh = encode_hello(KIND_SERVER_HELLO, cfg, hello.target, hello.shard, &nonce_s);
+        let (share_key, share) = key_share()?;
+        let fields = HelloFields {
+            shard: hello.target,
+            target: hello.shard,
+            nonce: &nonce_s,
+            share: &share,
+        };
+        self.sh = encode_hello(KIND_SERVER_HELLO, cfg, fields);
+        match cfg.frame_keys(share_key, &hello.share, (&self.ch, &self.sh), false) {
+            Ok(k) => self.keys = Some(k),
+            Err(e) => return self.reject(RejectReason::KeyExchange, e),
+        }
         let mac_s = cfg.mac(b"ssi-dp server", &self.ch, &self.sh)?;
-        self.out[..HELLO_LEN].copy_from_slice(&self.sh);
-        self.out[HELLO_LEN..].copy_from_slice(&mac_s);
-        self.queue(HELLO_LEN + MAC_LEN);
+        let proof = identity_proof(cfg, ID_SERVER, (&self.ch, &self.sh))?;
+        self.out.clear();
+        self.out.extend_from_slice(&self.sh);
+        self.out.extend_from_slice(&mac_s);
+        self.out.extend_from_slice(&proof);
+        self.queue(self.out.len());
         self.hello = Some(hello);
         self.phase = Phase::Auth;
         Ok(())
@@ -289,6 +332,7 @@ impl ServerConn {
             .hello
             .take()
             .ok_or(HandshakeError::Malformed("auth before hello"))?;
+        self.got = 0;
         let want = cfg.mac(b"ssi-dp client", &self.ch, &self.sh)?;
         if !bool::from(want.ct_eq(&self.inb[PREFIX_LEN..AUTH_LEN])) {
             return self.reject(RejectReason::WrongSecret, HandshakeError::WrongSecret);
@@ -317,16 +361,89 @@ impl ServerConn {
             }
             seen.insert(hello.nonce);
         }
-        self.out[..PREFIX_LEN].copy_from_slice(&prefix(KIND_ACCEPT, 0));
-        self.queue(PREFIX_LEN);
         self.hello = Some(hello);
-        self.phase = Phase::Accepting;
+        if cfg.identity.is_some() {
+            self.phase = Phase::IdHead;
+            return Ok(());
+        }
+        self.accept();
         Ok(())
+    }
+
+    fn accept(&mut self) {
+        self.out.clear();
+        self.out.extend_from_slice(&prefix(KIND_ACCEPT, 0));
+        self.queue(PREFIX_LEN);
+        self.phase = Phase::Accepting;
+    }
+
+    /// The identity's lengths are in: make room for its body (the client proved the secret,
+    /// so this allocation is bounded by who may connect, and by the limits).
+    fn on_id_head(&mut self) -> Result<(), HandshakeError> {
+        let mut head = [0u8; IDENTITY_HEAD];
+        head.copy_from_slice(&self.inb[..IDENTITY_HEAD]);
+        self.got = 0;
+        let (cred, sig) = match identity_len(&head) {
+            Ok(l) => l,
+            Err(e) => return self.reject(RejectReason::Malformed, e),
+        };
+        self.id_body = vec![0u8; cred + sig];
+        self.id_cred = cred;
+        self.phase = Phase::IdBody;
+        Ok(())
+    }
+
+    fn on_id_body(&mut self, cfg: &HandshakeConfig) -> Result<(), HandshakeError> {
+        let node = self
+            .hello
+            .as_ref()
+            .map(|h| h.node)
+            .ok_or(HandshakeError::Malformed("identity before hello"))?;
+        let body = std::mem::take(&mut self.id_body);
+        let r = check_identity(
+            cfg,
+            node,
+            ID_CLIENT,
+            (&self.ch, &self.sh),
+            (&body, self.id_cred),
+        );
+        match r {
+            Ok(()) => {
+                self.accept();
+                Ok(())
+            }
+            Err(e) => self.reject(RejectReason::IdentityRefused, e),
+        }
+    }
+
+    /// Reads the identity body; returns whether it is complete.
+    fn fill_id(&mut self) -> Result<bool, HandshakeError> {
+        while self.got < self.id_body.len() {
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or(HandshakeError::Malformed("no stream"))?;
+            match stream.read(&mut self.id_body[self.got..]) {
+                Ok(0) => {
+                    return Err(HandshakeError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection during the handshake",
+                    )))
+                }
+                Ok(n) => self.got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(HandshakeError::Io(e)),
+            }
+        }
+        self.got = 0;
+        Ok(true)
     }
 
     /// Queues a reject for the peer and remembers `e` to report once it is out.
     fn reject(&mut self, r: RejectReason, e: HandshakeError) -> Result<(), HandshakeError> {
-        self.out[..PREFIX_LEN].copy_from_slice(&prefix(KIND_REJECT, r.code()));
+        self.out.clear();
+        self.out.extend_from_slice(&prefix(KIND_REJECT, r.code()));
         self.queue(PREFIX_LEN);
         self.failure = Some(e);
         self.phase = Phase::Rejecting;
@@ -368,6 +485,10 @@ impl ServerConn {
             .hello
             .take()
             .ok_or(HandshakeError::Malformed("accept before hello"))?;
+        let keys = self
+            .keys
+            .take()
+            .ok_or(HandshakeError::Malformed("accept before the key exchange"))?;
         let stream = self
             .stream
             .take()
@@ -379,6 +500,7 @@ impl ServerConn {
             peer_shard: hello.shard,
             peer_shard_count: hello.shard_count,
             local_shard: hello.target,
+            keys,
         })
     }
 }
