@@ -21,6 +21,7 @@ use crate::barrier::Barrier;
 use crate::config::PAGE_SIZE;
 use crate::host_area::{HostArea, FORMATION};
 use crate::node::Node;
+use crate::node_state::{NodeState, StopReason};
 
 /// Pages read one at a time for the latency median.
 pub const LATENCY_PAGES: u64 = 64;
@@ -108,10 +109,9 @@ fn probes(node: &Node, home: u16, below: u64, want: u64) -> Vec<u64> {
     (end - n..end).rev().collect()
 }
 
-/// Remote reads of pages homed on `home`: (median ns, MB/s), or `None` if it homes too
+/// Remote reads of `pages` (of one home): (median ns, MB/s), or `None` if it homes too
 /// little memory to probe.
-fn remote(node: &Node, area: &HostArea, home: u16) -> Option<(u64, u64)> {
-    let pages = probes(node, home, area.first, LATENCY_PAGES + BANDWIDTH_PAGES);
+fn remote(area: &HostArea, pages: &[u64]) -> Option<(u64, u64)> {
     if (pages.len() as u64) < LATENCY_PAGES + BANDWIDTH_THREADS {
         return None;
     }
@@ -150,23 +150,78 @@ pub enum MeasureError {
     /// The exchange did not complete in time.
     #[error("not every node finished its measurements within {0:?} (a node is slow or down): check that every node started and can reach the others")]
     Exchange(Duration),
+    /// The node stopped while measuring (a home died, say): the measuring thread is left
+    /// waiting on a page that can no longer be served.
+    #[error("the node stopped during the formation measurements: {0}")]
+    Stopped(StopReason),
+    /// The measuring thread could not be started, or ended without an answer.
+    #[error("the formation measurement thread failed ({0:?})")]
+    Thread(std::io::ErrorKind),
 }
 
 /// Measures this node's row, exchanges rows with every node through the host area, and
 /// returns the full matrices. Every node of the cluster must call it (at formation).
+///
+/// The measuring touches guest pages, and a thread whose page can no longer be served (its
+/// home died meanwhile) waits forever; so it runs on a thread of its own, holding the region
+/// mapped, and this one returns [`MeasureError::Stopped`] as soon as the node stops.
 pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
     let Some(area) = HostArea::of(node) else {
         return Err(MeasureError::NoHostArea);
     };
     let nodes: Vec<u16> = node.cluster().nodes.iter().map(|n| n.id).collect();
     let me = node.id();
+    let probe_pages: Vec<Vec<u64>> = nodes
+        .iter()
+        .map(|&j| probes(node, j, area.first, LATENCY_PAGES + BANDWIDTH_PAGES))
+        .collect();
+    let region = node.region().clone();
+    let state = node.shared_state();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("ssi-measure".into())
+        .spawn(move || {
+            // Keeps the guest region mapped while this thread may still be in it.
+            let _region = region;
+            let r = measure_on(&area, &nodes, me, &probe_pages, &state);
+            // Nobody listens any more when the node stopped meanwhile: nothing to do then.
+            let _ = tx.send(r);
+        })
+        .map_err(|e| MeasureError::Thread(e.kind()))?;
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(r) => return r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(MeasureError::Thread(std::io::ErrorKind::BrokenPipe))
+            }
+        }
+        if let Some(reason) = node.state().fatal() {
+            return Err(MeasureError::Stopped(reason));
+        }
+        if Instant::now() > deadline {
+            return Err(MeasureError::Exchange(EXCHANGE_TIMEOUT));
+        }
+    }
+}
+
+/// The measurement proper, on the measuring thread: this node's row from `probe_pages` (by
+/// target node, in `nodes` order), then the exchange.
+fn measure_on(
+    area: &HostArea,
+    nodes: &[u16],
+    me: u16,
+    probe_pages: &[Vec<u64>],
+    state: &NodeState,
+) -> Result<Figures, MeasureError> {
     let (local_ns, local_mbps) = local_copy();
     let mut row: Vec<Option<(u64, u64)>> = Vec::with_capacity(nodes.len());
-    for &j in &nodes {
+    for (k, &j) in nodes.iter().enumerate() {
         row.push(if j == me {
             Some((local_ns, local_mbps))
         } else {
-            remote(node, &area, j)
+            remote(area, &probe_pages[k])
         });
     }
     // Targets with no memory to probe get the row's largest figures.
@@ -185,17 +240,17 @@ pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
     let counter = area.mem.atomic64(area.page(FORMATION), 0);
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
     while counter.load(Ordering::SeqCst) < nodes.len() as u64 {
-        if Instant::now() > deadline || node.state().dead() != 0 {
+        if Instant::now() > deadline || state.dead() != 0 {
             return Err(MeasureError::Exchange(EXCHANGE_TIMEOUT));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut latency_ns = Vec::new();
     let mut bandwidth_mbps = Vec::new();
-    for &i in &nodes {
+    for &i in nodes {
         let mut l = Vec::new();
         let mut b = Vec::new();
-        for &j in &nodes {
+        for &j in nodes {
             let (p, o) = area.row_word(i, 2 * j as u64);
             l.push(to_u32(area.mem.read64(p, o)));
             let (p, o) = area.row_word(i, 2 * j as u64 + 1);
@@ -205,7 +260,7 @@ pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
         bandwidth_mbps.push(b);
     }
     Ok(Figures {
-        nodes,
+        nodes: nodes.to_vec(),
         latency_ns,
         bandwidth_mbps,
     })

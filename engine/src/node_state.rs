@@ -24,6 +24,23 @@ pub enum StopReason {
     DeclaredDead,
 }
 
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Protocol(FatalReason::HomeDied(n)) => {
+                write!(f, "node {n}, home to guest pages, died")
+            }
+            StopReason::Protocol(FatalReason::ActionOverflow) => {
+                f.write_str("a protocol step overflowed its action buffer (a bug)")
+            }
+            StopReason::PageLost { page } => {
+                write!(f, "page {page} was lost with the node that held it")
+            }
+            StopReason::DeclaredDead => f.write_str("the cluster declared this node dead"),
+        }
+    }
+}
+
 impl From<FatalReason> for StopReason {
     fn from(r: FatalReason) -> Self {
         StopReason::Protocol(r)
