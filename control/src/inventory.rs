@@ -11,6 +11,7 @@
 //! api_token_file = "api.token"     # bearer token for the API's mutating endpoints (optional;
 //!                                  # without it they are refused)
 //! api_read_auth = false            # reads need the token too
+//! frame_auth = "mac"               # data frames: mac (default), aead (encrypted) or none
 //!
 //! [tls]
 //! ca = "certs/ca.pem"              # the CA every node certificate is signed by
@@ -84,6 +85,9 @@ pub struct ClusterSection {
     /// Whether the read-only endpoints need the token too.
     #[serde(default)]
     pub api_read_auth: bool,
+    /// Protection of data frames: `mac` (default), `aead` or `none`.
+    #[serde(default = "default_frame_auth")]
+    pub frame_auth: String,
 }
 
 fn default_heartbeat() -> u64 {
@@ -101,6 +105,10 @@ fn default_host() -> String {
 fn default_cores() -> String {
     "0".into()
 }
+fn default_frame_auth() -> String {
+    "mac".to_string()
+}
+
 fn default_idle() -> String {
     "hybrid".into()
 }

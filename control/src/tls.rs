@@ -20,6 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use thiserror::Error;
 
 use crate::inventory::node_name;
+use crate::node_proof::NodeProof;
 
 /// Why TLS could not be set up or a peer's identity is not what it claims.
 #[derive(Debug, Error)]
@@ -51,6 +52,9 @@ pub enum TlsError {
     /// Generating certificates failed.
     #[error("generating certificates: {0}")]
     Generate(String),
+    /// A node identity could not be proved or checked outside TLS (data connections).
+    #[error("node identity: {0}")]
+    Proof(String),
 }
 
 /// A node's TLS identity: configurations for both ends of a control connection.
@@ -60,6 +64,7 @@ pub struct TlsIdentity {
     pub node: u16,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    proof: Arc<NodeProof>,
 }
 
 impl std::fmt::Debug for TlsIdentity {
@@ -110,6 +115,7 @@ impl TlsIdentity {
         key: PrivateKeyDer<'static>,
     ) -> Result<TlsIdentity, TlsError> {
         let cfg = |e: rustls::Error| TlsError::Config(e.to_string());
+        let proof = Arc::new(NodeProof::new(&ca, chain[0].clone(), &key)?);
         let mut roots = RootCertStore::empty();
         for c in ca {
             roots.add(c).map_err(cfg)?;
@@ -134,7 +140,13 @@ impl TlsIdentity {
             node,
             server: Arc::new(server),
             client: Arc::new(client),
+            proof,
         })
+    }
+
+    /// The same certificate and key, for proving this node's identity on data connections.
+    pub fn proof(&self) -> Arc<NodeProof> {
+        self.proof.clone()
     }
 
     /// A server-side connection (the peer must present a certificate signed by the CA).

@@ -11,6 +11,7 @@
 mod acpi_topology;
 mod cli;
 mod control_glue;
+mod data_identity;
 mod guest;
 mod guest_link;
 mod guest_linux;

@@ -93,6 +93,11 @@ pub struct NodeArgs {
     /// File holding the cluster secret (at least 16 bytes; the same on every node).
     #[arg(long)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Protection of data frames after the handshake: mac (default: every frame
+    /// authenticated, AES-256-GCM as a MAC), aead (also encrypts page contents) or none.
+    /// Every node must use the same; overrides the inventory's frame_auth.
+    #[arg(long)]
+    pub frame_auth: Option<wire::FrameAuth>,
     /// Seconds to wait for every peer to connect.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,

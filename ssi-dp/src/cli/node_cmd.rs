@@ -179,12 +179,19 @@ pub fn run(a: NodeArgs) -> i32 {
     };
     let cores = s.cores.clone();
     tracing::info!(
-        "listening on {listen_addr}; layout {} (digest {}); cores {} ({}); idle {}",
+        "listening on {listen_addr}; layout {} (digest {}); cores {} ({}); idle {}; frames {}; \
+         node identity {}",
         cluster.describe(),
         cluster.digest(),
         cpulist::format(&s.cores),
         if a.no_pin { "not pinned" } else { "pinned" },
-        s.idle
+        s.idle,
+        s.frame_auth,
+        if s.identity.is_some() {
+            "by certificate"
+        } else {
+            "by cluster secret only"
+        }
     );
     let mut cfg = NodeConfig::new(cluster, s.listener, s.secret);
     cfg.cores = cores;
@@ -192,6 +199,10 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.idle = s.idle;
     cfg.transport = a.transport;
     cfg.zero_copy = a.zero_copy;
+    cfg.frame_auth = s.frame_auth;
+    cfg.identity = s.identity.clone().map(|p| {
+        Arc::new(crate::data_identity::DataIdentity(p)) as Arc<dyn wire::handshake::NodeIdentity>
+    });
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
     cfg.protocol.residency_ns = a.residency_us * 1000;
     cfg.max_address_space = max_space;

@@ -6,10 +6,12 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use control::api::{ApiAuth, AuthError};
 use control::inventory::{Inventory, InventoryError};
+use control::node_proof::NodeProof;
 use control::tls::{TlsError, TlsIdentity};
 
 use super::peer_arg::{self, PeerArg, PeerArgError};
@@ -145,6 +147,12 @@ pub enum SettingsError {
     /// A file, the memory size or a core fails the checks made before listening.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    /// Only some of the certificate flags were given.
+    #[error("give --tls-ca, --tls-cert and --tls-key together (create them with `ssi-dp certs`)")]
+    PartialTls,
+    /// The inventory's frame protection mode is invalid.
+    #[error("the inventory's [cluster] frame_auth: {0}")]
+    InventoryFrameAuth(#[source] wire::seal::FrameAuthParseError),
     /// An inventory node's idle policy is invalid.
     #[error("inventory node {id}: {source}")]
     InventoryIdle {
@@ -190,6 +198,11 @@ pub struct Settings {
     pub idle: IdlePolicy,
     /// The cluster secret.
     pub secret: Vec<u8>,
+    /// Protection of data frames.
+    pub frame_auth: wire::FrameAuth,
+    /// The node's certificate proving its id on data connections (with `--tls-*` or an
+    /// inventory).
+    pub identity: Option<Arc<NodeProof>>,
     /// The control plane, if configured.
     pub control: Option<ControlSettings>,
     /// REST API address, if any.
@@ -277,11 +290,17 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
     let secret = read_secret(secret_path)?;
     let cores = cpulist::parse(&a.cores).map_err(SettingsError::Cores)?;
     preflight(a, memory, &cores)?;
+    let tls = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(TlsIdentity::load(id, ca, cert, key)?),
+        (None, None, None) => None,
+        _ => return Err(SettingsError::PartialTls),
+    };
     let listener = data_listener(a, None)?;
+    let identity = tls.as_ref().map(TlsIdentity::proof);
     let control = match &a.control {
         None => None,
         Some(addr) => {
-            let (Some(ca), Some(cert), Some(key)) = (&a.tls_ca, &a.tls_cert, &a.tls_key) else {
+            let Some(tls) = tls else {
                 return Err(SettingsError::ControlNeedsTls);
             };
             if let Some(p) = peers.iter().find(|p| p.control.is_none()) {
@@ -290,7 +309,7 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
             Some(ControlSettings {
                 addr: addr.clone(),
                 listener: bind("control plane", addr)?,
-                tls: TlsIdentity::load(id, ca, cert, key)?,
+                tls,
                 heartbeat: Duration::from_millis(a.heartbeat_ms),
                 suspect: Duration::from_millis(a.suspect_ms),
                 dead: Duration::from_millis(a.dead_ms),
@@ -309,6 +328,8 @@ fn from_flags(a: &NodeArgs, id: u16) -> Result<Settings, SettingsError> {
         cores,
         idle: a.idle,
         secret,
+        frame_auth: a.frame_auth.unwrap_or_default(),
+        identity,
         control,
         api: a.api_addr.clone(),
         api_auth,
@@ -358,7 +379,16 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, Settin
         .idle
         .parse()
         .map_err(|source| SettingsError::InventoryIdle { id, source })?;
+    let frame_auth = match a.frame_auth {
+        Some(m) => m,
+        None => inv
+            .cluster
+            .frame_auth
+            .parse()
+            .map_err(SettingsError::InventoryFrameAuth)?,
+    };
     let tls = TlsIdentity::load(id, &inv.tls.ca, &me.cert, &me.key)?;
+    let identity = Some(tls.proof());
     let api_auth = api_auth(
         a,
         inv.cluster.api_token_file.as_deref(),
@@ -382,6 +412,8 @@ fn from_inventory(a: &NodeArgs, id: u16, path: &Path) -> Result<Settings, Settin
         cores,
         idle,
         secret,
+        frame_auth,
+        identity,
         control,
         api: a.api_addr.clone().or_else(|| me.api.clone()),
         api_auth,
