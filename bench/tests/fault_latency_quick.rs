@@ -75,11 +75,12 @@ fn hlog_of(dir: &Path, label: &str) -> PathBuf {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".hlog"))
-                // `remote-read.` must not pick `remote-read-fwd.`: the rest is the axis.
+                // `remote-read.` must not pick `remote-read-fwd.`: the rest is the axis
+                // (transport.auth.idle.hlog).
                 && p.file_name().unwrap().to_str().unwrap()[prefix.len()..]
                     .matches('.')
                     .count()
-                    == 2
+                    == 3
         })
         .collect();
     assert_eq!(found.len(), 1, "one log for {label} in {dir:?}: {found:?}");

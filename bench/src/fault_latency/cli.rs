@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use engine::idle::IdlePolicy;
 use engine::node::TransportKind;
+use wire::FrameAuth;
 
 /// Per-fault latency of the ssi-dp data plane, as the faulting thread sees it.
 #[derive(Debug, Parser)]
@@ -106,6 +107,9 @@ pub struct RunArgs {
     /// Idle policies of node 0's shard (each is an axis value): spin, hybrid[:µs], block.
     #[arg(long, value_delimiter = ',', default_value = "spin")]
     pub idle: Vec<IdlePolicy>,
+    /// Frame protection of every node (each is an axis value): none, mac, aead.
+    #[arg(long, value_delimiter = ',', default_value = "mac")]
+    pub auth: Vec<FrameAuth>,
     /// Idle policy of the helper nodes' shards (they share CPUs, so block by default).
     #[arg(long, default_value = "block")]
     pub helper_idle: IdlePolicy,
@@ -169,6 +173,9 @@ pub struct RoleArgs {
     /// Transport.
     #[arg(long)]
     pub transport: TransportKind,
+    /// Frame protection.
+    #[arg(long)]
+    pub auth: FrameAuth,
     /// Seconds to wait for the cluster to form.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,

@@ -12,6 +12,7 @@ use engine::config::{ClusterSpec, NodeSpec};
 use engine::idle::IdlePolicy;
 use engine::node::{Node, NodeConfig, NodeError, TransportKind};
 use thiserror::Error;
+use wire::FrameAuth;
 
 use super::netns::{NetNs, NetnsError};
 use super::role::{encode_cluster, hex};
@@ -64,6 +65,8 @@ pub struct ClusterOpts {
     pub memory: Vec<u64>,
     /// Transport of every node.
     pub transport: TransportKind,
+    /// Frame protection of every node.
+    pub auth: FrameAuth,
     /// Idle policy of node 0's shard.
     pub idle: IdlePolicy,
     /// Idle policy of the helpers' shards.
@@ -116,6 +119,8 @@ impl Helper {
             &idle_arg(o.helper_idle),
             "--transport",
             o.transport.as_arg(),
+            "--auth",
+            o.auth.name(),
             "--connect-timeout",
             &o.connect_timeout.to_string(),
         ])
@@ -361,6 +366,7 @@ fn start_node0(
     cfg.pin = true;
     cfg.idle = o.idle;
     cfg.transport = o.transport;
+    cfg.frame_auth = o.auth;
     cfg.connect_timeout = Duration::from_secs(o.connect_timeout);
     cfg.fault_trace = if o.trace { TRACE_RECORDS } else { 0 };
     Ok(Node::start(cfg)?)

@@ -171,6 +171,7 @@ impl Helper {
         cfg.pin = true;
         cfg.idle = self.args.idle;
         cfg.transport = self.args.transport;
+        cfg.frame_auth = self.args.auth;
         cfg.connect_timeout = Duration::from_secs(self.args.connect_timeout);
         if self.args.trace {
             cfg.fault_trace = TRACE_RECORDS;

@@ -12,6 +12,7 @@ use engine::node::TransportKind;
 use engine::pmqos::LatencyGuard;
 use engine::shard::trace::FaultTrace;
 use thiserror::Error;
+use wire::FrameAuth;
 
 use super::breakdown;
 use super::cli::RunArgs;
@@ -142,21 +143,22 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
     let mut all: Vec<ScenarioResult> = Vec::new();
     for &t in &a.transport {
         for &idle in &a.idle {
-            let point = AxisPoint {
-                transport: t,
-                idle,
-                fault_cpus: &fault_cpus,
-            };
-            match run_point(a, &plan, &point, netns.as_ref(), &progress) {
-                Ok((rows, failed)) => {
-                    if failed {
+            for &auth in &a.auth {
+                let point = AxisPoint {
+                    transport: t,
+                    idle,
+                    auth,
+                    fault_cpus: &fault_cpus,
+                };
+                match run_point(a, &plan, &point, netns.as_ref(), &progress) {
+                    Ok((rows, failed)) => {
+                        code |= i32::from(failed);
+                        all.extend(rows);
+                    }
+                    Err(e) => {
+                        eprintln!("fault-latency: {}/{auth}/{idle}: {e}", transport_name(t));
                         code = 1;
                     }
-                    all.extend(rows);
-                }
-                Err(e) => {
-                    eprintln!("fault-latency: {}/{}: {e}", transport_name(t), idle);
-                    code = 1;
                 }
             }
         }
@@ -166,7 +168,7 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
         let _ = p.join();
     }
     if let Some(path) = &a.plot {
-        let multi = a.transport.len() * a.idle.len() > 1;
+        let multi = a.transport.len() * a.idle.len() * a.auth.len() > 1;
         let series: Vec<plot::Series<'_>> = all
             .iter()
             .map(|r| plot::Series {
@@ -178,9 +180,11 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
             .transport
             .iter()
             .flat_map(|t| {
-                a.idle
-                    .iter()
-                    .map(move |i| format!("{} {i}", transport_name(*t)))
+                a.idle.iter().flat_map(move |i| {
+                    a.auth
+                        .iter()
+                        .map(move |m| format!("{}/{m} {i}", transport_name(*t)))
+                })
             })
             .collect();
         let svg = plot::svg(
@@ -218,12 +222,14 @@ fn emit(a: &RunArgs, s: &str) {
 struct AxisPoint<'a> {
     transport: TransportKind,
     idle: IdlePolicy,
+    auth: FrameAuth,
     fault_cpus: &'a [usize],
 }
 
 /// What every row of one axis point shares.
 struct PointLabels {
-    tname: &'static str,
+    /// Transport and frame protection (`uring/mac`).
+    tname: String,
     idle: String,
     placement: String,
     /// HDR log file suffix (`uring.spin`).
@@ -242,7 +248,7 @@ impl PointLabels {
             transport: if s == Scenario::Floor {
                 "plain-tcp".into()
             } else {
-                self.tname.into()
+                self.tname.clone()
             },
             idle: self.idle.clone(),
             placement: self.placement.clone(),
@@ -262,9 +268,9 @@ fn run_point(
     netns: Option<&NetNs>,
     progress: &Progress,
 ) -> Result<(Vec<ScenarioResult>, bool), RunError> {
-    let tname = transport_name(p.transport);
+    let tname = format!("{}/{}", transport_name(p.transport), p.auth);
     let labels = PointLabels {
-        tname,
+        tname: tname.clone(),
         idle: p.idle.to_string(),
         placement: format!(
             "faults cpu {}, node0 shard cpu {} ({}), helper shards cpu {} ({})",
@@ -274,7 +280,12 @@ fn run_point(
             a.placement.helper_cpu,
             a.helper_idle
         ),
-        suffix: format!("{tname}.{}", idle_arg(p.idle).replace(':', "-")),
+        suffix: format!(
+            "{}.{}.{}",
+            transport_name(p.transport),
+            p.auth,
+            idle_arg(p.idle).replace(':', "-")
+        ),
     };
     // The node holds PM QoS while its shard may spin; the floor must run under the same.
     let pm = if p.idle.spins() {
@@ -408,6 +419,7 @@ fn cluster_rows(
     let opts = ClusterOpts {
         memory: plan.memory(),
         transport: p.transport,
+        auth: p.auth,
         idle: p.idle,
         helper_idle: a.helper_idle,
         shard_cpu: a.placement.shard_cpu,
@@ -496,9 +508,10 @@ fn print_point(a: &RunArgs, p: &AxisPoint<'_>, heading: &str, rows: &[ScenarioRe
             out.push('\n');
             out.push_str(&breakdown::render(
                 &format!(
-                    "{} [{} {}]",
+                    "{} [{}/{} {}]",
                     r.scenario.label(),
                     transport_name(p.transport),
+                    p.auth,
                     p.idle
                 ),
                 b,
