@@ -115,6 +115,17 @@ pub fn sealed_frames<T: Transport>(make: impl Fn(&TransportConfig) -> T, auth: F
         "{auth}: the frame opens"
     );
     assert_eq!(body, back, "{auth}: and gives the page back");
+    // A header-only frame from the transport opens too.
+    let pong = Header::new(MsgType::Pong, SERVER);
+    let q = t.send(PEER, &pong, Payload::None, 0).expect("send pong");
+    assert_eq!(q, SendOutcome::Queued);
+    t.flush().expect("flush");
+    client.stream.read_exact(&mut hdr).expect("read header");
+    client.stream.read_exact(&mut tag).expect("read tag");
+    assert!(
+        opener.open(&hdr, &tag, &mut []),
+        "{auth}: a header-only frame opens"
+    );
 
     // 3. One bit flipped on the path: the connection goes down, unauthenticated.
     let mut bytes = sealed_frame(&mut sealer, &data_header(3), &page(3));
