@@ -304,15 +304,15 @@ fn conn(node: NodeId, a: Authenticated) -> Conn {
 }
 
 /// Opens the guest platform channel to `peer` (authenticated like a shard connection; the
-/// peer's acceptor hands it to its guest run). Retries until `timeout` while the peer is not
-/// listening yet.
+/// peer's acceptor hands it to its guest run), with the keys that seal its messages. Retries
+/// until `timeout` while the peer is not listening yet.
 pub fn dial_platform(
     cluster: &ClusterSpec,
     peer: &NodeSpec,
     shards: u16,
     creds: &Credentials,
     timeout: Duration,
-) -> Result<TcpStream, MeshError> {
+) -> Result<(TcpStream, wire::FrameKeys), MeshError> {
     let stats = Arc::new(HandshakeStats::default());
     let cfg = hs_config(cluster, 0, shards, creds, &stats)?;
     let a = dial(
@@ -322,7 +322,7 @@ pub fn dial_platform(
         PLATFORM_CHANNEL,
         Instant::now() + timeout,
     )?;
-    Ok(a.stream)
+    Ok((a.stream, a.keys))
 }
 
 /// Dials until the peer answers or the deadline passes; configuration errors end at once.

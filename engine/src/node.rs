@@ -492,12 +492,13 @@ impl Node {
     }
 
     /// Opens the guest platform channel to node `peer` (authenticated with the cluster
-    /// secret, layout digest checked), retrying until `timeout` while it is not listening.
+    /// secret, layout digest checked), retrying until `timeout` while it is not listening;
+    /// with the keys that seal its messages.
     pub fn dial_platform(
         &self,
         peer: u16,
         timeout: Duration,
-    ) -> Result<std::net::TcpStream, NodeError> {
+    ) -> Result<(std::net::TcpStream, wire::FrameKeys), NodeError> {
         let cluster = self.cluster();
         let spec = cluster
             .nodes

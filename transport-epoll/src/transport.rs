@@ -14,7 +14,7 @@ use wire::ratelimit::LogLimiter;
 use wire::region::PageRegion;
 use wire::slotset::SlotSet;
 use wire::sock::{errno_of, prepare_stream};
-use wire::txq::{SegKind, Segment, TxPayload};
+use wire::txq::{SegKind, Segment};
 use wire::{
     DownReason, Event, FrameKeys, Header, NodeId, Parsed, Payload, PeerId, RxBuf, RxSlots,
     SendOutcome, Transport, TransportConfig, TransportError, TransportStats, PAGE_SIZE,
@@ -258,17 +258,8 @@ impl EpollTransport {
     fn retire_sent<F: FnMut(Event)>(&mut self, out: &mut F) {
         while let Some(slot) = self.done.pop() {
             let p = &mut self.peers[slot as usize];
-            while let Some(d) = p.conn.txq.pop_done() {
+            while p.conn.retire_one(out).is_some() {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
-                if let TxPayload::Copy { slot: c, .. } = d.payload {
-                    p.conn.copy_free.push(c);
-                }
-                if d.payload.owes_send_done() {
-                    out(Event::SendDone {
-                        peer: p.conn.id,
-                        token: d.token,
-                    });
-                }
             }
         }
     }

@@ -462,18 +462,9 @@ impl UringTransport {
         let mut n = 0;
         while let Some(slot) = self.done.pop() {
             let p = &mut self.peers[slot as usize];
-            while let Some(d) = p.conn.txq.pop_done() {
+            while let Some(event) = p.conn.retire_one(out) {
                 bump(&self.stats.per_slot[slot as usize].tx_frames);
-                if let TxPayload::Copy { slot: c, .. } = d.payload {
-                    p.conn.copy_free.push(c);
-                }
-                if d.payload.owes_send_done() {
-                    out(Event::SendDone {
-                        peer: p.conn.id,
-                        token: d.token,
-                    });
-                    n += 1;
-                }
+                n += usize::from(event);
             }
         }
         n

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use crate::counters::TransportStats;
 use crate::region::PageRegion;
 use crate::slots::RxSlots;
-use crate::txq::{queue_frame, CopySlots, TxQueue};
+use crate::txq::{queue_frame, CopySlots, TxPayload, TxQueue};
 use crate::{
     DownReason, Event, FrameKeys, FrameParser, Header, NodeId, Payload, PeerId, PeerMap,
     SendOutcome, TransportError,
@@ -107,6 +107,24 @@ impl Conn {
             region,
         };
         queue_frame(&mut self.txq, copy, stats, header, payload, token)
+    }
+
+    /// Retires the oldest frame if the kernel is done with it: its copy slot goes back to the
+    /// connection, and a page's sender gets `SendDone`. Returns `None` when no frame is done,
+    /// else whether an event was emitted.
+    pub fn retire_one<F: FnMut(Event)>(&mut self, out: &mut F) -> Option<bool> {
+        let d = self.txq.pop_done()?;
+        if let TxPayload::Copy { slot, .. } = d.payload {
+            self.copy_free.push(slot);
+        }
+        if !d.payload.owes_send_done() {
+            return Some(false);
+        }
+        out(Event::SendDone {
+            peer: self.id,
+            token: d.token,
+        });
+        Some(true)
     }
 
     /// Frees the slot's connection state once the transport has let go of the socket: the
