@@ -132,5 +132,6 @@ fn one_nodes_certificate_cannot_claim_another_id() {
         out0.contains("node 1 did not prove its identity"),
         "the refusal must be logged with its reason:\n{out0}"
     );
+    // Best effort: a scratch directory left behind is harmless.
     let _ = std::fs::remove_dir_all(&dir);
 }
