@@ -138,6 +138,13 @@ msg_types! {
     Ping = 32, Empty, 0;
     /// Answer to [`MsgType::Ping`].
     Pong = 33, Empty, 0;
+    /// Session: `arg` = how many protocol frames (codes 1–16) the sender has received on
+    /// this session so far; the receiver may forget its copies of them.
+    Ack = 34, Empty, 0;
+    /// Session: the first frame on every connection. `txn` = the sender's incarnation (fixed
+    /// for the life of its process), `arg` = protocol frames it received on this session so
+    /// far; the receiver resends from there.
+    Resume = 35, Empty, 0;
 }
 
 /// Why a header (or frame) was rejected. Any of these closes the connection.
@@ -448,6 +455,6 @@ mod tests {
             assert_eq!(MsgType::from_code(t as u8), Some(t));
         }
         assert_eq!(MsgType::from_code(0), None);
-        assert_eq!(MsgType::from_code(34), None);
+        assert_eq!(MsgType::from_code(36), None);
     }
 }
