@@ -43,6 +43,7 @@ pub mod mesh;
 pub mod node;
 pub mod node_state;
 pub mod pmqos;
+pub mod redial;
 pub mod region;
 pub mod shard;
 #[cfg(test)]

@@ -7,9 +7,11 @@
 //! the server side of every handshake at once, non-blocking, in a bounded pool
 //! ([`wire::handshake::AcceptPool`]: silent and trickling sockets expire, the peers'
 //! addresses are preferred, a new dialler is never turned away), and hands authenticated
-//! connections to the setup, or — once the mesh is complete — refuses and counts them
-//! (rejoining is not supported in this version). Refusals of every kind are counted in
-//! [`HandshakeStats`].
+//! connections to the setup, or — once the mesh is complete — to the shard they are for
+//! (a member whose connection broke dials again, and the shard's session resumes on the new
+//! one; see [`crate::shard::session`]). Connections from nodes declared dead are refused
+//! and counted (a node that restarts must rejoin as a new node). Refusals of every kind are
+//! counted in [`HandshakeStats`].
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -28,6 +30,9 @@ use wire::ratelimit::LogLimiter;
 use wire::FrameAuth;
 
 use crate::config::{ClusterSpec, NodeSpec};
+use crate::doorbell::Doorbell;
+use crate::node_state::NodeState;
+use crate::shard::mailbox::{Command, Mailbox};
 use crate::shard::Conn;
 use coherence::NodeId;
 
@@ -35,6 +40,8 @@ use coherence::NodeId;
 const DIAL_RETRY: Duration = Duration::from_millis(50);
 /// Deadline of one handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Commands a shard's mailbox may hold before a new connection for it is refused.
+const MAILBOX_LIMIT: usize = 256;
 
 /// Why the mesh could not be formed.
 #[derive(Debug, Error)]
@@ -111,9 +118,30 @@ pub struct Acceptor {
     pub stats: Arc<HandshakeStats>,
     /// Connections from known nodes refused after the mesh formed.
     pub late_refused: Arc<AtomicUsize>,
+    late: LateRoute,
 }
 
+/// Where connections that arrive after formation go: each to its shard, whose session
+/// resumes on it.
+#[derive(Debug)]
+pub struct LateSink {
+    /// Every local shard's mailbox.
+    pub mailboxes: Vec<Arc<Mailbox>>,
+    /// Every local shard's doorbell (rung after posting).
+    pub doorbells: Arc<[Doorbell]>,
+    /// Which nodes are dead.
+    pub state: Arc<NodeState>,
+}
+
+type LateRoute = Arc<Mutex<Option<LateSink>>>;
+
 impl Acceptor {
+    /// From now on, connections from members go to their shard (until this is called they
+    /// are refused: no shard runs yet).
+    pub fn route_late(&self, sink: LateSink) {
+        *self.late.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
     /// Stops the acceptor thread.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -152,7 +180,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// Handshake configuration for node `me` speaking as local shard `shard`.
-fn hs_config(
+pub(crate) fn hs_config(
     cluster: &ClusterSpec,
     shard: u16,
     shards: u16,
@@ -190,6 +218,7 @@ pub fn establish(
     let stop = Arc::new(AtomicBool::new(false));
     let late_refused = Arc::new(AtomicUsize::new(0));
     let platform: PlatformSink = Arc::default();
+    let late: LateRoute = Arc::default();
     // Connections from the peers' addresses are preferred over unknown ones.
     let expected = cluster
         .nodes
@@ -206,6 +235,7 @@ pub fn establish(
             setup_done: setup_done.clone(),
             late: late_refused.clone(),
             platform: platform.clone(),
+            sink: late.clone(),
         },
         stop.clone(),
     )?;
@@ -215,6 +245,7 @@ pub fn establish(
         platform,
         stats: stats.clone(),
         late_refused,
+        late,
     };
 
     let deadline = Instant::now() + timeout;
@@ -293,7 +324,8 @@ pub fn dial_node(
     )
 }
 
-fn conn(node: NodeId, a: Authenticated) -> Conn {
+/// The shard's view of an authenticated connection to `node`.
+pub(crate) fn conn(node: NodeId, a: Authenticated) -> Conn {
     Conn {
         node,
         peer_shard: a.peer_shard,
@@ -432,6 +464,8 @@ struct Routes {
     late: Arc<AtomicUsize>,
     /// Guest platform channels.
     platform: PlatformSink,
+    /// Connections after formation.
+    sink: LateRoute,
 }
 
 fn spawn_acceptor(
@@ -484,6 +518,7 @@ fn route(a: Authenticated, routes: &Routes) -> Option<String> {
         setup_done,
         late,
         platform,
+        sink,
     } = routes;
     if a.local_shard == PLATFORM_CHANNEL {
         let node = a.peer_node;
@@ -499,15 +534,49 @@ fn route(a: Authenticated, routes: &Routes) -> Option<String> {
         };
     }
     if setup_done.load(Ordering::SeqCst) {
-        late.fetch_add(1, Ordering::SeqCst);
-        return Some(format!(
-            "refusing node {}: the cluster is already formed (a node that restarts \
-             must rejoin as a new cluster in this version)",
-            a.peer_node
-        ));
+        let refused = match sink.lock() {
+            Ok(s) => match s.as_ref() {
+                Some(s) => to_shard(a, s),
+                None => Some("no shard runs yet".to_string()),
+            },
+            Err(_) => Some("the node is stopping".to_string()),
+        };
+        if let Some(why) = &refused {
+            late.fetch_add(1, Ordering::SeqCst);
+            return Some(why.clone());
+        }
+        return None;
     }
     // The receiver is gone only once the mesh is set up (then `setup_done` is set).
     let _ = tx.send(Ok(a));
+    None
+}
+
+/// Hands a member's connection, after formation, to the shard it is for; returns why not.
+fn to_shard(a: Authenticated, s: &LateSink) -> Option<String> {
+    let node = a.peer_node;
+    if s.state.dead() & (1u64 << node) != 0 {
+        return Some(format!(
+            "refusing node {node}: the cluster declared it dead (a node that restarts must \
+             rejoin as a new node)"
+        ));
+    }
+    let i = usize::from(a.local_shard);
+    if i >= s.mailboxes.len() {
+        return Some(format!(
+            "refusing node {node}: it asks for shard {i}; this node runs {}",
+            s.mailboxes.len()
+        ));
+    }
+    let Ok(id) = NodeId::new(node) else {
+        return Some(format!("refusing node {node}: not a node id"));
+    };
+    if !s.mailboxes[i].post_bounded(Command::AddConns(vec![conn(id, a)]), MAILBOX_LIMIT) {
+        return Some(format!(
+            "refusing node {node}'s connection: shard {i} has not taken earlier ones yet"
+        ));
+    }
+    s.doorbells[i].kick();
     None
 }
 

@@ -17,9 +17,10 @@ use crate::doorbell::Doorbell;
 use crate::host_area::HostArea;
 use crate::idle::IdlePolicy;
 use crate::measure::{self, Figures};
-use crate::mesh::{self, Acceptor, Credentials, MeshError};
+use crate::mesh::{self, Acceptor, Credentials, LateSink, MeshError};
 use crate::node_state::NodeState;
 use crate::pmqos::LatencyGuard;
+use crate::redial::{RedialSetup, RedialTx, Redialer};
 use crate::region::{Region, RegionError};
 use crate::shard::mailbox::{Command, Mailbox, PageState};
 use crate::shard::route::ShardMsg;
@@ -161,11 +162,27 @@ pub struct NodeConfig {
     /// A shard that finishes no loop turn for this long while not asleep is named in the log
     /// (see [`crate::watchdog`]); zero turns the watchdog off.
     pub stall_after: Duration,
+    /// How long a connection between two live shards may stay broken (reset, link down)
+    /// before the peer node is declared dead; meanwhile this node dials again (or waits for
+    /// the peer to) and the session resumes without losing a frame (see
+    /// [`crate::shard::session`]). Zero: a broken connection is the node's death at once.
+    pub resume_window: Duration,
 }
+
+/// Default for [`NodeConfig::resume_window`]: the control plane's default failure timeout
+/// (`--dead-ms`), so both declare a silent node dead after the same time.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_millis(1500);
 
 /// Default for [`NodeConfig::stall_after`]: far above any turn (microseconds) and any
 /// scheduling delay of a busy host, short enough to be seen while the stall lasts.
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// Frames each session keeps until its peer acknowledges them (acknowledgements come every
+/// 64 frames and at every idle turn; a peer's requests are bounded by its protocol records).
+const SESSION_WINDOW: usize = 4096;
+/// Page copies over all sessions of a shard (16 MiB of address space; only what is used is
+/// backed by memory).
+const SESSION_PAGES: usize = 4096;
 
 /// Most pages traced at once.
 pub const MAX_TRACED_PAGES: usize = 16;
@@ -197,6 +214,7 @@ impl NodeConfig {
             fault_trace: 0,
             prefetch: 0,
             stall_after: DEFAULT_STALL_AFTER,
+            resume_window: DEFAULT_RESUME_WINDOW,
         }
     }
 }
@@ -205,7 +223,7 @@ impl NodeConfig {
 #[derive(Debug)]
 pub struct Node {
     me: u16,
-    cluster: Mutex<ClusterSpec>,
+    cluster: Arc<Mutex<ClusterSpec>>,
     layout: Mutex<Arc<Layout>>,
     mailboxes: Vec<Arc<Mailbox>>,
     creds: Credentials,
@@ -216,6 +234,7 @@ pub struct Node {
     threads: Vec<JoinHandle<()>>,
     doorbells: Arc<[Doorbell]>,
     acceptor: Acceptor,
+    redialer: Option<Redialer>,
     transport_line: String,
     transport_stats: Vec<Arc<wire::TransportStats>>,
     figures: Option<Figures>,
@@ -306,9 +325,26 @@ impl Node {
             traced: &cfg.trace_pages,
         };
         let rings = inbox.drain(..).zip(outbox.drain(..));
-        let setups = common.setups(mesh.conns, rings, &traces)?;
+        let mut setups = common.setups(mesh.conns, rings, &traces)?;
         let stats: Vec<_> = setups.iter().map(|s| s.stats.clone()).collect();
         let mailboxes: Vec<_> = setups.iter().map(|s| s.mailbox.clone()).collect();
+        let cluster = Arc::new(Mutex::new(cfg.cluster));
+        let (redialer, redial) = Redialer::start(RedialSetup {
+            cluster: cluster.clone(),
+            creds: creds.clone(),
+            shards: shards as u16,
+            mailboxes: mailboxes.clone(),
+            doorbells: doorbells.clone(),
+            state: state.clone(),
+        })
+        .map_err(|e| NodeError::Shard {
+            shard: 0,
+            why: format!("cannot start the redial thread: {e}"),
+        })?;
+        for s in &mut setups {
+            s.redial = Some(redial.clone());
+            s.resume_window = cfg.resume_window;
+        }
         let placement = Placement {
             cores: &cfg.cores,
             pin: cfg.pin,
@@ -316,9 +352,15 @@ impl Node {
             tcfg: &tcfg,
         };
         let (threads, ready_rx) = placement.spawn(setups, &state, &doorbells)?;
+        // Connections that arrive from now on go to their shard's session.
+        mesh.acceptor.route_late(LateSink {
+            mailboxes: mailboxes.clone(),
+            doorbells: doorbells.clone(),
+            state: state.clone(),
+        });
         let mut node = Node {
-            me: cfg.cluster.me,
-            cluster: Mutex::new(cfg.cluster),
+            me: me.get(),
+            cluster,
             layout: Mutex::new(Arc::new(layout)),
             mailboxes,
             creds,
@@ -329,6 +371,7 @@ impl Node {
             threads,
             doorbells,
             acceptor: mesh.acceptor,
+            redialer: Some(redialer),
             transport_line,
             transport_stats: Vec::new(),
             figures: None,
@@ -599,6 +642,9 @@ impl Node {
             let _ = t.join();
         }
         self.acceptor.stop();
+        if let Some(mut r) = self.redialer.take() {
+            r.stop();
+        }
     }
 
     /// Stops the shards and the acceptor. Peers see this node's connections close.
@@ -633,6 +679,8 @@ struct PartialSetup {
     mailbox: Arc<Mailbox>,
     traced: Vec<u64>,
     trace: Option<TraceRings>,
+    resume_window: Duration,
+    redial: Option<RedialTx>,
 }
 
 /// What a shard thread reports once it runs: its transport's counters, or why it could not
@@ -762,6 +810,8 @@ impl ShardCommon<'_> {
             mailbox: Arc::new(Mailbox::default()),
             traced: self.traced.iter().copied().take(MAX_TRACED_PAGES).collect(),
             trace,
+            resume_window: DEFAULT_RESUME_WINDOW,
+            redial: None,
         })
     }
 }
@@ -916,7 +966,9 @@ fn run_shard<T: Transport>(
         stats: s.stats,
         state: s.state,
         idle: s.idle,
-        backlog: (4096, 1024),
+        sessions: (SESSION_WINDOW, SESSION_PAGES),
+        resume_window: s.resume_window,
+        redial: s.redial,
         retry_limit: s.retry_limit,
         mailbox: s.mailbox,
         traced: s.traced,

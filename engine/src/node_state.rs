@@ -60,6 +60,7 @@ pub struct NodeState {
     evict_done: Box<[AtomicU64]>,
     running: AtomicU32,
     prefetch: AtomicU32,
+    incarnation: u64,
 }
 
 /// Most pages one sequential-prefetch trigger covers (the faulting page included).
@@ -79,7 +80,14 @@ impl NodeState {
             evict_done: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             running: AtomicU32::new(0),
             prefetch: AtomicU32::new(0),
+            incarnation: new_incarnation(),
         }
+    }
+
+    /// This node's incarnation: random, fixed for the life of the process. Peers resume a
+    /// session only with the incarnation they first saw (a restarted node is another one).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Sets the sequential-prefetch depth: a read miss that continues a run of this shard's
@@ -197,6 +205,23 @@ impl NodeState {
     pub fn running(&self) -> u32 {
         self.running.load(SeqCst)
     }
+}
+
+/// A random 64-bit incarnation (never 0). It only has to differ between two runs of a node,
+/// not be secret: without `getrandom` the clock and the process id stand in.
+fn new_incarnation() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let v = if n == 8 {
+        u64::from_le_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ (u64::from(std::process::id()) << 32)
+    };
+    v.max(1)
 }
 
 #[cfg(test)]

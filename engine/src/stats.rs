@@ -171,8 +171,16 @@ pub struct ShardStats {
     pub bytes_sent: AtomicU64,
     /// Page payload bytes received.
     pub bytes_received: AtomicU64,
-    /// Sends parked because the transport answered backpressure.
+    /// Sends kept for later: the transport answered backpressure, or the session was
+    /// without a working connection.
     pub sends_backlogged: AtomicU64,
+    /// Connections to peer shards lost while their node was alive (a reset, a close, a frame
+    /// that failed authentication).
+    pub links_lost: AtomicU64,
+    /// Sessions resumed on a new connection.
+    pub links_restored: AtomicU64,
+    /// Frames sent again after a resume (the peer had not received them).
+    pub frames_resent: AtomicU64,
     /// Pages installed with data from a message.
     pub installs_data: AtomicU64,
     /// Pages installed as zero.

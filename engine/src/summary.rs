@@ -71,6 +71,15 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
         sum(stats, |x| &x.violations),
         sum(stats, |x| &x.proto.prefetches),
     );
+    let lost = sum(stats, |x| &x.links_lost);
+    if lost > 0 {
+        let _ = writeln!(
+            s,
+            "  connections lost {lost} / restored {}, frames sent again {}",
+            sum(stats, |x| &x.links_restored),
+            sum(stats, |x| &x.frames_resent),
+        );
+    }
     let busy = sum(stats, |x| &x.busy_turns);
     let idle = sum(stats, |x| &x.idle_turns);
     let _ = write!(

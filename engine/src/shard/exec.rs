@@ -1,15 +1,16 @@
 //! Carrying out the protocol machine's actions on this node: installs through the
 //! userfaultfd, write-protect and drop of local copies, wake-ups, and sends through the
-//! transport (parking frames the transport refuses with backpressure).
+//! peer's session (which keeps every frame until the peer acknowledges it, and frames the
+//! transport refuses with backpressure until it has room).
 
 use std::sync::Arc;
 
 use uffd_poller::{CopyMode, FillOutcome, OpError, UnprotectMode, WpOutcome, ZeropageMode};
 use wire::ratelimit::LogLimiter;
-use wire::{Header, MsgType, Payload, PeerId, RxBuf, SendOutcome, Transport, TransportError};
+use wire::{MsgType, RxBuf, Transport};
 
-use super::backlog::Backlog;
 use super::route::PeerShards;
+use super::session::{SendError, Sessions};
 use super::trace::Tracer;
 use crate::clock::Clock;
 use crate::node_state::{NodeState, StopReason};
@@ -25,7 +26,7 @@ const IOCTL_RETRIES: u32 = 10_000;
 /// What the actions of one step asked of the shard beyond what `Io` did itself.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Aftermath {
-    /// Nodes whose connection refused a send (going down): declare them down.
+    /// Nodes whose session could not take a send: declare them down.
     pub down: NodeSet,
     /// The protocol stopped (a home died, or the instance overflowed).
     pub fatal: Option<coherence::FatalReason>,
@@ -37,7 +38,7 @@ pub struct Io<T: Transport> {
     pub(crate) transport: T,
     pub(crate) region: Arc<Region>,
     pub(crate) stats: Arc<ShardStats>,
-    pub(crate) backlog: Backlog,
+    pub(crate) sessions: Sessions,
     pub(crate) peers: PeerShards,
     pub(crate) layout: Layout,
     pub(crate) log: LogLimiter,
@@ -268,52 +269,21 @@ impl<T: Transport> Io<T> {
         }
         bump(&self.stats.msgs_sent);
         add(&self.stats.bytes_sent, u64::from(h.payload_len));
-        let queued = if !self.backlog.is_empty() && self.backlog.holds(peer) {
-            // Frames already parked for this peer go first: keep the connection's order.
-            Ok(false)
-        } else {
-            send_one(&mut self.transport, peer, &h, payload)
-        };
-        match queued {
+        match self.sessions.send(&mut self.transport, peer, &h, payload) {
             Ok(true) => {}
-            Ok(false) => {
-                bump(&self.stats.sends_backlogged);
-                if self.backlog.park(peer, h, payload).is_err() {
-                    // Limits are sized so this cannot happen with a healthy peer; a peer that
-                    // stops reading for this long is treated as failed rather than queued
-                    // without bound.
-                    self.log.warn(format_args!(
-                        "send backlog full ({} frames) towards node {to}: treating it as failed",
-                        self.backlog.len()
-                    ));
-                    after.down.insert(to);
-                }
+            Ok(false) => bump(&self.stats.sends_backlogged),
+            Err(SendError::NoSession) => {
+                after.down.insert(to);
             }
             Err(e) => {
-                self.log.warn(format_args!("send to node {to} failed: {e}"));
+                // Limits are sized so this cannot happen with a healthy peer; one that does not
+                // acknowledge for this long is treated as failed rather than queued without
+                // bound.
+                self.log.warn(format_args!(
+                    "send to node {to}: {e}; treating it as failed"
+                ));
                 after.down.insert(to);
             }
         }
     }
-
-    /// Offers parked frames to the transport again; returns how many left.
-    pub fn drain_backlog(&mut self) -> usize {
-        if self.backlog.is_empty() {
-            return 0;
-        }
-        let t = &mut self.transport;
-        self.backlog
-            .drain(|peer, h, p| matches!(send_one(t, peer, h, p), Ok(true)))
-    }
-}
-
-/// One send; `Ok(false)` on backpressure.
-fn send_one<T: Transport>(
-    t: &mut T,
-    peer: PeerId,
-    h: &Header,
-    payload: Option<&[u8]>,
-) -> Result<bool, TransportError> {
-    let p = payload.map_or(Payload::None, Payload::Copy);
-    Ok(t.send(peer, h, p, 0)? == SendOutcome::Queued)
 }

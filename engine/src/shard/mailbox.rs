@@ -40,7 +40,8 @@ pub struct PageState {
 pub enum Command {
     /// Switch to a grown layout (a node joined).
     Extend(Layout),
-    /// Take over these connections (to a node that joined).
+    /// Take over these connections (to a node that joined, or new connections for sessions
+    /// whose connection broke).
     AddConns(Vec<Conn>),
     /// Report the state of a page this shard owns.
     QueryPage(u64, Sender<PageState>),
@@ -63,6 +64,18 @@ impl Mailbox {
         let ticket = self.posted.fetch_add(1, Ordering::SeqCst) + 1;
         self.pending.store(true, Ordering::SeqCst);
         ticket
+    }
+
+    /// Posts a command unless `limit` commands already wait; returns whether it was posted.
+    pub fn post_bounded(&self, c: Command, limit: usize) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= limit {
+            return false;
+        }
+        q.push(c);
+        self.posted.fetch_add(1, Ordering::SeqCst);
+        self.pending.store(true, Ordering::SeqCst);
+        true
     }
 
     /// Shard side: whether commands wait (one relaxed load).

@@ -9,11 +9,11 @@
 //! userfaultfd and the doorbell watched, as the idle policy says. Nothing on this path
 //! allocates, locks or queues without a bound.
 
-pub mod backlog;
 pub mod codec;
 pub mod exec;
 pub mod mailbox;
 pub mod route;
+pub mod session;
 pub mod trace;
 
 use std::collections::VecDeque;
@@ -23,17 +23,18 @@ use std::time::Duration;
 
 use uffd_poller::{Event as UffdEvent, EventBuf, FaultFlags};
 use wire::ratelimit::LogLimiter;
-use wire::{DownReason, Event, FrameKeys, MsgType, RxBuf, Transport};
+use wire::{DownReason, Event, FrameError, FrameKeys, Header, MsgType, PeerId, RxBuf, Transport};
 
-use self::backlog::Backlog;
 use self::exec::{Aftermath, Io};
 use self::mailbox::{Command, DirView, Mailbox, PageState};
 use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
+use self::session::{ResumeError, SessionError, Sessions, ACK_DELAY_NS};
 use self::trace::{TraceRings, Tracer};
 use crate::clock::now_ns;
 use crate::doorbell::Doorbell;
 use crate::idle::IdlePolicy;
 use crate::node_state::NodeState;
+use crate::redial::{RedialTx, Request};
 use crate::region::Region;
 use crate::spsc::{Consumer, Producer};
 use crate::stats::{bump, FaultKind, ShardStats};
@@ -56,6 +57,9 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 const EVICT_BUDGET: usize = 256;
 /// Busy turns between publications of the protocol counters.
 const PUBLISH_EVERY: u32 = 1024;
+/// Longest sleep while a session waits for a connection (bounds how late its window is
+/// noticed).
+const DOWN_CHECK: Duration = Duration::from_millis(10);
 
 /// An authenticated connection for this shard.
 #[derive(Debug)]
@@ -100,8 +104,15 @@ pub struct ShardSetup<T: Transport> {
     pub state: Arc<NodeState>,
     /// What to do when idle.
     pub idle: IdlePolicy,
-    /// Frames that may wait for transport room, and how many of them may carry a page.
-    pub backlog: (usize, usize),
+    /// Frames each session keeps until its peer acknowledges them, and page copies over all
+    /// sessions (see [`session`]).
+    pub sessions: (usize, usize),
+    /// How long a session may be without a working connection before its node is declared
+    /// dead; zero: at once, as in a cluster without resumable sessions.
+    pub resume_window: Duration,
+    /// Where to ask for a new connection when one to a higher-numbered node breaks (`None`:
+    /// nobody dials; the engine simulator reconnects by itself).
+    pub redial: Option<RedialTx>,
     /// Faults that may wait for a free protocol record.
     pub retry_limit: usize,
     /// Commands from the control side.
@@ -141,6 +152,8 @@ pub struct Shard<T: Transport> {
     state: Arc<NodeState>,
     idle: IdlePolicy,
     down: NodeSet,
+    resume_window_ns: u64,
+    redial: Option<RedialTx>,
     evict_gen: u64,
     evict_cursor: Option<u64>,
     mailbox: Arc<Mailbox>,
@@ -164,20 +177,11 @@ impl<T: Transport> Shard<T> {
     pub fn new(s: ShardSetup<T>) -> Result<Self, wire::TransportError> {
         let me = s.machine.node();
         let mut transport = s.transport;
-        let mut peers = PeerShards::default();
-        for c in s.conns {
-            peers.set(c.node, c.peer_shard_count);
-            transport.add_peer(
-                peer_id(c.node, c.peer_shard),
-                c.stream,
-                Some(c.node.get()),
-                &c.keys,
-            )?;
-        }
         transport.watch_fd(s.region.uffd().as_raw_fd(), TOKEN_UFFD)?;
         transport.watch_fd(s.doorbells[s.index as usize].fd(), TOKEN_DOORBELL)?;
         let actions = s.machine.new_actions();
-        Ok(Self {
+        let sessions = Sessions::new(me, s.state.incarnation(), s.sessions.0, s.sessions.1);
+        let mut shard = Self {
             index: s.index,
             count: s.count,
             me,
@@ -188,8 +192,8 @@ impl<T: Transport> Shard<T> {
                 transport,
                 region: s.region,
                 stats: s.stats,
-                backlog: Backlog::new(s.backlog.0, s.backlog.1),
-                peers,
+                sessions,
+                peers: PeerShards::default(),
                 layout: s.layout,
                 log: LogLimiter::new(10, 2),
                 state: s.state.clone(),
@@ -206,13 +210,36 @@ impl<T: Transport> Shard<T> {
             state: s.state,
             idle: s.idle,
             down: NodeSet::default(),
+            resume_window_ns: s.resume_window.as_nanos().min(u128::from(u64::MAX)) as u64,
+            redial: s.redial,
             evict_gen: 0,
             evict_cursor: None,
             mailbox: s.mailbox,
             turns_since_publish: 0,
             traced: s.traced,
             last_miss: u64::MAX,
-        })
+        };
+        for c in s.conns {
+            let peer = peer_id(c.node, c.peer_shard);
+            shard.open_sessions(c.node, c.peer_shard_count);
+            shard
+                .io
+                .transport
+                .add_peer(peer, c.stream, Some(c.node.get()), &c.keys)?;
+            let now = shard.io.clock.now();
+            shard
+                .io
+                .sessions
+                .attach(&mut shard.io.transport, peer, now)?;
+        }
+        Ok(shard)
+    }
+
+    /// Creates the sessions with `node`'s shards (when new) and routes its pages to them.
+    fn open_sessions(&mut self, node: NodeId, shards: u16) {
+        let now = self.io.clock.now();
+        self.io.sessions.open(node, shards, now);
+        self.io.peers.set(node, shards);
     }
 
     /// Runs the loop until the node stops.
@@ -279,10 +306,53 @@ impl<T: Transport> Shard<T> {
         self.state.fatal()
     }
 
-    /// See [`Shard::sim_fault`].
+    /// See [`Shard::sim_fault`]: `node` (one shard) is reachable through the simulated
+    /// transport, on a new connection (the first, or one after a break): the session
+    /// resumes on it.
     #[cfg(test)]
-    pub(crate) fn sim_peer(&mut self, node: NodeId, shards: u16) {
-        self.io.peers.set(node, shards);
+    pub(crate) fn sim_peer(&mut self, node: NodeId) {
+        self.open_sessions(node, 1);
+        let now = self.io.clock.now();
+        let peer = peer_id(node, 0);
+        if let Err(e) = self.io.sessions.attach(&mut self.io.transport, peer, now) {
+            panic!("the simulated connection to node {node} refused its first frame: {e}");
+        }
+    }
+
+    /// See [`Shard::sim_fault`]: the transport, to connect it again.
+    #[cfg(test)]
+    pub(crate) fn sim_transport(&mut self) -> &mut T {
+        &mut self.io.transport
+    }
+
+    /// See [`Shard::sim_fault`]: sessions resumed on a new connection so far.
+    #[cfg(test)]
+    pub(crate) fn sim_restored(&self) -> u64 {
+        self.io.sessions.counts().restored
+    }
+
+    /// See [`Shard::sim_fault`]: whether the session with `node` waits for a connection.
+    #[cfg(test)]
+    pub(crate) fn sim_detached(&self, node: NodeId) -> bool {
+        !self.down.contains(node) && !self.io.sessions.is_attached(peer_id(node, 0))
+    }
+
+    /// See [`Shard::sim_fault`]: the next time this shard has something to do by the clock
+    /// (a protocol timer, an acknowledgement, a session's window running out).
+    #[cfg(test)]
+    pub(crate) fn sim_next_deadline(&self) -> Option<u64> {
+        let now = self.io.clock.now();
+        [
+            self.machine.next_deadline(),
+            self.io.sessions.next_ack_due(),
+            self.io
+                .sessions
+                .any_down()
+                .then(|| now + self.resume_window_ns / 4),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// See [`Shard::sim_fault`]: whether a fault on `page` waits in this shard's retry list
@@ -315,18 +385,7 @@ impl<T: Transport> Shard<T> {
                 },
                 Command::AddConns(conns) => {
                     for c in conns {
-                        self.io.peers.set(c.node, c.peer_shard_count);
-                        let id = peer_id(c.node, c.peer_shard);
-                        if let Err(e) =
-                            self.io
-                                .transport
-                                .add_peer(id, c.stream, Some(c.node.get()), &c.keys)
-                        {
-                            self.io.log.warn(format_args!(
-                                "cannot add the connection to node {}: {e}",
-                                c.node
-                            ));
-                        }
+                        self.take_conn(c);
                     }
                 }
                 Command::QueryPage(page, reply) => {
@@ -366,13 +425,14 @@ impl<T: Transport> Shard<T> {
         if self.state.dead() & !self.down.bits() != 0 {
             self.sync_dead();
         }
-        let mut work = self.io.drain_backlog();
+        let mut work = self.pump();
         work += self.poll_transport();
         work += self.read_faults();
         work += self.drain_inbox();
         work += self.retry_faults();
         work += self.run_timers();
         work += self.evict_scan();
+        work += self.sessions_turn();
         if let Err(e) = self.io.transport.flush() {
             self.io
                 .log
@@ -390,10 +450,18 @@ impl<T: Transport> Shard<T> {
             my_bell.awake();
             return;
         }
-        let timeout = match self.machine.next_deadline() {
+        let mut timeout = match self.machine.next_deadline() {
             Some(d) => Duration::from_nanos(d.saturating_sub(self.io.clock.now())).min(MAX_SLEEP),
             None => MAX_SLEEP,
         };
+        if self.io.sessions.any_down() {
+            // A session's window can run out while the shard sleeps.
+            timeout = timeout.min(DOWN_CHECK);
+        }
+        if let Some(due) = self.io.sessions.next_ack_due() {
+            let left = due.saturating_sub(self.io.clock.now());
+            timeout = timeout.min(Duration::from_nanos(left));
+        }
         bump(&self.io.stats.sleeps);
         if let Err(e) = self.io.transport.wait(Some(timeout)) {
             self.io.log.warn(format_args!("transport wait failed: {e}"));
@@ -508,25 +576,12 @@ impl<T: Transport> Shard<T> {
                 header,
                 payload,
             } => {
-                bump(&self.io.stats.msgs_received);
-                crate::stats::add(&self.io.stats.bytes_received, u64::from(header.payload_len));
-                let node = NodeId::new(peer_node(peer)).expect("peer ids carry valid node ids");
-                self.on_frame(node, header, payload.as_ref());
+                self.on_received(peer, header, payload.as_ref());
                 if let Some(buf) = payload {
                     self.io.transport.release(buf);
                 }
             }
-            Event::PeerDown { peer, reason } => {
-                let node = peer_node(peer);
-                self.io.backlog.forget(|p| p == peer);
-                if let Ok(n) = NodeId::new(node) {
-                    let why = match reason {
-                        DownReason::Local => return,
-                        r => r.to_string(),
-                    };
-                    self.node_down(n, &why);
-                }
-            }
+            Event::PeerDown { peer, reason } => self.on_peer_down(peer, reason),
             Event::SendDone { .. } => {}
             Event::FdReady { token } => {
                 if token == TOKEN_DOORBELL {
@@ -536,10 +591,248 @@ impl<T: Transport> Shard<T> {
         }
     }
 
-    fn on_frame(&mut self, from: NodeId, h: wire::Header, payload: Option<&RxBuf>) {
-        if matches!(h.ty, MsgType::Ping | MsgType::Pong) {
+    /// A frame from `peer`: session frames are the session's, protocol frames count in it
+    /// before the protocol sees them.
+    fn on_received(&mut self, peer: PeerId, header: Header, payload: Option<&RxBuf>) {
+        let node = NodeId::new(peer_node(peer)).expect("peer ids carry valid node ids");
+        if self.down.contains(node) {
             return;
         }
+        let now = self.io.clock.now();
+        match header.ty {
+            MsgType::Resume => self.on_resume(peer, &header),
+            MsgType::Ack => {
+                if let Err(e) = self.io.sessions.on_ack(peer, header.arg) {
+                    self.session_broken(node, e);
+                }
+            }
+            MsgType::Ping | MsgType::Pong => {}
+            ty => {
+                let ack_now = match self.io.sessions.on_frame(peer, ty, now) {
+                    Ok(a) => a,
+                    Err(e) => return self.session_broken(node, e),
+                };
+                bump(&self.io.stats.msgs_received);
+                crate::stats::add(&self.io.stats.bytes_received, u64::from(header.payload_len));
+                self.on_frame(node, header, payload);
+                if ack_now {
+                    // Refused for room: the next idle turn or frame tries again.
+                    if let Err(e) = self.io.sessions.ack(&mut self.io.transport, peer) {
+                        self.io.log.warn(format_args!(
+                            "acknowledging frames of node {node} failed: {e}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_resume(&mut self, peer: PeerId, h: &Header) {
+        let node = NodeId::new(peer_node(peer)).expect("peer ids carry valid node ids");
+        let now = self.io.clock.now();
+        match self
+            .io
+            .sessions
+            .on_resume(&mut self.io.transport, peer, h.txn, h.arg, now)
+        {
+            Ok(r) if r.again => {
+                bump(&self.io.stats.links_restored);
+                crate::stats::add(&self.io.stats.frames_resent, r.resent);
+                self.io.log.warn(format_args!(
+                    "connection to node {node} (its shard {}) restored after {} ms; {} frames sent again",
+                    peer & 0xffff,
+                    r.down_ns / 1_000_000,
+                    r.resent
+                ));
+            }
+            Ok(_) => {}
+            Err(ResumeError::Session(e)) => self.session_broken(node, e),
+            Err(ResumeError::Transport(e)) => self
+                .io
+                .log
+                .warn(format_args!("resending to node {node} failed: {e}")),
+            Err(ResumeError::NoSession) => {}
+        }
+    }
+
+    /// A session cannot go on: its node is treated as failed.
+    fn session_broken(&mut self, node: NodeId, e: SessionError) {
+        if !matches!(e, SessionError::Restarted) {
+            bump(&self.io.stats.violations);
+        }
+        self.io
+            .log
+            .warn(format_args!("closing the session with node {node}: {e}"));
+        self.node_down(node, &format!("its session broke: {e}"));
+    }
+
+    /// A connection is gone. A reset, a close or a frame that failed authentication is a
+    /// transient fault while the session's window lasts: the session waits for a new
+    /// connection (this node dials one when the peer's id is higher). Anything else, or any
+    /// loss while the cluster is ending, is the node's failure.
+    fn on_peer_down(&mut self, peer: PeerId, reason: DownReason) {
+        let node = peer_node(peer);
+        let Ok(n) = NodeId::new(node) else {
+            return;
+        };
+        let now = self.io.clock.now();
+        if let Some(conn) = self.io.sessions.detach(peer, now) {
+            // The old connection of a session that has a new one finished closing.
+            return self.attach(conn);
+        }
+        if self.down.contains(n) {
+            return;
+        }
+        if reason == DownReason::Local {
+            // Closed here without a replacement (a new connection that could not be set
+            // up): the session waits for another one.
+            return self.redial(peer);
+        }
+        let transient = matches!(
+            reason,
+            DownReason::Closed
+                | DownReason::Io(_)
+                | DownReason::Protocol(FrameError::Unauthenticated)
+        );
+        let ending = self.state.departures_expected() || self.state.left() & (1u64 << node) != 0;
+        if !transient || ending || self.resume_window_ns == 0 {
+            return self.node_down(n, &reason.to_string());
+        }
+        bump(&self.io.stats.links_lost);
+        self.io.log.warn(format_args!(
+            "connection to node {n} (its shard {}) lost: {reason}; reconnecting (the node is \
+             declared dead if it is not back within {} ms)",
+            peer & 0xffff,
+            self.resume_window_ns / 1_000_000
+        ));
+        self.redial(peer);
+    }
+
+    /// Asks for a new connection to `peer` when this node is the one that dials it.
+    fn redial(&mut self, peer: PeerId) {
+        let node = NodeId::new(peer_node(peer)).expect("peer ids carry valid node ids");
+        let Some(tx) = &self.redial else { return };
+        if node.get() < self.me.get() {
+            return;
+        }
+        let r = Request {
+            shard: self.index as u16,
+            node,
+            peer_shard: (peer & 0xffff) as u16,
+        };
+        if !tx.request(r) {
+            self.io.log.warn(format_args!(
+                "cannot ask for a new connection to node {node}: too many requests wait"
+            ));
+        }
+    }
+
+    /// A new authenticated connection for this shard (a node that joined, or a session's
+    /// new connection after a break).
+    fn take_conn(&mut self, c: Conn) {
+        let node = c.node;
+        let known = self.io.sessions.shard_count(node);
+        if self.down.contains(node) {
+            self.io.log.warn(format_args!(
+                "refusing a connection from node {node}: it was declared dead"
+            ));
+            return;
+        }
+        if (known != 0 && known != c.peer_shard_count) || c.peer_shard >= c.peer_shard_count {
+            self.io.log.warn(format_args!(
+                "refusing a connection from node {node}: it reports shard {} of {}, this \
+                 node knows {known} shards",
+                c.peer_shard, c.peer_shard_count
+            ));
+            return;
+        }
+        self.open_sessions(node, c.peer_shard_count);
+        let peer = peer_id(node, c.peer_shard);
+        if self.io.sessions.is_attached(peer) {
+            // The peer saw its connection break before this side did: the old one closes
+            // first (frames wait), and the new one is attached at its `PeerDown`.
+            let now = self.io.clock.now();
+            if self.io.sessions.link(peer) == Some(session::Link::Up) {
+                bump(&self.io.stats.links_lost);
+            }
+            self.io.sessions.replace(peer, c, now);
+            if let Err(e) = self.io.transport.close_peer(peer) {
+                self.io.log.warn(format_args!(
+                    "closing the old connection to node {node}: {e}"
+                ));
+            }
+            return;
+        }
+        self.attach(c);
+    }
+
+    /// Puts a session on a new connection: the transport takes it, our `Resume` goes first.
+    fn attach(&mut self, c: Conn) {
+        let node = c.node;
+        let peer = peer_id(node, c.peer_shard);
+        if let Err(e) = self
+            .io
+            .transport
+            .add_peer(peer, c.stream, Some(node.get()), &c.keys)
+        {
+            self.io.log.warn(format_args!(
+                "cannot take the new connection to node {node}: {e}"
+            ));
+            return self.redial(peer);
+        }
+        let now = self.io.clock.now();
+        if let Err(e) = self.io.sessions.attach(&mut self.io.transport, peer, now) {
+            self.io.log.warn(format_args!(
+                "resuming the session with node {node} failed: {e}"
+            ));
+            // Its PeerDown follows; the session waits for another connection.
+            if let Err(e) = self.io.transport.close_peer(peer) {
+                self.io
+                    .log
+                    .warn(format_args!("closing the connection to node {node}: {e}"));
+            }
+        }
+    }
+
+    /// Offers frames waiting for transport room again.
+    fn pump(&mut self) -> usize {
+        let (n, failed) = self.io.sessions.pump(&mut self.io.transport);
+        if let Some((peer, e)) = failed {
+            let node = peer_node(peer);
+            self.io
+                .log
+                .warn(format_args!("send to node {node} failed: {e}"));
+            if let Ok(node) = NodeId::new(node) {
+                self.node_down(node, "its connection refused a send");
+            }
+        }
+        n
+    }
+
+    /// Acknowledgements that waited long enough, and sessions whose window ran out.
+    fn sessions_turn(&mut self) -> usize {
+        let now = self.io.clock.now();
+        let mut work = 0;
+        if self.io.sessions.any_unacked() {
+            work += self
+                .io
+                .sessions
+                .ack_due(&mut self.io.transport, now, ACK_DELAY_NS);
+        }
+        if self.io.sessions.any_down() {
+            if let Some(node) = self.io.sessions.expired(now, self.resume_window_ns) {
+                let why = format!(
+                    "its connection broke and was not restored within {} ms",
+                    self.resume_window_ns / 1_000_000
+                );
+                self.node_down(node, &why);
+                work += 1;
+            }
+        }
+        work
+    }
+
+    fn on_frame(&mut self, from: NodeId, h: wire::Header, payload: Option<&RxBuf>) {
         let msg = match codec::decode(&h) {
             Ok(m) => m,
             Err(e) => {
@@ -871,7 +1164,7 @@ impl<T: Transport> Shard<T> {
             let _ = self.io.transport.close_peer(peer_id(node, s));
         }
         self.io.peers.set(node, 0);
-        self.io.backlog.forget(|p| peer_node(p) == node.get());
+        self.io.sessions.forget(node);
         self.step(Input::NodeDead(node), None, None);
     }
 

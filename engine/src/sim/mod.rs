@@ -1,4 +1,4 @@
-//! The engine simulator (test builds only): the real shard code — executor, codec, backlog,
+//! The engine simulator (test builds only): the real shard code — executor, codec, sessions,
 //! routing, the protocol machine behind them — driven deterministically from a seed over real
 //! guest regions, with the network, the clock and the touching threads simulated
 //! ([`world`]). [`net`] is the simulated network behind the real `Transport` contract.
@@ -42,11 +42,18 @@ fn seeds_hold_every_invariant() {
         total.refaults += st.refaults;
         total.failed += st.failed;
         total.crashes += st.crashes;
+        total.flaps += st.flaps;
+        total.restored += st.restored;
     }
     eprintln!("engine simulator: {seeds} seeds, {total:?}");
-    // The runs did something: accesses were made and frames crossed the network.
+    // The runs did something: accesses were made, frames crossed the network, and broken
+    // connections were resumed.
     assert!(
         total.accesses > seeds && total.delivered > seeds,
+        "{total:?}"
+    );
+    assert!(
+        seeds < 10 || (total.flaps > 0 && total.restored > 0),
         "{total:?}"
     );
 }

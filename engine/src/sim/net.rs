@@ -142,6 +142,8 @@ pub struct SimTransport {
     /// Peer ids the shard uses: the endpoint each names and its receive-slot owner index.
     peers: BTreeMap<PeerId, (Endpoint, usize)>,
     next_slot: usize,
+    /// Receive-slot owner indices of peers that went down, for the next `add_sim_peer`.
+    free_slots: Vec<usize>,
     rx: RxSlots,
     /// Page sends whose `SendDone` the next poll reports.
     done: VecDeque<(PeerId, u64)>,
@@ -158,6 +160,7 @@ impl SimTransport {
             net,
             peers: BTreeMap::new(),
             next_slot: 0,
+            free_slots: Vec::new(),
             rx: RxSlots::new(max_peers, 64).expect("receive slots for the simulator"),
             done: VecDeque::new(),
             stats: Arc::new(TransportStats::new(max_peers)),
@@ -172,11 +175,15 @@ impl SimTransport {
         if self.peers.contains_key(&peer) {
             return Err(TransportError::PeerExists(peer));
         }
-        if self.next_slot >= self.max_peers {
-            return Err(TransportError::TooManyPeers(self.max_peers));
-        }
-        self.peers.insert(peer, (to, self.next_slot));
-        self.next_slot += 1;
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None if self.next_slot < self.max_peers => {
+                self.next_slot += 1;
+                self.next_slot - 1
+            }
+            None => return Err(TransportError::TooManyPeers(self.max_peers)),
+        };
+        self.peers.insert(peer, (to, slot));
         Ok(())
     }
 
@@ -260,7 +267,9 @@ impl Transport for SimTransport {
             }
             net.broken.swap_remove(i);
             if let Some(peer) = self.peer_of(other) {
-                self.peers.remove(&peer);
+                if let Some((_, slot)) = self.peers.remove(&peer) {
+                    self.free_slots.push(slot);
+                }
                 out(Event::PeerDown {
                     peer,
                     reason: DownReason::Closed,

@@ -13,6 +13,10 @@
 //! - every read returns the last write: every mapped copy holds the page's last value;
 //! - liveness: every touch is eventually allowed, or failed with a named reason, before the
 //!   run's time bound.
+//!
+//! Besides crashing a node, a seed may break connections between live nodes (losing what
+//! they carry, as a reset does) and connect them again a little later: the sessions must
+//! resume with nothing lost or repeated, which the invariants above check.
 
 use std::fmt;
 use std::os::fd::AsRawFd;
@@ -72,6 +76,10 @@ pub struct RunStats {
     pub failed: u64,
     /// Nodes crashed.
     pub crashes: u64,
+    /// Connections broken between live nodes.
+    pub flaps: u64,
+    /// Sessions resumed on a new connection (both ends count).
+    pub restored: u64,
 }
 
 /// A run's shape.
@@ -92,6 +100,8 @@ pub struct Scenario {
     /// A node that crashes (all its connections break, it never turns again) after this
     /// many touches, if any.
     pub crash: Option<(u16, u64)>,
+    /// Connections between live nodes to break (each is connected again after a while).
+    pub flaps: u32,
 }
 
 impl Scenario {
@@ -105,8 +115,18 @@ impl Scenario {
             delay: (1_000, rng.gen_range(2_000..=200_000)),
             residency_ns: [0, 10_000, 1_000_000][rng.gen_range(0..3)],
             crash: None,
+            flaps: 0,
         }
         .with_crash(rng)
+        .with_flaps(rng)
+    }
+
+    /// One seed in two breaks up to four connections.
+    fn with_flaps(mut self, rng: &mut StdRng) -> Scenario {
+        if self.homes + self.computes > 1 && rng.gen_ratio(1, 2) {
+            self.flaps = rng.gen_range(1..=4);
+        }
+        self
     }
 
     /// One seed in three crashes a node (a home as often as a compute node).
@@ -152,6 +172,10 @@ pub struct World {
     /// Nodes that crashed.
     dead: Vec<bool>,
     crash: Option<(u16, u64)>,
+    /// Breaks left to make.
+    flaps: u32,
+    /// Broken connections `(a, b, when to connect them again)`.
+    broken: Vec<(usize, usize, u64)>,
     stats: RunStats,
 }
 
@@ -160,6 +184,13 @@ const LIVENESS_NS: u64 = 5_000_000_000;
 
 /// How far the clock moves when nothing is scheduled (no frame in flight, no protocol timer).
 const IDLE_TICK_NS: u64 = 100_000;
+
+/// How long a session may wait for a new connection before its node is declared dead (a
+/// broken connection comes back within [`RECONNECT_NS`]; a crashed node's never does).
+const RESUME_WINDOW_NS: u64 = 50_000_000;
+
+/// Longest a broken connection stays broken.
+const RECONNECT_NS: u64 = 2_000_000;
 
 impl World {
     /// Builds the cluster of `sc` (seeded by `seed`).
@@ -209,6 +240,8 @@ impl World {
             lost: vec![false; pages as usize],
             dead: vec![false; n],
             crash: sc.crash,
+            flaps: sc.flaps,
+            broken: Vec::new(),
             stats: RunStats::default(),
         })
     }
@@ -241,6 +274,10 @@ impl World {
                 let (n, _) = self.crash.take().expect("checked");
                 self.crash_node(usize::from(n));
             }
+            if self.flaps > 0 && self.rng.gen_ratio(1, 50) {
+                self.flap();
+            }
+            self.reconnect();
             let roll = self.rng.gen_range(0..100);
             if made < touches && roll < 25 {
                 self.touch();
@@ -273,7 +310,62 @@ impl World {
             }
         }
         self.stats.delivered = self.net.borrow().delivered;
+        self.stats.restored = self.nodes.iter().map(|n| n.shard.sim_restored()).sum();
         Ok(self.stats)
+    }
+
+    /// Breaks the connection between two live nodes (what it carries is lost); it is
+    /// connected again within [`RECONNECT_NS`].
+    fn flap(&mut self) {
+        let n = self.nodes.len();
+        let a = self.rng.gen_range(0..n);
+        let b = self.rng.gen_range(0..n);
+        if a == b || self.out(a) || self.out(b) {
+            return;
+        }
+        let (a, b) = (a.min(b), a.max(b));
+        if self.broken.iter().any(|&(x, y, _)| (x, y) == (a, b)) {
+            return;
+        }
+        self.flaps -= 1;
+        self.stats.flaps += 1;
+        self.net
+            .borrow_mut()
+            .break_link((a as u16, 0), (b as u16, 0));
+        let at = self.now() + self.rng.gen_range(1_000..=RECONNECT_NS);
+        self.broken.push((a, b, at));
+    }
+
+    /// Connects again the broken connections whose time came, once both ends have heard of
+    /// the break (the transport has dropped the old connection).
+    fn reconnect(&mut self) {
+        let now = self.now();
+        let mut i = 0;
+        while i < self.broken.len() {
+            let (a, b, at) = self.broken[i];
+            if self.dead[a] || self.dead[b] {
+                self.broken.swap_remove(i);
+                continue;
+            }
+            let (na, nb) = (node_id(a), node_id(b));
+            let ready = at <= now
+                && self.nodes[a].shard.sim_detached(nb)
+                && self.nodes[b].shard.sim_detached(na);
+            if !ready {
+                i += 1;
+                continue;
+            }
+            self.broken.swap_remove(i);
+            self.net.borrow_mut().connect((a as u16, 0), (b as u16, 0));
+            for (x, y) in [(a, b), (b, a)] {
+                let peer = peer_id(node_id(y), 0);
+                let shard = &mut self.nodes[x].shard;
+                if let Err(e) = shard.sim_transport().add_sim_peer(peer, (y as u16, 0)) {
+                    panic!("reconnecting node {x} to node {y}: {e}");
+                }
+                shard.sim_peer(node_id(y));
+            }
+        }
     }
 
     /// Moves the clock: to the next frame's delivery or the next protocol deadline, whichever
@@ -283,7 +375,10 @@ impl World {
         let timer_next = self
             .nodes
             .iter()
-            .filter_map(|n| n.shard.sim_machine().next_deadline())
+            .enumerate()
+            .filter(|(i, _)| !self.dead[*i])
+            .filter_map(|(_, n)| n.shard.sim_next_deadline())
+            .chain(self.broken.iter().map(|b| b.2))
             .min();
         let now = self.now();
         let target = [net_next, timer_next]
@@ -501,6 +596,10 @@ impl World {
     }
 }
 
+fn node_id(i: usize) -> NodeId {
+    NodeId::new(i as u16).expect("small ids")
+}
+
 fn allowed(have: PageAccess, want: Access) -> bool {
     match want {
         Access::Read => matches!(have, PageAccess::ReadOnly | PageAccess::Writable),
@@ -547,7 +646,9 @@ fn sim_node(
         stats: Arc::new(ShardStats::default()),
         state: Arc::new(NodeState::new(1)),
         idle: IdlePolicy::Block,
-        backlog: (4096, 1024),
+        sessions: (4096, 1024),
+        resume_window: std::time::Duration::from_nanos(RESUME_WINDOW_NS),
+        redial: None,
         retry_limit: config.max_active_pages as usize,
         mailbox: Arc::new(Mailbox::default()),
         traced: Vec::new(),
@@ -557,7 +658,7 @@ fn sim_node(
     let mut shard = Shard::new(setup).map_err(|e| e.to_string())?;
     for j in 0..n {
         if j != i {
-            shard.sim_peer(NodeId::new(j as u16).expect("small ids"), 1);
+            shard.sim_peer(NodeId::new(j as u16).expect("small ids"));
         }
     }
     Ok(SimNode { shard, region })

@@ -138,7 +138,9 @@ pub struct NodeArgs {
     /// Heartbeat silence before a node is suspected, in ms.
     #[arg(long, default_value_t = 500)]
     pub suspect_ms: u64,
-    /// Heartbeat silence before a node is declared dead, in ms.
+    /// Silence before a node is declared dead, in ms: no heartbeat (control plane), or a
+    /// data connection to it broken (reset, link down) and not restored for this long. 0: a
+    /// broken data connection is the node's death at once.
     #[arg(long, default_value_t = 1500)]
     pub dead_ms: u64,
     /// Join a running cluster: wait on the control port until a member admits this node

@@ -204,6 +204,12 @@ pub fn run(a: NodeArgs) -> i32 {
         Arc::new(crate::data_identity::DataIdentity(p)) as Arc<dyn wire::handshake::NodeIdentity>
     });
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
+    // One failure timeout for the whole node: the control plane's heartbeat silence, and how
+    // long a broken data connection may take to come back.
+    cfg.resume_window = s
+        .control
+        .as_ref()
+        .map_or(Duration::from_millis(a.dead_ms), |c| c.dead);
     cfg.protocol.residency_ns = a.residency_us * 1000;
     cfg.max_address_space = max_space;
     cfg.prefetch = a.prefetch;
