@@ -35,6 +35,8 @@ pub struct Aftermath {
 /// The shard's means of acting on the world.
 pub struct Io<T: Transport> {
     pub(crate) me: NodeId,
+    /// Declared before `sessions`, so dropped first: page copies the sessions hold may be in
+    /// the transport's sends until then.
     pub(crate) transport: T,
     pub(crate) region: Arc<Region>,
     pub(crate) stats: Arc<ShardStats>,

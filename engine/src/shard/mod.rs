@@ -582,7 +582,7 @@ impl<T: Transport> Shard<T> {
                 }
             }
             Event::PeerDown { peer, reason } => self.on_peer_down(peer, reason),
-            Event::SendDone { .. } => {}
+            Event::SendDone { token, .. } => self.io.sessions.send_done(token),
             Event::FdReady { token } => {
                 if token == TOKEN_DOORBELL {
                     self.doorbells[self.index as usize].awake();

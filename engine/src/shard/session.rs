@@ -22,11 +22,17 @@
 //! session of a shard draws page copies from one pool; a full session is reported, like a
 //! full backlog before it, as the peer being unable to keep up. Frames the transport refused
 //! (backpressure) simply stay untransmitted in the session, in order, until it has room.
+//!
+//! A page is copied once, into the pool; the transport sends it from there in place
+//! ([`Payload::Page`], token = the copy's index). A copy is reused only when the peer has
+//! acknowledged its frame *and* the transport has reported `SendDone` for every send of it.
 
 use std::collections::VecDeque;
 
 use thiserror::Error;
-use wire::{Header, MsgType, Payload, PeerId, SendOutcome, Transport, TransportError, PAGE_SIZE};
+use wire::{
+    Header, MsgType, PageRef, Payload, PeerId, SendOutcome, Transport, TransportError, PAGE_SIZE,
+};
 
 use super::route::{peer_id, peer_node};
 use super::Conn;
@@ -187,6 +193,10 @@ pub struct Sessions {
     list: Vec<Session>,
     pages: Box<[u8]>,
     free_pages: Vec<u32>,
+    /// Per page copy: sends of it the transport has not reported done.
+    sending: Box<[u16]>,
+    /// Per page copy: its frame is acknowledged (or forgotten); it is free once not sending.
+    released: Box<[bool]>,
     /// Sessions with frames the transport has not taken yet.
     waiting: Vec<u32>,
     /// The list `pump` works through (kept to reuse its capacity).
@@ -212,6 +222,8 @@ impl Sessions {
             // Zeroed memory is committed only when touched: unused copies cost nothing.
             pages: vec![0u8; pages * PAGE_SIZE].into_boxed_slice(),
             free_pages: (0..pages as u32).rev().collect(),
+            sending: vec![0; pages].into_boxed_slice(),
+            released: vec![false; pages].into_boxed_slice(),
             waiting: Vec::new(),
             spare: Vec::new(),
             unacked: 0,
@@ -339,10 +351,19 @@ impl Sessions {
                 Payload::None
             } else {
                 let off = e.page as usize * PAGE_SIZE;
-                Payload::Copy(&self.pages[off..off + e.header.payload_len as usize])
+                let bytes = &self.pages[off..off + e.header.payload_len as usize];
+                // SAFETY: the copy is not written or reused while a send of it is not done
+                // (`sending`, decremented at its `SendDone`), and the pool lives as long as
+                // the shard, whose transport reports every `SendDone` before it is dropped.
+                Payload::Page(unsafe { PageRef::new(bytes.as_ptr(), bytes.len()) })
             };
-            match t.send(peer, &e.header, payload, 0) {
-                Ok(SendOutcome::Queued) => s.next_tx += 1,
+            match t.send(peer, &e.header, payload, u64::from(e.page)) {
+                Ok(SendOutcome::Queued) => {
+                    if e.page != NO_PAGE {
+                        self.sending[e.page as usize] += 1;
+                    }
+                    s.next_tx += 1;
+                }
                 // The connection is going away: its `PeerDown` follows, and the frame is sent
                 // again on the next one.
                 Err(TransportError::PeerClosing(_)) => break,
@@ -498,9 +519,26 @@ impl Sessions {
         while s.first < upto {
             let Some(e) = s.ring.pop_front() else { break };
             if e.page != NO_PAGE {
-                self.free_pages.push(e.page);
+                let p = e.page as usize;
+                if self.sending[p] == 0 {
+                    self.free_pages.push(e.page);
+                } else {
+                    self.released[p] = true;
+                }
             }
             s.first += 1;
+        }
+    }
+
+    /// The transport is done with a send of page copy `token` (its `SendDone`).
+    pub fn send_done(&mut self, token: u64) {
+        let Some(n) = self.sending.get_mut(token as usize) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 && self.released[token as usize] {
+            self.released[token as usize] = false;
+            self.free_pages.push(token as u32);
         }
     }
 
@@ -538,12 +576,18 @@ impl Sessions {
         }
         let mut h = Header::new(MsgType::Ack, self.me.get());
         h.arg = s.received;
-        if t.send(peer, &h, Payload::None, 0)? == SendOutcome::Queued {
-            s.told = s.received;
-            s.unacked_since = 0;
-            self.unacked -= 1;
+        match t.send(peer, &h, Payload::None, 0) {
+            Ok(SendOutcome::Queued) => {
+                s.told = s.received;
+                s.unacked_since = 0;
+                self.unacked -= 1;
+                Ok(())
+            }
+            // No room now, or the connection is going away (its `PeerDown` follows, and the
+            // next connection's `Resume` says what an acknowledgement would have).
+            Ok(SendOutcome::Backpressure) | Err(TransportError::PeerClosing(_)) => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// When the next acknowledgement falls due by time, if one waits.
@@ -807,7 +851,8 @@ mod tests {
                     Event::PeerDown { peer, .. } => {
                         assert!(self.s.detach(peer, now).is_none());
                     }
-                    _ => {}
+                    Event::SendDone { token, .. } => self.s.send_done(token),
+                    Event::FdReady { .. } => {}
                 }
             }
             Ok(got)
