@@ -77,9 +77,16 @@ fn updates(line: &str, f: &str) -> bool {
                 .is_some_and(|h| !line[h..at].contains(')'))
         });
         if helper
-            || [" +=", ".fetch_add(", ".store(", ".record(", ".count("]
-                .iter()
-                .any(|op| rest.starts_with(op))
+            || [
+                " +=",
+                ".fetch_add(",
+                ".store(",
+                ".record(",
+                ".record_owned(",
+                ".count(",
+            ]
+            .iter()
+            .any(|op| rest.starts_with(op))
         {
             return true;
         }
