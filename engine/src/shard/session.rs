@@ -625,6 +625,29 @@ impl Sessions {
     /// that waited for it to close, if one did.
     pub fn detach(&mut self, peer: PeerId, now: u64) -> Option<Conn> {
         let i = self.index(peer)?;
+        self.lose(i, now);
+        let s = &mut self.list[i];
+        s.attached = false;
+        s.pending.take()
+    }
+
+    /// Whether the transport holds a connection for `peer`'s session.
+    pub fn is_attached(&self, peer: PeerId) -> bool {
+        self.index(peer).is_some_and(|i| self.list[i].attached)
+    }
+
+    /// Takes `peer`'s session off its connection, which the caller closes, and keeps `conn`
+    /// to attach once that connection's `PeerDown` arrives (a newer connection replaces one
+    /// that was waiting). Frames wait meanwhile.
+    pub fn replace(&mut self, peer: PeerId, conn: Conn, now: u64) {
+        let Some(i) = self.index(peer) else { return };
+        self.lose(i, now);
+        self.list[i].pending = Some(conn);
+    }
+
+    /// Session `i` has no working connection from `now` on: whatever its connection carried
+    /// is sent again after the next resume, and the next `Resume` acknowledges for it.
+    fn lose(&mut self, i: usize, now: u64) {
         let s = &mut self.list[i];
         match s.link {
             Link::Up => {
@@ -637,42 +660,11 @@ impl Sessions {
             Link::Resuming { .. } => s.link = Link::Down { since: now },
             Link::Down { .. } | Link::Gone => {}
         }
-        s.attached = false;
-        // Whatever the old connection carried is sent again after the next resume.
         s.next_tx = s.first;
         if s.unacked_since != 0 {
             s.unacked_since = 0;
             self.unacked -= 1;
         }
-        s.pending.take()
-    }
-
-    /// Whether the transport holds a connection for `peer`'s session.
-    pub fn is_attached(&self, peer: PeerId) -> bool {
-        self.index(peer).is_some_and(|i| self.list[i].attached)
-    }
-
-    /// Takes `peer`'s session off its connection, which the caller closes, and keeps `conn`
-    /// to attach once that connection's `PeerDown` arrives. Frames wait meanwhile.
-    pub fn replace(&mut self, peer: PeerId, conn: Conn, now: u64) {
-        let Some(i) = self.index(peer) else { return };
-        let s = &mut self.list[i];
-        match s.link {
-            Link::Up => {
-                self.down += 1;
-                s.link = Link::Down { since: now };
-                self.counts.lost += 1;
-            }
-            Link::Resuming { since } => s.link = Link::Down { since },
-            Link::Down { .. } | Link::Gone => {}
-        }
-        s.next_tx = s.first;
-        if s.unacked_since != 0 {
-            s.unacked_since = 0;
-            self.unacked -= 1;
-        }
-        // A newer connection replaces one that was waiting.
-        s.pending = Some(conn);
     }
 
     /// The first node with a session down for at least `window` ns, if any.
