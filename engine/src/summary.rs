@@ -73,6 +73,7 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
     );
     let lost = sum(stats, |x| &x.links_lost);
     if lost > 0 {
+        // Writing into a String cannot fail.
         let _ = writeln!(
             s,
             "  connections lost {lost} / restored {}, frames sent again {}",
