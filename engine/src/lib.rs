@@ -37,6 +37,7 @@ pub mod doorbell;
 pub mod histlog;
 pub mod host_area;
 pub mod idle;
+pub mod link_probe;
 pub mod measure;
 pub mod mem;
 pub mod mesh;

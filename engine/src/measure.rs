@@ -1,18 +1,20 @@
 //! Inter-node figures measured at cluster formation, from which the ACPI SLIT and HMAT are
 //! derived (docs/acpi.md, "Measurements").
 //!
-//! Every node measures its own row, through the same fault path a vCPU uses:
+//! Every node measures its own row:
 //! - to every other node `j` that homes memory: the median time of a read of a page homed
-//!   on `j` that this node does not hold (a remote read fault: a request and a 4 KiB reply),
-//!   over [`LATENCY_PAGES`] pages, and the throughput of [`BANDWIDTH_PAGES`] such reads made by
-//!   [`BANDWIDTH_THREADS`] threads at once (the transport's normal pipelining);
+//!   on `j` that this node does not hold, through the same fault path a vCPU uses (a remote
+//!   read fault: a request and a 4 KiB reply), over [`LATENCY_PAGES`] pages;
+//! - to every other node `j`: the rate at which `j` streams bytes to this node over the data
+//!   network ([`crate::link_probe`], the median of its rounds). The nodes take turns, in
+//!   rank order, so that no two probes share the machines' CPUs or links;
 //! - to itself: the median time and the throughput of copying a 4 KiB page in local memory.
 //!
 //! Probe pages are the highest pages of each home's range below the host area; they are only
 //! read, and the replicas are handed back afterwards. Rows are exchanged through the host
-//! area, so every node ends with the same matrices. A node that homes no memory has no figure
-//! as a target; its column is filled with the largest value of the row (documented in
-//! docs/acpi.md), which no table uses for memory placement.
+//! area, so every node ends with the same matrices. A node that homes no memory has no
+//! latency figure as a target; its column is filled with the row's largest latency
+//! (documented in docs/acpi.md), which no table uses for memory placement.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -20,17 +22,17 @@ use std::time::{Duration, Instant};
 use crate::barrier::Barrier;
 use crate::config::PAGE_SIZE;
 use crate::host_area::{HostArea, FORMATION};
-use crate::node::Node;
+use crate::node::{Node, ProbeDialer};
 use crate::node_state::{NodeState, StopReason};
 
 /// Pages read one at a time for the latency median.
 pub const LATENCY_PAGES: u64 = 64;
-/// Pages read for the bandwidth figure.
-pub const BANDWIDTH_PAGES: u64 = 256;
-/// Threads reading at once for the bandwidth figure.
-pub const BANDWIDTH_THREADS: u64 = 4;
-/// How long to wait for every node's row.
+/// How long to wait for every node at each step (latencies done, each probe turn, rows).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Counter slots on the formation page: rows written, latencies measured, probe turns.
+const SLOT_ROWS: u64 = 0;
+const SLOT_LATENCY: u64 = 1;
+const SLOT_PROBES: u64 = 2;
 
 /// The measured matrices, indexed by node rank (position in node-id order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,18 +85,22 @@ fn local_copy() -> (u64, u64) {
         std::hint::black_box(&dst);
         samples.push(t.elapsed().as_nanos() as u64);
     }
-    let rounds = 256u64;
-    let t = Instant::now();
-    for r in 0..rounds {
-        let k = (r as usize % 64) * page;
-        for c in 0..16 {
-            let o = (k + c * page) % (64 * page);
-            dst[o..o + page].copy_from_slice(std::hint::black_box(&src[o..o + page]));
+    // Throughput: the median of rounds of 256 page copies (1 MiB), so that one preemption
+    // does not become the figure.
+    let mut rates = Vec::with_capacity(15);
+    for _ in 0..15 {
+        let t = Instant::now();
+        for r in 0..16usize {
+            let k = (r % 64) * page;
+            for c in 0..16 {
+                let o = (k + c * page) % (64 * page);
+                dst[o..o + page].copy_from_slice(std::hint::black_box(&src[o..o + page]));
+            }
+            std::hint::black_box(&dst);
         }
-        std::hint::black_box(&dst);
+        rates.push(256 * PAGE_SIZE * 1000 / (t.elapsed().as_nanos() as u64).max(1));
     }
-    let bytes = rounds * 16 * PAGE_SIZE;
-    let mbps = bytes * 1000 / (t.elapsed().as_nanos() as u64).max(1);
+    let mbps = median(rates);
     (median(samples), mbps)
 }
 
@@ -109,15 +115,14 @@ fn probes(node: &Node, home: u16, below: u64, want: u64) -> Vec<u64> {
     (end - n..end).rev().collect()
 }
 
-/// Remote reads of `pages` (of one home): (median ns, MB/s), or `None` if it homes too
-/// little memory to probe.
-fn remote(area: &HostArea, pages: &[u64]) -> Option<(u64, u64)> {
-    if (pages.len() as u64) < LATENCY_PAGES + BANDWIDTH_THREADS {
+/// Remote reads of `pages` (of one home), one at a time: the median ns, or `None` if it
+/// homes too little memory to probe.
+fn remote_latency(area: &HostArea, pages: &[u64]) -> Option<u64> {
+    if (pages.len() as u64) < LATENCY_PAGES {
         return None;
     }
     let mem = area.mem;
-    let (lat_pages, bw_pages) = pages.split_at(LATENCY_PAGES as usize);
-    let samples = lat_pages
+    let samples = pages
         .iter()
         .map(|&p| {
             let t = Instant::now();
@@ -125,20 +130,7 @@ fn remote(area: &HostArea, pages: &[u64]) -> Option<(u64, u64)> {
             t.elapsed().as_nanos() as u64
         })
         .collect();
-    let per = (bw_pages.len() as u64 / BANDWIDTH_THREADS) as usize;
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for chunk in bw_pages.chunks(per.max(1)) {
-            s.spawn(move || {
-                for &p in chunk {
-                    std::hint::black_box(mem.read64(p, 0));
-                }
-            });
-        }
-    });
-    let bytes = bw_pages.len() as u64 * PAGE_SIZE;
-    let mbps = bytes * 1000 / (t.elapsed().as_nanos() as u64).max(1);
-    Some((median(samples), mbps))
+    Some(median(samples))
 }
 
 /// Why the formation measurements failed.
@@ -154,6 +146,14 @@ pub enum MeasureError {
     /// waiting on a page that can no longer be served.
     #[error("the node stopped during the formation measurements: {0}")]
     Stopped(StopReason),
+    /// A link probe failed.
+    #[error("measuring the link from node {node}: {why}")]
+    Probe {
+        /// The node probed.
+        node: u16,
+        /// What went wrong.
+        why: String,
+    },
     /// The measuring thread could not be started, or ended without an answer.
     #[error("the formation measurement thread failed ({0:?})")]
     Thread(std::io::ErrorKind),
@@ -173,8 +173,9 @@ pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
     let me = node.id();
     let probe_pages: Vec<Vec<u64>> = nodes
         .iter()
-        .map(|&j| probes(node, j, area.first, LATENCY_PAGES + BANDWIDTH_PAGES))
+        .map(|&j| probes(node, j, area.first, LATENCY_PAGES))
         .collect();
+    let dialer = node.probe_dialer();
     let region = node.region().clone();
     let state = node.shared_state();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -183,7 +184,7 @@ pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
         .spawn(move || {
             // Keeps the guest region mapped while this thread may still be in it.
             let _region = region;
-            let r = measure_on(&area, &nodes, me, &probe_pages, &state);
+            let r = measure_on(&area, &nodes, me, &probe_pages, &state, &dialer);
             // Nobody listens any more when the node stopped meanwhile: nothing to do then.
             let _ = tx.send(r);
         })
@@ -206,45 +207,75 @@ pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
     }
 }
 
+/// Waits until counter `slot` of the formation page reaches `want` (every node arrived).
+fn await_count(
+    area: &HostArea,
+    slot: u64,
+    want: u64,
+    state: &NodeState,
+) -> Result<(), MeasureError> {
+    let counter = area.mem.atomic64(area.page(FORMATION), (slot * 8) as usize);
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+    while counter.load(Ordering::SeqCst) < want {
+        if Instant::now() > deadline || state.dead() != 0 {
+            return Err(MeasureError::Exchange(EXCHANGE_TIMEOUT));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// The measurement proper, on the measuring thread: this node's row from `probe_pages` (by
-/// target node, in `nodes` order), then the exchange.
+/// target node, in `nodes` order) and link probes, then the exchange.
 fn measure_on(
     area: &HostArea,
     nodes: &[u16],
     me: u16,
     probe_pages: &[Vec<u64>],
     state: &NodeState,
+    dialer: &ProbeDialer,
 ) -> Result<Figures, MeasureError> {
+    let n = nodes.len() as u64;
+    let barrier = Barrier::new(area.mem, area.page(FORMATION), n);
     let (local_ns, local_mbps) = local_copy();
-    let mut row: Vec<Option<(u64, u64)>> = Vec::with_capacity(nodes.len());
-    for (k, &j) in nodes.iter().enumerate() {
-        row.push(if j == me {
-            Some((local_ns, local_mbps))
-        } else {
-            remote(area, &probe_pages[k])
-        });
-    }
-    // Targets with no memory to probe get the row's largest figures.
-    let max_lat = row.iter().flatten().map(|x| x.0).max().unwrap_or(1);
-    let min_bw = row.iter().flatten().map(|x| x.1).min().unwrap_or(1);
-    for (k, &j) in nodes.iter().enumerate() {
-        let (lat, bw) = row[k].unwrap_or((max_lat, min_bw));
-        let (p, o) = area.row_word(me, 2 * j as u64);
-        area.mem.write64(p, o, lat);
-        let (p, o) = area.row_word(me, 2 * j as u64 + 1);
-        area.mem.write64(p, o, bw);
-    }
-    // Exchange: everyone's row is written once the formation barrier opens.
-    let barrier = Barrier::new(area.mem, area.page(FORMATION), nodes.len() as u64);
-    barrier.arrive(0);
-    let counter = area.mem.atomic64(area.page(FORMATION), 0);
-    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
-    while counter.load(Ordering::SeqCst) < nodes.len() as u64 {
-        if Instant::now() > deadline || state.dead() != 0 {
-            return Err(MeasureError::Exchange(EXCHANGE_TIMEOUT));
+    let latency: Vec<Option<u64>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(k, &j)| {
+            if j == me {
+                Some(local_ns)
+            } else {
+                remote_latency(area, &probe_pages[k])
+            }
+        })
+        .collect();
+    // Streams load both ends' CPUs: no probe starts before every latency is measured, and
+    // the nodes probe in turns.
+    barrier.arrive(SLOT_LATENCY);
+    await_count(area, SLOT_LATENCY, n, state)?;
+    let mut bandwidth = vec![local_mbps; nodes.len()];
+    for (turn, &prober) in nodes.iter().enumerate() {
+        if prober == me {
+            for (k, &j) in nodes.iter().enumerate().filter(|&(_, &j)| j != me) {
+                bandwidth[k] = dialer
+                    .stream_mbps(j)
+                    .map_err(|why| MeasureError::Probe { node: j, why })?;
+            }
         }
-        std::thread::sleep(Duration::from_millis(1));
+        barrier.arrive(SLOT_PROBES);
+        await_count(area, SLOT_PROBES, n * (turn as u64 + 1), state)?;
     }
+    // Targets with no memory to probe get the row's largest latency.
+    let max_lat = latency.iter().flatten().copied().max().unwrap_or(1);
+    for (k, &j) in nodes.iter().enumerate() {
+        let (p, o) = area.row_word(me, 2 * j as u64);
+        area.mem.write64(p, o, latency[k].unwrap_or(max_lat));
+        let (p, o) = area.row_word(me, 2 * j as u64 + 1);
+        area.mem.write64(p, o, bandwidth[k]);
+    }
+    // Exchange: everyone's row is written once the rows barrier opens.
+    barrier.arrive(SLOT_ROWS);
+    await_count(area, SLOT_ROWS, n, state)?;
     let mut latency_ns = Vec::new();
     let mut bandwidth_mbps = Vec::new();
     for &i in nodes {

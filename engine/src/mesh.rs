@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use wire::handshake::{
     self, AcceptPool, Authenticated, HandshakeConfig, HandshakeError, HandshakeStats, NodeIdentity,
-    PoolLimits, PLATFORM_CHANNEL,
+    PoolLimits, PLATFORM_CHANNEL, PROBE_CHANNEL,
 };
 use wire::ratelimit::LogLimiter;
 use wire::FrameAuth;
@@ -236,6 +236,7 @@ pub fn establish(
             late: late_refused.clone(),
             platform: platform.clone(),
             sink: late.clone(),
+            probes: Arc::default(),
         },
         stop.clone(),
     )?;
@@ -357,6 +358,27 @@ pub fn dial_platform(
     Ok((a.stream, a.keys))
 }
 
+/// Opens a link probe to `peer` ([`crate::link_probe`], authenticated like a shard
+/// connection), with the keys that seal its requests.
+pub fn dial_probe(
+    cluster: &ClusterSpec,
+    peer: &NodeSpec,
+    shards: u16,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<(TcpStream, wire::FrameKeys), MeshError> {
+    let stats = Arc::new(HandshakeStats::default());
+    let cfg = hs_config(cluster, 0, shards, creds, &stats)?;
+    let a = dial(
+        peer.addr,
+        &cfg,
+        peer.id,
+        PROBE_CHANNEL,
+        Instant::now() + timeout,
+    )?;
+    Ok((a.stream, a.keys))
+}
+
 /// Dials until the peer answers or the deadline passes; configuration errors end at once.
 fn dial(
     addr: SocketAddr,
@@ -466,6 +488,8 @@ struct Routes {
     platform: PlatformSink,
     /// Connections after formation.
     sink: LateRoute,
+    /// Link probes being served ([`crate::link_probe`]).
+    probes: Arc<AtomicUsize>,
 }
 
 fn spawn_acceptor(
@@ -519,7 +543,11 @@ fn route(a: Authenticated, routes: &Routes) -> Option<String> {
         late,
         platform,
         sink,
+        probes,
     } = routes;
+    if a.local_shard == PROBE_CHANNEL {
+        return crate::link_probe::spawn_server(a, probes).err();
+    }
     if a.local_shard == PLATFORM_CHANNEL {
         let node = a.peer_node;
         let sent = match platform.lock() {

@@ -219,6 +219,33 @@ impl NodeConfig {
     }
 }
 
+/// What opening a link probe to a member takes (a snapshot, usable off the node's thread).
+#[derive(Debug, Clone)]
+pub(crate) struct ProbeDialer {
+    cluster: ClusterSpec,
+    creds: Credentials,
+    shards: u16,
+}
+
+impl ProbeDialer {
+    /// Opens a probe connection to member `peer` and measures the stream from it, in MB/s.
+    pub(crate) fn stream_mbps(&self, peer: u16) -> Result<u64, String> {
+        let spec = self
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == peer)
+            .ok_or_else(|| format!("node {peer} is not a member"))?;
+        let (stream, keys) =
+            mesh::dial_probe(&self.cluster, spec, self.shards, &self.creds, PROBE_DIAL)
+                .map_err(|e| e.to_string())?;
+        crate::link_probe::measure(stream, &keys).map_err(|e| e.to_string())
+    }
+}
+
+/// How long opening a link probe may take.
+const PROBE_DIAL: Duration = Duration::from_secs(5);
+
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
@@ -462,6 +489,15 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Opens a link probe to member `peer` ([`crate::link_probe`]).
+    pub(crate) fn probe_dialer(&self) -> ProbeDialer {
+        ProbeDialer {
+            cluster: self.cluster(),
+            creds: self.creds.clone(),
+            shards: self.mailboxes.len() as u16,
+        }
     }
 
     /// The protocol layout, which node homes which pages (a snapshot: it grows when nodes

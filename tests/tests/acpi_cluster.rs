@@ -1,5 +1,5 @@
 //! The measured-to-table path on a real 2-node loopback cluster: the nodes measure 4 KiB
-//! fetch latency and bandwidth to each other at formation, and `--acpi-dump` writes tables
+//! fetch latency (fault path) and link bandwidth (streamed) to each other at formation, and `--acpi-dump` writes tables
 //! whose SLIT is the documented function of those measurements and whose SRAT holds each
 //! node's memory.
 
@@ -58,7 +58,7 @@ fn tables_follow_the_measured_figures() {
     assert_all_ok(&r);
     let out = &r[0].2;
     let lat = matrix(out, "measured 4 KiB fetch latency");
-    let bw = matrix(out, "measured 4 KiB page bandwidth");
+    let bw = matrix(out, "measured bandwidth in MB/s");
     assert_eq!(lat.len(), 2);
     for i in 0..2 {
         let j = 1 - i;
@@ -66,10 +66,13 @@ fn tables_follow_the_measured_figures() {
             lat[i][j] > lat[i][i],
             "a remote fetch must cost more than a local copy: {lat:?}"
         );
-        assert!(bw[i][j] < bw[i][i], "remote bandwidth below local: {bw:?}");
+        // The link is streamed, the diagonal is a copy loop in this (unoptimised-for-speed)
+        // build: no order between them holds; both must be measured.
+        assert!(bw[i][j] > 0 && bw[i][i] > 0, "unmeasured bandwidth: {bw:?}");
     }
     // Both nodes derived the same matrices from the exchange.
     assert_eq!(lat, matrix(&r[1].2, "measured 4 KiB fetch latency"));
+    assert_eq!(bw, matrix(&r[1].2, "measured bandwidth in MB/s"));
 
     // The SLIT is the documented function of the measured latencies.
     let slit = std::fs::read(out_dir.join("slit.dat")).expect("slit.dat");

@@ -17,7 +17,8 @@ pub struct AcpiArgs {
     /// Measured 4 KiB fetch latency in ns, one row per node: "400,30000;31000,420".
     #[arg(long)]
     latency_ns: String,
-    /// Measured 4 KiB page bandwidth in MB/s, one row per node: "20000,1100;1050,19000".
+    /// Measured bandwidth in MB/s (link streams; local copies on the diagonal), one row per
+    /// node: "20000,1100;1050,19000".
     #[arg(long)]
     bandwidth_mbps: String,
     /// Override of the SLIT distances.

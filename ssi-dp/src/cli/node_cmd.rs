@@ -251,7 +251,8 @@ pub fn run(a: NodeArgs) -> i32 {
             Figures::matrix_arg(&f.latency_ns)
         );
         tracing::info!(
-            "measured 4 KiB page bandwidth in MB/s: {}",
+            "measured bandwidth in MB/s (streamed over the link from column to row; diagonal: \
+             local 4 KiB copies): {}",
             Figures::matrix_arg(&f.bandwidth_mbps)
         );
     }

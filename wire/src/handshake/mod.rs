@@ -104,6 +104,9 @@ pub const NONCE_CACHE: usize = 1024;
 /// accesses of a guest spanning nodes, docs/vmm.md) instead of a shard connection. A server
 /// accepts it whatever its shard count; what it does with the connection is its own choice.
 pub const PLATFORM_CHANNEL: u16 = 0xFF00;
+/// The `target` a client names to open a link probe (the bandwidth measurement at cluster
+/// formation, docs/acpi.md) instead of a shard connection; accepted whatever the shard count.
+pub const PROBE_CHANNEL: u16 = 0xFF01;
 
 const KIND_CLIENT_HELLO: u8 = 1;
 const KIND_SERVER_HELLO: u8 = 2;

@@ -289,7 +289,8 @@ impl ServerConn {
         if replayed {
             return self.reject(RejectReason::Replayed, HandshakeError::Replayed);
         }
-        if hello.target >= cfg.shard_count && hello.target != super::PLATFORM_CHANNEL {
+        let channel = matches!(hello.target, super::PLATFORM_CHANNEL | super::PROBE_CHANNEL);
+        if hello.target >= cfg.shard_count && !channel {
             let e = HandshakeError::NoSuchShard {
                 asked: hello.target,
                 count: cfg.shard_count,
