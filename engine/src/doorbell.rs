@@ -79,9 +79,18 @@ impl Doorbell {
         self.sleeping.0.load(Ordering::Relaxed)
     }
 
-    /// Consumer side, after waking: clears the sleep flag and drains the eventfd.
+    /// Consumer side, after waking: clears the sleep flag. It does not drain the eventfd (a
+    /// system call, wasted on every wake-up the doorbell did not cause): the consumer does
+    /// that with [`Doorbell::drain`] when its wait reports the eventfd readable. Wake-ups are
+    /// never lost either way — they are decided by `pending` and `sleeping`, the eventfd only
+    /// ends a sleep.
+    #[inline]
     pub fn awake(&self) {
         self.sleeping.0.store(false, Ordering::SeqCst);
+    }
+
+    /// Consumer side: empties the eventfd, once its wait reported it readable.
+    pub fn drain(&self) {
         let mut buf = 0u64;
         // SAFETY: reads 8 bytes into `buf` from our own non-blocking eventfd; EAGAIN (nothing
         // to drain) is the expected common case and is ignored.
@@ -144,7 +153,9 @@ mod tests {
             "a sleeping consumer must get the eventfd"
         );
         d.awake();
-        assert!(!readable(d.fd(), 0), "awake() drains the eventfd");
+        assert!(readable(d.fd(), 0), "awake() leaves the eventfd alone");
+        d.drain();
+        assert!(!readable(d.fd(), 0), "drain() empties the eventfd");
         assert!(!d.prepare_sleep(), "pending work forbids sleeping");
         d.awake();
     }
@@ -179,6 +190,7 @@ mod tests {
             if d.prepare_sleep() {
                 // A lost wake-up would hang here; the 10 s bound turns it into a failure.
                 assert!(readable(d.fd(), 10_000), "lost wake-up at value {next}");
+                d.drain();
             }
             d.awake();
             // Values pushed before the bit was observed are drained on the next take().

@@ -49,6 +49,9 @@ const TOKEN_UFFD: u64 = 1;
 const TOKEN_DOORBELL: u64 = 2;
 /// Userfaultfd events read per turn.
 const UFFD_BATCH: usize = 64;
+/// A shard that reads the userfaultfd only when told it is ready still reads it when it has
+/// not for this long (a lost readiness report costs at most this much).
+const UFFD_RESCAN_NS: u64 = 10_000_000;
 /// Messages taken from one inbound ring per turn.
 const INBOX_BUDGET: usize = 256;
 /// Longest sleep in `wait` (the stop flag is also a doorbell kick; this bounds surprises).
@@ -161,6 +164,15 @@ pub struct Shard<T: Transport> {
     traced: Vec<u64>,
     /// The page of this shard's last remote read miss (sequential-prefetch trigger).
     last_miss: u64,
+    /// Whether the userfaultfd is read only when the transport reported it readable (a
+    /// shard that may sleep: it enters the kernel anyway, so readiness costs nothing extra;
+    /// a spinning shard reads it every turn instead, see [`Shard::turn`]).
+    uffd_gated: bool,
+    /// The userfaultfd may hold events (reported readable, or the last read filled the
+    /// batch).
+    uffd_ready: bool,
+    /// When the userfaultfd was last read.
+    uffd_read_at: u64,
 }
 
 impl<T: Transport> std::fmt::Debug for Shard<T> {
@@ -218,6 +230,9 @@ impl<T: Transport> Shard<T> {
             turns_since_publish: 0,
             traced: s.traced,
             last_miss: u64::MAX,
+            uffd_gated: !matches!(s.idle, IdlePolicy::Spin),
+            uffd_ready: true,
+            uffd_read_at: 0,
         };
         for c in s.conns {
             let peer = peer_id(c.node, c.peer_shard);
@@ -427,7 +442,18 @@ impl<T: Transport> Shard<T> {
         }
         let mut work = self.pump();
         work += self.poll_transport();
-        work += self.read_faults();
+        // A read of an empty userfaultfd is a system call that finds nothing: a home serving
+        // remote reads made about eight per fault, one per turn. A shard that may sleep reads
+        // it only once the transport's watch reported it readable (or a full batch suggests
+        // more; or it has not been read for UFFD_RESCAN_NS). A spinning shard reads it every
+        // turn: for it, learning of readiness would take an extra io_uring_enter per fault
+        // (task work under COOP_TASKRUN), which costs more throughput than the reads.
+        if !self.uffd_gated
+            || self.uffd_ready
+            || self.io.clock.now().saturating_sub(self.uffd_read_at) >= UFFD_RESCAN_NS
+        {
+            work += self.read_faults();
+        }
         work += self.drain_inbox();
         work += self.retry_faults();
         work += self.run_timers();
@@ -585,7 +611,9 @@ impl<T: Transport> Shard<T> {
             Event::SendDone { token, .. } => self.io.sessions.send_done(token),
             Event::FdReady { token } => {
                 if token == TOKEN_DOORBELL {
-                    self.doorbells[self.index as usize].awake();
+                    self.doorbells[self.index as usize].drain();
+                } else if token == TOKEN_UFFD {
+                    self.uffd_ready = true;
                 }
             }
         }
@@ -868,9 +896,12 @@ impl<T: Transport> Shard<T> {
         let mut buf = self.ubuf.take().expect("event buffer is always returned");
         // The events borrow `buf` (taken out of `self`), not the region: no clone per turn.
         let pages = self.io.region.page_index();
+        let now = self.io.clock.now();
+        self.uffd_read_at = now;
         let n = match self.io.region.uffd().read_events(&mut buf) {
             Ok(evs) => {
-                let now = self.io.clock.now();
+                // A full batch may have left events behind.
+                self.uffd_ready = evs.len() == UFFD_BATCH;
                 for ev in evs {
                     match *ev {
                         UffdEvent::PageFault(f) => {
@@ -901,6 +932,7 @@ impl<T: Transport> Shard<T> {
                 evs.len()
             }
             Err(e) => {
+                self.uffd_ready = false;
                 self.io
                     .log
                     .warn(format_args!("reading the userfaultfd failed: {e}"));
