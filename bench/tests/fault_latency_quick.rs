@@ -44,7 +44,7 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
-const LABELS: [&str; 14] = [
+const LABELS: [&str; 18] = [
     "floor",
     "local-zero",
     "remote-read",
@@ -56,9 +56,13 @@ const LABELS: [&str; 14] = [
     "upgrade",
     "pingpong",
     "throughput-t1",
+    "floor-throughput-t1",
     "throughput-t4",
+    "floor-throughput-t4",
     "throughput-t16",
+    "floor-throughput-t16",
     "prefetch-16",
+    "floor-prefetch-16",
 ];
 
 fn u(v: &Value, k: &str) -> u64 {
@@ -152,7 +156,10 @@ fn quick_run_writes_every_row_log_and_plot() {
         assert_eq!(r["idle"], "block");
         let threads = u(r, "threads");
         let count = u(r, "count");
-        match label.strip_prefix("throughput-t") {
+        let tp_threads = label
+            .strip_prefix("throughput-t")
+            .or_else(|| label.strip_prefix("floor-throughput-t"));
+        match tp_threads {
             // 600 faults split evenly over the threads, rounded up.
             Some(t) => {
                 assert_eq!(threads, t.parse::<u64>().unwrap());
@@ -165,6 +172,12 @@ fn quick_run_writes_every_row_log_and_plot() {
                 assert!(faults > 0 && faults < count / 2, "{r}");
                 assert!(u(r, "prefetch_requests") >= count / 2, "{r}");
                 assert!(r["pages_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            }
+            None if label == "floor-prefetch-16" => {
+                // One fault, one request, one 16-page COPY per block of the 600 pages.
+                assert_eq!((threads, count), (1, 600), "{r}");
+                assert_eq!(u(r, "faults"), 600u64.div_ceil(16), "{r}");
+                assert_eq!(u(r, "prefetch_requests"), 600u64.div_ceil(16), "{r}");
             }
             None => {
                 assert_eq!(threads, 1);
@@ -179,14 +192,24 @@ fn quick_run_writes_every_row_log_and_plot() {
         assert!(r["faults_per_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["other_load_pct"].as_f64().is_some(), "{r}");
         let ratio = &r["floor_ratio"];
-        if label == "prefetch-16" {
-            // Mostly hits: no ratio to the floor.
+        if label.ends_with("prefetch-16") {
+            // Mostly hits: no ratio to the latency floor.
             assert!(ratio.is_null(), "{r}");
         } else {
             assert!(ratio.as_f64().is_some_and(|x| x > 0.0), "{r}");
         }
         if label == "floor" {
             assert_eq!(ratio.as_f64(), Some(1.0));
+        }
+        // Throughput and prefetch rows have a rate floor from the same run.
+        let rate = &r["rate_floor_ratio"];
+        if label.starts_with("floor-throughput") || label.starts_with("floor-prefetch") {
+            assert_eq!(rate.as_f64(), Some(1.0), "{r}");
+            assert_eq!(r["transport"], "plain-tcp", "{r}");
+        } else if label.starts_with("throughput") || label.starts_with("prefetch") {
+            assert!(rate.as_f64().is_some_and(|x| x > 0.0), "{r}");
+        } else {
+            assert!(rate.is_null(), "{r}");
         }
         // Every sample's shard record was found for most samples, and the steps are there.
         let b = &r["breakdown"];
@@ -203,7 +226,8 @@ fn quick_run_writes_every_row_log_and_plot() {
         // The node that answered node 0 timed its own part (the owner for a forward).
         let answerer = match label.as_str() {
             "remote-read-fwd" => Some("answered_by_node2"),
-            "floor" | "local-zero" => None,
+            "local-zero" => None,
+            l if l.starts_with("floor") => None,
             _ => Some("answered_by_node1"),
         };
         if let Some(key) = answerer {
@@ -266,7 +290,9 @@ fn quick_run_writes_every_row_log_and_plot() {
 fn bad_input_is_refused_with_a_message() {
     let out = run(&["--scenarios", "nope"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario \"nope\""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown scenario \"nope\""), "{stderr}");
+    assert!(stderr.contains("floor-throughput"), "{stderr}");
 
     let out = run(&["--fault-cpus", "x"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));

@@ -57,7 +57,7 @@ pub enum Command {
     /// A helper node (started by the benchmark itself; driven over stdin/stdout).
     #[command(hide = true)]
     Node(RoleArgs),
-    /// The floor's home: answers 16-byte requests with 4 KiB (started by the benchmark).
+    /// The floors' home: answers 16-byte requests with 4 KiB pages (started by the benchmark).
     #[command(hide = true)]
     FloorHome(FloorHomeArgs),
 }
@@ -68,10 +68,10 @@ pub struct Placement {
     /// CPUs of node 0's faulting threads (cpulist; threads are spread round-robin).
     #[arg(long, default_value = "0")]
     pub fault_cpus: String,
-    /// CPU of node 0's data-plane shard (and of the floor's handler thread).
+    /// CPU of node 0's data-plane shard (and of the floors' handler thread).
     #[arg(long, default_value_t = 1)]
     pub shard_cpu: usize,
-    /// CPU of the helper nodes' shards (and of the floor's home process).
+    /// CPU of the helper nodes' shards (and of the floors' home process).
     #[arg(long, default_value_t = 0)]
     pub helper_cpu: usize,
 }
@@ -88,14 +88,18 @@ pub struct RunArgs {
     /// Faults per throughput row (default 40000; 600 with --quick).
     #[arg(long)]
     pub tp_faults: Option<usize>,
-    /// Faulting-thread counts of the throughput rows.
+    /// Faulting-thread counts of the throughput rows (and of their floors).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub threads: Vec<usize>,
     /// Scenarios to run: floor, local-zero, remote-read, remote-read-shared, remote-read-fwd,
-    /// remote-write, upgrade, pingpong, throughput, prefetch (default: all).
+    /// remote-write, upgrade, pingpong, throughput, prefetch, floor-throughput, floor-prefetch
+    /// (default: all). `throughput` and `prefetch` bring their floors (floor-throughput-tN,
+    /// floor-prefetch-D: hand-written, pipelined or block-wise, measured in the same run);
+    /// name a floor alone to run only it.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
-    /// Pages per sequential-prefetch trigger in the prefetch row (node 0's `--prefetch`).
+    /// Pages per sequential-prefetch trigger in the prefetch row (node 0's `--prefetch`), and
+    /// the block size of its floor.
     #[arg(long, default_value_t = 16)]
     pub prefetch_depth: u32,
     /// Largest number of sharers a remote write invalidates (rows k = 0..=K; K+2 nodes).
@@ -184,7 +188,7 @@ pub struct RoleArgs {
     pub trace: bool,
 }
 
-/// Arguments of the floor's home process.
+/// Arguments of the floors' home process.
 #[derive(Debug, Clone, Args)]
 pub struct FloorHomeArgs {
     /// Address to listen on (port 0: any free port, reported on stdout).

@@ -1,36 +1,46 @@
-//! The floor row: the least a remote read fault can cost here, measured in the same run with
-//! the same placement. A faulting thread touches fresh pages of its own userfaultfd-registered
-//! mapping; a handler thread (on node 0's shard CPU, idling like the shard) reads the event,
-//! sends a 16-byte request over TCP to a home process (on the helpers' CPU, blocking in
-//! read(2) like the helper nodes), receives the 4 KiB reply and installs it with
+//! The floor rows: the least each measured path can cost here, written by hand and measured
+//! in the same run with the same placement. Faulting threads touch fresh pages of their own
+//! userfaultfd-registered mapping; a handler thread (on node 0's shard CPU, idling like the
+//! shard) reads the events, asks a home process (on the helpers' CPU, blocking in read(2)
+//! like the helper nodes) for the pages over TCP, and installs the replies with
 //! `UFFDIO_COPY` (`MODE_WP`, as a read-only replica is installed). No protocol, no framing,
-//! no transport abstraction: every difference between a scenario and this row is the cost of
-//! those.
+//! no transport abstraction: every difference between a scenario and its floor is the cost
+//! of those.
+//!
+//! - `floor` ([`serial`]): one fault at a time: uffd read → 16-byte request → 4 KiB reply →
+//!   `UFFDIO_COPY`. Bounds the latency rows (p50).
+//! - `floor-prefetch-D` ([`serial`]): one thread reads pages in order; a fault requests the
+//!   aligned D-page block, installed with one `UFFDIO_COPY` of D × 4 KiB. Bounds
+//!   `prefetch-D` (pages/s).
+//! - `floor-throughput-tN` ([`pipelined`]): N faulting threads, one handler that reads up to
+//!   64 events at once, sends all their requests with one send and installs each reply as it
+//!   arrives, many in flight. Bounds `throughput-tN` (faults/s).
+//!
+//! The home ([`home`]) and the wire format ([`proto`]) are shared by all three.
 
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+mod home;
+mod pipelined;
+mod proto;
+mod serial;
+
+use std::io::{self, BufRead, BufReader};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use engine::clock::now_ns;
 use engine::idle::IdlePolicy;
 use engine::shard::trace::FaultTrace;
 use thiserror::Error;
-use uffd_poller::{CopyMode, Event, EventBuf, Features, FillOutcome, RegisterMode, Uffd};
+use uffd_poller::{CopyMode, Features, FillOutcome, RegisterMode, Uffd};
 use wire::region::PageRegion;
 
-use super::cli::FloorHomeArgs;
-use super::idle_wait::until_ready;
+pub use home::home_main;
+use proto::PAGE;
+
 use super::netns::NetNs;
 use super::scenario::Recorder;
 
-const PAGE: usize = 4096;
-/// Bytes of a floor request: the page index and a sequence number.
-const REQUEST: usize = 16;
-
-/// Why the floor could not be measured.
+/// Why a floor could not be measured.
 #[derive(Debug, Error)]
 pub enum FloorError {
     /// The home process could not be started or talked to.
@@ -48,17 +58,40 @@ pub enum FloorError {
     /// Pages read back other contents than the home sent.
     #[error("{0} floor pages held the wrong contents")]
     WrongData(u64),
+    /// Options no floor can run with.
+    #[error("floor options: {0}")]
+    Opts(String),
 }
 
-/// How to run the floor.
+/// Which floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloorKind {
+    /// `floor`: one fault at a time, one page per request.
+    Latency,
+    /// `floor-throughput-tN`: `threads` faulting threads, one pipelined handler.
+    Throughput {
+        /// Faulting threads.
+        threads: usize,
+    },
+    /// `floor-prefetch-D`: one thread in page order, `depth`-page blocks.
+    Prefetch {
+        /// Pages per request (and per `UFFDIO_COPY`).
+        depth: u32,
+    },
+}
+
+/// How to run a floor.
 #[derive(Debug)]
 pub struct FloorOpts<'a> {
-    /// Measured samples.
+    /// Which floor.
+    pub kind: FloorKind,
+    /// `Latency`: measured samples. `Throughput`: faults in all, split evenly over the
+    /// threads (rounded up). `Prefetch`: pages read (every touch is a sample).
     pub samples: usize,
-    /// Unrecorded samples first.
+    /// Unrecorded samples first (`Latency` only).
     pub warmup: usize,
-    /// CPU of the faulting thread.
-    pub fault_cpu: usize,
+    /// CPUs of the faulting threads (spread round-robin).
+    pub fault_cpus: &'a [usize],
     /// CPU of the handler thread.
     pub handler_cpu: usize,
     /// CPU of the home process.
@@ -69,6 +102,15 @@ pub struct FloorOpts<'a> {
     pub netns: Option<&'a NetNs>,
     /// Record each fault's steps, as node 0's shard does for `--breakdown`.
     pub trace: bool,
+}
+
+impl FloorOpts<'_> {
+    fn fault_cpu(&self, thread: usize) -> Result<usize, FloorError> {
+        match self.fault_cpus.len() {
+            0 => Err(FloorError::Opts("no faulting CPU given".into())),
+            n => Ok(self.fault_cpus[thread % n]),
+        }
+    }
 }
 
 fn spawn_home(o: &FloorOpts<'_>) -> Result<(Child, String), FloorError> {
@@ -93,14 +135,28 @@ fn spawn_home(o: &FloorOpts<'_>) -> Result<(Child, String), FloorError> {
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
     let mut child = cmd.spawn()?;
+    let port = read_port(&mut child);
+    match port {
+        Ok(port) => Ok((child, format!("{host}:{port}"))),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+fn read_port(child: &mut Child) -> Result<u16, FloorError> {
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| FloorError::Home("its stdout is not a pipe".into()))?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let port = line
-        .trim()
+    BufReader::new(out).read_line(&mut line)?;
+    line.trim()
         .strip_prefix("port ")
         .and_then(|p| p.parse::<u16>().ok())
-        .ok_or_else(|| FloorError::Home(format!("expected its port, got {line:?}")))?;
-    Ok((child, format!("{host}:{port}")))
+        .ok_or_else(|| FloorError::Home(format!("expected its port, got {line:?}")))
 }
 
 fn connect(addr: &str, netns: Option<&NetNs>) -> Result<TcpStream, FloorError> {
@@ -120,63 +176,38 @@ fn connect(addr: &str, netns: Option<&NetNs>) -> Result<TcpStream, FloorError> {
     Ok(s)
 }
 
-/// Moves all of `buf` through `op` (a non-blocking read or write), waiting as `idle` says.
-fn transfer(
-    fd: i32,
-    events: i16,
-    idle: IdlePolicy,
-    stop: &AtomicBool,
-    buf_len: usize,
-    mut op: impl FnMut(usize) -> io::Result<usize>,
-) -> io::Result<bool> {
-    let mut done = 0;
-    while done < buf_len {
-        let r = until_ready(
-            fd,
-            events,
-            idle,
-            || stop.load(Ordering::Relaxed),
-            || match op(done) {
-                Ok(0) => Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "the floor home closed",
-                )),
-                Ok(n) => Ok(Some(n)),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
-                Err(e) if e.kind() == ErrorKind::Interrupted => Ok(None),
-                Err(e) => Err(e),
-            },
-        )?;
-        match r {
-            Some(n) => done += n,
-            None => return Ok(false),
-        }
-    }
-    Ok(true)
-}
-
-/// Measures the floor into `rec`; returns the handler's per-fault steps when `o.trace`.
+/// Measures the floor `o.kind` into `rec`; returns the handler's per-fault steps when
+/// `o.trace`.
 pub fn run(o: &FloorOpts<'_>, rec: &mut Recorder<'_>) -> Result<Vec<FaultTrace>, FloorError> {
     let (mut home, addr) = spawn_home(o)?;
-    let result = measure(o, rec, &addr);
+    let result = connect(&addr, o.netns).and_then(|sock| match o.kind {
+        FloorKind::Latency => serial::measure(o, rec, sock, 1),
+        FloorKind::Prefetch { depth } => {
+            if !(1..=proto::MAX_COUNT).contains(&depth) {
+                return Err(FloorError::Opts(format!(
+                    "prefetch depth {depth}: use 1 to {} pages",
+                    proto::MAX_COUNT
+                )));
+            }
+            serial::measure(o, rec, sock, depth as usize)
+        }
+        FloorKind::Throughput { threads } => pipelined::measure(o, rec, sock, threads),
+    });
     let _ = home.kill();
     let _ = home.wait();
     result
 }
 
-fn measure(
-    o: &FloorOpts<'_>,
-    rec: &mut Recorder<'_>,
-    addr: &str,
-) -> Result<Vec<FaultTrace>, FloorError> {
-    let sock = connect(addr, o.netns)?;
-    let uffd = Arc::new(
-        Uffd::open(Features::PAGEFAULT_FLAG_WP).map_err(|e| FloorError::Uffd(e.to_string()))?,
-    );
-    let pages = o.samples + o.warmup;
-    let map = PageRegion::reserve(pages * PAGE)?;
-    // SAFETY: the mapping is this function's own and is only touched through raw pointers by
-    // the faulting thread below; the handler fills its missing pages.
+/// A fresh mapping of `pages` pages registered (MISSING and WP) with a new userfaultfd.
+fn registered(pages: usize) -> Result<(Uffd, PageRegion), FloorError> {
+    let uffd =
+        Uffd::open(Features::PAGEFAULT_FLAG_WP).map_err(|e| FloorError::Uffd(e.to_string()))?;
+    let len = pages
+        .checked_mul(PAGE)
+        .ok_or_else(|| FloorError::Opts(format!("{pages} pages do not fit the address space")))?;
+    let map = PageRegion::reserve(len)?;
+    // SAFETY: the mapping is the caller's own and is only touched through raw pointers by
+    // its faulting threads; its handler fills the missing pages.
     unsafe {
         uffd.register(
             map.as_ptr() as usize,
@@ -185,188 +216,46 @@ fn measure(
         )
     }
     .map_err(|e| FloorError::Uffd(e.to_string()))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler = {
-        let (uffd, stop) = (uffd.clone(), stop.clone());
-        let (idle, cpu, base, len) = (o.idle, o.handler_cpu, map.as_ptr() as usize, map.len());
-        let trace = Vec::with_capacity(if o.trace { pages } else { 0 });
-        std::thread::Builder::new()
-            .name("floor-handler".into())
-            .spawn(move || handler(&uffd, sock, idle, cpu, (base, len), &stop, trace))?
-    };
-    let wrong = std::thread::scope(|s| {
-        s.spawn(|| fault_loop(o, rec, &map, &stop))
-            .join()
-            .expect("the floor's faulting thread does not panic")
-    });
+    Ok((uffd, map))
+}
+
+/// `UFFDIO_COPY` attempts that may meet `EAGAIN` (the address space changing) in a row.
+const COPY_RETRIES: u32 = 1000;
+
+/// Installs `src` (whole pages) at `dst` with `UFFDIO_COPY` (`MODE_WP`), finishing what the
+/// kernel leaves undone: the rest of a partial copy, a wake for a page someone else mapped.
+fn install(uffd: &Uffd, dst: usize, src: &[u8]) -> io::Result<()> {
+    let mut off = 0;
+    let mut retries = 0;
+    while off < src.len() {
+        match uffd.copy(dst + off, &src[off..], CopyMode::WP) {
+            Ok(FillOutcome::Filled(_)) => return Ok(()),
+            Ok(FillOutcome::Partial(n)) if n > 0 && n % PAGE == 0 => off += n,
+            Ok(FillOutcome::AlreadyMapped) => {
+                uffd.wake(dst + off, PAGE)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                off += PAGE;
+            }
+            Ok(FillOutcome::Retry) if retries < COPY_RETRIES => retries += 1,
+            Ok(other) => {
+                return Err(io::Error::other(format!(
+                    "UFFDIO_COPY of {} bytes at {:#x}: {other:?}",
+                    src.len() - off,
+                    dst + off
+                )))
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// The handler failed: tell the faulting threads to stop, and unregister the mapping so that
+/// the blocked ones wake (their pages then fill with zeroes, which they count as wrong)
+/// instead of waiting forever.
+fn give_up(uffd: &Uffd, (base, len): (usize, usize), stop: &AtomicBool) {
     stop.store(true, Ordering::Relaxed);
-    let trace = handler
-        .join()
-        .map_err(|_| FloorError::Handler("panicked".into()))?
-        .map_err(FloorError::Handler)?;
-    if wrong != 0 {
-        return Err(FloorError::WrongData(wrong));
-    }
-    Ok(trace)
-}
-
-/// The faulting thread: touches every page once; returns how many read wrong contents.
-fn fault_loop(
-    o: &FloorOpts<'_>,
-    rec: &mut Recorder<'_>,
-    map: &PageRegion,
-    stop: &AtomicBool,
-) -> u64 {
-    if let Err(e) = crate::pin_current_thread(o.fault_cpu) {
-        eprintln!("fault-latency: floor: {e}");
-    }
-    let pages = o.samples + o.warmup;
-    let mut wrong = 0u64;
-    let start = now_ns();
-    for i in 0..pages {
-        let word = ((map.as_ptr() as usize) + i * PAGE) as *const u64;
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        let t0 = now_ns();
-        // SAFETY: the word lies in the registered mapping (alive until the end of this
-        // function); the read blocks in the kernel until the handler installs the page.
-        let v = unsafe { std::ptr::read_volatile(word) };
-        let t1 = now_ns();
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        if v != i as u64 {
-            wrong += 1;
-        }
-        if i == o.warmup {
-            rec.restart_clock();
-        }
-        if i >= o.warmup {
-            rec.record(i as u64, t0, t1);
-        }
-        if stop.load(Ordering::Relaxed) {
-            // The handler gave up (its error is reported by the caller).
-            break;
-        }
-    }
-    rec.finish(now_ns().saturating_sub(start));
-    wrong
-}
-
-fn handler(
-    uffd: &Uffd,
-    mut sock: TcpStream,
-    idle: IdlePolicy,
-    cpu: usize,
-    (base, len): (usize, usize),
-    stop: &AtomicBool,
-    mut trace: Vec<FaultTrace>,
-) -> Result<Vec<FaultTrace>, String> {
-    crate::pin_current_thread(cpu).map_err(|e| e.to_string())?;
-    let mut events = EventBuf::<64>::new();
-    let mut faults = [0usize; 64];
-    let mut reply = vec![0u8; PAGE];
-    let ufd = uffd.as_raw_fd();
-    let sfd = sock.as_raw_fd();
-    let mut seq = 0u64;
-    let mut run = || -> io::Result<()> {
-        loop {
-            let n = until_ready(
-                ufd,
-                libc::POLLIN,
-                idle,
-                || stop.load(Ordering::Relaxed),
-                || {
-                    let evs = uffd
-                        .read_events(&mut events)
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                    let mut n = 0;
-                    for ev in evs {
-                        if let Event::PageFault(f) = *ev {
-                            faults[n] = f.address & !(PAGE - 1);
-                            n += 1;
-                        }
-                    }
-                    Ok((n > 0).then_some(n))
-                },
-            )?;
-            let Some(n) = n else { return Ok(()) };
-            let event_ns = now_ns();
-            for &addr in &faults[..n] {
-                let mut req = [0u8; REQUEST];
-                req[..8].copy_from_slice(&(((addr - base) / PAGE) as u64).to_le_bytes());
-                req[8..].copy_from_slice(&seq.to_le_bytes());
-                seq += 1;
-                if !transfer(sfd, libc::POLLOUT, idle, stop, REQUEST, |d| {
-                    sock.write(&req[d..])
-                })? {
-                    return Ok(());
-                }
-                let sent_ns = now_ns();
-                if !transfer(sfd, libc::POLLIN, idle, stop, PAGE, |d| {
-                    sock.read(&mut reply[d..])
-                })? {
-                    return Ok(());
-                }
-                let received_ns = now_ns();
-                match uffd.copy(addr, &reply, CopyMode::WP) {
-                    Ok(FillOutcome::Filled(_)) => {}
-                    Ok(FillOutcome::AlreadyMapped) => uffd
-                        .wake(addr, PAGE)
-                        .map_err(|e| io::Error::other(e.to_string()))?,
-                    Ok(other) => return Err(io::Error::other(format!("UFFDIO_COPY: {other:?}"))),
-                    Err(e) => return Err(io::Error::other(e.to_string())),
-                }
-                if trace.len() < trace.capacity() {
-                    trace.push(FaultTrace {
-                        page: ((addr - base) / PAGE) as u64,
-                        event_ns,
-                        sent_ns,
-                        received_ns,
-                        installed_ns: now_ns(),
-                    });
-                }
-            }
-        }
-    };
-    let r = run().map_err(|e| e.to_string());
-    if r.is_err() {
-        stop.store(true, Ordering::Relaxed);
-        // Unregistering wakes the faulting thread (its page then fills with zeroes, which
-        // it counts as wrong) instead of leaving it blocked forever.
-        let _ = uffd.unregister(base, len);
-    }
-    r.map(|()| trace)
-}
-
-/// The floor's home process: answers each 16-byte request with 4 KiB whose first word is the
-/// requested page index, from a blocking socket. Returns the exit code.
-pub fn home_main(a: FloorHomeArgs) -> i32 {
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = crate::pin_current_thread(a.cpu) {
-        eprintln!("fault-latency floor-home: {e}");
-    }
-    let run = || -> io::Result<()> {
-        let l = TcpListener::bind(&a.bind)?;
-        println!("port {}", l.local_addr()?.port());
-        io::stdout().flush()?;
-        let (mut s, _) = l.accept()?;
-        s.set_nodelay(true)?;
-        let mut req = [0u8; REQUEST];
-        let mut page = vec![0x5au8; PAGE];
-        loop {
-            match s.read_exact(&mut req) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            page[..8].copy_from_slice(&req[..8]);
-            s.write_all(&page)?;
-        }
-    };
-    match run() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("fault-latency floor-home: {e}");
-            1
-        }
+    if let Err(e) = uffd.unregister(base, len) {
+        eprintln!("fault-latency: floor: cannot unregister the mapping: {e}");
     }
 }

@@ -9,14 +9,15 @@
 //! - [`run`]: a whole run over the axes (transport × idle policy), and its output.
 //! - [`netns`]: the `--netns` topology (one namespace per node, joined by a bridge).
 //! - [`scenario`]: the measured loops.
-//! - [`floor`]: the hand-written floor (uffd read → request → 4 KiB reply → UFFDIO_COPY).
+//! - [`floor`]: the hand-written floors (uffd read → request → 4 KiB reply → UFFDIO_COPY; one
+//!   at a time, pipelined for throughput, in blocks for prefetch).
 //! - [`breakdown`]: where the time of a fault goes, from shard timestamps.
 //! - [`report`]: results, the table and the JSON lines.
 //! - [`plot`]: the percentile-distribution SVG.
 //! - [`hlogs`]: HDR interval logs per scenario and the `show` / `compare` commands.
 //! - [`progress`]: the progress line.
 //! - [`load`]: how much CPU other processes took during the measurement.
-//! - [`idle_wait`]: spin / hybrid / block waiting shared by the floor's loops.
+//! - [`idle_wait`]: spin / hybrid / block waiting shared by the floors' loops.
 
 pub mod breakdown;
 pub mod cli;

@@ -11,7 +11,7 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     /// An unknown scenario name.
-    #[error("unknown scenario {0:?}: use floor, local-zero, remote-read, remote-read-shared, remote-read-fwd, remote-write, upgrade, pingpong, throughput or prefetch")]
+    #[error("unknown scenario {0:?}: use floor, local-zero, remote-read, remote-read-shared, remote-read-fwd, remote-write, upgrade, pingpong, throughput, floor-throughput, prefetch or floor-prefetch")]
     Unknown(String),
     /// A thread count of 0 or too many.
     #[error("bad thread count {0}: use 1 to 256")]
@@ -59,6 +59,19 @@ pub enum Scenario {
         /// Pages per prefetch trigger (`--prefetch` of the node).
         depth: u32,
     },
+    /// The throughput floor: `threads` threads fault on fresh pages of a uffd mapping; one
+    /// hand-written handler reads up to 64 events at once, sends all their requests with one
+    /// send and installs each reply as it arrives (many in flight). Bounds `throughput-tN`.
+    FloorThroughput {
+        /// Faulting threads.
+        threads: usize,
+    },
+    /// The prefetch floor: one thread reads fresh pages front to back; a fault requests the
+    /// aligned `depth`-page block, installed with one `UFFDIO_COPY`. Bounds `prefetch-D`.
+    FloorPrefetch {
+        /// Pages per request.
+        depth: u32,
+    },
 }
 
 impl Scenario {
@@ -75,6 +88,8 @@ impl Scenario {
             Scenario::PingPong => "pingpong",
             Scenario::Throughput { .. } => "throughput",
             Scenario::Prefetch { .. } => "prefetch",
+            Scenario::FloorThroughput { .. } => "floor-throughput",
+            Scenario::FloorPrefetch { .. } => "floor-prefetch",
         }
     }
 
@@ -84,6 +99,8 @@ impl Scenario {
             Scenario::RemoteWrite { k } => format!("remote-write-k{k}"),
             Scenario::Throughput { threads } => format!("throughput-t{threads}"),
             Scenario::Prefetch { depth } => format!("prefetch-{depth}"),
+            Scenario::FloorThroughput { threads } => format!("floor-throughput-t{threads}"),
+            Scenario::FloorPrefetch { depth } => format!("floor-prefetch-{depth}"),
             s => s.name().to_string(),
         }
     }
@@ -91,14 +108,34 @@ impl Scenario {
     /// Faulting threads.
     pub fn threads(self) -> usize {
         match self {
-            Scenario::Throughput { threads } => threads,
+            Scenario::Throughput { threads } | Scenario::FloorThroughput { threads } => threads,
             _ => 1,
         }
     }
 
-    /// Whether the scenario needs a running cluster (the floor does not).
+    /// Whether this is a hand-written floor (no cluster, no protocol).
+    pub fn is_floor(self) -> bool {
+        matches!(
+            self,
+            Scenario::Floor | Scenario::FloorThroughput { .. } | Scenario::FloorPrefetch { .. }
+        )
+    }
+
+    /// Whether the scenario needs a running cluster (the floors do not).
     pub fn needs_cluster(self) -> bool {
-        self != Scenario::Floor
+        !self.is_floor()
+    }
+
+    /// The floor whose rate (faults/s, pages/s) bounds this row's, measured in the same run:
+    /// `floor-throughput-tN` for `throughput-tN`, `floor-prefetch-D` for `prefetch-D`, and a
+    /// rate floor itself. `None` for the latency rows (their floor is `floor`, by p50).
+    pub fn rate_floor(self) -> Option<Scenario> {
+        match self {
+            Scenario::Throughput { threads } => Some(Scenario::FloorThroughput { threads }),
+            Scenario::Prefetch { depth } => Some(Scenario::FloorPrefetch { depth }),
+            Scenario::FloorThroughput { .. } | Scenario::FloorPrefetch { .. } => Some(self),
+            _ => None,
+        }
     }
 }
 
@@ -124,7 +161,9 @@ const GUARD_PAGES: u64 = 16;
 
 impl Plan {
     /// Builds the plan from the selected names (empty: all); `samples` counts the pages one
-    /// latency scenario touches (its warm-up included).
+    /// latency scenario touches (its warm-up included). A rate floor runs whenever the row it
+    /// bounds does (`throughput` brings `floor-throughput`, `prefetch` brings
+    /// `floor-prefetch`), or alone when named; each follows the row it bounds.
     pub fn new(
         names: &[String],
         max_sharers: usize,
@@ -142,7 +181,7 @@ impl Plan {
         if let Some(&t) = threads.iter().find(|&&t| t == 0 || t > 256) {
             return Err(PlanError::Threads(t));
         }
-        const ALL: [&str; 10] = [
+        const ALL: [&str; 12] = [
             "floor",
             "local-zero",
             "remote-read",
@@ -153,6 +192,8 @@ impl Plan {
             "pingpong",
             "throughput",
             "prefetch",
+            "floor-throughput",
+            "floor-prefetch",
         ];
         for n in names {
             if !ALL.contains(&n.as_str()) {
@@ -185,20 +226,32 @@ impl Plan {
         if want("pingpong") {
             scenarios.push(Scenario::PingPong);
         }
-        if want("throughput") {
-            scenarios.extend(threads.iter().map(|&t| Scenario::Throughput { threads: t }));
+        let tp = want("throughput");
+        let tp_floor = tp || want("floor-throughput");
+        for &t in threads {
+            if tp {
+                scenarios.push(Scenario::Throughput { threads: t });
+            }
+            if tp_floor {
+                scenarios.push(Scenario::FloorThroughput { threads: t });
+            }
         }
+        let depth = prefetch_depth;
         if want("prefetch") {
-            scenarios.push(Scenario::Prefetch {
-                depth: prefetch_depth,
-            });
+            scenarios.push(Scenario::Prefetch { depth });
+        }
+        if want("prefetch") || want("floor-prefetch") {
+            scenarios.push(Scenario::FloorPrefetch { depth });
         }
         let mut nodes = 2;
         let mut local = 0u64;
         let mut remote = 0u64;
         for s in &scenarios {
             match *s {
-                Scenario::Floor => {}
+                // The floors map their own memory.
+                Scenario::Floor
+                | Scenario::FloorThroughput { .. }
+                | Scenario::FloorPrefetch { .. } => {}
                 Scenario::LocalZero => local += samples as u64,
                 Scenario::RemoteReadFwd | Scenario::RemoteReadShared => {
                     nodes = nodes.max(3);
@@ -276,18 +329,24 @@ mod tests {
         let p = Plan::new(&[], 2, &[1, 4, 16], 100, 50, 16).unwrap();
         assert_eq!(p.nodes, 4, "k = 2 needs two sharers besides the home");
         assert_eq!(p.scenarios.first(), Some(&Scenario::Floor));
-        assert_eq!(p.scenarios.last(), Some(&Scenario::Prefetch { depth: 16 }));
+        assert_eq!(
+            p.scenarios.last(),
+            Some(&Scenario::FloorPrefetch { depth: 16 })
+        );
         let labels: Vec<String> = p.scenarios.iter().map(|s| s.label()).collect();
         for l in [
             "remote-write-k0",
             "remote-write-k2",
             "throughput-t16",
+            "floor-throughput-t16",
             "pingpong",
+            "prefetch-16",
+            "floor-prefetch-16",
         ] {
             assert!(labels.iter().any(|x| x == l), "{l} missing from {labels:?}");
         }
         // read, shared, fwd, 3 writes, upgrade = 7 × 100; pingpong 1; throughput 50 + 52 + 64;
-        // prefetch 50 + 16.
+        // prefetch 50 + 16; the floors map their own memory.
         assert_eq!(p.remote_pages, 700 + 1 + 50 + 52 + 64 + 66 + GUARD_PAGES);
         assert_eq!(p.local_pages, 100 + GUARD_PAGES);
         assert_eq!(p.memory()[2], 0);
@@ -302,6 +361,11 @@ mod tests {
             Plan::new(&["nope".into()], 2, &[1], 10, 10, 16).unwrap_err(),
             PlanError::Unknown("nope".into())
         );
+        let msg = PlanError::Unknown("nope".into()).to_string();
+        assert!(
+            msg.contains("floor-throughput") && msg.contains("floor-prefetch"),
+            "{msg}"
+        );
         assert_eq!(
             Plan::new(&[], 2, &[0], 10, 10, 16).unwrap_err(),
             PlanError::Threads(0)
@@ -310,6 +374,47 @@ mod tests {
             Plan::new(&[], 2, &[1], 10, 10, 1).unwrap_err(),
             PlanError::PrefetchDepth(1)
         );
+    }
+
+    #[test]
+    fn rate_floors_follow_the_rows_they_bound() {
+        let names = |n: &[&str]| -> Vec<String> { n.iter().map(|x| x.to_string()).collect() };
+        let tp = |t| Scenario::Throughput { threads: t };
+        let ftp = |t| Scenario::FloorThroughput { threads: t };
+        let (pf, fpf) = (
+            Scenario::Prefetch { depth: 8 },
+            Scenario::FloorPrefetch { depth: 8 },
+        );
+        // A default run has every floor, each right after the row it bounds.
+        let all = Plan::new(&[], 0, &[1, 4], 10, 10, 8).unwrap();
+        let tail = &all.scenarios[all.scenarios.len() - 6..];
+        assert_eq!(tail, [tp(1), ftp(1), tp(4), ftp(4), pf, fpf]);
+        // Selecting the bounded rows brings their floors; not the latency floor.
+        let p = Plan::new(&names(&["throughput", "prefetch"]), 0, &[1, 4], 10, 10, 8).unwrap();
+        assert_eq!(p.scenarios, [tp(1), ftp(1), tp(4), ftp(4), pf, fpf]);
+        // A floor alone, by name: no cluster row, no cluster memory.
+        let p = Plan::new(&names(&["floor-throughput"]), 0, &[16], 10, 10, 8).unwrap();
+        assert_eq!(p.scenarios, [ftp(16)]);
+        let p = Plan::new(&names(&["floor-prefetch"]), 0, &[1], 10, 10, 8).unwrap();
+        assert_eq!(p.scenarios, [fpf]);
+        assert!(p.scenarios.iter().all(|s| !s.needs_cluster()));
+        assert_eq!(p.remote_pages, GUARD_PAGES);
+        // `floor` is the latency floor only.
+        let p = Plan::new(&names(&["floor"]), 0, &[1], 10, 10, 8).unwrap();
+        assert_eq!(p.scenarios, [Scenario::Floor]);
+        // Names, labels, threads, and which floor bounds which rate.
+        assert_eq!(ftp(16).label(), "floor-throughput-t16");
+        assert_eq!(ftp(16).name(), "floor-throughput");
+        assert_eq!(ftp(16).threads(), 16);
+        assert_eq!(fpf.label(), "floor-prefetch-8");
+        assert_eq!(fpf.name(), "floor-prefetch");
+        assert_eq!(tp(4).rate_floor(), Some(ftp(4)));
+        assert_eq!(ftp(4).rate_floor(), Some(ftp(4)));
+        assert_eq!(pf.rate_floor(), Some(fpf));
+        assert_eq!(Scenario::RemoteRead.rate_floor(), None);
+        assert_eq!(Scenario::Floor.rate_floor(), None);
+        assert!(Scenario::Floor.is_floor() && ftp(1).is_floor() && fpf.is_floor());
+        assert!(!tp(1).is_floor() && !pf.is_floor());
     }
 
     #[test]

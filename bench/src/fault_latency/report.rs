@@ -1,6 +1,7 @@
 //! Results of a run: one [`ScenarioResult`] per scenario and axis point, printed as a table
-//! (p50, p90, p99, p99.9, max, count, faults/s, ratio to the floor) or as JSON lines, with the
-//! machine, transport, idle policy and CPU placement every result was measured with.
+//! (p50, p90, p99, p99.9, max, count, faults/s, p50 over the latency floor's, rate over the
+//! rate floor's) or as JSON lines, with the machine, transport, idle policy and CPU placement
+//! every result was measured with.
 
 use std::fmt::Write as _;
 
@@ -59,6 +60,14 @@ impl ScenarioResult {
         (f > 0).then(|| self.lat.percentile(50.0) as f64 / f as f64)
     }
 
+    /// The rate (faults/s; pages/s for prefetch) relative to its rate floor's, measured in the
+    /// same run (`throughput-tN` over `floor-throughput-tN`, `prefetch-D` over
+    /// `floor-prefetch-D`; 1 for a rate floor itself).
+    pub fn rate_ratio(&self, rate_floor: Option<&ScenarioResult>) -> Option<f64> {
+        let f = rate_floor?.faults_per_s();
+        (f > 0.0).then(|| self.faults_per_s() / f)
+    }
+
     /// A label unique within a run with several axis points.
     pub fn series_label(&self, multi_axis: bool) -> String {
         if multi_axis {
@@ -74,19 +83,42 @@ impl ScenarioResult {
     }
 }
 
+/// The row among `rows` (one axis point) whose rate bounds `r`'s, if it ran.
+pub fn rate_floor_of<'r>(
+    r: &ScenarioResult,
+    rows: &'r [ScenarioResult],
+) -> Option<&'r ScenarioResult> {
+    let f = r.scenario.rate_floor()?;
+    rows.iter().find(|x| x.scenario == f)
+}
+
 /// The header line of the table.
 pub fn header() -> String {
     format!(
-        "{:<18} {:>3} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>7}",
-        "scenario", "thr", "count", "p50", "p90", "p99", "p99.9", "max", "faults/s", "xfloor"
+        "{:<20} {:>3} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>7} {:>6}",
+        "scenario",
+        "thr",
+        "count",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "faults/s",
+        "xfloor",
+        "xrate"
     )
 }
 
-/// One table row.
-pub fn row(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
+/// One table row: `floor` is the latency floor, `rate_floor` the row bounding this one's rate.
+pub fn row(
+    r: &ScenarioResult,
+    floor: Option<&ScenarioResult>,
+    rate_floor: Option<&ScenarioResult>,
+) -> String {
     let l = &r.lat;
     format!(
-        "{:<18} {:>3} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10.0} {:>7}",
+        "{:<20} {:>3} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10.0} {:>7} {:>6}",
         r.scenario.label(),
         r.scenario.threads(),
         l.count(),
@@ -98,6 +130,8 @@ pub fn row(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
         r.faults_per_s(),
         r.floor_ratio(floor)
             .map_or("-".to_string(), |x| format!("{x:.2}")),
+        r.rate_ratio(rate_floor)
+            .map_or("-".to_string(), |x| format!("{x:.2}")),
     )
 }
 
@@ -108,10 +142,23 @@ pub fn table(heading: &str, rows: &[ScenarioResult]) -> String {
     let _ = writeln!(s, "{heading}");
     let _ = writeln!(s, "{}", header());
     for r in rows {
-        let _ = writeln!(s, "{}", row(r, floor));
+        let _ = writeln!(s, "{}", row(r, floor, rate_floor_of(r, rows)));
     }
     for r in rows {
-        if let Some(c) = r.prefetch {
+        if let (Some(c), Scenario::FloorPrefetch { depth }) = (r.prefetch, r.scenario) {
+            let pages = r.lat.count();
+            let _ = writeln!(
+                s,
+                "{}: every touch is a sample (faults/s is pages/s): {:.0} pages/s; {} of {} \
+                 touches faulted (1 per {:.1} pages), each fetching its {depth}-page block with \
+                 one request and one UFFDIO_COPY",
+                r.scenario.label(),
+                r.faults_per_s(),
+                c.faults,
+                pages,
+                pages as f64 / c.faults.max(1) as f64,
+            );
+        } else if let Some(c) = r.prefetch {
             let pages = r.lat.count();
             let _ = writeln!(
                 s,
@@ -146,14 +193,19 @@ fn json_str(s: &str) -> String {
     o
 }
 
-/// One JSON object (one line) for a result.
-pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
+/// One JSON object (one line) for a result; `floor` is the latency floor, `rate_floor` the
+/// row bounding this one's rate.
+pub fn json(
+    r: &ScenarioResult,
+    floor: Option<&ScenarioResult>,
+    rate_floor: Option<&ScenarioResult>,
+) -> String {
     let l = &r.lat;
     let mut s = format!(
         "{{\"scenario\":{},\"label\":{},\"threads\":{},\"transport\":{},\"idle\":{},\
          \"placement\":{},\"count\":{},\"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\
          \"p999_ns\":{},\"max_ns\":{},\"faults_per_s\":{:.1},\"floor_ratio\":{},\
-         \"other_load_pct\":{:.1}",
+         \"rate_floor_ratio\":{},\"other_load_pct\":{:.1}",
         json_str(r.scenario.name()),
         json_str(&r.scenario.label()),
         r.scenario.threads(),
@@ -168,6 +220,8 @@ pub fn json(r: &ScenarioResult, floor: Option<&ScenarioResult>) -> String {
         l.histogram().max(),
         r.faults_per_s(),
         r.floor_ratio(floor)
+            .map_or("null".to_string(), |x| format!("{x:.3}")),
+        r.rate_ratio(rate_floor)
             .map_or("null".to_string(), |x| format!("{x:.3}")),
         r.others_pct,
     );
@@ -246,24 +300,106 @@ mod tests {
             t.contains("prefetch-16: every touch is a sample (faults/s is pages/s): 64000 pages/s; 4 of 64 touches faulted (1 per 16.0 pages), 60 prefetch requests"),
             "{t}"
         );
-        let v: serde_json::Value = serde_json::from_str(&json(&pf, Some(&floor))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json(&pf, Some(&floor), None)).unwrap();
         assert_eq!(v["faults"], 4);
         assert_eq!(v["prefetch_requests"], 60);
         assert_eq!(v["pages_per_s"], 64000.0);
         assert!(v["floor_ratio"].is_null(), "{v}");
-        let j = json(&rr, Some(&floor));
+        let j = json(&rr, Some(&floor), None);
         assert!(j.starts_with("{\"scenario\":\"remote-read\""), "{j}");
         assert!(j.contains("\"count\":20,"), "{j}");
         assert!(j.contains("\"floor_ratio\":1.50"), "{j}");
-        assert!(json(&rr, None).contains("\"floor_ratio\":null"));
+        assert!(json(&rr, None, None).contains("\"floor_ratio\":null"));
+        assert!(j.contains("\"rate_floor_ratio\":null"), "{j}");
         assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
         // A breakdown with no matched sample but a helper's answers is still valid JSON.
         let mut b = crate::fault_latency::breakdown::compute(&[], &[], 0);
         b.answered = vec![(1, 10, 2000, 3000)];
         let mut with = rr.clone();
         with.breakdown = Some(b);
-        let v: serde_json::Value = serde_json::from_str(&json(&with, None)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json(&with, None, None)).unwrap();
         assert_eq!(v["breakdown"]["answered_by_node1"]["p50_ns"], 2000);
         assert_eq!(v["count"], 20);
+    }
+
+    #[test]
+    fn rate_floors_sit_next_to_their_rows_with_the_rate_ratio() {
+        let floor = result(Scenario::Floor, &[10_000; 10], 100_000);
+        // 40 faults in 1 ms: 40 000/s, against the floor's 100 000/s.
+        let tp = result(
+            Scenario::Throughput { threads: 4 },
+            &[50_000; 40],
+            1_000_000,
+        );
+        let ftp = result(
+            Scenario::FloorThroughput { threads: 4 },
+            &[20_000; 40],
+            400_000,
+        );
+        let mut pf = result(Scenario::Prefetch { depth: 16 }, &[100; 64], 1_000_000);
+        pf.prefetch = Some(PrefetchCounts {
+            faults: 4,
+            requests: 60,
+        });
+        let mut fpf = result(Scenario::FloorPrefetch { depth: 16 }, &[100; 64], 250_000);
+        fpf.prefetch = Some(PrefetchCounts {
+            faults: 4,
+            requests: 4,
+        });
+        let rows = [
+            floor.clone(),
+            tp.clone(),
+            ftp.clone(),
+            pf.clone(),
+            fpf.clone(),
+        ];
+        assert_eq!(
+            rate_floor_of(&tp, &rows).map(|r| r.scenario),
+            Some(ftp.scenario)
+        );
+        assert_eq!(
+            rate_floor_of(&fpf, &rows).map(|r| r.scenario),
+            Some(fpf.scenario)
+        );
+        assert!(rate_floor_of(&floor, &rows).is_none());
+        // A bounded row whose floor did not run (or failed) has no ratio.
+        assert!(rate_floor_of(&tp, &rows[..2]).is_none());
+        let r = tp.rate_ratio(rate_floor_of(&tp, &rows)).unwrap();
+        assert!((r - 0.4).abs() < 1e-9, "{r}");
+        assert!((pf.rate_ratio(Some(&fpf)).unwrap() - 0.25).abs() < 1e-9);
+        assert_eq!(ftp.rate_ratio(Some(&ftp)), Some(1.0));
+        // The throughput floor has a latency ratio too; the prefetch floor (mostly hits) not.
+        let r = ftp.floor_ratio(Some(&floor)).unwrap();
+        assert!((r - 2.0).abs() < 0.01, "{r}");
+        assert_eq!(fpf.floor_ratio(Some(&floor)), None);
+
+        let t = table("run", &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        let line = |label: &str| {
+            lines
+                .iter()
+                .find(|l| l.split_whitespace().next() == Some(label))
+                .unwrap_or_else(|| panic!("{label} missing from {t}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        // The last two columns: xfloor, xrate.
+        assert_eq!(line("throughput-t4")[9..], ["5.00", "0.40"]);
+        assert_eq!(line("floor-throughput-t4")[9..], ["2.00", "1.00"]);
+        assert_eq!(line("prefetch-16")[9..], ["-", "0.25"]);
+        assert_eq!(line("floor-prefetch-16")[9..], ["-", "1.00"]);
+        assert_eq!(line("floor")[9..], ["1.00", "-"]);
+        assert!(
+            t.contains("floor-prefetch-16: every touch is a sample (faults/s is pages/s): 256000 pages/s; 4 of 64 touches faulted (1 per 16.0 pages), each fetching its 16-page block with one request and one UFFDIO_COPY"),
+            "{t}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&tp, Some(&floor), rate_floor_of(&tp, &rows))).unwrap();
+        assert_eq!(v["rate_floor_ratio"], 0.4);
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&fpf, Some(&floor), rate_floor_of(&fpf, &rows))).unwrap();
+        assert_eq!(v["rate_floor_ratio"], 1.0);
+        assert_eq!(v["label"], "floor-prefetch-16");
+        assert!(v["floor_ratio"].is_null(), "{v}");
     }
 }

@@ -1,5 +1,5 @@
-//! A whole run: for every point of the axes (transport × node 0's idle policy) the floor, then
-//! a fresh cluster and every scenario in order; then the tables, breakdowns, JSON lines, HDR
+//! A whole run: for every point of the axes (transport × node 0's idle policy) the floors,
+//! then a fresh cluster and every scenario in order; then the tables, breakdowns, JSON lines, HDR
 //! logs and the plot. Every result carries the machine, transport, idle policy and placement.
 
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ use wire::FrameAuth;
 use super::breakdown;
 use super::cli::RunArgs;
 use super::cluster::{idle_arg, Cluster, ClusterError, ClusterOpts};
-use super::floor::{self, FloorOpts};
+use super::floor::{self, FloorKind, FloorOpts};
 use super::load::CpuSnapshot;
 use super::netns::{NetNs, NetnsError};
 use super::plan::{PageCursor, Plan, PlanError, Scenario};
@@ -245,7 +245,7 @@ impl PointLabels {
     ) -> ScenarioResult {
         ScenarioResult {
             scenario: s,
-            transport: if s == Scenario::Floor {
+            transport: if s.is_floor() {
                 "plain-tcp".into()
             } else {
                 self.tname.clone()
@@ -287,7 +287,7 @@ fn run_point(
             idle_arg(p.idle).replace(':', "-")
         ),
     };
-    // The node holds PM QoS while its shard may spin; the floor must run under the same.
+    // The node holds PM QoS while its shard may spin; the floors must run under the same.
     let pm = if p.idle.spins() {
         match LatencyGuard::hold(0) {
             Ok(g) => Some(g),
@@ -301,19 +301,20 @@ fn run_point(
     };
     let pm_line = match (p.idle.spins(), pm.is_some()) {
         (true, true) => {
-            "/dev/cpu_dma_latency held at 0 (node 0 may spin; the floor runs under the same)"
+            "/dev/cpu_dma_latency held at 0 (node 0 may spin; the floors run under the same)"
         }
         (true, false) => "/dev/cpu_dma_latency could not be held (see the warning above)",
-        (false, _) => "/dev/cpu_dma_latency not held (node 0 blocks; so does the floor)",
+        (false, _) => "/dev/cpu_dma_latency not held (node 0 blocks; so do the floors)",
     };
     let cpu_start = CpuSnapshot::now();
     let mut rows = Vec::new();
     let mut failed = false;
-    if plan.scenarios.contains(&Scenario::Floor) {
-        match measure_floor(a, p, &labels, netns, progress) {
+    // The floors first: they need the shard's CPU to themselves.
+    for &s in plan.scenarios.iter().filter(|s| s.is_floor()) {
+        match measure_floor(a, plan, p, &labels, netns, progress, s) {
             Ok(r) => rows.push(r),
             Err(e) => {
-                eprintln!("fault-latency: floor: {e}");
+                eprintln!("fault-latency: {}: {e}", s.label());
                 failed = true;
             }
         }
@@ -333,12 +334,14 @@ fn run_point(
         }
     }
     drop(pm);
+    // Rows in the plan's order: each rate floor next to the row it bounds.
+    rows.sort_by_key(|r| plan.scenarios.iter().position(|&s| s == r.scenario));
     let others = cpu_start.others_pct_since();
     for r in rows.iter_mut() {
         r.others_pct = others;
     }
     let heading = format!(
-        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {}; floor: \
+        "\n## transport {tname}, node 0 idle {}, helpers idle {}\n# {}\n# placement: {}; floors: \
          handler on CPU {}, home process on CPU {}\n# pm_qos: {pm_line}\n# other processes used \
          {others:.1}% of the machine's CPU time during this part{}",
         p.idle,
@@ -361,36 +364,69 @@ fn run_point(
     Ok((rows, failed))
 }
 
-/// The floor row of one axis point.
+/// One floor row (`floor`, `floor-throughput-tN`, `floor-prefetch-D`) of one axis point.
 fn measure_floor(
     a: &RunArgs,
+    plan: &Plan,
     p: &AxisPoint<'_>,
     labels: &PointLabels,
     netns: Option<&NetNs>,
     progress: &Progress,
+    s: Scenario,
 ) -> Result<ScenarioResult, floor::FloorError> {
+    let (kind, samples, warm, total, what) = match s {
+        Scenario::FloorThroughput { threads } => (
+            FloorKind::Throughput { threads },
+            plan.tp_faults,
+            0,
+            plan.tp_faults.div_ceil(threads) * threads,
+            format!(
+                "{threads} faulting threads, one handler: up to 64 uffd events per read, one \
+                 send for their 16-byte requests, each 4 KiB reply installed with UFFDIO_COPY \
+                 as it arrives"
+            ),
+        ),
+        Scenario::FloorPrefetch { depth } => (
+            FloorKind::Prefetch { depth },
+            plan.tp_faults,
+            0,
+            plan.tp_faults,
+            format!(
+                "one thread reads pages in order; a fault requests its aligned {depth}-page \
+                 block, installed with one UFFDIO_COPY; every touch is a sample"
+            ),
+        ),
+        _ => (
+            FloorKind::Latency,
+            a.samples(),
+            warmup(a.samples()),
+            a.samples(),
+            "uffd read, 16-byte request, 4 KiB reply, UFFDIO_COPY".to_string(),
+        ),
+    };
+    let label = s.label();
     progress.begin(
-        &format!("floor [{} {}]", labels.tname, p.idle),
-        a.samples() as u64,
+        &format!("{label} [{} {}]", labels.tname, p.idle),
+        total as u64,
     );
     let hlog = a.hlog.as_ref().map(|dir| {
         (
             engine::histlog::HistLog::new(
-                dir.join(format!("floor.{}.hlog", labels.suffix)),
+                dir.join(format!("{label}.{}.hlog", labels.suffix)),
                 vec![format!(
-                    "fault-latency floor ({}): uffd read, 16-byte request, 4 KiB reply, \
-                     UFFDIO_COPY; ns as the faulting thread sees it",
+                    "fault-latency {label} ({}): {what}; ns as the faulting thread sees it",
                     labels.suffix
                 )],
             ),
-            "floor".to_string(),
+            label.clone(),
         )
     });
-    let mut rec = Recorder::new(progress, a.breakdown, a.samples(), hlog);
+    let mut rec = Recorder::new(progress, a.breakdown, total, hlog);
     let o = FloorOpts {
-        samples: a.samples(),
-        warmup: warmup(a.samples()),
-        fault_cpu: p.fault_cpus[0],
+        kind,
+        samples,
+        warmup: warm,
+        fault_cpus: p.fault_cpus,
         handler_cpu: a.placement.shard_cpu,
         home_cpu: a.placement.helper_cpu,
         idle: p.idle,
@@ -403,7 +439,7 @@ fn measure_floor(
     let bd = a
         .breakdown
         .then(|| breakdown::compute(rec.samples(), &traces, 0));
-    Ok(labels.result(Scenario::Floor, &rec, bd))
+    Ok(labels.result(s, &rec, bd))
 }
 
 /// Starts a cluster and runs every cluster scenario of the plan on it; returns the transport
@@ -522,7 +558,7 @@ fn print_point(a: &RunArgs, p: &AxisPoint<'_>, heading: &str, rows: &[ScenarioRe
     if a.json {
         let floor = rows.iter().find(|r| r.scenario == Scenario::Floor);
         for r in rows {
-            println!("{}", report::json(r, floor));
+            println!("{}", report::json(r, floor, report::rate_floor_of(r, rows)));
         }
     }
 }

@@ -44,7 +44,7 @@ pub enum ScenarioError {
         /// How many.
         wrong: u64,
     },
-    /// A scenario that does not run on the cluster (the floor has its own runner).
+    /// A scenario that does not run on the cluster (the floors have their own runner).
     #[error("{0} is not a cluster scenario")]
     NotCluster(String),
     /// The HDR log could not be written.
@@ -101,6 +101,12 @@ impl<'a> Recorder<'a> {
             measured_ns: 0,
             prefetch: None,
         }
+    }
+
+    /// A recorder for one thread of a multi-thread row: the same progress line and sample
+    /// keeping, no HDR log (this recorder writes it once it has absorbed the threads').
+    pub fn for_thread(&self, capacity: usize) -> Recorder<'a> {
+        Recorder::new(self.progress, self.keep, capacity, None)
     }
 
     /// Measured time starts (again) now.
@@ -286,7 +292,9 @@ impl<'c> Ctx<'c> {
     pub fn run(&mut self, s: Scenario) -> Result<Recorder<'c>, ScenarioError> {
         let n = self.samples + self.warmup;
         let (rec, wrong) = match s {
-            Scenario::Floor => return Err(ScenarioError::NotCluster(s.label())),
+            Scenario::Floor | Scenario::FloorThroughput { .. } | Scenario::FloorPrefetch { .. } => {
+                return Err(ScenarioError::NotCluster(s.label()))
+            }
             Scenario::LocalZero => {
                 let first = self.fresh(s, false, n)?;
                 self.timed_begins()?;
