@@ -22,6 +22,38 @@ use coherence::{
 
 /// How often a transient `EAGAIN` from an ioctl is retried before it is reported.
 const IOCTL_RETRIES: u32 = 10_000;
+/// Most write-protects (and as many sends) held back at once (see [`Deferred`]).
+pub(crate) const DEFER_MAX: usize = 64;
+
+/// Write-protects and sends of local contents held back while the shard executes the steps
+/// of one transport poll batch, so that the write-protects of neighbouring pages become one
+/// ioctl: a home answering a run of read requests (a prefetch window) write-protects its
+/// copies once instead of once per page.
+///
+/// Order is what makes this safe. A held-back send of a page's local contents copies the
+/// page only after every held-back write-protect ran, so it never misses a write the
+/// protection would have trapped (a write that lands before the protection is simply
+/// ordered before the read it is answered to). Any other action first runs everything held
+/// back, in order, so frames leave in the order the protocol produced them and no page is
+/// dropped, installed or woken before its earlier actions ran. The shard runs what is held
+/// back at the end of every poll batch.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    /// Whether actions may be held back now (during a poll batch).
+    pub(crate) on: bool,
+    wp: Vec<u64>,
+    sends: Vec<(NodeId, Msg)>,
+}
+
+impl Default for Deferred {
+    fn default() -> Self {
+        Deferred {
+            on: false,
+            wp: Vec::with_capacity(DEFER_MAX),
+            sends: Vec::with_capacity(DEFER_MAX),
+        }
+    }
+}
 
 /// What the actions of one step asked of the shard beyond what `Io` did itself.
 #[derive(Debug, Default, Clone, Copy)]
@@ -46,6 +78,8 @@ pub struct Io<T: Transport> {
     pub(crate) log: LogLimiter,
     pub(crate) state: Arc<NodeState>,
     pub(crate) tracer: Option<Tracer>,
+    /// What is held back during a poll batch.
+    pub(crate) deferred: Deferred,
     /// Where the protocol's time comes from.
     pub clock: Clock,
 }
@@ -65,6 +99,9 @@ impl<T: Transport> Io<T> {
     pub fn execute(&mut self, actions: &Actions, payload: Option<&RxBuf>) -> Aftermath {
         let mut after = Aftermath::default();
         for a in actions {
+            if self.deferred.on && self.defer(a, &mut after) {
+                continue;
+            }
             match *a {
                 Action::Send { to, msg, data } => self.send(to, msg, data, &mut after),
                 Action::Install {
@@ -105,6 +142,63 @@ impl<T: Transport> Io<T> {
             }
         }
         after
+    }
+
+    /// Holds `a` back if it is a write-protect, or a send of local contents behind one;
+    /// otherwise runs what is held back (so that `a` runs after it). Returns whether `a` was
+    /// held back.
+    fn defer(&mut self, a: &Action, after: &mut Aftermath) -> bool {
+        let held = match *a {
+            Action::WriteProtect { page } => {
+                if self.deferred.wp.len() >= DEFER_MAX {
+                    self.run_deferred(after);
+                }
+                self.deferred.wp.push(page);
+                true
+            }
+            Action::Send {
+                to,
+                msg,
+                data: Some(DataSource::Local),
+            } if !self.deferred.wp.is_empty() && self.deferred.sends.len() < DEFER_MAX => {
+                self.deferred.sends.push((to, msg));
+                true
+            }
+            _ => false,
+        };
+        if !held {
+            self.run_deferred(after);
+        }
+        held
+    }
+
+    /// Runs what is held back: the write-protects, neighbouring pages in one ioctl, then the
+    /// sends in the order the protocol produced them.
+    pub(crate) fn run_deferred(&mut self, after: &mut Aftermath) {
+        if self.deferred.wp.is_empty() && self.deferred.sends.is_empty() {
+            return;
+        }
+        // Taken out and put back: the vectors keep their capacity, nothing is allocated.
+        let mut wp = std::mem::take(&mut self.deferred.wp);
+        wp.sort_unstable();
+        wp.dedup();
+        let mut i = 0;
+        while i < wp.len() {
+            let mut n = 1;
+            while i + n < wp.len() && wp[i + n] == wp[i] + n as u64 {
+                n += 1;
+            }
+            self.write_protect_run(wp[i], n as u64);
+            i += n;
+        }
+        wp.clear();
+        self.deferred.wp = wp;
+        let mut sends = std::mem::take(&mut self.deferred.sends);
+        for &(to, msg) in &sends {
+            self.send(to, msg, Some(DataSource::Local), after);
+        }
+        sends.clear();
+        self.deferred.sends = sends;
     }
 
     fn addr(&self, page: u64) -> usize {
@@ -196,10 +290,16 @@ impl<T: Transport> Io<T> {
     }
 
     fn write_protect(&mut self, page: u64) {
-        bump(&self.stats.write_protects);
+        self.write_protect_run(page, 1);
+    }
+
+    /// Write-protects `count` pages from `page` with one ioctl.
+    fn write_protect_run(&mut self, page: u64, count: u64) {
+        add(&self.stats.write_protects, count);
         let addr = self.addr(page);
+        let len = ZERO_PAGE.0.len() * count as usize;
         for _ in 0..IOCTL_RETRIES {
-            match self.region.uffd().write_protect(addr, ZERO_PAGE.0.len()) {
+            match self.region.uffd().write_protect(addr, len) {
                 Ok(WpOutcome::Done) => return,
                 Ok(WpOutcome::Retry) => std::hint::spin_loop(),
                 Err(e) => return self.ioctl_failed("write-protect", page, &e),

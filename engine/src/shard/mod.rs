@@ -210,6 +210,7 @@ impl<T: Transport> Shard<T> {
                 log: LogLimiter::new(10, 2),
                 state: s.state.clone(),
                 tracer: s.trace.map(Tracer::new),
+                deferred: exec::Deferred::default(),
                 clock: s.clock,
             },
             events: Vec::with_capacity(wire::TransportConfig::default().poll_budget.max(1024)),
@@ -585,12 +586,18 @@ impl<T: Transport> Shard<T> {
             }
         };
         let mut i = 0;
+        // The steps of one batch may hold write-protects back (see `exec::Deferred`).
+        self.io.deferred.on = true;
         while i < self.events.len() {
             // Events are taken by value; the vector keeps its capacity.
             let e = std::mem::replace(&mut self.events[i], Event::FdReady { token: 0 });
             self.on_event(e);
             i += 1;
         }
+        self.io.deferred.on = false;
+        let mut after = Aftermath::default();
+        self.io.run_deferred(&mut after);
+        self.aftermath(after);
         self.events.clear();
         n
     }
