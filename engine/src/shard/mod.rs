@@ -444,7 +444,8 @@ impl<T: Transport> Shard<T> {
         let mut work = self.pump();
         work += self.poll_transport();
         // A read of an empty userfaultfd is a system call that finds nothing: a home serving
-        // remote reads made about eight per fault, one per turn. A shard that may sleep reads
+        // remote reads made about four per fault with its doorbell reads (docs/benchmarks.md,
+        // "Profile of a remote read"), one per turn. A shard that may sleep reads
         // it only once the transport's watch reported it readable (or a full batch suggests
         // more; or it has not been read for UFFD_RESCAN_NS). A spinning shard reads it every
         // turn: for it, learning of readiness would take an extra io_uring_enter per fault
