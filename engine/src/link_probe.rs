@@ -412,30 +412,22 @@ mod tests {
     #[test]
     fn probes_past_the_limit_are_refused_and_counted_back() {
         let active = Arc::new(AtomicUsize::new(MAX_SERVERS));
-        let (_c, s) = connected();
-        let a = Authenticated {
-            stream: s,
+        let from_node_1 = |stream| Authenticated {
+            stream,
             peer_node: 1,
             peer_shard: 0,
             peer_shard_count: 1,
             local_shard: PROBE_CHANNEL,
             keys: FrameKeys::none(),
         };
-        let why = spawn_server(a, &active).expect_err("refused");
+        let (_c, s) = connected();
+        let why = spawn_server(from_node_1(s), &active).expect_err("refused");
         assert!(why.contains("link probe"), "{why}");
         assert_eq!(active.load(Ordering::SeqCst), MAX_SERVERS);
         // Below the limit it is served, and the count comes back when the client leaves.
         active.store(0, Ordering::SeqCst);
         let (c, s) = connected();
-        let a = Authenticated {
-            stream: s,
-            peer_node: 1,
-            peer_shard: 0,
-            peer_shard_count: 1,
-            local_shard: PROBE_CHANNEL,
-            keys: FrameKeys::none(),
-        };
-        spawn_server(a, &active).expect("served");
+        spawn_server(from_node_1(s), &active).expect("served");
         assert_eq!(
             measure(c, &FrameKeys::none()).map(|r| r > 0).ok(),
             Some(true)

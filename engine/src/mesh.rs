@@ -346,16 +346,7 @@ pub fn dial_platform(
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<(TcpStream, wire::FrameKeys), MeshError> {
-    let stats = Arc::new(HandshakeStats::default());
-    let cfg = hs_config(cluster, 0, shards, creds, &stats)?;
-    let a = dial(
-        peer.addr,
-        &cfg,
-        peer.id,
-        PLATFORM_CHANNEL,
-        Instant::now() + timeout,
-    )?;
-    Ok((a.stream, a.keys))
+    dial_channel(cluster, peer, shards, creds, timeout, PLATFORM_CHANNEL)
 }
 
 /// Opens a link probe to `peer` ([`crate::link_probe`], authenticated like a shard
@@ -367,15 +358,21 @@ pub fn dial_probe(
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<(TcpStream, wire::FrameKeys), MeshError> {
+    dial_channel(cluster, peer, shards, creds, timeout, PROBE_CHANNEL)
+}
+
+/// Opens the connection to `peer` whose handshake names `channel` instead of a shard.
+fn dial_channel(
+    cluster: &ClusterSpec,
+    peer: &NodeSpec,
+    shards: u16,
+    creds: &Credentials,
+    timeout: Duration,
+    channel: u16,
+) -> Result<(TcpStream, wire::FrameKeys), MeshError> {
     let stats = Arc::new(HandshakeStats::default());
     let cfg = hs_config(cluster, 0, shards, creds, &stats)?;
-    let a = dial(
-        peer.addr,
-        &cfg,
-        peer.id,
-        PROBE_CHANNEL,
-        Instant::now() + timeout,
-    )?;
+    let a = dial(peer.addr, &cfg, peer.id, channel, Instant::now() + timeout)?;
     Ok((a.stream, a.keys))
 }
 

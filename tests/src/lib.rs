@@ -61,6 +61,18 @@ pub fn secret_file(dir: &std::path::Path, name: &str, byte: u8) -> PathBuf {
     p
 }
 
+/// The layout digest of a cluster of nodes 0 and 1 with 16 MiB each: what a handshake
+/// must present to be taken for one of its members (tests that play a hostile member).
+pub fn digest_two_16m() -> [u8; 32] {
+    let spec = |id| engine::config::NodeSpec {
+        id,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        memory: 16 << 20,
+    };
+    let c = engine::config::ClusterSpec::new(spec(0), vec![spec(1)]).expect("cluster");
+    c.digest().0
+}
+
 /// One node to start.
 #[derive(Debug, Clone)]
 pub struct NodeOpts {

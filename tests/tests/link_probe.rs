@@ -7,21 +7,12 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use ssi_tests::{assert_all_ok, launch, scratch_dir, secret_file, wait_all, NodeOpts};
+use ssi_tests::{
+    assert_all_ok, digest_two_16m, launch, scratch_dir, secret_file, wait_all, NodeOpts,
+};
 use wire::handshake::{self, HandshakeConfig, PROBE_CHANNEL};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
-
-/// The layout digest of nodes 0 and 1 with 16 MiB each, which a member presents.
-fn digest() -> [u8; 32] {
-    let spec = |id| engine::config::NodeSpec {
-        id,
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-        memory: 16 << 20,
-    };
-    let c = engine::config::ClusterSpec::new(spec(0), vec![spec(1)]).expect("cluster");
-    c.digest().0
-}
 
 /// A probe request: `blocks` blocks of `block` bytes (docs/wire.md, "Link probe").
 fn request(blocks: u32, block: u32) -> [u8; 16] {
@@ -62,8 +53,12 @@ fn a_hostile_members_probes_are_bounded_and_the_node_keeps_serving() {
     let procs = launch(&[node(0), node(1)]);
     assert!(procs[0].wait_for_output("cluster formed", Duration::from_secs(60)));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], procs[0].port));
-    let cfg = HandshakeConfig::new(1, &std::fs::read(&secret).expect("secret"), digest())
-        .expect("config");
+    let cfg = HandshakeConfig::new(
+        1,
+        &std::fs::read(&secret).expect("secret"),
+        digest_two_16m(),
+    )
+    .expect("config");
     let probe = || handshake::connect(addr, &cfg, 0, PROBE_CHANNEL).expect("probe handshake");
 
     // A well-formed request, sealed with the connection's keys, is served in full.

@@ -10,7 +10,9 @@ use std::time::Duration;
 use control::node_proof::NodeProof;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use ssi_tests::{assert_all_ok, launch, scratch_dir, secret_file, wait_all, NodeOpts};
+use ssi_tests::{
+    assert_all_ok, digest_two_16m, launch, scratch_dir, secret_file, wait_all, NodeOpts,
+};
 use wire::handshake::RejectReason;
 use wire::handshake::{self, HandshakeConfig, HandshakeError, IdentityError, NodeIdentity};
 
@@ -42,17 +44,6 @@ fn proof_of(certs: &std::path::Path, node: u16) -> NodeProof {
     let cert = CertificateDer::from_pem_file(certs.join(format!("node{node}.pem"))).expect("cert");
     let key = PrivateKeyDer::from_pem_file(certs.join(format!("node{node}.key"))).expect("key");
     NodeProof::new(&ca, cert, &key).expect("proof")
-}
-
-/// The layout digest of nodes 0 and 1 with 16 MiB each, which a peer must present.
-fn digest() -> [u8; 32] {
-    let spec = |id| engine::config::NodeSpec {
-        id,
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-        memory: 16 << 20,
-    };
-    let c = engine::config::ClusterSpec::new(spec(0), vec![spec(1)]).expect("cluster");
-    c.digest().0
 }
 
 #[test]
@@ -95,7 +86,7 @@ fn one_nodes_certificate_cannot_claim_another_id() {
     assert!(out0.contains("node identity by certificate"), "{out0}");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], procs[0].port));
     let secret_bytes = std::fs::read(&secret).expect("secret");
-    let digest = digest();
+    let digest = digest_two_16m();
 
     // Node 2's certificate and key (issued by the cluster CA) and the secret, claiming id 1.
     let mut cfg = HandshakeConfig::new(1, &secret_bytes, digest).expect("config");
