@@ -141,6 +141,27 @@ pub struct RunArgs {
     /// Seconds to wait for the cluster to form.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,
+    /// The whole address space (bytes; K, M, G, T suffixes, e.g. 64G), up to 1T: node 1
+    /// contributes what the scenarios do not use, reserved and never touched, so the rows
+    /// fault on the same few pages of a larger, sparse space (default: only the pages the
+    /// scenarios need).
+    #[arg(long, value_parser = parse_bytes)]
+    pub space: Option<u64>,
+    /// Helper nodes that home the throughput rows' pages, 1 to 15: thread t's page i lives
+    /// on node 1 + (t + i) mod K, and the cluster has at least K + 1 nodes (processes).
+    /// Every helper shares --helper-cpu and its --helper-idle policy.
+    #[arg(long, default_value_t = 1)]
+    pub homes: usize,
+    /// Print each node's resident memory (VmRSS, VmHWM and Pss from /proc) once the cluster
+    /// has formed and again after its last row.
+    #[arg(long)]
+    pub rss: bool,
+}
+
+/// A byte count as `--space` takes it (`64G`, `4096`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    engine::config::parse_size(s)
+        .map_err(|e| format!("{e} (give bytes with K, M, G or T, e.g. 16G)"))
 }
 
 impl RunArgs {
@@ -156,6 +177,28 @@ impl RunArgs {
         self.tp_faults
             .unwrap_or(if self.quick { 600 } else { 40_000 })
             .max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_homes_and_rss_parse_and_default_to_off() {
+        let c = Cli::try_parse_from(["fault-latency"]).unwrap();
+        assert_eq!((c.run.space, c.run.homes, c.run.rss), (None, 1, false));
+        let c = Cli::try_parse_from(["fault-latency", "--space", "64G", "--homes", "7", "--rss"])
+            .unwrap();
+        assert_eq!(
+            (c.run.space, c.run.homes, c.run.rss),
+            (Some(64 << 30), 7, true)
+        );
+        assert_eq!(parse_bytes("1T"), Ok(1 << 40));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        let e = Cli::try_parse_from(["fault-latency", "--space", "lots"]).unwrap_err();
+        assert!(e.to_string().contains("e.g. 16G"), "{e}");
+        assert!(parse_bytes("5X").is_err());
     }
 }
 

@@ -270,6 +270,11 @@ impl Cluster {
         &mut self.helpers[usize::from(id) - 1]
     }
 
+    /// Each helper node's id and process id.
+    pub fn helper_pids(&self) -> Vec<(u16, u32)> {
+        self.helpers.iter().map(|h| (h.id, h.child.id())).collect()
+    }
+
     /// Helper nodes.
     pub fn helpers(&self) -> usize {
         self.helpers.len()

@@ -3,7 +3,9 @@
 //!
 //! Nodes: 0 is this process (the faulting threads live here), 1 homes every remote page, 2 is
 //! the third node (`remote-read-fwd`'s owner, the first sharer), 3.. are further sharers.
-//! Nodes other than 0 and 1 contribute no memory.
+//! Nodes other than 0 and 1 contribute no memory, except with `--homes K`: nodes 1..=K then
+//! home the throughput rows' pages, round-robin page by page. With `--space`, node 1 also
+//! contributes the rest of the address space, reserved and never touched.
 
 use thiserror::Error;
 
@@ -22,7 +24,24 @@ pub enum PlanError {
     /// A prefetch depth the data plane does not take.
     #[error("--prefetch-depth {0} is out of range: use 2 to 64 pages")]
     PrefetchDepth(u32),
+    /// A number of throughput homes the cluster cannot have.
+    #[error("--homes {0} is out of range: use 1 to {MAX_HOMES} helper nodes")]
+    Homes(usize),
+    /// An address space smaller than the scenarios need, or larger than the benchmark maps.
+    #[error("--space {asked} bytes is out of range: the scenarios need at least {need} bytes, and at most {MAX_SPACE} bytes (1 TiB) are mapped; give a size in between, such as 1G or 64G")]
+    Space {
+        /// Bytes asked for.
+        asked: u64,
+        /// Bytes the scenarios' pages take.
+        need: u64,
+    },
 }
+
+/// Most helper nodes that can home throughput pages (`--homes`).
+pub const MAX_HOMES: usize = 15;
+/// Largest address space `--space` takes (1 TiB: 512 MiB of local page state per node).
+pub const MAX_SPACE: u64 = 1 << 40;
+const PAGE: u64 = 4096;
 
 /// One measured scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +173,20 @@ pub struct Plan {
     pub local_pages: u64,
     /// Pages homed on node 1.
     pub remote_pages: u64,
+    /// Helper nodes homing the throughput rows' pages (nodes 1..=homes; 1 by default).
+    pub homes: usize,
+    /// Pages homed on each of nodes 2..=homes (their share of the throughput rows).
+    pub home_pages: u64,
+    /// The whole address space in pages, when `--space` sets it (node 1 contributes the rest).
+    pub space_pages: Option<u64>,
+}
+
+/// Pages one home holds for a throughput row of `threads` threads faulting `tp_faults` in
+/// all, spread over `homes` homes page by page: thread `t`'s page `i` lives on home
+/// `(t + i) % homes`, so each home holds at most `ceil(per / homes)` pages of each thread.
+pub fn tp_pages_per_home(tp_faults: usize, threads: usize, homes: usize) -> u64 {
+    let per = tp_faults.div_ceil(threads);
+    (per.div_ceil(homes.max(1)) * threads) as u64
 }
 
 /// Pages kept free at the start of each range (never used as samples).
@@ -278,15 +311,58 @@ impl Plan {
             nodes,
             local_pages: local + GUARD_PAGES,
             remote_pages: remote + GUARD_PAGES,
+            homes: 1,
+            home_pages: 0,
+            space_pages: None,
         })
+    }
+
+    /// Spreads the throughput rows' pages over nodes 1..=`homes` (the cluster grows to at
+    /// least `homes + 1` nodes), and, with `space` (bytes), makes the whole address space
+    /// that large: node 1 contributes what the scenarios leave, reserved and never touched.
+    /// `homes` 1 and no `space` leave the plan as it is.
+    pub fn scale(mut self, homes: usize, space: Option<u64>) -> Result<Plan, PlanError> {
+        if !(1..=MAX_HOMES).contains(&homes) {
+            return Err(PlanError::Homes(homes));
+        }
+        if homes > 1 {
+            for s in &self.scenarios {
+                if let Scenario::Throughput { threads } = *s {
+                    let alone = tp_pages_per_home(self.tp_faults, threads, 1);
+                    let share = tp_pages_per_home(self.tp_faults, threads, homes);
+                    self.remote_pages = self.remote_pages - alone + share;
+                    self.home_pages += share;
+                }
+            }
+            self.home_pages += GUARD_PAGES;
+            self.homes = homes;
+            self.nodes = self.nodes.max(homes + 1);
+        }
+        if let Some(asked) = space {
+            let need = self.used_pages() * PAGE;
+            if asked < need || asked > MAX_SPACE {
+                return Err(PlanError::Space { asked, need });
+            }
+            self.space_pages = Some(asked / PAGE);
+        }
+        Ok(self)
+    }
+
+    /// Pages the scenarios need, over all nodes.
+    fn used_pages(&self) -> u64 {
+        self.local_pages + self.remote_pages + (self.homes as u64 - 1) * self.home_pages
     }
 
     /// Bytes each node contributes, by node id.
     pub fn memory(&self) -> Vec<u64> {
+        let pad = self
+            .space_pages
+            .map_or(0, |s| s.saturating_sub(self.used_pages()));
         (0..self.nodes)
             .map(|n| match n {
-                0 => self.local_pages * 4096,
-                1 => self.remote_pages * 4096,
+                0 => self.local_pages * PAGE,
+                1 => (self.remote_pages + pad) * PAGE,
+                n if n <= self.homes => self.home_pages * PAGE,
                 _ => 0,
             })
             .collect()
@@ -415,6 +491,79 @@ mod tests {
         assert_eq!(Scenario::Floor.rate_floor(), None);
         assert!(Scenario::Floor.is_floor() && ftp(1).is_floor() && fpf.is_floor());
         assert!(!tp(1).is_floor() && !pf.is_floor());
+    }
+
+    #[test]
+    fn homes_spread_the_throughput_pages_and_grow_the_cluster() {
+        let names = vec!["throughput".to_string()];
+        let one = Plan::new(&names, 0, &[1, 16], 10, 1000, 8).unwrap();
+        assert_eq!(one.nodes, 2);
+        // Unchanged by homes = 1 and no space: the default run keeps its layout.
+        let same = one.clone().scale(1, None).unwrap();
+        assert_eq!(same.memory(), one.memory());
+        assert_eq!(one.memory().len(), 2);
+        // 7 homes: 8 nodes; thread t's page i on home (t + i) % 7, so each home holds
+        // ceil(per / 7) pages of each thread: t1 1000 → 143, t16 63 → 9 × 16 = 144.
+        assert_eq!(tp_pages_per_home(1000, 1, 7), 143);
+        assert_eq!(tp_pages_per_home(1000, 16, 7), 144);
+        assert_eq!(tp_pages_per_home(1000, 16, 1), 63 * 16);
+        let p = one.clone().scale(7, None).unwrap();
+        assert_eq!(p.nodes, 8);
+        assert_eq!(p.remote_pages, 143 + 144 + GUARD_PAGES);
+        assert_eq!(p.home_pages, 143 + 144 + GUARD_PAGES);
+        let m = p.memory();
+        assert_eq!(m.len(), 8);
+        assert!(m[1..].iter().all(|&b| b == p.home_pages * 4096), "{m:?}");
+        // Every page a thread touches exists: the homes hold at least the faults asked.
+        assert!(7 * tp_pages_per_home(1000, 16, 7) >= 1000);
+        // More nodes than homes (remote-write k = 3 needs 5): the extra nodes hold nothing.
+        let w = Plan::new(
+            &["throughput".into(), "remote-write".into()],
+            3,
+            &[4],
+            10,
+            100,
+            8,
+        )
+        .unwrap()
+        .scale(2, None)
+        .unwrap();
+        assert_eq!(w.nodes, 5);
+        assert_eq!(&w.memory()[3..], &[0, 0]);
+        assert_eq!(one.clone().scale(0, None).unwrap_err(), PlanError::Homes(0));
+        assert_eq!(
+            one.scale(MAX_HOMES + 1, None).unwrap_err(),
+            PlanError::Homes(MAX_HOMES + 1)
+        );
+    }
+
+    #[test]
+    fn space_pads_node_one_and_refuses_what_does_not_fit() {
+        let p = Plan::new(&["remote-read".into()], 0, &[1], 100, 10, 8).unwrap();
+        let need = (p.local_pages + p.remote_pages) * 4096;
+        let g = p.clone().scale(1, Some(64 << 30)).unwrap();
+        let m = g.memory();
+        assert_eq!(m.iter().sum::<u64>(), 64 << 30);
+        assert_eq!(m[0], p.memory()[0], "node 0 keeps its small range");
+        assert_eq!(m[1], (64 << 30) - m[0]);
+        // With homes, node 1 still takes the rest; the other homes keep their share.
+        let tp = Plan::new(&["throughput".into()], 0, &[4], 10, 100, 8).unwrap();
+        let h = tp.scale(3, Some(1 << 30)).unwrap();
+        assert_eq!(h.memory().iter().sum::<u64>(), 1 << 30);
+        assert_eq!(h.memory()[3], h.home_pages * 4096);
+        // A size that is not a whole number of pages rounds down.
+        let r = p.clone().scale(1, Some((1 << 30) + 100)).unwrap();
+        assert_eq!(r.memory().iter().sum::<u64>(), 1 << 30);
+        assert_eq!(
+            p.clone().scale(1, Some(need - 1)).unwrap_err(),
+            PlanError::Space {
+                asked: need - 1,
+                need
+            }
+        );
+        assert!(p.clone().scale(1, Some(need)).is_ok());
+        let e = p.scale(1, Some(MAX_SPACE + 1)).unwrap_err();
+        assert!(e.to_string().contains("64G"), "{e}");
     }
 
     #[test]

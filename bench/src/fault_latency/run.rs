@@ -100,7 +100,8 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
         samples + warmup(samples),
         a.tp_faults(),
         a.prefetch_depth,
-    )?;
+    )?
+    .scale(a.homes, a.space)?;
     let fault_cpus =
         cpulist::parse(&a.placement.fault_cpus).map_err(|e| RunError::Cpus(e.to_string()))?;
     if fault_cpus.is_empty() {
@@ -138,6 +139,25 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
         warmup(samples),
         plan.tp_faults
     );
+    if plan.homes > 1 || plan.space_pages.is_some() {
+        let m = plan.memory();
+        let homes = match plan.homes {
+            1 => "node 1".to_string(),
+            k => format!("nodes 1..={k}, page by page round-robin"),
+        };
+        let _ = writeln!(
+            out,
+            "# address space: {} ({} pages; node 1 contributes what the rows leave, \
+             untouched); throughput pages homed on {homes}; contributions: {}",
+            gib(m.iter().sum()),
+            m.iter().sum::<u64>() / 4096,
+            m.iter()
+                .enumerate()
+                .map(|(i, b)| format!("node {i} {}", gib(*b)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     emit(a, &out);
     let mut code = 0;
     let mut all: Vec<ScenarioResult> = Vec::new();
@@ -208,6 +228,76 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
         eprintln!("fault-latency: plot written to {}", path.display());
     }
     Ok(code)
+}
+
+/// Bytes as GiB, MiB or KiB (whichever reads best).
+fn gib(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b as f64 / 1024.0)
+    }
+}
+
+/// A process's resident memory as `/proc` reports it: VmRSS and VmHWM from `status`, Pss
+/// from `smaps_rollup` (each in KiB; `None` where the kernel does not say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resident {
+    /// Resident set (KiB).
+    pub rss_kib: Option<u64>,
+    /// Peak resident set (KiB).
+    pub hwm_kib: Option<u64>,
+    /// Proportional set (KiB): shared pages divided among their users.
+    pub pss_kib: Option<u64>,
+}
+
+/// The `KEY:   1234 kB` field of a `/proc` file, in KiB.
+fn proc_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+impl Resident {
+    /// Reads `/proc/<pid>` (`self` for this process); fields it cannot read stay `None`.
+    pub fn of(pid: &str) -> Resident {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        Resident {
+            rss_kib: proc_kib(&status, "VmRSS"),
+            hwm_kib: proc_kib(&status, "VmHWM"),
+            pss_kib: proc_kib(&rollup, "Pss"),
+        }
+    }
+
+    fn render(&self) -> String {
+        let f = |v: Option<u64>| v.map_or("?".to_string(), |k| gib(k * 1024));
+        format!(
+            "VmRSS {} (VmHWM {}, Pss {})",
+            f(self.rss_kib),
+            f(self.hwm_kib),
+            f(self.pss_kib)
+        )
+    }
+}
+
+/// One `# rss` line: every node's resident memory at `when`.
+fn rss_line(cluster: &Cluster, when: &str) -> String {
+    let mut parts = vec![format!(
+        "node 0 (this process) {}",
+        Resident::of("self").render()
+    )];
+    for (id, pid) in cluster.helper_pids() {
+        parts.push(format!(
+            "node {id} (pid {pid}) {}",
+            Resident::of(&pid.to_string()).render()
+        ));
+    }
+    format!("# rss {when}: {}\n", parts.join("; "))
 }
 
 /// Prints run output: on stdout, or on stderr when stdout carries JSON.
@@ -464,8 +554,17 @@ fn cluster_rows(
         trace: a.breakdown,
     };
     let mut cluster = Cluster::start(&opts, netns)?;
+    if a.rss {
+        emit(a, &rss_line(&cluster, "after formation"));
+    }
     let transport_line = cluster.transport_line.clone();
     let ranges = cluster.node.cluster().ranges();
+    let range_of = |id: usize| {
+        ranges
+            .iter()
+            .find(|r| usize::from(r.0) == id)
+            .map_or(PageCursor::new(0, 0), |r| PageCursor::new(r.1, r.2))
+    };
     let mut rows = Vec::new();
     let mut failed = false;
     {
@@ -476,8 +575,9 @@ fn cluster_rows(
             samples: a.samples(),
             warmup: warmup(a.samples()),
             tp_faults: plan.tp_faults,
-            local: PageCursor::new(ranges[0].1, ranges[0].2),
-            remote: PageCursor::new(ranges[1].1, ranges[1].2),
+            local: range_of(0),
+            remote: range_of(1),
+            homes: (2..=plan.homes).map(range_of).collect(),
             keep_samples: a.breakdown,
             hlog: a.hlog.as_ref().map(|d| (d.clone(), labels.suffix.clone())),
         };
@@ -511,6 +611,9 @@ fn cluster_rows(
                 }
             }
         }
+    }
+    if a.rss {
+        emit(a, &rss_line(&cluster, "after the last row"));
     }
     cluster.stop();
     Ok((transport_line, rows, failed))
@@ -560,5 +663,28 @@ fn print_point(a: &RunArgs, p: &AxisPoint<'_>, heading: &str, rows: &[ScenarioRe
         for r in rows {
             println!("{}", report::json(r, floor, report::rate_floor_of(r, rows)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_fields_parse_and_this_process_has_a_resident_set() {
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nVmRSSx: 1 kB\n";
+        assert_eq!(proc_kib(status, "VmRSS"), Some(1024));
+        assert_eq!(proc_kib(status, "VmHWM"), Some(2048));
+        assert_eq!(proc_kib(status, "Pss"), None);
+        let me = Resident::of("self");
+        assert!(me.rss_kib.is_some_and(|k| k > 0), "{me:?}");
+        assert!(me.hwm_kib >= me.rss_kib);
+        assert_eq!(
+            Resident::of("0").rss_kib,
+            None,
+            "no such process: no number"
+        );
+        assert_eq!(gib(64 << 30), "64.00 GiB");
+        assert_eq!(gib(3 << 20), "3.0 MiB");
     }
 }

@@ -205,6 +205,8 @@ pub struct Ctx<'c> {
     pub local: PageCursor,
     /// Fresh pages homed on node 1.
     pub remote: PageCursor,
+    /// Fresh pages homed on nodes 2.. (`--homes`: the throughput rows' further homes).
+    pub homes: Vec<PageCursor>,
     /// Keep every sample (for the breakdown).
     pub keep_samples: bool,
     /// Where HDR logs go, and the suffix naming the axis values (`uring.spin`).
@@ -360,12 +362,24 @@ impl<'c> Ctx<'c> {
             }
             Scenario::Throughput { threads } => {
                 let per = self.tp_faults.div_ceil(threads);
-                let first = self.fresh(s, true, per * threads)?;
-                self.cluster
-                    .helper(1)
-                    .call(&format!("write {first} {}", per * threads))?;
+                // One block per home (node 1, then nodes 2..): thread t's page i lives on
+                // home (t + i) % homes, at index t * share + i / homes of that home's block.
+                let homes = self.homes.len() + 1;
+                let share = per.div_ceil(homes);
+                let mut firsts = vec![self.fresh(s, true, share * threads)?];
+                for c in self.homes.iter_mut() {
+                    let f = c
+                        .take((share * threads) as u64)
+                        .ok_or_else(|| ScenarioError::Exhausted(s.label()))?;
+                    firsts.push(f);
+                }
+                for (h, &first) in firsts.iter().enumerate() {
+                    self.cluster
+                        .helper(h as u16 + 1)
+                        .call(&format!("write {first} {}", share * threads))?;
+                }
                 self.timed_begins()?;
-                self.throughput(s, first, per, threads)
+                self.throughput(s, &firsts, per, threads)
             }
         };
         if wrong != 0 {
@@ -583,14 +597,18 @@ impl<'c> Ctx<'c> {
         (rec, wrong)
     }
 
-    /// `threads` threads, each reading its own `per` fresh pages as fast as it can.
+    /// `threads` threads, each reading its own `per` fresh pages as fast as it can. The pages
+    /// come from one block per home (`firsts[h]` on node `h + 1`): thread `t`'s page `i` is
+    /// on home `(t + i) % homes`, so every thread asks every home in turn.
     fn throughput(
         &self,
         s: Scenario,
-        first: u64,
+        firsts: &[u64],
         per: usize,
         threads: usize,
     ) -> (Recorder<'c>, u64) {
+        let homes = firsts.len() as u64;
+        let share = per.div_ceil(firsts.len()) as u64;
         let mut total = self.recorder(s, per * threads);
         let node = &*self.cluster.node;
         let barrier = Barrier::new(threads + 1);
@@ -604,13 +622,14 @@ impl<'c> Ctx<'c> {
                         pin(cpu);
                         let mut rec = Recorder::new(progress, keep, per, None);
                         let mut wrong = 0;
-                        let base = first + (t * per) as u64;
+                        let t = t as u64;
                         barrier.wait();
                         for i in 0..per as u64 {
-                            let p = base + i;
+                            let h = (t + i) % homes;
+                            let p = firsts[h as usize] + t * share + i / homes;
                             let (v, t0, t1) = timed_read(node, p);
                             rec.record(p, t0, t1);
-                            if v != stamp(1, p) {
+                            if v != stamp(h as u16 + 1, p) {
                                 wrong += 1;
                             }
                         }
