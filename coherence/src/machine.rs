@@ -8,7 +8,7 @@ use super::layout::{DenseRange, Layout, LayoutError, Partition};
 use super::msg::Msg;
 use super::node::{NodeId, NodeSet, MAX_NODES};
 use super::records::{Records, Req};
-use super::state::{DirEntry, DirState, LocalState, PageAccess};
+use super::state::{zeroed_table, DirEntry, DirState, LocalState, PageAccess};
 use super::stats::Stats;
 use super::txn::{Phase, Txns};
 use thiserror::Error;
@@ -243,8 +243,8 @@ impl Machine {
         let action_cap = 2 * page_bound + config.max_waiters as usize + 8;
         Ok(Self {
             me,
-            local: vec![LocalState::default(); local_range.len()],
-            dir: vec![DirEntry::default(); home_range.len()],
+            local: zeroed_table(local_range.len()),
+            dir: zeroed_table(home_range.len()),
             local_range,
             home_range,
             txns: Txns::new(config.max_home_txns),

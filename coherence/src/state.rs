@@ -111,6 +111,7 @@ pub(crate) const VERSION_MASK: u32 = (1 << VERSION_BITS) - 1;
 
 /// A node's local state for one page (2 bytes): access, and either the index
 /// of the page's record or the low 13 bits of the held copy's version.
+#[repr(transparent)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalState(u16);
 
@@ -158,9 +159,57 @@ impl LocalState {
     }
 }
 
+/// A per-page table entry whose default value is all zero bits, so that a table of defaults
+/// can come from zeroed memory.
+///
+/// # Safety
+/// The type must be plain data (no pointers, no padding that matters, every field an
+/// integer) and its `Default` value must be all zero bits.
+pub(crate) unsafe trait ZeroDefault: Copy + Default {}
+
+// SAFETY: `#[repr(C)]` of integers (8 + 4 + 2 + 1 + 1 bytes, no padding); the derived
+// default is every field zero (`zero_tables_hold_defaults` checks it).
+unsafe impl ZeroDefault for DirEntry {}
+// SAFETY: `#[repr(transparent)]` over a `u16` whose derived default is 0.
+unsafe impl ZeroDefault for LocalState {}
+
+/// A table of `n` default entries taken from zeroed memory: the allocator hands large
+/// zeroed blocks out as untouched pages, so a table costs resident memory only where entries
+/// are written (a node with a 64 GiB address space no longer writes 288 MiB of defaults at
+/// start; docs/benchmarks.md, "Cost as the work grows").
+pub(crate) fn zeroed_table<T: ZeroDefault>(n: usize) -> Vec<T> {
+    let Ok(layout) = std::alloc::Layout::array::<T>(n) else {
+        // Too large to describe: fall back to the allocation that reports it.
+        return vec![T::default(); n];
+    };
+    if layout.size() == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[T; n]`, which
+    // is what a `Vec<T>` of capacity `n` frees with; its `n` elements are initialised, as
+    // zero bits are a valid `T` (the `ZeroDefault` contract) equal to `T::default()`.
+    unsafe { Vec::from_raw_parts(ptr, n, n) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_tables_hold_defaults() {
+        let d: Vec<DirEntry> = zeroed_table(1000);
+        assert_eq!(d.len(), 1000);
+        assert!(d.iter().all(|e| *e == DirEntry::default()));
+        assert_eq!(d[999].state(), DirState::Zero);
+        let l: Vec<LocalState> = zeroed_table(3);
+        assert!(l.iter().all(|s| *s == LocalState::default()));
+        assert!(zeroed_table::<DirEntry>(0).is_empty());
+    }
 
     #[test]
     fn per_page_memory_bounds_hold() {
