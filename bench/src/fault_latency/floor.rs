@@ -139,6 +139,9 @@ fn spawn_home(o: &FloorOpts<'_>) -> Result<(Child, String), FloorError> {
     match port {
         Ok(port) => Ok((child, format!("{host}:{port}"))),
         Err(e) => {
+            // The home never said where it listens: end it. Its own error is the one to
+            // report; a kill of a child that already exited fails harmlessly, and the wait
+            // only reaps it.
             let _ = child.kill();
             let _ = child.wait();
             Err(e)
