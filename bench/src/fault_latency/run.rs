@@ -262,16 +262,18 @@ fn proc_kib(text: &str, key: &str) -> Option<u64> {
 }
 
 impl Resident {
-    /// Reads `/proc/<pid>` (`self` for this process); fields it cannot read stay `None`.
-    pub fn of(pid: &str) -> Resident {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rollup =
-            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-        Resident {
+    /// Reads `/proc/<pid>` (`self` for this process). An unreadable `status` (the process is
+    /// gone, or `/proc` is not mounted) is an error, reported in the `# rss` line; a missing
+    /// `smaps_rollup` (kernels before 4.14) leaves only Pss unknown.
+    pub fn of(pid: &str) -> Result<Resident, String> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"));
+        Ok(Resident {
             rss_kib: proc_kib(&status, "VmRSS"),
             hwm_kib: proc_kib(&status, "VmHWM"),
-            pss_kib: proc_kib(&rollup, "Pss"),
-        }
+            pss_kib: rollup.ok().and_then(|r| proc_kib(&r, "Pss")),
+        })
     }
 
     fn render(&self) -> String {
@@ -285,16 +287,20 @@ impl Resident {
     }
 }
 
+fn render(r: Result<Resident, String>) -> String {
+    r.map_or_else(|e| format!("unreadable ({e})"), |r| r.render())
+}
+
 /// One `# rss` line: every node's resident memory at `when`.
 fn rss_line(cluster: &Cluster, when: &str) -> String {
     let mut parts = vec![format!(
         "node 0 (this process) {}",
-        Resident::of("self").render()
+        render(Resident::of("self"))
     )];
     for (id, pid) in cluster.helper_pids() {
         parts.push(format!(
             "node {id} (pid {pid}) {}",
-            Resident::of(&pid.to_string()).render()
+            render(Resident::of(&pid.to_string()))
         ));
     }
     format!("# rss {when}: {}\n", parts.join("; "))
@@ -676,14 +682,15 @@ mod tests {
         assert_eq!(proc_kib(status, "VmRSS"), Some(1024));
         assert_eq!(proc_kib(status, "VmHWM"), Some(2048));
         assert_eq!(proc_kib(status, "Pss"), None);
-        let me = Resident::of("self");
+        let me = Resident::of("self").expect("own /proc status");
         assert!(me.rss_kib.is_some_and(|k| k > 0), "{me:?}");
         assert!(me.hwm_kib >= me.rss_kib);
-        assert_eq!(
-            Resident::of("0").rss_kib,
-            None,
-            "no such process: no number"
+        let gone = Resident::of("0");
+        assert!(
+            gone.as_ref().is_err_and(|e| e.contains("/proc/0/status")),
+            "no such process: an error naming the file, no number: {gone:?}"
         );
+        assert!(render(gone).starts_with("unreadable ("));
         assert_eq!(gib(64 << 30), "64.00 GiB");
         assert_eq!(gib(3 << 20), "3.0 MiB");
     }
