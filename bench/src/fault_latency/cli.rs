@@ -68,9 +68,10 @@ pub struct Placement {
     /// CPUs of node 0's faulting threads (cpulist; threads are spread round-robin).
     #[arg(long, default_value = "0")]
     pub fault_cpus: String,
-    /// CPU of node 0's data-plane shard (and of the floors' handler thread).
-    #[arg(long, default_value_t = 1)]
-    pub shard_cpu: usize,
+    /// CPUs of node 0's data-plane shards (cpulist: one shard per CPU, each reading its own
+    /// userfaultfd); the floors' handler thread runs on the first.
+    #[arg(long, default_value = "1")]
+    pub shard_cpu: String,
     /// CPU of the helper nodes' shards (and of the floors' home process).
     #[arg(long, default_value_t = 0)]
     pub helper_cpu: usize,

@@ -71,8 +71,8 @@ pub struct ClusterOpts {
     pub idle: IdlePolicy,
     /// Idle policy of the helpers' shards.
     pub helper_idle: IdlePolicy,
-    /// Node 0's shard CPU.
-    pub shard_cpu: usize,
+    /// Node 0's shard CPUs (one shard on each).
+    pub shard_cpus: Vec<usize>,
     /// The helpers' shard CPU.
     pub helper_cpu: usize,
     /// Seconds to wait for the mesh.
@@ -367,7 +367,7 @@ fn start_node0(
         h.send(&line)?;
     }
     let mut cfg = NodeConfig::new(ClusterSpec::new(me, peers)?, listener, secret);
-    cfg.cores = vec![o.shard_cpu];
+    cfg.cores = o.shard_cpus.clone();
     cfg.pin = true;
     cfg.idle = o.idle;
     cfg.transport = o.transport;

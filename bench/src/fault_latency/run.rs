@@ -107,6 +107,11 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
     if fault_cpus.is_empty() {
         return Err(RunError::Cpus("no CPU given".into()));
     }
+    let shard_cpus =
+        cpulist::parse(&a.placement.shard_cpu).map_err(|e| RunError::Cpus(e.to_string()))?;
+    if shard_cpus.is_empty() {
+        return Err(RunError::Cpus("no shard CPU given".into()));
+    }
     if let Some(dir) = &a.hlog {
         std::fs::create_dir_all(dir).map_err(|source| RunError::Output {
             path: dir.clone(),
@@ -169,6 +174,7 @@ pub fn run(a: &RunArgs) -> Result<i32, RunError> {
                     idle,
                     auth,
                     fault_cpus: &fault_cpus,
+                    shard_cpus: &shard_cpus,
                 };
                 match run_point(a, &plan, &point, netns.as_ref(), &progress) {
                     Ok((rows, failed)) => {
@@ -320,6 +326,7 @@ struct AxisPoint<'a> {
     idle: IdlePolicy,
     auth: FrameAuth,
     fault_cpus: &'a [usize],
+    shard_cpus: &'a [usize],
 }
 
 /// What every row of one axis point shares.
@@ -371,7 +378,7 @@ fn run_point(
         placement: format!(
             "faults cpu {}, node0 shard cpu {} ({}), helper shards cpu {} ({})",
             cpulist::format(p.fault_cpus),
-            a.placement.shard_cpu,
+            cpulist::format(p.shard_cpus),
             p.idle,
             a.placement.helper_cpu,
             a.helper_idle
@@ -448,7 +455,7 @@ fn run_point(
             transport_line
         },
         labels.placement,
-        a.placement.shard_cpu,
+        p.shard_cpus[0],
         a.placement.helper_cpu,
         if others >= 5.0 {
             " (the machine was not quiet: treat these numbers as disturbed)"
@@ -523,7 +530,7 @@ fn measure_floor(
         samples,
         warmup: warm,
         fault_cpus: p.fault_cpus,
-        handler_cpu: a.placement.shard_cpu,
+        handler_cpu: p.shard_cpus[0],
         home_cpu: a.placement.helper_cpu,
         idle: p.idle,
         netns,
@@ -554,7 +561,7 @@ fn cluster_rows(
         auth: p.auth,
         idle: p.idle,
         helper_idle: a.helper_idle,
-        shard_cpu: a.placement.shard_cpu,
+        shard_cpus: p.shard_cpus.to_vec(),
         helper_cpu: a.placement.helper_cpu,
         connect_timeout: a.connect_timeout,
         trace: a.breakdown,
