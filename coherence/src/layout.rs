@@ -40,8 +40,8 @@ pub enum LayoutError {
     /// A page outside every contribution.
     #[error("page {0} is outside the cluster's memory")]
     PageOutOfRange(u64),
-    /// A partition with `count == 0` or `index >= count`.
-    #[error("partition {index} of {count} is invalid: need count >= 1 and index < count")]
+    /// A partition with `count == 0`, `index >= count` or an empty granule.
+    #[error("partition {index} of {count} is invalid: need count >= 1, index < count and a granule of at least one page")]
     Partition {
         /// The index given.
         index: u32,
@@ -178,23 +178,40 @@ impl Layout {
     }
 }
 
-/// Which pages one protocol instance owns: `page % count == index`.
+/// Which pages one protocol instance owns: the address space is cut into granules of
+/// `granule` pages, dealt round-robin to the `count` instances, so instance `index` owns the
+/// pages with `(page / granule) % count == index`. A granule of 1 interleaves single pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partition {
     index: u32,
     count: u32,
+    granule: u64,
 }
 
 impl Partition {
     /// The whole address space in one instance.
-    pub const WHOLE: Self = Self { index: 0, count: 1 };
+    pub const WHOLE: Self = Self {
+        index: 0,
+        count: 1,
+        granule: 1,
+    };
 
-    /// Validates `index < count`.
+    /// Instance `index` of `count`, single pages interleaved (granule 1).
     pub fn new(index: u32, count: u32) -> Result<Self, LayoutError> {
-        if count == 0 || index >= count {
+        Self::granular(index, count, 1)
+    }
+
+    /// Instance `index` of `count`, granules of `granule` pages interleaved. Validates
+    /// `index < count` and `granule >= 1`.
+    pub fn granular(index: u32, count: u32, granule: u64) -> Result<Self, LayoutError> {
+        if count == 0 || index >= count || granule == 0 {
             return Err(LayoutError::Partition { index, count });
         }
-        Ok(Self { index, count })
+        Ok(Self {
+            index,
+            count,
+            granule,
+        })
     }
 
     /// This instance's index.
@@ -207,14 +224,38 @@ impl Partition {
         self.count
     }
 
+    /// Pages per granule.
+    pub fn granule(self) -> u64 {
+        self.granule
+    }
+
     /// Whether `page` belongs to this partition.
     pub fn owns(self, page: u64) -> bool {
-        page % u64::from(self.count) == u64::from(self.index)
+        self.count == 1 || (page / self.granule) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// Number of pages below `page` that this partition owns.
+    fn rank(self, page: u64) -> u64 {
+        if self.count == 1 {
+            return page;
+        }
+        let (g, c, i) = (self.granule, u64::from(self.count), u64::from(self.index));
+        // Whole rounds of `count` granules hold `g` owned pages each; in the last, partial
+        // round the owned granule starts `i * g` pages in.
+        let round = g.saturating_mul(c);
+        let (full, rem) = (page / round, page % round);
+        full * g + rem.saturating_sub(i * g).min(g)
+    }
+
+    /// The owned page with rank `k` (the inverse of [`Self::rank`] on owned pages).
+    fn unrank(self, k: u64) -> u64 {
+        let (g, c, i) = (self.granule, u64::from(self.count), u64::from(self.index));
+        (k / g) * g * c + i * g + k % g
     }
 }
 
-/// Dense numbering of the pages of a partition inside a page range
-/// (`index = page / count - base`), for preallocated per-page arrays.
+/// Dense numbering of the pages of a partition inside a page range (the owned pages of
+/// `lo..hi` in order), for preallocated per-page arrays.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DenseRange {
     lo: u64,
@@ -227,16 +268,12 @@ pub(crate) struct DenseRange {
 impl DenseRange {
     /// The pages of `part` within `lo..hi`.
     pub(crate) fn new(lo: u64, hi: u64, part: Partition) -> Self {
-        let c = u64::from(part.count);
-        let i = u64::from(part.index);
-        // Smallest k with k * c + i >= lo, and the number of k with k * c + i < hi.
-        let first_k = if lo <= i { 0 } else { (lo - i).div_ceil(c) };
-        let end_k = if hi <= i { 0 } else { (hi - i).div_ceil(c) };
-        let len = end_k.saturating_sub(first_k);
+        let base = part.rank(lo);
+        let len = part.rank(hi.max(lo)) - base;
         Self {
             lo,
             hi,
-            base: first_k,
+            base,
             len: usize::try_from(len).unwrap_or(usize::MAX),
             part,
         }
@@ -252,14 +289,13 @@ impl DenseRange {
         if page < self.lo || page >= self.hi || !self.part.owns(page) {
             return None;
         }
-        // In range and owned, so (page - index) / count >= base.
-        let k = (page - u64::from(self.part.index)) / u64::from(self.part.count);
-        usize::try_from(k - self.base).ok()
+        // In range and owned, so rank(page) >= rank(lo) = base.
+        usize::try_from(self.part.rank(page) - self.base).ok()
     }
 
     /// The page at dense index `idx`.
     pub(crate) fn page(&self, idx: usize) -> u64 {
-        (self.base + idx as u64) * u64::from(self.part.count) + u64::from(self.part.index)
+        self.part.unrank(self.base + idx as u64)
     }
 }
 
@@ -337,17 +373,21 @@ mod tests {
     fn partition_validation() {
         assert!(Partition::new(0, 0).is_err());
         assert!(Partition::new(3, 3).is_err());
+        assert!(Partition::granular(0, 1, 0).is_err());
         assert!(Partition::new(2, 3).unwrap().owns(5));
         assert!(!Partition::new(2, 3).unwrap().owns(6));
+        let g = Partition::granular(1, 3, 4).unwrap();
+        assert!(!g.owns(3) && g.owns(4) && g.owns(7) && !g.owns(8));
+        assert!(g.owns(16) && g.owns(19) && !g.owns(20));
     }
 
     #[test]
     fn dense_ranges_number_every_owned_page_once() {
-        for count in 1..6u32 {
+        for (count, granule) in (1..6u32).flat_map(|c| [(c, 1u64), (c, 3)]) {
             for index in 0..count {
-                let part = Partition::new(index, count).unwrap();
+                let part = Partition::granular(index, count, granule).unwrap();
                 for lo in 0..9u64 {
-                    for hi in lo..20u64 {
+                    for hi in lo..40u64 {
                         let d = DenseRange::new(lo, hi, part);
                         let owned: Vec<u64> = (lo..hi).filter(|p| part.owns(*p)).collect();
                         assert_eq!(d.len(), owned.len(), "lo {lo} hi {hi} part {part:?}");
@@ -355,7 +395,7 @@ mod tests {
                             assert_eq!(d.index(*p), Some(i));
                             assert_eq!(d.page(i), *p);
                         }
-                        for p in 0..25u64 {
+                        for p in 0..45u64 {
                             if !owned.contains(&p) {
                                 assert_eq!(d.index(p), None);
                             }

@@ -3,7 +3,7 @@
 //! A home-based directory protocol at page granularity with read replication and write
 //! invalidation (sequential consistency per page). One [`Machine`] is one protocol instance: it
 //! owns the directory entries of the home pages and the local state of all pages in its
-//! partition (`page % count == index`). The caller feeds it [`Input`]s with the current time and
+//! partition (granules of pages dealt round-robin to the instances, [`Partition`]). The caller feeds it [`Input`]s with the current time and
 //! executes the [`Action`]s it produces, in order.
 //!
 //! This crate owns the protocol's states, its [`Msg`] type (the one definition of a message;

@@ -117,7 +117,7 @@ pub enum StepError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A page of another instance's partition.
-    #[error("page {page} belongs to another shard (partition {index} of {count}): route it by page % count")]
+    #[error("page {page} belongs to another shard (partition {index} of {count}): route it by (page / granule) % count")]
     NotMine {
         /// Page number.
         page: u64,

@@ -309,7 +309,7 @@ impl Node {
         let layout = layout_of(&cfg.cluster)?;
         let (uring, transport_line) = transport_choice(&cfg)?;
         let reserve = (cfg.max_address_space / PAGE_SIZE).max(layout.end_page());
-        let region = Arc::new(Region::new(layout.end_page(), reserve)?);
+        let region = Arc::new(Region::new(layout.end_page(), reserve, shards as u32)?);
         let bucket_pages = layout
             .end_page()
             .div_ceil(crate::stats::HEAT_BUCKETS as u64 / 4)
@@ -828,7 +828,12 @@ impl ShardCommon<'_> {
         (inbox, outbox): ShardRingsOf,
         trace: Option<TraceRings>,
     ) -> Result<PartialSetup, NodeError> {
-        let part = Partition::new(i as u32, shards as u32).map_err(coherence::StepError::from)?;
+        let part = Partition::granular(
+            i as u32,
+            shards as u32,
+            crate::shard::route::SHARD_GRANULE_PAGES,
+        )
+        .map_err(coherence::StepError::from)?;
         Ok(PartialSetup {
             index: i as u32,
             count: shards as u32,

@@ -1,5 +1,11 @@
 //! The guest region: one anonymous mapping covering the whole distributed address space,
-//! registered with the node's userfaultfd (MISSING | WP, kernel faults allowed).
+//! registered with the node's userfaultfds (MISSING | WP, kernel faults allowed).
+//!
+//! A node with several shards opens one userfaultfd per shard and registers each over the
+//! granules that shard owns ([`SHARD_GRANULE_PAGES`] pages, dealt round-robin; see
+//! [`shard_of`]), so a fault is queued on its owner's descriptor: shards do not contend on
+//! one wait queue nor hand faults to each other. Each granule becomes a VMA of its own; the
+//! number of granules is checked against `vm.max_map_count`.
 //!
 //! Every node maps the same number of pages; page `p` of the address space lives at
 //! `base + p * PAGE_SIZE` on every node. A page is present only where the coherence protocol
@@ -14,6 +20,7 @@ use uffd_poller::{Features, OpenError, RegisterError, RegisterMode, Uffd};
 use wire::region::PageRegion;
 
 use crate::config::PAGE_SIZE;
+use crate::shard::route::{shard_of, SHARD_GRANULE_PAGES};
 
 /// Why the region could not be set up.
 #[derive(Debug, Error)]
@@ -43,6 +50,27 @@ pub enum RegionError {
     /// The mapping could not be registered.
     #[error(transparent)]
     Register(#[from] RegisterError),
+    /// Partitioning the reservation among the shards would need more VMAs than allowed.
+    #[error("giving each of {shards} shards its own userfaultfd splits the {bytes}-byte reservation into {granules} mappings, more than half of vm.max_map_count ({max_map_count}): lower --max-address-space, run fewer shards (--cores), or raise vm.max_map_count")]
+    TooManyGranules {
+        /// Shards asked for.
+        shards: u32,
+        /// Bytes reserved.
+        bytes: u64,
+        /// Granules (VMAs) the partition needs.
+        granules: u64,
+        /// The kernel's limit on mappings per process.
+        max_map_count: u64,
+    },
+}
+
+/// The kernel's limit on mappings per process (`vm.max_map_count`), or its usual default
+/// when it cannot be read.
+fn max_map_count() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65_530)
 }
 
 /// userfaultfd features the data plane cannot run without: write-protect faults for
@@ -59,24 +87,29 @@ pub fn optional_features() -> Features {
     Features::THREAD_ID | Features::POISON
 }
 
-/// The guest region and its userfaultfd.
+/// The guest region and its userfaultfds.
 ///
 /// The mapping reserves room for the address space to grow (nodes joining append their
 /// memory at the top): `reserved` bytes are mapped (`MAP_NORESERVE`, nothing is committed
 /// until touched) and registered; `len` is the current address space.
 #[derive(Debug)]
 pub struct Region {
-    /// The reservation (unmapped when the region drops, after the uffd lets go of it).
+    /// One per shard, each registered over its shard's granules. Declared first so they
+    /// close first: closing a userfaultfd drops its registrations and wakes any thread
+    /// still waiting on one of its faults (only while the process exits), before the
+    /// mapping goes.
+    uffds: Box<[Uffd]>,
+    /// The reservation (unmapped when the region drops, after the uffds let go of it).
     map: PageRegion,
     reserved: usize,
     len: AtomicUsize,
-    uffd: Uffd,
 }
 
 impl Region {
-    /// Maps `pages` pages and registers them with a new userfaultfd, reserving room for the
-    /// address space to grow to `reserve_pages` (at least `pages`).
-    pub fn new(pages: u64, reserve_pages: u64) -> Result<Self, RegionError> {
+    /// Maps `pages` pages and registers them with `shards` new userfaultfds (one per shard,
+    /// each over its shard's granules), reserving room for the address space to grow to
+    /// `reserve_pages` (at least `pages`).
+    pub fn new(pages: u64, reserve_pages: u64, shards: u32) -> Result<Self, RegionError> {
         if pages == 0 {
             return Err(RegionError::Empty);
         }
@@ -91,22 +124,46 @@ impl Region {
         let current = bytes_of(pages)?;
         let len = bytes_of(reserve_pages.max(pages))?;
         let bytes = len as u64;
-        let uffd = Uffd::open_with(required_features(), optional_features())?;
+        let shards = shards.max(1);
+        let granule = (SHARD_GRANULE_PAGES * PAGE_SIZE) as usize;
+        let granules = len.div_ceil(granule) as u64;
+        let limit = max_map_count();
+        if shards > 1 && granules > limit / 2 {
+            return Err(RegionError::TooManyGranules {
+                shards,
+                bytes,
+                granules,
+                max_map_count: limit,
+            });
+        }
+        let uffds = (0..shards)
+            .map(|_| Uffd::open_with(required_features(), optional_features()))
+            .collect::<Result<Box<[Uffd]>, _>>()?;
         let map = PageRegion::reserve(len).map_err(|source| RegionError::Map { bytes, source })?;
-        let base = map.as_ptr();
+        let base = map.as_ptr() as usize;
         let region = Region {
+            uffds,
             map,
             reserved: len,
             len: AtomicUsize::new(current),
-            uffd,
         };
-        // SAFETY: the range is the private anonymous mapping created above, owned by `region`
-        // and accessed only through raw pointers; its missing pages are filled by the shards.
-        unsafe {
-            region
-                .uffd
-                .register(base as usize, len, RegisterMode::MISSING | RegisterMode::WP)
-        }?;
+        let mode = RegisterMode::MISSING | RegisterMode::WP;
+        if shards == 1 {
+            // SAFETY: the range is the private anonymous mapping created above, owned by
+            // `region` and accessed only through raw pointers; its missing pages are filled
+            // by the shards.
+            unsafe { region.uffds[0].register(base, len, mode) }?;
+        } else {
+            for g in 0..granules as usize {
+                let start = g * granule;
+                let owner = shard_of(g as u64 * SHARD_GRANULE_PAGES, shards) as usize;
+                // SAFETY: as above, for one granule of the mapping, registered with the
+                // userfaultfd of the shard that owns it.
+                unsafe {
+                    region.uffds[owner].register(base + start, granule.min(len - start), mode)
+                }?;
+            }
+        }
         Ok(region)
     }
 
@@ -149,9 +206,20 @@ impl Region {
         Ok(())
     }
 
-    /// The userfaultfd the region is registered with.
-    pub fn uffd(&self) -> &Uffd {
-        &self.uffd
+    /// Number of userfaultfds (one per shard).
+    pub fn partitions(&self) -> u32 {
+        self.uffds.len() as u32
+    }
+
+    /// The userfaultfd of shard `shard`, registered over the granules that shard owns.
+    pub fn uffd(&self, shard: u32) -> &Uffd {
+        &self.uffds[shard as usize]
+    }
+
+    /// The userfaultfd registered over `page`.
+    #[inline]
+    pub fn uffd_of(&self, page: u64) -> &Uffd {
+        &self.uffds[shard_of(page, self.partitions()) as usize]
     }
 
     /// Host address of page `page` (which must lie in the reservation).
@@ -210,17 +278,6 @@ impl Region {
     }
 }
 
-impl Drop for Region {
-    fn drop(&mut self) {
-        // Unregistering wakes any thread still waiting on a fault; they then see zero pages,
-        // which only happens while the process exits.
-        let _ = self
-            .uffd
-            .unregister(self.map.as_ptr() as usize, self.reserved);
-        // `map` unmaps the memory when the fields drop, after this.
-    }
-}
-
 /// Where the region's pages are in this process (see [`Region::page_index`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PageIndex {
@@ -256,12 +313,12 @@ mod tests {
 
     #[test]
     fn empty_region_is_refused() {
-        assert!(matches!(Region::new(0, 0), Err(RegionError::Empty)));
+        assert!(matches!(Region::new(0, 0, 1), Err(RegionError::Empty)));
     }
 
     #[test]
     fn addresses_map_to_pages() {
-        let r = Region::new(4, 8).expect("region (needs root or uffd access)");
+        let r = Region::new(4, 8, 1).expect("region (needs root or uffd access)");
         assert_eq!(r.pages(), 4);
         assert_eq!(r.reserved(), 8 * 4096);
         assert_eq!(
@@ -277,6 +334,51 @@ mod tests {
         assert_eq!(r.page_of(a + 4095), Some(2));
         assert_eq!(r.page_of(r.base() as usize + r.reserved()), None);
         assert_eq!(r.page_of(0), None);
-        assert!(r.uffd().features().contains(Features::PAGEFAULT_FLAG_WP));
+        assert!(r.uffd(0).features().contains(Features::PAGEFAULT_FLAG_WP));
+        assert_eq!(r.partitions(), 1);
+    }
+
+    /// With two shards, a fault on a granule is queued on its owner's userfaultfd only, and
+    /// the owner's descriptor resolves it.
+    #[test]
+    fn each_shard_reads_the_faults_of_its_own_granules() {
+        use uffd_poller::{Event, EventBuf, ZeropageMode};
+        let g = SHARD_GRANULE_PAGES;
+        let r = Region::new(3 * g, 3 * g, 2).expect("region (needs root or uffd access)");
+        assert_eq!(r.partitions(), 2);
+        let mut buf: Box<EventBuf<8>> = Box::default();
+        for (page, owner) in [(5, 0u32), (g + 5, 1), (2 * g + 5, 0), (3 * g - 1, 0)] {
+            let addr = r.page_addr(page);
+            // SAFETY: reads one byte of the mapping; the fault is resolved below.
+            let toucher =
+                std::thread::spawn(move || unsafe { std::ptr::read_volatile(addr as *const u8) });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let seen = loop {
+                let evs = r.uffd(owner).read_events(&mut buf).expect("read events");
+                if let Some(Event::PageFault(f)) = evs.first() {
+                    break f.address;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no fault on page {page}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            };
+            assert_eq!(r.page_of(seen), Some(page));
+            let other = r
+                .uffd(1 - owner)
+                .read_events(&mut buf)
+                .expect("read events");
+            assert!(
+                other.is_empty(),
+                "page {page} also queued on shard {}",
+                1 - owner
+            );
+            assert!(std::ptr::eq(r.uffd_of(page), r.uffd(owner)));
+            r.uffd_of(page)
+                .zeropage(addr, PAGE_SIZE as usize, ZeropageMode::empty())
+                .expect("zeropage");
+            assert_eq!(toucher.join().expect("toucher"), 0);
+        }
     }
 }

@@ -71,6 +71,14 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
         sum(stats, |x| &x.violations),
         sum(stats, |x| &x.proto.prefetches),
     );
+    if stats.len() > 1 {
+        // Each shard reads its own userfaultfd: how the faults spread over them.
+        let per: Vec<String> = stats
+            .iter()
+            .map(|x| x.uffd_events.load(Relaxed).to_string())
+            .collect();
+        let _ = writeln!(s, "  userfaultfd events per shard {}", per.join(" / "));
+    }
     let lost = sum(stats, |x| &x.links_lost);
     if lost > 0 {
         // Writing into a String cannot fail.

@@ -112,9 +112,9 @@ fn sequence_numbers_never_go_backwards() {
     );
 }
 
-/// Two shards per node (pages partitioned by page number, faults handed between shards over
-/// the SPSC rings, one connection per shard pair) and the epoll fallback transport: the same
-/// exact results.
+/// Two shards per node (pages partitioned in 16 MiB granules, each shard reading its own
+/// userfaultfd registered over its granules, one connection per shard pair) and the epoll
+/// fallback transport: the same exact results, and no fault handed between shards.
 #[test]
 fn two_shards_per_node_over_the_fallback_transport() {
     let dir = scratch_dir("shards");
@@ -134,14 +134,28 @@ fn two_shards_per_node_over_the_fallback_transport() {
             "{out}"
         );
         assert!(out.contains("0 went backwards, own slots exact"), "{out}");
-        // Faults read by one shard for the other's pages went over the inter-shard ring.
+        // Every fault arrived on its owner's userfaultfd: none went over the ring.
         let forwarded: u64 = out
             .split("faults forwarded between shards ")
             .nth(1)
             .and_then(|t| t.split(',').next())
             .and_then(|n| n.trim().parse().ok())
             .expect("summary line");
-        assert!(forwarded > 0, "{out}");
+        assert_eq!(forwarded, 0, "{out}");
+        // Node 0's 16 MiB is granule 0 (shard 0), node 1's granule 1 (shard 1): both
+        // shards read faults of their own.
+        let per: Vec<u64> = out
+            .split("userfaultfd events per shard ")
+            .nth(1)
+            .and_then(|t| t.lines().next())
+            .map(|l| {
+                l.split(" / ")
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            })
+            .expect("per-shard line");
+        assert_eq!(per.len(), 2, "{out}");
+        assert!(per.iter().all(|&n| n > 0), "{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -252,6 +252,9 @@ enum Ev {
 
 /// Steps a fault may wait before it counts as a liveness failure.
 const LIVENESS_STEPS: u64 = 200_000;
+/// Pages per partition granule of a sharded node: 2, so both the interleaving of granules
+/// and the pages within one are exercised (the engine uses 16 MiB granules).
+const SIM_GRANULE: u64 = 2;
 /// Events a run may take before it counts as not draining.
 const MAX_EVENTS: u64 = 3_000_000;
 /// Events a run may take to drain once every operation has been issued
@@ -320,7 +323,7 @@ impl World {
             let node = NodeId::new(i as u16).map_err(|e| e.to_string())?;
             let mut v = Vec::new();
             for k in 0..s {
-                let part = Partition::new(k, s).map_err(|e| e.to_string())?;
+                let part = Partition::granular(k, s, SIM_GRANULE).map_err(|e| e.to_string())?;
                 let mut m = Machine::new(node, layout.clone(), part, sc.config)
                     .map_err(|e| e.to_string())?;
                 m.bug = sc.bug;
@@ -453,7 +456,7 @@ impl World {
     }
 
     fn inst_of(&self, node: usize, page: u64) -> usize {
-        (page % u64::from(self.sc.shards[node])) as usize
+        ((page / SIM_GRANULE) % u64::from(self.sc.shards[node])) as usize
     }
 
     /// Runs to completion and checks the end state.

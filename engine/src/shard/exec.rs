@@ -213,7 +213,7 @@ impl<T: Transport> Io<T> {
         payload: Option<&RxBuf>,
     ) {
         let dst = self.addr(page);
-        let uffd = self.region.uffd();
+        let uffd = self.region.uffd_of(page);
         let mode = if writable {
             CopyMode::empty()
         } else {
@@ -277,7 +277,7 @@ impl<T: Transport> Io<T> {
         bump(&self.stats.make_writable);
         let addr = self.addr(page);
         for _ in 0..IOCTL_RETRIES {
-            match self.region.uffd().write_unprotect(
+            match self.region.uffd_of(page).write_unprotect(
                 addr,
                 ZERO_PAGE.0.len(),
                 UnprotectMode::empty(),
@@ -299,7 +299,7 @@ impl<T: Transport> Io<T> {
         let addr = self.addr(page);
         let len = ZERO_PAGE.0.len() * count as usize;
         for _ in 0..IOCTL_RETRIES {
-            match self.region.uffd().write_protect(addr, len) {
+            match self.region.uffd_of(page).write_protect(addr, len) {
                 Ok(WpOutcome::Done) => return,
                 Ok(WpOutcome::Retry) => std::hint::spin_loop(),
                 Err(e) => return self.ioctl_failed("write-protect", page, &e),
@@ -308,7 +308,11 @@ impl<T: Transport> Io<T> {
     }
 
     fn wake(&mut self, page: u64) {
-        if let Err(e) = self.region.uffd().wake(self.addr(page), ZERO_PAGE.0.len()) {
+        if let Err(e) = self
+            .region
+            .uffd_of(page)
+            .wake(self.addr(page), ZERO_PAGE.0.len())
+        {
             self.ioctl_failed("wake", page, &e);
         }
     }

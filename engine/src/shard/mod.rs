@@ -1,5 +1,6 @@
 //! A shard: one pinned thread running one protocol instance over its partition of the pages
-//! (`page % shards == index`) in a run-to-completion loop.
+//! (16 MiB granules dealt round-robin, [`route::shard_of`]) in a run-to-completion loop, reading
+//! the faults of those pages from its own userfaultfd.
 //!
 //! Each turn: offer parked sends to the transport, reap transport completions (messages,
 //! peer failures), read a batch of userfaultfd events (faults for pages of other shards go to
@@ -27,7 +28,7 @@ use wire::{DownReason, Event, FrameError, FrameKeys, Header, MsgType, PeerId, Rx
 
 use self::exec::{Aftermath, Io};
 use self::mailbox::{Command, DirView, Mailbox, PageState};
-use self::route::{peer_id, peer_node, shard_of, PeerShards, ShardMsg};
+use self::route::{next_owned, peer_id, peer_node, prev_owned, shard_of, PeerShards, ShardMsg};
 use self::session::{ResumeError, SessionError, Sessions, ACK_DELAY_NS};
 use self::trace::{TraceRings, Tracer};
 use crate::clock::now_ns;
@@ -189,7 +190,12 @@ impl<T: Transport> Shard<T> {
     pub fn new(s: ShardSetup<T>) -> Result<Self, wire::TransportError> {
         let me = s.machine.node();
         let mut transport = s.transport;
-        transport.watch_fd(s.region.uffd().as_raw_fd(), TOKEN_UFFD)?;
+        assert_eq!(
+            s.region.partitions(),
+            s.count,
+            "the region has one userfaultfd per shard"
+        );
+        transport.watch_fd(s.region.uffd(s.index).as_raw_fd(), TOKEN_UFFD)?;
         transport.watch_fd(s.doorbells[s.index as usize].fd(), TOKEN_DOORBELL)?;
         let actions = s.machine.new_actions();
         let sessions = Sessions::new(me, s.state.incarnation(), s.sessions.0, s.sessions.1);
@@ -906,7 +912,7 @@ impl<T: Transport> Shard<T> {
         let pages = self.io.region.page_index();
         let now = self.io.clock.now();
         self.uffd_read_at = now;
-        let n = match self.io.region.uffd().read_events(&mut buf) {
+        let n = match self.io.region.uffd(self.index).read_events(&mut buf) {
             Ok(evs) => {
                 // A full batch may have left events behind.
                 self.uffd_ready = evs.len() == UFFD_BATCH;
@@ -951,7 +957,10 @@ impl<T: Transport> Shard<T> {
         n
     }
 
-    /// Hands a fault to the shard that owns its page.
+    /// Hands a fault to the shard that owns its page. Each shard reads its own userfaultfd,
+    /// registered over exactly its granules, so the owner is this shard; the hand-over over
+    /// the SPSC ring only runs (and `faults_forwarded` counts it) if the registration and
+    /// [`shard_of`] ever disagreed, rather than losing the fault.
     fn route_fault(&mut self, m: ShardMsg) {
         let ShardMsg::Fault { page, .. } = m else {
             return;
@@ -995,12 +1004,11 @@ impl<T: Transport> Shard<T> {
                     "fault on page {page}, beyond the address space"
                 ));
                 let addr = self.io.region.page_addr(page);
-                if let Err(e) =
-                    self.io
-                        .region
-                        .uffd()
-                        .poison(addr, 4096, uffd_poller::PoisonMode::empty())
-                {
+                if let Err(e) = self.io.region.uffd_of(page).poison(
+                    addr,
+                    4096,
+                    uffd_poller::PoisonMode::empty(),
+                ) {
                     // Without POISON the thread stays blocked; the node keeps serving.
                     self.io.log.warn(format_args!(
                         "poison of page {page} (beyond the address space) failed: {e}; \
@@ -1029,13 +1037,13 @@ impl<T: Transport> Shard<T> {
 
     /// Sequential prefetch: a remote read miss on `page` whose predecessor in this shard's
     /// partition missed just before or is held also requests the next `depth - 1` pages of
-    /// the partition. Their requests leave in this turn's flush with the fault's own.
-    /// Each is an ordinary read transaction (see `Input::Prefetch`); pages held, busy or
-    /// homed here are skipped, and a quarter of the protocol records stay for faults.
+    /// the partition (the rest of its granule, then the shard's next granule). Their
+    /// requests leave in this turn's flush with the fault's own. Each is an ordinary read
+    /// transaction (see `Input::Prefetch`); pages held, busy or homed here are skipped, and a
+    /// quarter of the protocol records stay for faults.
     fn prefetch_after(&mut self, page: u64) {
         let depth = self.state.prefetch();
-        let stride = u64::from(self.count);
-        let prev = page.checked_sub(stride);
+        let prev = prev_owned(page, self.count);
         let sequential = prev.is_some_and(|q| {
             q == self.last_miss
                 || matches!(
@@ -1048,8 +1056,9 @@ impl<T: Transport> Shard<T> {
             return;
         }
         let end = self.machine.layout().end_page();
-        for k in 1..u64::from(depth) {
-            let q = page + k * stride;
+        let mut q = page;
+        for _ in 1..depth {
+            q = next_owned(q, self.count);
             if q >= end {
                 break;
             }
@@ -1068,7 +1077,7 @@ impl<T: Transport> Shard<T> {
             let _ = self
                 .io
                 .region
-                .uffd()
+                .uffd_of(page)
                 .wake(self.io.region.page_addr(page), 4096);
         }
     }

@@ -621,7 +621,7 @@ fn sim_node(
     let me = NodeId::new(i as u16).expect("small ids");
     let machine =
         Machine::new(me, layout.clone(), Partition::WHOLE, config).map_err(|e| e.to_string())?;
-    let region = Arc::new(Region::new(pages, pages).map_err(|e| e.to_string())?);
+    let region = Arc::new(Region::new(pages, pages, 1).map_err(|e| e.to_string())?);
     let mut transport = SimTransport::new((i as u16, 0), net.clone(), n.max(1));
     for j in 0..n {
         if j != i {
