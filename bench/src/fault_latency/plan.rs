@@ -72,11 +72,14 @@ pub enum Scenario {
         /// Faulting threads.
         threads: usize,
     },
-    /// One thread reading fresh remote pages front to back with node 0's sequential prefetch
-    /// at `depth` pages: every touch is a sample (hits included), the rate is pages/s.
+    /// `threads` threads, each reading its own run of fresh remote pages front to back with
+    /// node 0's sequential prefetch at `depth` pages: every touch is a sample (hits
+    /// included), the rate is pages/s.
     Prefetch {
         /// Pages per prefetch trigger (`--prefetch` of the node).
         depth: u32,
+        /// Scanning threads.
+        threads: usize,
     },
     /// The throughput floor: `threads` threads fault on fresh pages of a uffd mapping; one
     /// hand-written handler reads up to 64 events at once, sends all their requests with one
@@ -117,7 +120,8 @@ impl Scenario {
         match self {
             Scenario::RemoteWrite { k } => format!("remote-write-k{k}"),
             Scenario::Throughput { threads } => format!("throughput-t{threads}"),
-            Scenario::Prefetch { depth } => format!("prefetch-{depth}"),
+            Scenario::Prefetch { depth, threads: 1 } => format!("prefetch-{depth}"),
+            Scenario::Prefetch { depth, threads } => format!("prefetch-{depth}-t{threads}"),
             Scenario::FloorThroughput { threads } => format!("floor-throughput-t{threads}"),
             Scenario::FloorPrefetch { depth } => format!("floor-prefetch-{depth}"),
             s => s.name().to_string(),
@@ -127,7 +131,9 @@ impl Scenario {
     /// Faulting threads.
     pub fn threads(self) -> usize {
         match self {
-            Scenario::Throughput { threads } | Scenario::FloorThroughput { threads } => threads,
+            Scenario::Throughput { threads }
+            | Scenario::FloorThroughput { threads }
+            | Scenario::Prefetch { threads, .. } => threads,
             _ => 1,
         }
     }
@@ -146,12 +152,13 @@ impl Scenario {
     }
 
     /// The floor whose rate (faults/s, pages/s) bounds this row's, measured in the same run:
-    /// `floor-throughput-tN` for `throughput-tN`, `floor-prefetch-D` for `prefetch-D`, and a
-    /// rate floor itself. `None` for the latency rows (their floor is `floor`, by p50).
+    /// `floor-throughput-tN` for `throughput-tN`, `floor-prefetch-D` for `prefetch-D` (one
+    /// thread; the floor has no multi-threaded form, so `prefetch-D-tN` has none), and a rate
+    /// floor itself. `None` for the latency rows (their floor is `floor`, by p50).
     pub fn rate_floor(self) -> Option<Scenario> {
         match self {
             Scenario::Throughput { threads } => Some(Scenario::FloorThroughput { threads }),
-            Scenario::Prefetch { depth } => Some(Scenario::FloorPrefetch { depth }),
+            Scenario::Prefetch { depth, threads: 1 } => Some(Scenario::FloorPrefetch { depth }),
             Scenario::FloorThroughput { .. } | Scenario::FloorPrefetch { .. } => Some(self),
             _ => None,
         }
@@ -269,11 +276,20 @@ impl Plan {
                 scenarios.push(Scenario::FloorThroughput { threads: t });
             }
         }
+        // `prefetch` runs once per thread count; its (one-thread) floor follows the
+        // one-thread row, or ends the list when there is none.
         let depth = prefetch_depth;
-        if want("prefetch") {
-            scenarios.push(Scenario::Prefetch { depth });
+        let pf = want("prefetch");
+        let pf_floor = pf || want("floor-prefetch");
+        for &t in threads {
+            if pf {
+                scenarios.push(Scenario::Prefetch { depth, threads: t });
+            }
+            if pf_floor && t == 1 {
+                scenarios.push(Scenario::FloorPrefetch { depth });
+            }
         }
-        if want("prefetch") || want("floor-prefetch") {
+        if pf_floor && !threads.contains(&1) {
             scenarios.push(Scenario::FloorPrefetch { depth });
         }
         let mut nodes = 2;
@@ -300,8 +316,11 @@ impl Plan {
                     remote += (tp_faults.div_ceil(threads) * threads) as u64;
                 }
                 Scenario::RemoteRead | Scenario::Upgrade => remote += samples as u64,
-                // The scan may prefetch up to `depth` pages past its end: keep them fresh.
-                Scenario::Prefetch { depth } => remote += (tp_faults + depth as usize) as u64,
+                // Every thread scans the same share, rounded up; the last may prefetch up to
+                // `depth` pages past the end: keep them fresh.
+                Scenario::Prefetch { depth, threads } => {
+                    remote += (tp_faults.div_ceil(threads) * threads + depth as usize) as u64
+                }
             }
         }
         Ok(Plan {
@@ -407,7 +426,10 @@ mod tests {
         assert_eq!(p.scenarios.first(), Some(&Scenario::Floor));
         assert_eq!(
             p.scenarios.last(),
-            Some(&Scenario::FloorPrefetch { depth: 16 })
+            Some(&Scenario::Prefetch {
+                depth: 16,
+                threads: 16
+            })
         );
         let labels: Vec<String> = p.scenarios.iter().map(|s| s.label()).collect();
         for l in [
@@ -418,12 +440,17 @@ mod tests {
             "pingpong",
             "prefetch-16",
             "floor-prefetch-16",
+            "prefetch-16-t4",
+            "prefetch-16-t16",
         ] {
             assert!(labels.iter().any(|x| x == l), "{l} missing from {labels:?}");
         }
         // read, shared, fwd, 3 writes, upgrade = 7 × 100; pingpong 1; throughput 50 + 52 + 64;
-        // prefetch 50 + 16; the floors map their own memory.
-        assert_eq!(p.remote_pages, 700 + 1 + 50 + 52 + 64 + 66 + GUARD_PAGES);
+        // prefetch (50 + 16) + (52 + 16) + (64 + 16); the floors map their own memory.
+        assert_eq!(
+            p.remote_pages,
+            700 + 1 + 50 + 52 + 64 + 66 + 68 + 80 + GUARD_PAGES
+        );
         assert_eq!(p.local_pages, 100 + GUARD_PAGES);
         assert_eq!(p.memory()[2], 0);
     }
@@ -457,17 +484,24 @@ mod tests {
         let names = |n: &[&str]| -> Vec<String> { n.iter().map(|x| x.to_string()).collect() };
         let tp = |t| Scenario::Throughput { threads: t };
         let ftp = |t| Scenario::FloorThroughput { threads: t };
-        let (pf, fpf) = (
-            Scenario::Prefetch { depth: 8 },
-            Scenario::FloorPrefetch { depth: 8 },
-        );
+        let pft = |t| Scenario::Prefetch {
+            depth: 8,
+            threads: t,
+        };
+        let (pf, fpf) = (pft(1), Scenario::FloorPrefetch { depth: 8 });
         // A default run has every floor, each right after the row it bounds.
         let all = Plan::new(&[], 0, &[1, 4], 10, 10, 8).unwrap();
-        let tail = &all.scenarios[all.scenarios.len() - 6..];
-        assert_eq!(tail, [tp(1), ftp(1), tp(4), ftp(4), pf, fpf]);
+        let tail = &all.scenarios[all.scenarios.len() - 7..];
+        assert_eq!(tail, [tp(1), ftp(1), tp(4), ftp(4), pf, fpf, pft(4)]);
         // Selecting the bounded rows brings their floors; not the latency floor.
         let p = Plan::new(&names(&["throughput", "prefetch"]), 0, &[1, 4], 10, 10, 8).unwrap();
-        assert_eq!(p.scenarios, [tp(1), ftp(1), tp(4), ftp(4), pf, fpf]);
+        assert_eq!(p.scenarios, [tp(1), ftp(1), tp(4), ftp(4), pf, fpf, pft(4)]);
+        // Without a one-thread row, the prefetch floor still runs, last.
+        let p = Plan::new(&names(&["prefetch"]), 0, &[16], 10, 10, 8).unwrap();
+        assert_eq!(p.scenarios, [pft(16), fpf]);
+        assert_eq!(pft(16).label(), "prefetch-8-t16");
+        assert_eq!(pft(16).threads(), 16);
+        assert_eq!(pft(16).rate_floor(), None);
         // A floor alone, by name: no cluster row, no cluster memory.
         let p = Plan::new(&names(&["floor-throughput"]), 0, &[16], 10, 10, 8).unwrap();
         assert_eq!(p.scenarios, [ftp(16)]);

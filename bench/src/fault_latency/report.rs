@@ -288,7 +288,14 @@ mod tests {
         assert_eq!(rr.faults_per_s(), 20_000.0);
         let ratio = rr.floor_ratio(Some(&floor)).unwrap();
         assert!((ratio - 1.5).abs() < 0.01, "{ratio}");
-        let mut pf = result(Scenario::Prefetch { depth: 16 }, &[100; 64], 1_000_000);
+        let mut pf = result(
+            Scenario::Prefetch {
+                depth: 16,
+                threads: 1,
+            },
+            &[100; 64],
+            1_000_000,
+        );
         pf.prefetch = Some(PrefetchCounts {
             faults: 4,
             requests: 60,
@@ -336,7 +343,14 @@ mod tests {
             &[20_000; 40],
             400_000,
         );
-        let mut pf = result(Scenario::Prefetch { depth: 16 }, &[100; 64], 1_000_000);
+        let mut pf = result(
+            Scenario::Prefetch {
+                depth: 16,
+                threads: 1,
+            },
+            &[100; 64],
+            1_000_000,
+        );
         pf.prefetch = Some(PrefetchCounts {
             faults: 4,
             requests: 60,

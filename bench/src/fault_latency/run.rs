@@ -598,7 +598,7 @@ fn cluster_rows(
         for &s in plan.scenarios.iter().filter(|s| s.needs_cluster()) {
             let total = match s {
                 Scenario::Throughput { threads } => plan.tp_faults.div_ceil(threads) * threads,
-                Scenario::Prefetch { .. } => plan.tp_faults,
+                Scenario::Prefetch { threads, .. } => plan.tp_faults.div_ceil(threads) * threads,
                 _ => a.samples(),
             };
             progress.begin(

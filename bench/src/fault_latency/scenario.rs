@@ -352,13 +352,15 @@ impl<'c> Ctx<'c> {
                 self.timed_begins()?;
                 self.pingpong_loop(s, page)?
             }
-            Scenario::Prefetch { depth } => {
-                let n = self.tp_faults;
-                // `depth` more pages stay fresh past the end: the scan prefetches into them.
+            Scenario::Prefetch { depth, threads } => {
+                let per = self.tp_faults.div_ceil(threads);
+                let n = per * threads;
+                // `depth` more pages stay fresh past the end: the last scan prefetches into
+                // them.
                 let first = self.fresh(s, true, n + depth as usize)?;
                 self.cluster.helper(1).call(&format!("write {first} {n}"))?;
                 self.timed_begins()?;
-                self.prefetch_scan(s, first, n, depth)
+                self.prefetch_scan(s, first, per, threads, depth)
             }
             Scenario::Throughput { threads } => {
                 let per = self.tp_faults.div_ceil(threads);
@@ -546,10 +548,16 @@ impl<'c> Ctx<'c> {
 
     /// One thread reads `n` fresh remote pages in order with node 0's prefetch at `depth`;
     /// every touch is timed (a hit takes tens of ns, a miss a fault), the rate is pages/s.
-    fn prefetch_scan(&self, s: Scenario, first: u64, n: usize, depth: u32) -> (Recorder<'c>, u64) {
-        let mut rec = self.recorder(s, n);
+    fn prefetch_scan(
+        &self,
+        s: Scenario,
+        first: u64,
+        per: usize,
+        threads: usize,
+        depth: u32,
+    ) -> (Recorder<'c>, u64) {
+        let mut total = self.recorder(s, per * threads);
         let node = &*self.cluster.node;
-        let cpu = self.fault_cpus[0];
         let counts = || {
             let st = node.stats();
             PrefetchCounts {
@@ -566,35 +574,59 @@ impl<'c> Ctx<'c> {
         settle();
         let before = counts();
         node.state().set_prefetch(depth);
-        let (wrong, wall) = std::thread::scope(|sc| {
-            sc.spawn(|| {
-                pin(cpu);
-                let mut wrong = 0;
-                let start = now_ns();
-                for i in 0..n as u64 {
-                    let p = first + i;
-                    let (v, t0, t1) = timed_read(node, p);
-                    rec.record(p, t0, t1);
-                    if v != stamp(1, p) {
-                        wrong += 1;
-                    }
-                }
-                let wall = now_ns() - start;
-                rec.finish(wall);
-                (wrong, wall)
-            })
-            .join()
-            .expect("the faulting thread does not panic")
+        // Thread t scans pages t * per .. (t + 1) * per of the block, front to back.
+        let barrier = Barrier::new(threads + 1);
+        let (progress, keep) = (self.progress, self.keep_samples);
+        let (results, wall) = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let cpu = self.fault_cpus[t % self.fault_cpus.len()];
+                    let barrier = &barrier;
+                    sc.spawn(move || {
+                        pin(cpu);
+                        let mut rec = Recorder::new(progress, keep, per, None);
+                        let mut wrong = 0;
+                        let from = first + (t * per) as u64;
+                        barrier.wait();
+                        for p in from..from + per as u64 {
+                            let (v, t0, t1) = timed_read(node, p);
+                            rec.record(p, t0, t1);
+                            if v != stamp(1, p) {
+                                wrong += 1;
+                            }
+                        }
+                        rec.finish(0);
+                        (rec, wrong, now_ns())
+                    })
+                })
+                .collect();
+            barrier.wait();
+            let start = now_ns();
+            let mut results = Vec::with_capacity(threads);
+            let mut end = start;
+            for h in handles {
+                let (rec, wrong, done) = h.join().expect("the scanning threads do not panic");
+                end = end.max(done);
+                results.push((rec, wrong));
+            }
+            (results, end - start)
         });
         node.state().set_prefetch(0);
         settle();
         let after = counts();
-        rec.set_measured_ns(wall);
-        rec.prefetch = Some(PrefetchCounts {
+        let mut wrong = 0;
+        for (rec, w) in results {
+            wrong += w;
+            total.absorb(rec);
+        }
+        total.set_measured_ns(wall);
+        // Writes the HDR log (one interval: the threads' samples are merged at the end).
+        total.finish(wall);
+        total.prefetch = Some(PrefetchCounts {
             faults: after.faults - before.faults,
             requests: after.requests - before.requests,
         });
-        (rec, wrong)
+        (total, wrong)
     }
 
     /// `threads` threads, each reading its own `per` fresh pages as fast as it can. The pages
