@@ -56,8 +56,10 @@ pub use server::{accept, accept_stream, ServerConn, ServerProgress};
 
 /// Handshake magic: the bytes `S S H K` on the wire.
 pub const HS_MAGIC: u32 = u32::from_le_bytes(*b"SSHK");
-/// Handshake protocol version (2: key exchange and frame protection mode).
-pub const HS_VERSION: u8 = 2;
+/// Handshake protocol version (2: key exchange and frame protection mode; 3: a peer's shard
+/// for page `p` is `(p / 4096) % shard_count`, 16 MiB granules, where 2 dealt single pages,
+/// so nodes of the two versions would send each other's pages to the wrong shard).
+pub const HS_VERSION: u8 = 3;
 /// Length of the common message prefix.
 pub const PREFIX_LEN: usize = 8;
 /// Length of a hello body (after the prefix).
