@@ -72,7 +72,8 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
         sum(stats, |x| &x.proto.prefetches),
     );
     if stats.len() > 1 {
-        // Each shard reads its own userfaultfd: how the faults spread over them.
+        // Each shard reads its own userfaultfd: how the faults spread over them. (Writing
+        // into a String cannot fail.)
         let per: Vec<String> = stats
             .iter()
             .map(|x| x.uffd_events.load(Relaxed).to_string())
