@@ -15,6 +15,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod ffi;
+pub mod verbs;
+
 /// The most devices and ports per device read (a bound on what a broken sysfs could list).
 pub const MAX_DEVICES: usize = 64;
 /// The most ports read per device.
