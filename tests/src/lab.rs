@@ -73,6 +73,7 @@ pub struct Lab {
     bins: Vec<PathBuf>,
     files: Vec<(PathBuf, String)>,
     shadow_paging: bool,
+    rdma: bool,
 }
 
 /// What a lab run gave.
@@ -103,7 +104,21 @@ impl Lab {
             bins: vec![ssi_dp_bin(), repo_root().join("scripts/lab-cluster")],
             files: Vec::new(),
             shadow_paging: false,
+            rdma: false,
         }
+    }
+
+    /// Boots the generic 6.12 kernel with soft-RoCE (`rxe0` on loopback) and rdma-core's
+    /// libraries (`scripts/lab run --rdma`).
+    pub fn rdma(mut self) -> Self {
+        self.rdma = true;
+        self
+    }
+
+    /// Adds an executable (with the libraries it loads) to the VM's PATH.
+    pub fn bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bins.push(path.into());
+        self
     }
 
     /// Sets the wall-clock limit of the whole VM.
@@ -134,6 +149,9 @@ impl Lab {
             .arg(self.timeout.as_secs().to_string());
         if self.shadow_paging {
             cmd.arg("--shadow-paging");
+        }
+        if self.rdma {
+            cmd.arg("--rdma");
         }
         for b in &self.bins {
             cmd.arg("--bin").arg(b);

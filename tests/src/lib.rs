@@ -14,17 +14,22 @@ use std::time::{Duration, Instant};
 
 /// The `ssi-dp` binary built by the same `cargo test` run (target/<profile>/ssi-dp).
 pub fn ssi_dp_bin() -> PathBuf {
+    workspace_bin("ssi-dp", "ssi-dp")
+}
+
+/// The workspace binary `name` of package `package`, next to the test binary.
+pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/ssi-dp
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target directory");
-    let bin = dir.join("ssi-dp");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (which builds the ssi-dp \
-         binary) or build it first with `cargo build -p ssi-dp`",
+        "{} is missing: run the tests with `cargo test --workspace` (which builds the \
+         workspace's binaries) or build it first with `cargo build -p {package}`",
         bin.display()
     );
     bin

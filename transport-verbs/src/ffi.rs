@@ -223,7 +223,8 @@ pub struct IbvSendWr {
     pub wr: [u64; 4],
     /// `union qp_type` (xrc: remote_srqn).
     pub qp_type: u32,
-    _pad: u32,
+    /// Padding before the 8-byte aligned union (always 0).
+    pub pad: u32,
     /// The bind_mw / tso union.
     pub bind_or_tso: [u64; 6],
 }
@@ -240,7 +241,7 @@ impl Default for IbvSendWr {
             imm_data: 0,
             wr: [0; 4],
             qp_type: 0,
-            _pad: 0,
+            pad: 0,
             bind_or_tso: [0; 6],
         }
     }

@@ -1,16 +1,22 @@
-//! RDMA verbs: device discovery, so a node can say why it uses TCP.
+//! RDMA verbs: device discovery, and rdma-core's verbs loaded at run time.
 //!
-//! What is here: [`probe`] reads the kernel's RDMA device list from sysfs
-//! (`/sys/class/infiniband/<device>/ports/<n>/{state,link_layer}`) and reports whether the
-//! kernel has RDMA support, which devices exist, and whether any port is active. The node runs
-//! it at start and prints the result next to the transport it chose.
+//! What is here:
+//! * [`probe`] reads the kernel's RDMA device list from sysfs
+//!   (`/sys/class/infiniband/<device>/ports/<n>/{state,link_layer}`) and reports whether the
+//!   kernel has RDMA support, which devices exist, and whether any port is active. The node
+//!   runs it at start and prints the result next to the transport it chose. Its unit tests
+//!   drive [`probe_at`] with sysfs trees they build.
+//! * [`ffi`]: `libibverbs.so.1` opened with `dlopen` (so the project builds and runs without
+//!   rdma-core), the ABI subset the data plane needs, checked against rdma-core's header by
+//!   `tests/abi.rs`.
+//! * [`verbs`]: safe handles (device context, protection domain, registered memory,
+//!   completion queues and channels, RC queue pairs) that release in the right order and check
+//!   every call. `verbs-selftest` exercises them on a real device; `tests/tests/lab_rdma.rs`
+//!   runs it on soft-RoCE in the lab VM (these hosts have no RDMA).
 //!
-//! What is not: the verbs data path (RC queue pairs, completion-queue polling, one-sided READ
-//! for clean shared pages) is not built. These machines have no RDMA devices and their kernel
-//! has no InfiniBand support, so such code could be neither run nor tested here. Every node
-//! therefore uses TCP (io_uring or the epoll fallback), also where a device is present, and
-//! says so. The tests drive [`probe_at`] with sysfs trees they build (a stand-in for RDMA
-//! hardware, the one seam that cannot exist on these machines).
+//! What is not yet: the verbs transport of the data plane (queue pairs per peer set up over
+//! the authenticated handshake, credits, the shard polling completions). Every node uses TCP
+//! (io_uring or the epoll fallback), also where a device is present, and says so.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

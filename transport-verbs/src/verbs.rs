@@ -254,6 +254,27 @@ impl Context {
         Ok(g)
     }
 
+    /// The GID to address this port by: on RoCE the first IPv4-mapped entry of the table
+    /// (`::ffff:a.b.c.d`, routable over IP; the link-local `fe80::` entries are not), else
+    /// entry 0. Returns its index and value.
+    pub fn pick_gid(&self, port: u8, attr: &IbvPortAttr) -> Result<(u8, IbvGid), VerbsError> {
+        let first = self.query_gid(port, 0)?;
+        if attr.link_layer != IBV_LINK_LAYER_ETHERNET {
+            return Ok((0, first));
+        }
+        let len = attr.gid_tbl_len.clamp(0, 256) as usize;
+        for i in 0..len.min(usize::from(u8::MAX)) {
+            // An unpopulated entry may fail or read as zero: skip it either way.
+            let Ok(g) = self.query_gid(port, i as u8) else {
+                continue;
+            };
+            if g.raw[..10].iter().all(|&b| b == 0) && g.raw[10..12] == [0xff, 0xff] {
+                return Ok((i as u8, g));
+            }
+        }
+        Ok((0, first))
+    }
+
     /// A new protection domain.
     pub fn alloc_pd(&self) -> Result<Pd, VerbsError> {
         // SAFETY: a live context.

@@ -1,0 +1,353 @@
+//! `verbs-selftest [DEVICE]`: exercises the verbs handles on a real device (soft-RoCE `rxe0`
+//! in the lab VM by default) with two RC queue pairs of one process connected to each other:
+//! a 4 KiB SEND into a posted receive, a one-sided RDMA READ and RDMA WRITE of a page, a
+//! window of sends deeper than one completion poll, and an RDMA READ with a wrong rkey, which
+//! must complete with an error. Every byte moved is checked. Prints one `ok ...` line per
+//! step and exits 0, or prints what failed and exits 1. Run by `tests/lab_rxe.rs` in the lab.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use transport_verbs::ffi::{
+    IbvQpCap, IbvRecvWr, IbvSendWr, IbvSge, IbvWc, IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_READ,
+    IBV_ACCESS_REMOTE_WRITE, IBV_LINK_LAYER_ETHERNET, IBV_SEND_SIGNALED, IBV_WC_RDMA_READ,
+    IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WR_RDMA_READ, IBV_WR_RDMA_WRITE, IBV_WR_SEND,
+};
+use transport_verbs::verbs::{Cq, Endpoint, Mr, Qp, Verbs};
+
+const PAGE: usize = 4096;
+/// Pages in each side's buffer.
+const PAGES: usize = 64;
+/// Sends in flight in the window step (more than one poll of 16 completions returns).
+const WINDOW: usize = 48;
+const PORT: u8 = 1;
+
+/// A page-aligned anonymous buffer.
+struct Buf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Buf {
+    fn new(len: usize) -> Result<Self, String> {
+        // SAFETY: a fresh private anonymous mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Self { ptr: p.cast(), len })
+    }
+
+    fn page(&self, i: usize) -> &[u8] {
+        assert!((i + 1) * PAGE <= self.len);
+        // SAFETY: in bounds of the mapping; read only after the completion of any request
+        // that wrote it.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(i * PAGE), PAGE) }
+    }
+
+    fn page_mut(&mut self, i: usize) -> &mut [u8] {
+        assert!((i + 1) * PAGE <= self.len);
+        // SAFETY: in bounds; written only while no request that uses the page is posted.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * PAGE), PAGE) }
+    }
+
+    fn addr(&self, i: usize) -> u64 {
+        self.ptr as u64 + (i * PAGE) as u64
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the regions registered over it were dropped first.
+        if unsafe { libc::munmap(self.ptr.cast(), self.len) } != 0 {
+            eprintln!("munmap: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+fn fill(p: &mut [u8], seed: u64) {
+    for (i, b) in p.iter_mut().enumerate() {
+        *b = (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8;
+    }
+}
+
+fn expect_page(p: &[u8], seed: u64, what: &str) -> Result<(), String> {
+    let mut want = vec![0u8; PAGE];
+    fill(&mut want, seed);
+    match p.iter().zip(&want).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "{what}: byte {at} is {} where {} was written",
+            p[at], want[at]
+        )),
+    }
+}
+
+/// Polls `cq` until `n` completions arrived (or 20 s passed) and returns them.
+fn wait(cq: &Cq, n: usize, what: &str) -> Result<Vec<IbvWc>, String> {
+    let mut got = Vec::with_capacity(n);
+    let mut wc = [IbvWc::default(); 16];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < n {
+        let k = cq.poll(&mut wc).map_err(|e| format!("{what}: {e}"))?;
+        got.extend_from_slice(&wc[..k]);
+        if k == 0 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{what}: {} of {n} completions after 20 s",
+                    got.len()
+                ));
+            }
+            std::thread::yield_now();
+        }
+    }
+    Ok(got)
+}
+
+fn sge(buf: &Buf, mr: &Mr, page: usize) -> IbvSge {
+    IbvSge {
+        addr: buf.addr(page),
+        length: PAGE as u32,
+        lkey: mr.lkey(),
+    }
+}
+
+fn post_recv(qp: &mut Qp, sg: &mut IbvSge, id: u64) -> Result<(), String> {
+    let mut wr = IbvRecvWr {
+        wr_id: id,
+        sg_list: sg,
+        num_sge: 1,
+        ..Default::default()
+    };
+    // SAFETY: the element names a registered page that outlives the request (the buffers
+    // live until the end of `run`, after every completion was polled).
+    unsafe { qp.post_recv(&mut wr) }.map_err(|e| e.to_string())
+}
+
+fn post_send(qp: &mut Qp, wr: &mut IbvSendWr) -> Result<(), String> {
+    // SAFETY: as in `post_recv`; remote addresses and rkeys are the peer buffer's own.
+    unsafe { qp.post_send(wr) }.map_err(|e| e.to_string())
+}
+
+fn run(device: &str) -> Result<(), String> {
+    let verbs = Verbs::load().map_err(|e| e.to_string())?;
+    let devices = verbs.devices().map_err(|e| e.to_string())?;
+    println!("devices: {}", devices.join(", "));
+    let ctx = verbs.open(device).map_err(|e| e.to_string())?;
+    let port = ctx.active_port(PORT).map_err(|e| e.to_string())?;
+    let roce = port.link_layer == IBV_LINK_LAYER_ETHERNET;
+    let (gid_index, gid) = ctx.pick_gid(PORT, &port).map_err(|e| e.to_string())?;
+    println!(
+        "ok open {device}: port {PORT} active, mtu code {}, link layer {}, lid {}, gid[{gid_index}] {:02x?}",
+        port.active_mtu,
+        if roce { "ethernet (RoCE)" } else { "infiniband" },
+        port.lid,
+        gid.raw
+    );
+    let pd = ctx.alloc_pd().map_err(|e| e.to_string())?;
+    let access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
+    let (mut a_buf, mut b_buf) = (Buf::new(PAGES * PAGE)?, Buf::new(PAGES * PAGE)?);
+    // SAFETY: the buffers outlive the regions (dropped in reverse order of declaration).
+    let a_mr = unsafe { pd.reg_mr(a_buf.ptr, a_buf.len, access) }.map_err(|e| e.to_string())?;
+    // SAFETY: as above.
+    let b_mr = unsafe { pd.reg_mr(b_buf.ptr, b_buf.len, access) }.map_err(|e| e.to_string())?;
+    let (a_cq, b_cq) = (
+        ctx.create_cq(256, None).map_err(|e| e.to_string())?,
+        ctx.create_cq(256, None).map_err(|e| e.to_string())?,
+    );
+    let cap = IbvQpCap {
+        max_send_wr: 128,
+        max_recv_wr: 128,
+        max_send_sge: 1,
+        max_recv_sge: 1,
+        max_inline_data: 0,
+    };
+    let mut a = pd
+        .create_rc_qp(&a_cq, &a_cq, cap)
+        .map_err(|e| e.to_string())?;
+    let mut b = pd
+        .create_rc_qp(&b_cq, &b_cq, cap)
+        .map_err(|e| e.to_string())?;
+    let ep = |qp: &Qp, psn| Endpoint {
+        qpn: qp.qpn(),
+        psn,
+        gid: gid.raw,
+        lid: port.lid,
+    };
+    let (a_ep, b_ep) = (ep(&a, 0x1234), ep(&b, 0x5678));
+    for (qp, peer, my_psn) in [(&mut a, b_ep, a_ep.psn), (&mut b, a_ep, b_ep.psn)] {
+        qp.to_init(PORT, access).map_err(|e| e.to_string())?;
+        qp.to_rtr(&peer, PORT, port.active_mtu, gid_index, roce)
+            .map_err(|e| e.to_string())?;
+        qp.to_rts(my_psn).map_err(|e| e.to_string())?;
+    }
+    println!(
+        "ok connected qp {} <-> qp {} (granted send {} / recv {})",
+        a.qpn(),
+        b.qpn(),
+        a.cap().max_send_wr,
+        a.cap().max_recv_wr
+    );
+
+    // 1. SEND a page into a posted receive.
+    fill(a_buf.page_mut(0), 1);
+    let mut rsg = sge(&b_buf, &b_mr, 0);
+    post_recv(&mut b, &mut rsg, 100)?;
+    let mut ssg = sge(&a_buf, &a_mr, 0);
+    let mut wr = IbvSendWr {
+        wr_id: 1,
+        sg_list: &mut ssg,
+        num_sge: 1,
+        opcode: IBV_WR_SEND,
+        send_flags: IBV_SEND_SIGNALED,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    post_send(&mut a, &mut wr)?;
+    let sc = wait(&a_cq, 1, "send completion")?;
+    let rc = wait(&b_cq, 1, "receive completion")?;
+    let us = t.elapsed().as_micros();
+    if sc[0].status != IBV_WC_SUCCESS || rc[0].status != IBV_WC_SUCCESS {
+        return Err(format!(
+            "send: status {} / receive status {}",
+            sc[0].status, rc[0].status
+        ));
+    }
+    if rc[0].opcode & IBV_WC_RECV == 0 || rc[0].byte_len != PAGE as u32 || rc[0].wr_id != 100 {
+        return Err(format!("receive completion {:?}", rc[0]));
+    }
+    expect_page(b_buf.page(0), 1, "received page")?;
+    println!("ok send/recv 4096 bytes in {us} us (TCG: correctness, not speed)");
+
+    // 2. RDMA READ a page of B's buffer into A's.
+    fill(b_buf.page_mut(1), 2);
+    let mut lsg = sge(&a_buf, &a_mr, 1);
+    let mut wr = IbvSendWr {
+        wr_id: 2,
+        sg_list: &mut lsg,
+        num_sge: 1,
+        opcode: IBV_WR_RDMA_READ,
+        send_flags: IBV_SEND_SIGNALED,
+        ..Default::default()
+    };
+    wr.set_rdma(b_buf.addr(1), b_mr.rkey());
+    post_send(&mut a, &mut wr)?;
+    let c = wait(&a_cq, 1, "read completion")?;
+    if c[0].status != IBV_WC_SUCCESS || c[0].opcode != IBV_WC_RDMA_READ {
+        return Err(format!("rdma read completion {:?}", c[0]));
+    }
+    expect_page(a_buf.page(1), 2, "page read")?;
+    println!("ok rdma read 4096 bytes");
+
+    // 3. RDMA WRITE a page of A's buffer into B's.
+    fill(a_buf.page_mut(2), 3);
+    let mut lsg = sge(&a_buf, &a_mr, 2);
+    let mut wr = IbvSendWr {
+        wr_id: 3,
+        sg_list: &mut lsg,
+        num_sge: 1,
+        opcode: IBV_WR_RDMA_WRITE,
+        send_flags: IBV_SEND_SIGNALED,
+        ..Default::default()
+    };
+    wr.set_rdma(b_buf.addr(2), b_mr.rkey());
+    post_send(&mut a, &mut wr)?;
+    let c = wait(&a_cq, 1, "write completion")?;
+    if c[0].status != IBV_WC_SUCCESS {
+        return Err(format!("rdma write completion {:?}", c[0]));
+    }
+    expect_page(b_buf.page(2), 3, "page written")?;
+    println!("ok rdma write 4096 bytes");
+
+    // 4. A window of WINDOW sends, each into its own posted receive.
+    let mut rsgs: Vec<IbvSge> = (0..WINDOW)
+        .map(|i| sge(&b_buf, &b_mr, 8 + i % 48))
+        .collect();
+    for (i, s) in rsgs.iter_mut().enumerate() {
+        post_recv(&mut b, s, 1000 + i as u64)?;
+    }
+    let mut ssgs: Vec<IbvSge> = (0..WINDOW)
+        .map(|i| sge(&a_buf, &a_mr, 8 + i % 48))
+        .collect();
+    for (i, s) in ssgs.iter_mut().enumerate() {
+        fill(a_buf.page_mut(8 + i % 48), 10 + i as u64);
+        let mut wr = IbvSendWr {
+            wr_id: 1000 + i as u64,
+            sg_list: s,
+            num_sge: 1,
+            opcode: IBV_WR_SEND,
+            send_flags: IBV_SEND_SIGNALED,
+            ..Default::default()
+        };
+        post_send(&mut a, &mut wr)?;
+    }
+    let sends = wait(&a_cq, WINDOW, "window sends")?;
+    let recvs = wait(&b_cq, WINDOW, "window receives")?;
+    if let Some(bad) = sends
+        .iter()
+        .chain(&recvs)
+        .find(|c| c.status != IBV_WC_SUCCESS)
+    {
+        return Err(format!("window completion {bad:?}"));
+    }
+    // An RC queue pair delivers in order: receive i holds send i.
+    for (i, r) in recvs.iter().enumerate() {
+        if r.wr_id != 1000 + i as u64 {
+            return Err(format!("receive {i} completed as {}", r.wr_id));
+        }
+        expect_page(b_buf.page(8 + i % 48), 10 + i as u64, "window page")?;
+    }
+    println!("ok window of {WINDOW} sends, received in order");
+
+    // 5. A wrong rkey: the read must fail with an error completion, not move data.
+    fill(b_buf.page_mut(3), 4);
+    a_buf.page_mut(3).fill(0);
+    let mut lsg = sge(&a_buf, &a_mr, 3);
+    let mut wr = IbvSendWr {
+        wr_id: 5,
+        sg_list: &mut lsg,
+        num_sge: 1,
+        opcode: IBV_WR_RDMA_READ,
+        send_flags: IBV_SEND_SIGNALED,
+        ..Default::default()
+    };
+    wr.set_rdma(b_buf.addr(3), b_mr.rkey() ^ 0x00ff_ff00);
+    post_send(&mut a, &mut wr)?;
+    let c = wait(&a_cq, 1, "bad-rkey completion")?;
+    if c[0].status == IBV_WC_SUCCESS {
+        return Err("an RDMA READ with a wrong rkey succeeded".into());
+    }
+    if a_buf.page(3).iter().any(|&x| x != 0) {
+        return Err("the refused read wrote into the local page".into());
+    }
+    println!(
+        "ok wrong rkey refused: completion status {} (vendor error {})",
+        c[0].status, c[0].vendor_err
+    );
+    drop((a, b));
+    drop((a_mr, b_mr));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let device = std::env::args().nth(1).unwrap_or_else(|| "rxe0".into());
+    match run(&device) {
+        Ok(()) => {
+            println!("verbs-selftest: all passed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("verbs-selftest: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
