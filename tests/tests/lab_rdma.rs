@@ -1,7 +1,8 @@
 //! The verbs handles of `transport-verbs` on a real RDMA device: soft-RoCE (`rdma_rxe`) in the
 //! lab VM (Debian's generic 6.12 kernel, rdma-core 44), where `verbs-selftest` connects two RC
-//! queue pairs and moves pages by SEND, RDMA READ and RDMA WRITE, a window of sends, and a
-//! read with a wrong rkey that must be refused. Timings under TCG say nothing about speed.
+//! queue pairs by the sealed endpoint exchange over TCP that nodes use, and moves pages by
+//! SEND, RDMA READ and RDMA WRITE (to the exchanged address and rkey), a window of sends, and
+//! a read with a wrong rkey that must be refused. Timings under TCG say nothing about speed.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ fn verbs_handles_move_pages_over_soft_roce() {
     for want in [
         "ok open rxe0: port 1 active",
         "link layer ethernet (RoCE)",
-        "ok connected qp",
+        "over a sealed TCP exchange",
         "ok send/recv 4096 bytes",
         "ok rdma read 4096 bytes",
         "ok rdma write 4096 bytes",

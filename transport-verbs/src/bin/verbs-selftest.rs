@@ -1,19 +1,23 @@
 //! `verbs-selftest [DEVICE]`: exercises the verbs handles on a real device (soft-RoCE `rxe0`
-//! in the lab VM by default) with two RC queue pairs of one process connected to each other:
+//! in the lab VM by default) with two RC queue pairs of one process connected to each other
+//! through a sealed endpoint exchange over TCP (`endpoint::exchange`, as two nodes do):
 //! a 4 KiB SEND into a posted receive, a one-sided RDMA READ and RDMA WRITE of a page, a
 //! window of sends deeper than one completion poll, and an RDMA READ with a wrong rkey, which
 //! must complete with an error. Every byte moved is checked. Prints one `ok ...` line per
 //! step and exits 0, or prints what failed and exits 1. Run by `tests/lab_rxe.rs` in the lab.
 
+use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use transport_verbs::endpoint::{exchange, EndpointMsg};
 use transport_verbs::ffi::{
     IbvQpCap, IbvRecvWr, IbvSendWr, IbvSge, IbvWc, IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_READ,
     IBV_ACCESS_REMOTE_WRITE, IBV_LINK_LAYER_ETHERNET, IBV_SEND_SIGNALED, IBV_WC_RDMA_READ,
     IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WR_RDMA_READ, IBV_WR_RDMA_WRITE, IBV_WR_SEND,
 };
 use transport_verbs::verbs::{Cq, Endpoint, Mr, Qp, Verbs};
+use wire::seal::{FrameAuth, FrameKeys};
 
 const PAGE: usize = 4096;
 /// Pages in each side's buffer.
@@ -177,26 +181,71 @@ fn run(device: &str) -> Result<(), String> {
     let mut b = pd
         .create_rc_qp(&b_cq, &b_cq, cap)
         .map_err(|e| e.to_string())?;
-    let ep = |qp: &Qp, psn| Endpoint {
+    // Each side tells the other its queue pair and readable buffer over a TCP connection,
+    // sealed with a pair of frame keys (as two nodes do after their handshake), and connects
+    // to what it was told: the rkey and address used below are the exchanged ones.
+    let msg = |qp: &Qp, psn, mr: &Mr, buf: &Buf| EndpointMsg {
+        mtu: port.active_mtu as u8,
         qpn: qp.qpn(),
         psn,
-        gid: gid.raw,
         lid: port.lid,
+        gid: gid.raw,
+        rx_slots: 128,
+        rx_slot_size: PAGE as u32,
+        rkey: mr.rkey(),
+        addr: buf.addr(0),
+        len: buf.len as u64,
     };
-    let (a_ep, b_ep) = (ep(&a, 0x1234), ep(&b, 0x5678));
-    for (qp, peer, my_psn) in [(&mut a, b_ep, a_ep.psn), (&mut b, a_ep, b_ep.psn)] {
+    let (a_msg, b_msg) = (
+        msg(&a, 0x1234, &a_mr, &a_buf),
+        msg(&b, 0x5678, &b_mr, &b_buf),
+    );
+    let (ka, kb) = (
+        FrameKeys::new(FrameAuth::Mac, [7; 32], [9; 32]),
+        FrameKeys::new(FrameAuth::Mac, [9; 32], [7; 32]),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (b_told, a_told) = std::thread::scope(|sc| {
+        let server = sc.spawn(|| -> Result<EndpointMsg, String> {
+            let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+            exchange(&mut s, &kb, &b_msg, Duration::from_secs(10)).map_err(|e| e.to_string())
+        });
+        let client = (|| -> Result<EndpointMsg, String> {
+            let mut c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            exchange(&mut c, &ka, &a_msg, Duration::from_secs(10)).map_err(|e| e.to_string())
+        })();
+        (
+            client,
+            server.join().expect("the exchange thread does not panic"),
+        )
+    });
+    // `b_told`: what A learnt about B; `a_told`: what B learnt about A.
+    let (b_told, a_told) = (b_told?, a_told?);
+    if b_told != b_msg || a_told != a_msg {
+        return Err("the exchanged queue-pair messages differ from what was sent".into());
+    }
+    for (qp, peer, my_psn) in [(&mut a, b_told, a_msg.psn), (&mut b, a_told, b_msg.psn)] {
+        let ep = Endpoint {
+            qpn: peer.qpn,
+            psn: peer.psn,
+            gid: peer.gid,
+            lid: peer.lid,
+        };
         qp.to_init(PORT, access).map_err(|e| e.to_string())?;
-        qp.to_rtr(&peer, PORT, port.active_mtu, gid_index, roce)
+        qp.to_rtr(&ep, PORT, u32::from(peer.mtu), gid_index, roce)
             .map_err(|e| e.to_string())?;
         qp.to_rts(my_psn).map_err(|e| e.to_string())?;
     }
     println!(
-        "ok connected qp {} <-> qp {} (granted send {} / recv {})",
+        "ok connected qp {} <-> qp {} over a sealed TCP exchange (granted send {} / recv {})",
         a.qpn(),
         b.qpn(),
         a.cap().max_send_wr,
         a.cap().max_recv_wr
     );
+    // B's buffer as A was told it.
+    let remote = |page: usize| b_told.addr + (page * PAGE) as u64;
 
     // 1. SEND a page into a posted receive.
     fill(a_buf.page_mut(0), 1);
@@ -239,7 +288,7 @@ fn run(device: &str) -> Result<(), String> {
         send_flags: IBV_SEND_SIGNALED,
         ..Default::default()
     };
-    wr.set_rdma(b_buf.addr(1), b_mr.rkey());
+    wr.set_rdma(remote(1), b_told.rkey);
     post_send(&mut a, &mut wr)?;
     let c = wait(&a_cq, 1, "read completion")?;
     if c[0].status != IBV_WC_SUCCESS || c[0].opcode != IBV_WC_RDMA_READ {
@@ -259,7 +308,7 @@ fn run(device: &str) -> Result<(), String> {
         send_flags: IBV_SEND_SIGNALED,
         ..Default::default()
     };
-    wr.set_rdma(b_buf.addr(2), b_mr.rkey());
+    wr.set_rdma(remote(2), b_told.rkey);
     post_send(&mut a, &mut wr)?;
     let c = wait(&a_cq, 1, "write completion")?;
     if c[0].status != IBV_WC_SUCCESS {
@@ -320,7 +369,7 @@ fn run(device: &str) -> Result<(), String> {
         send_flags: IBV_SEND_SIGNALED,
         ..Default::default()
     };
-    wr.set_rdma(b_buf.addr(3), b_mr.rkey() ^ 0x00ff_ff00);
+    wr.set_rdma(remote(3), b_told.rkey ^ 0x00ff_ff00);
     post_send(&mut a, &mut wr)?;
     let c = wait(&a_cq, 1, "bad-rkey completion")?;
     if c[0].status == IBV_WC_SUCCESS {
