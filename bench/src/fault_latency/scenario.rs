@@ -575,53 +575,12 @@ impl<'c> Ctx<'c> {
         let before = counts();
         node.state().set_prefetch(depth);
         // Thread t scans pages t * per .. (t + 1) * per of the block, front to back.
-        let barrier = Barrier::new(threads + 1);
-        let (progress, keep) = (self.progress, self.keep_samples);
-        let (results, wall) = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let cpu = self.fault_cpus[t % self.fault_cpus.len()];
-                    let barrier = &barrier;
-                    sc.spawn(move || {
-                        pin(cpu);
-                        let mut rec = Recorder::new(progress, keep, per, None);
-                        let mut wrong = 0;
-                        let from = first + (t * per) as u64;
-                        barrier.wait();
-                        for p in from..from + per as u64 {
-                            let (v, t0, t1) = timed_read(node, p);
-                            rec.record(p, t0, t1);
-                            if v != stamp(1, p) {
-                                wrong += 1;
-                            }
-                        }
-                        rec.finish(0);
-                        (rec, wrong, now_ns())
-                    })
-                })
-                .collect();
-            barrier.wait();
-            let start = now_ns();
-            let mut results = Vec::with_capacity(threads);
-            let mut end = start;
-            for h in handles {
-                let (rec, wrong, done) = h.join().expect("the scanning threads do not panic");
-                end = end.max(done);
-                results.push((rec, wrong));
-            }
-            (results, end - start)
+        let wrong = self.read_in_threads(&mut total, threads, per, |t, i| {
+            (first + t * per as u64 + i, 1)
         });
         node.state().set_prefetch(0);
         settle();
         let after = counts();
-        let mut wrong = 0;
-        for (rec, w) in results {
-            wrong += w;
-            total.absorb(rec);
-        }
-        total.set_measured_ns(wall);
-        // Writes the HDR log (one interval: the threads' samples are merged at the end).
-        total.finish(wall);
         total.prefetch = Some(PrefetchCounts {
             faults: after.faults - before.faults,
             requests: after.requests - before.requests,
@@ -629,22 +588,25 @@ impl<'c> Ctx<'c> {
         (total, wrong)
     }
 
-    /// `threads` threads, each reading its own `per` fresh pages as fast as it can. The pages
-    /// come from one block per home (`firsts[h]` on node `h + 1`): thread `t`'s page `i` is
-    /// on home `(t + i) % homes`, so every thread asks every home in turn.
-    fn throughput(
+    /// Runs `threads` threads on the fault CPUs (round-robin), started together; thread `t`
+    /// reads its `per` pages in order, page `i` being `page(t, i)` = (page number, the node
+    /// whose stamp it must hold). Their samples go into `total`, which gets the wall time
+    /// from the start to the last thread's end and writes its HDR log (one interval: the
+    /// threads' samples are merged at the end). Returns the number of wrong values read.
+    fn read_in_threads<F>(
         &self,
-        s: Scenario,
-        firsts: &[u64],
-        per: usize,
+        total: &mut Recorder<'c>,
         threads: usize,
-    ) -> (Recorder<'c>, u64) {
-        let homes = firsts.len() as u64;
-        let share = per.div_ceil(firsts.len()) as u64;
-        let mut total = self.recorder(s, per * threads);
+        per: usize,
+        page: F,
+    ) -> u64
+    where
+        F: Fn(u64, u64) -> (u64, u16) + Sync,
+    {
         let node = &*self.cluster.node;
         let barrier = Barrier::new(threads + 1);
         let (progress, keep) = (self.progress, self.keep_samples);
+        let page = &page;
         let (results, wall) = std::thread::scope(|sc| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
@@ -654,14 +616,12 @@ impl<'c> Ctx<'c> {
                         pin(cpu);
                         let mut rec = Recorder::new(progress, keep, per, None);
                         let mut wrong = 0;
-                        let t = t as u64;
                         barrier.wait();
                         for i in 0..per as u64 {
-                            let h = (t + i) % homes;
-                            let p = firsts[h as usize] + t * share + i / homes;
+                            let (p, home) = page(t as u64, i);
                             let (v, t0, t1) = timed_read(node, p);
                             rec.record(p, t0, t1);
-                            if v != stamp(h as u16 + 1, p) {
+                            if v != stamp(home, p) {
                                 wrong += 1;
                             }
                         }
@@ -687,8 +647,27 @@ impl<'c> Ctx<'c> {
             total.absorb(rec);
         }
         total.set_measured_ns(wall);
-        // Writes the HDR log (one interval: the threads' samples are merged at the end).
         total.finish(wall);
+        wrong
+    }
+
+    /// `threads` threads, each reading its own `per` fresh pages as fast as it can. The pages
+    /// come from one block per home (`firsts[h]` on node `h + 1`): thread `t`'s page `i` is
+    /// on home `(t + i) % homes`, so every thread asks every home in turn.
+    fn throughput(
+        &self,
+        s: Scenario,
+        firsts: &[u64],
+        per: usize,
+        threads: usize,
+    ) -> (Recorder<'c>, u64) {
+        let homes = firsts.len() as u64;
+        let share = per.div_ceil(firsts.len()) as u64;
+        let mut total = self.recorder(s, per * threads);
+        let wrong = self.read_in_threads(&mut total, threads, per, |t, i| {
+            let h = (t + i) % homes;
+            (firsts[h as usize] + t * share + i / homes, h as u16 + 1)
+        });
         (total, wrong)
     }
 }
