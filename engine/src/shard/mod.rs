@@ -3,8 +3,9 @@
 //! the faults of those pages from its own userfaultfd.
 //!
 //! Each turn: offer parked sends to the transport, reap transport completions (messages,
-//! peer failures), read a batch of userfaultfd events (faults for pages of other shards go to
-//! their inbound ring), drain this shard's inbound rings, retry deferred faults, run the
+//! peer failures), read a batch of events from this shard's own userfaultfd, drain this
+//! shard's inbound rings (node-down notices; faults only if one ever reached the wrong
+//! shard), retry deferred faults, run the
 //! protocol's timers, scan for replicas to evict when the node is leaving, then submit once.
 //! A turn that found nothing to do spins, or sleeps in the transport's `wait` with the
 //! userfaultfd and the doorbell watched, as the idle policy says. Nothing on this path
