@@ -44,7 +44,7 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
-const LABELS: [&str; 18] = [
+const LABELS: [&str; 20] = [
     "floor",
     "local-zero",
     "remote-read",
@@ -63,6 +63,8 @@ const LABELS: [&str; 18] = [
     "floor-throughput-t16",
     "prefetch-16",
     "floor-prefetch-16",
+    "prefetch-16-t4",
+    "prefetch-16-t16",
 ];
 
 fn u(v: &Value, k: &str) -> u64 {
@@ -173,6 +175,15 @@ fn quick_run_writes_every_row_log_and_plot() {
                 assert!(u(r, "prefetch_requests") >= count / 2, "{r}");
                 assert!(r["pages_per_s"].as_f64().unwrap() > 0.0, "{r}");
             }
+            None if label.starts_with("prefetch-16-t") => {
+                // The 600 pages split over the threads (rounded up), each scanning its run.
+                let t: u64 = label["prefetch-16-t".len()..].parse().unwrap();
+                assert_eq!(threads, t, "{r}");
+                assert_eq!(count, 600u64.div_ceil(t) * t, "{r}");
+                let faults = u(r, "faults");
+                assert!(faults > 0 && faults < count / 2, "{r}");
+                assert!(u(r, "prefetch_requests") >= count / 2, "{r}");
+            }
             None if label == "floor-prefetch-16" => {
                 // One fault, one request, one 16-page COPY per block of the 600 pages.
                 assert_eq!((threads, count), (1, 600), "{r}");
@@ -192,7 +203,7 @@ fn quick_run_writes_every_row_log_and_plot() {
         assert!(r["faults_per_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["other_load_pct"].as_f64().is_some(), "{r}");
         let ratio = &r["floor_ratio"];
-        if label.ends_with("prefetch-16") {
+        if label.contains("prefetch-16") {
             // Mostly hits: no ratio to the latency floor.
             assert!(ratio.is_null(), "{r}");
         } else {
@@ -206,6 +217,9 @@ fn quick_run_writes_every_row_log_and_plot() {
         if label.starts_with("floor-throughput") || label.starts_with("floor-prefetch") {
             assert_eq!(rate.as_f64(), Some(1.0), "{r}");
             assert_eq!(r["transport"], "plain-tcp", "{r}");
+        } else if label.starts_with("prefetch-16-t") {
+            // The prefetch floor has one thread: nothing bounds the multi-thread rows.
+            assert!(rate.is_null(), "{r}");
         } else if label.starts_with("throughput") || label.starts_with("prefetch") {
             assert!(rate.as_f64().is_some_and(|x| x > 0.0), "{r}");
         } else {
