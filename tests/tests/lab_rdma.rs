@@ -31,3 +31,29 @@ fn verbs_handles_move_pages_over_soft_roce() {
         assert!(run.output.contains(want), "{want}:\n{}", run.describe());
     }
 }
+
+/// The same handles in two processes, one queue pair each, connected through the sealed
+/// exchange over a TCP connection between them, as two nodes are: a SEND, an RDMA READ and
+/// an RDMA WRITE, each side checking what it received or what was written into it.
+#[test]
+fn two_processes_connect_their_queue_pairs_and_move_pages() {
+    let run = Lab::new()
+        .rdma()
+        .bin(workspace_bin("verbs-selftest", "transport-verbs"))
+        .timeout(Duration::from_secs(300))
+        .run(
+            "verbs-selftest rxe0 --serve 7100 > /tmp/server.log 2>&1 & s=$!; sleep 1; \
+             verbs-selftest rxe0 --connect 127.0.0.1:7100; c=$?; wait $s; \
+             echo \"@@EXIT server $? client $c\"; sed 's/^/[server] /' /tmp/server.log",
+        );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for want in [
+        "@@EXIT server 0 client 0",
+        "ok sent a page, read the server's page, wrote into its buffer",
+        "ok the server checked the written page",
+        "[server] ok received the client's page",
+        "[server] ok the client's RDMA WRITE landed",
+    ] {
+        assert!(run.output.contains(want), "{want}:\n{}", run.describe());
+    }
+}

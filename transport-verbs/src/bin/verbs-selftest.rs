@@ -4,8 +4,13 @@
 //! a 4 KiB SEND into a posted receive, a one-sided RDMA READ and RDMA WRITE of a page, a
 //! window of sends deeper than one completion poll, and an RDMA READ with a wrong rkey, which
 //! must complete with an error. Every byte moved is checked. Prints one `ok ...` line per
-//! step and exits 0, or prints what failed and exits 1. Run by `tests/lab_rxe.rs` in the lab.
+//! step and exits 0, or prints what failed and exits 1.
+//!
+//! `verbs-selftest DEVICE --serve PORT` and `verbs-selftest DEVICE --connect HOST:PORT` run
+//! the two sides in two processes (or on two hosts), one queue pair each. Both modes run in
+//! the lab: `tests/tests/lab_rdma.rs`.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -387,9 +392,166 @@ fn run(device: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One side of the two-process mode.
+enum Role {
+    Serve(u16),
+    Connect(String),
+}
+
+/// Two processes, one queue pair each, connected through the sealed exchange over a TCP
+/// connection between them (as two nodes): the client SENDs a page into the server's posted
+/// receive, RDMA READs a page the server wrote, and RDMA WRITEs a page into the server's
+/// buffer; both check every byte (the server learns over TCP when the write is done).
+fn run_two(device: &str, role: Role) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let verbs = Verbs::load().map_err(|x| e(&x))?;
+    let ctx = verbs.open(device).map_err(|x| e(&x))?;
+    let port = ctx.active_port(PORT).map_err(|x| e(&x))?;
+    let roce = port.link_layer == IBV_LINK_LAYER_ETHERNET;
+    let (gid_index, gid) = ctx.pick_gid(PORT, &port).map_err(|x| e(&x))?;
+    let pd = ctx.alloc_pd().map_err(|x| e(&x))?;
+    let access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
+    let mut buf = Buf::new(PAGES * PAGE)?;
+    // SAFETY: the buffer outlives the region (declared before it, so dropped after).
+    let mr = unsafe { pd.reg_mr(buf.ptr, buf.len, access) }.map_err(|x| e(&x))?;
+    let cq = ctx.create_cq(64, None).map_err(|x| e(&x))?;
+    let cap = IbvQpCap {
+        max_send_wr: 16,
+        max_recv_wr: 16,
+        max_send_sge: 1,
+        max_recv_sge: 1,
+        max_inline_data: 0,
+    };
+    let mut qp = pd.create_rc_qp(&cq, &cq, cap).map_err(|x| e(&x))?;
+    let serving = matches!(role, Role::Serve(_));
+    let (mine, theirs) = ([7u8; 32], [9u8; 32]);
+    let keys = if serving {
+        FrameKeys::new(FrameAuth::Mac, mine, theirs)
+    } else {
+        FrameKeys::new(FrameAuth::Mac, theirs, mine)
+    };
+    let mut stream = match &role {
+        Role::Serve(p) => {
+            let l = TcpListener::bind(("0.0.0.0", *p)).map_err(|x| e(&x))?;
+            println!("serving on port {p}");
+            l.accept().map_err(|x| e(&x))?.0
+        }
+        Role::Connect(addr) => TcpStream::connect(addr.as_str()).map_err(|x| e(&x))?,
+    };
+    // The server's page 1 is what the client will read.
+    if serving {
+        fill(buf.page_mut(1), 2);
+    }
+    let ours = EndpointMsg {
+        mtu: port.active_mtu as u8,
+        qpn: qp.qpn(),
+        psn: if serving { 0x77 } else { 0x99 },
+        lid: port.lid,
+        gid: gid.raw,
+        rx_slots: 16,
+        rx_slot_size: PAGE as u32,
+        rkey: mr.rkey(),
+        addr: buf.addr(0),
+        len: buf.len as u64,
+    };
+    let peer = exchange(&mut stream, &keys, &ours, Duration::from_secs(10)).map_err(|x| e(&x))?;
+    let ep = Endpoint {
+        qpn: peer.qpn,
+        psn: peer.psn,
+        gid: peer.gid,
+        lid: peer.lid,
+    };
+    qp.to_init(PORT, access).map_err(|x| e(&x))?;
+    // Receives can be posted from INIT on; the server's waits for the client's page 0 (a
+    // SEND that comes earlier is retried by the client's side, rnr_retry 7).
+    let mut rsg = sge(&buf, &mr, 0);
+    if serving {
+        post_recv(&mut qp, &mut rsg, 100)?;
+    }
+    qp.to_rtr(&ep, PORT, u32::from(peer.mtu), gid_index, roce)
+        .map_err(|x| e(&x))?;
+    qp.to_rts(ours.psn).map_err(|x| e(&x))?;
+    println!("ok connected qp {} to the peer's qp {}", qp.qpn(), peer.qpn);
+    let mut flag = [0u8; 1];
+    if serving {
+        let c = wait(&cq, 1, "receive")?;
+        if c[0].status != IBV_WC_SUCCESS || c[0].byte_len != PAGE as u32 {
+            return Err(format!("receive completion {:?}", c[0]));
+        }
+        expect_page(buf.page(0), 1, "page sent by the client")?;
+        println!("ok received the client's page");
+        stream.read_exact(&mut flag).map_err(|x| e(&x))?;
+        expect_page(buf.page(2), 3, "page written by the client")?;
+        println!("ok the client's RDMA WRITE landed");
+        stream.write_all(b"k").map_err(|x| e(&x))?;
+    } else {
+        fill(buf.page_mut(0), 1);
+        let mut ssg = sge(&buf, &mr, 0);
+        let mut wr = IbvSendWr {
+            wr_id: 1,
+            sg_list: &mut ssg,
+            num_sge: 1,
+            opcode: IBV_WR_SEND,
+            send_flags: IBV_SEND_SIGNALED,
+            ..Default::default()
+        };
+        post_send(&mut qp, &mut wr)?;
+        let mut lsg = sge(&buf, &mr, 1);
+        let mut rd = IbvSendWr {
+            wr_id: 2,
+            sg_list: &mut lsg,
+            num_sge: 1,
+            opcode: IBV_WR_RDMA_READ,
+            send_flags: IBV_SEND_SIGNALED,
+            ..Default::default()
+        };
+        rd.set_rdma(peer.addr + PAGE as u64, peer.rkey);
+        post_send(&mut qp, &mut rd)?;
+        fill(buf.page_mut(2), 3);
+        let mut wsg = sge(&buf, &mr, 2);
+        let mut wrt = IbvSendWr {
+            wr_id: 3,
+            sg_list: &mut wsg,
+            num_sge: 1,
+            opcode: IBV_WR_RDMA_WRITE,
+            send_flags: IBV_SEND_SIGNALED,
+            ..Default::default()
+        };
+        wrt.set_rdma(peer.addr + 2 * PAGE as u64, peer.rkey);
+        post_send(&mut qp, &mut wrt)?;
+        let c = wait(&cq, 3, "send, read and write")?;
+        if let Some(bad) = c.iter().find(|c| c.status != IBV_WC_SUCCESS) {
+            return Err(format!("completion {bad:?}"));
+        }
+        expect_page(buf.page(1), 2, "page read from the server")?;
+        println!("ok sent a page, read the server's page, wrote into its buffer");
+        stream.write_all(b"d").map_err(|x| e(&x))?;
+        stream.read_exact(&mut flag).map_err(|x| e(&x))?;
+        println!("ok the server checked the written page");
+    }
+    drop(qp);
+    drop(mr);
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let device = std::env::args().nth(1).unwrap_or_else(|| "rxe0".into());
-    match run(&device) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let device = args.first().cloned().unwrap_or_else(|| "rxe0".into());
+    let result = match args.get(1).map(String::as_str) {
+        None => run(&device),
+        Some("--serve") => match args.get(2).and_then(|p| p.parse().ok()) {
+            Some(p) => run_two(&device, Role::Serve(p)),
+            None => Err("--serve needs a port".into()),
+        },
+        Some("--connect") => match args.get(2) {
+            Some(a) => run_two(&device, Role::Connect(a.clone())),
+            None => Err("--connect needs HOST:PORT".into()),
+        },
+        Some(other) => Err(format!(
+            "unknown argument {other:?}: verbs-selftest [DEVICE] [--serve PORT | --connect HOST:PORT]"
+        )),
+    };
+    match result {
         Ok(()) => {
             println!("verbs-selftest: all passed");
             ExitCode::SUCCESS
