@@ -74,6 +74,7 @@ pub struct Lab {
     files: Vec<(PathBuf, String)>,
     shadow_paging: bool,
     rdma: bool,
+    vms: u8,
 }
 
 /// What a lab run gave.
@@ -105,7 +106,16 @@ impl Lab {
             files: Vec::new(),
             shadow_paging: false,
             rdma: false,
+            vms: 1,
         }
+    }
+
+    /// Two VMs (with [`Lab::rdma`]) joined by a virtual Ethernet: each runs the command with
+    /// `LAB_VM` (0 or 1), `LAB_IP` and `LAB_PEER` set and `rxe0` on `eth0`; output lines
+    /// start with `[vm0] ` or `[vm1] `, and the status is 0 only when both exited 0.
+    pub fn two_vms(mut self) -> Self {
+        self.vms = 2;
+        self
     }
 
     /// Boots the generic 6.12 kernel with soft-RoCE (`rxe0` on loopback) and rdma-core's
@@ -152,6 +162,9 @@ impl Lab {
         }
         if self.rdma {
             cmd.arg("--rdma");
+        }
+        if self.vms != 1 {
+            cmd.arg("--vms").arg(self.vms.to_string());
         }
         for b in &self.bins {
             cmd.arg("--bin").arg(b);

@@ -57,3 +57,29 @@ fn two_processes_connect_their_queue_pairs_and_move_pages() {
         assert!(run.output.contains(want), "{want}:\n{}", run.describe());
     }
 }
+
+/// Two VMs joined by a virtual Ethernet (QEMU's UDP socket netdev), `rxe0` on each one's
+/// `eth0`: the two sides of `verbs-selftest` on different hosts, as two nodes are, over RoCE
+/// v2 through a (virtual) network rather than loopback.
+#[test]
+fn two_vms_connect_their_queue_pairs_over_a_network() {
+    let run = Lab::new()
+        .rdma()
+        .two_vms()
+        .bin(workspace_bin("verbs-selftest", "transport-verbs"))
+        .timeout(Duration::from_secs(300))
+        .run(
+            "if [ \"$LAB_VM\" = 0 ]; then verbs-selftest rxe0 --serve 7100; \
+             else verbs-selftest rxe0 --connect \"$LAB_PEER:7100\"; fi",
+        );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for want in [
+        "[vm0] ok received the client's page",
+        "[vm0] ok the client's RDMA WRITE landed",
+        "[vm0] verbs-selftest: all passed",
+        "[vm1] ok sent a page, read the server's page, wrote into its buffer",
+        "[vm1] verbs-selftest: all passed",
+    ] {
+        assert!(run.output.contains(want), "{want}:\n{}", run.describe());
+    }
+}

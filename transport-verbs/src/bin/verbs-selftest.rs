@@ -436,7 +436,19 @@ fn run_two(device: &str, role: Role) -> Result<(), String> {
             println!("serving on port {p}");
             l.accept().map_err(|x| e(&x))?.0
         }
-        Role::Connect(addr) => TcpStream::connect(addr.as_str()).map_err(|x| e(&x))?,
+        // The server may still be starting (another host, another VM): retry for 30 s.
+        Role::Connect(addr) => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match TcpStream::connect(addr.as_str()) {
+                    Ok(c) => break c,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200))
+                    }
+                    Err(x) => return Err(format!("connecting to {addr}: {x}")),
+                }
+            }
+        }
     };
     // The server's page 1 is what the client will read.
     if serving {
