@@ -23,7 +23,7 @@
 //! | 16 | 2 | LID (InfiniBand; 0 on RoCE) |
 //! | 18 | 2 | reserved (0) |
 //! | 20 | 16 | GID |
-//! | 36 | 4 | receive slots the sender posts (the credits it grants) |
+//! | 36 | 4 | receive slots the sender posts (the credits it grants; at least 2) |
 //! | 40 | 4 | bytes per receive slot |
 //! | 44 | 4 | rkey of the region the peer may read (0: none) |
 //! | 48 | 8 | that region's address |
@@ -155,7 +155,7 @@ impl EndpointMsg {
         if m.psn >= 1 << 24 {
             return field("packet sequence number", m.psn.into());
         }
-        if m.rx_slots == 0 || m.rx_slots > MAX_RX_SLOTS {
+        if m.rx_slots < crate::credits::MIN_WINDOW || m.rx_slots > MAX_RX_SLOTS {
             return field("receive slot count", m.rx_slots.into());
         }
         if !RX_SLOT_BYTES.contains(&m.rx_slot_size) {
@@ -270,7 +270,7 @@ mod tests {
             "packet sequence number"
         );
         assert_eq!(
-            field_of(bad(&|b| b[36..40].copy_from_slice(&0u32.to_le_bytes()))),
+            field_of(bad(&|b| b[36..40].copy_from_slice(&1u32.to_le_bytes()))),
             "receive slot count"
         );
         assert_eq!(

@@ -21,6 +21,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod credits;
 pub mod endpoint;
 pub mod ffi;
 pub mod verbs;
