@@ -27,43 +27,27 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The Linux kernel the lab boots as L1, which the Linux guest tests also boot as the guest
-/// (Debian's cloud kernel, downloaded and unpacked by `scripts/lab fetch`, never installed).
+/// (Debian's cloud kernel, downloaded and unpacked by `scripts/lab`, never installed; not the
+/// generic kernel `--rdma` boots, which sits next to it under the lab directory).
 pub fn guest_kernel() -> PathBuf {
     let script = repo_root().join("scripts/lab");
     let out = Command::new(&script)
-        .arg("fetch")
+        .arg("kernel")
         .output()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
     assert!(
         out.status.success(),
-        "scripts/lab fetch failed, so no kernel to boot:\n{}",
+        "scripts/lab kernel failed, so no kernel to boot:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let lab = std::env::var_os("LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("lab"));
-    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&lab)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("boot"))
-        .flat_map(|boot| std::fs::read_dir(boot).into_iter().flatten().flatten())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .collect();
-    kernels.sort();
-    kernels.pop().unwrap_or_else(|| {
-        panic!(
-            "no vmlinuz-* under {}/*/boot after scripts/lab fetch",
-            lab.display()
-        )
-    })
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        path.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            && path.exists(),
+        "scripts/lab kernel printed {path:?}, not a vmlinuz"
+    );
+    path
 }
 
 /// One lab run to make.

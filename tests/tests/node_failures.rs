@@ -36,11 +36,16 @@ fn opts(id: u16, a: Vec<String>) -> NodeOpts {
 fn survivors_finish_exactly_when_a_non_owner_node_is_killed() {
     let dir = scratch_dir("drill");
     let s = secret_file(&dir, "secret", 3);
+    // Long enough to be running at the kill on a fast machine (about 4 s at 3.8 µs per
+    // operation), and the survivors stay 4 s after it: the death is declared 1.5 s after the
+    // connection breaks, which must happen while they live however fast the workload went.
     let work = [
         "--workload",
         "seqs",
         "--ops",
-        "50000",
+        "1000000",
+        "--linger-secs",
+        "4",
         "--participants",
         "0-1",
         "--connect-timeout",
