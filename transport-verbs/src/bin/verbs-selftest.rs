@@ -142,6 +142,18 @@ fn post_recv(qp: &mut Qp, sg: &mut IbvSge, id: u64) -> Result<(), String> {
     unsafe { qp.post_recv(&mut wr) }.map_err(|e| e.to_string())
 }
 
+/// A signaled work request of one element.
+fn signaled(wr_id: u64, sg: &mut IbvSge, opcode: u32) -> IbvSendWr {
+    IbvSendWr {
+        wr_id,
+        sg_list: sg,
+        num_sge: 1,
+        opcode,
+        send_flags: IBV_SEND_SIGNALED,
+        ..Default::default()
+    }
+}
+
 fn post_send(qp: &mut Qp, wr: &mut IbvSendWr) -> Result<(), String> {
     // SAFETY: as in `post_recv`; remote addresses and rkeys are the peer buffer's own.
     unsafe { qp.post_send(wr) }.map_err(|e| e.to_string())
@@ -257,14 +269,7 @@ fn run(device: &str) -> Result<(), String> {
     let mut rsg = sge(&b_buf, &b_mr, 0);
     post_recv(&mut b, &mut rsg, 100)?;
     let mut ssg = sge(&a_buf, &a_mr, 0);
-    let mut wr = IbvSendWr {
-        wr_id: 1,
-        sg_list: &mut ssg,
-        num_sge: 1,
-        opcode: IBV_WR_SEND,
-        send_flags: IBV_SEND_SIGNALED,
-        ..Default::default()
-    };
+    let mut wr = signaled(1, &mut ssg, IBV_WR_SEND);
     let t = Instant::now();
     post_send(&mut a, &mut wr)?;
     let sc = wait(&a_cq, 1, "send completion")?;
@@ -285,14 +290,7 @@ fn run(device: &str) -> Result<(), String> {
     // 2. RDMA READ a page of B's buffer into A's.
     fill(b_buf.page_mut(1), 2);
     let mut lsg = sge(&a_buf, &a_mr, 1);
-    let mut wr = IbvSendWr {
-        wr_id: 2,
-        sg_list: &mut lsg,
-        num_sge: 1,
-        opcode: IBV_WR_RDMA_READ,
-        send_flags: IBV_SEND_SIGNALED,
-        ..Default::default()
-    };
+    let mut wr = signaled(2, &mut lsg, IBV_WR_RDMA_READ);
     wr.set_rdma(remote(1), b_told.rkey);
     post_send(&mut a, &mut wr)?;
     let c = wait(&a_cq, 1, "read completion")?;
@@ -305,14 +303,7 @@ fn run(device: &str) -> Result<(), String> {
     // 3. RDMA WRITE a page of A's buffer into B's.
     fill(a_buf.page_mut(2), 3);
     let mut lsg = sge(&a_buf, &a_mr, 2);
-    let mut wr = IbvSendWr {
-        wr_id: 3,
-        sg_list: &mut lsg,
-        num_sge: 1,
-        opcode: IBV_WR_RDMA_WRITE,
-        send_flags: IBV_SEND_SIGNALED,
-        ..Default::default()
-    };
+    let mut wr = signaled(3, &mut lsg, IBV_WR_RDMA_WRITE);
     wr.set_rdma(remote(2), b_told.rkey);
     post_send(&mut a, &mut wr)?;
     let c = wait(&a_cq, 1, "write completion")?;
@@ -334,14 +325,7 @@ fn run(device: &str) -> Result<(), String> {
         .collect();
     for (i, s) in ssgs.iter_mut().enumerate() {
         fill(a_buf.page_mut(8 + i % 48), 10 + i as u64);
-        let mut wr = IbvSendWr {
-            wr_id: 1000 + i as u64,
-            sg_list: s,
-            num_sge: 1,
-            opcode: IBV_WR_SEND,
-            send_flags: IBV_SEND_SIGNALED,
-            ..Default::default()
-        };
+        let mut wr = signaled(1000 + i as u64, s, IBV_WR_SEND);
         post_send(&mut a, &mut wr)?;
     }
     let sends = wait(&a_cq, WINDOW, "window sends")?;
@@ -366,14 +350,7 @@ fn run(device: &str) -> Result<(), String> {
     fill(b_buf.page_mut(3), 4);
     a_buf.page_mut(3).fill(0);
     let mut lsg = sge(&a_buf, &a_mr, 3);
-    let mut wr = IbvSendWr {
-        wr_id: 5,
-        sg_list: &mut lsg,
-        num_sge: 1,
-        opcode: IBV_WR_RDMA_READ,
-        send_flags: IBV_SEND_SIGNALED,
-        ..Default::default()
-    };
+    let mut wr = signaled(5, &mut lsg, IBV_WR_RDMA_READ);
     wr.set_rdma(remote(3), b_told.rkey ^ 0x00ff_ff00);
     post_send(&mut a, &mut wr)?;
     let c = wait(&a_cq, 1, "bad-rkey completion")?;
@@ -499,36 +476,15 @@ fn run_two(device: &str, role: Role) -> Result<(), String> {
     } else {
         fill(buf.page_mut(0), 1);
         let mut ssg = sge(&buf, &mr, 0);
-        let mut wr = IbvSendWr {
-            wr_id: 1,
-            sg_list: &mut ssg,
-            num_sge: 1,
-            opcode: IBV_WR_SEND,
-            send_flags: IBV_SEND_SIGNALED,
-            ..Default::default()
-        };
+        let mut wr = signaled(1, &mut ssg, IBV_WR_SEND);
         post_send(&mut qp, &mut wr)?;
         let mut lsg = sge(&buf, &mr, 1);
-        let mut rd = IbvSendWr {
-            wr_id: 2,
-            sg_list: &mut lsg,
-            num_sge: 1,
-            opcode: IBV_WR_RDMA_READ,
-            send_flags: IBV_SEND_SIGNALED,
-            ..Default::default()
-        };
+        let mut rd = signaled(2, &mut lsg, IBV_WR_RDMA_READ);
         rd.set_rdma(peer.addr + PAGE as u64, peer.rkey);
         post_send(&mut qp, &mut rd)?;
         fill(buf.page_mut(2), 3);
         let mut wsg = sge(&buf, &mr, 2);
-        let mut wrt = IbvSendWr {
-            wr_id: 3,
-            sg_list: &mut wsg,
-            num_sge: 1,
-            opcode: IBV_WR_RDMA_WRITE,
-            send_flags: IBV_SEND_SIGNALED,
-            ..Default::default()
-        };
+        let mut wrt = signaled(3, &mut wsg, IBV_WR_RDMA_WRITE);
         wrt.set_rdma(peer.addr + 2 * PAGE as u64, peer.rkey);
         post_send(&mut qp, &mut wrt)?;
         let c = wait(&cq, 3, "send, read and write")?;
