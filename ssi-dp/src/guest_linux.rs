@@ -353,7 +353,20 @@ pub fn run_linux(
     );
     let start = Instant::now();
     let at_start = Counts::of(node.stats());
-    let reports = vm.run_linux_vcpus(&platform, tsc, &spec.vcpu_cores, &stop);
+    let returned = AtomicBool::new(false);
+    let reports = std::thread::scope(|scope| {
+        let watch = std::thread::Builder::new()
+            .name("ssi-dp-vcpu-stop".to_string())
+            .spawn_scoped(scope, || {
+                exit_if_vcpus_hang(me, &platform, &stop, &returned, node)
+            });
+        if let Err(e) = &watch {
+            tracing::warn!("node {me}: cannot start the thread that watches vCPUs stop: {e}");
+        }
+        let reports = vm.run_linux_vcpus(&platform, tsc, &spec.vcpu_cores, &stop);
+        returned.store(true, Ordering::Release);
+        reports
+    });
     let end = platform.ended();
     if end.is_none() {
         // Stopped here (the timeout): the others must learn it before the links close.
@@ -405,6 +418,89 @@ fn serve_only(
         work_time: Duration::ZERO,
     };
     Ok(finish(node, barrier, progress, report)?)
+}
+
+/// How long vCPU threads have to leave their loops once the run ended or timed out.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Waits until the run ends (power-off, a failure, or `stop`: the timeout); if the vCPU
+/// threads have not all returned [`STOP_GRACE`] later, says which did not and what the data
+/// plane last did, and exits the process with status 1. A vCPU thread that does not come back
+/// is stuck inside `KVM_RUN` in a wait a signal does not end (a page fault KVM takes as
+/// killable but not interruptible waits so for its userfaultfd page), and only the process's
+/// exit ends that; without this the node would hang past every timeout.
+fn exit_if_vcpus_hang(
+    me: u16,
+    platform: &Platform,
+    stop: &AtomicBool,
+    returned: &AtomicBool,
+    node: &Node,
+) {
+    let tick = Duration::from_millis(50);
+    while !stop.load(Ordering::Acquire) && platform.ended().is_none() {
+        if returned.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(tick);
+    }
+    let since = Instant::now();
+    while since.elapsed() < STOP_GRACE {
+        if returned.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(tick);
+    }
+    let vcpus: Vec<String> = platform
+        .vcpu_activity()
+        .iter()
+        .filter(|a| !a.left)
+        .map(|a| {
+            format!(
+                "vCPU {} ({} exits, {})",
+                a.vcpu,
+                a.exits,
+                if a.in_guest {
+                    "inside KVM_RUN"
+                } else {
+                    "outside KVM_RUN"
+                }
+            )
+        })
+        .collect();
+    let shards: Vec<String> = node
+        .stats()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let served: u64 = s
+                .faults_served
+                .iter()
+                .flatten()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum();
+            format!(
+                "shard {i}: userfaultfd events {}, faults served {served}, failed {}, \
+                 messages sent {} received {}",
+                s.uffd_events.load(Ordering::Relaxed),
+                s.faults_failed.load(Ordering::Relaxed),
+                s.msgs_sent.load(Ordering::Relaxed),
+                s.msgs_received.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    tracing::error!(
+        "node {me}: the guest run ended but {} did not stop within {} s (most likely a vCPU \
+         waits in the kernel for a page the data plane never installed); data plane: {}; \
+         exiting",
+        vcpus.join(", "),
+        STOP_GRACE.as_secs(),
+        shards.join("; ")
+    );
+    eprintln!(
+        "ssi-dp: node {me}: exiting: vCPU threads did not stop (see the error above); this is \
+         a bug, please report it with the log"
+    );
+    std::process::exit(1);
 }
 
 /// What this node's data plane did, summed over its shards.

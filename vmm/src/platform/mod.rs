@@ -113,6 +113,10 @@ pub struct Mailbox {
     reply_data: AtomicU64,
     in_guest: AtomicBool,
     thread: OnceLock<(Thread, u64)>,
+    /// Exits of the vCPU so far (its thread publishes the count after each one).
+    exits: AtomicU64,
+    /// The vCPU's thread has left its loop.
+    left: AtomicBool,
 }
 
 impl Mailbox {
@@ -202,6 +206,16 @@ impl Mailbox {
         self.in_guest.store(yes, Ordering::SeqCst);
     }
 
+    /// Publishes the vCPU's exit count (for [`Platform::vcpu_activity`]).
+    pub(crate) fn note_exits(&self, exits: u64) {
+        self.exits.store(exits, Ordering::Relaxed);
+    }
+
+    /// Records that the vCPU's thread left its loop.
+    pub(crate) fn note_left(&self) {
+        self.left.store(true, Ordering::Release);
+    }
+
     fn reply(&self, seq: u32, data: u64) {
         self.reply_data.store(data, Ordering::Release);
         self.reply_seq.store(seq, Ordering::Release);
@@ -228,6 +242,20 @@ pub struct PlatformStats {
     pub unsupported: AtomicU64,
     /// Malformed or misaddressed messages received (the sender is broken or hostile).
     pub bad_messages: AtomicU64,
+}
+
+/// What a local vCPU's thread was last seen doing: for the report on a run whose vCPUs do
+/// not stop when told to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuActivity {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// Its exits so far.
+    pub exits: u64,
+    /// Inside `KVM_RUN` (or about to enter it).
+    pub in_guest: bool,
+    /// Its thread left the loop.
+    pub left: bool,
 }
 
 /// How the run ended, once it has.
@@ -360,6 +388,22 @@ impl Platform {
     /// The mailbox of local vCPU `vcpu`.
     pub(crate) fn mailbox(&self, vcpu: u32) -> Option<&Mailbox> {
         self.mailboxes.get(vcpu as usize)?.as_ref()
+    }
+
+    /// What each local vCPU's thread is doing now, by vCPU id.
+    pub fn vcpu_activity(&self) -> Vec<VcpuActivity> {
+        self.mailboxes
+            .iter()
+            .enumerate()
+            .filter_map(|(id, m)| {
+                m.as_ref().map(|m| VcpuActivity {
+                    vcpu: id as u32,
+                    exits: m.exits.load(Ordering::Relaxed),
+                    in_guest: m.in_guest.load(Ordering::SeqCst),
+                    left: m.left.load(Ordering::Acquire),
+                })
+            })
+            .collect()
     }
 
     /// How the run ended, if it has.
@@ -725,6 +769,29 @@ mod tests {
             Platform::new(placement, Console::new(false), Some(up)).unwrap(),
             rec,
         )
+    }
+
+    #[test]
+    fn activity_lists_local_vcpus_with_what_their_threads_published() {
+        let (p, _) = two_nodes(1);
+        let seen = p.vcpu_activity();
+        assert_eq!(seen.iter().map(|a| a.vcpu).collect::<Vec<_>>(), vec![1, 3]);
+        assert!(seen.iter().all(|a| a.exits == 0 && !a.in_guest && !a.left));
+        let m = p.mailbox(3).unwrap();
+        m.note_exits(17);
+        m.set_in_guest(true);
+        p.mailbox(1).unwrap().note_left();
+        let seen = p.vcpu_activity();
+        assert_eq!(
+            seen[1],
+            VcpuActivity {
+                vcpu: 3,
+                exits: 17,
+                in_guest: true,
+                left: false
+            }
+        );
+        assert!(seen[0].left && seen[0].exits == 0);
     }
 
     fn fixed(vector: u8, destination: Destination) -> Message {

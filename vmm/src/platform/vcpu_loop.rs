@@ -348,6 +348,9 @@ pub fn run(setup: &VcpuSetup<'_>, vcpu: &mut VcpuFd) -> VcpuReport {
             Outcome::Failed(e)
         }
     };
+    if let Some(m) = setup.platform.mailbox(id) {
+        m.note_left();
+    }
     vcpu.set_kvm_immediate_exit(0);
     report.last_rip = vcpu.get_regs().map_or(0, |r| r.rip);
     report.outcome = outcome;
@@ -473,7 +476,15 @@ fn drive_inner(
                     vcpu.get_kvm_run().request_interrupt_window =
                         u8::from(lp.lapic.deliverable().is_some());
                 }
-                Some(_) => run.request_interrupt_window = 1,
+                Some(_) => {
+                    run.request_interrupt_window = 1;
+                    // A halted vCPU that can take interrupts (IF set) but not this instant
+                    // (KVM said its window is shut) must enter the guest to reach the window:
+                    // parking would wait for an interrupt that is already here.
+                    if run.if_flag != 0 {
+                        lp.halted = false;
+                    }
+                }
                 None => run.request_interrupt_window = 0,
             }
         }
@@ -491,6 +502,7 @@ fn drive_inner(
         mailbox.set_in_guest(false);
         lp.queued = false;
         report.exits += 1;
+        mailbox.note_exits(report.exits);
         match exit {
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if (LAPIC_BASE..LAPIC_BASE + LAPIC_SIZE).contains(&addr) {
