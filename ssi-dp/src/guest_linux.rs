@@ -158,6 +158,8 @@ pub struct LinuxSpec {
     pub vcpu_cores: Vec<usize>,
     /// Give up after this long.
     pub timeout: Duration,
+    /// End the run when a vCPU makes no exit inside `KVM_RUN` for this long (`--vcpu-stall-secs`).
+    pub stall: Duration,
     /// The nodes that take part, sorted.
     pub participants: Vec<u16>,
     /// Console text that marks the end of boot (`--init-marker`).
@@ -358,7 +360,7 @@ pub fn run_linux(
         let watch = std::thread::Builder::new()
             .name("ssi-dp-vcpu-stop".to_string())
             .spawn_scoped(scope, || {
-                exit_if_vcpus_hang(me, &platform, &stop, &returned, node)
+                watch_vcpus(me, spec.stall, &platform, &stop, &returned, node)
             });
         if let Err(e) = &watch {
             tracing::warn!("node {me}: cannot start the thread that watches vCPUs stop: {e}");
@@ -422,26 +424,64 @@ fn serve_only(
 
 /// How long vCPU threads have to leave their loops once the run ended or timed out.
 const STOP_GRACE: Duration = Duration::from_secs(30);
-
-/// Waits until the run ends (power-off, a failure, or `stop`: the timeout); if the vCPU
-/// threads have not all returned [`STOP_GRACE`] later, says which did not and what the data
-/// plane last did, and exits the process with status 1. A vCPU thread that does not come back
-/// is stuck inside `KVM_RUN` in a wait a signal does not end (a page fault KVM takes as
-/// killable but not interruptible waits so for its userfaultfd page), and only the process's
-/// exit ends that; without this the node would hang past every timeout.
-fn exit_if_vcpus_hang(
+/// Watches the local vCPU threads until `returned`.
+///
+/// * A vCPU inside `KVM_RUN`, asleep in the kernel, with no exit for `stall` ends the run
+///   with a failure, naming it, where its thread waits and what the data plane last did. A
+///   running Linux exits hundreds of times a second (its timer alone is an MSR write per
+///   tick, every LAPIC access is an exit), a halted vCPU waits outside `KVM_RUN`, and with
+///   no in-kernel irqchip KVM never sleeps for the guest: a vCPU thread asleep inside
+///   `KVM_RUN` that long waits for something else, in practice a page.
+/// * Once the run ended (power-off, a failure, a stall, or `stop`: the timeout), the vCPU
+///   threads have [`STOP_GRACE`] to return; a thread that does not is stuck inside
+///   `KVM_RUN` in a wait a signal does not end (a page fault KVM takes as killable but not
+///   interruptible waits so for its userfaultfd page), which only the process's exit ends:
+///   the node says so and exits with status 1, where it would otherwise hang past every
+///   timeout.
+fn watch_vcpus(
     me: u16,
+    stall: Duration,
     platform: &Platform,
     stop: &AtomicBool,
     returned: &AtomicBool,
     node: &Node,
 ) {
     let tick = Duration::from_millis(50);
+    let mut last: Vec<(u64, Instant)> = Vec::new();
+    let mut sampled = Instant::now();
     while !stop.load(Ordering::Acquire) && platform.ended().is_none() {
         if returned.load(Ordering::Acquire) {
             return;
         }
         std::thread::sleep(tick);
+        if sampled.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        sampled = Instant::now();
+        let now = platform.vcpu_activity();
+        last.resize(now.len(), (u64::MAX, sampled));
+        let mut stalled = Vec::new();
+        for (a, (exits, since)) in now.iter().zip(last.iter_mut()) {
+            if !a.in_guest || a.left || a.exits != *exits {
+                *exits = a.exits;
+                *since = sampled;
+            } else if since.elapsed() >= stall && thread_state(a.os_tid) != Some('R') {
+                // Running without exits is guest code (PVM emulates a kernel's early boot
+                // so for seconds); asleep in the kernel without exits is a wait.
+                stalled.push(*a);
+            }
+        }
+        if !stalled.is_empty() {
+            tracing::error!(
+                "node {me}: {} made no exit for {} s, asleep in the kernel \
+                 inside KVM_RUN (waiting for a page no node delivers?); data plane: {}; ending \
+                 the run",
+                describe_vcpus(&stalled),
+                stall.as_secs(),
+                describe_shards(node)
+            );
+            platform.end(Lifecycle::Failed, 1);
+        }
     }
     let since = Instant::now();
     while since.elapsed() < STOP_GRACE {
@@ -450,57 +490,78 @@ fn exit_if_vcpus_hang(
         }
         std::thread::sleep(tick);
     }
-    let vcpus: Vec<String> = platform
+    let stuck: Vec<_> = platform
         .vcpu_activity()
-        .iter()
+        .into_iter()
         .filter(|a| !a.left)
-        .map(|a| {
-            format!(
-                "vCPU {} ({} exits, {})",
-                a.vcpu,
-                a.exits,
-                if a.in_guest {
-                    "inside KVM_RUN"
-                } else {
-                    "outside KVM_RUN"
-                }
-            )
-        })
-        .collect();
-    let shards: Vec<String> = node
-        .stats()
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let served: u64 = s
-                .faults_served
-                .iter()
-                .flatten()
-                .map(|c| c.load(Ordering::Relaxed))
-                .sum();
-            format!(
-                "shard {i}: userfaultfd events {}, faults served {served}, failed {}, \
-                 messages sent {} received {}",
-                s.uffd_events.load(Ordering::Relaxed),
-                s.faults_failed.load(Ordering::Relaxed),
-                s.msgs_sent.load(Ordering::Relaxed),
-                s.msgs_received.load(Ordering::Relaxed),
-            )
-        })
         .collect();
     tracing::error!(
-        "node {me}: the guest run ended but {} did not stop within {} s (most likely a vCPU \
-         waits in the kernel for a page the data plane never installed); data plane: {}; \
+        "node {me}: the guest run ended but {} did not stop within {} s; data plane: {}; \
          exiting",
-        vcpus.join(", "),
+        describe_vcpus(&stuck),
         STOP_GRACE.as_secs(),
-        shards.join("; ")
+        describe_shards(node)
     );
     eprintln!(
-        "ssi-dp: node {me}: exiting: vCPU threads did not stop (see the error above); this is \
-         a bug, please report it with the log"
+        "ssi-dp: node {me}: exiting with vCPU threads still inside KVM_RUN (see the error \
+         above): only the process's exit ends their wait"
     );
     std::process::exit(1);
+}
+
+/// The state letter of thread `tid` of this process (`R` running, `S` or `D` asleep, ...),
+/// from `/proc/self/task/TID/stat`; `None` when that cannot be read.
+fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // "TID (COMM) STATE ...": COMM may hold spaces and parentheses, so the last ')' ends it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+/// "vCPU 2 (812 exits, inside KVM_RUN, waiting in handle_userfault)", for each.
+fn describe_vcpus(vcpus: &[vmm::platform::VcpuActivity]) -> String {
+    let one = |a: &vmm::platform::VcpuActivity| {
+        let place = if a.in_guest {
+            "inside KVM_RUN"
+        } else {
+            "outside KVM_RUN"
+        };
+        // The kernel function the thread sleeps in ("0" when it runs); best effort, a
+        // diagnosis only.
+        let wchan = std::fs::read_to_string(format!("/proc/self/task/{}/wchan", a.os_tid))
+            .ok()
+            .filter(|w| a.os_tid > 0 && !w.is_empty())
+            .map(|w| format!(", waiting in {w}"))
+            .unwrap_or_default();
+        format!("vCPU {} ({} exits, {place}{wchan})", a.vcpu, a.exits)
+    };
+    vcpus.iter().map(one).collect::<Vec<_>>().join(", ")
+}
+
+/// Each shard's fault and message counts, for a report on a stuck run.
+fn describe_shards(node: &Node) -> String {
+    let shard = |(i, s): (usize, &Arc<ShardStats>)| {
+        let served: u64 = s
+            .faults_served
+            .iter()
+            .flatten()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        format!(
+            "shard {i}: userfaultfd events {}, faults served {served}, failed {}, messages \
+             sent {} received {}",
+            s.uffd_events.load(Ordering::Relaxed),
+            s.faults_failed.load(Ordering::Relaxed),
+            s.msgs_sent.load(Ordering::Relaxed),
+            s.msgs_received.load(Ordering::Relaxed),
+        )
+    };
+    node.stats()
+        .iter()
+        .enumerate()
+        .map(shard)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What this node's data plane did, summed over its shards.

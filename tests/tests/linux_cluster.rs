@@ -25,6 +25,32 @@ fn debian_kernel() -> Option<String> {
     k.pop().map(|p| p.display().to_string())
 }
 
+/// Node `id` of a two-node cluster booting `kernel` on one vCPU (node 0's), with `extra`
+/// arguments.
+fn linux_node(id: u16, kernel: &str, secret: &std::path::Path, extra: &[&str]) -> NodeOpts {
+    let s = secret.display().to_string();
+    let cores = (id % 2).to_string();
+    let vcpu = ((id + 1) % 2).to_string();
+    let mut a = vec![
+        "--memory",
+        "128M",
+        "--cores",
+        &cores,
+        "--idle",
+        "block",
+        "--cluster-secret-file",
+        &s,
+        "--kernel",
+        kernel,
+        "--vcpus",
+        "1",
+        "--vcpu-cores",
+        &vcpu,
+    ];
+    a.extend_from_slice(extra);
+    NodeOpts::new(id, &a)
+}
+
 #[test]
 fn linux_reads_the_cluster_tables_from_distributed_memory() {
     assert!(
@@ -35,30 +61,7 @@ fn linux_reads_the_cluster_tables_from_distributed_memory() {
         .expect("no /boot/vmlinuz-*: install linux-image-cloud-amd64 (scripts/test does)");
     let dir = scratch_dir("linux-cluster");
     let s = secret_file(&dir, "secret", 41);
-    let node = |id: u16| {
-        let s = s.display().to_string();
-        let cores = (id % 2).to_string();
-        let vcpu = ((id + 1) % 2).to_string();
-        let a = [
-            "--memory",
-            "128M",
-            "--cores",
-            &cores,
-            "--idle",
-            "block",
-            "--cluster-secret-file",
-            &s,
-            "--kernel",
-            &kernel,
-            "--vcpus",
-            "1",
-            "--vcpu-cores",
-            &vcpu,
-            "--guest-timeout",
-            "240",
-        ];
-        NodeOpts::new(id, &a)
-    };
+    let node = |id: u16| linux_node(id, &kernel, &s, &["--guest-timeout", "240"]);
     let r = wait_all(launch(&[node(0), node(1)]), Duration::from_secs(400));
     let out0 = &r[0].2;
     assert!(
@@ -80,5 +83,56 @@ fn linux_reads_the_cluster_tables_from_distributed_memory() {
     );
     // Node 1 only served memory and ended in order.
     assert!(r[1].1.is_some_and(|s| s.success()), "{}", r[1].2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node that stops answering (SIGSTOP) leaves the vCPU that needs one of its pages waiting
+/// in the kernel inside KVM_RUN, where no kick reaches it. The vCPU's node must notice (no
+/// exit for --vcpu-stall-secs), say which vCPU waits where, end the run and exit: before, it
+/// hung past --guest-timeout for good.
+#[test]
+fn a_vcpu_stuck_on_a_stopped_nodes_page_ends_the_run_with_its_name() {
+    let kernel = debian_kernel()
+        .expect("no /boot/vmlinuz-*: install linux-image-cloud-amd64 (scripts/test does)");
+    let dir = scratch_dir("linux-stall");
+    let s = secret_file(&dir, "secret", 42);
+    let extra = ["--guest-timeout", "240", "--vcpu-stall-secs", "5"];
+    let mut nodes = launch(&[
+        linux_node(0, &kernel, &s, &extra),
+        linux_node(1, &kernel, &s, &extra),
+    ]);
+    // The banner comes once the kernel runs; node 1 homes the upper half of its memory.
+    assert!(
+        nodes[0].wait_for_output("Linux version", Duration::from_secs(120)),
+        "the kernel must start:\n{}",
+        nodes[0].output()
+    );
+    let stopped = nodes[1].pid() as i32;
+    // SAFETY: a plain syscall on our own child's pid.
+    assert_eq!(unsafe { libc::kill(stopped, libc::SIGSTOP) }, 0);
+    let node1 = nodes.pop().expect("two nodes");
+    let node0 = nodes.pop().expect("two nodes");
+    let t0 = std::time::Instant::now();
+    let (status, out) = node0.wait(Duration::from_secs(120));
+    let took = t0.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(stopped, libc::SIGCONT) }, 0);
+    drop(node1);
+    assert!(
+        status.is_some(),
+        "node 0 must exit on its own (it was killed after 120 s):\n{out}"
+    );
+    assert!(!status.unwrap().success(), "the run failed:\n{out}");
+    assert!(
+        out.contains("vCPU 0 (")
+            && out.contains("inside KVM_RUN, waiting in handle_userfault) made no exit for 5 s, asleep"),
+        "node 0 must name the stuck vCPU and its wait:\n{out}"
+    );
+    assert!(
+        out.contains("did not stop within 30 s") || out.contains("node 0: linux: "),
+        "node 0 must end the run (with its verdict, or saying the vCPU cannot stop):\n{out}"
+    );
+    // 5 s of stall (sampled each second), then at most 30 s for the vCPU threads.
+    assert!(took < Duration::from_secs(60), "took {took:?}:\n{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -206,6 +206,12 @@ pub struct NodeArgs {
     /// off. Needs hardware KVM (on PVM hosts Linux stops in early boot).
     #[arg(long, conflicts_with_all = ["guest", "workload"])]
     pub kernel: Option<PathBuf>,
+    /// End a --kernel run with a failure when a vCPU stays this many seconds inside KVM_RUN
+    /// without a single exit: it is blocked in the kernel (a running Linux exits hundreds of
+    /// times a second), most likely on a page no node delivers (a stopped or hung peer).
+    #[arg(long, requires = "kernel", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub vcpu_stall_secs: u64,
     /// Initrd for --kernel.
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,

@@ -526,6 +526,7 @@ fn job(
                 None => Vec::new(),
             },
             timeout: Duration::from_secs(a.guest_timeout),
+            stall: Duration::from_secs(a.vcpu_stall_secs),
             participants: participants.to_vec(),
             init_marker: a.init_marker.clone(),
         };

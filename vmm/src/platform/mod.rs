@@ -19,7 +19,7 @@ pub mod lapic;
 pub mod msg;
 pub mod vcpu_loop;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::Thread;
 use std::time::Duration;
@@ -117,6 +117,8 @@ pub struct Mailbox {
     exits: AtomicU64,
     /// The vCPU's thread has left its loop.
     left: AtomicBool,
+    /// The kernel's id of the vCPU's thread (0 until bound), for `/proc/self/task/TID`.
+    os_tid: AtomicI32,
 }
 
 impl Mailbox {
@@ -124,7 +126,11 @@ impl Mailbox {
     pub(crate) fn bind_current_thread(&self) {
         // SAFETY: pthread_self has no preconditions.
         let tid = unsafe { libc::pthread_self() } as u64;
+        // A mailbox is bound once, by its vCPU's thread; a second bind changes nothing.
         let _ = self.thread.set((std::thread::current(), tid));
+        // SAFETY: gettid has no preconditions.
+        self.os_tid
+            .store(unsafe { libc::gettid() }, Ordering::Relaxed);
     }
 
     fn post(&self, m: &Message) {
@@ -256,6 +262,8 @@ pub struct VcpuActivity {
     pub in_guest: bool,
     /// Its thread left the loop.
     pub left: bool,
+    /// The kernel's id of its thread (0 before it started).
+    pub os_tid: i32,
 }
 
 /// How the run ended, once it has.
@@ -401,6 +409,7 @@ impl Platform {
                     exits: m.exits.load(Ordering::Relaxed),
                     in_guest: m.in_guest.load(Ordering::SeqCst),
                     left: m.left.load(Ordering::Acquire),
+                    os_tid: m.os_tid.load(Ordering::Relaxed),
                 })
             })
             .collect()
@@ -788,7 +797,8 @@ mod tests {
                 vcpu: 3,
                 exits: 17,
                 in_guest: true,
-                left: false
+                left: false,
+                os_tid: 0
             }
         );
         assert!(seen[0].left && seen[0].exits == 0);
