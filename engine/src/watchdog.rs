@@ -126,9 +126,11 @@ impl Watchdog {
                             Some(Report::Stalled(d)) => tracing::error!(
                                 "shard {i} (CPU {cpu}) has not finished a loop turn for {:.1} s \
                                  and is not idle: faults and messages for its pages wait. Its \
-                                 thread (ssi-dp-shard{i}) is stuck in a system call or a loop; a \
-                                 stack trace (gdb -p PID, `thread apply all bt`) shows where",
-                                d.as_secs_f64()
+                                 thread (ssi-dp-shard{i}, {}) is stuck in a system call or a \
+                                 loop; a stack trace (gdb -p PID, `thread apply all bt`) shows \
+                                 where",
+                                d.as_secs_f64(),
+                                thread_whereabouts(&format!("ssi-dp-shard{i}"))
                             ),
                             Some(Report::Recovered(d)) => tracing::warn!(
                                 "shard {i} (CPU {cpu}) runs again after {:.1} s",
@@ -139,6 +141,49 @@ impl Watchdog {
                 }
             })
     }
+}
+
+/// What the kernel says of this process's thread named `name`: its state letter (R running,
+/// S or D asleep), the kernel function it sleeps in and the system call it is in (number and
+/// first argument, from `/proc/self/task/TID/syscall`). A diagnosis only: what cannot be
+/// read is left out.
+fn thread_whereabouts(name: &str) -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return "its state unreadable: /proc/self/task cannot be listed".to_string();
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // "TID (COMM) STATE ...": COMM may hold spaces and parentheses, the last ')' ends it.
+        let state = stat
+            .rfind(')')
+            .and_then(|at| stat[at + 1..].trim_start().chars().next())
+            .unwrap_or('?');
+        let wchan = read("wchan");
+        let syscall = read("syscall");
+        let mut call = syscall.split_whitespace();
+        let call = match (call.next(), call.next()) {
+            (Some(nr), Some(arg)) if nr.chars().all(|c| c.is_ascii_digit()) => {
+                format!(", in system call {nr} (first argument {arg})")
+            }
+            (Some(what), _) => format!(", system call: {what}"),
+            _ => String::new(),
+        };
+        let wchan = match wchan.trim() {
+            "" | "0" => String::new(),
+            w => format!(", asleep in {w}"),
+        };
+        return format!(
+            "thread {} in state {state}{wchan}{call}",
+            task.file_name().to_string_lossy()
+        );
+    }
+    "no such thread found".to_string()
 }
 
 fn turns(s: &ShardStats) -> u64 {
@@ -177,6 +222,39 @@ mod tests {
             m.observe(ms(6000), 13, false),
             Some(Report::Stalled(_))
         ));
+    }
+
+    #[test]
+    fn whereabouts_name_a_live_thread_and_admit_a_missing_one() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("wd-sleeper".into())
+            .spawn(move || {
+                let _ = rx.recv();
+            })
+            .unwrap();
+        // It parks in a futex wait: asleep, in a system call.
+        let mut seen = String::new();
+        for _ in 0..100 {
+            seen = thread_whereabouts("wd-sleeper");
+            if seen.contains("in state S") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            seen.starts_with("thread ") && seen.contains("in state S"),
+            "{seen}"
+        );
+        if cfg!(target_arch = "x86_64") {
+            assert!(
+                seen.contains("in system call 202 "),
+                "futex is 202 on x86-64: {seen}"
+            );
+        }
+        tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(thread_whereabouts("wd-no-such"), "no such thread found");
     }
 
     #[test]

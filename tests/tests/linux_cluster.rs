@@ -125,7 +125,9 @@ fn a_vcpu_stuck_on_a_stopped_nodes_page_ends_the_run_with_its_name() {
     assert!(!status.unwrap().success(), "the run failed:\n{out}");
     assert!(
         out.contains("vCPU 0 (")
-            && out.contains("inside KVM_RUN, waiting in handle_userfault) made no exit for 5 s, asleep"),
+            && out.contains(
+                "inside KVM_RUN, waiting in handle_userfault) made no exit for 5 s, asleep"
+            ),
         "node 0 must name the stuck vCPU and its wait:\n{out}"
     );
     assert!(
