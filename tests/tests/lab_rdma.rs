@@ -83,3 +83,32 @@ fn two_vms_connect_their_queue_pairs_over_a_network() {
         assert!(run.output.contains(want), "{want}:\n{}", run.describe());
     }
 }
+
+/// The verbs transport's own suite (`verbs-transport-check`): two transports on two threads
+/// connected as two nodes are, frames of every payload kind, 5000 page frames through a
+/// receiver that holds its slots (credits and backpressure), a peer that leaves, mismatched
+/// keys, a peer announcing a queue pair that does not exist, and a frame from the wrong node.
+#[test]
+fn the_verbs_transport_passes_its_suite_on_soft_roce() {
+    let run = Lab::new()
+        .rdma()
+        .bin(workspace_bin("verbs-transport-check", "transport-verbs"))
+        .timeout(Duration::from_secs(600))
+        .run("verbs-transport-check rxe0");
+    eprintln!("{}", run.output);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for check in [
+        "frames",
+        "window",
+        "peer-death",
+        "wrong-keys",
+        "bogus-qpn",
+        "wrong-sender",
+    ] {
+        assert!(
+            run.output.contains(&format!("ok {check} (")),
+            "{check}:\n{}",
+            run.describe()
+        );
+    }
+}

@@ -35,7 +35,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use thiserror::Error;
-use wire::seal::{FrameKeys, TAG_LEN};
+use wire::seal::{FrameKeys, Opener, Sealer, TAG_LEN};
 
 /// Length of the message before its tag.
 pub const ENDPOINT_LEN: usize = 72;
@@ -173,10 +173,27 @@ impl EndpointMsg {
 
 /// Sends `ours` and receives the peer's over `stream` (both directions at once: each side
 /// writes first, the 88 bytes fit any socket buffer), sealed with `keys`, each direction at
-/// most `timeout`.
+/// most `timeout`. For a connection whose keys seal nothing else (the self-test); a transport
+/// that goes on sealing frames with the same keys uses [`exchange_sealed`], so that no nonce
+/// is used twice.
 pub fn exchange(
     stream: &mut TcpStream,
     keys: &FrameKeys,
+    ours: &EndpointMsg,
+    timeout: Duration,
+) -> Result<EndpointMsg, EndpointError> {
+    let seal_err = |e: wire::seal::SealError| EndpointError::Io(e.to_string());
+    let mut sealer = keys.sealer().map_err(seal_err)?;
+    let mut opener = keys.opener().map_err(seal_err)?;
+    exchange_sealed(stream, sealer.as_mut(), opener.as_mut(), ours, timeout)
+}
+
+/// [`exchange`] with the connection's sealing states (`None`: frames are not sealed): the
+/// message takes the next position of each, and frames sealed after it go on from there.
+pub fn exchange_sealed(
+    stream: &mut TcpStream,
+    sealer: Option<&mut Sealer>,
+    opener: Option<&mut Opener>,
     ours: &EndpointMsg,
     timeout: Duration,
 ) -> Result<EndpointMsg, EndpointError> {
@@ -185,11 +202,8 @@ pub fn exchange(
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut out = [0u8; ENDPOINT_LEN + TAG_LEN];
     let mut msg = ours.encode();
-    let tag = match keys
-        .sealer()
-        .map_err(|e| EndpointError::Io(e.to_string()))?
-    {
-        Some(mut s) => s
+    let tag = match sealer {
+        Some(s) => s
             .seal_message(&mut msg)
             .map_err(|e| EndpointError::Io(e.to_string()))?,
         None => [0u8; TAG_LEN],
@@ -201,10 +215,7 @@ pub fn exchange(
     stream.read_exact(&mut inb).map_err(io)?;
     let mut theirs: [u8; ENDPOINT_LEN] = inb[..ENDPOINT_LEN].try_into().expect("72 bytes");
     let tag: [u8; TAG_LEN] = inb[ENDPOINT_LEN..].try_into().expect("16 bytes");
-    if let Some(mut o) = keys
-        .opener()
-        .map_err(|e| EndpointError::Io(e.to_string()))?
-    {
+    if let Some(o) = opener {
         if !o.open_message(&mut theirs, &tag) {
             return Err(EndpointError::Unauthentic);
         }

@@ -554,6 +554,8 @@ pub const IBV_WR_RDMA_WRITE: c_uint = 0;
 pub const IBV_WR_RDMA_WRITE_WITH_IMM: c_uint = 1;
 /// Opcode: send.
 pub const IBV_WR_SEND: c_uint = 2;
+/// Opcode: send with immediate data.
+pub const IBV_WR_SEND_WITH_IMM: c_uint = 3;
 /// Opcode: RDMA read.
 pub const IBV_WR_RDMA_READ: c_uint = 4;
 /// Send flag: complete with an entry.
@@ -568,6 +570,8 @@ pub const IBV_WC_SEND: c_uint = 0;
 pub const IBV_WC_RDMA_WRITE: c_uint = 1;
 /// Completion opcode: RDMA read.
 pub const IBV_WC_RDMA_READ: c_uint = 2;
+/// Completion flag: the entry carries immediate data (`imm_data`, network byte order).
+pub const IBV_WC_WITH_IMM: c_uint = 1 << 1;
 /// Completion opcode: receive (a bit: `opcode & IBV_WC_RECV`).
 pub const IBV_WC_RECV: c_uint = 1 << 7;
 /// Completion opcode: receive of an RDMA write with immediate.

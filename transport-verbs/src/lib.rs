@@ -14,9 +14,12 @@
 //!   every call. `verbs-selftest` exercises them on a real device; `tests/tests/lab_rdma.rs`
 //!   runs it on soft-RoCE in the lab VM (these hosts have no RDMA).
 //!
-//! What is not yet: the verbs transport of the data plane (queue pairs per peer set up over
-//! the authenticated handshake, credits, the shard polling completions). Every node uses TCP
-//! (io_uring or the epoll fallback), also where a device is present, and says so.
+//! * [`transport`]: the verbs transport ([`transport::VerbsTransport`]), frames over RC
+//!   queue pairs with credits, with the contract of the TCP transports; `verbs-transport-check`
+//!   is its suite on a real device, run in the lab.
+//!
+//! What is not yet: nodes choosing it (`--transport verbs`, and `auto` per peer). Every node
+//! uses TCP (io_uring or the epoll fallback), also where a device is present, and says so.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use std::path::{Path, PathBuf};
 pub mod credits;
 pub mod endpoint;
 pub mod ffi;
+pub mod transport;
 pub mod verbs;
 
 /// The most devices and ports per device read (a bound on what a broken sysfs could list).

@@ -176,7 +176,7 @@ fn rust_side() -> BTreeMap<String, i64> {
     );
     put("size ibv_gid", size_of::<IbvGid>());
     put("align ibv_gid", align_of::<IbvGid>());
-    let consts: [(&str, i64); 41] = [
+    let consts: [(&str, i64); 43] = [
         ("IBV_QPT_RC", IBV_QPT_RC.into()),
         ("IBV_QPS_RESET", IBV_QPS_RESET.into()),
         ("IBV_QPS_INIT", IBV_QPS_INIT.into()),
@@ -210,6 +210,8 @@ fn rust_side() -> BTreeMap<String, i64> {
             IBV_WR_RDMA_WRITE_WITH_IMM.into(),
         ),
         ("IBV_WR_SEND", IBV_WR_SEND.into()),
+        ("IBV_WR_SEND_WITH_IMM", IBV_WR_SEND_WITH_IMM.into()),
+        ("IBV_WC_WITH_IMM", IBV_WC_WITH_IMM.into()),
         ("IBV_WR_RDMA_READ", IBV_WR_RDMA_READ.into()),
         ("IBV_SEND_SIGNALED", IBV_SEND_SIGNALED.into()),
         ("IBV_SEND_INLINE", IBV_SEND_INLINE.into()),

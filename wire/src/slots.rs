@@ -16,6 +16,13 @@ pub struct RxBuf {
 }
 
 impl RxBuf {
+    /// A handle for slot `index` holding `len` payload bytes, for a transport that keeps its
+    /// own receive memory (the verbs transport receives into registered slots). Only the
+    /// transport that hands it out can interpret it; it must make one handle per held slot.
+    pub fn from_parts(index: u32, len: u32) -> RxBuf {
+        RxBuf { index, len }
+    }
+
     /// Slot index inside its pool.
     pub fn index(&self) -> u32 {
         self.index
