@@ -42,8 +42,8 @@ pub enum TransportKind {
     Uring,
     /// The epoll fallback.
     Fallback,
-    /// RDMA verbs: refused with the reason (no device here; no verbs data path in this
-    /// version, see transport-verbs).
+    /// RDMA verbs on the first device with an active port, or fail with the reason. Every
+    /// peer must use verbs too (`auto` does not choose it yet).
     Verbs,
 }
 
@@ -282,20 +282,52 @@ pub fn layout_of(cluster: &ClusterSpec) -> Result<Layout, coherence::StepError> 
     Ok(Layout::new(PAGE_SIZE, ranges)?)
 }
 
+/// The transport the shards use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chosen {
+    Uring,
+    Epoll,
+    /// On this device (its port 1).
+    Verbs(String),
+}
+
 /// The transport to use, and the line that tells the user which and why (`Node::start`
 /// adds, for `auto`, why RDMA is not used).
-fn choose(kind: TransportKind) -> Result<(bool, String), NodeError> {
+fn choose(kind: TransportKind) -> Result<(Chosen, String), NodeError> {
     if kind == TransportKind::Verbs {
-        let why = transport_verbs::unavailable_reason(&transport_verbs::probe());
-        return Err(NodeError::VerbsUnavailable(why));
+        let found = transport_verbs::probe();
+        return match found.usable() {
+            Some((dev, port)) if port.number == 1 => Ok((
+                Chosen::Verbs(dev.name.clone()),
+                format!(
+                    "transport: RDMA verbs on {} port 1 ({}), RC queue pairs, frames by SEND \
+                     with credits",
+                    dev.name, port.link_layer
+                ),
+            )),
+            Some((dev, port)) => Err(NodeError::VerbsUnavailable(format!(
+                "the active port of {} is port {}, and this version uses port 1",
+                dev.name, port.number
+            ))),
+            None => Err(NodeError::VerbsUnavailable(
+                transport_verbs::unavailable_reason(&found),
+            )),
+        };
     }
     match (kind, transport_uring::choose()) {
-        (TransportKind::Fallback, _) => Ok((false, "transport: epoll fallback (asked for)".into())),
+        (TransportKind::Fallback, _) => Ok((
+            Chosen::Epoll,
+            "transport: epoll fallback (asked for)".into(),
+        )),
         (TransportKind::Uring, transport_uring::Choice::Fallback(r)) => {
             Err(NodeError::UringUnavailable(r.to_string()))
         }
         (_, c) => Ok((
-            matches!(c, transport_uring::Choice::Uring(_)),
+            if matches!(c, transport_uring::Choice::Uring(_)) {
+                Chosen::Uring
+            } else {
+                Chosen::Epoll
+            },
             c.to_string(),
         )),
     }
@@ -307,7 +339,7 @@ impl Node {
     pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let shards = shard_count(&cfg.cores)?;
         let layout = layout_of(&cfg.cluster)?;
-        let (uring, transport_line) = transport_choice(&cfg)?;
+        let (chosen, transport_line) = transport_choice(&cfg)?;
         let reserve = (cfg.max_address_space / PAGE_SIZE).max(layout.end_page());
         let region = Arc::new(Region::new(layout.end_page(), reserve, shards as u32)?);
         let bucket_pages = layout
@@ -375,7 +407,7 @@ impl Node {
         let placement = Placement {
             cores: &cfg.cores,
             pin: cfg.pin,
-            uring,
+            chosen: &chosen,
             tcfg: &tcfg,
         };
         let (threads, ready_rx) = placement.spawn(setups, &state, &doorbells)?;
@@ -730,7 +762,7 @@ type Spawned = (Vec<JoinHandle<()>>, mpsc::Receiver<(usize, Ready)>);
 struct Placement<'a> {
     cores: &'a [usize],
     pin: bool,
-    uring: bool,
+    chosen: &'a Chosen,
     tcfg: &'a TransportConfig,
 }
 
@@ -747,7 +779,7 @@ impl Placement<'_> {
         let mut threads = Vec::with_capacity(setups.len());
         for setup in setups {
             let place = (self.cores[setup.index as usize], self.pin);
-            match spawn_shard(setup, place, self.uring, self.tcfg, ready_tx.clone()) {
+            match spawn_shard(setup, place, self.chosen, self.tcfg, ready_tx.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     stop_shards(state, doorbells, threads);
@@ -885,10 +917,10 @@ fn sizes(
     (proto, tcfg)
 }
 
-/// Which transport the shards use (`true`: io_uring) and the line that says why.
-fn transport_choice(cfg: &NodeConfig) -> Result<(bool, String), NodeError> {
-    let (uring, mut line) = choose(cfg.transport)?;
-    if uring {
+/// Which transport the shards use and the line that says why.
+fn transport_choice(cfg: &NodeConfig) -> Result<(Chosen, String), NodeError> {
+    let (chosen, mut line) = choose(cfg.transport)?;
+    if chosen == Chosen::Uring {
         line.push_str(if cfg.zero_copy {
             "; pages sent zero-copy where available (--zero-copy)"
         } else {
@@ -900,7 +932,7 @@ fn transport_choice(cfg: &NodeConfig) -> Result<(bool, String), NodeError> {
         line.push_str("; TCP, not RDMA: ");
         line.push_str(&rdma);
     }
-    Ok((uring, line))
+    Ok((chosen, line))
 }
 
 /// One shard's inbound rings (from every other shard `i`, tagged with `i`) and outbound
@@ -950,13 +982,14 @@ fn pm_qos_for(idle: IdlePolicy) -> Option<LatencyGuard> {
 fn spawn_shard(
     setup: PartialSetup,
     place: (usize, bool),
-    uring: bool,
+    chosen: &Chosen,
     tcfg: &TransportConfig,
     ready: mpsc::Sender<(usize, Ready)>,
 ) -> Result<JoinHandle<()>, NodeError> {
     let i = setup.index as usize;
     let (cpu, pin) = place;
     let tcfg = tcfg.clone();
+    let chosen = chosen.clone();
     std::thread::Builder::new()
         .name(format!("ssi-dp-shard{i}"))
         .spawn(move || {
@@ -968,10 +1001,18 @@ fn spawn_shard(
                     return;
                 }
             }
-            if uring {
-                run_shard(setup, transport_uring::UringTransport::new(&tcfg), ready, i)
-            } else {
-                run_shard(setup, transport_epoll::EpollTransport::new(&tcfg), ready, i)
+            match chosen {
+                Chosen::Uring => {
+                    run_shard(setup, transport_uring::UringTransport::new(&tcfg), ready, i)
+                }
+                Chosen::Epoll => {
+                    run_shard(setup, transport_epoll::EpollTransport::new(&tcfg), ready, i)
+                }
+                Chosen::Verbs(device) => {
+                    let vcfg = transport_verbs::transport::VerbsConfig { device };
+                    let t = transport_verbs::transport::VerbsTransport::new(&tcfg, &vcfg);
+                    run_shard(setup, t, ready, i)
+                }
             }
         })
         .map_err(|e| NodeError::Shard {

@@ -273,7 +273,7 @@ fn misconfigurations_give_clear_errors() {
         assert_eq!(code, 2, "{a:?} should exit 2:\n{out}");
         assert!(out.contains(want), "{a:?} should say {want:?}:\n{out}");
     }
-    // RDMA asked for: refused at start with what the machine has (no verbs data path is built).
+    // RDMA asked for on a host without it: refused at start with what the machine has.
     let (code, out) = run_alone(&[
         "--node-id",
         "0",

@@ -120,12 +120,13 @@ impl fmt::Display for Availability {
     }
 }
 
-/// Why the verbs transport cannot be used on this machine: always, in this version, since
-/// its data path is not built; the text says what the machine has.
+/// Why a node does not use the verbs transport here: what the machine lacks, or, where a
+/// device is ready, that only `--transport verbs` chooses it (`auto` does not yet).
 pub fn unavailable_reason(a: &Availability) -> String {
     match a {
         Availability::Present(_) => format!(
-            "{a}, but this version of ssi-dp has no verbs data path (RDMA transport not built)"
+            "{a}, but --transport auto does not choose verbs yet: give --transport verbs to \
+             every node"
         ),
         _ => a.to_string(),
     }
@@ -245,7 +246,7 @@ mod tests {
         let (d, p) = a.usable().expect("an active port");
         assert_eq!((d.name.as_str(), p.number), ("mlx5_0", 2));
         assert_eq!(a.to_string(), "RDMA device mlx5_0 port 2 active (Ethernet)");
-        assert!(unavailable_reason(&a).contains("no verbs data path"));
+        assert!(unavailable_reason(&a).contains("give --transport verbs to every node"));
         let Availability::Present(devs) = a else {
             unreachable!()
         };
