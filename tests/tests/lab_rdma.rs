@@ -142,3 +142,38 @@ fn two_nodes_in_two_vms_run_a_workload_over_verbs() {
         }
     }
 }
+
+/// `fault-latency` rows over verbs (soft-RoCE, one VM): remote reads and writes served by a
+/// home reached through the verbs transport, next to the same rows over io_uring TCP, every
+/// page checked. The machine line must say the CPU is emulated: the timings show that it
+/// works, not how fast.
+#[test]
+fn fault_latency_runs_its_rows_over_verbs() {
+    let run = Lab::new()
+        .rdma()
+        .bin(workspace_bin("fault-latency", "bench"))
+        .timeout(Duration::from_secs(600))
+        .run(
+            "fault-latency --samples 100 --max-sharers 0 --scenarios remote-read,remote-write \
+             --no-progress --idle block --shard-cpu 0 --fault-cpus 0 --helper-cpu 0 \
+             --transport verbs,uring",
+        );
+    eprintln!("{}", run.output);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for want in [
+        "CPU emulated by QEMU TCG: these timings show that it works, not how fast",
+        "## transport verbs/mac",
+        "# transport: RDMA verbs on rxe0 port 1",
+        "## transport uring/mac",
+    ] {
+        assert!(run.output.contains(want), "{want}:\n{}", run.describe());
+    }
+    let rows = |name: &str| {
+        run.output
+            .lines()
+            .filter(|l| l.starts_with(name) && l.split_whitespace().nth(2) == Some("100"))
+            .count()
+    };
+    assert_eq!(rows("remote-read "), 2, "{}", run.describe());
+    assert_eq!(rows("remote-write-k0 "), 2, "{}", run.describe());
+}

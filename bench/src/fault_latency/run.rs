@@ -84,10 +84,39 @@ pub fn machine_line() -> String {
         })
         .unwrap_or_else(|| "?".into());
     format!(
-        "machine: {} CPUs ({model}), Linux {}",
+        "machine: {} CPUs ({model}), Linux {}{}",
         crate::online_cpus(),
         read_trim("/proc/sys/kernel/osrelease"),
+        hypervisor_note(),
     )
+}
+
+/// What the CPU says of a hypervisor under it (CPUID leaf 0x40000000), for the machine line:
+/// under QEMU's TCG every instruction is emulated, so the timings show correctness only.
+fn hypervisor_note() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // The hypervisor-present bit: CPUID.1:ECX[31].
+        if __cpuid(1).ecx & (1 << 31) == 0 {
+            return String::new();
+        }
+        let r = __cpuid(0x4000_0000);
+        let mut sig = [0u8; 12];
+        sig[..4].copy_from_slice(&r.ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+        sig[8..].copy_from_slice(&r.edx.to_le_bytes());
+        let name = String::from_utf8_lossy(&sig)
+            .trim_end_matches('\0')
+            .to_string();
+        if name == "TCGTCGTCGTCG" {
+            "; CPU emulated by QEMU TCG: these timings show that it works, not how fast".into()
+        } else {
+            format!("; in a virtual machine (hypervisor {name:?})")
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    String::new()
 }
 
 /// Runs the benchmark; returns the exit code (1 when a scenario failed or read wrong data).
