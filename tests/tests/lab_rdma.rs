@@ -16,8 +16,12 @@ fn verbs_handles_move_pages_over_soft_roce() {
         .bin(workspace_bin("verbs-selftest", "transport-verbs"))
         .timeout(Duration::from_secs(300))
         .run("verbs-selftest rxe0");
+    eprintln!("{}", run.output);
     assert_eq!(run.status, Some(0), "{}", run.describe());
     for want in [
+        "ok timed send of 4096 bytes x 200: p50 ",
+        "ok timed rdma read of 4096 bytes x 200: p50 ",
+        "ok timed rdma write of 4096 bytes x 200: p50 ",
         "ok open rxe0: port 1 active",
         "link layer ethernet (RoCE)",
         "over a sealed TCP exchange",

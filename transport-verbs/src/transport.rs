@@ -258,6 +258,13 @@ impl VerbsTransport {
         self.maybe_free(slot);
     }
 
+    /// Drops a peer that never came up (a failed `add_peer`): completions its queue pair may
+    /// have left in the queue carry the old generation.
+    fn discard(&mut self, slot: usize) {
+        self.peers[slot] = None;
+        self.gens[slot] = self.gens[slot].wrapping_add(1);
+    }
+
     fn maybe_free(&mut self, slot: usize) {
         if self.peers[slot]
             .as_ref()
@@ -629,7 +636,7 @@ impl Transport for VerbsTransport {
         // Receives are posted before the peer learns of the queue pair.
         for i in 0..rx_n {
             if let Err(e) = self.post_recv(slot, i) {
-                self.peers[slot] = None;
+                self.discard(slot);
                 return Err(verbs_err("posting receives", e));
             }
         }
@@ -642,7 +649,7 @@ impl Transport for VerbsTransport {
         ) {
             Ok(t) if t.rx_slot_size as usize >= SLOT_BYTES => t,
             Ok(t) => {
-                self.peers[slot] = None;
+                self.discard(slot);
                 return Err(TransportError::io(
                     "the endpoint exchange",
                     io::Error::other(format!(
@@ -652,7 +659,7 @@ impl Transport for VerbsTransport {
                 ));
             }
             Err(e) => {
-                self.peers[slot] = None;
+                self.discard(slot);
                 return Err(TransportError::io(
                     "the endpoint exchange",
                     io::Error::other(e.to_string()),
@@ -672,7 +679,7 @@ impl Transport for VerbsTransport {
             p.qp.to_rtr(&ep, PORT, mtu, self.dev.gid_index, roce)
                 .and_then(|()| p.qp.to_rts(psn));
         if let Err(e) = connected {
-            self.peers[slot] = None;
+            self.discard(slot);
             return Err(verbs_err("connecting the queue pair", e));
         }
         p.credits = Credits::new(rx_n as u32, theirs.rx_slots);
@@ -686,9 +693,14 @@ impl Transport for VerbsTransport {
     }
 
     fn close_peer(&mut self, peer: PeerId) -> Result<(), TransportError> {
-        let slot = self
-            .slot_of(peer)
-            .ok_or(TransportError::UnknownPeer(peer))?;
+        let Some(slot) = self.slot_of(peer) else {
+            let going = self.peers.iter().flatten().any(|p| p.id == peer);
+            return Err(if going {
+                TransportError::PeerClosing(peer)
+            } else {
+                TransportError::UnknownPeer(peer)
+            });
+        };
         self.fail(slot, DownReason::Local);
         Ok(())
     }
