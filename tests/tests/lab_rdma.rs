@@ -125,7 +125,6 @@ fn two_nodes_in_two_vms_run_a_workload_over_verbs() {
     let run = Lab::new()
         .rdma()
         .two_vms()
-        .bin(ssi_tests::ssi_dp_bin())
         .timeout(Duration::from_secs(400))
         .run(
             "printf '%s' lab-two-vm-cluster-secret-0123 > /tmp/secret; \
@@ -180,4 +179,28 @@ fn fault_latency_runs_its_rows_over_verbs() {
     };
     assert_eq!(rows("remote-read "), 2, "{}", run.describe());
     assert_eq!(rows("remote-write-k0 "), 2, "{}", run.describe());
+}
+
+/// Three nodes over verbs on one VM's soft-RoCE; node 2 (no memory, no part in the workload)
+/// is killed with SIGKILL as the cluster forms. Its queue pairs' ends must be noticed, it
+/// must be declared down, and nodes 0 and 1 must finish their workload exactly over theirs.
+#[test]
+fn a_killed_node_over_verbs_is_declared_down_and_the_rest_go_on() {
+    let run = Lab::new().rdma().timeout(Duration::from_secs(400)).run(
+        "lab-cluster --nodes 3 --mem 0=16M --mem 1=16M --mem 2=0 --kill 2@serving -- \
+             --transport verbs --idle block --cores 0 --participants 0,1 \
+             --workload counters --ops 3000 --workers 2",
+    );
+    eprintln!("{}", run.output);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for want in [
+        "@@NODE 2 137",
+        "@@NODE 0 0",
+        "@@NODE 1 0",
+        "[n0] node 0: workload counters: OK",
+        "[n1] node 1: workload counters: OK",
+        "node n2 is down",
+    ] {
+        assert!(run.output.contains(want), "{want}:\n{}", run.describe());
+    }
 }

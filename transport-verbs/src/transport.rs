@@ -712,13 +712,7 @@ impl Transport for VerbsTransport {
         payload: Payload<'_>,
         token: u64,
     ) -> Result<SendOutcome, TransportError> {
-        header.validate()?;
-        if header.payload_len as usize != payload.len() {
-            return Err(TransportError::PayloadMismatch {
-                header: header.payload_len,
-                payload: payload.len(),
-            });
-        }
+        wire::txq::check_frame(header, &payload)?;
         let slot = self
             .slot_of(peer)
             .ok_or(TransportError::UnknownPeer(peer))?;
