@@ -418,6 +418,7 @@ mod tests {
             peer_shard: 0,
             peer_shard_count: 1,
             local_shard: PROBE_CHANNEL,
+            peer_offers_verbs: false,
             keys: FrameKeys::none(),
         };
         let (_c, s) = connected();

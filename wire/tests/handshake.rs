@@ -54,6 +54,27 @@ fn good_handshake_reports_the_peer() {
     assert_eq!(s.stats.failures(), 0);
 }
 
+/// Each side learns whether the other offered RDMA verbs (the hello flag, under both MACs);
+/// a side that does not offer sees the other's offer but sets none itself.
+#[test]
+fn each_side_learns_the_others_verbs_offer() {
+    for (server_offers, client_offers) in
+        [(false, false), (true, false), (false, true), (true, true)]
+    {
+        let mut s = cfg(1);
+        s.offer_verbs = server_offers;
+        let mut c = cfg(2);
+        c.offer_verbs = client_offers;
+        let (srv, cli) = run(&s, c, 1);
+        let (srv, cli) = (srv.expect("server"), cli.expect("client"));
+        assert_eq!(
+            (srv.peer_offers_verbs, cli.peer_offers_verbs),
+            (client_offers, server_offers),
+            "server offers {server_offers}, client offers {client_offers}"
+        );
+    }
+}
+
 /// A client names the server shard it wants; the server serves it from that shard and the
 /// client learns it was answered by that shard.
 #[test]

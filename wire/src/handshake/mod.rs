@@ -74,6 +74,9 @@ pub const MAX_SIGNATURE: usize = 512;
 pub const IDENTITY_HEAD: usize = 4;
 /// Hello flag: the sender proves a per-node identity.
 const FLAG_IDENTITY: u8 = 1;
+/// Hello flag: the sender can carry this connection's frames over RDMA verbs (a node that
+/// does not know the flag ignores it and never sets it, so such pairs stay on TCP).
+const FLAG_VERBS: u8 = 2;
 
 /// A node's own credential for data connections, and the check of a peer's: for example the
 /// node's control-plane certificate signed by the cluster CA (`ssi-dp` provides that one).
@@ -447,6 +450,9 @@ pub struct HandshakeConfig {
     pub identity: Option<Arc<dyn NodeIdentity>>,
     /// Deadline for a whole handshake.
     pub timeout: Duration,
+    /// Offer to carry the connection over RDMA verbs (default false); the connection uses
+    /// verbs when both sides offer ([`Authenticated::peer_offers_verbs`]).
+    pub offer_verbs: bool,
     /// Outcomes by reason.
     pub stats: Arc<HandshakeStats>,
     secret: Vec<u8>,
@@ -490,6 +496,7 @@ impl HandshakeConfig {
             frame_auth: FrameAuth::default(),
             identity: None,
             timeout: Duration::from_secs(5),
+            offer_verbs: false,
             stats: Arc::new(HandshakeStats::default()),
             secret: secret.to_vec(),
             seen: Mutex::new(NonceCache {
@@ -647,6 +654,9 @@ pub struct Authenticated {
     /// Our shard this connection serves (the client's `target` on the server side, the
     /// configured shard on the client side).
     pub local_shard: u16,
+    /// The peer offered RDMA verbs for this connection (its hello's flag, covered by both
+    /// MACs); with our own offer, the connection goes over verbs.
+    pub peer_offers_verbs: bool,
     /// The keys that seal this connection's frames (hand them to `Transport::add_peer`).
     pub keys: FrameKeys,
 }
@@ -664,6 +674,8 @@ struct Hello {
     auth: u8,
     /// The sender proves a per-node identity.
     identity: bool,
+    /// The sender offers RDMA verbs.
+    verbs: bool,
 }
 
 fn prefix(kind: u8, reason: u8) -> [u8; PREFIX_LEN] {
@@ -698,7 +710,7 @@ fn encode_hello(
         FLAG_IDENTITY
     } else {
         0
-    };
+    } | if cfg.offer_verbs { FLAG_VERBS } else { 0 };
     b
 }
 
@@ -719,6 +731,7 @@ fn decode_hello(b: &[u8; PREFIX_LEN + HELLO_BODY_LEN]) -> Hello {
         share,
         auth: b[112],
         identity: b[113] & FLAG_IDENTITY != 0,
+        verbs: b[113] & FLAG_VERBS != 0,
     }
 }
 
@@ -931,6 +944,7 @@ fn client(
             peer_shard: hello.shard,
             peer_shard_count: hello.shard_count,
             local_shard: cfg.shard,
+            peer_offers_verbs: hello.verbs,
             keys,
         }),
         (KIND_REJECT, r) => Err(HandshakeError::Rejected(RejectReason::from_code(r))),

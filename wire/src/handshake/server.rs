@@ -501,6 +501,7 @@ impl ServerConn {
             peer_shard: hello.shard,
             peer_shard_count: hello.shard_count,
             local_shard: hello.target,
+            peer_offers_verbs: hello.verbs,
             keys,
         })
     }
