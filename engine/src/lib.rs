@@ -41,6 +41,7 @@ pub mod link_probe;
 pub mod measure;
 pub mod mem;
 pub mod mesh;
+pub mod mixed;
 pub mod node;
 pub mod node_state;
 pub mod pmqos;

@@ -167,6 +167,9 @@ pub struct Credentials {
     /// This node's identity (its certificate); with one, every peer must prove its own, and
     /// the secret alone no longer admits a node id. Every node must have one, or none.
     pub identity: Option<Arc<dyn NodeIdentity>>,
+    /// Offer RDMA verbs in every handshake (the node's shards can carry connections over
+    /// verbs).
+    pub offer_verbs: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -191,6 +194,7 @@ pub(crate) fn hs_config(
         .map_err(MeshError::Config)?;
     c.frame_auth = creds.frame_auth;
     c.identity = creds.identity.clone();
+    c.offer_verbs = creds.offer_verbs;
     c.shard = shard;
     c.shard_count = shards;
     c.allowed = cluster
@@ -333,6 +337,7 @@ pub(crate) fn conn(node: NodeId, a: Authenticated) -> Conn {
         peer_shard_count: a.peer_shard_count,
         stream: a.stream,
         keys: a.keys,
+        peer_offers_verbs: a.peer_offers_verbs,
     }
 }
 

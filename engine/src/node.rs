@@ -36,14 +36,15 @@ const SHARD_RING: usize = 1024;
 /// Which transport to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
-    /// io_uring when it works here, else the epoll fallback (and say why).
+    /// io_uring when it works here, else the epoll fallback (and say why); and RDMA verbs,
+    /// per peer, where a device is ready here and the peer offers verbs too.
     Auto,
     /// io_uring, or fail.
     Uring,
     /// The epoll fallback.
     Fallback,
     /// RDMA verbs on the first device with an active port, or fail with the reason. Every
-    /// peer must use verbs too (`auto` does not choose it yet).
+    /// peer must offer verbs too (`auto` uses verbs per peer where both ends offer it).
     Verbs,
 }
 
@@ -289,11 +290,17 @@ enum Chosen {
     Epoll,
     /// On this device (its port 1).
     Verbs(String),
+    /// Verbs on this device for peers that offer them too, io_uring (or epoll) TCP for the
+    /// others (`auto` on a host with a usable device).
+    Mixed {
+        uring: bool,
+        device: String,
+    },
 }
 
 /// The transport to use, and the line that tells the user which and why (`Node::start`
 /// adds, for `auto`, why RDMA is not used).
-fn choose(kind: TransportKind) -> Result<(Chosen, String), NodeError> {
+fn choose(kind: TransportKind, zero_copy: bool) -> Result<(Chosen, String), NodeError> {
     if kind == TransportKind::Verbs {
         let found = transport_verbs::probe();
         return match found.usable() {
@@ -314,6 +321,60 @@ fn choose(kind: TransportKind) -> Result<(Chosen, String), NodeError> {
             )),
         };
     }
+    let (tcp, mut line) = choose_tcp(kind)?;
+    if tcp == Chosen::Uring {
+        line.push_str(if zero_copy {
+            "; pages sent zero-copy where available (--zero-copy)"
+        } else {
+            "; pages sent with vectored copying sends"
+        });
+    }
+    if kind != TransportKind::Auto {
+        return Ok((tcp, line));
+    }
+    let found = transport_verbs::probe();
+    let usable = match found.usable() {
+        Some((dev, port)) if port.number == 1 => transport_verbs::verbs::Verbs::load()
+            .and_then(|v| v.open(&dev.name))
+            .and_then(|ctx| ctx.active_port(1))
+            .map(|_| dev.name.clone())
+            .map_err(|e| e.to_string()),
+        Some((dev, port)) => Err(format!(
+            "the active port of {} is port {}, and this version uses port 1",
+            dev.name, port.number
+        )),
+        None => Err(transport_verbs::unavailable_reason(&found)),
+    };
+    Ok(match usable {
+        Ok(device) => (
+            Chosen::Mixed {
+                uring: tcp == Chosen::Uring,
+                device: device.clone(),
+            },
+            format!("{line}; RDMA verbs on {device} port 1 for each peer that offers them too"),
+        ),
+        Err(why) => (tcp, format!("{line}; TCP, not RDMA: {why}")),
+    })
+}
+
+/// "; links: node 1 verbs, node 2 TCP" for a node that offered verbs: which of its peers
+/// offered them too (connections formed later follow the same rule).
+fn links_line(conns: &[crate::shard::Conn]) -> String {
+    let mut nodes: Vec<(u16, bool)> = conns
+        .iter()
+        .map(|c| (c.node.get(), c.peer_offers_verbs))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let each: Vec<String> = nodes
+        .iter()
+        .map(|&(n, v)| format!("node {n} {}", if v { "verbs" } else { "TCP" }))
+        .collect();
+    format!("; links: {}", each.join(", "))
+}
+
+/// The TCP transport for `kind` (io_uring or epoll) and the line that says which and why.
+fn choose_tcp(kind: TransportKind) -> Result<(Chosen, String), NodeError> {
     match (kind, transport_uring::choose()) {
         (TransportKind::Fallback, _) => Ok((
             Chosen::Epoll,
@@ -339,7 +400,7 @@ impl Node {
     pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let shards = shard_count(&cfg.cores)?;
         let layout = layout_of(&cfg.cluster)?;
-        let (chosen, transport_line) = transport_choice(&cfg)?;
+        let (chosen, mut transport_line) = transport_choice(&cfg)?;
         let reserve = (cfg.max_address_space / PAGE_SIZE).max(layout.end_page());
         let region = Arc::new(Region::new(layout.end_page(), reserve, shards as u32)?);
         let bucket_pages = layout
@@ -351,6 +412,7 @@ impl Node {
             secret: cfg.secret,
             frame_auth: cfg.frame_auth,
             identity: cfg.identity,
+            offer_verbs: matches!(chosen, Chosen::Verbs(_) | Chosen::Mixed { .. }),
         };
         let mesh = mesh::establish(
             cfg.listener,
@@ -360,6 +422,9 @@ impl Node {
             cfg.connect_timeout,
         )?;
         let (proto, tcfg) = sizes(cfg.protocol, cfg.zero_copy, &mesh.conns[0], shards);
+        if creds.offer_verbs {
+            transport_line.push_str(&links_line(&mesh.conns[0]));
+        }
 
         let state = Arc::new(NodeState::new(shards));
         state.set_prefetch(cfg.prefetch);
@@ -919,20 +984,7 @@ fn sizes(
 
 /// Which transport the shards use and the line that says why.
 fn transport_choice(cfg: &NodeConfig) -> Result<(Chosen, String), NodeError> {
-    let (chosen, mut line) = choose(cfg.transport)?;
-    if chosen == Chosen::Uring {
-        line.push_str(if cfg.zero_copy {
-            "; pages sent zero-copy where available (--zero-copy)"
-        } else {
-            "; pages sent with vectored copying sends"
-        });
-    }
-    if cfg.transport == TransportKind::Auto {
-        let rdma = transport_verbs::unavailable_reason(&transport_verbs::probe());
-        line.push_str("; TCP, not RDMA: ");
-        line.push_str(&rdma);
-    }
-    Ok((chosen, line))
+    choose(cfg.transport, cfg.zero_copy)
 }
 
 /// One shard's inbound rings (from every other shard `i`, tagged with `i`) and outbound
@@ -1012,6 +1064,24 @@ fn spawn_shard(
                     let vcfg = transport_verbs::transport::VerbsConfig { device };
                     let t = transport_verbs::transport::VerbsTransport::new(&tcfg, &vcfg);
                     run_shard(setup, t, ready, i)
+                }
+                Chosen::Mixed { uring, device } => {
+                    // Each half delivers at most half the events of one poll.
+                    let tcfg = TransportConfig {
+                        poll_budget: (tcfg.poll_budget / 2).max(1),
+                        ..tcfg
+                    };
+                    let vcfg = transport_verbs::transport::VerbsConfig { device };
+                    let verbs = transport_verbs::transport::VerbsTransport::new(&tcfg, &vcfg);
+                    if uring {
+                        let t = transport_uring::UringTransport::new(&tcfg)
+                            .and_then(|t| crate::mixed::Mixed::new(t, verbs?, tcfg.max_peers));
+                        run_shard(setup, t, ready, i)
+                    } else {
+                        let t = transport_epoll::EpollTransport::new(&tcfg)
+                            .and_then(|t| crate::mixed::Mixed::new(t, verbs?, tcfg.max_peers));
+                        run_shard(setup, t, ready, i)
+                    }
                 }
             }
         })

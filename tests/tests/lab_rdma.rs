@@ -204,3 +204,41 @@ fn a_killed_node_over_verbs_is_declared_down_and_the_rest_go_on() {
         assert!(run.output.contains(want), "{want}:\n{}", run.describe());
     }
 }
+
+/// `--transport auto` per peer: nodes 0 and 1 offer verbs (a device is ready), node 2 asks
+/// for io_uring TCP and offers nothing. Nodes 0 and 1 must connect to each other over verbs
+/// and to node 2 over TCP, say so at start, and the `demo` workload must be exact on all
+/// three over the mixed links.
+#[test]
+fn auto_uses_verbs_between_nodes_that_offer_it_and_tcp_with_the_rest() {
+    let run = Lab::new()
+        .rdma()
+        .timeout(Duration::from_secs(400))
+        .run(
+            "printf '%s' lab-mixed-cluster-secret-0123456 > /tmp/s; pids=''; \
+             for i in 0 1 2; do t=auto; [ $i = 2 ] && t=uring; peers=''; \
+             for j in 0 1 2; do [ $j != $i ] && peers=\"$peers --peer $j@127.0.0.1:$((7000 + j))\"; done; \
+             ssi-dp --node-id $i --listen 127.0.0.1:$((7000 + i)) $peers --cluster-secret-file /tmp/s \
+             --transport $t --idle block --memory 16M --cores 0 --workload demo --ops 300 --workers 2 \
+             > /tmp/n$i.log 2>&1 & pids=\"$pids $!\"; done; rc=0; \
+             for p in $pids; do wait $p || rc=1; done; \
+             for i in 0 1 2; do sed \"s/^/[n$i] /\" /tmp/n$i.log; done; exit $rc",
+        );
+    eprintln!("{}", run.output);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for want in [
+        "[n0] ssi-dp: node 0: transport: io_uring",
+        "RDMA verbs on rxe0 port 1 for each peer that offers them too; links: node 1 verbs, node 2 TCP",
+        "links: node 0 verbs, node 2 TCP",
+        "[n0] node 0: workload demo: OK: ",
+        "[n1] node 1: workload demo: OK: ",
+        "[n2] node 2: workload demo: OK: ",
+    ] {
+        assert!(run.output.contains(want), "{want}:\n{}", run.describe());
+    }
+    assert!(
+        !run.output.contains("[n2] ssi-dp: node 2: transport: io_uring (zero-copy send available, wait timeouts available); pages sent with vectored copying sends; RDMA"),
+        "node 2 asked for io_uring and must not offer verbs:\n{}",
+        run.describe()
+    );
+}

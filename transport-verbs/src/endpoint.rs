@@ -197,7 +197,16 @@ pub fn exchange_sealed(
     ours: &EndpointMsg,
     timeout: Duration,
 ) -> Result<EndpointMsg, EndpointError> {
-    let io = |e: std::io::Error| EndpointError::Io(e.to_string());
+    let io = |e: std::io::Error| match e.kind() {
+        // A read past SO_RCVTIMEO fails with EAGAIN.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            EndpointError::Io(format!(
+                "the peer sent no queue-pair message within {} s",
+                timeout.as_secs_f64()
+            ))
+        }
+        _ => EndpointError::Io(e.to_string()),
+    };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut out = [0u8; ENDPOINT_LEN + TAG_LEN];

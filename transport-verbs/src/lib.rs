@@ -18,8 +18,8 @@
 //!   queue pairs with credits, with the contract of the TCP transports; `verbs-transport-check`
 //!   is its suite on a real device, run in the lab.
 //!
-//! What is not yet: nodes choosing it (`--transport verbs`, and `auto` per peer). Every node
-//! uses TCP (io_uring or the epoll fallback), also where a device is present, and says so.
+//! Nodes use it with `--transport verbs`, and with `auto` for each peer that offers verbs in
+//! its handshake too (`engine::mixed`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -120,16 +120,10 @@ impl fmt::Display for Availability {
     }
 }
 
-/// Why a node does not use the verbs transport here: what the machine lacks, or, where a
-/// device is ready, that only `--transport verbs` chooses it (`auto` does not yet).
+/// What the machine lacks for the verbs transport, for the node's start line (when it has a
+/// device with an active port, that is what it says).
 pub fn unavailable_reason(a: &Availability) -> String {
-    match a {
-        Availability::Present(_) => format!(
-            "{a}, but --transport auto does not choose verbs yet: give --transport verbs to \
-             every node"
-        ),
-        _ => a.to_string(),
-    }
+    a.to_string()
 }
 
 /// Probes the machine's sysfs.
@@ -246,7 +240,7 @@ mod tests {
         let (d, p) = a.usable().expect("an active port");
         assert_eq!((d.name.as_str(), p.number), ("mlx5_0", 2));
         assert_eq!(a.to_string(), "RDMA device mlx5_0 port 2 active (Ethernet)");
-        assert!(unavailable_reason(&a).contains("give --transport verbs to every node"));
+        assert_eq!(unavailable_reason(&a), a.to_string());
         let Availability::Present(devs) = a else {
             unreachable!()
         };

@@ -67,8 +67,11 @@ pub const MAX_WATCHED: usize = 8;
 const WC_BATCH: usize = 32;
 /// The port used on the device.
 const PORT: u8 = 1;
-/// Most peers (the peer slot is 8 bits of a receive handle).
-const MAX_PEERS: usize = 256;
+/// Most peers (the peer slot is 7 bits of a receive handle).
+const MAX_PEERS: usize = 128;
+/// Set in the index of every receive handle this transport hands out, so that a transport
+/// combining it with a TCP one (whose slot indices stay far below) can tell whose it is.
+pub const RXBUF_MARK: u32 = 1 << 31;
 
 const KIND_DATA: u64 = 0;
 const KIND_CREDIT: u64 = 1;
@@ -170,12 +173,12 @@ fn verbs_err(op: &'static str, e: VerbsError) -> TransportError {
 impl VerbsTransport {
     /// Opens `vcfg.device` (its port 1 must be active) with `cfg`'s limits: `tx_depth` frames
     /// in flight per peer, `rx_slots` receives posted per peer (at least 2), `max_peers` up to
-    /// 256.
+    /// 128.
     pub fn new(cfg: &TransportConfig, vcfg: &VerbsConfig) -> Result<Self, TransportError> {
         cfg.validate()?;
         if cfg.max_peers > MAX_PEERS {
             return Err(TransportError::Config(
-                "the verbs transport has at most 256 peers",
+                "the verbs transport has at most 128 peers",
             ));
         }
         if (cfg.rx_slots as u32) < MIN_WINDOW || cfg.rx_slots > 1 << 16 {
@@ -382,7 +385,10 @@ impl VerbsTransport {
                     None
                 } else {
                     p.held += 1;
-                    Some(RxBuf::from_parts(((slot as u32) << 24) | rx as u32, plen))
+                    Some(RxBuf::from_parts(
+                        RXBUF_MARK | ((slot as u32) << 24) | rx as u32,
+                        plen,
+                    ))
                 };
                 out(Event::Received {
                     peer: id,
@@ -512,6 +518,46 @@ impl VerbsTransport {
     }
 }
 
+impl VerbsTransport {
+    /// Gets ready for a sleep that ends at the next completion (what `wait` does before it
+    /// sleeps, for a caller that sleeps elsewhere with [`VerbsTransport::channel_fd`] watched):
+    /// flushes, arms the completion queue, and looks at it once more. Returns false when
+    /// there is work already (events or completions for `poll`): do not sleep then.
+    pub fn prepare_sleep(&mut self) -> Result<bool, TransportError> {
+        self.flush()?;
+        if !self.pending.is_empty() || self.stashed > 0 {
+            return Ok(false);
+        }
+        self.dev
+            .cq
+            .arm()
+            .map_err(|e| verbs_err("arming the completion queue", e))?;
+        // A completion that came before the arm raises no event: look once more.
+        let got = self
+            .dev
+            .cq
+            .poll(&mut self.wc)
+            .map_err(|e| verbs_err("polling the completion queue", e))?;
+        self.stashed = got;
+        Ok(got == 0)
+    }
+
+    /// The completion channel's fd: readable once an armed completion queue has an entry.
+    pub fn channel_fd(&self) -> RawFd {
+        self.dev.channel.fd()
+    }
+
+    /// Takes (and acknowledges) the channel's event after `channel_fd` was readable; the
+    /// completions themselves are taken by `poll`.
+    pub fn take_channel_event(&mut self) -> Result<(), TransportError> {
+        self.dev
+            .channel
+            .take_event(&self.dev.cq)
+            .map(|_| ())
+            .map_err(|e| verbs_err("taking a completion event", e))
+    }
+}
+
 /// What a peer's TCP connection says: `None` while it is open and quiet.
 fn stream_state(s: &mut TcpStream) -> Option<DownReason> {
     let mut b = [0u8; 1];
@@ -544,6 +590,23 @@ impl Transport for VerbsTransport {
     }
 
     fn add_peer(
+        &mut self,
+        _peer: PeerId,
+        _stream: TcpStream,
+        _node: Option<NodeId>,
+        _keys: &FrameKeys,
+    ) -> Result<(), TransportError> {
+        Err(TransportError::Config(
+            "the peer did not offer RDMA verbs in its handshake: with --transport verbs, every \
+             node must use verbs",
+        ))
+    }
+
+    fn offers_verbs(&self) -> bool {
+        true
+    }
+
+    fn add_peer_verbs(
         &mut self,
         peer: PeerId,
         mut stream: TcpStream,
@@ -806,22 +869,7 @@ impl Transport for VerbsTransport {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        self.flush()?;
-        if !self.pending.is_empty() || self.stashed > 0 {
-            return Ok(());
-        }
-        self.dev
-            .cq
-            .arm()
-            .map_err(|e| verbs_err("arming the completion queue", e))?;
-        // A completion that came before the arm raises no event: look once more.
-        let got = self
-            .dev
-            .cq
-            .poll(&mut self.wc)
-            .map_err(|e| verbs_err("polling the completion queue", e))?;
-        if got > 0 {
-            self.stashed = got;
+        if !self.prepare_sleep()? {
             return Ok(());
         }
         self.pollfds.clear();
@@ -869,11 +917,7 @@ impl Transport for VerbsTransport {
             return Err(TransportError::io("poll", e));
         }
         if self.pollfds[0].revents != 0 {
-            // Taking the event re-enables it; the completions are polled by `poll`.
-            self.dev
-                .channel
-                .take_event(&self.dev.cq)
-                .map_err(|e| verbs_err("taking a completion event", e))?;
+            self.take_channel_event()?;
         }
         for i in 0..self.watched.len() {
             if self.pollfds[1 + i].revents != 0 {
@@ -903,7 +947,7 @@ impl Transport for VerbsTransport {
 
     fn payload(&self, buf: &RxBuf) -> &[u8] {
         let (slot, rx) = (
-            (buf.index() >> 24) as usize,
+            ((buf.index() & !RXBUF_MARK) >> 24) as usize,
             (buf.index() & 0xff_ffff) as usize,
         );
         match self.peers.get(slot).and_then(|p| p.as_ref()) {
@@ -917,7 +961,7 @@ impl Transport for VerbsTransport {
 
     fn release(&mut self, buf: RxBuf) {
         let (slot, rx) = (
-            (buf.index() >> 24) as usize,
+            ((buf.index() & !RXBUF_MARK) >> 24) as usize,
             (buf.index() & 0xff_ffff) as usize,
         );
         let Some(p) = self.peers.get_mut(slot).and_then(|p| p.as_mut()) else {

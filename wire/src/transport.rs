@@ -308,6 +308,26 @@ pub trait Transport {
         keys: &FrameKeys,
     ) -> Result<(), TransportError>;
 
+    /// Whether this transport carries a connection over RDMA verbs when the peer offers it
+    /// too (the handshake's offer, `Authenticated::peer_offers_verbs`); such connections are
+    /// handed to [`Transport::add_peer_verbs`].
+    fn offers_verbs(&self) -> bool {
+        false
+    }
+
+    /// Takes over a connection both sides agreed to carry over RDMA verbs: the transport sets
+    /// up a queue pair through it and keeps it only to see the peer's end. Transports
+    /// without verbs refuse it.
+    fn add_peer_verbs(
+        &mut self,
+        _peer: PeerId,
+        _stream: TcpStream,
+        _node: Option<NodeId>,
+        _keys: &FrameKeys,
+    ) -> Result<(), TransportError> {
+        Err(TransportError::Config("this transport has no RDMA verbs"))
+    }
+
     /// Starts closing a connection; [`Event::PeerDown`] with [`DownReason::Local`] follows.
     fn close_peer(&mut self, peer: PeerId) -> Result<(), TransportError>;
 

@@ -79,6 +79,20 @@ pub struct Conn {
     pub stream: TcpStream,
     /// The keys sealing its frames (from the handshake).
     pub keys: FrameKeys,
+    /// The peer offered RDMA verbs in the handshake: a transport that offers them too
+    /// carries the connection over verbs.
+    pub peer_offers_verbs: bool,
+}
+
+/// Hands `c` to `t` as `peer`: over RDMA verbs when both ends offered them in the handshake,
+/// else as a TCP connection.
+fn add_conn<T: Transport>(t: &mut T, peer: PeerId, c: Conn) -> Result<(), wire::TransportError> {
+    let node = Some(c.node.get());
+    if t.offers_verbs() && c.peer_offers_verbs {
+        t.add_peer_verbs(peer, c.stream, node, &c.keys)
+    } else {
+        t.add_peer(peer, c.stream, node, &c.keys)
+    }
 }
 
 /// Everything a shard needs to start.
@@ -242,13 +256,16 @@ impl<T: Transport> Shard<T> {
             uffd_ready: true,
             uffd_read_at: 0,
         };
-        for c in s.conns {
+        // In the order of the peer (node, shard): a transport that sets a connection up with
+        // a blocking exchange (verbs: each side writes its message, then waits for the
+        // peer's) then waits only on peers that come before it in one order every shard of
+        // every node shares, so no set of shards can wait on each other in a cycle.
+        let mut conns = s.conns;
+        conns.sort_by_key(|c| (c.node.get(), c.peer_shard));
+        for c in conns {
             let peer = peer_id(c.node, c.peer_shard);
             shard.open_sessions(c.node, c.peer_shard_count);
-            shard
-                .io
-                .transport
-                .add_peer(peer, c.stream, Some(c.node.get()), &c.keys)?;
+            add_conn(&mut shard.io.transport, peer, c)?;
             let now = shard.io.clock.now();
             shard
                 .io
@@ -813,11 +830,7 @@ impl<T: Transport> Shard<T> {
     fn attach(&mut self, c: Conn) {
         let node = c.node;
         let peer = peer_id(node, c.peer_shard);
-        if let Err(e) = self
-            .io
-            .transport
-            .add_peer(peer, c.stream, Some(node.get()), &c.keys)
-        {
+        if let Err(e) = add_conn(&mut self.io.transport, peer, c) {
             self.io.log.warn(format_args!(
                 "cannot take the new connection to node {node}: {e}"
             ));

@@ -82,9 +82,9 @@ pub struct NodeArgs {
     /// What an idle shard does: spin, hybrid (spin 50us then sleep), hybrid:<us>, block.
     #[arg(long, default_value = "hybrid")]
     pub idle: IdlePolicy,
-    /// Transport: auto (io_uring when it works here), uring, fallback (epoll), verbs (RDMA
-    /// on the first device with an active port 1; every node must use it; refused with the
-    /// reason where there is none).
+    /// Transport: auto (io_uring when it works here, or epoll; and RDMA verbs for each peer
+    /// that offers them where a device is ready), uring, fallback (epoll), verbs (RDMA for
+    /// every peer; refused with the reason where there is no device).
     #[arg(long, default_value = "auto")]
     pub transport: TransportKind,
     /// Send page payloads with io_uring SEND_ZC. Off by default: for 4 KiB pages one copying

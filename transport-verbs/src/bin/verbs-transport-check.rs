@@ -119,14 +119,14 @@ where
     let peer = std::thread::spawn(move || -> Check {
         let mut t = VerbsTransport::new(&config(), &v2).map_err(|e| format!("peer: {e}"))?;
         let (s, _) = listener.accept().map_err(|e| e.to_string())?;
-        t.add_peer(0, s, Some(0), &kb)
+        t.add_peer_verbs(0, s, Some(0), &kb)
             .map_err(|e| format!("peer add_peer: {e}"))?;
         other(&mut t)
     });
     let mut t = VerbsTransport::new(&config(), &vcfg).map_err(|e| e.to_string())?;
     let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     let mine = t
-        .add_peer(1, s, Some(1), &ka)
+        .add_peer_verbs(1, s, Some(1), &ka)
         .map_err(|e| format!("add_peer: {e}"))
         .and_then(|()| ours(&mut t));
     drop(t);
@@ -398,7 +398,7 @@ fn bogus_qpn(dev: &str) -> Check {
     let mut t = VerbsTransport::new(&config(), &VerbsConfig { device: dev.into() })
         .map_err(|e| e.to_string())?;
     let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    t.add_peer(1, s, Some(1), &keys(1, 2))
+    t.add_peer_verbs(1, s, Some(1), &keys(1, 2))
         .map_err(|e| format!("add_peer: {e}"))?;
     let _keep = fake
         .join()
