@@ -230,6 +230,7 @@ mod tests {
         let t = std::thread::Builder::new()
             .name("wd-sleeper".into())
             .spawn(move || {
+                // Parked until the test sends (or drops the sender): either ends the wait.
                 let _ = rx.recv();
             })
             .unwrap();

@@ -392,7 +392,13 @@ fn bogus_qpn(dev: &str) -> Check {
             Duration::from_secs(10),
         )
         .map_err(|e| e.to_string())?;
-        let _ = theirs;
+        // What the transport announced: receive slots that hold a whole frame.
+        if (theirs.rx_slot_size as usize) < SLOT_BYTES {
+            return Err(format!(
+                "the transport announced {}-byte slots",
+                theirs.rx_slot_size
+            ));
+        }
         Ok(s)
     });
     let mut t = VerbsTransport::new(&config(), &VerbsConfig { device: dev.into() })
