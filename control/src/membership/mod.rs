@@ -540,22 +540,8 @@ impl Loop {
 
     fn run(mut self) {
         let mut changes = Vec::new();
-        let mut last_turn = Instant::now();
+        let mut last_tick = Instant::now();
         while !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let gap = last_turn.elapsed();
-            last_turn = Instant::now();
-            if gap > self.suspect {
-                // This node did not run (SIGSTOP, a frozen VM, CPU starvation): the silence
-                // was ours, not the peers'. They may have declared us dead meanwhile; if so
-                // they refuse us and `refused` stops the node.
-                tracing::warn!(
-                    "this node did not run for {:.1} s (stopped or starved of CPU); the other \
-                     members declare a node dead after {} ms of silence",
-                    gap.as_secs_f64(),
-                    self.dead.as_millis()
-                );
-                self.detector.forgive(gap.as_nanos() as u64);
-            }
             self.accept();
             self.dial();
             self.read_links();
@@ -568,6 +554,23 @@ impl Loop {
                 if dp & (1 << id) != 0 && self.detector.declare_dead(id) {
                     self.drop_links(id);
                 }
+            }
+            // Measured from one tick to the next, so that a stop anywhere in the turn counts
+            // (measured at the start of the turn, a stop in its middle went unseen and the
+            // tick right after it declared every peer dead).
+            let gap = last_tick.elapsed();
+            last_tick = Instant::now();
+            if gap > self.suspect {
+                // This node did not run (SIGSTOP, a frozen VM, CPU starvation): the silence
+                // was ours, not the peers'. They may have declared us dead meanwhile; if so
+                // they refuse us and `refused` stops the node.
+                tracing::warn!(
+                    "this node did not run for {:.1} s (stopped or starved of CPU); the other \
+                     members declare a node dead after {} ms of silence",
+                    gap.as_secs_f64(),
+                    self.dead.as_millis()
+                );
+                self.detector.forgive(gap.as_nanos() as u64);
             }
             changes.clear();
             self.detector.tick(now_ns(self.origin), &mut changes);
