@@ -177,7 +177,8 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 0, requires = "hist_dump")]
     pub hist_interval: u64,
     /// Run a built-in workload, check its result and exit: counters, lock, seqs, pingpong,
-    /// demo, scan, private.
+    /// demo, scan, private; and, reporting their miss ratio after warm-up: partition,
+    /// readmostly, queue, zipf.
     #[arg(long, conflicts_with = "guest")]
     pub workload: Option<Kind>,
     /// Run a test guest across the cluster (one KVM VM per node, vCPUs spread over the

@@ -5,28 +5,40 @@
 //! Every participating node runs the same workload; nodes meet at barriers kept in guest
 //! memory itself (page 0). The run is: set-up, barrier, work, barrier, verify, hand cached
 //! pages back home, final barrier. Nodes leave only after the final barrier, so no node's
-//! departure takes a page another node still needs.
+//! departure takes a page another node still needs. The miss-ratio workloads (partition,
+//! readmostly, queue, zipf) split their work into a warm-up and a measured phase, and report
+//! the faults this node took in the measured phase against the accesses it made
+//! (`measured`).
 
 mod counters;
+mod measured;
+mod partition;
 mod pingpong;
+mod queue;
+mod readmostly;
 mod scan;
 mod seqs;
 mod share;
 mod spinlock;
+mod zipf;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::barrier::Barrier;
 use engine::mem::{Mem, Plan, BARRIER_PAGE};
 use engine::node::{Node, NodeError};
+use engine::stats::ShardStats;
 
 /// Why a workload could not run (a verdict of FAILED is a [`Report`], not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// `--workload` names no workload.
-    #[error("unknown workload {0:?}: use counters, lock, seqs, pingpong, demo, scan or private")]
+    #[error(
+        "unknown workload {0:?}: use counters, lock, seqs, pingpong, demo, scan, private, \
+         partition, readmostly, queue or zipf"
+    )]
     UnknownKind(String),
     /// This node runs the workload but is not one of its participants.
     #[error("node {node} is not among the participants {participants:?}")]
@@ -56,6 +68,27 @@ pub enum WorkloadError {
         /// Pages needed on every home.
         pages: u64,
     },
+    /// A home has no room for its part of a miss-ratio workload's table.
+    #[error(
+        "the {workload} workload needs {pages} pages ({} KiB) on every node that contributes \
+         memory; give each at least --memory {}K{hint}",
+        .pages.saturating_mul(4),
+        .pages.saturating_mul(4)
+    )]
+    TableNeedsMemory {
+        /// The workload.
+        workload: &'static str,
+        /// Pages needed on every home.
+        pages: u64,
+        /// What else would do (empty, or starting with ", ").
+        hint: &'static str,
+    },
+    /// `queue` with a single participant.
+    #[error(
+        "the queue workload needs at least two participants (the first produces, the others \
+         consume): start more nodes or list more in --participants"
+    )]
+    QueueParties,
     /// Handing cached pages back home at the end failed.
     #[error(transparent)]
     HandBack(#[from] NodeError),
@@ -81,6 +114,20 @@ pub enum Kind {
     Scan,
     /// Writes to pages only this node touches, until killed (the failure drill's victim).
     Private,
+    /// A partitioned array: each participant reads and increments per-page counters mostly in
+    /// its own part (homed on the next node), 2 % in the others' → exact counters; reports
+    /// the miss ratio after warm-up.
+    Partition,
+    /// A table read by everyone, 1 % of operations bumping a page's version → no version read
+    /// goes backwards, exact versions; reports the miss ratio after warm-up.
+    ReadMostly,
+    /// A bounded ring of page-sized checksummed items: the first participant produces, the
+    /// others consume → every item whole, once, in order per producer; reports the miss ratio
+    /// after warm-up.
+    Queue,
+    /// A key-value table of pages with Zipf-distributed keys (s = 0.99), 90 % reads and 10 %
+    /// increments → exact per-key counts; reports the miss ratio after warm-up.
+    Zipf,
 }
 
 impl std::str::FromStr for Kind {
@@ -95,6 +142,10 @@ impl std::str::FromStr for Kind {
             "demo" => Kind::Demo,
             "scan" => Kind::Scan,
             "private" => Kind::Private,
+            "partition" => Kind::Partition,
+            "readmostly" => Kind::ReadMostly,
+            "queue" => Kind::Queue,
+            "zipf" => Kind::Zipf,
             _ => return Err(WorkloadError::UnknownKind(s.to_string())),
         })
     }
@@ -111,7 +162,19 @@ impl Kind {
             Kind::Demo => "demo",
             Kind::Scan => "scan",
             Kind::Private => "private",
+            Kind::Partition => "partition",
+            Kind::ReadMostly => "readmostly",
+            Kind::Queue => "queue",
+            Kind::Zipf => "zipf",
         }
+    }
+
+    /// Whether the workload has a warm-up and a measured phase, and reports its misses.
+    pub fn measures_misses(self) -> bool {
+        matches!(
+            self,
+            Kind::Partition | Kind::ReadMostly | Kind::Queue | Kind::Zipf
+        )
     }
 }
 
@@ -157,6 +220,14 @@ pub(crate) struct Ctx<'a> {
     pub parties: u64,
     pub workers: u64,
     pub ops: u64,
+    /// The participants' node ids, by rank.
+    pub nodes: &'a [u16],
+    /// This node's shard counters (the miss-ratio workloads' measurement).
+    pub stats: &'a [Arc<ShardStats>],
+    /// The measured phase's meeting point on this node.
+    pub measure: &'a measured::Measure,
+    /// The pages of a miss-ratio workload's table, laid out before the start.
+    pub pages: Vec<u64>,
 }
 
 /// Runs the workload on a started node and returns the verified result.
@@ -187,6 +258,9 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Work
     if spec.kind == Kind::PingPong && parties != 2 {
         return Err(WorkloadError::PingPongParties);
     }
+    if spec.kind == Kind::Queue && parties < 2 {
+        return Err(WorkloadError::QueueParties);
+    }
     // Everyone present (a participant may join the running cluster first; page 0 is homed by
     // a founding node, so the barrier page exists from the start).
     Barrier::new(mem_now(), BARRIER_PAGE, parties).wait(0);
@@ -202,17 +276,27 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Work
     }
     let plan = Plan::new(&node.layout());
     let mem = mem_now();
-    let ctx = Ctx {
+    let measure = measured::Measure::new(spec.workers);
+    let mut ctx = Ctx {
         mem,
         plan: &plan,
         rank: rank as u64,
         parties,
         workers: spec.workers as u64,
         ops: spec.ops,
+        nodes: &spec.participants,
+        stats: node.stats(),
+        measure: &measure,
+        pages: Vec::new(),
     };
     let barrier = Barrier::new(mem, BARRIER_PAGE, ctx.parties);
-    if spec.kind == Kind::Scan {
-        scan::check(&ctx)?;
+    match spec.kind {
+        Kind::Scan => scan::check(&ctx)?,
+        Kind::Partition => ctx.pages = partition::layout(&ctx)?,
+        Kind::ReadMostly => ctx.pages = readmostly::layout(&ctx)?,
+        Kind::Queue => ctx.pages = queue::layout(&ctx)?,
+        Kind::Zipf => ctx.pages = zipf::layout(&ctx)?,
+        _ => {}
     }
 
     // Set-up by the first participant, then everyone starts together.
@@ -238,6 +322,10 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Work
                         Kind::Seqs => seqs::work(ctx, w),
                         Kind::PingPong => pingpong::work(ctx, w),
                         Kind::Scan => scan::work(ctx, w),
+                        Kind::Partition => partition::work(ctx, w),
+                        Kind::ReadMostly => readmostly::work(ctx, w),
+                        Kind::Queue => queue::work(ctx, w),
+                        Kind::Zipf => zipf::work(ctx, w),
                         Kind::Demo => {
                             let shared = share::work(ctx, w);
                             let c = counters::work(ctx, w);
@@ -254,17 +342,25 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Work
             .collect::<Vec<_>>()
     });
     let work_time = t0.elapsed();
+    // Every worker has returned: the end of the measured phase, before this node touches the
+    // barrier page again.
+    let faults_end = measured::Faults::now(node.stats());
     barrier.wait(1);
     let mut outcome = WorkerResult::default();
     for w in work {
         outcome = outcome.merge(w);
     }
-    let report = match spec.kind {
+    let accesses = outcome.accesses;
+    let mut report = match spec.kind {
         Kind::Counters => counters::verify(&ctx, outcome, work_time),
         Kind::Lock => spinlock::verify(&ctx, outcome, work_time),
         Kind::Seqs => seqs::verify(&ctx, outcome, work_time),
         Kind::PingPong => pingpong::verify(&ctx, outcome, work_time),
         Kind::Scan => scan::verify(&ctx, &outcome, work_time),
+        Kind::Partition => partition::verify(&ctx, &outcome, work_time),
+        Kind::ReadMostly => readmostly::verify(&ctx, &outcome, work_time),
+        Kind::Queue => queue::verify(&ctx, &outcome, work_time),
+        Kind::Zipf => zipf::verify(&ctx, &outcome, work_time),
         Kind::Demo => {
             let a = share::verify(&ctx, &outcome);
             let b = counters::verify(&ctx, outcome, work_time);
@@ -276,6 +372,13 @@ pub fn run(node: &Node, spec: &Spec, progress: &Progress) -> Result<Report, Work
         }
         Kind::Private => unreachable!("handled above"),
     };
+    if spec.kind.measures_misses() {
+        report.summary = format!(
+            "{}; {}",
+            report.summary,
+            measured::line(accesses, measure.start(), faults_end)
+        );
+    }
     finish(node, &barrier, progress, report)
 }
 
@@ -313,6 +416,10 @@ pub(crate) struct WorkerResult {
     pub writes: Vec<(u64, u64)>,
     /// Reads checked.
     pub reads: u64,
+    /// Page accesses in the measured phase (miss-ratio workloads).
+    pub accesses: u64,
+    /// Items consumed (queue).
+    pub consumed: Vec<u64>,
 }
 
 impl Ctx<'_> {
@@ -328,7 +435,9 @@ impl WorkerResult {
         self.ops += o.ops;
         self.violations += o.violations;
         self.reads += o.reads;
+        self.accesses += o.accesses;
         self.writes.extend(o.writes);
+        self.consumed.extend(o.consumed);
         self
     }
 }
