@@ -234,8 +234,9 @@ impl Partition {
         self.count == 1 || (page / self.granule) % u64::from(self.count) == u64::from(self.index)
     }
 
-    /// Number of pages below `page` that this partition owns.
-    fn rank(self, page: u64) -> u64 {
+    /// Number of pages below `page` that this partition owns (for an owned page: its dense
+    /// index among the partition's pages).
+    pub fn rank(self, page: u64) -> u64 {
         if self.count == 1 {
             return page;
         }

@@ -288,6 +288,11 @@ impl Machine {
         Ok(())
     }
 
+    /// The partition of pages this instance serves.
+    pub fn partition(&self) -> Partition {
+        self.part
+    }
+
     /// The layout this instance works with.
     pub fn layout(&self) -> &Layout {
         &self.layout

@@ -202,6 +202,11 @@ pub struct Telemetry {
     pub ping_pong: u64,
     /// Read requests issued by sequential prefetch (`--prefetch`).
     pub prefetches: u64,
+    /// Pages of other homes held now, counted where the replica cache is bounded
+    /// (`--replica-cache`; 0 otherwise).
+    pub replicas_held: u64,
+    /// Evictions the bounded replica cache started.
+    pub replica_cache_evictions: u64,
     /// Completion-queue errors (io_uring CQEs with an error result; RDMA CQ errors).
     pub cq_errors: u64,
     /// Shard loop turns that found work / none, by shard.

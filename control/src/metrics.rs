@@ -27,6 +27,8 @@
 //! | `ssi_dp_peer_rtt_seconds` | gauge | peer | `peer_rtt` |
 //! | `ssi_dp_ping_pong_pages_total` | counter | | `ping_pong` |
 //! | `ssi_dp_prefetch_requests_total` | counter | | `prefetches` |
+//! | `ssi_dp_replica_pages` | gauge | | `replicas_held` |
+//! | `ssi_dp_replica_cache_evictions_total` | counter | | `replica_cache_evictions` |
 //! | `ssi_dp_cq_errors_total` | counter | | `cq_errors` |
 //! | `ssi_dp_shard_busy_turns_total` | counter | shard | `shard_turns` (turns that found work) |
 //! | `ssi_dp_shard_idle_turns_total` | counter | shard | `shard_turns` (turns that found none) |
@@ -68,6 +70,8 @@ pub const FAMILIES: &[&str] = &[
     "ssi_dp_peer_rtt_seconds",
     "ssi_dp_ping_pong_pages",
     "ssi_dp_prefetch_requests",
+    "ssi_dp_replica_pages",
+    "ssi_dp_replica_cache_evictions",
     "ssi_dp_cq_errors",
     "ssi_dp_shard_busy_turns",
     "ssi_dp_shard_idle_turns",
@@ -244,6 +248,8 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         peer_rtt,
         ping_pong,
         prefetches,
+        replicas_held,
+        replica_cache_evictions,
         cq_errors,
         shard_turns,
         faults_failed,
@@ -411,6 +417,27 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         None,
         &n,
         *prefetches,
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "ssi_dp_replica_pages",
+            "Pages of other homes this node holds (read-only replicas and pages it owns \
+             writable); counted only when the replica cache is bounded (--replica-cache), 0 \
+             otherwise.",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_family(&n)?
+            .encode_gauge(&(*replicas_held as f64))?;
+    }
+    counter(
+        enc,
+        "ssi_dp_replica_cache_evictions",
+        "Evictions started by the bounded replica cache (--replica-cache): the pages of \
+         other homes acquired least recently, beyond the bound.",
+        None,
+        &n,
+        *replica_cache_evictions,
     )?;
     counter(
         enc,

@@ -47,6 +47,7 @@ pub mod node_state;
 pub mod pmqos;
 pub mod redial;
 pub mod region;
+pub(crate) mod replica_cache;
 pub mod shard;
 #[cfg(test)]
 mod sim;

@@ -168,6 +168,10 @@ pub struct NodeConfig {
     /// the peer to) and the session resumes without losing a frame (see
     /// [`crate::shard::session`]). Zero: a broken connection is the node's death at once.
     pub resume_window: Duration,
+    /// Most pages of other homes the node holds at once (read-only replicas and pages it
+    /// owns writable), shared out over its shards; beyond it the least recently acquired are
+    /// evicted (see [`crate::replica_cache`]). 0, the default: no bound.
+    pub replica_cache: u64,
 }
 
 /// Default for [`NodeConfig::resume_window`]: the control plane's default failure timeout
@@ -216,6 +220,7 @@ impl NodeConfig {
             prefetch: 0,
             stall_after: DEFAULT_STALL_AFTER,
             resume_window: DEFAULT_RESUME_WINDOW,
+            replica_cache: 0,
         }
     }
 }
@@ -447,6 +452,7 @@ impl Node {
             proto,
             bucket_pages,
             traced: &cfg.trace_pages,
+            replica_cache: cfg.replica_cache,
         };
         let rings = inbox.drain(..).zip(outbox.drain(..));
         let mut setups = common.setups(mesh.conns, rings, &traces)?;
@@ -814,6 +820,7 @@ struct PartialSetup {
     trace: Option<TraceRings>,
     resume_window: Duration,
     redial: Option<RedialTx>,
+    replica_cache: usize,
 }
 
 /// What a shard thread reports once it runs: its transport's counters, or why it could not
@@ -898,6 +905,8 @@ struct ShardCommon<'a> {
     proto: coherence::Config,
     bucket_pages: u64,
     traced: &'a [u64],
+    /// The node's replica-cache bound in pages (0: none), shared out over the shards.
+    replica_cache: u64,
 }
 
 impl ShardCommon<'_> {
@@ -950,6 +959,9 @@ impl ShardCommon<'_> {
             trace,
             resume_window: DEFAULT_RESUME_WINDOW,
             redial: None,
+            // Each shard holds its share, rounded up (every shard may hold at least one).
+            replica_cache: usize::try_from(self.replica_cache.div_ceil(shards as u64))
+                .unwrap_or(usize::MAX),
         })
     }
 }
@@ -1126,6 +1138,7 @@ fn run_shard<T: Transport>(
         traced: s.traced,
         trace: s.trace,
         clock: crate::clock::Clock::Monotonic,
+        replica_cache: s.replica_cache,
     };
     let tstats = setup.transport.stats().clone();
     match Shard::new(setup) {

@@ -211,6 +211,15 @@ pub struct ShardStats {
     pub service_ns: [[AtomicHistogram; 2]; 3],
     /// Faults on pages beyond the address space (answered with SIGBUS).
     pub faults_out_of_range: AtomicU64,
+    /// Pages of other homes held now, when the replica cache is bounded (`--replica-cache`;
+    /// 0 otherwise: nothing counts them).
+    pub replicas_held: AtomicU64,
+    /// The most pages of other homes this shard held at once (bounded replica cache only).
+    pub replicas_held_max: AtomicU64,
+    /// Evictions the bounded replica cache started.
+    pub replica_evictions: AtomicU64,
+    /// Acquisitions the replica cache could not record (its ring was full; a bug if not 0).
+    pub replica_cache_lost: AtomicU64,
     /// Protocol counters, published from the shard's protocol instance every few turns.
     pub proto: ProtoCounters,
     /// Page heat at this shard's home pages.
@@ -280,6 +289,12 @@ impl ShardStats {
     pub fn histogram(&self, kind: FaultKind, loc: Locality) -> &AtomicHistogram {
         &self.service_ns[kind as usize][loc as usize]
     }
+}
+
+/// Sets a gauge (single writer: the shard that owns it).
+#[inline]
+pub fn set(c: &AtomicU64, v: u64) {
+    c.store(v, Relaxed);
 }
 
 /// Adds one to a counter that only the calling thread writes (a shard's own counters).

@@ -90,6 +90,25 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
             sum(stats, |x| &x.frames_resent),
         );
     }
+    let (held, evicted) = (
+        sum(stats, |x| &x.replicas_held),
+        sum(stats, |x| &x.replica_evictions),
+    );
+    if held > 0 || evicted > 0 {
+        // Only a bounded replica cache counts these (--replica-cache). Writing into a String
+        // cannot fail.
+        let _ = writeln!(
+            s,
+            "  replica cache: pages of other homes held {held} (peak per shard {}), \
+             evictions {evicted}, acquisitions not recorded {}",
+            stats
+                .iter()
+                .map(|x| x.replicas_held_max.load(Relaxed).to_string())
+                .collect::<Vec<_>>()
+                .join(" / "),
+            sum(stats, |x| &x.replica_cache_lost),
+        );
+    }
     let busy = sum(stats, |x| &x.busy_turns);
     let idle = sum(stats, |x| &x.idle_turns);
     let _ = write!(

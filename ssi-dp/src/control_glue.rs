@@ -322,6 +322,8 @@ impl NodeHandle for Glue {
             peer_rtt: m.map(|m| m.rtt()).unwrap_or_default(),
             ping_pong: sum(st, |x| &x.proto.ping_pong),
             prefetches: sum(st, |x| &x.proto.prefetches),
+            replicas_held: sum(st, |x| &x.replicas_held),
+            replica_cache_evictions: sum(st, |x| &x.replica_evictions),
             cq_errors,
             shard_turns: st
                 .iter()

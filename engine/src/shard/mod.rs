@@ -38,11 +38,12 @@ use crate::idle::IdlePolicy;
 use crate::node_state::NodeState;
 use crate::redial::{RedialTx, Request};
 use crate::region::Region;
+use crate::replica_cache::{self, ReplicaCache};
 use crate::spsc::{Consumer, Producer};
-use crate::stats::{bump, FaultKind, ShardStats};
+use crate::stats::{bump, set, FaultKind, ShardStats};
 use coherence::{
-    Access, Actions, DirState, Input, Layout, Machine, Msg, NodeId, NodeSet, Outcome, PageAccess,
-    StepError,
+    Access, Action, Actions, DirState, Input, Layout, Machine, Msg, NodeId, NodeSet, Outcome,
+    PageAccess, StepError,
 };
 
 /// Token the shard's userfaultfd is watched with.
@@ -60,6 +61,8 @@ const INBOX_BUDGET: usize = 256;
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Replicas offered for eviction per turn while leaving.
 const EVICT_BUDGET: usize = 256;
+/// Most evictions the replica cache offers per turn, and stale entries it skips.
+const CACHE_BUDGET: usize = 64;
 /// Busy turns between publications of the protocol counters.
 const PUBLISH_EVERY: u32 = 1024;
 /// Longest sleep while a session waits for a connection (bounds how late its window is
@@ -142,6 +145,9 @@ pub struct ShardSetup<T: Transport> {
     pub trace: Option<TraceRings>,
     /// Where the protocol's time comes from (the monotonic clock but in the simulator).
     pub clock: crate::clock::Clock,
+    /// Most pages of other homes this shard may hold at once (0: no bound); see
+    /// [`crate::replica_cache`].
+    pub replica_cache: usize,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardSetup<T> {
@@ -189,6 +195,8 @@ pub struct Shard<T: Transport> {
     uffd_ready: bool,
     /// When the userfaultfd was last read.
     uffd_read_at: u64,
+    /// The bound on pages of other homes held here, if there is one.
+    cache: Option<Box<ReplicaCache>>,
 }
 
 impl<T: Transport> std::fmt::Debug for Shard<T> {
@@ -255,7 +263,15 @@ impl<T: Transport> Shard<T> {
             uffd_gated: !matches!(s.idle, IdlePolicy::Spin),
             uffd_ready: true,
             uffd_read_at: 0,
+            cache: None,
         };
+        if s.replica_cache > 0 {
+            shard.cache = Some(Box::new(ReplicaCache::new(
+                s.replica_cache,
+                shard.machine.partition(),
+                shard.machine.layout(),
+            )));
+        }
         // In the order of the peer (node, shard): a transport that sets a connection up with
         // a blocking exchange (verbs: each side writes its message, then waits for the
         // peer's) then waits only on peers that come before it in one order every shard of
@@ -371,6 +387,22 @@ impl<T: Transport> Shard<T> {
         self.io.sessions.counts().restored
     }
 
+    /// See [`Shard::sim_fault`]: evictions the replica cache started, and pages of other homes
+    /// held now beyond the bound (with those whose eviction is on its way).
+    #[cfg(test)]
+    pub(crate) fn sim_cache(&self) -> (u64, usize) {
+        let evictions = self
+            .io
+            .stats
+            .replica_evictions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let over = self
+            .cache
+            .as_ref()
+            .map_or(0, |c| c.held().saturating_sub(c.cap()));
+        (evictions, over)
+    }
+
     /// See [`Shard::sim_fault`]: whether the session with `node` waits for a connection.
     #[cfg(test)]
     pub(crate) fn sim_detached(&self, node: NodeId) -> bool {
@@ -417,7 +449,12 @@ impl<T: Transport> Shard<T> {
         for c in cmds {
             match c {
                 Command::Extend(layout) => match self.machine.extend(layout.clone()) {
-                    Ok(()) => self.io.layout = layout,
+                    Ok(()) => {
+                        if let Some(c) = &mut self.cache {
+                            c.grow(&layout);
+                        }
+                        self.io.layout = layout;
+                    }
                     Err(e) => self
                         .io
                         .log
@@ -484,6 +521,9 @@ impl<T: Transport> Shard<T> {
         work += self.retry_faults();
         work += self.run_timers();
         work += self.evict_scan();
+        if self.cache.is_some() {
+            work += self.cache_turn();
+        }
         work += self.sessions_turn();
         if let Err(e) = self.io.transport.flush() {
             self.io
@@ -537,6 +577,9 @@ impl<T: Transport> Shard<T> {
             self.trace(&input, from);
         }
         let after = self.io.execute(&self.actions, payload);
+        if self.cache.is_some() {
+            self.note_replicas(input.page());
+        }
         self.aftermath(after);
         match res {
             Ok(o) => Some(o),
@@ -1153,7 +1196,7 @@ impl<T: Transport> Shard<T> {
         let gen = self.state.evict_generation();
         if gen != self.evict_gen {
             self.evict_gen = gen;
-            self.evict_cursor = Some(u64::from(self.index));
+            self.evict_cursor = Some(self.first_owned());
         }
         let Some(mut page) = self.evict_cursor else {
             return 0;
@@ -1178,12 +1221,12 @@ impl<T: Transport> Shard<T> {
                     busy = true;
                 }
             }
-            page += u64::from(self.count);
+            page = next_owned(page, self.count);
         }
         if page >= pages {
             // A full pass: done when nothing was left held; otherwise start over.
             if busy || !self.machine.is_quiescent() {
-                self.evict_cursor = Some(u64::from(self.index));
+                self.evict_cursor = Some(self.first_owned());
             } else {
                 self.evict_cursor = None;
                 self.state.evict_finished(self.index as usize, gen);
@@ -1192,6 +1235,82 @@ impl<T: Transport> Shard<T> {
             self.evict_cursor = Some(page);
         }
         offered
+    }
+
+    /// Tells the replica cache what the last step (on `page`, if it was about one) did to
+    /// pages of other homes.
+    fn note_replicas(&mut self, page: Option<u64>) {
+        let Some(cache) = &mut self.cache else { return };
+        if let Some(p) = page {
+            // A home that refuses an eviction (busy) ends it without a drop: the page stays.
+            cache.evicting_now(p, self.machine.is_evicting(p));
+        }
+        for a in &self.actions {
+            let (page, acquired) = match *a {
+                Action::Install { page, .. } | Action::MakeWritable { page } => (page, true),
+                Action::Drop { page } => (page, false),
+                _ => continue,
+            };
+            if self.io.layout.home_of(page).is_ok_and(|h| h != self.me) {
+                if acquired {
+                    cache.acquired(page);
+                } else {
+                    cache.dropped(page);
+                }
+            }
+        }
+        let held = cache.held() as u64;
+        set(&self.io.stats.replicas_held, held);
+        if held
+            > self
+                .io
+                .stats
+                .replicas_held_max
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            set(&self.io.stats.replicas_held_max, held);
+        }
+    }
+
+    /// While more pages of other homes are held than the replica cache allows: offer the
+    /// least recently acquired for eviction, a bounded number per turn. An eviction that
+    /// started counts as work; refusals do not, so a shard waiting for its evictions'
+    /// answers may sleep (the answers wake it).
+    fn cache_turn(&mut self) -> usize {
+        let mut work = 0;
+        for _ in 0..CACHE_BUDGET {
+            let next = match &mut self.cache {
+                Some(c) if c.over() => c.next(CACHE_BUDGET),
+                _ => break,
+            };
+            let replica_cache::Next::Evict(page) = next else {
+                break;
+            };
+            let out = self.step(Input::Evict { page }, None, None);
+            let started = matches!(out, Some(Outcome::EvictStarted));
+            let held = matches!(
+                self.machine.local_access(page),
+                Some(PageAccess::ReadOnly | PageAccess::Writable)
+            );
+            if let Some(c) = &mut self.cache {
+                c.offered(page, started, held);
+            }
+            if started {
+                bump(&self.io.stats.replica_evictions);
+                work += 1;
+            }
+        }
+        if let Some(c) = &mut self.cache {
+            c.compact(CACHE_BUDGET);
+            set(&self.io.stats.replicas_held, c.held() as u64);
+            set(&self.io.stats.replica_cache_lost, c.lost());
+        }
+        work
+    }
+
+    /// The first page of this shard's partition (its first granule).
+    fn first_owned(&self) -> u64 {
+        u64::from(self.index) * route::SHARD_GRANULE_PAGES
     }
 
     /// A peer node is down: tell the other shards, then handle it here.

@@ -44,6 +44,7 @@ fn seeds_hold_every_invariant() {
         total.crashes += st.crashes;
         total.flaps += st.flaps;
         total.restored += st.restored;
+        total.cache_evictions += st.cache_evictions;
     }
     eprintln!("engine simulator: {seeds} seeds, {total:?}");
     // The runs did something: accesses were made, frames crossed the network, and broken
@@ -56,6 +57,8 @@ fn seeds_hold_every_invariant() {
         seeds < 10 || (total.flaps > 0 && total.restored > 0),
         "{total:?}"
     );
+    // Bounded replica caches evicted pages (one seed in three bounds them to 1-2 pages).
+    assert!(seeds < 10 || total.cache_evictions > 0, "{total:?}");
 }
 
 #[test]

@@ -80,6 +80,8 @@ pub struct RunStats {
     pub flaps: u64,
     /// Sessions resumed on a new connection (both ends count).
     pub restored: u64,
+    /// Evictions started by bounded replica caches.
+    pub cache_evictions: u64,
 }
 
 /// A run's shape.
@@ -102,6 +104,8 @@ pub struct Scenario {
     pub crash: Option<(u16, u64)>,
     /// Connections between live nodes to break (each is connected again after a while).
     pub flaps: u32,
+    /// Each node's replica-cache bound in pages (0: none).
+    pub replica_cache: usize,
 }
 
 impl Scenario {
@@ -116,9 +120,20 @@ impl Scenario {
             residency_ns: [0, 10_000, 1_000_000][rng.gen_range(0..3)],
             crash: None,
             flaps: 0,
+            replica_cache: 0,
         }
         .with_crash(rng)
         .with_flaps(rng)
+        .with_cache(rng)
+    }
+
+    /// One seed in three bounds every node's replica cache to one or two pages, so that
+    /// evictions run all the time (drawn last: the other draws of a seed stay as they were).
+    fn with_cache(mut self, rng: &mut StdRng) -> Scenario {
+        if rng.gen_ratio(1, 3) {
+            self.replica_cache = rng.gen_range(1..=2);
+        }
+        self
     }
 
     /// One seed in two breaks up to four connections.
@@ -177,6 +192,8 @@ pub struct World {
     /// Broken connections `(a, b, when to connect them again)`.
     broken: Vec<(usize, usize, u64)>,
     stats: RunStats,
+    /// Every node's replica-cache bound (0: none).
+    replica_cache: usize,
 }
 
 /// Longest a touch may wait, in simulated time, before the run fails on liveness.
@@ -222,7 +239,15 @@ impl World {
             }
         }
         for i in 0..n {
-            nodes.push(sim_node(i, n, &layout, pages, config, &net, &clock)?);
+            nodes.push(sim_node(
+                i,
+                n,
+                &layout,
+                (pages, sc.replica_cache),
+                config,
+                &net,
+                &clock,
+            )?);
         }
         let pagemap = std::fs::File::open("/proc/self/pagemap")
             .map_err(|e| format!("/proc/self/pagemap: {e}"))?;
@@ -243,6 +268,7 @@ impl World {
             flaps: sc.flaps,
             broken: Vec::new(),
             stats: RunStats::default(),
+            replica_cache: sc.replica_cache,
         })
     }
 
@@ -309,9 +335,48 @@ impl World {
                 ));
             }
         }
+        self.settle_caches()?;
         self.stats.delivered = self.net.borrow().delivered;
         self.stats.restored = self.nodes.iter().map(|n| n.shard.sim_restored()).sum();
+        self.stats.cache_evictions = self.nodes.iter().map(|n| n.shard.sim_cache().0).sum();
         Ok(self.stats)
+    }
+
+    /// Once the touches are done, every node still in the run comes back within its replica
+    /// cache's bound: the evictions it started finish and a page whose residency window kept
+    /// it is offered again (turns and clock moves, checked after each as in the run).
+    fn settle_caches(&mut self) -> Result<(), Failure> {
+        const SETTLE_STEPS: u64 = 200_000;
+        let over = |w: &World| {
+            (0..w.nodes.len()).find(|&i| !w.out(i) && w.nodes[i].shard.sim_cache().1 > 0)
+        };
+        let mut steps = 0;
+        while let Some(n) = over(self) {
+            steps += 1;
+            if steps > SETTLE_STEPS {
+                let held = self.nodes[n].shard.sim_cache().1;
+                return Err(self.fail(
+                    "replica cache",
+                    format!(
+                        "node {n} still holds {held} pages beyond its bound of {} after \
+                         {SETTLE_STEPS} steps with nothing else to do",
+                        self.replica_cache
+                    ),
+                ));
+            }
+            self.stats.steps += 1;
+            self.reconnect();
+            if self.rng.gen_ratio(3, 4) {
+                let i = self.rng.gen_range(0..self.nodes.len());
+                if !self.dead[i] {
+                    self.nodes[i].shard.turn();
+                }
+            } else {
+                self.advance();
+            }
+            self.check()?;
+        }
+        Ok(())
     }
 
     /// Breaks the connection between two live nodes (what it carries is lost); it is
@@ -613,7 +678,7 @@ fn sim_node(
     i: usize,
     n: usize,
     layout: &Layout,
-    pages: u64,
+    (pages, replica_cache): (u64, usize),
     config: Config,
     net: &SharedNet,
     clock: &Arc<AtomicU64>,
@@ -654,6 +719,7 @@ fn sim_node(
         traced: Vec::new(),
         trace: None,
         clock: Clock::Manual(clock.clone()),
+        replica_cache,
     };
     let mut shard = Shard::new(setup).map_err(|e| e.to_string())?;
     for j in 0..n {

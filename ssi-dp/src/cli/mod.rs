@@ -166,6 +166,11 @@ pub struct NodeArgs {
     /// the next N-1 pages (up to 64; 0 or 1: off). See docs/tuning.md.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub prefetch: u32,
+    /// Bound on the memory of other homes this node keeps (read-only replicas and pages it
+    /// owns writable), e.g. 64M (K/M/G suffixes, at least one 4 KiB page; 0: no bound).
+    /// Beyond it the pages acquired least recently are evicted. See docs/operations.md.
+    #[arg(long, default_value = "0")]
+    pub replica_cache: String,
     /// Address space to reserve for growth (nodes joining), e.g. 1T.
     #[arg(long, default_value = "256G")]
     pub max_address_space: String,

@@ -112,6 +112,17 @@ pub fn run(a: NodeArgs) -> i32 {
         Ok(v) => v,
         Err(e) => return fail(format!("--max-address-space: {e}")),
     };
+    let replica_cache = match config::parse_size(&a.replica_cache) {
+        Ok(0) => 0,
+        Ok(b) if b < config::PAGE_SIZE => {
+            return fail(format!(
+                "--replica-cache {}: less than one 4 KiB page; give at least 4K, or 0 for no bound",
+                a.replica_cache
+            ))
+        }
+        Ok(b) => b / config::PAGE_SIZE,
+        Err(e) => return fail(format!("--replica-cache: {e}")),
+    };
     let pause_threshold = s
         .control
         .as_ref()
@@ -213,6 +224,7 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.protocol.residency_ns = a.residency_us * 1000;
     cfg.max_address_space = max_space;
     cfg.prefetch = a.prefetch;
+    cfg.replica_cache = replica_cache;
     for t in &a.trace_pages {
         let gpa = match t
             .strip_prefix("0x")
