@@ -52,6 +52,12 @@ pub struct Config {
     pub max_home_txns: u32,
     /// Directory entries scanned per step by the death clean-up.
     pub cleanup_chunk: u32,
+    /// Home migration (docs/protocol.md §12): a page's home may move to another node that
+    /// contributes memory ([`super::Input::MoveHome`]). Every node of a cluster must agree:
+    /// a node without it refuses the migration messages as violations. With it, every
+    /// contributing node keeps directory entries for the whole address space (zeroed memory,
+    /// resident only where used).
+    pub migration: bool,
 }
 
 impl Default for Config {
@@ -65,6 +71,7 @@ impl Default for Config {
             max_waiters_per_page: 64,
             max_home_txns: 4096,
             cleanup_chunk: 4096,
+            migration: false,
         }
     }
 }

@@ -109,9 +109,12 @@ impl Machine {
         let me = self.me;
         let r = t.requester;
         if r == me {
-            // Only the FwdAck could bring the data, and it never will.
+            // Only the FwdAck could bring the data, and it never will. (A home move has no
+            // waiter of its own; a local request queued behind it finds the page lost.)
             self.mark_lost(di, out);
-            self.local_failed(page, FailReason::Lost, out);
+            if t.move_to.is_none() {
+                self.local_failed(page, FailReason::Lost, out);
+            }
             self.finish(di, out);
             return;
         }

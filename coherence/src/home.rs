@@ -22,6 +22,11 @@ impl Machine {
         ver13: u16,
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
+        if !self.homed_here(page) {
+            // Home migration: not (or no longer) the home.
+            self.redirect(from, page, txn, out);
+            return Ok(Outcome::Done);
+        }
         if !self.home_enqueue(page, from, kind, txn, ver13, out) {
             self.stats.nacks_busy += 1;
             let nack = Msg::Nack {
@@ -48,9 +53,18 @@ impl Machine {
         let Some(di) = self.home_range.index(page) else {
             return false;
         };
+        if !self.homed_here(page) {
+            return false;
+        }
         let Some(h) = self.txns.alloc(Txn::new(requester, txn, kind, ver13)) else {
             return false;
         };
+        self.enqueue_at(di, h, out);
+        true
+    }
+
+    /// Appends transaction `h` to page `di`'s queue and starts it if the page is idle.
+    pub(crate) fn enqueue_at(&mut self, di: usize, h: u16, out: &mut Actions) {
         match self.dir[di].head() {
             None => {
                 self.dir[di].set_head(Some(h));
@@ -63,7 +77,6 @@ impl Machine {
                 self.txn_mut(head).tail = h;
             }
         }
-        true
     }
 
     /// Starts queued transactions until one has to wait.
@@ -120,6 +133,9 @@ impl Machine {
         let Some(di) = self.home_range.index(page) else {
             return;
         };
+        if !self.homed_here(page) {
+            return;
+        }
         if let Some(h) = self.dir[di].head() {
             if self.txn(h).phase == Phase::WaitHome {
                 let t = self.txn_mut(h);
@@ -136,6 +152,11 @@ impl Machine {
         let t = *self.txn(h);
         let me = self.me;
         let r = t.requester;
+        if !self.homed_here(page) {
+            // The page's home moved away while this request waited behind the move.
+            self.redirect_queued(h, page, out);
+            return true;
+        }
         if !t.resumed {
             self.stats.txns += 1;
         }
@@ -155,7 +176,7 @@ impl Machine {
             && (home_acc == PageAccess::Writable || (home_acc == PageAccess::ReadOnly && !is_write))
         {
             // An earlier transaction already gave the home what it asked for.
-            self.local_granted(page, false, out);
+            self.home_granted(di, h, false, out);
             return true;
         }
         // Does this transaction downgrade or drop the home's own copy?
@@ -184,7 +205,10 @@ impl Machine {
         let (me, r, txn) = (self.me, t.requester, t.req_txn);
         let v = self.dir[di].version();
         let is_write = t.is_write();
-        if r == me {
+        if let Some(to) = t.move_to {
+            self.complete_move(di, to, out);
+            true
+        } else if r == me {
             out.push(Action::Install {
                 page,
                 writable: true,
@@ -258,7 +282,11 @@ impl Machine {
             if upgrade_grant && (v & VERSION_MASK) != u32::from(t.ver13) {
                 self.violate("upgrade of a copy whose version is not current", page);
             }
-            let targets = self.live(s.without(me).without(r));
+            let mut targets = self.live(s.without(me).without(r));
+            if t.move_to.is_some() && self.bug_on(Bug::MoveKeepsSharers) {
+                // Injected bug: move the home while other nodes keep their copies.
+                targets = NodeSet::EMPTY;
+            }
             for x in targets.iter() {
                 self.stats.invalidations += 1;
                 self.send(
@@ -378,6 +406,12 @@ impl Machine {
         }
         let nv = self.dir[di].version().wrapping_add(1);
         self.dir[di].set_version(nv);
+        if let Some(to) = t.move_to {
+            // Every other copy is gone: the home's read-only copy is the page.
+            self.set_dir(di, DirState::Exclusive(me));
+            self.complete_move(di, to, out);
+            return;
+        }
         if r == me {
             out.push(Action::MakeWritable { page });
             self.set_home_access(page, PageAccess::Writable);
@@ -522,7 +556,7 @@ impl Machine {
             self.dir[di].set_version(t.new_version);
             self.set_dir(di, DirState::Exclusive(r));
             if r == me {
-                self.local_granted(page, true, out);
+                self.home_granted(di, h, true, out);
             }
         }
         self.finish(di, out);
@@ -665,6 +699,12 @@ impl Machine {
         let Some(di) = self.home_range.index(page) else {
             return Ok(Outcome::Done);
         };
+        if !self.homed_here(page) {
+            // Home migration: not (or no longer) the home. The evicting node keeps its copy
+            // and learns where the home is, if this node knows.
+            self.redirect(from, page, txn, out);
+            return Ok(Outcome::Done);
+        }
         let busy_nack = Msg::Nack {
             txn,
             page,

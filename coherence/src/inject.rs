@@ -23,6 +23,8 @@ pub(crate) enum Bug {
     DropWriteBack,
     /// A fault produces more actions than the buffer holds.
     FloodActions,
+    /// A home move hands the page over without invalidating the other sharers first.
+    MoveKeepsSharers,
 }
 
 impl Machine {

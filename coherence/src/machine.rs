@@ -5,7 +5,7 @@
 use super::action::{Action, Actions, FailReason, FatalReason};
 use super::config::{Config, ConfigError};
 use super::layout::{DenseRange, Layout, LayoutError, Partition};
-use super::msg::Msg;
+use super::msg::{Msg, NackReason};
 use super::node::{NodeId, NodeSet, MAX_NODES};
 use super::records::{Records, Req};
 use super::state::{zeroed_table, DirEntry, DirState, LocalState, PageAccess};
@@ -60,15 +60,24 @@ pub enum Input {
         /// Page number.
         page: u64,
     },
+    /// Move the home of `page` (homed here) to `to`, which contributes memory (home
+    /// migration, docs/protocol.md §12). Only with [`Config::migration`].
+    MoveHome {
+        /// Page number.
+        page: u64,
+        /// The new home.
+        to: NodeId,
+    },
 }
 
 impl Input {
     /// The page the input is about (`None` for `Tick` and `NodeDead`).
     pub fn page(&self) -> Option<u64> {
         match *self {
-            Input::Fault { page, .. } | Input::Evict { page } | Input::Prefetch { page } => {
-                Some(page)
-            }
+            Input::Fault { page, .. }
+            | Input::Evict { page }
+            | Input::Prefetch { page }
+            | Input::MoveHome { page, .. } => Some(page),
             Input::Message { msg, .. } => Some(msg.page()),
             Input::Tick | Input::NodeDead(_) => None,
         }
@@ -85,6 +94,22 @@ pub enum EvictRefusal {
     /// The page is busy (request, waiters, deferred work, or inside its
     /// residency window) or no record is free: try another page.
     Busy,
+}
+
+/// Why a home move was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveRefusal {
+    /// Home migration is off ([`Config::migration`]).
+    Off,
+    /// This node is not the page's home.
+    NotHome,
+    /// The target is this node, a node that contributes no memory, or a node known dead.
+    Target,
+    /// The page is busy (a transaction is active or queued) or no transaction record is
+    /// free: try later.
+    Busy,
+    /// The page is lost.
+    Lost,
 }
 
 /// What a step did besides its actions.
@@ -105,6 +130,10 @@ pub enum Outcome {
     EvictRefused(EvictRefusal),
     /// The prefetch request went out.
     PrefetchStarted,
+    /// The home move started: the page is collected here, then handed to the new home.
+    MoveStarted,
+    /// The home move was refused.
+    MoveRefused(MoveRefusal),
 }
 
 /// Errors of [`Machine::new`] and [`Machine::step`].
@@ -196,6 +225,10 @@ pub struct Machine {
     pub(crate) local: Vec<LocalState>,
     pub(crate) home_range: DenseRange,
     pub(crate) dir: Vec<DirEntry>,
+    /// Home migration: per local page, 1 + the node this instance believes is the page's
+    /// home, or 0 for the layout's home (the first hop of a request; a node that is no
+    /// longer home answers `Nack(Moved)`).
+    pub(crate) hint: Vec<u8>,
     pub(crate) txns: Txns,
     pub(crate) recs: Records,
     pub(crate) now: u64,
@@ -230,11 +263,18 @@ impl Machine {
             return Err(StepError::NotMember(me));
         };
         let local_range = DenseRange::new(layout.first_page(), layout.end_page(), partition);
-        let home_range = DenseRange::new(
-            my_range.first_page,
-            my_range.first_page + my_range.page_count,
-            partition,
-        );
+        // With home migration a node that contributes memory may become the home of any
+        // page: its directory covers the whole address space (zeroed, resident only where
+        // used).
+        let home_range = if config.migration && my_range.page_count > 0 {
+            local_range
+        } else {
+            DenseRange::new(
+                my_range.first_page,
+                my_range.first_page + my_range.page_count,
+                partition,
+            )
+        };
         let wpp = config.max_waiters_per_page as usize;
         // One page's work in one step: a chain of up to MAX_NODES + 1 queued
         // transactions (each at most 6 actions, the last one may send an
@@ -245,6 +285,11 @@ impl Machine {
             me,
             local: zeroed_table(local_range.len()),
             dir: zeroed_table(home_range.len()),
+            hint: if config.migration {
+                vec![0; local_range.len()]
+            } else {
+                Vec::new()
+            },
             local_range,
             home_range,
             txns: Txns::new(config.max_home_txns),
@@ -284,8 +329,20 @@ impl Machine {
         self.local_range = DenseRange::new(layout.first_page(), layout.end_page(), self.part);
         self.local
             .resize(self.local_range.len(), LocalState::default());
+        if self.cfg.migration {
+            self.hint.resize(self.local_range.len(), 0);
+            if self.home_range.len() > 0 {
+                self.home_range = self.local_range;
+                self.dir.resize(self.home_range.len(), DirEntry::default());
+            }
+        }
         self.layout = layout;
         Ok(())
+    }
+
+    /// The protocol's tunables.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// The partition of pages this instance serves.
@@ -339,6 +396,7 @@ impl Machine {
             Input::Evict { page } => self.on_evict(page, out),
             Input::NodeDead(node) => self.on_node_dead(node, out),
             Input::Prefetch { page } => self.on_prefetch(page, out),
+            Input::MoveHome { page, to } => self.on_move_home(page, to, out),
         };
         if out.overflowed() > 0 {
             let lost = out.overflowed();
@@ -398,11 +456,24 @@ impl Machine {
         }
         let page = msg.page();
         let li = self.local_index(page)?;
-        let home = self.layout.home_of(page)?;
-        self.check_route(from, &msg, home)?;
+        if self.cfg.migration {
+            if self.dead.contains(from) {
+                // Under home migration a late reply from a dead node may reach a node the
+                // home has since left: it is ignored like any late message, not misrouted.
+                self.stats.late_messages += 1;
+                return Ok(Outcome::Ignored);
+            }
+            self.check_route_migrating(from, &msg)?;
+        } else {
+            let home = self.layout.home_of(page)?;
+            self.check_route(from, &msg, home)?;
+        }
         if self.dead.contains(from) {
             self.stats.late_messages += 1;
             return Ok(Outcome::Ignored);
+        }
+        if self.cfg.migration {
+            self.learn_home(li, from, &msg);
         }
         match msg {
             Msg::ReadReq { txn, page } => {
@@ -447,7 +518,60 @@ impl Machine {
             Msg::Nack { txn, reason, .. } => self.on_nack(li, txn, reason, out),
             Msg::EvictAck { txn, .. } => self.on_evict_ack(li, txn, out),
             Msg::Recall { txn, .. } => self.on_recall(li, txn, out),
+            Msg::HomeMove {
+                txn, version, zero, ..
+            } => self.on_home_move(from, li, txn, version, zero, out),
         }
+    }
+
+    /// [`Self::check_route`] under home migration, where a node cannot know for certain which
+    /// node is a page's home: requests and evictions may reach a node that is no longer (or
+    /// not yet) the home, which redirects them; replies within a transaction must reach the
+    /// home; orders (and home moves) come from nodes that contribute memory, the only ones
+    /// that can be homes.
+    fn check_route_migrating(&self, from: NodeId, msg: &Msg) -> Result<(), StepError> {
+        let page = msg.page();
+        let misrouted = match msg {
+            Msg::ReadReq { .. }
+            | Msg::WriteReq { .. }
+            | Msg::UpgradeReq { .. }
+            | Msg::EvictReq { .. } => false,
+            Msg::InvAck { .. } | Msg::FwdAck { .. } | Msg::Done { .. } | Msg::RecallAck { .. } => {
+                !self.homed_here(page)
+            }
+            Msg::Data { .. } => false,
+            _ => !self.layout.homes().contains(from),
+        };
+        if misrouted {
+            return Err(StepError::Misrouted {
+                name: msg.name(),
+                page,
+                from,
+                home: self.home_now(page)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Under home migration, what a message says about where the page's home is: an order
+    /// comes from the home.
+    fn learn_home(&mut self, li: usize, from: NodeId, msg: &Msg) {
+        let home = match *msg {
+            Msg::Inv { .. }
+            | Msg::FwdRead { .. }
+            | Msg::FwdWrite { .. }
+            | Msg::Grant { .. }
+            | Msg::EvictAck { .. }
+            | Msg::Recall { .. }
+            | Msg::Nack {
+                reason: NackReason::Lost,
+                ..
+            } => from,
+            // A redirect counts only for the request it answers (see `on_nack`): one for an
+            // earlier request may name a home the page has left since.
+            _ => return,
+        };
+        self.set_hint(li, home);
     }
 
     fn step_fatal(&mut self, input: Input, out: &mut Actions) -> Result<Outcome, StepError> {
@@ -486,6 +610,51 @@ impl Machine {
             index: self.part.index(),
             count: self.part.count(),
         })
+    }
+
+    /// Whether this instance holds the live directory entry of `page` (is its home).
+    pub(crate) fn homed_here(&self, page: u64) -> bool {
+        let Some(di) = self.home_range.index(page) else {
+            return false;
+        };
+        let by_layout = self.layout.home_of(page) == Ok(self.me);
+        by_layout != self.dir[di].flipped()
+    }
+
+    /// The node this instance takes for `page`'s home: itself when it holds the entry,
+    /// otherwise the layout's home or, under home migration, the last home it learnt of.
+    pub(crate) fn home_now(&self, page: u64) -> Result<NodeId, StepError> {
+        let by_layout = self.layout.home_of(page)?;
+        if !self.cfg.migration {
+            return Ok(by_layout);
+        }
+        if self.homed_here(page) {
+            return Ok(self.me);
+        }
+        let hint = self
+            .local_range
+            .index(page)
+            .and_then(|li| self.hint.get(li).copied())
+            .unwrap_or(0)
+            .checked_sub(1)
+            .and_then(|n| NodeId::new(u16::from(n)).ok())
+            .filter(|&n| n != self.me);
+        // Not this node, which is not the home (told so by a redirect that crossed the home
+        // moving away from here, or one that reached it before the move here): where this
+        // node sent it last, or the layout's home.
+        let moved = self
+            .home_range
+            .index(page)
+            .and_then(|di| self.dir[di].moved_to());
+        Ok(hint.or(moved).unwrap_or(by_layout))
+    }
+
+    /// Records where local page `li`'s home is (home migration only).
+    pub(crate) fn set_hint(&mut self, li: usize, home: NodeId) {
+        if let Some(h) = self.hint.get_mut(li) {
+            // Node ids are below 64.
+            *h = home.get() as u8 + 1;
+        }
     }
 
     /// A fresh transaction id.
@@ -549,12 +718,35 @@ impl Machine {
 
     /// The directory state of `page`, if this instance is its home.
     pub fn dir_state(&self, page: u64) -> Option<DirState> {
-        self.home_range.index(page).map(|di| self.dir[di].state())
+        self.dir_entry(page).map(|e| e.state())
     }
 
     /// The directory entry of `page`, if this instance is its home.
     pub fn dir_entry(&self, page: u64) -> Option<DirEntry> {
+        if !self.homed_here(page) {
+            return None;
+        }
         self.home_range.index(page).map(|di| self.dir[di])
+    }
+
+    /// Whether this instance is `page`'s home now.
+    pub fn is_home(&self, page: u64) -> bool {
+        self.homed_here(page)
+    }
+
+    /// The node this instance takes for `page`'s home (itself, the layout's home, or under
+    /// home migration the last home it learnt of); `None` for a page outside the layout.
+    pub fn home_of(&self, page: u64) -> Option<NodeId> {
+        self.home_now(page).ok()
+    }
+
+    /// Under home migration, where `page`'s home went when it last moved away from here.
+    pub fn moved_to(&self, page: u64) -> Option<NodeId> {
+        let di = self.home_range.index(page)?;
+        if self.homed_here(page) {
+            return None;
+        }
+        self.dir[di].moved_to()
     }
 
     /// When the caller should next step `Tick` (a past time means now).

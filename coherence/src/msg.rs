@@ -12,6 +12,8 @@ pub enum NackReason {
     Busy,
     /// The page's only copy died with its owner.
     Lost,
+    /// The page's home moved to this node (home migration): ask it instead.
+    Moved(NodeId),
 }
 
 /// What an owner did with a forwarded request (`FwdAck` flags).
@@ -182,6 +184,20 @@ pub enum Msg {
         /// What the requester holds.
         have: RecallHave,
     },
+    /// Old home → new home: you are the page's home now (home migration). The old home
+    /// holds the only copy when it sends this (every other copy was invalidated or
+    /// surrendered first) and drops it; the payload is that copy, absent for a page never
+    /// materialised.
+    HomeMove {
+        /// The old home's move transaction (informational).
+        txn: u64,
+        /// Page number.
+        page: u64,
+        /// The page's version.
+        version: u32,
+        /// The page was never materialised: no payload, the new home records it as zero.
+        zero: bool,
+    },
 }
 
 impl Msg {
@@ -203,7 +219,8 @@ impl Msg {
             | Self::EvictAck { page, .. }
             | Self::Nack { page, .. }
             | Self::Recall { page, .. }
-            | Self::RecallAck { page, .. } => page,
+            | Self::RecallAck { page, .. }
+            | Self::HomeMove { page, .. } => page,
         }
     }
 
@@ -225,7 +242,8 @@ impl Msg {
             | Self::EvictAck { txn, .. }
             | Self::Nack { txn, .. }
             | Self::Recall { txn, .. }
-            | Self::RecallAck { txn, .. } => txn,
+            | Self::RecallAck { txn, .. }
+            | Self::HomeMove { txn, .. } => txn,
         }
     }
 
@@ -236,6 +254,7 @@ impl Msg {
             Self::FwdAck { outcome, .. } => outcome != FwdOutcome::HandedOff,
             Self::EvictReq { dirty, .. } => dirty,
             Self::RecallAck { have, .. } => have == RecallHave::Copy,
+            Self::HomeMove { zero, .. } => !zero,
             _ => false,
         }
     }
@@ -259,10 +278,11 @@ impl Msg {
             Self::Nack { .. } => "Nack",
             Self::Recall { .. } => "Recall",
             Self::RecallAck { .. } => "RecallAck",
+            Self::HomeMove { .. } => "HomeMove",
         }
     }
 
-    /// One message of every variant and flag combination (24 messages), for tests of
+    /// One message of every variant and flag combination (27 messages), for tests of
     /// whatever encodes messages.
     pub fn examples() -> Vec<Msg> {
         let n = |i: u16| NodeId::new(i).expect("example node ids are in range");
@@ -321,11 +341,19 @@ impl Msg {
         for dirty in [false, true] {
             v.push(Msg::EvictReq { txn, page, dirty });
         }
-        for reason in [NackReason::Busy, NackReason::Lost] {
+        for reason in [NackReason::Busy, NackReason::Lost, NackReason::Moved(n(17))] {
             v.push(Msg::Nack { txn, page, reason });
         }
         for have in [RecallHave::Nothing, RecallHave::Copy, RecallHave::Exclusive] {
             v.push(Msg::RecallAck { txn, page, have });
+        }
+        for zero in [false, true] {
+            v.push(Msg::HomeMove {
+                txn,
+                page,
+                version: 42,
+                zero,
+            });
         }
         v
     }
@@ -338,15 +366,16 @@ mod tests {
     #[test]
     fn examples_cover_every_variant_once_per_flag_combination() {
         let all = Msg::examples();
-        assert_eq!(all.len(), 24);
+        assert_eq!(all.len(), 27);
         let names: std::collections::BTreeSet<_> = all.iter().map(Msg::name).collect();
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 17);
         for m in &all {
             assert_eq!(m.page(), 0xfeed_0000_0001, "{m:?}");
             assert_eq!(m.txn(), 0x1234_5678_9abc, "{m:?}");
         }
         let with_data = all.iter().filter(|m| m.has_data()).count();
-        // Data ×2, FwdAck ×3 (all but HandedOff), dirty EvictReq, RecallAck with a copy.
-        assert_eq!(with_data, 7);
+        // Data ×2, FwdAck ×3 (all but HandedOff), dirty EvictReq, RecallAck with a copy,
+        // HomeMove of a materialised page.
+        assert_eq!(with_data, 8);
     }
 }

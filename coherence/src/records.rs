@@ -77,6 +77,9 @@ pub(crate) struct PageRec {
     pub(crate) li: u32,
     pub(crate) in_use: bool,
     pub(crate) req: Req,
+    /// The node the outstanding request went to: the home that serves it (under home
+    /// migration the node's idea of the home may change while the request is out).
+    pub(crate) asked: NodeId,
     /// The home recalled the outstanding request: only data from the home
     /// is accepted for it.
     pub(crate) recalled: bool,
@@ -99,6 +102,7 @@ impl PageRec {
         li: 0,
         in_use: false,
         req: Req::Idle,
+        asked: NodeId::ZERO,
         recalled: false,
         version: 0,
         waiters: NIL,

@@ -71,7 +71,7 @@ impl Machine {
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
         let li = self.local_index(page)?;
-        let home = self.layout.home_of(page)?;
+        let home = self.home_now(page)?;
         let idle =
             self.local[li].access() == PageAccess::Invalid && self.local[li].record().is_none();
         // Faults keep a quarter of the records: a prefetch never makes one wait.
@@ -93,6 +93,7 @@ impl Machine {
             kind: ReqKind::Read,
             txn,
         };
+        r.asked = home;
         r.recalled = false;
         self.send(home, Msg::ReadReq { txn, page }, None, out);
         Ok(Outcome::PrefetchStarted)
@@ -100,7 +101,7 @@ impl Machine {
 
     pub(crate) fn on_evict(&mut self, page: u64, out: &mut Actions) -> Result<Outcome, StepError> {
         let li = self.local_index(page)?;
-        let home = self.layout.home_of(page)?;
+        let home = self.home_now(page)?;
         if home == self.me {
             return Ok(Outcome::EvictRefused(EvictRefusal::HomeOwned));
         }
@@ -154,7 +155,7 @@ impl Machine {
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
         let page = self.local_range.page(li);
-        let home = self.layout.home_of(page)?;
+        let home = self.home_now(page)?;
         let pending = self.local[li]
             .record()
             .and_then(|ri| match self.rec(ri).req {
@@ -172,6 +173,8 @@ impl Machine {
             return Ok(Outcome::Done);
         };
         let r = *self.rec(ri);
+        // The home serving this request is the node it went to.
+        let home = r.asked;
         if r.recalled && from != home {
             // The home recalled the request; only its answer counts now.
             self.stats.late_messages += 1;
@@ -259,7 +262,20 @@ impl Machine {
                 self.fail_waiters(ri, FailReason::Lost, out);
                 self.rec_maybe_free(ri);
             }
-            (Req::Evicting { txn: t, dirty }, NackReason::Busy) if t == txn => {
+            (Req::Pending { txn: t, .. }, NackReason::Moved(home)) if t == txn => {
+                // Home migration: the home moved; ask the node the old home names.
+                self.set_hint(li, home);
+                self.stats.redirected += 1;
+                self.rec_mut(ri).req = Req::Idle;
+                self.issue(ri, out);
+                self.rec_maybe_free(ri);
+            }
+            (Req::Evicting { txn: t, dirty }, NackReason::Busy | NackReason::Moved(_))
+                if t == txn =>
+            {
+                if let NackReason::Moved(home) = reason {
+                    self.set_hint(li, home);
+                }
                 self.stats.evictions_refused += 1;
                 if dirty && self.local[li].access() == PageAccess::ReadOnly {
                     // Still the exclusive owner: restore write access.
@@ -270,6 +286,8 @@ impl Machine {
                 self.issue(ri, out);
                 self.rec_maybe_free(ri);
             }
+            // A redirect for a request that was already answered another way: nothing to do.
+            (_, NackReason::Moved(_)) => self.stats.late_messages += 1,
             _ => self.violate("nack for a transaction that is not outstanding", page),
         }
         Ok(Outcome::Done)
@@ -305,7 +323,7 @@ impl Machine {
                 return;
             }
         }
-        let Ok(home) = self.layout.home_of(page) else {
+        let Ok(home) = self.home_now(page) else {
             return;
         };
         self.send(home, Msg::InvAck { txn, page }, None, out);
@@ -381,7 +399,7 @@ impl Machine {
         out: &mut Actions,
     ) {
         let page = self.local_range.page(li);
-        let Ok(home) = self.layout.home_of(page) else {
+        let Ok(home) = self.home_now(page) else {
             return;
         };
         let Some((rec, acc)) = self.fwd_accept(li, page, requester) else {
@@ -453,7 +471,7 @@ impl Machine {
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
         let page = self.local_range.page(li);
-        let home = self.layout.home_of(page)?;
+        let home = self.home_now(page)?;
         let rec = self.local[li].record();
         let evicting_dirty =
             rec.is_some_and(|ri| matches!(self.rec(ri).req, Req::Evicting { dirty: true, .. }));
@@ -528,13 +546,14 @@ impl Machine {
                 return;
             }
         };
-        let Ok(home) = self.layout.home_of(page) else {
+        let Ok(home) = self.home_now(page) else {
             return;
         };
         let txn = self.fresh_txn();
         self.stats.requests += 1;
         let rec = self.rec_mut(ri);
         rec.req = Req::Pending { kind, txn };
+        rec.asked = home;
         rec.recalled = false;
         // The version is below 2^13 after masking.
         let ver13 = (r.version & VERSION_MASK) as u16;

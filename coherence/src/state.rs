@@ -18,6 +18,9 @@ pub enum DirState {
 
 const EXCL: u8 = 1 << 0;
 const LOST: u8 = 1 << 1;
+/// Home migration: whether this node is the page's home is the opposite of what the layout
+/// says (a page of its own range moved away, or another node's page moved here).
+const FLIP: u8 = 1 << 2;
 
 /// A home page's directory entry: holders, version, active transaction.
 #[repr(C)]
@@ -28,7 +31,8 @@ pub struct DirEntry {
     /// 1 + index of the active (head) transaction record; 0 = idle.
     txn: u16,
     flags: u8,
-    _reserved: u8,
+    /// Home migration: 1 + the node this page's home moved to from here, 0 = none.
+    moved_to: u8,
 }
 
 impl DirEntry {
@@ -67,6 +71,12 @@ impl DirEntry {
     }
 
     pub(crate) fn set(&mut self, state: DirState) {
+        let keep = self.flags & FLIP;
+        self.set_state(state);
+        self.flags |= keep;
+    }
+
+    fn set_state(&mut self, state: DirState) {
         match state {
             DirState::Zero => {
                 self.holders = 0;
@@ -89,6 +99,32 @@ impl DirEntry {
 
     pub(crate) fn set_version(&mut self, v: u32) {
         self.version = v;
+    }
+
+    /// Whether the home is not where the layout puts it (see `FLIP`).
+    pub(crate) fn flipped(&self) -> bool {
+        self.flags & FLIP != 0
+    }
+
+    /// Records whether the home is where the layout puts it; the other flags are kept.
+    pub(crate) fn set_flipped(&mut self, on: bool) {
+        if on {
+            self.flags |= FLIP;
+        } else {
+            self.flags &= !FLIP;
+        }
+    }
+
+    /// Where the page's home went when it last moved away from this node.
+    pub fn moved_to(&self) -> Option<NodeId> {
+        self.moved_to
+            .checked_sub(1)
+            .and_then(|n| NodeId::new(u16::from(n)).ok())
+    }
+
+    pub(crate) fn set_moved_to(&mut self, node: Option<NodeId>) {
+        // Node ids are below 64, so 1 + id fits.
+        self.moved_to = node.map_or(0, |n| n.get() as u8 + 1);
     }
 }
 

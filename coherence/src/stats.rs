@@ -46,4 +46,14 @@ pub struct Stats {
     pub late_messages: u64,
     /// Protocol violations seen (a peer or this instance is buggy).
     pub violations: u64,
+    /// Home moves started here ([`super::Input::MoveHome`]).
+    pub moves_started: u64,
+    /// Pages whose home moved away from here.
+    pub moves_out: u64,
+    /// Pages whose home moved here.
+    pub moves_in: u64,
+    /// Requests and evictions this node answered `Nack(Moved)` (it was the page's home).
+    pub redirects: u64,
+    /// This node's requests sent again to a new home after a `Nack(Moved)`.
+    pub redirected: u64,
 }

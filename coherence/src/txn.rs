@@ -49,6 +49,9 @@ pub(crate) struct Txn {
     pub(crate) kept: bool,
     /// Already passed the residency check once (resumed after a deferral).
     pub(crate) resumed: bool,
+    /// A home move (requester = this home): once the home holds the only copy, the page
+    /// goes to this node instead of completing a local request.
+    pub(crate) move_to: Option<NodeId>,
     pub(crate) next: u16,
     pub(crate) tail: u16,
 }
@@ -71,6 +74,7 @@ impl Txn {
             home_has: false,
             kept: false,
             resumed: false,
+            move_to: None,
             next: NIL16,
             tail: NIL16,
         }

@@ -207,6 +207,10 @@ pub struct Telemetry {
     pub replicas_held: u64,
     /// Evictions the bounded replica cache started.
     pub replica_cache_evictions: u64,
+    /// Pages whose home moved here (home migration, `--placement on`).
+    pub homes_moved_in: u64,
+    /// Pages whose home moved away from here.
+    pub homes_moved_out: u64,
     /// Completion-queue errors (io_uring CQEs with an error result; RDMA CQ errors).
     pub cq_errors: u64,
     /// Shard loop turns that found work / none, by shard.

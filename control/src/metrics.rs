@@ -29,6 +29,7 @@
 //! | `ssi_dp_prefetch_requests_total` | counter | | `prefetches` |
 //! | `ssi_dp_replica_pages` | gauge | | `replicas_held` |
 //! | `ssi_dp_replica_cache_evictions_total` | counter | | `replica_cache_evictions` |
+//! | `ssi_dp_home_moves_total` | counter | direction (in, out) | `homes_moved_in`, `homes_moved_out` |
 //! | `ssi_dp_cq_errors_total` | counter | | `cq_errors` |
 //! | `ssi_dp_shard_busy_turns_total` | counter | shard | `shard_turns` (turns that found work) |
 //! | `ssi_dp_shard_idle_turns_total` | counter | shard | `shard_turns` (turns that found none) |
@@ -72,6 +73,7 @@ pub const FAMILIES: &[&str] = &[
     "ssi_dp_prefetch_requests",
     "ssi_dp_replica_pages",
     "ssi_dp_replica_cache_evictions",
+    "ssi_dp_home_moves",
     "ssi_dp_cq_errors",
     "ssi_dp_shard_busy_turns",
     "ssi_dp_shard_idle_turns",
@@ -250,6 +252,8 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         prefetches,
         replicas_held,
         replica_cache_evictions,
+        homes_moved_in,
+        homes_moved_out,
         cq_errors,
         shard_turns,
         faults_failed,
@@ -439,6 +443,20 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         &n,
         *replica_cache_evictions,
     )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "ssi_dp_home_moves",
+            "Pages whose home moved to this node (in) or from it (out): home migration, \
+             --placement on.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (dir, v) in [("in", *homes_moved_in), ("out", *homes_moved_out)] {
+            let l = with(&n, &[("direction", dir.to_string())]);
+            m.encode_family(&l)?
+                .encode_counter::<NoLabelSet, u64, u64>(&v, None::<&NoExemplar>)?;
+        }
+    }
     counter(
         enc,
         "ssi_dp_cq_errors",

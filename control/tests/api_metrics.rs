@@ -106,6 +106,8 @@ fn telemetry() -> Telemetry {
         prefetches: 314,
         replicas_held: 315,
         replica_cache_evictions: 316,
+        homes_moved_in: 317,
+        homes_moved_out: 318,
         cq_errors: 311,
         shard_turns: vec![(0, 401, 402), (1, 403, 404)],
         faults_failed: 312,
@@ -177,6 +179,13 @@ fn expected(t: &Telemetry) -> Samples {
     ];
     for (name, v) in scalars {
         put(name, &[], v as f64);
+    }
+    for (dir, v) in [("in", t.homes_moved_in), ("out", t.homes_moved_out)] {
+        put(
+            "ssi_dp_home_moves_total",
+            &[("direction", dir.to_string())],
+            v as f64,
+        );
     }
     for (peer, rtt) in &t.peer_rtt {
         put(
@@ -270,6 +279,8 @@ fn every_field_value_reaches_the_text() {
         t.prefetches,
         t.replicas_held,
         t.replica_cache_evictions,
+        t.homes_moved_in,
+        t.homes_moved_out,
         t.cq_errors,
         t.faults_failed,
         t.protocol_violations,

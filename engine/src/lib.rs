@@ -44,6 +44,7 @@ pub mod mesh;
 pub mod mixed;
 pub mod node;
 pub mod node_state;
+pub mod placement;
 pub mod pmqos;
 pub mod redial;
 pub mod region;

@@ -170,6 +170,10 @@ pub struct Credentials {
     /// Offer RDMA verbs in every handshake (the node's shards can carry connections over
     /// verbs).
     pub offer_verbs: bool,
+    /// Home migration is on (`--placement on`): every node must agree, so it is part of the
+    /// layout digest the handshake compares (a node with the other setting is refused as a
+    /// layout mismatch).
+    pub migration: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -182,6 +186,20 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// What the handshake compares: the layout digest, bound to the placement setting when home
+/// migration is on (the protocol's messages differ, so both ends must run the same).
+fn handshake_digest(cluster: &ClusterSpec, creds: &Credentials) -> [u8; 32] {
+    let d = cluster.digest().0;
+    if !creds.migration {
+        return d;
+    }
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"ssi-dp placement: home migration\0");
+    h.update(d);
+    h.finalize().into()
+}
+
 /// Handshake configuration for node `me` speaking as local shard `shard`.
 pub(crate) fn hs_config(
     cluster: &ClusterSpec,
@@ -190,7 +208,7 @@ pub(crate) fn hs_config(
     creds: &Credentials,
     stats: &Arc<HandshakeStats>,
 ) -> Result<HandshakeConfig, MeshError> {
-    let mut c = HandshakeConfig::new(cluster.me, &creds.secret, cluster.digest().0)
+    let mut c = HandshakeConfig::new(cluster.me, &creds.secret, handshake_digest(cluster, creds))
         .map_err(MeshError::Config)?;
     c.frame_auth = creds.frame_auth;
     c.identity = creds.identity.clone();

@@ -418,6 +418,7 @@ impl Node {
             frame_auth: cfg.frame_auth,
             identity: cfg.identity,
             offer_verbs: matches!(chosen, Chosen::Verbs(_) | Chosen::Mixed { .. }),
+            migration: cfg.protocol.migration,
         };
         let mesh = mesh::establish(
             cfg.listener,

@@ -103,9 +103,10 @@ impl Heat {
         self.bucket_pages
     }
 
-    /// Counts one request for `page` by `node` (owning shard only).
+    /// Counts one request for `page` by `node` (owning shard only); returns `node`'s count
+    /// for the page among the recently requested pages.
     #[inline]
-    pub fn record(&self, page: u64, node: u16) {
+    pub fn record(&self, page: u64, node: u16) -> u64 {
         let n = usize::from(node) % NODES;
         let b = ((page / self.bucket_pages) as usize).min(HEAT_BUCKETS - 1);
         add(&self.buckets[b][n], 1);
@@ -118,6 +119,35 @@ impl Heat {
             self.recent_page[slot].store(page, Relaxed);
         }
         add(&self.recent[slot][n], 1);
+        self.recent[slot][n].load(Relaxed)
+    }
+
+    /// The node with the most recent requests for `page`, its count and the count over all
+    /// nodes, if the page is remembered (no allocation: 64 loads).
+    pub fn dominant(&self, page: u64) -> Option<(u16, u64, u64)> {
+        let slot = (page as usize) % RECENT_PAGES;
+        if self.recent_page[slot].load(Relaxed) != page {
+            return None;
+        }
+        let (mut best, mut best_n, mut total) = (0u16, 0u64, 0u64);
+        for (n, c) in self.recent[slot].iter().enumerate() {
+            let v = c.load(Relaxed);
+            total += v;
+            if v > best_n {
+                (best, best_n) = (n as u16, v);
+            }
+        }
+        Some((best, best_n, total))
+    }
+
+    /// Forgets `page`'s recent requests (its home moved: the evidence starts again).
+    pub fn forget(&self, page: u64) {
+        let slot = (page as usize) % RECENT_PAGES;
+        if self.recent_page[slot].load(Relaxed) == page {
+            for c in &self.recent[slot] {
+                c.store(0, Relaxed);
+            }
+        }
     }
 
     /// Requests of bucket `b` by node `n`.
@@ -245,6 +275,12 @@ pub struct ProtoCounters {
     pub nacks_busy: AtomicU64,
     /// Read requests issued by sequential prefetch.
     pub prefetches: AtomicU64,
+    /// Pages whose home moved here (home migration).
+    pub homes_in: AtomicU64,
+    /// Pages whose home moved away from here.
+    pub homes_out: AtomicU64,
+    /// Requests and evictions answered with the page's new home (this node had moved it).
+    pub redirects: AtomicU64,
 }
 
 impl ProtoCounters {
@@ -258,6 +294,9 @@ impl ProtoCounters {
         self.requests.store(s.requests, Relaxed);
         self.nacks_busy.store(s.nacks_busy, Relaxed);
         self.prefetches.store(s.prefetches, Relaxed);
+        self.homes_in.store(s.moves_in, Relaxed);
+        self.homes_out.store(s.moves_out, Relaxed);
+        self.redirects.store(s.redirects, Relaxed);
     }
 }
 

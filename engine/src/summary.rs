@@ -90,6 +90,19 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
             sum(stats, |x| &x.frames_resent),
         );
     }
+    let (moved_in, moved_out) = (
+        sum(stats, |x| &x.proto.homes_in),
+        sum(stats, |x| &x.proto.homes_out),
+    );
+    if moved_in > 0 || moved_out > 0 {
+        // Home migration (--placement on). Writing into a String cannot fail.
+        let _ = writeln!(
+            s,
+            "  home moves: pages homed here from elsewhere {moved_in}, moved away {moved_out}, \
+             requests redirected to a new home {}",
+            sum(stats, |x| &x.proto.redirects),
+        );
+    }
     let (held, evicted) = (
         sum(stats, |x| &x.replicas_held),
         sum(stats, |x| &x.replica_evictions),

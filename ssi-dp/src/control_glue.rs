@@ -324,6 +324,8 @@ impl NodeHandle for Glue {
             prefetches: sum(st, |x| &x.proto.prefetches),
             replicas_held: sum(st, |x| &x.replicas_held),
             replica_cache_evictions: sum(st, |x| &x.replica_evictions),
+            homes_moved_in: sum(st, |x| &x.proto.homes_in),
+            homes_moved_out: sum(st, |x| &x.proto.homes_out),
             cq_errors,
             shard_turns: st
                 .iter()

@@ -99,6 +99,7 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
             t.recalls += s.recalls;
             t.evictions += s.evictions;
             t.prefetches += s.prefetches;
+            t.moves += s.moves;
             t.drain_events = t.drain_events.max(s.drain_events);
             for (a, b) in t.by_kind.iter_mut().zip(s.by_kind) {
                 *a += b;
@@ -132,7 +133,7 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
     let t = summary.totals;
     eprintln!(
         "{test}: {} seeds, {} protocol steps (+{} busy fault retries), {} thread ops, {} messages in {:.2?} \
-         (ping-pong {}, deferred {}, recalls {}, evictions {}, prefetches {}, pages lost {})",
+         (ping-pong {}, deferred {}, recalls {}, evictions {}, prefetches {}, home moves {}, pages lost {})",
         summary.seeds,
         t.steps,
         t.busy_faults,
@@ -144,6 +145,7 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
         t.recalls,
         t.evictions,
         t.prefetches,
+        t.moves,
         t.lost
     );
     let kinds: Vec<String> = world::KIND_NAMES

@@ -82,6 +82,8 @@ pub(crate) struct Scenario {
     /// Sequential-prefetch depth: a read fault on page `p` also prefetches `p+1 ..
     /// p+depth-1` (0: off).
     pub(crate) prefetch: u32,
+    /// Home moves per 100 operations (home migration, `config.migration`; 0: off).
+    pub(crate) move_pct: u32,
 }
 
 impl Scenario {
@@ -155,6 +157,7 @@ impl Scenario {
             max_waiters_per_page,
             max_home_txns,
             cleanup_chunk: rng.gen_range(1..=8),
+            migration: false,
         };
         let mut crashes = Vec::new();
         let ops = rng.gen_range(150..=1200u64) * if family == Family::Large { 3 } else { 1 };
@@ -170,9 +173,24 @@ impl Scenario {
             let victim = homes[rng.gen_range(0..homes.len())];
             crashes.push((victim, rng.gen_range(ops / 4..ops)));
         }
+        // Its own stream, so the rest of each seed's scenario stays what it was: home
+        // migration in half the seeds, with a few to many moves.
+        let move_pct = {
+            let mut r = StdRng::seed_from_u64(seed ^ 0x6d6f_7665_686f_6d65);
+            if r.gen_bool(0.5) {
+                [2, 10, 30][r.gen_range(0..3)]
+            } else {
+                0
+            }
+        };
+        let config = Config {
+            migration: move_pct > 0,
+            ..config
+        };
         Self {
             seed,
             family,
+            move_pct,
             contrib,
             base_page: if rng.gen_bool(0.5) {
                 0
@@ -225,7 +243,7 @@ impl Scenario {
         format!(
             "family={:?} nodes={} contrib={:?} base_page={} shards={:?} threads={} profile={:?} \
              write%={} ops={} evict%={} residency={}ns pingpong={}ns pools(rec={},wait={},wpp={},txn={}) \
-             fifo_per_page={} delay_max={}ns slow%={} crashes={:?} prefetch={} bug={:?}",
+             fifo_per_page={} delay_max={}ns slow%={} crashes={:?} prefetch={} move%={} bug={:?}",
             self.family,
             self.contrib.len(),
             self.contrib,
@@ -247,6 +265,7 @@ impl Scenario {
             self.slow_pct,
             self.crashes,
             self.prefetch,
+            self.move_pct,
             self.bug,
         )
     }

@@ -19,7 +19,24 @@ fn sim_mixed_clusters() {
         );
         // Sequential prefetch (an ordinary read with no waiter) is part of the mix.
         assert!(s.totals.prefetches > 0, "no prefetch was issued");
+        assert_home_moves(&s.totals);
     }
+}
+
+/// Home migration ran in the family's seeds: moves started, pages travelled to new homes
+/// with and without data, and requests that reached an old home were redirected.
+fn assert_home_moves(t: &super::world::RunStats) {
+    let kind = |name: &str| {
+        let k = super::world::KIND_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .expect("a known message kind");
+        t.by_kind[k]
+    };
+    assert!(t.moves > 0, "no home move started: {t:?}");
+    assert!(kind("HomeMove(data)") > 0, "no home moved with data: {t:?}");
+    assert!(kind("HomeMove(zero)") > 0, "no untouched page moved: {t:?}");
+    assert!(kind("Nack(moved)") > 0, "no request was redirected: {t:?}");
 }
 
 #[test]
@@ -34,6 +51,8 @@ fn sim_compute_node_crashes() {
     assert!(s.totals.steps > s.seeds);
     if !replaying() {
         assert!(s.totals.prefetches > 0, "no prefetch was issued");
+        // Homes move while compute nodes crash.
+        assert_home_moves(&s.totals);
     }
     if !replaying() {
         // The failure paths were taken, not just scheduled.
@@ -105,6 +124,21 @@ fn injected_missing_write_protect_is_caught() {
             FailKind::StaleCopy,
             FailKind::StaleRead,
             FailKind::BadAction,
+        ],
+    );
+}
+
+#[test]
+fn injected_home_move_keeping_sharers_is_caught() {
+    caught(
+        "injected_home_move_keeping_sharers_is_caught",
+        Family::Mixed,
+        Bug::MoveKeepsSharers,
+        &[
+            FailKind::Swmr,
+            FailKind::StaleCopy,
+            FailKind::StaleRead,
+            FailKind::EndState,
         ],
     );
 }

@@ -71,6 +71,8 @@ pub(crate) struct RunStats {
     pub(crate) evictions: u64,
     /// Prefetch requests issued.
     pub(crate) prefetches: u64,
+    /// Home moves started.
+    pub(crate) moves: u64,
     /// Events the run took to drain after its last operation.
     pub(crate) drain_events: u64,
     /// Messages sent, by variant (coverage).
@@ -90,6 +92,7 @@ impl Default for RunStats {
             recalls: 0,
             evictions: 0,
             prefetches: 0,
+            moves: 0,
             drain_events: 0,
             by_kind: [0; KINDS],
         }
@@ -97,7 +100,7 @@ impl Default for RunStats {
 }
 
 /// Message variants told apart in coverage counts.
-pub(crate) const KINDS: usize = 24;
+pub(crate) const KINDS: usize = 27;
 
 /// Names of the coverage counters.
 pub(crate) const KIND_NAMES: [&str; KINDS] = [
@@ -125,6 +128,9 @@ pub(crate) const KIND_NAMES: [&str; KINDS] = [
     "RecallAck(nothing)",
     "RecallAck(copy)",
     "RecallAck(exclusive)",
+    "Nack(moved)",
+    "HomeMove(zero)",
+    "HomeMove(data)",
 ];
 
 fn kind_of(m: &Msg) -> usize {
@@ -166,6 +172,12 @@ fn kind_of(m: &Msg) -> usize {
             RecallHave::Copy => 22,
             RecallHave::Exclusive => 23,
         },
+        Msg::Nack {
+            reason: NackReason::Moved(_),
+            ..
+        } => 24,
+        Msg::HomeMove { zero: true, .. } => 25,
+        Msg::HomeMove { zero: false, .. } => 26,
     }
 }
 
@@ -245,6 +257,9 @@ enum Ev {
     Tick(u16, u16),
     Dead(u16, u16, u16),
     Evict(u16),
+    /// Home migration: move a random page's home to a random other node that contributes
+    /// memory.
+    Move,
     Crash(u16),
     /// A tick at an arbitrary time (callers may tick early or often).
     SpuriousTick(u16, u16),
@@ -427,12 +442,12 @@ impl World {
             // Every page some home is busy with, at every node.
             for p in 0..self.pages {
                 let page = self.base + p as u64;
-                let h = self.homes[p];
-                if self.insts[h][self.inst_of(h, page)]
-                    .m
-                    .dir_entry(page)
-                    .is_some_and(|e| e.busy())
-                {
+                // Busy at its home, or waited for by some node's threads.
+                let busy = (0..self.nodes).any(|h| {
+                    let m = &self.insts[h][self.inst_of(h, page)].m;
+                    m.dir_entry(page).is_some_and(|e| e.busy()) || m.waiters_on(page) > 0
+                });
+                if busy {
                     message.push_str(&format!("\n  busy page {page}:"));
                     for n in 0..self.nodes {
                         let i = self.inst_of(n, page);
@@ -536,6 +551,7 @@ impl World {
                     .map(|_| ())
             }
             Ev::Evict(n) => self.evict(n.into()),
+            Ev::Move => self.move_home(),
             Ev::SpuriousTick(n, i) => {
                 let (n, i) = (usize::from(n), usize::from(i));
                 if !self.alive[n] {

@@ -40,10 +40,12 @@ pub enum DecodeError {
     },
 }
 
-fn nack_arg(reason: NackReason) -> u64 {
+/// A `Nack`'s `aux` and `arg`: the reason in `arg`, and for `Moved` the new home in `aux`.
+fn nack_fields(reason: NackReason) -> (u16, u64) {
     match reason {
-        NackReason::Busy => 1,
-        NackReason::Lost => 2,
+        NackReason::Busy => (0, 1),
+        NackReason::Lost => (0, 2),
+        NackReason::Moved(home) => (home.get(), 3),
     }
 }
 
@@ -92,7 +94,10 @@ fn fields(msg: &Msg) -> (MsgType, u16, u64, u16) {
         Msg::Done { .. } => (T::Done, 0, 0, 0),
         Msg::EvictReq { dirty, .. } => (T::EvictReq, 0, 0, set(dirty, DIRTY)),
         Msg::EvictAck { .. } => (T::EvictAck, 0, 0, 0),
-        Msg::Nack { reason, .. } => (T::Nack, 0, nack_arg(reason), 0),
+        Msg::Nack { reason, .. } => {
+            let (aux, arg) = nack_fields(reason);
+            (T::Nack, aux, arg, 0)
+        }
         Msg::Recall { .. } => (T::Recall, 0, 0, 0),
         Msg::RecallAck { have, .. } => {
             let flags = match have {
@@ -102,6 +107,7 @@ fn fields(msg: &Msg) -> (MsgType, u16, u64, u16) {
             };
             (T::RecallAck, 0, 0, flags)
         }
+        Msg::HomeMove { version, .. } => (T::HomeMove, 0, version.into(), 0),
     }
 }
 
@@ -123,7 +129,7 @@ pub fn decode(h: &Header) -> Result<Msg, DecodeError> {
             f.no_flags()?;
             decode_with_args(&f)
         }
-        T::Data | T::FwdAck | T::EvictReq | T::RecallAck => {
+        T::Data | T::FwdAck | T::EvictReq | T::RecallAck | T::HomeMove => {
             f.no_aux()?;
             decode_with_flags(&f)
         }
@@ -170,10 +176,16 @@ fn decode_with_args(f: &Fields<'_>) -> Result<Msg, DecodeError> {
             Msg::Grant { txn, page, version }
         }
         MsgType::Nack => {
-            f.no_aux()?;
             let reason = match arg {
-                1 => NackReason::Busy,
-                2 => NackReason::Lost,
+                1 | 2 => {
+                    f.no_aux()?;
+                    if arg == 1 {
+                        NackReason::Busy
+                    } else {
+                        NackReason::Lost
+                    }
+                }
+                3 => NackReason::Moved(f.node()?),
                 _ => return Err(f.bad_arg()),
             };
             Msg::Nack { txn, page, reason }
@@ -230,6 +242,20 @@ fn decode_with_flags(f: &Fields<'_>) -> Result<Msg, DecodeError> {
                 _ => return Err(f.bad_flags()),
             };
             Msg::RecallAck { txn, page, have }
+        }
+        MsgType::HomeMove => {
+            let version = f.version()?;
+            let zero = match flags {
+                0 => true,
+                DATA => false,
+                _ => return Err(f.bad_flags()),
+            };
+            Msg::HomeMove {
+                txn,
+                page,
+                version,
+                zero,
+            }
         }
         other => return Err(DecodeError::NotProtocol(other)),
     })
@@ -320,10 +346,10 @@ mod tests {
             assert_eq!(h.sender, 5);
             assert_eq!(decode(&h), Ok(m), "{m:?} -> {h:?}");
         }
-        // The protocol's 16 messages are the wire's codes 1..=16, in the allocated order.
+        // The protocol's 17 messages are the wire's codes 1..=17, in the allocated order.
         assert_eq!(
             types.into_iter().collect::<Vec<_>>(),
-            (1..=16).collect::<Vec<u8>>()
+            (1..=17).collect::<Vec<u8>>()
         );
         let (txn, page) = (1, 2);
         assert_eq!(encode(&Msg::ReadReq { txn, page }, sender()).ty as u8, 1);
@@ -382,10 +408,29 @@ mod tests {
             with(MsgType::EvictReq, &|h| h.flags = DATA),
             Err(DecodeError::BadFlags { .. })
         ));
-        // Nack reasons are 1 and 2.
+        // Nack reasons are 1 to 3; only a redirect (3) names a node.
         assert!(matches!(
             decode(&of(MsgType::Nack)),
             Err(DecodeError::BadArg { .. })
+        ));
+        assert!(matches!(
+            with(MsgType::Nack, &|h| {
+                h.arg = 1;
+                h.aux = 3;
+            }),
+            Err(DecodeError::BadNode { aux: 3, .. })
+        ));
+        assert!(matches!(
+            with(MsgType::Nack, &|h| {
+                h.arg = 3;
+                h.aux = 64;
+            }),
+            Err(DecodeError::BadNode { aux: 64, .. })
+        ));
+        // A home move's only flag is DATA.
+        assert!(matches!(
+            with(MsgType::HomeMove, &|h| h.flags = DATA | DIRTY),
+            Err(DecodeError::BadFlags { .. })
         ));
         // A hand-off FwdAck carries no data; GONE without KEPT is meaningless.
         assert!(matches!(

@@ -95,8 +95,13 @@ impl<T: Transport> std::fmt::Debug for Io<T> {
 
 impl<T: Transport> Io<T> {
     /// Executes `actions` in order. `payload` is the received buffer of the message the step
-    /// processed, if it had one.
-    pub fn execute(&mut self, actions: &Actions, payload: Option<&RxBuf>) -> Aftermath {
+    /// processed, if it had one; `machine` (after the step) says which pages are homed here.
+    pub fn execute(
+        &mut self,
+        actions: &Actions,
+        payload: Option<&RxBuf>,
+        machine: &coherence::Machine,
+    ) -> Aftermath {
         let mut after = Aftermath::default();
         for a in actions {
             if self.deferred.on && self.defer(a, &mut after) {
@@ -120,9 +125,10 @@ impl<T: Transport> Io<T> {
                 Action::Wake { page } => self.wake(page),
                 Action::FaultDone { page, token } => {
                     let kind = FaultKind::from_bits(token);
-                    let loc = match self.layout.home_of(page) {
-                        Ok(h) if h == self.me => Locality::Home,
-                        _ => Locality::Remote,
+                    let loc = if machine.is_home(page) {
+                        Locality::Home
+                    } else {
+                        Locality::Remote
                     };
                     let ns = self.clock.now().saturating_sub(token >> 2);
                     self.stats.served(kind, loc, ns);

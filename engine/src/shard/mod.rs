@@ -197,6 +197,8 @@ pub struct Shard<T: Transport> {
     uffd_read_at: u64,
     /// The bound on pages of other homes held here, if there is one.
     cache: Option<Box<ReplicaCache>>,
+    /// Home migration's policy, when it is on ([`coherence::Config::migration`]).
+    placement: Option<crate::placement::Policy>,
 }
 
 impl<T: Transport> std::fmt::Debug for Shard<T> {
@@ -264,7 +266,11 @@ impl<T: Transport> Shard<T> {
             uffd_ready: true,
             uffd_read_at: 0,
             cache: None,
+            placement: None,
         };
+        if shard.machine.config().migration {
+            shard.placement = Some(crate::placement::Policy::default());
+        }
         if s.replica_cache > 0 {
             shard.cache = Some(Box::new(ReplicaCache::new(
                 s.replica_cache,
@@ -576,7 +582,7 @@ impl<T: Transport> Shard<T> {
         if !self.traced.is_empty() {
             self.trace(&input, from);
         }
-        let after = self.io.execute(&self.actions, payload);
+        let after = self.io.execute(&self.actions, payload, &self.machine);
         if self.cache.is_some() {
             self.note_replicas(input.page());
         }
@@ -943,12 +949,15 @@ impl<T: Transport> Shard<T> {
                 return;
             }
         };
-        if matches!(
+        let request = matches!(
             msg,
             Msg::ReadReq { .. } | Msg::WriteReq { .. } | Msg::UpgradeReq { .. }
-        ) {
-            self.io.stats.heat.record(msg.page(), from.get());
-        }
+        );
+        let count = if request {
+            self.io.stats.heat.record(msg.page(), from.get())
+        } else {
+            0
+        };
         if shard_of(msg.page(), self.count) != self.index
             || msg.page() >= self.machine.layout().end_page()
         {
@@ -961,6 +970,33 @@ impl<T: Transport> Shard<T> {
             return;
         }
         self.step(Input::Message { from, msg }, payload, Some(from));
+        if request {
+            self.consider_move(msg.page(), count);
+        }
+    }
+
+    /// Home migration: after a request for a page homed here, move the page's home to the
+    /// node that uses it most, if the policy says so ([`crate::placement`]).
+    fn consider_move(&mut self, page: u64, count: u64) {
+        let Some(policy) = self.placement else {
+            return;
+        };
+        if !self.machine.is_home(page) {
+            return;
+        }
+        let to = policy.decide(
+            &self.io.stats.heat,
+            self.machine.layout(),
+            page,
+            count,
+            self.me,
+        );
+        let Some(to) = to else {
+            return;
+        };
+        if let Some(Outcome::MoveStarted) = self.step(Input::MoveHome { page, to }, None, None) {
+            self.io.stats.heat.forget(page);
+        }
     }
 
     fn read_faults(&mut self) -> usize {
@@ -1047,13 +1083,13 @@ impl<T: Transport> Shard<T> {
         else {
             return;
         };
-        let remote = match self.machine.layout().home_of(page) {
-            Ok(h) if h == self.me => {
+        let remote = match self.machine.home_of(page) {
+            Some(h) if h == self.me => {
                 self.io.stats.heat.record(page, self.me.get());
                 false
             }
-            Ok(_) => true,
-            Err(_) => {
+            Some(_) => true,
+            None => {
                 // Beyond the address space (a stray pointer into the reserved region): the
                 // toucher gets SIGBUS instead of waiting forever.
                 bump(&self.io.stats.faults_out_of_range);
@@ -1208,7 +1244,7 @@ impl<T: Transport> Shard<T> {
             if matches!(
                 self.machine.local_access(page),
                 Some(PageAccess::ReadOnly | PageAccess::Writable)
-            ) && self.io.layout.home_of(page).is_ok_and(|h| h != self.me)
+            ) && self.machine.home_of(page).is_some_and(|h| h != self.me)
             {
                 offered += 1;
                 // Started, refused as busy (offered again next pass) or refused because the
@@ -1251,7 +1287,7 @@ impl<T: Transport> Shard<T> {
                 Action::Drop { page } => (page, false),
                 _ => continue,
             };
-            if self.io.layout.home_of(page).is_ok_and(|h| h != self.me) {
+            if self.machine.home_of(page).is_some_and(|h| h != self.me) {
                 if acquired {
                     cache.acquired(page);
                 } else {

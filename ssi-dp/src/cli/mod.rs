@@ -171,6 +171,11 @@ pub struct NodeArgs {
     /// Beyond it the pages acquired least recently are evicted. See docs/operations.md.
     #[arg(long, default_value = "0")]
     pub replica_cache: String,
+    /// Page placement: `off` keeps every page's home where the layout puts it; `on` moves a
+    /// page's home to the node that uses it most (home migration). Every node must use the
+    /// same setting. See docs/operations.md.
+    #[arg(long, default_value = "off", value_parser = ["off", "on"])]
+    pub placement: String,
     /// Address space to reserve for growth (nodes joining), e.g. 1T.
     #[arg(long, default_value = "256G")]
     pub max_address_space: String,

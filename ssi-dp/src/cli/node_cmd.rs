@@ -225,6 +225,7 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.max_address_space = max_space;
     cfg.prefetch = a.prefetch;
     cfg.replica_cache = replica_cache;
+    cfg.protocol.migration = a.placement == "on";
     for t in &a.trace_pages {
         let gpa = match t
             .strip_prefix("0x")

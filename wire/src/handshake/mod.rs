@@ -270,7 +270,7 @@ pub enum HandshakeError {
     #[error("node {0} is not in this node's allowed set: add it to the cluster inventory")]
     UnknownNode(NodeId),
     /// The cluster layouts differ.
-    #[error("cluster layout mismatch: ours is {ours}, the peer's is {theirs}; every node must list the same nodes (--peer) with the same memory sizes")]
+    #[error("cluster layout mismatch: ours is {ours}, the peer's is {theirs}; every node must list the same nodes (--peer) with the same memory sizes and the same --placement")]
     LayoutMismatch {
         /// Our digest.
         ours: Digest,

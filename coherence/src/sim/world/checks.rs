@@ -163,7 +163,31 @@ impl World {
     pub(super) fn check_end_state(&self) -> Result<(), Failure> {
         for p in 0..self.pages {
             let page = self.base + p as u64;
-            let h = self.homes[p];
+            // Exactly one live node is the page's home once everything drained (home
+            // migration moves it; the layout's home otherwise).
+            let homes: Vec<usize> = (0..self.nodes)
+                .filter(|&n| self.alive[n] && self.is_home(n, p))
+                .collect();
+            let [h] = homes[..] else {
+                return Err(self.fail(
+                    FailKind::EndState,
+                    Some(page),
+                    format!(
+                        "page {page} has {} homes at the end: {homes:?}",
+                        homes.len()
+                    ),
+                ));
+            };
+            if !self.sc.config.migration && h != self.homes[p] {
+                return Err(self.fail(
+                    FailKind::EndState,
+                    Some(page),
+                    format!(
+                        "page {page} is homed on n{h}, not its layout home n{}",
+                        self.homes[p]
+                    ),
+                ));
+            }
             let st = self.insts[h][self.inst_of(h, page)].m.dir_state(page);
             let mut ro = NodeSet::EMPTY;
             let mut rw = NodeSet::EMPTY;

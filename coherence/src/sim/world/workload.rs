@@ -27,6 +27,10 @@ impl World {
                     let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
                     self.push(at, Ev::Evict(victim as u16));
                 }
+                if self.sc.move_pct > 0 && self.rng.gen_range(0..100) < self.sc.move_pct {
+                    let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
+                    self.push(at, Ev::Move);
+                }
                 if self.rng.gen_range(0..100) < 3 {
                     let i = self.rng.gen_range(0..self.insts[n].len());
                     let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
@@ -139,7 +143,7 @@ impl World {
             return Ok(());
         }
         let held: Vec<usize> = (0..self.pages)
-            .filter(|&p| self.mem[n][p].map != Map::None && self.homes[p] != n)
+            .filter(|&p| self.mem[n][p].map != Map::None && !self.is_home(n, p))
             .collect();
         if held.is_empty() {
             return Ok(());
@@ -149,6 +153,45 @@ impl World {
         let i = self.inst_of(n, page);
         self.step(n, i, Input::Evict { page }, None, false)
             .map(|_| ())
+    }
+
+    /// Whether node `n` is page `p`'s home now (under home migration it may not be the
+    /// layout's home).
+    pub(super) fn is_home(&self, n: usize, p: usize) -> bool {
+        let page = self.base + p as u64;
+        self.insts[n][self.inst_of(n, page)].m.is_home(page)
+    }
+
+    /// The live node that is page `p`'s home now, if exactly one is (none while a move is
+    /// in flight).
+    pub(super) fn current_home(&self, p: usize) -> Option<usize> {
+        let mut homes = (0..self.nodes).filter(|&n| self.alive[n] && self.is_home(n, p));
+        let h = homes.next()?;
+        homes.next().is_none().then_some(h)
+    }
+
+    /// Asks a random page's home to move it to another live node that contributes memory.
+    pub(super) fn move_home(&mut self) -> Result<(), Failure> {
+        let p = self.rng.gen_range(0..self.pages);
+        let Some(h) = self.current_home(p) else {
+            return Ok(());
+        };
+        let targets: Vec<usize> = (0..self.nodes)
+            .filter(|&n| n != h && self.alive[n] && self.sc.contrib[n] > 0)
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let to = targets[self.rng.gen_range(0..targets.len())];
+        let page = self.base + p as u64;
+        let i = self.inst_of(h, page);
+        let to = crate::NodeId::new(to as u16)
+            .map_err(|e| self.fail(FailKind::BadAction, Some(page), e.to_string()))?;
+        let out = self.step(h, i, Input::MoveHome { page, to }, None, false)?;
+        if out == Outcome::MoveStarted {
+            self.stats.moves += 1;
+        }
+        Ok(())
     }
 
     pub(super) fn fire_crashes(&mut self) {
