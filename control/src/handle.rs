@@ -74,6 +74,27 @@ pub struct PageInfo {
     pub busy: bool,
     /// Recent requests for the page by requesting node, `(node, count)`.
     pub recent_requests: Vec<(u16, u64)>,
+    /// The node the cluster layout makes the page's home; `home` differs once home migration
+    /// (`--placement on`) moved it.
+    #[serde(default)]
+    pub layout_home: u16,
+    /// The page's moves on the way from the layout's home to `home`, oldest first, as the
+    /// nodes that made them remember them (each keeps its last 256 moves).
+    #[serde(default)]
+    pub moves: Vec<PageMove>,
+}
+
+/// One move of a page's home, and why it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PageMove {
+    /// The home it left.
+    pub from: u16,
+    /// The home it moved to.
+    pub to: u16,
+    /// Recent requests for the page by `to` at the old home when it moved.
+    pub requests: u64,
+    /// Recent requests for it by every node (the old home's own faults included).
+    pub of: u64,
 }
 
 /// Why a page query failed.

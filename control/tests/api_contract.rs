@@ -121,6 +121,13 @@ impl NodeHandle for MockNode {
             version: (page % 1000) as u32,
             busy: false,
             recent_requests: vec![(0, page % 7), (1, 3)],
+            layout_home: home.id,
+            moves: vec![control::handle::PageMove {
+                from: home.id,
+                to: home.id,
+                requests: 16,
+                of: 20,
+            }],
         })
     }
 

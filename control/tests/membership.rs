@@ -67,6 +67,8 @@ impl NodeControl for FakeNode {
             version: 0,
             busy: false,
             recent_requests: vec![],
+            layout_home: 0,
+            moves: vec![],
         })
     }
 }

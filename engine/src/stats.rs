@@ -181,6 +181,23 @@ impl Default for Heat {
     }
 }
 
+/// One home move this shard made, and why (home migration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveRecord {
+    /// The page.
+    pub page: u64,
+    /// The node it moved to.
+    pub to: u16,
+    /// Recent requests for it by that node, when it moved.
+    pub requests: u64,
+    /// Recent requests for it by every node (this one's own faults included).
+    pub of: u64,
+}
+
+/// The last home moves a shard made, newest last (at most [`MOVE_LOG`]; written once per move,
+/// never on the fault path).
+pub const MOVE_LOG: usize = 256;
+
 /// Counters and histograms of one shard.
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -254,6 +271,8 @@ pub struct ShardStats {
     pub proto: ProtoCounters,
     /// Page heat at this shard's home pages.
     pub heat: Heat,
+    /// The last home moves this shard made (see [`MoveRecord`]).
+    pub moves: std::sync::Mutex<std::collections::VecDeque<MoveRecord>>,
 }
 
 /// Counters of a shard's protocol instance, mirrored as atomics for the control side.

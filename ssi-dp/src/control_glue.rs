@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use control::handle::{
-    Heat, JoinRequest, Member, MembershipError, MembershipOps, NodeHandle, PageInfo,
+    Heat, JoinRequest, Member, MembershipError, MembershipOps, NodeHandle, PageInfo, PageMove,
     PageQueryError, Telemetry,
 };
 use control::membership::msg::NodeInfo;
@@ -23,6 +23,8 @@ use engine::summary;
 
 /// How long a join may take to apply on this node.
 const EXTEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most nodes a page query visits following a page's moved home.
+const MAX_PAGE_HOPS: usize = 8;
 
 /// See the module documentation.
 pub struct Glue {
@@ -56,34 +58,38 @@ impl Glue {
     }
 
     /// The state of a page this node homes.
+    /// This node's view of the page: its state if this node is its home; under home
+    /// migration, `state: "moved"` with `home` the node it moved to, if it left from here
+    /// (the query follows it); an error otherwise.
     fn local_page(&self, gpa: u64) -> Result<PageInfo, PageQueryError> {
         let layout = self.node.layout();
         let end = layout.end_page() * PAGE_SIZE;
         let page = gpa / PAGE_SIZE;
-        let home = match layout.home_of(page) {
+        let layout_home = match layout.home_of(page) {
             Ok(h) if gpa < end => h.get(),
             _ => return Err(PageQueryError::OutOfRange { gpa, end }),
         };
+        let me = self.node.id();
         let unavailable = |why: &str| PageQueryError::HomeUnavailable {
             gpa,
-            home,
+            home: me,
             why: why.into(),
         };
-        if home != self.node.id() {
-            return Err(unavailable("this node is not the page's home"));
-        }
         let st = self
             .node
             .query_page(page)
             .ok_or_else(|| unavailable("the shard owning the page did not answer"))?;
-        let d = st.dir.unwrap_or(DirView {
-            state: "zero",
-            owner: None,
-            sharers: Vec::new(),
-            version: 0,
-            busy: false,
-        });
-        Ok(PageInfo {
+        let moves: Vec<PageMove> = st
+            .moves
+            .iter()
+            .map(|m| PageMove {
+                from: me,
+                to: m.to,
+                requests: m.requests,
+                of: m.of,
+            })
+            .collect();
+        let info = |home: u16, d: DirView| PageInfo {
             gpa: page * PAGE_SIZE,
             page,
             home,
@@ -92,8 +98,35 @@ impl Glue {
             sharers: d.sharers,
             version: d.version,
             busy: d.busy,
-            recent_requests: st.recent,
-        })
+            recent_requests: st.recent.clone(),
+            layout_home,
+            moves: moves.clone(),
+        };
+        if let Some(d) = st.dir {
+            return Ok(info(me, d));
+        }
+        if let Some(to) = st.moved_to {
+            let moved = DirView {
+                state: "moved",
+                owner: None,
+                sharers: Vec::new(),
+                version: 0,
+                busy: false,
+            };
+            return Ok(info(to, moved));
+        }
+        if layout_home == me {
+            // Never written and never moved: the layout's home holds it as zero.
+            let zero = DirView {
+                state: "zero",
+                owner: None,
+                sharers: Vec::new(),
+                version: 0,
+                busy: false,
+            };
+            return Ok(info(me, zero));
+        }
+        Err(unavailable("this node is not the page's home"))
     }
 
     fn control_of(&self, id: u16) -> String {
@@ -233,22 +266,45 @@ impl NodeHandle for Glue {
     fn page(&self, gpa: u64) -> Result<PageInfo, PageQueryError> {
         let layout = self.node.layout();
         let end = layout.end_page() * PAGE_SIZE;
-        let home = match layout.home_of(gpa / PAGE_SIZE) {
+        let mut home = match layout.home_of(gpa / PAGE_SIZE) {
             Ok(h) if gpa < end => h.get(),
             _ => return Err(PageQueryError::OutOfRange { gpa, end }),
         };
-        if home == self.node.id() {
-            return self.local_page(gpa);
+        // A page's coherence state lives at its home: start at the layout's and follow the
+        // page's moves (home migration), a bounded number of them.
+        let mut moves = Vec::new();
+        for _ in 0..MAX_PAGE_HOPS {
+            let mut info = if home == self.node.id() {
+                self.local_page(gpa)?
+            } else {
+                match self.membership.get() {
+                    Some(m) => m.query_page(home, gpa)?,
+                    None => {
+                        return Err(PageQueryError::HomeUnavailable {
+                            gpa,
+                            home,
+                            why: format!(
+                                "no control plane to ask node {home}; query its API instead"
+                            ),
+                        })
+                    }
+                }
+            };
+            moves.append(&mut info.moves);
+            if info.state != "moved" {
+                info.moves = moves;
+                return Ok(info);
+            }
+            home = info.home;
         }
-        // A page's coherence state lives at its home: ask it over the control plane.
-        match self.membership.get() {
-            Some(m) => m.query_page(home, gpa),
-            None => Err(PageQueryError::HomeUnavailable {
-                gpa,
-                home,
-                why: format!("no control plane to ask node {home}; query its API instead"),
-            }),
-        }
+        Err(PageQueryError::HomeUnavailable {
+            gpa,
+            home,
+            why: format!(
+                "the page's home moved more than {MAX_PAGE_HOPS} times since the layout's; \
+                 ask again (its home is moving now) or query node {home}"
+            ),
+        })
     }
 
     fn heat(&self) -> Heat {

@@ -630,3 +630,74 @@ fn a_supervisor_forms_stops_and_reforms_clusters_on_request() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Home migration seen through the API: three homes run `partition` with `--placement on`
+/// (each part homed on the next node, a replica cache too small to keep it), and a query for
+/// a page of a part, asked at any node, starts at the layout's home, follows the page to the
+/// node it moved to, and says why it moved (the new home's share of the requests).
+#[test]
+fn a_page_query_follows_the_page_to_its_new_home_and_says_why_it_moved() {
+    let dir = scratch_dir("cp-placement");
+    let p = ports(3);
+    let inv = inventory(&dir, &[0, 1, 2], &["16M", "16M", "16M"], &p, 1500);
+    let mut up = Proc::start(&[
+        "up",
+        "--init",
+        inv.to_str().unwrap(),
+        "--",
+        "--workload",
+        "partition",
+        "--ops",
+        "10000",
+        "--workers",
+        "2",
+        "--replica-cache",
+        "512K",
+        "--placement",
+        "on",
+        "--linger-secs",
+        "120",
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(180), || up
+            .output()
+            .matches("workload partition: OK")
+            .count()
+            == 3),
+        "the workload did not finish on every node:\n{}",
+        up.output()
+    );
+    // The parts start 128 pages into each home's range (16 MiB = 4096 pages each).
+    let mut moved = Vec::new();
+    for home in 0..3u64 {
+        for j in (0..256).step_by(17) {
+            let gpa = (home * 4096 + 128 + j) * 4096;
+            let (code, body) = http("GET", p[2].api, &format!("/pages/{gpa:#x}"), "");
+            assert_eq!(code, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["layout_home"].as_u64(), Some(home), "{body}");
+            let moves = v["moves"].as_array().cloned().unwrap_or_default();
+            if v["home"].as_u64() != Some(home) {
+                // Moved: the chain starts at the layout's home and ends at the home.
+                assert!(!moves.is_empty(), "{body}");
+                assert_eq!(moves[0]["from"].as_u64(), Some(home), "{body}");
+                assert_eq!(moves.last().unwrap()["to"], v["home"], "{body}");
+                for m in &moves {
+                    let (r, of) = (m["requests"].as_u64(), m["of"].as_u64());
+                    assert!(r >= Some(16) && r <= of, "{body}");
+                }
+                moved.push(body);
+            }
+        }
+    }
+    assert!(
+        moved.len() > 10,
+        "only {} of 48 part pages moved:\n{}",
+        moved.len(),
+        moved.join("\n")
+    );
+    eprintln!("{} of 48 part pages moved, e.g. {}", moved.len(), moved[0]);
+    assert_eq!(http("DELETE", p[0].api, "/cluster", "").0, 202);
+    assert_eq!(up.wait(Duration::from_secs(60)), Some(0), "{}", up.output());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,6 +33,11 @@ pub struct PageState {
     pub dir: Option<DirView>,
     /// Recent requests for the page by node, `(node, count)`, as this home counted them.
     pub recent: Vec<(u16, u64)>,
+    /// Home migration: where the page's home went when it last left this node (and it is
+    /// not back), so the query can follow it.
+    pub moved_to: Option<u16>,
+    /// The moves of this page this node made, and why (oldest first).
+    pub moves: Vec<crate::stats::MoveRecord>,
 }
 
 /// A command for a shard.

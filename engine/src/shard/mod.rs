@@ -489,9 +489,15 @@ impl<T: Transport> Shard<T> {
                             busy: e.busy(),
                         }
                     });
+                    let moves = self.io.stats.moves.lock().map_or_else(
+                        |_| Vec::new(),
+                        |log| log.iter().filter(|m| m.page == page).copied().collect(),
+                    );
                     let _ = reply.send(PageState {
                         dir,
                         recent: self.io.stats.heat.recent(page),
+                        moved_to: self.machine.moved_to(page).map(|n| n.get()),
+                        moves,
                     });
                 }
             }
@@ -994,8 +1000,26 @@ impl<T: Transport> Shard<T> {
         let Some(to) = to else {
             return;
         };
+        let (requests, of) = self
+            .io
+            .stats
+            .heat
+            .dominant(page)
+            .map_or((0, 0), |(_, n, all)| (n, all));
         if let Some(Outcome::MoveStarted) = self.step(Input::MoveHome { page, to }, None, None) {
             self.io.stats.heat.forget(page);
+            // Once per move, never per fault: the control side reads the log under the lock.
+            if let Ok(mut log) = self.io.stats.moves.lock() {
+                if log.len() == crate::stats::MOVE_LOG {
+                    log.pop_front();
+                }
+                log.push_back(crate::stats::MoveRecord {
+                    page,
+                    to: to.get(),
+                    requests,
+                    of,
+                });
+            }
         }
     }
 
