@@ -39,6 +39,12 @@ pub struct Config {
     /// An invalidation/forward arriving within this time (ns) of acquiring
     /// the page counts as ping-pong in [`super::Stats::ping_pong`].
     pub ping_pong_window_ns: u64,
+    /// Ping-pong damping (docs/protocol.md §9): a page taken away from this node within
+    /// `ping_pong_window_ns` of acquiring it is held longer the next time it is acquired — this
+    /// many ns after its first such take-away, twice that after the second, up to 8 times (0
+    /// turns damping off). The per-page levels live in a small direct-mapped table (256 pages
+    /// per instance) and fall back to zero once a page has been left alone for a while.
+    pub ping_pong_hold_ns: u64,
     /// Delay before re-sending a request the home refused as busy (ns).
     pub retry_backoff_ns: u64,
     /// Page records (pages with an outstanding request, waiters, a deferred
@@ -65,6 +71,7 @@ impl Default for Config {
         Self {
             residency_ns: 0,
             ping_pong_window_ns: 1_000_000,
+            ping_pong_hold_ns: 20_000,
             retry_backoff_ns: 50_000,
             max_active_pages: 1024,
             max_waiters: 4096,
@@ -116,9 +123,10 @@ impl Config {
             .clamp(1, MAX_HOME_TXNS)
     }
 
-    /// How long a page record keeps its acquisition time.
-    pub(crate) fn hold_ns(&self) -> u64 {
-        self.residency_ns.max(self.ping_pong_window_ns)
+    /// How long a page record keeps its acquisition time, for a residency window of
+    /// `window_ns`.
+    pub(crate) fn hold_ns(&self, window_ns: u64) -> u64 {
+        window_ns.max(self.ping_pong_window_ns)
     }
 }
 

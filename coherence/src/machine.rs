@@ -229,6 +229,8 @@ pub struct Machine {
     /// home, or 0 for the layout's home (the first hop of a request; a node that is no
     /// longer home answers `Nack(Moved)`).
     pub(crate) hint: Vec<u8>,
+    /// Ping-pong damping levels of recently ping-ponging pages (direct-mapped).
+    pub(crate) pp: Vec<super::residency::PpSlot>,
     pub(crate) txns: Txns,
     pub(crate) recs: Records,
     pub(crate) now: u64,
@@ -290,6 +292,7 @@ impl Machine {
             } else {
                 Vec::new()
             },
+            pp: vec![super::residency::PpSlot::default(); super::residency::PP_SLOTS],
             local_range,
             home_range,
             txns: Txns::new(config.max_home_txns),

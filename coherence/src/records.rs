@@ -89,11 +89,16 @@ pub(crate) struct PageRec {
     pub(crate) n_waiters: u32,
     /// When the page was last acquired (install or upgrade), while tracked.
     pub(crate) acquired_at: Option<u64>,
+    /// The residency window of that acquisition: the configured one, or longer for a page
+    /// that ping-pongs (§9).
+    pub(crate) window_ns: u64,
     pub(crate) deferred: Option<Deferred>,
     /// A hold entry for this record is in the timer heap.
     pub(crate) hold_timer: bool,
     /// A retry entry for this record is in the timer heap.
     pub(crate) retry_timer: bool,
+    /// A deferral's release entry for this record is in the timer heap.
+    pub(crate) defer_timer: bool,
 }
 
 impl PageRec {
@@ -109,9 +114,11 @@ impl PageRec {
         waiters_tail: NIL,
         n_waiters: 0,
         acquired_at: None,
+        window_ns: 0,
         deferred: None,
         hold_timer: false,
         retry_timer: false,
+        defer_timer: false,
     };
 }
 
@@ -126,6 +133,9 @@ pub(crate) struct Waiter {
 /// Timer kinds.
 pub(crate) const TIMER_HOLD: u8 = 0;
 pub(crate) const TIMER_RETRY: u8 = 1;
+/// Releases a deferred take-over when its residency window ends (its own entry: the hold
+/// timer of an earlier acquisition may be due later).
+pub(crate) const TIMER_DEFER: u8 = 2;
 
 /// The pools.
 #[derive(Debug)]
@@ -155,7 +165,7 @@ impl Records {
                 waiters as usize
             ],
             free_waiters: (0..waiters).rev().collect(),
-            timers: BinaryHeap::with_capacity(2 * pages as usize),
+            timers: BinaryHeap::with_capacity(3 * pages as usize),
             hand: 0,
         }
     }
@@ -172,6 +182,7 @@ impl Records {
             version,
             hold_timer: r.hold_timer,
             retry_timer: r.retry_timer,
+            defer_timer: r.defer_timer,
             ..PageRec::EMPTY
         };
         Some(i)
@@ -190,7 +201,7 @@ impl Records {
     /// A record holding nothing but an acquisition time, to be released
     /// early under pressure: prefers one past `residency_end` (only counting
     /// ping-pong), else any.
-    pub(crate) fn reclaim_candidate(&mut self, now: u64, residency_ns: u64) -> Option<u16> {
+    pub(crate) fn reclaim_candidate(&mut self, now: u64) -> Option<u16> {
         let n = self.recs.len();
         let pure = |r: &PageRec| {
             r.in_use && r.req == Req::Idle && r.n_waiters == 0 && r.deferred.is_none()
@@ -201,7 +212,7 @@ impl Records {
                 let r = &self.recs[i];
                 let past = r
                     .acquired_at
-                    .is_none_or(|t| now >= t.saturating_add(residency_ns));
+                    .is_none_or(|t| now >= t.saturating_add(r.window_ns));
                 if pure(r) && (pass == 1 || past) {
                     self.hand = (i + 1) % n;
                     return Some(i as u16);
@@ -228,10 +239,10 @@ impl Records {
     /// re-arms with the record's current deadline).
     pub(crate) fn arm(&mut self, i: u16, kind: u8, at: u64) {
         let r = &mut self.recs[usize::from(i)];
-        let flag = if kind == TIMER_HOLD {
-            &mut r.hold_timer
-        } else {
-            &mut r.retry_timer
+        let flag = match kind {
+            TIMER_HOLD => &mut r.hold_timer,
+            TIMER_RETRY => &mut r.retry_timer,
+            _ => &mut r.defer_timer,
         };
         if !*flag {
             *flag = true;
@@ -247,10 +258,10 @@ impl Records {
         }
         self.timers.pop();
         let r = &mut self.recs[usize::from(i)];
-        if kind == TIMER_HOLD {
-            r.hold_timer = false;
-        } else {
-            r.retry_timer = false;
+        match kind {
+            TIMER_HOLD => r.hold_timer = false,
+            TIMER_RETRY => r.retry_timer = false,
+            _ => r.defer_timer = false,
         }
         Some((i, kind))
     }

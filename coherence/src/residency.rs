@@ -5,27 +5,66 @@
 use super::action::Actions;
 use super::machine::Machine;
 use super::node::NodeId;
-use super::records::{Deferred, DeferredOp, PageRec, Req, TIMER_HOLD, TIMER_RETRY};
+use super::records::{Deferred, DeferredOp, PageRec, Req, TIMER_DEFER, TIMER_HOLD, TIMER_RETRY};
+
+/// Pages whose ping-pong damping level an instance remembers (direct-mapped).
+pub(crate) const PP_SLOTS: usize = 256;
+/// The highest damping level: the window grows to `ping_pong_hold_ns << (level - 1)`.
+const PP_MAX_LEVEL: u8 = 4;
+/// A page left alone for this many `ping_pong_hold_ns` falls back to no damping.
+const PP_FORGET: u64 = 1_000;
+
+/// One remembered page's damping level.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PpSlot {
+    page: u64,
+    level: u8,
+    /// When it last ping-ponged.
+    at: u64,
+}
 
 impl Machine {
     pub(crate) fn start_hold(&mut self, ri: u16) {
-        let hold_ns = self.cfg.hold_ns();
+        let page = self.rec(ri).page;
+        let damped = self.damping_window(page);
+        if damped > self.cfg.residency_ns {
+            self.stats.ping_pong_held += 1;
+        }
+        let window = self.cfg.residency_ns.max(damped);
+        let hold_ns = self.cfg.hold_ns(window);
+        self.rec_mut(ri).window_ns = window;
         if hold_ns == 0 {
             return;
         }
-        let first = if self.cfg.residency_ns > 0 {
-            self.cfg.residency_ns
-        } else {
-            hold_ns
-        };
+        let first = if window > 0 { window } else { hold_ns };
         let now = self.now;
         self.rec_mut(ri).acquired_at = Some(now);
         self.recs.arm(ri, TIMER_HOLD, now.saturating_add(first));
     }
 
+    /// Ping-pong damping: the residency window `page` gets at this acquisition (0: none
+    /// beyond the configured one).
+    fn damping_window(&mut self, page: u64) -> u64 {
+        let base = self.cfg.ping_pong_hold_ns;
+        if base == 0 {
+            return 0;
+        }
+        let slot = &mut self.pp[(page % PP_SLOTS as u64) as usize];
+        if slot.page != page || slot.level == 0 {
+            return 0;
+        }
+        // Left alone long enough: it no longer ping-pongs.
+        let forget = base.saturating_mul(PP_FORGET);
+        if self.now.saturating_sub(slot.at) > forget {
+            slot.level = 0;
+            return 0;
+        }
+        base << (slot.level - 1)
+    }
+
     /// Inside the residency window of the last acquisition.
     pub(crate) fn in_window(&self, ri: u16) -> bool {
-        let d = self.cfg.residency_ns;
+        let d = self.rec(ri).window_ns;
         d > 0
             && self
                 .rec(ri)
@@ -33,7 +72,8 @@ impl Machine {
                 .is_some_and(|t| self.now < t.saturating_add(d))
     }
 
-    /// Counts a take-over within the ping-pong window of the acquisition.
+    /// Counts a take-over within the ping-pong window of the acquisition, and raises the
+    /// page's damping level: its next acquisition here is held longer.
     pub(crate) fn count_ping_pong(&mut self, ri: u16) {
         let w = self.cfg.ping_pong_window_ns;
         if w > 0
@@ -43,6 +83,19 @@ impl Machine {
                 .is_some_and(|t| self.now < t.saturating_add(w))
         {
             self.stats.ping_pong += 1;
+            let page = self.rec(ri).page;
+            let now = self.now;
+            let slot = &mut self.pp[(page % PP_SLOTS as u64) as usize];
+            if slot.page == page {
+                slot.level = (slot.level + 1).min(PP_MAX_LEVEL);
+            } else {
+                *slot = PpSlot {
+                    page,
+                    level: 1,
+                    at: now,
+                };
+            }
+            slot.at = now;
         }
     }
 
@@ -68,11 +121,8 @@ impl Machine {
             txn,
             version,
         });
-        let at = r
-            .acquired_at
-            .unwrap_or(0)
-            .saturating_add(self.cfg.residency_ns);
-        self.recs.arm(ri, TIMER_HOLD, at);
+        let at = r.acquired_at.unwrap_or(0).saturating_add(r.window_ns);
+        self.recs.arm(ri, TIMER_DEFER, at);
     }
 
     /// Fires due timers while the buffer has room for one page's work.
@@ -84,10 +134,10 @@ impl Machine {
             if !self.rec(ri).in_use {
                 continue;
             }
-            if kind == TIMER_HOLD {
-                self.hold_fired(ri, out);
-            } else {
+            if kind == TIMER_RETRY {
                 self.retry_fired(ri, out);
+            } else {
+                self.hold_fired(ri, out);
             }
         }
     }
@@ -97,10 +147,10 @@ impl Machine {
             self.rec_maybe_free(ri);
             return;
         };
-        let residency_end = t.saturating_add(self.cfg.residency_ns);
+        let residency_end = t.saturating_add(self.rec(ri).window_ns);
         if let Some(d) = self.rec(ri).deferred {
             if self.now < residency_end {
-                self.recs.arm(ri, TIMER_HOLD, residency_end);
+                self.recs.arm(ri, TIMER_DEFER, residency_end);
                 return;
             }
             self.rec_mut(ri).deferred = None;
@@ -124,7 +174,7 @@ impl Machine {
             self.rec_maybe_free(ri);
             return;
         };
-        let hold_end = t.saturating_add(self.cfg.hold_ns());
+        let hold_end = t.saturating_add(self.cfg.hold_ns(self.rec(ri).window_ns));
         if self.now >= hold_end {
             self.rec_mut(ri).acquired_at = None;
             self.rec_maybe_free(ri);
@@ -161,9 +211,7 @@ impl Machine {
         let ri = match self.recs.alloc(page, li32, ver) {
             Some(ri) => ri,
             None => {
-                let victim = self
-                    .recs
-                    .reclaim_candidate(self.now, self.cfg.residency_ns)?;
+                let victim = self.recs.reclaim_candidate(self.now)?;
                 let v = *self.rec(victim);
                 self.local[v.li as usize].detach(v.version);
                 self.recs.free(victim);
@@ -180,7 +228,7 @@ impl Machine {
         if !r.in_use || r.req != Req::Idle || r.n_waiters != 0 || r.deferred.is_some() {
             return;
         }
-        let hold_ns = self.cfg.hold_ns();
+        let hold_ns = self.cfg.hold_ns(r.window_ns);
         if r.acquired_at
             .is_some_and(|t| self.now < t.saturating_add(hold_ns))
         {

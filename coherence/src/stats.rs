@@ -32,6 +32,9 @@ pub struct Stats {
     pub ping_pong: u64,
     /// Invalidations or forwards deferred by the residency window.
     pub deferred: u64,
+    /// Acquisitions held longer than the configured residency window because the page
+    /// ping-ponged (damping, docs/protocol.md §9).
+    pub ping_pong_held: u64,
     /// Clean evictions started.
     pub evictions_clean: u64,
     /// Dirty evictions (write-backs) started.

@@ -297,6 +297,64 @@ fn residency_window_defers_an_invalidation_until_a_tick() {
     assert!(matches!(sends(&a)[..], [(_, Msg::InvAck { .. })]));
 }
 
+/// Delivers `first` (sent by `from`) and everything it causes, in order, at `now` (+1 per
+/// hop); returns every action taken on the way.
+fn run_out(c: &mut [Node], from: u16, first: (NodeId, Msg), now: u64) -> Vec<(u16, Action)> {
+    let mut queue = std::collections::VecDeque::from([(from, first.0, first.1)]);
+    let (mut t, mut all) = (now, Vec::new());
+    while let Some((f, to, msg)) = queue.pop_front() {
+        t += 1;
+        let a = deliver(c, f, to.get(), t, msg);
+        for (dst, m) in sends(&a) {
+            queue.push_back((to.get(), dst, m));
+        }
+        all.extend(a.into_iter().map(|x| (to.get(), x)));
+    }
+    all
+}
+
+#[test]
+fn a_page_that_ping_pongs_is_held_longer_the_next_time() {
+    // No fixed residency window: only damping holds a page.
+    let config = Config {
+        residency_ns: 0,
+        ping_pong_window_ns: 5_000,
+        ping_pong_hold_ns: 1_000,
+        ..Config::default()
+    };
+    let mut c = cluster(config);
+    // Nodes 1 and 2 write page 0 (home 0) in turn.
+    let write = |c: &mut [Node], node: u16, now: u64, token: u64| {
+        let a = step(c, node, now, fault(0, Access::Write, token));
+        run_out(c, node, sends(&a)[0], now)
+    };
+    write(&mut c, 2, 100, 1);
+    // Taken from node 2 within the ping-pong window: counted, and no window held it.
+    write(&mut c, 1, 200, 2);
+    assert_eq!(c[2].m.stats().ping_pong, 1);
+    assert_eq!(c[2].m.stats().deferred, 0);
+    assert_eq!(c[2].m.local_access(0), Some(PageAccess::Invalid));
+    // Node 2 acquires it again: this time it is held for 1 µs.
+    write(&mut c, 2, 300, 3);
+    assert_eq!(c[2].m.local_access(0), Some(PageAccess::Writable));
+    assert_eq!(c[2].m.stats().ping_pong_held, 1);
+    let a = write(&mut c, 1, 400, 4);
+    assert!(
+        !a.iter()
+            .any(|(n, x)| *n == 2 && matches!(x, Action::Drop { .. })),
+        "node 2 gave the page up inside its damping window: {a:?}"
+    );
+    assert_eq!(c[2].m.stats().deferred, 1);
+    let due = c[2]
+        .m
+        .next_deadline()
+        .expect("the deferred forward waits for a tick");
+    assert!((1_300..=1_320).contains(&due), "{due}");
+    // At the end of the window node 2 hands the page over.
+    let a = step(&mut c, 2, due, Input::Tick);
+    assert!(a.contains(&Action::Drop { page: 0 }), "{a:?}");
+}
+
 #[test]
 fn evictions_are_refused_or_acknowledged() {
     let mut c = cluster(Config::default());

@@ -221,6 +221,8 @@ pub struct Telemetry {
     pub peer_rtt: Vec<(u16, f64)>,
     /// Pages counted as ping-ponging (taken away within the window after acquisition).
     pub ping_pong: u64,
+    /// Acquisitions held longer than the residency window because the page ping-ponged.
+    pub ping_pong_held: u64,
     /// Read requests issued by sequential prefetch (`--prefetch`).
     pub prefetches: u64,
     /// Pages of other homes held now, counted where the replica cache is bounded

@@ -26,6 +26,7 @@
 //! | `ssi_dp_reconnects_total` | counter | | `reconnects` |
 //! | `ssi_dp_peer_rtt_seconds` | gauge | peer | `peer_rtt` |
 //! | `ssi_dp_ping_pong_pages_total` | counter | | `ping_pong` |
+//! | `ssi_dp_ping_pong_held_total` | counter | | `ping_pong_held` |
 //! | `ssi_dp_prefetch_requests_total` | counter | | `prefetches` |
 //! | `ssi_dp_replica_pages` | gauge | | `replicas_held` |
 //! | `ssi_dp_replica_cache_evictions_total` | counter | | `replica_cache_evictions` |
@@ -70,6 +71,7 @@ pub const FAMILIES: &[&str] = &[
     "ssi_dp_reconnects",
     "ssi_dp_peer_rtt_seconds",
     "ssi_dp_ping_pong_pages",
+    "ssi_dp_ping_pong_held",
     "ssi_dp_prefetch_requests",
     "ssi_dp_replica_pages",
     "ssi_dp_replica_cache_evictions",
@@ -249,6 +251,7 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         reconnects,
         peer_rtt,
         ping_pong,
+        ping_pong_held,
         prefetches,
         replicas_held,
         replica_cache_evictions,
@@ -413,6 +416,15 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         None,
         &n,
         *ping_pong,
+    )?;
+    counter(
+        enc,
+        "ssi_dp_ping_pong_held",
+        "Acquisitions held longer than the residency window because the page ping-ponged \
+         (damping, --ping-pong-hold-us).",
+        None,
+        &n,
+        *ping_pong_held,
     )?;
     counter(
         enc,

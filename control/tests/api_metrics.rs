@@ -103,6 +103,7 @@ fn telemetry() -> Telemetry {
         reconnects: 309,
         peer_rtt: vec![(1, 0.000_041), (2, 0.000_057)],
         ping_pong: 310,
+        ping_pong_held: 319,
         prefetches: 314,
         replicas_held: 315,
         replica_cache_evictions: 316,
@@ -167,6 +168,7 @@ fn expected(t: &Telemetry) -> Samples {
         ("ssi_dp_transport_errors_total", t.transport_errors),
         ("ssi_dp_reconnects_total", t.reconnects),
         ("ssi_dp_ping_pong_pages_total", t.ping_pong),
+        ("ssi_dp_ping_pong_held_total", t.ping_pong_held),
         ("ssi_dp_prefetch_requests_total", t.prefetches),
         ("ssi_dp_replica_pages", t.replicas_held),
         (
@@ -276,6 +278,7 @@ fn every_field_value_reaches_the_text() {
         t.transport_errors,
         t.reconnects,
         t.ping_pong,
+        t.ping_pong_held,
         t.prefetches,
         t.replicas_held,
         t.replica_cache_evictions,

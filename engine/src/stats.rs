@@ -294,6 +294,8 @@ pub struct ProtoCounters {
     pub nacks_busy: AtomicU64,
     /// Read requests issued by sequential prefetch.
     pub prefetches: AtomicU64,
+    /// Acquisitions held longer because the page ping-ponged (damping).
+    pub ping_pong_held: AtomicU64,
     /// Pages whose home moved here (home migration).
     pub homes_in: AtomicU64,
     /// Pages whose home moved away from here.
@@ -313,6 +315,7 @@ impl ProtoCounters {
         self.requests.store(s.requests, Relaxed);
         self.nacks_busy.store(s.nacks_busy, Relaxed);
         self.prefetches.store(s.prefetches, Relaxed);
+        self.ping_pong_held.store(s.ping_pong_held, Relaxed);
         self.homes_in.store(s.moves_in, Relaxed);
         self.homes_out.store(s.moves_out, Relaxed);
         self.redirects.store(s.redirects, Relaxed);

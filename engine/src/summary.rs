@@ -90,6 +90,16 @@ pub fn render(node: u16, stats: &[Arc<ShardStats>]) -> String {
             sum(stats, |x| &x.frames_resent),
         );
     }
+    let ping_pong = sum(stats, |x| &x.proto.ping_pong);
+    if ping_pong > 0 {
+        // Writing into a String cannot fail.
+        let _ = writeln!(
+            s,
+            "  ping-pong: pages taken away soon after this node acquired them {ping_pong}, \
+             acquisitions held longer for it {}",
+            sum(stats, |x| &x.proto.ping_pong_held),
+        );
+    }
     let (moved_in, moved_out) = (
         sum(stats, |x| &x.proto.homes_in),
         sum(stats, |x| &x.proto.homes_out),

@@ -377,6 +377,7 @@ impl NodeHandle for Glue {
             reconnects: m.map_or(0, |m| m.reconnects()) + peers_down,
             peer_rtt: m.map(|m| m.rtt()).unwrap_or_default(),
             ping_pong: sum(st, |x| &x.proto.ping_pong),
+            ping_pong_held: sum(st, |x| &x.proto.ping_pong_held),
             prefetches: sum(st, |x| &x.proto.prefetches),
             replicas_held: sum(st, |x| &x.replicas_held),
             replica_cache_evictions: sum(st, |x| &x.replica_evictions),

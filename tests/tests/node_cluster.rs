@@ -96,7 +96,17 @@ fn spinlock_protects_plain_data_across_nodes() {
 /// sees a value go backwards, every writer's final value is exact.
 #[test]
 fn sequence_numbers_never_go_backwards() {
-    let r = run_three("seqs", "seqs", 20_000);
+    // Ping-pong damping off: it holds contended pages longer (fewer transfers), and this
+    // test wants as many transfers as it can get.
+    let dir = scratch_dir("seqs");
+    let s = secret_file(&dir, "secret", 7);
+    let mk = |id: u16| {
+        let mut a = common(id, &s, "seqs", 20_000);
+        a.extend(["--ping-pong-hold-us".into(), "0".into()]);
+        NodeOpts::new(id, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let r = wait_all(launch(&[mk(0), mk(1), mk(2)]), TIMEOUT);
+    let _ = std::fs::remove_dir_all(&dir);
     assert_all_ok(&r);
     let mut moved = 0;
     for (_, _, out) in &r {

@@ -151,6 +151,7 @@ impl Scenario {
             } else {
                 rng.gen_range(5_000..=100_000)
             },
+            ping_pong_hold_ns: 0,
             retry_backoff_ns: rng.gen_range(2_000..=40_000),
             max_active_pages,
             max_waiters,
@@ -183,8 +184,18 @@ impl Scenario {
                 0
             }
         };
+        // Ping-pong damping: its own stream too.
+        let ping_pong_hold_ns = {
+            let mut r = StdRng::seed_from_u64(seed ^ 0x7069_6e67_706f_6e67);
+            if r.gen_bool(0.3) {
+                0
+            } else {
+                r.gen_range(1_000..=20_000)
+            }
+        };
         let config = Config {
             migration: move_pct > 0,
+            ping_pong_hold_ns,
             ..config
         };
         Self {
@@ -242,7 +253,7 @@ impl Scenario {
     pub(crate) fn describe(&self) -> String {
         format!(
             "family={:?} nodes={} contrib={:?} base_page={} shards={:?} threads={} profile={:?} \
-             write%={} ops={} evict%={} residency={}ns pingpong={}ns pools(rec={},wait={},wpp={},txn={}) \
+             write%={} ops={} evict%={} residency={}ns pingpong={}ns damping={}ns pools(rec={},wait={},wpp={},txn={}) \
              fifo_per_page={} delay_max={}ns slow%={} crashes={:?} prefetch={} move%={} bug={:?}",
             self.family,
             self.contrib.len(),
@@ -256,6 +267,7 @@ impl Scenario {
             self.evict_pct,
             self.config.residency_ns,
             self.config.ping_pong_window_ns,
+            self.config.ping_pong_hold_ns,
             self.config.max_active_pages,
             self.config.max_waiters,
             self.config.max_waiters_per_page,

@@ -105,6 +105,11 @@ pub struct NodeArgs {
     /// Residency window in microseconds (0: off).
     #[arg(long, default_value_t = 0)]
     pub residency_us: u64,
+    /// Ping-pong damping: a page taken from this node within 1 ms of acquiring it is held
+    /// this many microseconds the next time, doubling each time it happens again, up to 8
+    /// times (0: off). See docs/protocol.md §9.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub ping_pong_hold_us: u64,
     /// Serve the REST API (`/nodes`, `/pages/{gpa}`, `/metrics`, `/heatmap`, ...) on
     /// HOST:PORT. `--metrics-addr` is the same.
     #[arg(long, alias = "metrics-addr")]

@@ -222,6 +222,7 @@ pub fn run(a: NodeArgs) -> i32 {
         .as_ref()
         .map_or(Duration::from_millis(a.dead_ms), |c| c.dead);
     cfg.protocol.residency_ns = a.residency_us * 1000;
+    cfg.protocol.ping_pong_hold_ns = a.ping_pong_hold_us * 1000;
     cfg.max_address_space = max_space;
     cfg.prefetch = a.prefetch;
     cfg.replica_cache = replica_cache;
