@@ -71,7 +71,7 @@ fn updates(line: &str, f: &str) -> bool {
                 None => break,
             }
         }
-        let helper = ["bump(&", "add(&"].iter().any(|h| {
+        let helper = ["bump(&", "add(&", "set(&"].iter().any(|h| {
             line[..at]
                 .rfind(h)
                 .is_some_and(|h| !line[h..at].contains(')'))

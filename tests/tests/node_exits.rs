@@ -25,6 +25,10 @@ fn node(id: u16, secret: &std::path::Path, workload: &str, memory: &str) -> Node
             "block",
             "--cluster-secret-file",
             &s,
+            // Ping-pong damping off: the workload must still run at the kill, and damping
+            // makes a contended one several times shorter.
+            "--ping-pong-hold-us",
+            "0",
             "--workload",
             workload,
             "--ops",
