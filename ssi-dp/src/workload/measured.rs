@@ -208,3 +208,62 @@ pub(crate) fn verdict(wrong: &[String]) -> String {
         format!("WRONG ({} of them): {}", wrong.len(), shown.join("; "))
     }
 }
+
+/// A worker's view of a table of per-page counters (the first 8 bytes of each page): reads
+/// and locked increments, each checked against the last value this worker saw.
+pub(crate) struct Counters<'a> {
+    mem: engine::mem::Mem,
+    pages: &'a [u64],
+    last: Vec<u64>,
+}
+
+impl<'a> Counters<'a> {
+    /// The counters of `pages` (one per page), none seen yet.
+    pub(crate) fn new(mem: engine::mem::Mem, pages: &'a [u64]) -> Self {
+        Self {
+            mem,
+            pages,
+            last: vec![0; pages.len()],
+        }
+    }
+
+    /// Reads counter `i`, or increments it (`write`); a value below one seen before is a
+    /// violation.
+    pub(crate) fn touch(&mut self, i: usize, write: bool, r: &mut super::WorkerResult) {
+        let page = self.pages[i];
+        let seen = if write {
+            self.mem
+                .atomic64(page, 0)
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        } else {
+            r.reads += 1;
+            self.mem.read64(page, 0)
+        };
+        if seen < self.last[i] {
+            r.violations += 1;
+        }
+        self.last[i] = seen + u64::from(write);
+    }
+}
+
+/// Compares each page's counter with `expect` (same order as `pages`); returns the
+/// mismatches, each named `what i (page p) = got, expected want`, and the counters' total.
+pub(crate) fn check_counters(
+    mem: engine::mem::Mem,
+    pages: &[u64],
+    expect: &[u64],
+    what: &str,
+) -> (Vec<String>, u64) {
+    let mut wrong = Vec::new();
+    let mut total = 0;
+    for (i, (&page, &want)) in pages.iter().zip(expect).enumerate() {
+        let got = mem
+            .atomic64(page, 0)
+            .load(std::sync::atomic::Ordering::SeqCst);
+        total += got;
+        if got != want {
+            wrong.push(format!("{what} {i} (page {page}) = {got}, expected {want}"));
+        }
+    }
+    (wrong, total)
+}

@@ -14,10 +14,9 @@
 //! counter equals what every worker's replayed random stream added to it, and no read or
 //! increment saw a counter go backwards.
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use super::measured::{verdict, warm_ops, Rng, OFFSET};
+use super::measured::{check_counters, verdict, warm_ops, Counters, Rng, OFFSET};
 use super::{per_op, Ctx, Report, WorkerResult, WorkloadError};
 
 /// Pages in each participant's part.
@@ -87,20 +86,8 @@ fn pass(ctx: &Ctx<'_>, worker: u64) -> impl Iterator<Item = u64> {
 
 pub(crate) fn work(ctx: &Ctx<'_>, worker: u64) -> WorkerResult {
     let mut r = WorkerResult::default();
-    let mut last = vec![0u64; ctx.pages.len()];
-    let mut op = |i: usize, write: bool, r: &mut WorkerResult| {
-        let page = ctx.pages[i];
-        let seen = if write {
-            ctx.mem.atomic64(page, 0).fetch_add(1, SeqCst)
-        } else {
-            r.reads += 1;
-            ctx.mem.read64(page, 0)
-        };
-        if seen < last[i] {
-            r.violations += 1;
-        }
-        last[i] = seen + u64::from(write);
-    };
+    let mut counters = Counters::new(ctx.mem, &ctx.pages);
+    let mut op = |i: usize, write: bool, r: &mut WorkerResult| counters.touch(i, write, r);
     for j in pass(ctx, worker) {
         op((ctx.rank * PART + j) as usize, true, &mut r);
     }
@@ -143,17 +130,7 @@ pub(crate) fn verify(ctx: &Ctx<'_>, mine: &WorkerResult, t: Duration) -> Report 
             }
         }
     }
-    let mut wrong = Vec::new();
-    let mut total = 0;
-    for (i, (&page, &want)) in ctx.pages.iter().zip(&expect).enumerate() {
-        let got = ctx.mem.atomic64(page, 0).load(SeqCst);
-        total += got;
-        if got != want {
-            wrong.push(format!(
-                "counter {i} (page {page}) = {got}, expected {want}"
-            ));
-        }
-    }
+    let (wrong, total) = check_counters(ctx.mem, &ctx.pages, &expect, "counter");
     Report {
         ok: wrong.is_empty()
             && total == increments

@@ -9,10 +9,9 @@
 //! version equals the bumps every worker's replayed random stream made to it, and no read saw
 //! a version go backwards.
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use super::measured::{spread, verdict, warm_ops, Rng};
+use super::measured::{check_counters, spread, verdict, warm_ops, Counters, Rng};
 use super::{per_op, Ctx, Report, WorkerResult, WorkloadError};
 
 /// Pages in the table.
@@ -34,20 +33,8 @@ fn next_op(rng: &mut Rng) -> (usize, bool) {
 
 pub(crate) fn work(ctx: &Ctx<'_>, worker: u64) -> WorkerResult {
     let mut r = WorkerResult::default();
-    let mut last = vec![0u64; ctx.pages.len()];
-    let mut op = |i: usize, write: bool, r: &mut WorkerResult| {
-        let page = ctx.pages[i];
-        let seen = if write {
-            ctx.mem.atomic64(page, 0).fetch_add(1, SeqCst)
-        } else {
-            r.reads += 1;
-            ctx.mem.read64(page, 0)
-        };
-        if seen < last[i] {
-            r.violations += 1;
-        }
-        last[i] = seen + u64::from(write);
-    };
+    let mut counters = Counters::new(ctx.mem, &ctx.pages);
+    let mut op = |i: usize, write: bool, r: &mut WorkerResult| counters.touch(i, write, r);
     for i in (worker..TABLE).step_by(ctx.workers as usize) {
         op(i as usize, false, &mut r);
     }
@@ -85,17 +72,7 @@ pub(crate) fn verify(ctx: &Ctx<'_>, mine: &WorkerResult, t: Duration) -> Report 
             }
         }
     }
-    let mut wrong = Vec::new();
-    let mut total = 0;
-    for (i, (&page, &want)) in ctx.pages.iter().zip(&expect).enumerate() {
-        let got = ctx.mem.atomic64(page, 0).load(SeqCst);
-        total += got;
-        if got != want {
-            wrong.push(format!(
-                "version of page {i} ({page}) = {got}, expected {want}"
-            ));
-        }
-    }
+    let (wrong, total) = check_counters(ctx.mem, &ctx.pages, &expect, "version of page");
     Report {
         ok: wrong.is_empty()
             && total == bumps

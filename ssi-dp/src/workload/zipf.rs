@@ -11,10 +11,9 @@
 //! equals the increments every worker's replayed stream made to it (so the per-key counts
 //! summed over nodes equal all increments), and no read saw a counter go backwards.
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use super::measured::{spread, verdict, warm_ops, Rng};
+use super::measured::{check_counters, spread, verdict, warm_ops, Counters, Rng};
 use super::{per_op, Ctx, Report, WorkerResult, WorkloadError};
 
 /// Keys (pages) in the table.
@@ -74,20 +73,8 @@ fn next_op(z: &Zipf, rng: &mut Rng) -> (usize, bool) {
 pub(crate) fn work(ctx: &Ctx<'_>, worker: u64) -> WorkerResult {
     let z = Zipf::new(KEYS, S);
     let mut r = WorkerResult::default();
-    let mut last = vec![0u64; ctx.pages.len()];
-    let mut op = |i: usize, write: bool, r: &mut WorkerResult| {
-        let page = ctx.pages[i];
-        let seen = if write {
-            ctx.mem.atomic64(page, 0).fetch_add(1, SeqCst)
-        } else {
-            r.reads += 1;
-            ctx.mem.read64(page, 0)
-        };
-        if seen < last[i] {
-            r.violations += 1;
-        }
-        last[i] = seen + u64::from(write);
-    };
+    let mut counters = Counters::new(ctx.mem, &ctx.pages);
+    let mut op = |i: usize, write: bool, r: &mut WorkerResult| counters.touch(i, write, r);
     for k in (worker..KEYS).step_by(ctx.workers as usize) {
         op(k as usize, false, &mut r);
     }
@@ -126,15 +113,7 @@ pub(crate) fn verify(ctx: &Ctx<'_>, mine: &WorkerResult, t: Duration) -> Report 
             }
         }
     }
-    let mut wrong = Vec::new();
-    let mut total = 0;
-    for (k, (&page, &want)) in ctx.pages.iter().zip(&expect).enumerate() {
-        let got = ctx.mem.atomic64(page, 0).load(SeqCst);
-        total += got;
-        if got != want {
-            wrong.push(format!("key {k} (page {page}) = {got}, expected {want}"));
-        }
-    }
+    let (wrong, total) = check_counters(ctx.mem, &ctx.pages, &expect, "key");
     let hottest = expect.first().copied().unwrap_or(0);
     Report {
         ok: wrong.is_empty()
