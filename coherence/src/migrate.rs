@@ -83,25 +83,17 @@ impl Machine {
         }
         let txn = self.home_txn_id(di);
         let zero = state == DirState::Zero;
-        if zero {
-            let msg = Msg::HomeMove {
-                txn,
-                page,
-                version,
-                zero: true,
-            };
-            self.send(to, msg, None, out);
-        } else {
-            if acc == PageAccess::Writable {
-                out.push(Action::WriteProtect { page });
-            }
-            let msg = Msg::HomeMove {
-                txn,
-                page,
-                version,
-                zero: false,
-            };
-            self.send(to, msg, Some(DataSource::Local), out);
+        if !zero && acc == PageAccess::Writable {
+            out.push(Action::WriteProtect { page });
+        }
+        let msg = Msg::HomeMove {
+            txn,
+            page,
+            version,
+            zero,
+        };
+        self.send(to, msg, (!zero).then_some(DataSource::Local), out);
+        if !zero {
             out.push(Action::Drop { page });
             self.set_home_access(page, PageAccess::Invalid);
         }
