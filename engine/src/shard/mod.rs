@@ -356,6 +356,16 @@ impl<T: Transport> Shard<T> {
         });
     }
 
+    /// See [`Shard::sim_fault`]: asks this shard (the page's home) to move the page's home to
+    /// `to`, as the placement policy would; whether the move started.
+    #[cfg(test)]
+    pub(crate) fn sim_move(&mut self, page: u64, to: NodeId) -> bool {
+        matches!(
+            self.step(Input::MoveHome { page, to }, None, None),
+            Some(Outcome::MoveStarted)
+        )
+    }
+
     /// See [`Shard::sim_fault`].
     #[cfg(test)]
     pub(crate) fn sim_machine(&self) -> &Machine {

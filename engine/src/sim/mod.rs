@@ -28,6 +28,8 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn seeds_hold_every_invariant() {
     if let Some(seed) = env_u64("SIM_SEED") {
+        let sc = Scenario::draw(&mut StdRng::seed_from_u64(seed ^ 0x5eed_5eed));
+        eprintln!("seed {seed}: {sc:?}");
         let st = run_seed(seed).unwrap_or_else(|f| panic!("{f}"));
         eprintln!("seed {seed}: {st:?}");
         return;
@@ -45,6 +47,7 @@ fn seeds_hold_every_invariant() {
         total.flaps += st.flaps;
         total.restored += st.restored;
         total.cache_evictions += st.cache_evictions;
+        total.moves += st.moves;
     }
     eprintln!("engine simulator: {seeds} seeds, {total:?}");
     // The runs did something: accesses were made, frames crossed the network, and broken
@@ -59,6 +62,8 @@ fn seeds_hold_every_invariant() {
     );
     // Bounded replica caches evicted pages (one seed in three bounds them to 1-2 pages).
     assert!(seeds < 10 || total.cache_evictions > 0, "{total:?}");
+    // Homes moved (one seed in three turns migration on).
+    assert!(seeds < 10 || total.moves > 0, "{total:?}");
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub struct RunStats {
     pub restored: u64,
     /// Evictions started by bounded replica caches.
     pub cache_evictions: u64,
+    /// Home moves started (home migration).
+    pub moves: u64,
 }
 
 /// A run's shape.
@@ -106,6 +108,8 @@ pub struct Scenario {
     pub flaps: u32,
     /// Each node's replica-cache bound in pages (0: none).
     pub replica_cache: usize,
+    /// Home migration on, with random moves of pages between the homes.
+    pub migration: bool,
 }
 
 impl Scenario {
@@ -121,10 +125,18 @@ impl Scenario {
             crash: None,
             flaps: 0,
             replica_cache: 0,
+            migration: false,
         }
         .with_crash(rng)
         .with_flaps(rng)
         .with_cache(rng)
+        .with_migration(rng)
+    }
+
+    /// One seed in three turns home migration on (drawn last, like the cache).
+    fn with_migration(mut self, rng: &mut StdRng) -> Scenario {
+        self.migration = self.homes > 1 && rng.gen_ratio(1, 3);
+        self
     }
 
     /// One seed in three bounds every node's replica cache to one or two pages, so that
@@ -194,6 +206,8 @@ pub struct World {
     stats: RunStats,
     /// Every node's replica-cache bound (0: none).
     replica_cache: usize,
+    /// Home migration is on.
+    migration: bool,
 }
 
 /// Longest a touch may wait, in simulated time, before the run fails on liveness.
@@ -228,6 +242,7 @@ impl World {
         let clock = Arc::new(AtomicU64::new(1));
         let config = Config {
             residency_ns: sc.residency_ns,
+            migration: sc.migration,
             ..Config::default()
         };
         let mut nodes = Vec::with_capacity(n);
@@ -269,6 +284,7 @@ impl World {
             broken: Vec::new(),
             stats: RunStats::default(),
             replica_cache: sc.replica_cache,
+            migration: sc.migration,
         })
     }
 
@@ -302,6 +318,9 @@ impl World {
             }
             if self.flaps > 0 && self.rng.gen_ratio(1, 50) {
                 self.flap();
+            }
+            if self.migration && self.rng.gen_ratio(1, 40) {
+                self.move_home();
             }
             self.reconnect();
             let roll = self.rng.gen_range(0..100);
@@ -377,6 +396,28 @@ impl World {
             self.check()?;
         }
         Ok(())
+    }
+
+    /// Home migration: the home of a random page moves to another live node that homes
+    /// memory (what the placement policy does when one node uses the page most).
+    fn move_home(&mut self) {
+        let page = self.rng.gen_range(0..self.pages);
+        let Some(from) = (0..self.nodes.len())
+            .find(|&n| !self.out(n) && self.nodes[n].shard.sim_machine().is_home(page))
+        else {
+            return;
+        };
+        let homes = self.nodes[from].shard.sim_machine().layout().homes();
+        let to = self.rng.gen_range(0..self.nodes.len());
+        let Ok(to_id) = NodeId::new(to as u16) else {
+            return;
+        };
+        if to == from || self.out(to) || !homes.contains(to_id) {
+            return;
+        }
+        if self.nodes[from].shard.sim_move(page, to_id) {
+            self.stats.moves += 1;
+        }
     }
 
     /// Breaks the connection between two live nodes (what it carries is lost); it is
@@ -595,9 +636,13 @@ impl World {
                     continue;
                 }
                 let access = self.access_of(node, page);
+                // A node out of the run (it stopped: a home it depends on was declared dead,
+                // as when both ends of a link broken past the resume window declare each
+                // other dead) exits in a real cluster: its copies no longer count as readers
+                // or writers. Its page tables must still match its protocol view.
                 match access {
-                    PageAccess::Writable => writers.push(node),
-                    PageAccess::ReadOnly => readers.push(node),
+                    PageAccess::Writable if !self.out(node) => writers.push(node),
+                    PageAccess::ReadOnly if !self.out(node) => readers.push(node),
                     _ => {}
                 }
                 // What a thread could do without asking the protocol must be what the
