@@ -518,7 +518,16 @@ impl Machine {
                 ..
             } => self.on_data(li, from, txn, version, writable, out),
             Msg::Grant { txn, version, .. } => self.on_grant(li, txn, version, out),
-            Msg::Nack { txn, reason, .. } => self.on_nack(li, txn, reason, out),
+            Msg::Nack { txn, reason, .. } => {
+                // A redirect to the node that sends it says nothing (only a buggy or hostile
+                // peer sends one): taken as busy, so the request is retried after the
+                // backoff instead of bouncing at network speed.
+                let reason = match reason {
+                    NackReason::Moved(n) if n == from => NackReason::Busy,
+                    r => r,
+                };
+                self.on_nack(li, txn, reason, out)
+            }
             Msg::EvictAck { txn, .. } => self.on_evict_ack(li, txn, out),
             Msg::Recall { txn, .. } => self.on_recall(li, txn, out),
             Msg::HomeMove {

@@ -4,8 +4,8 @@
 
 use coherence::{
     Access, Action, Actions, Config, DataSource, DirState, EvictRefusal, FailReason, FatalReason,
-    FwdOutcome, Input, InstallSource, Layout, Machine, Msg, NackReason, NodeId, NodeRange, NodeSet,
-    Outcome, PageAccess, Partition, StepError,
+    FwdOutcome, Input, InstallSource, Layout, Machine, MoveRefusal, Msg, NackReason, NodeId,
+    NodeRange, NodeSet, Outcome, PageAccess, Partition, StepError,
 };
 
 fn n(i: u16) -> NodeId {
@@ -864,4 +864,74 @@ fn prefetch_leaves_a_quarter_of_the_records_to_faults() {
     // The record kept back serves a fault.
     let a = step(&mut c, 2, 2, fault(0, Access::Read, 1));
     assert_eq!(sends(&a).len(), 1, "{a:?}");
+}
+
+#[test]
+fn a_home_move_collects_the_copies_hands_the_page_over_and_redirects_requests() {
+    let config = Config {
+        migration: true,
+        ping_pong_hold_ns: 0,
+        ..Config::default()
+    };
+    let mut c = cluster(config);
+    // Node 0 writes page 1 (its own), node 2 reads it: Shared{0, 2}.
+    step(&mut c, 0, 10, fault(1, Access::Write, 1));
+    let a = step(&mut c, 2, 20, fault(1, Access::Read, 2));
+    run_out(&mut c, 2, sends(&a)[0], 20);
+    assert_eq!(c[2].m.local_access(1), Some(PageAccess::ReadOnly));
+    // A move to the compute-only node, to itself or with migration off is refused.
+    assert_eq!(
+        outcome(&mut c, 0, 100, Input::MoveHome { page: 1, to: n(2) }),
+        Ok(Outcome::MoveRefused(MoveRefusal::Target))
+    );
+    assert_eq!(
+        outcome(&mut c, 1, 100, Input::MoveHome { page: 1, to: n(0) }),
+        Ok(Outcome::MoveRefused(MoveRefusal::NotHome))
+    );
+    // Node 0 moves it to node 1: node 2's copy is invalidated first, then the page goes
+    // over with its entry.
+    let a = step(&mut c, 0, 200, Input::MoveHome { page: 1, to: n(1) });
+    assert!(
+        matches!(sends(&a)[..], [(to, Msg::Inv { .. })] if to == n(2)),
+        "{a:?}"
+    );
+    let all = run_out(&mut c, 0, sends(&a)[0], 200);
+    assert!(
+        all.iter().any(|(at, x)| *at == 0
+            && matches!(x, Action::Send { to, msg: Msg::HomeMove { zero: false, .. }, .. } if *to == n(1))),
+        "{all:?}"
+    );
+    assert!(c[1].m.is_home(1) && !c[0].m.is_home(1));
+    assert_eq!(c[1].m.local_access(1), Some(PageAccess::Writable));
+    assert_eq!(c[0].m.local_access(1), Some(PageAccess::Invalid));
+    assert_eq!(c[2].m.local_access(1), Some(PageAccess::Invalid));
+    assert_eq!(c[0].m.moved_to(1), Some(n(1)));
+    // Node 2 still believes node 0 is the home: it is redirected once, then served by 1.
+    let a = step(&mut c, 2, 300, fault(1, Access::Read, 3));
+    assert!(matches!(sends(&a)[..], [(to, Msg::ReadReq { .. })] if to == n(0)));
+    let all = run_out(&mut c, 2, sends(&a)[0], 300);
+    assert!(
+        all.iter().any(|(at, x)| *at == 0
+            && matches!(x, Action::Send { msg: Msg::Nack { reason: NackReason::Moved(h), .. }, .. } if *h == n(1))),
+        "{all:?}"
+    );
+    assert_eq!(c[2].m.local_access(1), Some(PageAccess::ReadOnly));
+    assert_eq!(c[2].m.home_of(1), Some(n(1)));
+    assert_eq!(
+        c[1].m.dir_state(1),
+        Some(DirState::Shared(NodeSet::single(n(1)).with(n(2))))
+    );
+    // A redirect that names its own sender is taken as busy: no request is sent at once.
+    let a = step(&mut c, 0, 400, fault(1, Access::Read, 4));
+    let [(to, Msg::ReadReq { txn, .. })] = sends(&a)[..] else {
+        panic!("{a:?}")
+    };
+    assert_eq!(to, n(1));
+    let bogus = Msg::Nack {
+        txn,
+        page: 1,
+        reason: NackReason::Moved(n(1)),
+    };
+    assert!(sends(&deliver(&mut c, 1, 0, 410, bogus)).is_empty());
+    assert!(c[0].m.next_deadline().is_some(), "a retry is scheduled");
 }
