@@ -676,7 +676,10 @@ fn a_page_query_follows_the_page_to_its_new_home_and_says_why_it_moved() {
             assert_eq!(code, 200, "{body}");
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["layout_home"].as_u64(), Some(home), "{body}");
-            let moves = v["moves"].as_array().cloned().unwrap_or_default();
+            let moves = v["moves"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| panic!("no moves list in {body}"));
             if v["home"].as_u64() != Some(home) {
                 // Moved: the chain starts at the layout's home and ends at the home.
                 assert!(!moves.is_empty(), "{body}");
