@@ -22,6 +22,11 @@ impl Machine {
             return Ok(Outcome::Done);
         }
         self.dead.insert(node);
+        if self.left {
+            // This node has left the cluster: the others closing their connections to it is
+            // expected, and it holds nothing to clean up.
+            return Ok(Outcome::Done);
+        }
         if self.layout.homes().contains(node) {
             self.go_fatal(FatalReason::HomeDied(node), out);
             return Ok(Outcome::Done);

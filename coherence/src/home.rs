@@ -747,6 +747,16 @@ impl Machine {
                 // arrives: it stays a sharer (a superset entry once it drops).
                 self.set_dir(di, DirState::Shared(NodeSet::single(me).with(from)));
             }
+            _ if self.cfg.migration => {
+                // Home migration: an eviction sent to this node in an earlier spell as the
+                // page's home, slow enough to arrive after the home went away and came back.
+                // The copy it names was invalidated when the home left (a move collects every
+                // copy), and the node cannot have asked for another while its eviction is
+                // outstanding: refuse it like a busy one.
+                self.stats.late_messages += 1;
+                self.send(from, busy_nack, None, out);
+                return Ok(Outcome::Done);
+            }
             _ => {
                 self.violate("eviction of a copy the directory does not record", page);
                 self.send(from, busy_nack, None, out);

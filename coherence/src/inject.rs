@@ -25,6 +25,8 @@ pub(crate) enum Bug {
     FloodActions,
     /// A home move hands the page over without invalidating the other sharers first.
     MoveKeepsSharers,
+    /// A leaving home keeps its pointers instead of handing them to its successor.
+    RetireDropsPointers,
 }
 
 impl Machine {

@@ -31,6 +31,7 @@ mod node;
 mod records;
 mod requester;
 mod residency;
+mod retire;
 mod state;
 mod stats;
 mod txn;
@@ -43,7 +44,7 @@ pub use action::{Action, Actions, DataSource, FailReason, FatalReason, InstallSo
 pub use config::{Config, ConfigError, MAX_ACTIVE_PAGES, MAX_HOME_TXNS};
 pub use layout::{Layout, LayoutError, NodeRange, Partition, MIN_PAGE_SIZE};
 pub use machine::{Access, EvictRefusal, Input, Machine, MoveRefusal, Outcome, StepError};
-pub use msg::{FwdOutcome, Msg, NackReason, RecallHave};
+pub use msg::{FwdOutcome, MovedPage, Msg, NackReason, RecallHave};
 pub use node::{NodeError, NodeId, NodeSet, MAX_NODES};
 pub use state::{DirEntry, DirState, LocalState, PageAccess};
 pub use stats::Stats;

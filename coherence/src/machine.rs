@@ -68,10 +68,31 @@ pub enum Input {
         /// The new home.
         to: NodeId,
     },
+    /// Membership: home node `node` is leaving and `to` (another home) takes its pages
+    /// (docs/protocol.md §13). At every other node: no page's home moves to `node` from now
+    /// on. At `node`, which must be given it last (once every other node has it and what they
+    /// sent `node` before has been processed): it moves every page it homes to `to` and hands
+    /// `to` its pointers ([`Machine::drained`] says when). Only with [`Config::migration`],
+    /// one leave at a time.
+    Retire {
+        /// The node that leaves.
+        node: NodeId,
+        /// Its successor.
+        to: NodeId,
+    },
+    /// Membership: `node` has left after its `Retire` drained ([`Machine::drained`]) and every
+    /// frame it sent was processed: whatever would have gone to `node` goes to `to`, and
+    /// requests outstanding at `node` are sent again there.
+    Retired {
+        /// The node that left.
+        node: NodeId,
+        /// Its successor.
+        to: NodeId,
+    },
 }
 
 impl Input {
-    /// The page the input is about (`None` for `Tick` and `NodeDead`).
+    /// The page the input is about (`None` for `Tick`, `NodeDead`, `Retire` and `Retired`).
     pub fn page(&self) -> Option<u64> {
         match *self {
             Input::Fault { page, .. }
@@ -79,7 +100,7 @@ impl Input {
             | Input::Prefetch { page }
             | Input::MoveHome { page, .. } => Some(page),
             Input::Message { msg, .. } => Some(msg.page()),
-            Input::Tick | Input::NodeDead(_) => None,
+            Input::Tick | Input::NodeDead(_) | Input::Retire { .. } | Input::Retired { .. } => None,
         }
     }
 }
@@ -179,6 +200,16 @@ pub enum StepError {
         /// The page's home.
         home: NodeId,
     },
+    /// A `Retire` or `Retired` this instance cannot carry out.
+    #[error("cannot retire node {node} to node {to}: {why}")]
+    BadRetire {
+        /// The leaving node.
+        node: NodeId,
+        /// The successor named.
+        to: NodeId,
+        /// Why not.
+        why: &'static str,
+    },
     /// A layout given to `extend` changes or drops existing ranges.
     #[error("the new layout does not extend the current one: a join may only append nodes (with higher ids) after the existing ranges")]
     NotAnExtension,
@@ -229,6 +260,19 @@ pub struct Machine {
     /// home, or 0 for the layout's home (the first hop of a request; a node that is no
     /// longer home answers `Nack(Moved)`).
     pub(crate) hint: Vec<u8>,
+    /// Home migration: per directory entry, the page's move number as this entry knows it
+    /// (the move that brought the home here, or the one that took it to `moved_to`).
+    pub(crate) epochs: Vec<u32>,
+    /// Home nodes leaving or gone (`Retire`): no home moves to them.
+    pub(crate) leaving: NodeSet,
+    /// Per node, 1 + the node that took over its pages when it left (0: none).
+    pub(crate) succ: [u8; MAX_NODES],
+    /// The leave in progress: (leaving node, successor).
+    pub(crate) retiring: Option<(NodeId, NodeId)>,
+    /// At the leaving node: the scan that moves its homes and pointers to the successor.
+    pub(crate) drain: Option<super::retire::Drain>,
+    /// This node has left (its own `Retired`): other nodes going away is no failure.
+    pub(crate) left: bool,
     /// Ping-pong damping levels of recently ping-ponging pages (direct-mapped).
     pub(crate) pp: Vec<super::residency::PpSlot>,
     pub(crate) txns: Txns,
@@ -292,6 +336,16 @@ impl Machine {
             } else {
                 Vec::new()
             },
+            epochs: if config.migration {
+                vec![0; home_range.len()]
+            } else {
+                Vec::new()
+            },
+            leaving: NodeSet::EMPTY,
+            succ: [0; MAX_NODES],
+            retiring: None,
+            drain: None,
+            left: false,
             pp: vec![super::residency::PpSlot::default(); super::residency::PP_SLOTS],
             local_range,
             home_range,
@@ -337,6 +391,7 @@ impl Machine {
             if self.home_range.len() > 0 {
                 self.home_range = self.local_range;
                 self.dir.resize(self.home_range.len(), DirEntry::default());
+                self.epochs.resize(self.home_range.len(), 0);
             }
         }
         self.layout = layout;
@@ -394,12 +449,15 @@ impl Machine {
             Input::Tick => {
                 self.run_timers(out);
                 self.run_cleanup(out);
+                self.run_drain(out);
                 Ok(Outcome::Done)
             }
             Input::Evict { page } => self.on_evict(page, out),
             Input::NodeDead(node) => self.on_node_dead(node, out),
             Input::Prefetch { page } => self.on_prefetch(page, out),
             Input::MoveHome { page, to } => self.on_move_home(page, to, out),
+            Input::Retire { node, to } => self.on_retire(node, to, out),
+            Input::Retired { node, to } => self.on_retired(node, to, out),
         };
         if out.overflowed() > 0 {
             let lost = out.overflowed();
@@ -531,8 +589,12 @@ impl Machine {
             Msg::EvictAck { txn, .. } => self.on_evict_ack(li, txn, out),
             Msg::Recall { txn, .. } => self.on_recall(li, txn, out),
             Msg::HomeMove {
-                txn, version, zero, ..
-            } => self.on_home_move(from, li, txn, version, zero, out),
+                version,
+                epoch,
+                content,
+                ..
+            } => self.on_home_move(li, version, epoch, content, out),
+            Msg::HomePointer { home, epoch, .. } => self.on_home_pointer(from, li, home, epoch),
         }
     }
 
@@ -643,6 +705,7 @@ impl Machine {
         if self.homed_here(page) {
             return Ok(self.me);
         }
+        // A node that left is asked through its successor.
         let hint = self
             .local_range
             .index(page)
@@ -650,6 +713,7 @@ impl Machine {
             .unwrap_or(0)
             .checked_sub(1)
             .and_then(|n| NodeId::new(u16::from(n)).ok())
+            .map(|n| self.successor(n))
             .filter(|&n| n != self.me);
         // Not this node, which is not the home (told so by a redirect that crossed the home
         // moving away from here, or one that reached it before the move here): where this
@@ -657,8 +721,10 @@ impl Machine {
         let moved = self
             .home_range
             .index(page)
-            .and_then(|di| self.dir[di].moved_to());
-        Ok(hint.or(moved).unwrap_or(by_layout))
+            .and_then(|di| self.dir[di].moved_to())
+            .map(|n| self.successor(n))
+            .filter(|&n| n != self.me);
+        Ok(hint.or(moved).unwrap_or_else(|| self.successor(by_layout)))
     }
 
     /// Records where local page `li`'s home is (home migration only).
@@ -769,7 +835,11 @@ impl Machine {
         if self.cleanup.is_some() {
             return Some(self.now);
         }
-        self.recs.next_deadline()
+        let drain = self.drain.and_then(|d| d.deadline(self.now));
+        match (drain, self.recs.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether nothing is in flight: no home transaction, no outstanding

@@ -9,7 +9,7 @@
 
 use super::action::{Action, Actions, DataSource, InstallSource};
 use super::machine::{Machine, MoveRefusal, Outcome, StepError};
-use super::msg::{Msg, NackReason};
+use super::msg::{MovedPage, Msg, NackReason};
 use super::node::NodeId;
 use super::records::{DeferredOp, Req, ReqKind};
 use super::state::{DirState, PageAccess};
@@ -30,7 +30,7 @@ impl Machine {
         if !self.homed_here(page) {
             return Ok(Outcome::MoveRefused(MoveRefusal::NotHome));
         }
-        if to == self.me || !self.layout.homes().contains(to) || self.dead.contains(to) {
+        if !self.move_target(to) {
             return Ok(Outcome::MoveRefused(MoveRefusal::Target));
         }
         let Some(di) = self.home_range.index(page) else {
@@ -42,15 +42,32 @@ impl Machine {
         if self.dir[di].state() == DirState::Lost {
             return Ok(Outcome::MoveRefused(MoveRefusal::Lost));
         }
+        if self.drain.is_some() {
+            // A leaving node moves its pages only to its successor (its drain does).
+            return Ok(Outcome::MoveRefused(MoveRefusal::Target));
+        }
+        Ok(self.start_move(di, to, out))
+    }
+
+    /// Whether a page's home may move to `to`: another live home that is not leaving.
+    pub(crate) fn move_target(&self, to: NodeId) -> bool {
+        to != self.me
+            && self.layout.homes().contains(to)
+            && !self.dead.contains(to)
+            && !self.leaving.contains(to)
+    }
+
+    /// Queues the move of idle entry `di`'s home to `to` (a valid target).
+    pub(crate) fn start_move(&mut self, di: usize, to: NodeId, out: &mut Actions) -> Outcome {
         let txn = self.fresh_txn();
         let mut t = Txn::new(self.me, txn, ReqKind::Write, 0);
         t.move_to = Some(to);
         let Some(h) = self.txns.alloc(t) else {
-            return Ok(Outcome::MoveRefused(MoveRefusal::Busy));
+            return Outcome::MoveRefused(MoveRefusal::Busy);
         };
         self.stats.moves_started += 1;
         self.enqueue_at(di, h, out);
-        Ok(Outcome::MoveStarted)
+        Outcome::MoveStarted
     }
 
     /// A transaction of this home that wanted the page for itself has it: complete the
@@ -72,9 +89,10 @@ impl Machine {
         let state = self.dir[di].state();
         let version = self.dir[di].version();
         let acc = self.home_access(page);
-        if self.dead.contains(to) {
+        if self.dead.contains(to) || self.leaving.contains(to) {
             // The target died meanwhile (which stops the cluster, since it contributes
-            // memory): keep the page here, writable, as the transaction left it.
+            // memory) or started to leave: keep the page here, writable, as the transaction
+            // left it.
             if state == DirState::Exclusive(self.me) && acc == PageAccess::ReadOnly {
                 out.push(Action::MakeWritable { page });
                 self.set_home_access(page, PageAccess::Writable);
@@ -86,18 +104,42 @@ impl Machine {
         if !zero && acc == PageAccess::Writable {
             out.push(Action::WriteProtect { page });
         }
-        let msg = Msg::HomeMove {
-            txn,
-            page,
-            version,
-            zero,
+        let content = if zero {
+            MovedPage::Zero
+        } else {
+            MovedPage::Page
         };
-        self.send(to, msg, (!zero).then_some(DataSource::Local), out);
+        self.hand_over(di, to, txn, version, content, out);
         if !zero {
             out.push(Action::Drop { page });
             self.set_home_access(page, PageAccess::Invalid);
         }
+    }
+
+    /// Sends entry `di`'s page to `to` as its new home and leaves a pointer to it: the
+    /// entry's last step of a move (the page itself, if any, is the caller's to drop).
+    pub(crate) fn hand_over(
+        &mut self,
+        di: usize,
+        to: NodeId,
+        txn: u64,
+        version: u32,
+        content: MovedPage,
+        out: &mut Actions,
+    ) {
+        let page = self.home_range.page(di);
+        let epoch = self.epochs[di].saturating_add(1);
+        let msg = Msg::HomeMove {
+            txn,
+            page,
+            version,
+            epoch,
+            content,
+        };
+        let data = (content == MovedPage::Page).then_some(DataSource::Local);
+        self.send(to, msg, data, out);
         let by_layout = self.layout.home_of(page) == Ok(self.me);
+        self.epochs[di] = epoch;
         let e = &mut self.dir[di];
         e.set(DirState::Zero);
         e.set_version(0);
@@ -173,11 +215,10 @@ impl Machine {
     /// `HomeMove` from the old home: this node is the page's home from now on.
     pub(crate) fn on_home_move(
         &mut self,
-        _from: NodeId,
         li: usize,
-        _txn: u64,
         version: u32,
-        zero: bool,
+        epoch: u32,
+        content: MovedPage,
         out: &mut Actions,
     ) -> Result<Outcome, StepError> {
         let page = self.local_range.page(li);
@@ -189,29 +230,44 @@ impl Machine {
             self.violate("home move for a page already homed here", page);
             return Ok(Outcome::Done);
         }
-        if self.local[li].access() != PageAccess::Invalid {
+        let known_lost = content == MovedPage::Lost && self.local[li].access() == PageAccess::Lost;
+        if self.local[li].access() != PageAccess::Invalid && !known_lost {
             self.violate("home move for a page this node maps", page);
             return Ok(Outcome::Done);
         }
+        if epoch <= self.epochs[di] {
+            self.violate("home move older than a move this node knows of", page);
+            return Ok(Outcome::Done);
+        }
         let by_layout = self.layout.home_of(page) == Ok(self.me);
+        self.epochs[di] = epoch;
         let e = &mut self.dir[di];
         e.set_flipped(!by_layout);
         e.set_moved_to(None);
         e.set_version(version);
-        if zero {
-            e.set(DirState::Zero);
-        } else {
-            e.set(DirState::Exclusive(self.me));
-            out.push(Action::Install {
-                page,
-                writable: true,
-                source: InstallSource::Payload,
-            });
-            self.local[li].set_access(PageAccess::Writable);
-            self.stats.installs += 1;
+        match content {
+            MovedPage::Zero => e.set(DirState::Zero),
+            MovedPage::Lost => {
+                e.set(DirState::Lost);
+                self.local[li].set_access(PageAccess::Lost);
+            }
+            MovedPage::Page => {
+                e.set(DirState::Exclusive(self.me));
+                out.push(Action::Install {
+                    page,
+                    writable: true,
+                    source: InstallSource::Payload,
+                });
+                self.local[li].set_access(PageAccess::Writable);
+                self.stats.installs += 1;
+            }
         }
         self.set_hint(li, self.me);
         self.stats.moves_in += 1;
+        if let Some(d) = self.drain.as_mut() {
+            // A move that left its old home before the leave began: pass it on.
+            d.done = false;
+        }
         Ok(Outcome::Done)
     }
 }

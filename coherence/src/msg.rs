@@ -43,6 +43,18 @@ pub enum RecallHave {
     Exclusive,
 }
 
+/// What a [`Msg::HomeMove`] hands over with the directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovedPage {
+    /// The page was never materialised: no payload, the new home records it as zero.
+    Zero,
+    /// The payload is the page's only copy.
+    Page,
+    /// The page's only copy died with its owner: no payload, the new home records it lost
+    /// (so that requests keep failing as they did, instead of finding zeros).
+    Lost,
+}
+
 /// A protocol message. `txn` is always the requester's transaction id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Msg {
@@ -195,8 +207,24 @@ pub enum Msg {
         page: u64,
         /// The page's version.
         version: u32,
-        /// The page was never materialised: no payload, the new home records it as zero.
-        zero: bool,
+        /// The move's number: one more than the page's previous move (its first move is 1).
+        /// Home pointers carry it, so that of two pointers the newer wins (§12).
+        epoch: u32,
+        /// What comes with the entry.
+        content: MovedPage,
+    },
+    /// A home node that leaves → its successor (docs/protocol.md §13): the page's home moved
+    /// from the leaving node to `home` at move `epoch`. The successor keeps it as its own
+    /// pointer unless it knows of a newer move, and answers for the leaving node from then on.
+    HomePointer {
+        /// Unused (0): a pointer answers no transaction.
+        txn: u64,
+        /// Page number.
+        page: u64,
+        /// Where the leaving node sent the page's home.
+        home: NodeId,
+        /// That move's number.
+        epoch: u32,
     },
 }
 
@@ -220,7 +248,8 @@ impl Msg {
             | Self::Nack { page, .. }
             | Self::Recall { page, .. }
             | Self::RecallAck { page, .. }
-            | Self::HomeMove { page, .. } => page,
+            | Self::HomeMove { page, .. }
+            | Self::HomePointer { page, .. } => page,
         }
     }
 
@@ -243,7 +272,8 @@ impl Msg {
             | Self::Nack { txn, .. }
             | Self::Recall { txn, .. }
             | Self::RecallAck { txn, .. }
-            | Self::HomeMove { txn, .. } => txn,
+            | Self::HomeMove { txn, .. }
+            | Self::HomePointer { txn, .. } => txn,
         }
     }
 
@@ -254,7 +284,7 @@ impl Msg {
             Self::FwdAck { outcome, .. } => outcome != FwdOutcome::HandedOff,
             Self::EvictReq { dirty, .. } => dirty,
             Self::RecallAck { have, .. } => have == RecallHave::Copy,
-            Self::HomeMove { zero, .. } => !zero,
+            Self::HomeMove { content, .. } => content == MovedPage::Page,
             _ => false,
         }
     }
@@ -279,10 +309,11 @@ impl Msg {
             Self::Recall { .. } => "Recall",
             Self::RecallAck { .. } => "RecallAck",
             Self::HomeMove { .. } => "HomeMove",
+            Self::HomePointer { .. } => "HomePointer",
         }
     }
 
-    /// One message of every variant and flag combination (27 messages), for tests of
+    /// One message of every variant and flag combination (29 messages), for tests of
     /// whatever encodes messages.
     pub fn examples() -> Vec<Msg> {
         let n = |i: u16| NodeId::new(i).expect("example node ids are in range");
@@ -347,14 +378,21 @@ impl Msg {
         for have in [RecallHave::Nothing, RecallHave::Copy, RecallHave::Exclusive] {
             v.push(Msg::RecallAck { txn, page, have });
         }
-        for zero in [false, true] {
+        for content in [MovedPage::Zero, MovedPage::Page, MovedPage::Lost] {
             v.push(Msg::HomeMove {
                 txn,
                 page,
                 version: 42,
-                zero,
+                epoch: u32::MAX,
+                content,
             });
         }
+        v.push(Msg::HomePointer {
+            txn,
+            page,
+            home: n(5),
+            epoch: 9,
+        });
         v
     }
 }
@@ -366,9 +404,9 @@ mod tests {
     #[test]
     fn examples_cover_every_variant_once_per_flag_combination() {
         let all = Msg::examples();
-        assert_eq!(all.len(), 27);
+        assert_eq!(all.len(), 29);
         let names: std::collections::BTreeSet<_> = all.iter().map(Msg::name).collect();
-        assert_eq!(names.len(), 17);
+        assert_eq!(names.len(), 18);
         for m in &all {
             assert_eq!(m.page(), 0xfeed_0000_0001, "{m:?}");
             assert_eq!(m.txn(), 0x1234_5678_9abc, "{m:?}");

@@ -139,6 +139,7 @@ impl Machine {
         }
         let r = self.rec_mut(ri);
         r.req = Req::Evicting { txn, dirty };
+        r.asked = home;
         r.acquired_at = None;
         let msg = Msg::EvictReq { txn, page, dirty };
         self.send(home, msg, dirty.then_some(DataSource::Local), out);

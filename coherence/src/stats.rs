@@ -59,4 +59,10 @@ pub struct Stats {
     pub redirects: u64,
     /// This node's requests sent again to a new home after a `Nack(Moved)`.
     pub redirected: u64,
+    /// Pointers this leaving node handed to its successor (docs/protocol.md §13).
+    pub pointers_sent: u64,
+    /// Pointers from a leaving node this successor kept.
+    pub pointers_taken: u64,
+    /// Pointers from a leaving node this successor dropped (it knew of a newer move).
+    pub pointers_stale: u64,
 }

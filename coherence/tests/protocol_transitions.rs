@@ -4,8 +4,8 @@
 
 use coherence::{
     Access, Action, Actions, Config, DataSource, DirState, EvictRefusal, FailReason, FatalReason,
-    FwdOutcome, Input, InstallSource, Layout, Machine, MoveRefusal, Msg, NackReason, NodeId,
-    NodeRange, NodeSet, Outcome, PageAccess, Partition, StepError,
+    FwdOutcome, Input, InstallSource, Layout, Machine, MoveRefusal, MovedPage, Msg, NackReason,
+    NodeId, NodeRange, NodeSet, Outcome, PageAccess, Partition, StepError,
 };
 
 fn n(i: u16) -> NodeId {
@@ -898,7 +898,7 @@ fn a_home_move_collects_the_copies_hands_the_page_over_and_redirects_requests() 
     let all = run_out(&mut c, 0, sends(&a)[0], 200);
     assert!(
         all.iter().any(|(at, x)| *at == 0
-            && matches!(x, Action::Send { to, msg: Msg::HomeMove { zero: false, .. }, .. } if *to == n(1))),
+            && matches!(x, Action::Send { to, msg: Msg::HomeMove { content: MovedPage::Page, .. }, .. } if *to == n(1))),
         "{all:?}"
     );
     assert!(c[1].m.is_home(1) && !c[0].m.is_home(1));

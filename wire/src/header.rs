@@ -134,14 +134,18 @@ msg_types! {
     Recall = 15, Empty, 0;
     /// Requester → home: answer to a recall, with the page when it holds a clean copy.
     RecallAck = 16, EmptyOrPage, DATA | HAVE | EXCL;
-    /// Old home → new home (home migration): the page's directory entry (`arg` = version)
-    /// and its only copy (none for a page never materialised).
-    HomeMove = 17, EmptyOrPage, DATA;
+    /// Old home → new home (home migration): the page's directory entry (`arg` = version in
+    /// the low 32 bits, the move's number in the high 32) and its only copy (none for a page
+    /// never materialised; `GONE`: none because the page is lost).
+    HomeMove = 17, EmptyOrPage, DATA | GONE;
+    /// Leaving home → its successor: the page's home moved from the sender to node `aux` at
+    /// move number `arg`.
+    HomePointer = 18, Empty, 0;
     /// Transport liveness / RTT probe.
     Ping = 32, Empty, 0;
     /// Answer to [`MsgType::Ping`].
     Pong = 33, Empty, 0;
-    /// Session: `arg` = how many protocol frames (codes 1–17) the sender has received on
+    /// Session: `arg` = how many protocol frames (codes 1–18) the sender has received on
     /// this session so far; the receiver may forget its copies of them.
     Ack = 34, Empty, 0;
     /// Session: the first frame on every connection. `txn` = the sender's incarnation (fixed
@@ -399,8 +403,8 @@ mod tests {
         b[4] = 2;
         assert_eq!(Header::decode(&b), Err(FrameError::BadVersion(2)));
         let mut b = good;
-        b[5] = 18;
-        assert_eq!(Header::decode(&b), Err(FrameError::UnknownType(18)));
+        b[5] = 19;
+        assert_eq!(Header::decode(&b), Err(FrameError::UnknownType(19)));
         let mut b = good;
         b[12..16].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(

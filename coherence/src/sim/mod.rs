@@ -100,6 +100,8 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
             t.evictions += s.evictions;
             t.prefetches += s.prefetches;
             t.moves += s.moves;
+            t.retired += s.retired;
+            t.pointers_taken += s.pointers_taken;
             t.drain_events = t.drain_events.max(s.drain_events);
             for (a, b) in t.by_kind.iter_mut().zip(s.by_kind) {
                 *a += b;
@@ -133,7 +135,8 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
     let t = summary.totals;
     eprintln!(
         "{test}: {} seeds, {} protocol steps (+{} busy fault retries), {} thread ops, {} messages in {:.2?} \
-         (ping-pong {}, deferred {}, recalls {}, evictions {}, prefetches {}, home moves {}, pages lost {})",
+         (ping-pong {}, deferred {}, recalls {}, evictions {}, prefetches {}, home moves {}, homes left {} \
+         with {} pointers kept, pages lost {})",
         summary.seeds,
         t.steps,
         t.busy_faults,
@@ -146,6 +149,8 @@ pub(crate) fn run_family(test: &str, family: Family, default_seeds: u64, base: u
         t.evictions,
         t.prefetches,
         t.moves,
+        t.retired,
+        t.pointers_taken,
         t.lost
     );
     let kinds: Vec<String> = world::KIND_NAMES

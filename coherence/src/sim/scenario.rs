@@ -19,6 +19,8 @@ pub(crate) enum Family {
     HomeDeath,
     /// 12 to 16 nodes.
     Large,
+    /// A home node leaves while homes move (every seed), sometimes while compute nodes crash.
+    Leave,
 }
 
 /// How threads choose their accesses.
@@ -84,6 +86,9 @@ pub(crate) struct Scenario {
     pub(crate) prefetch: u32,
     /// Home moves per 100 operations (home migration, `config.migration`; 0: off).
     pub(crate) move_pct: u32,
+    /// A home node's leave (docs/protocol.md §13): (leaving node, successor, operations
+    /// issued when it starts). Only with home migration and two homes or more.
+    pub(crate) retire: Option<(usize, usize, u64)>,
 }
 
 impl Scenario {
@@ -95,8 +100,8 @@ impl Scenario {
             _ if rng.gen_bool(0.1) => rng.gen_range(7..=16),
             _ => rng.gen_range(2..=6),
         };
-        let crash_family =
-            matches!(family, Family::Crash) || (family == Family::Mixed && rng.gen_bool(0.15));
+        let crash_family = matches!(family, Family::Crash)
+            || (matches!(family, Family::Mixed | Family::Leave) && rng.gen_bool(0.15));
         // Contributions: a few homes; crash scenarios need compute-only nodes.
         let mut contrib: Vec<u64> = (0..nodes)
             .map(|_| {
@@ -116,6 +121,11 @@ impl Scenario {
         }
         if family == Family::HomeDeath && contrib.iter().filter(|&&c| c > 0).count() < 1 {
             contrib[0] = 2;
+        }
+        if family == Family::Leave && contrib.iter().filter(|&&c| c > 0).count() < 2 {
+            // Two homes at least: one leaves, one takes its pages.
+            let k = (0..nodes).find(|&i| contrib[i] == 0).unwrap_or(1);
+            contrib[k] = 3;
         }
         let sharded = family == Family::Sharded || (family == Family::Mixed && rng.gen_bool(0.2));
         let shards = (0..nodes)
@@ -162,8 +172,8 @@ impl Scenario {
         };
         let mut crashes = Vec::new();
         let ops = rng.gen_range(150..=1200u64) * if family == Family::Large { 3 } else { 1 };
-        if crash_family {
-            let compute: Vec<usize> = (0..nodes).filter(|&i| contrib[i] == 0).collect();
+        let compute: Vec<usize> = (0..nodes).filter(|&i| contrib[i] == 0).collect();
+        if crash_family && !compute.is_empty() {
             let k = rng.gen_range(1..=compute.len());
             for &victim in compute.iter().take(k) {
                 crashes.push((victim, rng.gen_range(0..ops)));
@@ -178,7 +188,9 @@ impl Scenario {
         // migration in half the seeds, with a few to many moves.
         let move_pct = {
             let mut r = StdRng::seed_from_u64(seed ^ 0x6d6f_7665_686f_6d65);
-            if r.gen_bool(0.5) {
+            if family == Family::Leave {
+                [10, 30][r.gen_range(0..2)]
+            } else if r.gen_bool(0.5) {
                 [2, 10, 30][r.gen_range(0..3)]
             } else {
                 0
@@ -198,10 +210,28 @@ impl Scenario {
             ping_pong_hold_ns,
             ..config
         };
+        // A home leaves in half the seeds with migration: its own stream too.
+        let retire = {
+            let mut r = StdRng::seed_from_u64(seed ^ 0x7265_7469_7265_2121);
+            // Not the home a HomeDeath scenario kills: its death during the leave stops the
+            // cluster like any home's.
+            let victims: Vec<usize> = crashes.iter().map(|c| c.0).collect();
+            let homes: Vec<usize> = (0..nodes)
+                .filter(|&i| contrib[i] > 0 && !victims.contains(&i))
+                .collect();
+            if move_pct > 0 && homes.len() >= 2 && (family == Family::Leave || r.gen_bool(0.5)) {
+                let d = homes[r.gen_range(0..homes.len())];
+                let rest: Vec<usize> = homes.iter().copied().filter(|&h| h != d).collect();
+                Some((d, rest[r.gen_range(0..rest.len())], r.gen_range(0..ops)))
+            } else {
+                None
+            }
+        };
         Self {
             seed,
             family,
             move_pct,
+            retire,
             contrib,
             base_page: if rng.gen_bool(0.5) {
                 0
@@ -254,7 +284,7 @@ impl Scenario {
         format!(
             "family={:?} nodes={} contrib={:?} base_page={} shards={:?} threads={} profile={:?} \
              write%={} ops={} evict%={} residency={}ns pingpong={}ns damping={}ns pools(rec={},wait={},wpp={},txn={}) \
-             fifo_per_page={} delay_max={}ns slow%={} crashes={:?} prefetch={} move%={} bug={:?}",
+             fifo_per_page={} delay_max={}ns slow%={} crashes={:?} prefetch={} move%={} retire={:?} bug={:?}",
             self.family,
             self.contrib.len(),
             self.contrib,
@@ -278,6 +308,7 @@ impl Scenario {
             self.crashes,
             self.prefetch,
             self.move_pct,
+            self.retire,
             self.bug,
         )
     }

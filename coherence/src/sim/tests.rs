@@ -37,6 +37,10 @@ fn assert_home_moves(t: &super::world::RunStats) {
     assert!(kind("HomeMove(data)") > 0, "no home moved with data: {t:?}");
     assert!(kind("HomeMove(zero)") > 0, "no untouched page moved: {t:?}");
     assert!(kind("Nack(moved)") > 0, "no request was redirected: {t:?}");
+    // Homes left the cluster, handing their pointers to their successors.
+    assert!(t.retired > 0, "no home left: {t:?}");
+    assert!(kind("HomePointer") > 0, "no pointer was handed over: {t:?}");
+    assert!(t.pointers_taken > 0, "no successor kept a pointer: {t:?}");
 }
 
 #[test]
@@ -57,6 +61,26 @@ fn sim_compute_node_crashes() {
     if !replaying() {
         // The failure paths were taken, not just scheduled.
         assert!(s.totals.lost > 0 && s.totals.recalls > 0, "{:?}", s.totals);
+        // A leaving home handed a lost page over as lost.
+        let lost_moves = super::world::KIND_NAMES
+            .iter()
+            .position(|n| *n == "HomeMove(lost)")
+            .map_or(0, |k| s.totals.by_kind[k]);
+        assert!(lost_moves > 0, "no lost page changed home: {:?}", s.totals);
+    }
+}
+
+#[test]
+fn sim_home_leaves() {
+    let s = run_family("sim_home_leaves", Family::Leave, 600, 6_000_000);
+    if !replaying() {
+        assert_home_moves(&s.totals);
+        assert!(
+            s.totals.retired * 10 >= s.seeds * 9,
+            "only {} of {} seeds saw their home leave",
+            s.totals.retired,
+            s.seeds
+        );
     }
 }
 
@@ -140,6 +164,16 @@ fn injected_home_move_keeping_sharers_is_caught() {
             FailKind::StaleRead,
             FailKind::EndState,
         ],
+    );
+}
+
+#[test]
+fn injected_leave_dropping_pointers_is_caught() {
+    caught(
+        "injected_leave_dropping_pointers_is_caught",
+        Family::Leave,
+        Bug::RetireDropsPointers,
+        &[FailKind::EndState, FailKind::Liveness],
     );
 }
 

@@ -8,6 +8,7 @@ use super::trace::Trace;
 
 mod actions;
 mod checks;
+mod leave;
 mod workload;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -73,6 +74,10 @@ pub(crate) struct RunStats {
     pub(crate) prefetches: u64,
     /// Home moves started.
     pub(crate) moves: u64,
+    /// Home nodes that left (docs/protocol.md §13).
+    pub(crate) retired: u64,
+    /// Pointers a successor kept from a node that left.
+    pub(crate) pointers_taken: u64,
     /// Events the run took to drain after its last operation.
     pub(crate) drain_events: u64,
     /// Messages sent, by variant (coverage).
@@ -93,6 +98,8 @@ impl Default for RunStats {
             evictions: 0,
             prefetches: 0,
             moves: 0,
+            retired: 0,
+            pointers_taken: 0,
             drain_events: 0,
             by_kind: [0; KINDS],
         }
@@ -100,7 +107,7 @@ impl Default for RunStats {
 }
 
 /// Message variants told apart in coverage counts.
-pub(crate) const KINDS: usize = 27;
+pub(crate) const KINDS: usize = 29;
 
 /// Names of the coverage counters.
 pub(crate) const KIND_NAMES: [&str; KINDS] = [
@@ -131,10 +138,12 @@ pub(crate) const KIND_NAMES: [&str; KINDS] = [
     "Nack(moved)",
     "HomeMove(zero)",
     "HomeMove(data)",
+    "HomeMove(lost)",
+    "HomePointer",
 ];
 
 fn kind_of(m: &Msg) -> usize {
-    use super::super::{FwdOutcome, NackReason, RecallHave};
+    use super::super::{FwdOutcome, MovedPage, NackReason, RecallHave};
     match *m {
         Msg::ReadReq { .. } => 0,
         Msg::WriteReq { .. } => 1,
@@ -176,8 +185,12 @@ fn kind_of(m: &Msg) -> usize {
             reason: NackReason::Moved(_),
             ..
         } => 24,
-        Msg::HomeMove { zero: true, .. } => 25,
-        Msg::HomeMove { zero: false, .. } => 26,
+        Msg::HomeMove { content, .. } => match content {
+            MovedPage::Zero => 25,
+            MovedPage::Page => 26,
+            MovedPage::Lost => 27,
+        },
+        Msg::HomePointer { .. } => 28,
     }
 }
 
@@ -219,6 +232,8 @@ struct Packet {
     payload: Option<u64>,
     /// Lost in its sender's crash (its delivery event finds nothing).
     lost: bool,
+    /// In flight to a leaving node when every node had taken in the leave (its fence).
+    fence: bool,
 }
 
 #[derive(Debug, Default)]
@@ -263,6 +278,12 @@ enum Ev {
     Crash(u16),
     /// A tick at an arbitrary time (callers may tick early or often).
     SpuriousTick(u16, u16),
+    /// The scenario's home leave: `Retire` reaches node n's instance i.
+    Retire(u16, u16),
+    /// The leave's progress check (the control plane's part).
+    LeaveCheck,
+    /// `Retired` reaches node n's instance i.
+    Retired(u16, u16),
 }
 
 /// Steps a fault may wait before it counts as a liveness failure.
@@ -310,6 +331,8 @@ pub(crate) struct World {
     trace: Trace,
     /// `SIM_TRACE_PAGE`: print every step touching this page as it runs.
     trace_page: Option<u64>,
+    /// The scenario's home leave, as it goes.
+    leave: leave::Leave,
     /// Faults must complete in bounded steps (home pools are sized).
     strict: bool,
     stats: RunStats,
@@ -411,6 +434,7 @@ impl World {
             trace_page: std::env::var("SIM_TRACE_PAGE")
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
+            leave: leave::Leave::default(),
             strict: sc.strict_liveness(),
             stats: RunStats::default(),
             sc,
@@ -518,6 +542,7 @@ impl World {
                 self.stats.prefetches += s.prefetches;
                 self.stats.lost += s.pages_lost;
                 self.stats.evictions += s.evictions_clean + s.evictions_dirty;
+                self.stats.pointers_taken += s.pointers_taken;
             }
         }
         self.stats.steps = self.progress;
@@ -561,6 +586,9 @@ impl World {
                     .map(|_| ())
             }
             Ev::Crash(n) => self.crash(n.into()),
+            Ev::Retire(n, i) => self.leave_retire(n.into(), i.into()),
+            Ev::LeaveCheck => self.leave_check(),
+            Ev::Retired(n, i) => self.leave_retired(n.into(), i.into()),
         }
     }
 
@@ -667,6 +695,9 @@ impl World {
                 "delivery from an empty connection".into(),
             ));
         };
+        if pkt.fence {
+            self.leave.fence -= 1;
+        }
         if !self.alive[pkt.to] || pkt.lost {
             return Ok(());
         }

@@ -3,7 +3,7 @@
 //! message allows. The protocol crate knows nothing of codes and flag bits; the wire crate
 //! knows nothing of what a message means; this module is the one place both meet.
 
-use coherence::{FwdOutcome, Msg, NackReason, NodeId, RecallHave};
+use coherence::{FwdOutcome, MovedPage, Msg, NackReason, NodeId, RecallHave};
 use thiserror::Error;
 use wire::flags::{DATA, DIRTY, EXCL, GONE, HAVE, KEPT, WRITABLE};
 use wire::{Header, MsgType};
@@ -107,7 +107,21 @@ fn fields(msg: &Msg) -> (MsgType, u16, u64, u16) {
             };
             (T::RecallAck, 0, 0, flags)
         }
-        Msg::HomeMove { version, .. } => (T::HomeMove, 0, version.into(), 0),
+        Msg::HomeMove {
+            version,
+            epoch,
+            content,
+            ..
+        } => {
+            let flags = match content {
+                MovedPage::Zero => 0,
+                MovedPage::Page => DATA,
+                MovedPage::Lost => GONE,
+            };
+            let arg = u64::from(version) | (u64::from(epoch) << 32);
+            (T::HomeMove, 0, arg, flags)
+        }
+        Msg::HomePointer { home, epoch, .. } => (T::HomePointer, home.get(), epoch.into(), 0),
     }
 }
 
@@ -125,7 +139,7 @@ pub fn decode(h: &Header) -> Result<Msg, DecodeError> {
         T::Done => f.plain(Msg::Done { txn, page }),
         T::EvictAck => f.plain(Msg::EvictAck { txn, page }),
         T::Recall => f.plain(Msg::Recall { txn, page }),
-        T::UpgradeReq | T::FwdRead | T::FwdWrite | T::Inv | T::Grant | T::Nack => {
+        T::UpgradeReq | T::FwdRead | T::FwdWrite | T::Inv | T::Grant | T::Nack | T::HomePointer => {
             f.no_flags()?;
             decode_with_args(&f)
         }
@@ -190,6 +204,19 @@ fn decode_with_args(f: &Fields<'_>) -> Result<Msg, DecodeError> {
             };
             Msg::Nack { txn, page, reason }
         }
+        MsgType::HomePointer => {
+            let epoch = f.version()?;
+            if epoch == 0 {
+                // A pointer names a move, and moves are numbered from 1.
+                return Err(f.bad_arg());
+            }
+            Msg::HomePointer {
+                txn,
+                page,
+                home: f.node()?,
+                epoch,
+            }
+        }
         other => return Err(DecodeError::NotProtocol(other)),
     })
 }
@@ -244,17 +271,24 @@ fn decode_with_flags(f: &Fields<'_>) -> Result<Msg, DecodeError> {
             Msg::RecallAck { txn, page, have }
         }
         MsgType::HomeMove => {
-            let version = f.version()?;
-            let zero = match flags {
-                0 => true,
-                DATA => false,
+            let content = match flags {
+                0 => MovedPage::Zero,
+                DATA => MovedPage::Page,
+                GONE => MovedPage::Lost,
                 _ => return Err(f.bad_flags()),
             };
+            let version = f.0.arg as u32;
+            let epoch = (f.0.arg >> 32) as u32;
+            if epoch == 0 {
+                // Every move has a number, the first one 1.
+                return Err(f.bad_arg());
+            }
             Msg::HomeMove {
                 txn,
                 page,
                 version,
-                zero,
+                epoch,
+                content,
             }
         }
         other => return Err(DecodeError::NotProtocol(other)),
@@ -346,10 +380,10 @@ mod tests {
             assert_eq!(h.sender, 5);
             assert_eq!(decode(&h), Ok(m), "{m:?} -> {h:?}");
         }
-        // The protocol's 17 messages are the wire's codes 1..=17, in the allocated order.
+        // The protocol's 18 messages are the wire's codes 1..=18, in the allocated order.
         assert_eq!(
             types.into_iter().collect::<Vec<_>>(),
-            (1..=17).collect::<Vec<u8>>()
+            (1..=18).collect::<Vec<u8>>()
         );
         let (txn, page) = (1, 2);
         assert_eq!(encode(&Msg::ReadReq { txn, page }, sender()).ty as u8, 1);
@@ -427,10 +461,41 @@ mod tests {
             }),
             Err(DecodeError::BadNode { aux: 64, .. })
         ));
-        // A home move's only flag is DATA.
+        // A home move carries a page (DATA), none (zero), or none because it is lost (GONE);
+        // never both, and always a move number.
         assert!(matches!(
             with(MsgType::HomeMove, &|h| h.flags = DATA | DIRTY),
             Err(DecodeError::BadFlags { .. })
+        ));
+        assert!(matches!(
+            with(MsgType::HomeMove, &|h| {
+                h.flags = DATA | GONE;
+                h.arg = 1 << 32;
+            }),
+            Err(DecodeError::BadFlags { .. })
+        ));
+        assert!(matches!(
+            with(MsgType::HomeMove, &|h| h.arg = 7),
+            Err(DecodeError::BadArg { .. })
+        ));
+        // A pointer names a node and a move number.
+        assert!(matches!(
+            with(MsgType::HomePointer, &|h| {
+                h.aux = 64;
+                h.arg = 1;
+            }),
+            Err(DecodeError::BadNode { aux: 64, .. })
+        ));
+        assert!(matches!(
+            with(MsgType::HomePointer, &|h| h.aux = 2),
+            Err(DecodeError::BadArg { .. })
+        ));
+        assert!(matches!(
+            with(MsgType::HomePointer, &|h| {
+                h.aux = 2;
+                h.arg = 1 << 32;
+            }),
+            Err(DecodeError::BadArg { .. })
         ));
         // A hand-off FwdAck carries no data; GONE without KEPT is meaningless.
         assert!(matches!(

@@ -88,6 +88,7 @@ impl World {
                     msg,
                     payload: value,
                     lost: false,
+                    fence: false,
                 });
                 if !conn.listed {
                     conn.listed = true;

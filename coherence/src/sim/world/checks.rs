@@ -188,6 +188,9 @@ impl World {
                     ),
                 ));
             }
+            if self.sc.config.migration {
+                self.check_reachable(p, h)?;
+            }
             let st = self.insts[h][self.inst_of(h, page)].m.dir_state(page);
             let mut ro = NodeSet::EMPTY;
             let mut rw = NodeSet::EMPTY;
@@ -236,6 +239,63 @@ impl World {
                     Some(page),
                     format!("page {page}: directory {st:?} but read-only {ro:?} writable {rw:?}"),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Under home migration: from every live node, following where it would send a request
+    /// for page `p` (and where a node that never heard of the page would: the layout's home,
+    /// or the successor of one that left), then the pointers of the nodes asked, reaches the
+    /// home `h` without a loop or a node that knows nothing (which would answer busy for
+    /// ever).
+    fn check_reachable(&self, p: usize, h: usize) -> Result<(), Failure> {
+        let page = self.base + p as u64;
+        let layout = NodeId::new(self.homes[p] as u16).unwrap_or(NodeId::ZERO);
+        for n in 0..self.nodes {
+            if !self.alive[n] {
+                continue;
+            }
+            let m = &self.insts[n][self.inst_of(n, page)].m;
+            let Ok(first) = m.home_now(page) else {
+                continue;
+            };
+            for start in [first, m.successor(layout)] {
+                self.follow(n, start.index(), page, h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn follow(&self, n: usize, first: usize, page: u64, h: usize) -> Result<(), Failure> {
+        {
+            let mut at = first;
+            let mut path = vec![n, at];
+            loop {
+                if at == h {
+                    break;
+                }
+                let next = if self.alive[at] {
+                    self.insts[at][self.inst_of(at, page)].m.next_hop(page)
+                } else {
+                    None
+                };
+                match next {
+                    Some(x) if x.index() != at && path.len() <= 2 * self.nodes + 2 => {
+                        at = x.index();
+                        path.push(at);
+                    }
+                    _ => {
+                        return Err(self.fail(
+                            FailKind::EndState,
+                            Some(page),
+                            format!(
+                                "page {page}: a request from n{n} would not reach its home n{h}: \
+                                 path {path:?}"
+                            ),
+                        ))
+                    }
+                }
             }
         }
         Ok(())

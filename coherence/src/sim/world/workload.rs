@@ -11,6 +11,11 @@ impl World {
         if !self.alive[n] || self.threads[n][th].state != ThreadState::Idle {
             return Ok(());
         }
+        if self.leave_stops(n) && self.threads[n][th].op.is_none() {
+            // The leaving node's threads stop before it hands its pages over.
+            self.threads[n][th].state = ThreadState::Stopped;
+            return Ok(());
+        }
         let (p, write) = match self.threads[n][th].op {
             Some(op) => op,
             None => {
@@ -22,6 +27,7 @@ impl World {
                 self.issued += 1;
                 self.stats.ops += 1;
                 self.fire_crashes();
+                self.fire_leave();
                 if self.sc.evict_pct > 0 && self.rng.gen_range(0..100) < self.sc.evict_pct {
                     let victim = self.rng.gen_range(0..self.nodes);
                     let at = self.now + self.rng.gen_range(0..=self.sc.think_max_ns);
