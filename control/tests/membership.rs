@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use control::handle::{JoinRequest, MemberState, MembershipError, MembershipOps};
 use control::membership::msg::NodeInfo;
 use control::membership::{
-    wait_for_admission, wait_until, Membership, MembershipConfig, NodeControl, NodeControlError,
+    wait_for_admission, wait_until, LeaveProgress, Membership, MembershipConfig, NodeControl,
+    NodeControlError,
 };
 use control::tls::{generate, GeneratedFiles, TlsIdentity};
 
@@ -23,6 +24,8 @@ struct FakeNode {
     stopped: Mutex<bool>,
     handed_back: Mutex<bool>,
     refusals: Mutex<Vec<String>>,
+    /// Home-leave calls, in order.
+    steps: Mutex<Vec<String>>,
 }
 
 impl NodeControl for FakeNode {
@@ -48,6 +51,27 @@ impl NodeControl for FakeNode {
     }
     fn hand_back(&self) -> Result<(), NodeControlError> {
         *self.handed_back.lock().unwrap() = true;
+        Ok(())
+    }
+    fn retire(&self, id: u16, to: u16) -> Result<(), NodeControlError> {
+        self.steps
+            .lock()
+            .unwrap()
+            .push(format!("retire {id}->{to}"));
+        Ok(())
+    }
+    fn retire_progress(&self) -> Result<LeaveProgress, NodeControlError> {
+        Ok(LeaveProgress {
+            fenced: true,
+            drained: true,
+            homed: 0,
+        })
+    }
+    fn retired(&self, id: u16, to: u16) -> Result<(), NodeControlError> {
+        self.steps
+            .lock()
+            .unwrap()
+            .push(format!("retired {id}->{to}"));
         Ok(())
     }
     fn stop(&self) {
@@ -268,9 +292,7 @@ fn a_joiner_is_admitted_and_a_compute_node_leaves() {
         "the joiner's heartbeats arrive"
     );
 
-    // A home cannot leave; the compute-only joiner can.
-    let e = a.m.leave(1).unwrap_err();
-    assert!(matches!(e, MembershipError::Conflict(_)), "{e}");
+    // An unknown node cannot leave; the compute-only joiner can.
     assert_eq!(a.m.leave(9).unwrap_err(), MembershipError::NotFound(9));
     a.m.leave(2).unwrap();
     assert!(
@@ -291,5 +313,58 @@ fn a_joiner_is_admitted_and_a_compute_node_leaves() {
     assert!(wait_until(Duration::from_millis(100), || state(&a, 2)
         == Some(MemberState::Left)));
     drop(jm);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A home node's leave runs its three steps through every member in order: each other member
+/// retires it (the fence), the leaving node retires itself, hands back and drains, each other
+/// member applies `Retired`, and then it leaves like a compute node. The successor is the
+/// live home with the lowest id. The last home cannot leave.
+#[test]
+fn a_home_node_leaves_after_its_pages_go_to_the_lowest_other_home() {
+    let (f, dir) = certs("home-leave", &[0, 1, 2]);
+    let (nodes, ls) = cluster(&[0, 1, 2], &[4096, 4096, 4096]);
+    let mut it = ls.into_iter();
+    let a = start(&f, 0, &nodes, it.next().unwrap());
+    let b = start(&f, 1, &nodes, it.next().unwrap());
+    let c = start(&f, 2, &nodes, it.next().unwrap());
+    assert!(wait_until(Duration::from_secs(5), || [0, 1, 2]
+        .iter()
+        .all(|&id| state(&a, id) == Some(MemberState::Alive))));
+    // Asked at node 2, node 1 leaves; node 0 takes its pages.
+    c.m.leave(1).unwrap();
+    for r in [&a, &c] {
+        assert_eq!(
+            *r.node.steps.lock().unwrap(),
+            vec!["retire 1->0".to_string(), "retired 1->0".to_string()],
+            "every other member fences, then forgets node 1"
+        );
+    }
+    assert_eq!(
+        *b.node.steps.lock().unwrap(),
+        vec!["retire 1->0".to_string(), "retired 1->0".to_string()],
+        "the leaving node drains, then is gone"
+    );
+    assert!(*b.node.handed_back.lock().unwrap());
+    assert!(wait_until(Duration::from_secs(3), || *b
+        .node
+        .stopped
+        .lock()
+        .unwrap()));
+    assert!(wait_until(Duration::from_secs(3), || state(&a, 1)
+        == Some(MemberState::Left)
+        && state(&c, 1) == Some(MemberState::Left)));
+    // Node 2 now leaves too (to node 0); node 0, the last home, cannot.
+    a.m.leave(2).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || *c
+        .node
+        .stopped
+        .lock()
+        .unwrap()));
+    let e = a.m.leave(0).unwrap_err();
+    assert!(
+        matches!(&e, MembershipError::Conflict(t) if t.contains("only live node that homes memory")),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -22,7 +22,7 @@ use crate::node_state::NodeState;
 use crate::pmqos::LatencyGuard;
 use crate::redial::{RedialSetup, RedialTx, Redialer};
 use crate::region::{Region, RegionError};
-use crate::shard::mailbox::{Command, Mailbox, PageState};
+use crate::shard::mailbox::{Command, Mailbox, PageState, RetireProgress};
 use crate::shard::route::ShardMsg;
 use crate::shard::trace::TraceRings;
 use crate::shard::{Conn, Shard, ShardSetup};
@@ -117,6 +117,16 @@ pub enum NodeError {
     /// Replicas were still held when the leave timed out.
     #[error("replicas still held after {0:?}: workers may still be touching remote pages")]
     LeaveTimeout(Duration),
+    /// A home node's leave step could not be applied (docs/protocol.md §13).
+    #[error("home leave: {0}")]
+    Retire(String),
+}
+
+/// How long a shard may take to answer a leave command.
+const RETIRE_ANSWER: Duration = Duration::from_secs(5);
+
+fn retire_id(id: u16) -> Result<NodeId, NodeError> {
+    NodeId::new(id).map_err(|e| NodeError::Retire(e.to_string()))
 }
 
 /// How to start a node.
@@ -271,6 +281,8 @@ pub struct Node {
     transport_line: String,
     transport_stats: Vec<Arc<wire::TransportStats>>,
     figures: Option<Figures>,
+    /// Home nodes that left, and the node that took each one's pages.
+    successors: Mutex<Vec<(u16, u16)>>,
     _pm_qos: Option<LatencyGuard>,
 }
 
@@ -506,6 +518,7 @@ impl Node {
             transport_line,
             transport_stats: Vec::new(),
             figures: None,
+            successors: Mutex::new(Vec::new()),
             _pm_qos: pm_qos,
         };
         node.await_shards(&ready_rx, shards)?;
@@ -753,6 +766,91 @@ impl Node {
     /// Handshake outcomes (the acceptor's and our own dials).
     pub fn handshake_stats(&self) -> &wire::handshake::HandshakeStats {
         &self.acceptor.stats
+    }
+
+    /// Home node `node` leaves and `to` takes its pages (docs/protocol.md §13): every shard
+    /// stops moving homes to `node`; at `node` itself (which must be told last) the shards
+    /// start handing every page they home, and every pointer they keep, to `to`.
+    pub fn retire(&self, node: u16, to: u16) -> Result<(), NodeError> {
+        let (node, to) = (retire_id(node)?, retire_id(to)?);
+        self.on_every_shard(|reply| Command::Retire { node, to, reply })
+    }
+
+    /// `node` has left and `to` answers for it: every shard sends there what would have gone
+    /// to `node`, and forgets `node` without reporting a failure.
+    pub fn retired(&self, node: u16, to: u16) -> Result<(), NodeError> {
+        let (id, succ) = (node, to);
+        let (node, to) = (retire_id(node)?, retire_id(to)?);
+        self.on_every_shard(|reply| Command::Retired { node, to, reply })?;
+        if let Ok(mut s) = self.successors.lock() {
+            s.push((id, succ));
+        }
+        Ok(())
+    }
+
+    /// The node that answers for `id`: `id` itself, or the successor of a home that left
+    /// (followed through later leaves).
+    pub fn successor(&self, id: u16) -> u16 {
+        let Ok(s) = self.successors.lock() else {
+            return id;
+        };
+        let mut at = id;
+        for _ in 0..s.len() {
+            match s.iter().find(|&&(d, _)| d == at) {
+                Some(&(_, to)) => at = to,
+                None => break,
+            }
+        }
+        at
+    }
+
+    /// How the leave in progress stands over all shards: `fenced` and `drained` when every
+    /// shard says so, `homed` summed.
+    pub fn retire_progress(&self) -> Result<RetireProgress, NodeError> {
+        let mut all = RetireProgress {
+            fenced: true,
+            drained: true,
+            homed: 0,
+        };
+        for m in self.mailboxes.iter() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            m.post(Command::RetireStatus(tx));
+            for d in self.doorbells.iter() {
+                d.kick();
+            }
+            let p = rx
+                .recv_timeout(RETIRE_ANSWER)
+                .map_err(|_| NodeError::Retire("a shard did not answer in time".into()))?;
+            all.fenced &= p.fenced;
+            all.drained &= p.drained;
+            all.homed += p.homed;
+        }
+        Ok(all)
+    }
+
+    /// Posts one command to every shard and waits for each answer (an error text if the
+    /// protocol refused).
+    fn on_every_shard(
+        &self,
+        make: impl Fn(std::sync::mpsc::Sender<Option<String>>) -> Command,
+    ) -> Result<(), NodeError> {
+        let mut answers = Vec::new();
+        for m in self.mailboxes.iter() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            m.post(make(tx));
+            answers.push(rx);
+        }
+        for d in self.doorbells.iter() {
+            d.kick();
+        }
+        for rx in answers {
+            match rx.recv_timeout(RETIRE_ANSWER) {
+                Ok(None) => {}
+                Ok(Some(why)) => return Err(NodeError::Retire(why)),
+                Err(_) => return Err(NodeError::Retire("a shard did not answer in time".into())),
+            }
+        }
+        Ok(())
     }
 
     /// Hands every replica this node caches back to its home (clean ones are dropped, dirty

@@ -12,7 +12,7 @@ use control::handle::{
     PageQueryError, Telemetry,
 };
 use control::membership::msg::NodeInfo;
-use control::membership::{Membership, NodeControl, NodeControlError};
+use control::membership::{LeaveProgress, Membership, NodeControl, NodeControlError};
 
 use engine::config::{self, ClusterSpec, NodeSpec, PAGE_SIZE};
 use engine::node::Node;
@@ -169,7 +169,13 @@ impl NodeControl for Glue {
     }
 
     fn data_plane_dead(&self) -> u64 {
-        self.node.state().dead() & !self.node.state().left()
+        let s = self.node.state();
+        if s.departures_expected() {
+            // This node is stopping, or has handed its pages over and is about to leave: the
+            // others closing their connections says nothing about them.
+            return 0;
+        }
+        s.dead() & !s.left()
     }
 
     fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), NodeControlError> {
@@ -208,6 +214,30 @@ impl NodeControl for Glue {
     fn hand_back(&self) -> Result<(), NodeControlError> {
         self.node
             .leave(Duration::from_secs(60))
+            .map_err(|e| NodeControlError::DataPlane(Box::new(e)))
+    }
+
+    fn retire(&self, id: u16, to: u16) -> Result<(), NodeControlError> {
+        self.node
+            .retire(id, to)
+            .map_err(|e| NodeControlError::DataPlane(Box::new(e)))
+    }
+
+    fn retire_progress(&self) -> Result<LeaveProgress, NodeControlError> {
+        let p = self
+            .node
+            .retire_progress()
+            .map_err(|e| NodeControlError::DataPlane(Box::new(e)))?;
+        Ok(LeaveProgress {
+            fenced: p.fenced,
+            drained: p.drained,
+            homed: p.homed,
+        })
+    }
+
+    fn retired(&self, id: u16, to: u16) -> Result<(), NodeControlError> {
+        self.node
+            .retired(id, to)
             .map_err(|e| NodeControlError::DataPlane(Box::new(e)))
     }
 
@@ -271,9 +301,11 @@ impl NodeHandle for Glue {
             _ => return Err(PageQueryError::OutOfRange { gpa, end }),
         };
         // A page's coherence state lives at its home: start at the layout's and follow the
-        // page's moves (home migration), a bounded number of them.
+        // page's moves (home migration), a bounded number of them; a home that left is asked
+        // through the node that took its pages.
         let mut moves = Vec::new();
         for _ in 0..MAX_PAGE_HOPS {
+            home = self.node.successor(home);
             let mut info = if home == self.node.id() {
                 self.local_page(gpa)?
             } else {

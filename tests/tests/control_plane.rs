@@ -1,7 +1,8 @@
 //! The control plane across real node processes: `ssi-dp up` forms a cluster from an
 //! inventory, the REST API reports and steers it, heartbeats detect a stopped node (which is
 //! not readmitted when it resumes), a node without a valid certificate is refused, a node
-//! joins a running cluster, after which a workload spreads over its memory too, and
+//! joins a running cluster, after which a workload spreads over its memory too, a node that
+//! homes memory leaves a running cluster without losing an update, and
 //! `ssi-dp supervisor` forms and stops clusters on `POST` / `DELETE /cluster`.
 
 use std::io::{Read, Write};
@@ -702,5 +703,101 @@ fn a_page_query_follows_the_page_to_its_new_home_and_says_why_it_moved() {
     eprintln!("{} of 48 part pages moved, e.g. {}", moved.len(), moved[0]);
     assert_eq!(http("DELETE", p[0].api, "/cluster", "").0, 202);
     assert_eq!(up.wait(Duration::from_secs(60)), Some(0), "{}", up.output());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node that homes memory leaves a running cluster (`DELETE /nodes/2`) while the other two
+/// run an exact workload on counters spread over all three homes: its pages go to node 0
+/// (the live home with the lowest id) and the workload's totals stay exact.
+#[test]
+fn a_home_node_leaves_a_running_cluster_and_no_update_is_lost() {
+    let dir = scratch_dir("cp-home-leave");
+    setup(&dir, "0-2");
+    let p = ports(3);
+    let inv = inventory(&dir, &[0, 1, 2], &["16M", "16M", "16M"], &p, 1500);
+    let inv = inv.to_str().unwrap().to_string();
+    let work = [
+        "--workload",
+        "counters",
+        "--ops",
+        "400000",
+        "--participants",
+        "0-1",
+        "--placement",
+        "on",
+    ];
+    let mut nodes: Vec<Proc> = (0..3)
+        .map(|i| {
+            let id = i.to_string();
+            let mut a = vec!["--inventory", inv.as_str(), "--node-id", id.as_str()];
+            if i < 2 {
+                a.extend(work);
+            } else {
+                a.extend(["--placement", "on"]);
+            }
+            Proc::start(&a)
+        })
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(60), || (0..3).all(|i| state_of(
+            p[0].api, i
+        )
+        .as_deref()
+            == Some("alive"))),
+        "the cluster did not form:\n{}",
+        nodes[0].output()
+    );
+    // Let the workload run on all three homes for a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let (code, body) = http("DELETE", p[1].api, "/nodes/2", "");
+    let took = t0.elapsed();
+    assert_eq!(
+        code,
+        204,
+        "{body}\n{}\n{}\n{}",
+        nodes[0].output(),
+        nodes[1].output(),
+        nodes[2].output()
+    );
+    eprintln!("home leave took {:.0} ms", took.as_secs_f64() * 1e3);
+    assert_eq!(
+        nodes[2].wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        nodes[2].output()
+    );
+    assert!(
+        nodes[0].child.try_wait().unwrap().is_none(),
+        "the workload ended before the leave did (raise --ops): the leave did not happen under load\n{}",
+        nodes[0].output()
+    );
+    assert!(wait_for(Duration::from_secs(2), || state_of(p[0].api, 2)
+        .as_deref()
+        == Some("left")));
+    // A page of node 2's range is now answered for by node 0, where it lives.
+    let (code, page) = http(
+        "GET",
+        p[1].api,
+        &format!("/pages/{:#x}", (32u64 << 20) + 4096),
+        "",
+    );
+    assert_eq!(code, 200, "{page}");
+    let v: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(
+        (v["layout_home"].as_u64(), v["home"].as_u64()),
+        (Some(2), Some(0)),
+        "{page}"
+    );
+    for n in nodes.iter_mut().take(2) {
+        assert_eq!(n.wait(Duration::from_secs(180)), Some(0), "{}", n.output());
+        let out = n.output();
+        assert!(
+            out.contains("8 counters on 3 homes total 1600000 = 2 nodes x 2 workers x 400000 ops"),
+            "{out}"
+        );
+    }
+    let out2 = nodes[2].output();
+    assert!(out2.contains("left the cluster"), "{out2}");
     let _ = std::fs::remove_dir_all(&dir);
 }

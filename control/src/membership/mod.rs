@@ -12,10 +12,12 @@
 //! list (the joiner starts its data plane, which waits for the members' connections), sends
 //! `Extend` to every member (each extends its layout, connects its shards to the joiner, and
 //! acknowledges), and answers the API once every member acknowledged and the joiner reported
-//! `JoinDone`. Leave: only a node that homes no memory can leave (there is no home migration
-//! in this version); it hands back every replica it caches, tells everyone `Left`, and exits.
+//! `JoinDone`. Leave: a node hands back every replica it caches, tells everyone `Left`, and
+//! exits; a node that homes memory first hands its pages to another home, in three steps the
+//! member that took the request coordinates (`home_leave.rs`, docs/protocol.md §13).
 
 pub mod detector;
+mod home_leave;
 pub mod link;
 pub mod msg;
 
@@ -67,10 +69,29 @@ pub trait NodeControl: Send + Sync {
     fn extend(&self, nodes: &[NodeInfo], joiner: u16) -> Result<(), NodeControlError>;
     /// Hands every cached replica back to its home (before leaving). Worker thread.
     fn hand_back(&self) -> Result<(), NodeControlError>;
+    /// Home node `id` leaves and `to` takes its pages: the protocol's `Retire` on every
+    /// shard (docs/protocol.md §13). Worker thread.
+    fn retire(&self, id: u16, to: u16) -> Result<(), NodeControlError>;
+    /// How the leave in progress stands on this node. Worker thread.
+    fn retire_progress(&self) -> Result<LeaveProgress, NodeControlError>;
+    /// `id` has left and `to` answers for it: the protocol's `Retired`. Worker thread.
+    fn retired(&self, id: u16, to: u16) -> Result<(), NodeControlError>;
     /// Stops this node in order (the process ends).
     fn stop(&self);
     /// The state of a page this node homes (answering another node's query).
     fn page_local(&self, gpa: u64) -> Result<PageInfo, PageQueryError>;
+}
+
+/// This node's part of a home node's leave, as [`NodeControl::retire_progress`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaveProgress {
+    /// The leaving node has processed everything this node sent it before the leave began.
+    pub fenced: bool,
+    /// At the leaving node: its pages and pointers are with the successor, nothing it sent
+    /// is unacknowledged.
+    pub drained: bool,
+    /// Pages the leaving node still homes.
+    pub homed: u64,
 }
 
 /// The data plane's own error, as [`NodeControlError`] carries it (membership only reports it).
@@ -257,7 +278,7 @@ impl MembershipOps for Membership {
     fn leave(&self, id: u16) -> Result<(), MembershipError> {
         self.command(
             |tx| Cmd::Leave(id, tx),
-            LEAVE_TIMEOUT + Duration::from_secs(5),
+            home_leave::HOME_LEAVE_TIMEOUT + LEAVE_TIMEOUT + Duration::from_secs(5),
         )?
     }
 
@@ -398,6 +419,13 @@ enum Work {
         result: Result<(), NodeControlError>,
     },
     HandedBack(Result<(), NodeControlError>),
+    /// This node's part of a step of a home node's leave is done (`coordinator`: whom to
+    /// tell; `None` when this node coordinates).
+    HomeLeaveStep {
+        req: u64,
+        coordinator: Option<u16>,
+        result: Result<(), home_leave::StepError>,
+    },
     Dialled {
         peer: u16,
         sock: std::io::Result<TcpStream>,
@@ -427,6 +455,8 @@ struct Loop {
     work_rx: Receiver<Work>,
     join: Option<PendingJoin>,
     leave: Option<PendingLeave>,
+    /// A home node's leave this node coordinates.
+    home_leave: Option<home_leave::HomeLeave>,
     leaving: bool,
     next_req: u64,
     ever_connected: Vec<u16>,
@@ -528,6 +558,7 @@ impl Loop {
             work_rx,
             join: None,
             leave: None,
+            home_leave: None,
             leaving: false,
             next_req: 1,
             ever_connected: Vec::new(),
@@ -573,7 +604,10 @@ impl Loop {
                 self.detector.forgive(gap.as_nanos() as u64);
             }
             changes.clear();
-            self.detector.tick(now_ns(self.origin), &mut changes);
+            if !self.leaving {
+                // A node that leaves stops judging the others: they stop talking to it.
+                self.detector.tick(now_ns(self.origin), &mut changes);
+            }
             for c in &changes {
                 match *c {
                     Change::Suspected(id) => tracing::warn!("node {id} is suspect: no heartbeat"),
@@ -591,6 +625,7 @@ impl Loop {
             }
             self.progress_join();
             self.progress_leave();
+            self.progress_home_leave();
             self.expire_queries();
             self.publish();
             self.sleep();
@@ -758,6 +793,14 @@ impl Loop {
                     tracing::warn!("refused a control connection claiming node {id}: certificate does not match");
                     return true;
                 }
+                if self.leaving {
+                    // Not a verdict on the caller: this node is on its way out.
+                    let _ = self.links[i].send(&ControlMsg::Refused {
+                        reason: format!("node {} is leaving the cluster", self.me.id),
+                        dead: false,
+                    });
+                    return true;
+                }
                 match self.detector.heard(id, now) {
                     Heard::Refused => {
                         let _ = self.links[i].send(&ControlMsg::Refused {
@@ -856,6 +899,15 @@ impl Loop {
             }
             ControlMsg::Leave { id } if id == self.me.id => {
                 self.start_leaving();
+                false
+            }
+            ControlMsg::HomeLeave { req, step, id, to } => {
+                self.spawn_step(req, peer, step, id, to);
+                false
+            }
+            ControlMsg::HomeLeaveAck { req, error } => {
+                let from = peer.unwrap_or(u16::MAX);
+                self.home_leave_step_done(from, req, error.map_or(Ok(()), |e| Err((true, e))));
                 false
             }
             ControlMsg::Left { id } => {
@@ -969,6 +1021,19 @@ impl Loop {
                         let _ = l.send(&ControlMsg::ExtendAck { req, error });
                     }
                 }
+                Work::HomeLeaveStep {
+                    req,
+                    coordinator,
+                    result,
+                } => match coordinator {
+                    None => self.home_leave_step_done(self.me.id, req, result),
+                    Some(c) => {
+                        let error = result.err().map(|e| e.1);
+                        if let Some(l) = self.links.iter_mut().find(|l| l.peer == Some(c)) {
+                            let _ = l.send(&ControlMsg::HomeLeaveAck { req, error });
+                        }
+                    }
+                },
                 Work::HandedBack(r) => {
                     if let Err(e) = r {
                         tracing::warn!("handing pages back before leaving: {e}");
@@ -1223,14 +1288,6 @@ impl Loop {
             let _ = reply.send(Err(MembershipError::NotFound(id)));
             return;
         };
-        if n.memory != 0 {
-            let _ = reply.send(Err(MembershipError::Conflict(format!(
-                "node {id} homes {} bytes of the address space; a home's pages cannot be handed \
-                 to another node in this version (no home migration): stop the cluster instead",
-                n.memory
-            ))));
-            return;
-        }
         if matches!(
             self.detector.state(id).map(|s| s.0),
             Some(MemberState::Dead | MemberState::Left)
@@ -1240,15 +1297,25 @@ impl Loop {
             ))));
             return;
         }
-        if id == self.me.id {
-            let _ = reply.send(Ok(()));
-            self.start_leaving();
-            return;
-        }
-        if self.leave.is_some() {
+        if self.leave.is_some() || self.home_leave.is_some() {
             let _ = reply.send(Err(MembershipError::Conflict(
                 "another leave is in progress".into(),
             )));
+            return;
+        }
+        if n.memory != 0 {
+            self.begin_home_leave(id, reply);
+            return;
+        }
+        self.ask_to_leave(id, reply);
+    }
+
+    /// Tells node `id` to hand its replicas back and leave (this node: does so); `reply` is
+    /// answered once it has left.
+    pub(super) fn ask_to_leave(&mut self, id: u16, reply: Sender<Result<(), MembershipError>>) {
+        if id == self.me.id {
+            let _ = reply.send(Ok(()));
+            self.start_leaving();
             return;
         }
         let sent = self

@@ -28,6 +28,20 @@ pub struct NodeInfo {
     pub memory: u64,
 }
 
+/// The steps of a home node's leave, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveStep {
+    /// Every other member stops moving pages to the leaving node, and answers once the
+    /// leaving node has processed everything it sent it before.
+    Fence,
+    /// The leaving node hands its pages and pointers to the successor and its replicas back.
+    Drain,
+    /// Every member sends to the successor what would have gone to the leaving node (the
+    /// leaving node last: it is gone from then on).
+    Retired,
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
@@ -92,6 +106,25 @@ pub enum ControlMsg {
     Left {
         /// The departing node.
         id: u16,
+    },
+    /// Coordinator → a member: carry out `step` of home node `id`'s leave, `to` taking its
+    /// pages (docs/protocol.md §13), then acknowledge.
+    HomeLeave {
+        /// Request id, echoed in the acknowledgement (one per step).
+        req: u64,
+        /// Which step.
+        step: LeaveStep,
+        /// The leaving node.
+        id: u16,
+        /// Its successor.
+        to: u16,
+    },
+    /// Member → coordinator: a [`ControlMsg::HomeLeave`] step is done.
+    HomeLeaveAck {
+        /// The request.
+        req: u64,
+        /// `None` when done, else why not.
+        error: Option<String>,
     },
     /// Stop the whole cluster in order.
     Stop,

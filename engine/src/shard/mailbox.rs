@@ -1,7 +1,7 @@
 //! A shard's mailbox for the rare commands that come from the control side: grow the layout
-//! (a node joined), take over new connections, answer a page query. Posting takes a lock;
-//! the shard checks one atomic flag per turn and takes the lock only when something is there,
-//! so the fault path never contends on it.
+//! (a node joined), take over new connections, answer a page query, carry out a home node's
+//! leave. Posting takes a lock; the shard checks one atomic flag per turn and takes the lock
+//! only when something is there, so the fault path never contends on it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Conn;
-use coherence::Layout;
+use coherence::{Layout, NodeId};
 
 /// A directory entry as a page query reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,39 @@ pub enum Command {
     AddConns(Vec<Conn>),
     /// Report the state of a page this shard owns.
     QueryPage(u64, Sender<PageState>),
+    /// Home node `node` leaves and `to` takes its pages (docs/protocol.md §13): give the
+    /// protocol `Retire`; the answer is why it refused, if it did.
+    Retire {
+        /// The leaving node.
+        node: NodeId,
+        /// Its successor.
+        to: NodeId,
+        /// The protocol's refusal, if any.
+        reply: Sender<Option<String>>,
+    },
+    /// Report how the leave in progress stands on this shard.
+    RetireStatus(Sender<RetireProgress>),
+    /// `node` has left; `to` answers for it (`Retired`).
+    Retired {
+        /// The node that left.
+        node: NodeId,
+        /// Its successor.
+        to: NodeId,
+        /// The protocol's refusal, if any.
+        reply: Sender<Option<String>>,
+    },
+}
+
+/// One shard's part of a home's leave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetireProgress {
+    /// Every frame this shard sent the leaving node before `Retire` was processed there.
+    pub fenced: bool,
+    /// At the leaving node: every page it homed and every pointer it kept is handed to the
+    /// successor, nothing is in flight here, and every frame it sent was acknowledged.
+    pub drained: bool,
+    /// Pages this shard is still the home of.
+    pub homed: u64,
 }
 
 /// See the module documentation.

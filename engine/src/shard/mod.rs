@@ -28,7 +28,7 @@ use wire::ratelimit::LogLimiter;
 use wire::{DownReason, Event, FrameError, FrameKeys, Header, MsgType, PeerId, RxBuf, Transport};
 
 use self::exec::{Aftermath, Io};
-use self::mailbox::{Command, DirView, Mailbox, PageState};
+use self::mailbox::{Command, DirView, Mailbox, PageState, RetireProgress};
 use self::route::{next_owned, peer_id, peer_node, prev_owned, shard_of, PeerShards, ShardMsg};
 use self::session::{ResumeError, SessionError, Sessions, ACK_DELAY_NS};
 use self::trace::{TraceRings, Tracer};
@@ -197,6 +197,9 @@ pub struct Shard<T: Transport> {
     uffd_read_at: u64,
     /// The bound on pages of other homes held here, if there is one.
     cache: Option<Box<ReplicaCache>>,
+    /// A home's leave in progress (docs/protocol.md §13): the leaving node and, at every
+    /// other node, the fence on what this shard had sent it when `Retire` was processed.
+    retire: Option<(NodeId, Vec<(u32, u64)>)>,
     /// Home migration's policy, when it is on ([`coherence::Config::migration`]).
     placement: Option<crate::placement::Policy>,
 }
@@ -267,6 +270,7 @@ impl<T: Transport> Shard<T> {
             uffd_read_at: 0,
             cache: None,
             placement: None,
+            retire: None,
         };
         if shard.machine.config().migration {
             shard.placement = Some(crate::placement::Policy::default());
@@ -510,10 +514,81 @@ impl<T: Transport> Shard<T> {
                         moves,
                     });
                 }
+                Command::Retire { node, to, reply } => {
+                    let _ = reply.send(self.retire(node, to));
+                }
+                Command::RetireStatus(reply) => {
+                    let _ = reply.send(self.retire_progress());
+                }
+                Command::Retired { node, to, reply } => {
+                    let _ = reply.send(self.retired(node, to));
+                }
             }
         }
         self.mailbox.finished(n as u64);
         n
+    }
+
+    /// `Command::Retire`: the protocol's `Retire`, and at every other node a fence on what
+    /// this shard has sent the leaving node so far.
+    fn retire(&mut self, node: NodeId, to: NodeId) -> Option<String> {
+        if let Err(e) = self.control_step(Input::Retire { node, to }) {
+            return Some(e);
+        }
+        let fence = if node == self.me {
+            Vec::new()
+        } else {
+            self.io.sessions.fence(node)
+        };
+        self.retire = Some((node, fence));
+        None
+    }
+
+    /// Feeds the machine an input from the control side and carries out its actions; a
+    /// refusal is the caller's to report (it is not a peer's protocol violation).
+    fn control_step(&mut self, input: Input) -> Result<(), String> {
+        let now = self.io.clock.now();
+        let res = self.machine.step(now, input, &mut self.actions);
+        let after = self.io.execute(&self.actions, None, &self.machine);
+        self.aftermath(after);
+        res.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// How this shard's part of the leave in progress stands.
+    fn retire_progress(&self) -> RetireProgress {
+        let Some((node, fence)) = &self.retire else {
+            return RetireProgress::default();
+        };
+        let leaving = *node == self.me;
+        RetireProgress {
+            fenced: leaving || self.io.sessions.passed(fence),
+            drained: leaving
+                && self.machine.drained()
+                && self.machine.is_quiescent()
+                && self.io.sessions.all_acked(),
+            homed: if leaving {
+                self.machine.homed_pages() as u64
+            } else {
+                0
+            },
+        }
+    }
+
+    /// `Command::Retired`: the protocol's `Retired`; the node that left is gone for this
+    /// shard (its sessions and connections close, without a failure being reported).
+    fn retired(&mut self, node: NodeId, to: NodeId) -> Option<String> {
+        if let Err(e) = self.control_step(Input::Retired { node, to }) {
+            return Some(e);
+        }
+        self.retire = None;
+        if node == self.me {
+            // This node has left: the others closing their connections is expected.
+            self.state.expect_departures();
+        } else {
+            self.state.mark_left(node.get());
+            self.node_down_local(node, "it left");
+        }
+        None
     }
 
     /// One loop turn; returns how much work it found.
@@ -541,6 +616,12 @@ impl<T: Transport> Shard<T> {
         }
         work += self.drain_inbox();
         work += self.retry_faults();
+        if let Some(to) = self.machine.draining() {
+            // A leaving node's drain may use half of what the connection to its successor
+            // holds; acknowledgements make room again (and wake this shard).
+            let room = self.io.sessions.room(to) / 2;
+            self.machine.allow_drain(room as u32);
+        }
         work += self.run_timers();
         work += self.evict_scan();
         if self.cache.is_some() {

@@ -692,6 +692,50 @@ impl Sessions {
         })
     }
 
+    /// A fence on `node`: for each of its sessions, the position after the last frame kept
+    /// so far. [`Sessions::passed`] says when the node has acknowledged all of them (and so
+    /// processed them: a frame is acknowledged after the protocol took it in).
+    pub fn fence(&self, node: NodeId) -> Vec<(u32, u64)> {
+        let n = node.index();
+        let base = self.base[n];
+        if base == u32::MAX {
+            return Vec::new();
+        }
+        (base..base + u32::from(self.shards[n]))
+            .map(|i| (i, self.list[i as usize].end()))
+            .collect()
+    }
+
+    /// Whether every frame before `fence` was acknowledged (or its node is gone).
+    pub fn passed(&self, fence: &[(u32, u64)]) -> bool {
+        fence.iter().all(|&(i, at)| {
+            let s = &self.list[i as usize];
+            s.link == Link::Gone || s.first >= at
+        })
+    }
+
+    /// How many more frames (each with a page) this shard could keep for `node` now: the
+    /// least room of its sessions, and of the page copies.
+    pub fn room(&self, node: NodeId) -> usize {
+        let n = node.index();
+        let base = self.base[n];
+        if base == u32::MAX {
+            return 0;
+        }
+        (base..base + u32::from(self.shards[n]))
+            .map(|i| self.window.saturating_sub(self.list[i as usize].ring.len()))
+            .min()
+            .unwrap_or(0)
+            .min(self.free_pages.len())
+    }
+
+    /// Whether every frame kept for any live session has been acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.list
+            .iter()
+            .all(|s| s.link == Link::Gone || s.ring.is_empty())
+    }
+
     /// `node` is gone: its sessions drop everything they held.
     pub fn forget(&mut self, node: NodeId) {
         let n = node.index();
