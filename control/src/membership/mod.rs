@@ -902,7 +902,16 @@ impl Loop {
                 false
             }
             ControlMsg::HomeLeave { req, step, id, to } => {
-                self.spawn_step(req, peer, step, id, to);
+                // The drain is the leaving node's step, the others every other node's.
+                if (step == msg::LeaveStep::Drain) != (id == self.me.id) {
+                    let error = Some(format!(
+                        "the {step:?} step of node {id}'s leave was sent to node {}",
+                        self.me.id
+                    ));
+                    let _ = self.links[i].send(&ControlMsg::HomeLeaveAck { req, error });
+                } else {
+                    self.spawn_step(req, peer, step, id, to);
+                }
                 false
             }
             ControlMsg::HomeLeaveAck { req, error } => {
