@@ -130,6 +130,11 @@ pub struct Heat {
     pub nodes: Vec<u16>,
     /// `counts[bucket][k]`: requests for pages of the bucket made by `nodes[k]`.
     pub counts: Vec<Vec<u64>>,
+    /// Home migration, per bucket: pages homed at the node drawing the picture although the
+    /// layout homes them elsewhere (empty: none anywhere, or not kept).
+    pub homes_in: Vec<u64>,
+    /// Home migration, per bucket: pages of the drawing node's own range homed elsewhere now.
+    pub homes_out: Vec<u64>,
 }
 
 /// One service-time histogram: `(series name, [(upper bound in s, cumulative count)],

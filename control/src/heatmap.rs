@@ -331,6 +331,46 @@ pub fn render_svg(
         }
     }
 
+    // Home migration: which columns hold pages that moved here, or whose home moved away.
+    let moved = |v: &[u64]| -> Vec<u64> {
+        let mut cols = vec![0u64; g.cols];
+        for (b, &n) in v.iter().enumerate().take(heat.counts.len()) {
+            cols[b / g.group] = cols[b / g.group].saturating_add(n);
+        }
+        cols
+    };
+    let (into, away) = (moved(&heat.homes_in), moved(&heat.homes_out));
+    let (n_in, n_out): (u64, u64) = (into.iter().sum(), away.iter().sum());
+    if n_in > 0 || n_out > 0 {
+        let _ = writeln!(
+            s,
+            "<text x=\"{LEFT}\" y=\"60\" font-size=\"11\" fill=\"#444\">home migration: {n_in} \
+             pages of other ranges homed here (green), {n_out} pages of this node's range homed \
+             elsewhere (orange)</text>"
+        );
+        let strip_y = band_y + 18.0;
+        for (cols, fill, what, dy) in [
+            (&into, "#2e9e4f", "homed here from other ranges", 0.0),
+            (
+                &away,
+                "#e07b1f",
+                "of this node's range homed elsewhere",
+                3.0,
+            ),
+        ] {
+            for (c, &n) in cols.iter().enumerate().filter(|(_, &n)| n > 0) {
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{:.2}\" y=\"{:.1}\" width=\"{:.2}\" height=\"3\" fill=\"{fill}\">\
+                     <title>{n} pages {what}</title></rect>",
+                    LEFT + c as f64 * col_w,
+                    strip_y + dy,
+                    col_w.max(1.0)
+                );
+            }
+        }
+    }
+
     // The cells: one rectangle per run of equal colour in a row.
     let _ = writeln!(
         s,
@@ -523,7 +563,34 @@ mod tests {
             counts: (0..buckets)
                 .map(|b| (0..nodes).map(|k| f(b, k)).collect())
                 .collect(),
+            homes_in: vec![],
+            homes_out: vec![],
         }
+    }
+
+    #[test]
+    fn moved_homes_are_marked_above_the_plot() {
+        let plain = render_svg(&heat(2, 8, |_, _| 1), &[], &HeatmapOptions::default()).unwrap();
+        assert!(!plain.contains("home migration"), "no moves, no strip");
+        let mut h = heat(2, 8, |_, _| 1);
+        h.homes_in = vec![0, 0, 3, 0, 0, 0, 0, 1];
+        h.homes_out = vec![5, 0, 0, 0, 0, 0, 0, 0];
+        let svg = render_svg(&h, &[], &HeatmapOptions::default()).unwrap();
+        assert!(svg.contains(
+            "home migration: 4 pages of other ranges homed here (green), 5 pages of this \
+             node's range homed elsewhere (orange)"
+        ));
+        assert_eq!(count(&svg, "fill=\"#2e9e4f\""), 2);
+        assert_eq!(count(&svg, "fill=\"#e07b1f\""), 1);
+        assert!(svg.contains("<title>3 pages homed here from other ranges</title>"));
+        // Merged columns add up.
+        let opts = HeatmapOptions {
+            max_columns: 2,
+            ..HeatmapOptions::default()
+        };
+        let svg = render_svg(&h, &[], &opts).unwrap();
+        assert!(svg.contains("<title>3 pages homed here from other ranges</title>"));
+        assert!(svg.contains("<title>1 pages homed here from other ranges</title>"));
     }
 
     fn count(s: &str, pat: &str) -> usize {
@@ -657,6 +724,8 @@ mod tests {
             bucket_bytes: 4096,
             nodes: vec![0, 1],
             counts: vec![],
+            homes_in: vec![],
+            homes_out: vec![],
         };
         let svg = render_svg(&h, &[], &HeatmapOptions::default()).unwrap();
         assert!(svg.contains("No page requests counted yet."));

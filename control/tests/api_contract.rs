@@ -145,6 +145,8 @@ impl NodeHandle for MockNode {
             bucket_bytes: 2 * MIB,
             nodes,
             counts,
+            homes_in: Vec::new(),
+            homes_out: Vec::new(),
         }
     }
 

@@ -343,6 +343,8 @@ impl NodeHandle for LiveNode {
             bucket_bytes: 4096,
             nodes: Vec::new(),
             counts: Vec::new(),
+            homes_in: Vec::new(),
+            homes_out: Vec::new(),
         }
     }
     fn telemetry(&self) -> Telemetry {

@@ -82,6 +82,10 @@ pub struct Heat {
     buckets: Box<[[AtomicU64; NODES]]>,
     recent_page: Box<[AtomicU64]>,
     recent: Box<[[AtomicU64; NODES]]>,
+    /// Per bucket: pages homed here now that the layout homes elsewhere (home migration).
+    homes_in: Box<[AtomicU64]>,
+    /// Per bucket: pages of this node's layout range homed elsewhere now.
+    homes_out: Box<[AtomicU64]>,
 }
 
 impl Heat {
@@ -95,7 +99,46 @@ impl Heat {
                 .map(|_| AtomicU64::new(u64::MAX))
                 .collect(),
             recent: (0..RECENT_PAGES).map(|_| row()).collect(),
+            homes_in: (0..HEAT_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            homes_out: (0..HEAT_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    fn bucket_of(&self, page: u64) -> usize {
+        ((page / self.bucket_pages) as usize).min(HEAT_BUCKETS - 1)
+    }
+
+    /// `page`'s home arrived here (`own`: the layout homes it here, so it came back).
+    /// Written by the owning shard only.
+    pub fn home_arrived(&self, page: u64, own: bool) {
+        let b = self.bucket_of(page);
+        if own {
+            let c = &self.homes_out[b];
+            c.store(c.load(Relaxed).saturating_sub(1), Relaxed);
+        } else {
+            add(&self.homes_in[b], 1);
+        }
+    }
+
+    /// `page`'s home left this node (`own`: the layout homes it here).
+    pub fn home_left(&self, page: u64, own: bool) {
+        let b = self.bucket_of(page);
+        if own {
+            add(&self.homes_out[b], 1);
+        } else {
+            let c = &self.homes_in[b];
+            c.store(c.load(Relaxed).saturating_sub(1), Relaxed);
+        }
+    }
+
+    /// Pages of bucket `b` homed here although the layout homes them elsewhere.
+    pub fn homes_in(&self, b: usize) -> u64 {
+        self.homes_in.get(b).map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Pages of bucket `b` the layout homes here that are homed elsewhere now.
+    pub fn homes_out(&self, b: usize) -> u64 {
+        self.homes_out.get(b).map_or(0, |c| c.load(Relaxed))
     }
 
     /// Pages per bucket.

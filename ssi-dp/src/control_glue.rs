@@ -353,10 +353,22 @@ impl NodeHandle for Glue {
                     .collect()
             })
             .collect();
+        let per_bucket = |f: &dyn Fn(&engine::stats::Heat, usize) -> u64| -> Vec<u64> {
+            let v: Vec<u64> = (0..buckets)
+                .map(|b| stats.iter().map(|s| f(&s.heat, b)).sum())
+                .collect();
+            if v.iter().all(|&x| x == 0) {
+                Vec::new()
+            } else {
+                v
+            }
+        };
         Heat {
             bucket_bytes: bucket_pages * PAGE_SIZE,
             nodes,
             counts,
+            homes_in: per_bucket(&|h, b| h.homes_in(b)),
+            homes_out: per_bucket(&|h, b| h.homes_out(b)),
         }
     }
 

@@ -789,6 +789,23 @@ fn a_home_node_leaves_a_running_cluster_and_no_update_is_lost() {
         (Some(2), Some(0)),
         "{page}"
     );
+    // Node 0's heat map marks the range it took over.
+    let (code, svg) = http("GET", p[0].api, "/heatmap", "");
+    assert_eq!(code, 200);
+    let line = svg
+        .lines()
+        .find(|l| l.contains("home migration: "))
+        .unwrap_or_else(|| panic!("no home-migration line in node 0's heat map:\n{svg:.600}"));
+    let homed_here: u64 = line
+        .split("home migration: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        homed_here >= 4000,
+        "node 0 homes {homed_here} pages of other ranges: {line}"
+    );
     for n in nodes.iter_mut().take(2) {
         assert_eq!(n.wait(Duration::from_secs(180)), Some(0), "{}", n.output());
         let out = n.output();

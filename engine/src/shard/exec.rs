@@ -354,6 +354,10 @@ impl<T: Transport> Io<T> {
 
     fn send(&mut self, to: NodeId, msg: Msg, data: Option<DataSource>, after: &mut Aftermath) {
         let page = msg.page();
+        if let Msg::HomeMove { .. } = msg {
+            let own = self.layout.home_of(page) == Ok(self.me);
+            self.stats.heat.home_left(page, own);
+        }
         let Some(peer) = self.peers.route(to, page) else {
             // Not connected (never was, or already down): the machine learns of the death
             // through NodeDead; nothing can be sent.

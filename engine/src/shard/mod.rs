@@ -1066,9 +1066,15 @@ impl<T: Transport> Shard<T> {
             self.node_down(from, "misrouted message");
             return;
         }
-        self.step(Input::Message { from, msg }, payload, Some(from));
+        let done = self.step(Input::Message { from, msg }, payload, Some(from));
         if request {
             self.consider_move(msg.page(), count);
+        }
+        if let (Msg::HomeMove { page, .. }, Some(Outcome::Done)) = (msg, done) {
+            if self.machine.is_home(page) {
+                let own = self.io.layout.home_of(page) == Ok(self.me);
+                self.io.stats.heat.home_arrived(page, own);
+            }
         }
     }
 

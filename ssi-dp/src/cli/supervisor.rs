@@ -332,6 +332,8 @@ impl NodeHandle for Supervisor {
             bucket_bytes: 0,
             nodes: Vec::new(),
             counts: Vec::new(),
+            homes_in: Vec::new(),
+            homes_out: Vec::new(),
         }
     }
 
