@@ -749,13 +749,25 @@ fn a_home_node_leaves_a_running_cluster_and_no_update_is_lost() {
     );
     // Let the workload run on all three homes for a moment.
     std::thread::sleep(Duration::from_millis(500));
+    // Through the CLI, which asks node 1's API (`DELETE /nodes/2`) and waits for the answer.
+    let leave = |id: &str| {
+        Command::new(ssi_dp_bin())
+            .args(["leave", "--api", &format!("127.0.0.1:{}", p[1].api)])
+            .arg("--token-file")
+            .arg(dir.join("api.token"))
+            .arg(id)
+            .output()
+            .expect("run ssi-dp leave")
+    };
     let t0 = Instant::now();
-    let (code, body) = http("DELETE", p[1].api, "/nodes/2", "");
+    let out = leave("2");
     let took = t0.elapsed();
-    assert_eq!(
-        code,
-        204,
-        "{body}\n{}\n{}\n{}",
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("node 2 left the cluster"),
+        "{}{}\n{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
         nodes[0].output(),
         nodes[1].output(),
         nodes[2].output()
@@ -775,6 +787,13 @@ fn a_home_node_leaves_a_running_cluster_and_no_update_is_lost() {
     assert!(wait_for(Duration::from_secs(2), || state_of(p[0].api, 2)
         .as_deref()
         == Some("left")));
+    // The CLI says why a leave is refused, and fails.
+    let out = leave("9");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("node 9 did not leave: 404"),
+        "{err}"
+    );
     // A page of node 2's range is now answered for by node 0, where it lives.
     let (code, page) = http(
         "GET",

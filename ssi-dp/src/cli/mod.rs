@@ -5,6 +5,7 @@ mod acpi_cmd;
 mod child;
 mod demo;
 mod exit;
+mod leave;
 mod node_cmd;
 mod peer_arg;
 mod preflight;
@@ -47,6 +48,10 @@ enum Command {
     /// Serve the REST API without being a node and form clusters on request: `POST /cluster`
     /// with an inventory starts its nodes for this host, `DELETE /cluster` stops them.
     Supervisor(supervisor::SupervisorArgs),
+    /// Make a node leave a running cluster in order, through any member's REST API
+    /// (`DELETE /nodes/{id}`); a node that homes memory first hands its pages to another home
+    /// (needs --placement on). Waits for the answer.
+    Leave(leave::LeaveArgs),
 }
 
 /// Running one node.
@@ -269,6 +274,7 @@ pub fn main() -> i32 {
         Some(Command::Up(a)) => up::run(a),
         Some(Command::Certs(a)) => up::certs(a),
         Some(Command::Supervisor(a)) => supervisor::run(a),
+        Some(Command::Leave(a)) => leave::run(a),
         None => node_cmd::run(cli.node),
     }
 }
