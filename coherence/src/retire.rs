@@ -54,7 +54,9 @@ impl Machine {
     ) -> Result<Outcome, StepError> {
         let refuse = |why| StepError::BadRetire { node, to, why };
         if !self.cfg.migration {
-            return Err(refuse("home migration is off"));
+            return Err(refuse(
+                "home migration is off (every node must run with --placement on)",
+            ));
         }
         let homes = self.layout.homes();
         if !homes.contains(node) || !homes.contains(to) || node == to {

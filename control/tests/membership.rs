@@ -60,7 +60,7 @@ impl NodeControl for FakeNode {
             .push(format!("retire {id}->{to}"));
         Ok(())
     }
-    fn retire_progress(&self) -> Result<LeaveProgress, NodeControlError> {
+    fn retire_progress(&self, _count_homed: bool) -> Result<LeaveProgress, NodeControlError> {
         Ok(LeaveProgress {
             fenced: true,
             drained: true,

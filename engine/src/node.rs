@@ -805,8 +805,9 @@ impl Node {
     }
 
     /// How the leave in progress stands over all shards: `fenced` and `drained` when every
-    /// shard says so, `homed` summed.
-    pub fn retire_progress(&self) -> Result<RetireProgress, NodeError> {
+    /// shard says so, `homed` summed (counted only with `count_homed`: a scan of every
+    /// shard's directory).
+    pub fn retire_progress(&self, count_homed: bool) -> Result<RetireProgress, NodeError> {
         let mut all = RetireProgress {
             fenced: true,
             drained: true,
@@ -814,7 +815,10 @@ impl Node {
         };
         for m in self.mailboxes.iter() {
             let (tx, rx) = std::sync::mpsc::channel();
-            m.post(Command::RetireStatus(tx));
+            m.post(Command::RetireStatus {
+                count_homed,
+                reply: tx,
+            });
             for d in self.doorbells.iter() {
                 d.kick();
             }

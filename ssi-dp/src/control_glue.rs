@@ -223,10 +223,10 @@ impl NodeControl for Glue {
             .map_err(|e| NodeControlError::DataPlane(Box::new(e)))
     }
 
-    fn retire_progress(&self) -> Result<LeaveProgress, NodeControlError> {
+    fn retire_progress(&self, count_homed: bool) -> Result<LeaveProgress, NodeControlError> {
         let p = self
             .node
-            .retire_progress()
+            .retire_progress(count_homed)
             .map_err(|e| NodeControlError::DataPlane(Box::new(e)))?;
         Ok(LeaveProgress {
             fenced: p.fenced,

@@ -32,7 +32,7 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the fence and retired steps may take over all members.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a step's worker looks at the data plane's progress.
-const POLL: Duration = Duration::from_millis(2);
+const POLL: Duration = Duration::from_millis(5);
 /// How often the drain logs how many pages the leaving node still homes.
 const DRAIN_LOG: Duration = Duration::from_secs(5);
 
@@ -66,7 +66,7 @@ pub(super) fn run_step(
         LeaveStep::Fence => {
             node.retire(id, to).map_err(refused)?;
             let until = Instant::now() + FENCE_TIMEOUT;
-            while !node.retire_progress().map_err(refused)?.fenced {
+            while !node.retire_progress(false).map_err(refused)?.fenced {
                 if Instant::now() > until {
                     return Err(late(&format!(
                         "node {id} did not acknowledge what this node sent it within {} s",
@@ -83,7 +83,8 @@ pub(super) fn run_step(
             let until = Instant::now() + HOME_LEAVE_TIMEOUT;
             let mut logged = Instant::now();
             loop {
-                let p = node.retire_progress().map_err(refused)?;
+                let log = logged.elapsed() > DRAIN_LOG || Instant::now() > until;
+                let p = node.retire_progress(log).map_err(refused)?;
                 if p.drained {
                     break;
                 }
@@ -94,7 +95,7 @@ pub(super) fn run_step(
                         p.homed
                     )));
                 }
-                if logged.elapsed() > DRAIN_LOG {
+                if log {
                     tracing::info!("leaving: {} pages still homed here", p.homed);
                     logged = Instant::now();
                 }

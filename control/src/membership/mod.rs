@@ -72,8 +72,9 @@ pub trait NodeControl: Send + Sync {
     /// Home node `id` leaves and `to` takes its pages: the protocol's `Retire` on every
     /// shard (docs/protocol.md §13). Worker thread.
     fn retire(&self, id: u16, to: u16) -> Result<(), NodeControlError>;
-    /// How the leave in progress stands on this node. Worker thread.
-    fn retire_progress(&self) -> Result<LeaveProgress, NodeControlError>;
+    /// How the leave in progress stands on this node (`count_homed`: also count the pages
+    /// it still homes, a scan of its directory). Worker thread.
+    fn retire_progress(&self, count_homed: bool) -> Result<LeaveProgress, NodeControlError>;
     /// `id` has left and `to` answers for it: the protocol's `Retired`. Worker thread.
     fn retired(&self, id: u16, to: u16) -> Result<(), NodeControlError>;
     /// Stops this node in order (the process ends).

@@ -60,8 +60,14 @@ pub enum Command {
         /// The protocol's refusal, if any.
         reply: Sender<Option<String>>,
     },
-    /// Report how the leave in progress stands on this shard.
-    RetireStatus(Sender<RetireProgress>),
+    /// Report how the leave in progress stands on this shard (counting the pages it still
+    /// homes, a scan of its directory, only when asked to).
+    RetireStatus {
+        /// Count the pages still homed here.
+        count_homed: bool,
+        /// Where the answer goes.
+        reply: Sender<RetireProgress>,
+    },
     /// `node` has left; `to` answers for it (`Retired`).
     Retired {
         /// The node that left.
@@ -81,7 +87,7 @@ pub struct RetireProgress {
     /// At the leaving node: every page it homed and every pointer it kept is handed to the
     /// successor, nothing is in flight here, and every frame it sent was acknowledged.
     pub drained: bool,
-    /// Pages this shard is still the home of.
+    /// Pages this shard is still the home of (0 unless counted).
     pub homed: u64,
 }
 

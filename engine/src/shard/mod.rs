@@ -517,8 +517,8 @@ impl<T: Transport> Shard<T> {
                 Command::Retire { node, to, reply } => {
                     let _ = reply.send(self.retire(node, to));
                 }
-                Command::RetireStatus(reply) => {
-                    let _ = reply.send(self.retire_progress());
+                Command::RetireStatus { count_homed, reply } => {
+                    let _ = reply.send(self.retire_progress(count_homed));
                 }
                 Command::Retired { node, to, reply } => {
                     let _ = reply.send(self.retired(node, to));
@@ -555,7 +555,7 @@ impl<T: Transport> Shard<T> {
     }
 
     /// How this shard's part of the leave in progress stands.
-    fn retire_progress(&self) -> RetireProgress {
+    fn retire_progress(&self, count_homed: bool) -> RetireProgress {
         let Some((node, fence)) = &self.retire else {
             return RetireProgress::default();
         };
@@ -566,7 +566,7 @@ impl<T: Transport> Shard<T> {
                 && self.machine.drained()
                 && self.machine.is_quiescent()
                 && self.io.sessions.all_acked(),
-            homed: if leaving {
+            homed: if leaving && count_homed {
                 self.machine.homed_pages() as u64
             } else {
                 0
