@@ -267,6 +267,16 @@ pub trait NodeHandle: Send + Sync {
     fn not_a_node(&self) -> Option<String> {
         None
     }
+    /// `GET /healthz`: `Err(why)` when the process runs but the node has stopped working
+    /// (its data plane stopped on a failure); the default is alive.
+    fn liveness(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// `GET /readyz`: `Err(why)` when the node does not serve guest memory now (stopping,
+    /// leaving, stopped on a failure); the default is ready.
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A node asking to join (body of `POST /nodes`).

@@ -7,6 +7,7 @@
 //! - [`api`], [`metrics`], [`heatmap`]: the REST API, `/metrics`, `/heatmap`.
 
 pub mod api;
+pub mod build;
 pub mod handle;
 pub mod heatmap;
 pub mod inventory;

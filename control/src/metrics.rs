@@ -56,6 +56,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Every metric family the exporter writes, by the name that `# TYPE` lines carry (counters
 /// without their `_total` sample suffix).
 pub const FAMILIES: &[&str] = &[
+    "ssi_dp_build_info",
     "ssi_dp_faults",
     "ssi_dp_remote_miss_ratio",
     "ssi_dp_fault_service_seconds",
@@ -263,6 +264,23 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         protocol_violations,
     } = t;
     let n: Labels = vec![("node", node.to_string())];
+    {
+        let mut m = enc.encode_descriptor(
+            "ssi_dp_build_info",
+            "Always 1; the labels say which build the node runs (version, and the commit it \
+             was built from: `unknown` outside a git checkout, `-dirty` with local changes).",
+            None,
+            MetricType::Gauge,
+        )?;
+        let l = with(
+            &n,
+            &[
+                ("version", crate::build::VERSION.to_string()),
+                ("commit", crate::build::COMMIT.to_string()),
+            ],
+        );
+        m.encode_family(&l)?.encode_gauge(&1i64)?;
+    }
 
     {
         let mut m = enc.encode_descriptor(

@@ -36,6 +36,8 @@ struct MockState {
     broken_heat: bool,
     /// Answers as `ssi-dp supervisor` does: not a node.
     supervisor: bool,
+    /// The node's data plane stopped on this failure.
+    down: Option<String>,
 }
 
 impl MockNode {
@@ -59,6 +61,7 @@ impl MockNode {
                 inventories: Vec::new(),
                 broken_heat: false,
                 supervisor: false,
+                down: None,
             }),
         })
     }
@@ -88,6 +91,21 @@ const PANIC_GPA: u64 = 0xdead_0000;
 impl NodeHandle for MockNode {
     fn id(&self) -> u16 {
         self.id
+    }
+
+    fn liveness(&self) -> Result<(), String> {
+        match &self.state.lock().unwrap().down {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.liveness()?;
+        if self.state.lock().unwrap().stopped {
+            return Err("the node is stopping".into());
+        }
+        Ok(())
     }
 
     fn members(&self) -> Vec<Member> {
@@ -902,6 +920,38 @@ fn a_failing_handler_is_a_500_and_the_server_goes_on() {
     assert!(msg.contains("panic"), "{msg}");
     // The only worker survived.
     assert_eq!(get(srv.addr(), "/nodes").status, 200);
+}
+
+#[test]
+fn probes_answer_without_a_token_and_say_why_not_ready() {
+    let mock = MockNode::in_cluster();
+    // This server wants the token for reads too; the probes do not.
+    let strict = ApiAuth::with_token(TOKEN, true).expect("a usable token");
+    let srv = api::serve("127.0.0.1:0", mock.clone(), mock.clone(), strict).unwrap();
+    let addr = srv.addr();
+    assert_eq!(send_as(addr, "GET", "/nodes", None, None).status, 401);
+    for p in ["/healthz", "/readyz"] {
+        let r = send_as(addr, "GET", p, None, None);
+        assert_eq!(
+            (r.status, r.json()["status"].as_str()),
+            (200, Some("ok")),
+            "{p}"
+        );
+        assert_eq!(send_as(addr, "HEAD", p, None, None).status, 200, "{p}");
+        // A probe changes nothing: other methods are refused like anywhere else.
+        assert_eq!(send(addr, "POST", p, Some(b"{}")).status, 405, "{p}");
+    }
+    // Stopping: alive, not ready.
+    mock.state.lock().unwrap().stopped = true;
+    assert_eq!(send_as(addr, "GET", "/healthz", None, None).status, 200);
+    let why = send_as(addr, "GET", "/readyz", None, None).error(503);
+    assert!(why.contains("stopping"), "{why}");
+    // Stopped on a failure: neither, and both say why.
+    mock.state.lock().unwrap().down = Some("the node stopped: page 7 is lost".into());
+    for p in ["/healthz", "/readyz"] {
+        let why = send_as(addr, "GET", p, None, None).error(503);
+        assert!(why.contains("page 7 is lost"), "{p}: {why}");
+    }
 }
 
 #[test]

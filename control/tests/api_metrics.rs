@@ -128,6 +128,14 @@ fn expected(t: &Telemetry) -> Samples {
         l.insert("node".into(), node.clone());
         e.insert((name.to_string(), l), v);
     };
+    put(
+        "ssi_dp_build_info",
+        &[
+            ("version", control::build::VERSION.to_string()),
+            ("commit", control::build::COMMIT.to_string()),
+        ],
+        1.0,
+    );
     for (kind, loc, n) in &t.faults {
         put(
             "ssi_dp_faults_total",

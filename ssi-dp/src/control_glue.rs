@@ -372,6 +372,27 @@ impl NodeHandle for Glue {
         }
     }
 
+    fn liveness(&self) -> Result<(), String> {
+        match self.node.state().fatal() {
+            Some(reason) => Err(format!("the node stopped: {reason}")),
+            None => Ok(()),
+        }
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        let s = self.node.state();
+        if let Some(reason) = s.fatal() {
+            return Err(format!("the node stopped: {reason}"));
+        }
+        if s.cluster_stop_requested() {
+            return Err("the node is stopping".into());
+        }
+        if s.departures_expected() {
+            return Err("the node is leaving the cluster or stopping".into());
+        }
+        Ok(())
+    }
+
     fn telemetry(&self) -> Telemetry {
         let st = self.node.stats();
         let mut faults = Vec::new();

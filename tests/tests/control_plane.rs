@@ -231,6 +231,28 @@ fn up_forms_a_cluster_the_api_reports_and_steers() {
         metrics.contains("ssi_dp_faults_total{node=\"2\",kind=\"read\",locality=\"remote\"}"),
         "{metrics:.400}"
     );
+    // The build the node runs, as `--version` says it.
+    let version = Command::new(ssi_dp_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    let commit = version
+        .split("(commit ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no commit in `--version`: {version}"));
+    assert!(
+        metrics.contains(&format!(
+            "ssi_dp_build_info{{node=\"2\",version=\"{}\",commit=\"{commit}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{version}"
+    );
+    // A working node is alive and ready (probes need no token).
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(http_as("GET", p[1].api, probe, "", None).0, 200, "{probe}");
+    }
     assert_eq!(http("POST", p[0].api, "/nodes", "{not json").0, 400);
     // A home cannot leave; the compute node can, and everyone sees it within 100 ms.
     assert_eq!(http("DELETE", p[0].api, "/nodes/1", "").0, 409);

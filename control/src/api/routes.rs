@@ -93,7 +93,22 @@ pub const ROUTES: &[Route] = &[
         path: "/heatmap",
         methods: &[Method::Get],
     },
+    Route {
+        path: "/healthz",
+        methods: &[Method::Get],
+    },
+    Route {
+        path: "/readyz",
+        methods: &[Method::Get],
+    },
 ];
+
+/// Whether `path` is a probe (`/healthz`, `/readyz`): answered without the API token even
+/// when reads need it, so that a supervisor (systemd, Kubernetes) can ask without one. They
+/// say only whether the node runs and serves.
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
 
 /// What a handler sees of a request.
 #[derive(Debug, Clone, Copy)]
@@ -160,7 +175,7 @@ pub fn handle(ctx: &Context, req: &Request<'_>) -> Response {
             404,
             &format!(
                 "no such resource: {}; the API serves /cluster, /nodes, /nodes/{{id}}, \
-                 /pages/{{gpa}}, /metrics and /heatmap",
+                 /pages/{{gpa}}, /metrics, /heatmap, /healthz and /readyz",
                 req.path
             ),
         );
@@ -208,8 +223,18 @@ pub fn handle(ctx: &Context, req: &Request<'_>) -> Response {
             Err(e) => error(500, &e.to_string()),
         },
         ("/heatmap", Method::Get) => heatmap(ctx, req.query),
+        ("/healthz", Method::Get) => probe(ctx.node.liveness()),
+        ("/readyz", Method::Get) => probe(ctx.node.readiness()),
         // Every (route, method) pair that `serves` admits is listed above.
         _ => error(500, "route without a handler; this is a bug in ssi-dp"),
+    }
+}
+
+/// A probe's answer: 200 `{"status": "ok"}`, or 503 with why not.
+fn probe(state: Result<(), String>) -> Response {
+    match state {
+        Ok(()) => json(200, &serde_json::json!({"status": "ok"})),
+        Err(why) => error(503, &why),
     }
 }
 

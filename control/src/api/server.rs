@@ -338,7 +338,11 @@ fn serve(mut s: TcpStream, head: &http::RequestHead, body: &[u8], shared: &Share
     if !blocking(&s, shared) {
         return;
     }
-    if let Some(refusal) = shared.auth.refuse(head.method, head.bearer.as_deref()) {
+    let probe = matches!(head.method, Method::Get | Method::Head) && routes::is_probe(&head.path);
+    if let Some(refusal) = (!probe)
+        .then(|| shared.auth.refuse(head.method, head.bearer.as_deref()))
+        .flatten()
+    {
         // A client that does not take its refusal loses nothing but the answer.
         let _ = refusal.write_to(&mut s, head.method == Method::Head);
         linger(&mut s);

@@ -23,7 +23,11 @@ use engine::node::TransportKind;
 
 /// ssi-dp: the data plane of a single-system-image hypervisor.
 #[derive(Debug, Parser)]
-#[command(name = "ssi-dp", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "ssi-dp",
+    version = control::build::VERSION_LINE,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
