@@ -273,6 +273,9 @@ pub struct Machine {
     pub(crate) drain: Option<super::retire::Drain>,
     /// This node has left (its own `Retired`): other nodes going away is no failure.
     pub(crate) left: bool,
+    /// After `Retired`: the scan over page records that sends to the successor what was
+    /// outstanding at the node that left (that node, its successor, next record).
+    pub(crate) reroute: Option<(NodeId, NodeId, u16)>,
     /// Ping-pong damping levels of recently ping-ponging pages (direct-mapped).
     pub(crate) pp: Vec<super::residency::PpSlot>,
     pub(crate) txns: Txns,
@@ -346,6 +349,7 @@ impl Machine {
             retiring: None,
             drain: None,
             left: false,
+            reroute: None,
             pp: vec![super::residency::PpSlot::default(); super::residency::PP_SLOTS],
             local_range,
             home_range,
@@ -448,6 +452,7 @@ impl Machine {
             Input::Message { from, msg } => self.on_message(from, msg, out),
             Input::Tick => {
                 self.run_timers(out);
+                self.run_reroute(out);
                 self.run_cleanup(out);
                 self.run_drain(out);
                 Ok(Outcome::Done)
@@ -832,7 +837,7 @@ impl Machine {
         if self.fatal.is_some() {
             return None;
         }
-        if self.cleanup.is_some() {
+        if self.cleanup.is_some() || self.reroute.is_some() {
             return Some(self.now);
         }
         let drain = self.drain.and_then(|d| d.deadline(self.now));
@@ -847,6 +852,7 @@ impl Machine {
     pub fn is_quiescent(&self) -> bool {
         self.txns.in_use() == 0
             && self.cleanup.is_none()
+            && self.reroute.is_none()
             && self.recs.recs.iter().all(|r| {
                 !r.in_use || (r.req == Req::Idle && r.n_waiters == 0 && r.deferred.is_none())
             })

@@ -110,23 +110,44 @@ impl Machine {
         }
         self.succ[usize::from(node.get())] = to.get() as u8 + 1;
         self.dead.insert(node);
-        // Requests and evictions the node that left was asked: ask its successor.
-        for ri in 0..self.recs.recs.len() as u16 {
-            let r = *self.rec(ri);
-            if !r.in_use || r.asked != node {
-                continue;
-            }
-            let txn = match r.req {
-                super::records::Req::Pending { txn, .. }
-                | super::records::Req::Evicting { txn, .. } => txn,
-                _ => continue,
-            };
-            self.on_nack(r.li as usize, txn, super::msg::NackReason::Moved(to), out)?;
-        }
+        // Requests and evictions the node that left was asked go to its successor: a scan of
+        // the page records, within each step's room for actions (`run_reroute`).
+        self.reroute = Some((node, to, 0));
+        self.run_reroute(out);
         // Whatever the directory still names it for (nothing, if it left as it should).
         self.cleanup = Some(0);
         self.run_cleanup(out);
         Ok(Outcome::Done)
+    }
+
+    /// Continues sending to the successor what was outstanding at the node that left, while
+    /// the step has room for one page's work.
+    pub(crate) fn run_reroute(&mut self, out: &mut Actions) {
+        let Some((node, to, mut ri)) = self.reroute else {
+            return;
+        };
+        while usize::from(ri) < self.recs.recs.len()
+            && out.remaining() >= self.page_bound
+            && self.fatal.is_none()
+        {
+            let r = *self.rec(ri);
+            let txn = match r.req {
+                super::records::Req::Pending { txn, .. }
+                | super::records::Req::Evicting { txn, .. }
+                    if r.in_use && r.asked == node =>
+                {
+                    Some(txn)
+                }
+                _ => None,
+            };
+            if let Some(txn) = txn {
+                // As if the node that left had redirected it; a violation is impossible here
+                // (the record waits for exactly this transaction).
+                let _ = self.on_nack(r.li as usize, txn, super::msg::NackReason::Moved(to), out);
+            }
+            ri += 1;
+        }
+        self.reroute = (usize::from(ri) < self.recs.recs.len()).then_some((node, to, ri));
     }
 
     /// The node that answers for `node`: itself, or the successor it left its pages to.
