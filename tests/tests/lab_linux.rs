@@ -115,7 +115,13 @@ fn linux_runs_across_two_nodes_with_one_vcpu_each_and_survives_a_killed_node() {
     );
 }
 
+/// Not in the default run (`cargo test -p ssi-tests --test lab_linux -- --ignored` runs it):
+/// under TCG its length varies more than CI's 90 minutes allow. Without frame MACs it took
+/// 675 s once and more than its 2 700 s limit in the next clean-clone rehearsal (2026-12-05);
+/// with them 882 s, 1 640 s and more than 2 700 s (CI). The two-node test above keeps an SMP
+/// Linux across nodes in every CI run.
 #[test]
+#[ignore = "longer than CI allows under TCG (675 s to over 2 700 s); run with --ignored"]
 fn linux_runs_across_two_nodes_with_two_vcpus_each() {
     let run = run_linux(
         "--nodes 2 --mem 0=128M --mem 1=128M",
