@@ -1,7 +1,8 @@
 //! The Linux boot path with the real Debian cloud kernel (`apt-get install
 //! linux-image-cloud-amd64`, used by these tests only):
 //!
-//! * the vmlinux is extracted from the LZ4 bzImage and has a PVH entry;
+//! * the vmlinux is extracted from the LZ4 bzImage and has a PVH entry, and from the zstd
+//!   bzImage of Debian's generic 6.12 kernel (unpacked by `scripts/lab fetch`);
 //! * the PVH start info, memory map, command line, initrd module and RSDP written into guest
 //!   memory match the layout;
 //! * the bzImage 64-bit path's zero page, e820 table, command line, initrd and entry state
@@ -84,6 +85,49 @@ fn debian_bzimage_holds_a_pvh_vmlinux() {
         "{}: {compression:?} payload decompressed",
         path.display()
     );
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(elf[4], 2, "64-bit ELF");
+}
+
+/// Debian's generic 6.12 kernel (the one `scripts/lab fetch` unpacks for `--rdma` runs) is
+/// zstd-compressed by `zstd -22 --ultra`, whose frame asks for a 128 MiB window.
+#[test]
+fn debian_zstd_bzimage_decompresses() {
+    let top = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(top.join("target"), PathBuf::from);
+    let lab = std::env::var_os("LAB_DIR").map_or(target.join("lab"), PathBuf::from);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&lab)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("linux-image-6.12.") && n.ends_with("-amd64-unsigned"))
+    });
+    found.sort();
+    let tree = found.pop().unwrap_or_else(|| {
+        panic!(
+            "no linux-image-6.12.*-amd64-unsigned under {}: run scripts/lab fetch",
+            lab.display()
+        )
+    });
+    let boot = tree.join("boot");
+    let path = std::fs::read_dir(&boot)
+        .unwrap_or_else(|e| panic!("{}: {e}", boot.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .unwrap_or_else(|| panic!("no vmlinuz-* in {}", boot.display()));
+    let image = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let (data, compression) = linux::extract::payload(&image).unwrap();
+    assert_eq!(compression, linux::extract::Compression::Zstd);
+    let elf = linux::extract::vmlinux(&image).unwrap();
+    // The payload ends with the uncompressed size (the kernel's size_append).
+    let size = u32_at(data, data.len() - 4) as usize;
+    assert_eq!(elf.len(), size, "{}", path.display());
     assert_eq!(&elf[..4], b"\x7fELF");
     assert_eq!(elf[4], 2, "64-bit ELF");
 }
