@@ -1161,6 +1161,8 @@ fn spawn_shard(
         .name(format!("ssi-dp-shard{i}"))
         .spawn(move || {
             let _abort_on_panic = crate::watchdog::AbortOnPanic::new(i);
+            // Every event of this thread carries its shard (a field of the span).
+            let _span = tracing::info_span!("shard", shard = i).entered();
             if pin {
                 if let Err(e) = crate::affinity::pin_current_thread(cpu) {
                     // A closed channel means Node::start already gave up: nobody to tell.

@@ -169,7 +169,12 @@ pub struct NodeArgs {
     /// Log lines for people (`human`) or as JSON objects (`json`).
     #[arg(long, default_value = "human")]
     pub log_format: crate::logging::LogFormat,
-    /// Also log debug events.
+    /// Which log events to write: directives in RUST_LOG's syntax, e.g. `warn`,
+    /// `info,engine=debug` or `control::membership=trace` (default: RUST_LOG when set, else
+    /// `info`). See docs/operations.md.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Also log debug events (the same as --log debug).
     #[arg(long)]
     pub verbose: bool,
     /// Trace every protocol step on the page holding this guest-physical address (decimal or

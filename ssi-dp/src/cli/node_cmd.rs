@@ -98,7 +98,10 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
 
 /// Runs a node; returns the exit code.
 pub fn run(a: NodeArgs) -> i32 {
-    logging::init(a.log_format, a.verbose);
+    if let Err(e) = logging::init(a.log_format, a.log.as_deref(), a.verbose) {
+        eprintln!("ssi-dp: error: {e}");
+        return exit::USAGE;
+    }
     if let Some(id) = a.node_id.and_then(|i| u16::try_from(i).ok()) {
         logging::set_node(id);
     }
@@ -257,7 +260,11 @@ pub fn run(a: NodeArgs) -> i32 {
             return exit::FAILED;
         }
     };
-    tracing::info!("{}; cluster formed, serving", node.transport_line());
+    tracing::info!(
+        formed_in_s = forming.elapsed().as_secs_f64(),
+        "{}; cluster formed, serving",
+        node.transport_line()
+    );
     if let Some(f) = node.figures() {
         tracing::info!(
             "measured 4 KiB fetch latency in ns (rows from, columns to, nodes {:?}): {}",
@@ -266,6 +273,7 @@ pub fn run(a: NodeArgs) -> i32 {
         );
         tracing::info!(
             "measured bandwidth in MB/s (streamed over the link from column to row; diagonal: \
+    let forming = Instant::now();
              local 4 KiB copies): {}",
             Figures::matrix_arg(&f.bandwidth_mbps)
         );

@@ -381,6 +381,11 @@ impl MembershipOps for Supervisor {
 
 /// Runs the supervisor until SIGTERM / Ctrl-C; returns the exit code.
 pub fn run(args: SupervisorArgs) -> i32 {
+    // The API server logs refused and broken requests through `tracing`.
+    if let Err(e) = crate::logging::init(crate::logging::LogFormat::Human, None, false) {
+        eprintln!("ssi-dp supervisor: error: {e}");
+        return exit::USAGE;
+    }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
