@@ -21,6 +21,16 @@ pub enum MemberState {
     Left,
 }
 
+impl MemberState {
+    /// Every state, in the order `/metrics` writes them.
+    pub const ALL: [MemberState; 4] = [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Dead,
+        MemberState::Left,
+    ];
+}
+
 impl fmt::Display for MemberState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -247,6 +257,14 @@ pub struct Telemetry {
     pub faults_failed: u64,
     /// Protocol violations by peers.
     pub protocol_violations: u64,
+    /// Shards the watchdog finds stalled now (no loop turn for its bound while awake).
+    pub shards_stalled: Vec<usize>,
+    /// Every member and its state, as this node sees them.
+    pub members: Vec<(u16, MemberState)>,
+    /// Whether `GET /healthz` would answer 200 (the data plane has not stopped on a failure).
+    pub healthy: bool,
+    /// Whether `GET /readyz` would answer 200 (serving, not stopping or leaving).
+    pub ready: bool,
 }
 
 /// The node as the control side sees it.

@@ -36,6 +36,10 @@
 //! | `ssi_dp_shard_idle_turns_total` | counter | shard | `shard_turns` (turns that found none) |
 //! | `ssi_dp_shard_busy_ratio` | gauge | shard | busy turns / all turns in `shard_turns` |
 //! | `ssi_dp_protocol_violations_total` | counter | | `protocol_violations` |
+//! | `ssi_dp_shard_stalled` | gauge | shard | 1 for the shards in `shards_stalled` |
+//! | `ssi_dp_member_state` | gauge | member, state | 1 for each member's state in `members`, 0 for the others |
+//! | `ssi_dp_healthy` | gauge | | `healthy` (1: `/healthz` answers 200) |
+//! | `ssi_dp_ready` | gauge | | `ready` (1: `/readyz` answers 200) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,7 +50,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::handle::{NodeHandle, Telemetry};
+use crate::handle::{MemberState, NodeHandle, Telemetry};
 
 /// The HTTP content type of the exposition: `prometheus-client` writes the OpenMetrics 1.0
 /// text format (counters end in `_total`, units in `# UNIT`, the text ends with `# EOF`),
@@ -82,6 +86,10 @@ pub const FAMILIES: &[&str] = &[
     "ssi_dp_shard_idle_turns",
     "ssi_dp_shard_busy_ratio",
     "ssi_dp_protocol_violations",
+    "ssi_dp_shard_stalled",
+    "ssi_dp_member_state",
+    "ssi_dp_healthy",
+    "ssi_dp_ready",
 ];
 
 /// Why the exposition could not be written.
@@ -262,6 +270,10 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         shard_turns,
         faults_failed,
         protocol_violations,
+        shards_stalled,
+        members,
+        healthy,
+        ready,
     } = t;
     let n: Labels = vec![("node", node.to_string())];
     {
@@ -542,7 +554,54 @@ fn encode_telemetry(t: &Telemetry, enc: &mut DescriptorEncoder<'_>) -> fmt::Resu
         None,
         &n,
         *protocol_violations,
-    )
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "ssi_dp_shard_stalled",
+            "1 while the watchdog finds the shard stalled (no loop turn finished for its bound \
+             while it was not asleep: its faults and messages wait), else 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (shard, _, _) in shard_turns {
+            let l = with(&n, &[("shard", shard.to_string())]);
+            m.encode_family(&l)?
+                .encode_gauge(&i64::from(shards_stalled.contains(shard)))?;
+        }
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "ssi_dp_member_state",
+            "Each member's state as this node sees it: 1 for the state it is in (alive, \
+             suspect, dead, left), 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, state) in members {
+            for s in MemberState::ALL {
+                let l = with(&n, &[("member", id.to_string()), ("state", s.to_string())]);
+                m.encode_family(&l)?.encode_gauge(&i64::from(*state == s))?;
+            }
+        }
+    }
+    for (name, help, v) in [
+        (
+            "ssi_dp_healthy",
+            "1 while the node works (GET /healthz answers 200), 0 once its data plane stopped \
+             on a failure.",
+            healthy,
+        ),
+        (
+            "ssi_dp_ready",
+            "1 while the node serves guest memory in its cluster (GET /readyz answers 200), 0 \
+             while it stops or leaves.",
+            ready,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        m.encode_family(&n)?.encode_gauge(&i64::from(*v))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -113,6 +113,14 @@ fn telemetry() -> Telemetry {
         shard_turns: vec![(0, 401, 402), (1, 403, 404)],
         faults_failed: 312,
         protocol_violations: 313,
+        shards_stalled: vec![1],
+        members: vec![
+            (0, control::handle::MemberState::Alive),
+            (1, control::handle::MemberState::Suspect),
+            (2, control::handle::MemberState::Dead),
+        ],
+        healthy: true,
+        ready: false,
     }
 }
 
@@ -213,7 +221,20 @@ fn expected(t: &Telemetry) -> Samples {
             &l,
             *busy as f64 / (*busy + *idle) as f64,
         );
+        let stalled = t.shards_stalled.contains(shard);
+        put("ssi_dp_shard_stalled", &l, f64::from(u8::from(stalled)));
     }
+    for (id, state) in &t.members {
+        for s in control::handle::MemberState::ALL {
+            put(
+                "ssi_dp_member_state",
+                &[("member", id.to_string()), ("state", s.to_string())],
+                f64::from(u8::from(*state == s)),
+            );
+        }
+    }
+    put("ssi_dp_healthy", &[], f64::from(u8::from(t.healthy)));
+    put("ssi_dp_ready", &[], f64::from(u8::from(t.ready)));
     e
 }
 

@@ -297,6 +297,8 @@ pub struct ShardStats {
     pub idle_turns: AtomicU64,
     /// Times the shard went to sleep.
     pub sleeps: AtomicU64,
+    /// Whether the watchdog finds the shard stalled now (set and cleared by it).
+    pub stalled: std::sync::atomic::AtomicBool,
     /// Service time histograms, `[kind][home, remote]`, nanoseconds.
     pub service_ns: [[AtomicHistogram; 2]; 3],
     /// Faults on pages beyond the address space (answered with SIGBUS).

@@ -8,6 +8,7 @@
 //!   it was not asleep in its idle wait (an endless loop, a system call that does not return),
 //!   once per episode, and says when it runs again.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -121,7 +122,12 @@ impl Watchdog {
                     let now = Instant::now();
                     for (i, (stats, cpu, m)) in watched.iter_mut().enumerate() {
                         let asleep = doorbells.get(i).is_some_and(Doorbell::is_sleeping);
-                        match m.observe(now, turns(stats), asleep) {
+                        let report = m.observe(now, turns(stats), asleep);
+                        if let Some(r) = report {
+                            let stalled = matches!(r, Report::Stalled(_));
+                            stats.stalled.store(stalled, Ordering::Relaxed);
+                        }
+                        match report {
                             None => {}
                             Some(Report::Stalled(d)) => tracing::error!(
                                 "shard {i} (CPU {cpu}) has not finished a loop turn for {:.1} s \

@@ -456,6 +456,15 @@ impl NodeHandle for Glue {
                 .collect(),
             faults_failed: sum(st, |x| &x.faults_failed),
             protocol_violations: sum(st, |x| &x.violations),
+            shards_stalled: st
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.stalled.load(Relaxed))
+                .map(|(i, _)| i)
+                .collect(),
+            members: self.members().iter().map(|m| (m.id, m.state)).collect(),
+            healthy: self.liveness().is_ok(),
+            ready: self.readiness().is_ok(),
         }
     }
 }
