@@ -1,6 +1,10 @@
-//! The cluster inventory: one TOML file describing every node (addresses, memory, cores,
-//! certificates) and the cluster's settings (secret, heartbeat and failure timeouts). TOML
-//! through the maintained `toml` crate (serde_yaml, the usual YAML crate, is deprecated).
+//! The cluster inventory: one file describing every node (addresses, memory, cores,
+//! certificates) and the cluster's settings (secret, heartbeat and failure timeouts), in TOML
+//! (the `toml` crate) or YAML (`yaml_serde`, the YAML organization's fork of serde_yaml):
+//! the same schema in both, chosen by the file's extension (`.toml`, `.yaml` or `.yml`),
+//! published as a JSON Schema in docs/inventory.schema.json. Every error names the file and,
+//! where it can, the line (parse errors from the parser, consistency errors by finding the
+//! offending key in the text: [`locate`]).
 //!
 //! ```toml
 //! [cluster]
@@ -28,6 +32,10 @@
 //! cert = "certs/node0.pem"
 //! key = "certs/node0.key"
 //! ```
+//!
+//! The same in YAML: `cluster:` and `tls:` are mappings, `node:` a list of mappings.
+
+mod locate;
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +53,7 @@ pub enum InventoryError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The TOML does not parse or has unknown/missing fields.
+    /// The text does not parse or has unknown/missing fields.
     #[error("inventory {path}: {message}")]
     Parse {
         /// The file.
@@ -54,13 +62,49 @@ pub enum InventoryError {
         message: String,
     },
     /// The content is inconsistent.
-    #[error("inventory {path}: {message}")]
+    #[error("inventory {path}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// The line to look at (1-based), where one can be named.
+        line: Option<usize>,
         /// What to change.
         message: String,
     },
+    /// The file's name does not say which format it is in.
+    #[error(
+        "inventory {0}: name it *.toml, *.yaml or *.yml (the extension says which format the \
+         file is in)"
+    )]
+    UnknownFormat(PathBuf),
+}
+
+/// The two inventory formats (one schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TOML: `[cluster]`, `[tls]`, `[[node]]`.
+    Toml,
+    /// YAML: `cluster:`, `tls:`, `node:` (a list).
+    Yaml,
+}
+
+impl Format {
+    /// The format a file's extension names.
+    pub fn of(path: &Path) -> Result<Format, InventoryError> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Ok(Format::Toml),
+            Some("yaml" | "yml") => Ok(Format::Yaml),
+            _ => Err(InventoryError::UnknownFormat(path.to_path_buf())),
+        }
+    }
+
+    /// `toml` or `yaml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Toml => "toml",
+            Format::Yaml => "yaml",
+        }
+    }
 }
 
 /// `[cluster]`.
@@ -138,10 +182,11 @@ pub struct NodeEntry {
     /// REST API and metrics address.
     #[serde(default)]
     pub api: Option<String>,
-    /// Memory it contributes (`64M`, `0` for compute only).
+    /// Memory it contributes (`64M`, `0` for compute only; a bare number is bytes).
+    #[serde(deserialize_with = "text_or_number")]
     pub memory: String,
-    /// Data-plane cores (cpulist).
-    #[serde(default = "default_cores")]
+    /// Data-plane cores (cpulist; a bare number is one CPU).
+    #[serde(default = "default_cores", deserialize_with = "text_or_number")]
     pub cores: String,
     /// Idle policy: spin, hybrid, block.
     #[serde(default = "default_idle")]
@@ -150,6 +195,30 @@ pub struct NodeEntry {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+}
+
+/// A string, or a non-negative integer taken as its decimal text: YAML reads `cores: 0` and
+/// `memory: 0` as numbers, and a TOML writer may too.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string such as \"64M\" or \"0-3\", or a non-negative integer")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            u64::try_from(v)
+                .map(|v| v.to_string())
+                .map_err(|_| E::custom(format!("{v} is negative")))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// A parsed, checked inventory with paths made absolute.
@@ -183,11 +252,21 @@ impl Inventory {
         Self::parse(&text, path)
     }
 
-    /// Parses and checks inventory text; relative paths resolve against `path`'s directory.
+    /// Parses and checks inventory text in the format `path`'s extension names; relative
+    /// paths resolve against `path`'s directory.
     pub fn parse(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
-        let mut inv: Inventory = toml::from_str(text).map_err(|e| InventoryError::Parse {
+        Self::parse_as(text, path, Format::of(path)?)
+    }
+
+    /// Parses and checks inventory text in `format`.
+    pub fn parse_as(text: &str, path: &Path, format: Format) -> Result<Inventory, InventoryError> {
+        let parsed = match format {
+            Format::Toml => toml::from_str(text).map_err(|e| e.to_string()),
+            Format::Yaml => yaml_serde::from_str(text).map_err(|e| e.to_string()),
+        };
+        let mut inv: Inventory = parsed.map_err(|message| InventoryError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
         })?;
         inv.path = path.to_path_buf();
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -205,32 +284,57 @@ impl Inventory {
             n.cert = abs(&n.cert);
             n.key = abs(&n.key);
         }
-        inv.check()?;
+        inv.check(text)?;
         Ok(inv)
     }
 
-    fn check(&self) -> Result<(), InventoryError> {
-        let bad = |message: String| InventoryError::Invalid {
+    /// Checks consistency; `text` is the file, searched for the line an error is about.
+    fn check(&self, text: &str) -> Result<(), InventoryError> {
+        let bad = |line: Option<usize>, message: String| InventoryError::Invalid {
             path: self.path.clone(),
+            line,
             message,
         };
         if self.nodes.is_empty() {
-            return Err(bad("no [[node]] entries".into()));
+            return Err(bad(
+                None,
+                "no nodes: add one [[node]] table (TOML) or one entry under node: (YAML) per node"
+                    .into(),
+            ));
         }
         let mut ids: Vec<u16> = self.nodes.iter().map(|n| n.id).collect();
         ids.sort_unstable();
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-            return Err(bad(format!("node id {} appears twice", w[0])));
+            let id = w[0].to_string();
+            return Err(bad(
+                locate::key_line(text, "id", Some(&id), 1),
+                format!("node id {id} appears twice"),
+            ));
         }
         if let Some(n) = self.nodes.iter().find(|n| n.id >= 64) {
-            return Err(bad(format!("node id {} is out of range (0..63)", n.id)));
+            return Err(bad(
+                locate::key_line(text, "id", Some(&n.id.to_string()), 0),
+                format!("node id {} is out of range (0..63)", n.id),
+            ));
         }
         let c = &self.cluster;
         if c.heartbeat_ms == 0 || c.suspect_ms <= c.heartbeat_ms || c.dead_ms <= c.suspect_ms {
-            return Err(bad(format!(
-                "timeouts must satisfy 0 < heartbeat_ms ({}) < suspect_ms ({}) < dead_ms ({})",
-                c.heartbeat_ms, c.suspect_ms, c.dead_ms
-            )));
+            let line = ["heartbeat_ms", "suspect_ms", "dead_ms"]
+                .iter()
+                .find_map(|k| locate::key_line(text, k, None, 0));
+            return Err(bad(
+                line,
+                format!(
+                    "timeouts must satisfy 0 < heartbeat_ms ({}) < suspect_ms ({}) < dead_ms ({})",
+                    c.heartbeat_ms, c.suspect_ms, c.dead_ms
+                ),
+            ));
+        }
+        if !matches!(c.frame_auth.as_str(), "mac" | "aead" | "none") {
+            return Err(bad(
+                locate::key_line(text, "frame_auth", None, 0),
+                format!("frame_auth = {:?}: use mac, aead or none", c.frame_auth),
+            ));
         }
         for n in &self.nodes {
             for (what, addr) in [
@@ -240,12 +344,24 @@ impl Inventory {
             ] {
                 if let Some(a) = addr {
                     if !a.contains(':') {
-                        return Err(bad(format!(
-                            "node {}: {what} = {a:?} is not HOST:PORT",
-                            n.id
-                        )));
+                        return Err(bad(
+                            locate::key_line(text, what, Some(a), 0),
+                            format!("node {}: {what} = {a:?} is not HOST:PORT", n.id),
+                        ));
                     }
                 }
+            }
+            let hybrid_us = n.idle.strip_prefix("hybrid:");
+            if !matches!(n.idle.as_str(), "spin" | "block" | "hybrid")
+                && hybrid_us.is_none_or(|us| us.parse::<u64>().is_err())
+            {
+                return Err(bad(
+                    locate::key_line(text, "idle", Some(&n.idle), 0),
+                    format!(
+                        "node {}: idle = {:?}: use spin, hybrid, hybrid:<us> or block",
+                        n.id, n.idle
+                    ),
+                ));
             }
         }
         let mut addrs: Vec<&String> = self
@@ -256,7 +372,10 @@ impl Inventory {
             .collect();
         addrs.sort();
         if let Some(w) = addrs.windows(2).find(|w| w[0] == w[1]) {
-            return Err(bad(format!("address {} is used twice", w[0])));
+            return Err(bad(
+                locate::value_line(text, w[0], 1),
+                format!("address {} is used twice", w[0]),
+            ));
         }
         Ok(())
     }
@@ -344,6 +463,116 @@ key = "c0.key"
             vec![1]
         );
         assert_eq!(node_name(3), "node-3.ssi-dp");
+    }
+
+    /// `GOOD` in YAML, with bare numbers where YAML writers put them.
+    const GOOD_YAML: &str = r#"
+cluster:
+  secret_file: secret
+  heartbeat_ms: 50
+tls:
+  ca: /abs/ca.pem
+node:
+  - id: 1
+    listen: "127.0.0.1:7001"
+    control: 127.0.0.1:7101
+    memory: 64M
+    cert: c1.pem
+    key: c1.key
+  - id: 0
+    host: elsewhere.example
+    listen: 127.0.0.1:7000
+    control: 127.0.0.1:7100
+    api: 127.0.0.1:7200
+    memory: 0
+    cores: 1-2
+    idle: block
+    cert: c0.pem
+    key: c0.key
+"#;
+
+    #[test]
+    fn yaml_and_toml_give_the_same_inventory() {
+        let t = Inventory::parse(GOOD, Path::new("/etc/ssi/inv.toml")).unwrap();
+        let mut y = Inventory::parse(GOOD_YAML, Path::new("/etc/ssi/inv.yaml")).unwrap();
+        y.path = t.path.clone();
+        assert_eq!(t, y);
+        let yml = Inventory::parse(GOOD_YAML, Path::new("/etc/ssi/inv.yml")).unwrap();
+        assert_eq!(yml.nodes, t.nodes);
+        // A bare number where text is expected is its decimal text, in TOML too.
+        let n = GOOD.replace("memory = \"0\"", "memory = 0");
+        assert_eq!(
+            Inventory::parse(&n, Path::new("/etc/ssi/inv.toml")).unwrap(),
+            t
+        );
+        let e = Inventory::parse(GOOD, Path::new("/etc/ssi/inv.json")).unwrap_err();
+        assert!(matches!(e, InventoryError::UnknownFormat(_)), "{e}");
+        assert!(e.to_string().contains("*.yaml"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            // (TOML text, YAML text, message, TOML line, YAML line)
+            (
+                GOOD.replace("id = 0", "id = 1"),
+                GOOD_YAML.replace("id: 0", "id: 1"),
+                "appears twice",
+                18,
+                14,
+            ),
+            (
+                GOOD.replace("127.0.0.1:7101", "127.0.0.1:7000"),
+                GOOD_YAML.replace("127.0.0.1:7101", "127.0.0.1:7000"),
+                "used twice",
+                20,
+                16,
+            ),
+            (
+                GOOD.replace("heartbeat_ms = 50", "heartbeat_ms = 900"),
+                GOOD_YAML.replace("heartbeat_ms: 50", "heartbeat_ms: 900"),
+                "timeouts must satisfy",
+                4,
+                4,
+            ),
+            (
+                GOOD.replace("idle = \"block\"", "idle = \"nap\""),
+                GOOD_YAML.replace("idle: block", "idle: nap"),
+                "use spin, hybrid",
+                25,
+                21,
+            ),
+        ];
+        for (toml, yaml, want, tl, yl) in cases {
+            let e = Inventory::parse(&toml, Path::new("/x/inv.toml")).unwrap_err();
+            assert!(
+                e.to_string().contains(want) && e.to_string().contains(&format!("line {tl}:")),
+                "toml {want}: {e}"
+            );
+            let e = Inventory::parse(&yaml, Path::new("/x/inv.yaml")).unwrap_err();
+            assert!(
+                e.to_string().contains(want) && e.to_string().contains(&format!("line {yl}:")),
+                "yaml {want}: {e}"
+            );
+        }
+        // Parse errors carry the parsers' own positions.
+        let e = Inventory::parse(
+            &GOOD_YAML.replace("    idle: block", "    idle: block\n    colour: 1"),
+            Path::new("/x/inv.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown field `colour`") && e.contains("line 22"),
+            "{e}"
+        );
+        let e = Inventory::parse(
+            &GOOD.replace("id = 1", "id = \"x\""),
+            Path::new("/x/i.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 10"), "{e}");
     }
 
     #[test]
