@@ -114,6 +114,24 @@ fn inventory(dir: &Path, ids: &[u16], memory: &[&str], p: &[Ports], dead_ms: u64
     path
 }
 
+/// The inventory of [`inventory`], in YAML (as an operator would write it: bare words and
+/// numbers, a comment).
+fn inventory_yaml(dir: &Path, ids: &[u16], memory: &[&str], p: &[Ports], dead_ms: u64) -> PathBuf {
+    let mut t = format!(
+        "# written by the control_plane test\ncluster:\n  secret_file: secret\n  api_token_file: api.token\n  heartbeat_ms: 50\n  suspect_ms: 200\n  dead_ms: {dead_ms}\ntls:\n  ca: certs/ca.pem\nnode:\n"
+    );
+    for (k, &id) in ids.iter().enumerate() {
+        t.push_str(&format!(
+            "  - id: {id}\n    listen: 127.0.0.1:{}\n    control: 127.0.0.1:{}\n    api: 127.0.0.1:{}\n    memory: {}\n    cores: {}\n    idle: block\n    cert: certs/node{id}.pem\n    key: certs/node{id}.key\n",
+            p[k].data, p[k].control, p[k].api, memory[k], id % 2
+        ));
+    }
+    let path = dir.join("inventory.yaml");
+    std::fs::write(&path, t).unwrap();
+    std::fs::write(dir.join("api.token"), format!("{TOKEN}\n")).unwrap();
+    path
+}
+
 /// A child process whose output is collected.
 struct Proc {
     child: Child,
@@ -195,7 +213,19 @@ fn setup(dir: &Path, ids: &str) {
 fn up_forms_a_cluster_the_api_reports_and_steers() {
     let dir = scratch_dir("cp-up");
     let p = ports(3);
-    let inv = inventory(&dir, &[0, 1, 2], &["16M", "16M", "0"], &p, 1500);
+    // A YAML inventory (the other tests here use TOML): checked first, then brought up.
+    let inv = inventory_yaml(&dir, &[0, 1, 2], &["16M", "16M", "0"], &p, 1500);
+    let check = Command::new(ssi_dp_bin())
+        .args(["inventory", "check", inv.to_str().unwrap()])
+        .output()
+        .expect("run ssi-dp inventory check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    // Valid, but the secret and certificates --init creates are not there yet.
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("yaml inventory, 3 node(s)") && said.contains("secret"),
+        "{said}"
+    );
     let mut up = Proc::start(&["up", "--init", inv.to_str().unwrap()]);
     assert!(
         wait_for(Duration::from_secs(60), || (0..3).all(|i| state_of(
@@ -281,6 +311,25 @@ fn up_forms_a_cluster_the_api_reports_and_steers() {
     assert_eq!(up.wait(Duration::from_secs(30)), Some(0), "{}", up.output());
     let out = up.output();
     assert!(out.contains("node 2 exited with exit status: 0"), "{out}");
+    // Now that --init made the files, the inventory is ready.
+    let check = Command::new(ssi_dp_bin())
+        .args(["inventory", "check", inv.to_str().unwrap()])
+        .output()
+        .expect("run ssi-dp inventory check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(said.ends_with(": ok\n"), "{said}");
+    // An error names the line: node 1's id made a second 0 (line 20 of the file).
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let dup = dir.join("dup.yaml");
+    std::fs::write(&dup, text.replacen("- id: 1", "- id: 0", 1)).unwrap();
+    let check = Command::new(ssi_dp_bin())
+        .args(["inventory", "check", dup.to_str().unwrap()])
+        .output()
+        .expect("run ssi-dp inventory check");
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2), "{said}");
+    assert!(said.contains("line 20: node id 0 appears twice"), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

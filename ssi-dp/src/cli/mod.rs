@@ -2,9 +2,12 @@
 //! tools around them.
 
 mod acpi_cmd;
+mod check_host;
 mod child;
 mod demo;
+mod docs_cmd;
 mod exit;
+mod inventory_cmd;
 mod leave;
 mod node_cmd;
 mod peer_arg;
@@ -56,6 +59,21 @@ enum Command {
     /// (`DELETE /nodes/{id}`); a node that homes memory first hands its pages to another home
     /// (needs --placement on). Waits for the answer.
     Leave(leave::LeaveArgs),
+    /// Inventory tools: `ssi-dp inventory check FILE` checks an inventory (TOML or YAML) as a
+    /// node would before starting, and names the line of an error.
+    #[command(subcommand)]
+    Inventory(inventory_cmd::InventoryCmd),
+    /// Check this host's tuning for data-plane cores (docs/tuning.md: PM QoS, isolcpus /
+    /// nohz_full / rcu_nocbs, IRQ affinity, userfaultfd, io_uring, memlock, busy polling, THP,
+    /// ...): each item ok, change (with the command) or cannot check (with why). Exit 0 when
+    /// ready for --idle spin, 1 when something should change; --fix applies the run-time fixes.
+    CheckHost(check_host::CheckHostArgs),
+    /// Print a shell completion script for ssi-dp (bash, zsh, fish, elvish, powershell); see
+    /// docs/operations.md for where to install it.
+    Completions(docs_cmd::CompletionsArgs),
+    /// Print the ssi-dp(1) man page, or with DIR write it and one page per subcommand
+    /// (ssi-dp-demo.1, ...) into DIR.
+    Man(docs_cmd::ManArgs),
 }
 
 /// Running one node.
@@ -131,7 +149,8 @@ pub struct NodeArgs {
     /// The API's read-only endpoints need the token too.
     #[arg(long, requires = "api_token_file")]
     pub api_read_auth: bool,
-    /// Take every setting of node --node-id from this inventory (TOML; see docs/operations.md).
+    /// Take every setting of node --node-id from this inventory (TOML or YAML, by extension;
+    /// see docs/operations.md).
     #[arg(long)]
     pub inventory: Option<PathBuf>,
     /// Run the control plane (heartbeats, failure detection, join/leave) on HOST:PORT, with
@@ -284,6 +303,10 @@ pub fn main() -> i32 {
         Some(Command::Certs(a)) => up::certs(a),
         Some(Command::Supervisor(a)) => supervisor::run(a),
         Some(Command::Leave(a)) => leave::run(a),
+        Some(Command::Inventory(c)) => inventory_cmd::run(c),
+        Some(Command::CheckHost(a)) => check_host::run(a),
+        Some(Command::Completions(a)) => docs_cmd::completions(a),
+        Some(Command::Man(a)) => docs_cmd::man(a),
         None => node_cmd::run(cli.node),
     }
 }

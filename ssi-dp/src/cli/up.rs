@@ -25,7 +25,7 @@ use engine::cpulist;
 /// `ssi-dp up` options.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// The cluster inventory (TOML; see docs/operations.md).
+    /// The cluster inventory (TOML or YAML, by extension; see docs/operations.md).
     inventory: PathBuf,
     /// Create the cluster secret and the certificates at the inventory's paths if they are
     /// missing (for a trial cluster on one host; the certificates must be `ca.pem`,
