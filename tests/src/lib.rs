@@ -326,5 +326,8 @@ pub mod flood;
 
 pub mod lab;
 
+/// A real Prometheus server scraping the nodes, and its HTTP API.
+pub mod prom;
+
 /// The guest-side checker (`ssi-guest-check`) packed into a Linux initramfs.
 pub mod initramfs;
