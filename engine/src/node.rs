@@ -122,6 +122,31 @@ pub enum NodeError {
     Retire(String),
 }
 
+impl NodeError {
+    /// Whether the operator fixes this by changing the command line, the configuration or
+    /// the host's permissions (a missing privilege included), rather than it being a failure
+    /// of the run: the node exits with the usage code then (docs/operations.md, Exit codes).
+    pub fn is_setup(&self) -> bool {
+        use uffd_poller::OpenError;
+        match self {
+            NodeError::NoCores
+            | NodeError::TooManyCores(_)
+            | NodeError::UringUnavailable(_)
+            | NodeError::VerbsUnavailable(_) => true,
+            NodeError::Region(r) => matches!(
+                r,
+                RegionError::Empty
+                    | RegionError::Reservation { .. }
+                    | RegionError::TooManyGranules { .. }
+                    | RegionError::Open(
+                        OpenError::PermissionDenied { .. } | OpenError::Unsupported
+                    )
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// How long a shard may take to answer a leave command.
 const RETIRE_ANSWER: Duration = Duration::from_secs(5);
 

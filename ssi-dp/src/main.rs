@@ -16,6 +16,7 @@ mod guest;
 mod guest_link;
 mod guest_linux;
 mod logging;
+mod sd_notify;
 mod signals;
 mod workload;
 

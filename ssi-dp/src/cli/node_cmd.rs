@@ -105,6 +105,22 @@ pub fn run(a: NodeArgs) -> i32 {
     if let Some(id) = a.node_id.and_then(|i| u16::try_from(i).ok()) {
         logging::set_node(id);
     }
+    // A service manager's socket is checked before anything starts (a bad one is a usage
+    // error), and told when the node serves.
+    let mut notify = match crate::sd_notify::Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    if notify.active() {
+        match notify.watchdog_interval() {
+            Some(every) => tracing::info!(
+                "service manager: readiness notification on; watchdog pinged every {} ms while \
+                 the node is healthy",
+                every.as_millis()
+            ),
+            None => tracing::info!("service manager: readiness notification on"),
+        }
+    }
     let mut s = match settings::resolve(&a) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -253,11 +269,16 @@ pub fn run(a: NodeArgs) -> i32 {
     }
     // Formation measurements are an exchange among the founding nodes; a joiner has none.
     cfg.measure = admitted.is_none();
+    let forming = Instant::now();
     let node = match Node::start(cfg) {
         Ok(n) => Arc::new(n),
         Err(e) => {
             tracing::error!("{e}");
-            return exit::FAILED;
+            return if e.is_setup() {
+                exit::USAGE
+            } else {
+                exit::FAILED
+            };
         }
     };
     tracing::info!(
@@ -273,7 +294,6 @@ pub fn run(a: NodeArgs) -> i32 {
         );
         tracing::info!(
             "measured bandwidth in MB/s (streamed over the link from column to row; diagonal: \
-    let forming = Instant::now();
              local 4 KiB copies): {}",
             Figures::matrix_arg(&f.bandwidth_mbps)
         );
@@ -348,6 +368,14 @@ pub fn run(a: NodeArgs) -> i32 {
         )
     });
 
+    notify.ready(&format!(
+        "node {me} serving in a cluster of {} node(s){}",
+        node.cluster().nodes.len(),
+        s.api
+            .as_deref()
+            .map(|a| format!("; API on {a}"))
+            .unwrap_or_default()
+    ));
     let progress = Arc::new(Progress::default());
     let extras = Arc::new(std::sync::Mutex::new(guest::GuestExtras::default()));
     let job = match job(&a, &node, &participants, &progress, &extras) {
@@ -369,6 +397,7 @@ pub fn run(a: NodeArgs) -> i32 {
     loop {
         std::thread::sleep(Duration::from_millis(10));
         pause.tick();
+        notify.tick(Instant::now(), healthy(&node));
         dumps.tick(&mut hlog, &node);
         if node.state().cluster_stop_requested() {
             tracing::info!("stopping: asked by the control plane");
@@ -424,9 +453,11 @@ pub fn run(a: NodeArgs) -> i32 {
             && !node.state().cluster_stop_requested()
         {
             std::thread::sleep(Duration::from_millis(20));
+            notify.tick(Instant::now(), healthy(&node));
             dumps.tick(&mut hlog, &node);
         }
     }
+    notify.stopping(&format!("node {me} stopping (exit code {code})"));
     node.state().expect_departures();
     if let (Some(h), Some(lat)) = (
         &mut hlog,
@@ -439,6 +470,16 @@ pub fn run(a: NodeArgs) -> i32 {
     // Threads still blocked in guest memory (a workload stopped by a failure) cannot be
     // joined; the process exit ends them.
     std::process::exit(code);
+}
+
+/// Whether the service manager's watchdog may be pinged: the data plane has not stopped on
+/// a failure and no shard is stalled.
+fn healthy(node: &Node) -> bool {
+    node.state().fatal().is_none()
+        && node
+            .stats()
+            .iter()
+            .all(|s| !s.stalled.load(Ordering::Relaxed))
 }
 
 /// The cluster a joiner was admitted into, seen from node `me`.
