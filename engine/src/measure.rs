@@ -17,6 +17,7 @@
 //! (documented in docs/acpi.md), which no table uses for memory placement.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::barrier::Barrier;
@@ -29,6 +30,8 @@ use crate::node_state::{NodeState, StopReason};
 pub const LATENCY_PAGES: u64 = 64;
 /// How long to wait for every node at each step (latencies done, each probe turn, rows).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a formation that is still measuring says what it does.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Counter slots on the formation page: rows written, latencies measured, probe turns.
 const SLOT_ROWS: u64 = 0;
 const SLOT_LATENCY: u64 = 1;
@@ -179,18 +182,36 @@ pub fn measure(node: &Node) -> Result<Figures, MeasureError> {
     let region = node.region().clone();
     let state = node.shared_state();
     let (tx, rx) = std::sync::mpsc::channel();
+    // What the measuring thread is doing, for the progress lines below (a few updates per
+    // formation).
+    let step = Arc::new(Mutex::new(String::from("starting")));
+    let doing = step.clone();
+    tracing::info!(
+        "measuring the links to nodes {nodes:?} at formation: latency ({LATENCY_PAGES} remote \
+         reads each), then bandwidth (a stream from each node in turn)"
+    );
     std::thread::Builder::new()
         .name("ssi-measure".into())
         .spawn(move || {
             // Keeps the guest region mapped while this thread may still be in it.
             let _region = region;
-            let r = measure_on(&area, &nodes, me, &probe_pages, &state, &dialer);
+            let r = measure_on(&area, &nodes, me, &probe_pages, &state, &dialer, &doing);
             // Nobody listens any more when the node stopped meanwhile: nothing to do then.
             let _ = tx.send(r);
         })
         .map_err(|e| MeasureError::Thread(e.kind()))?;
-    let deadline = Instant::now() + EXCHANGE_TIMEOUT + Duration::from_secs(30);
+    let started = Instant::now();
+    let deadline = started + EXCHANGE_TIMEOUT + Duration::from_secs(30);
+    let mut said = started;
     loop {
+        if said.elapsed() >= PROGRESS_EVERY {
+            said = Instant::now();
+            let doing = step.lock().map(|s| s.clone()).unwrap_or_default();
+            tracing::info!(
+                elapsed_s = started.elapsed().as_secs_f64(),
+                "measuring the links at formation: {doing}"
+            );
+        }
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(r) => return r,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -234,7 +255,13 @@ fn measure_on(
     probe_pages: &[Vec<u64>],
     state: &NodeState,
     dialer: &ProbeDialer,
+    step: &Mutex<String>,
 ) -> Result<Figures, MeasureError> {
+    let doing = |what: String| {
+        if let Ok(mut s) = step.lock() {
+            *s = what;
+        }
+    };
     let n = nodes.len() as u64;
     let barrier = Barrier::new(area.mem, area.page(FORMATION), n);
     let (local_ns, local_mbps) = local_copy();
@@ -245,18 +272,26 @@ fn measure_on(
             if j == me {
                 Some(local_ns)
             } else {
+                doing(format!("latency to node {j}"));
                 remote_latency(area, &probe_pages[k])
             }
         })
         .collect();
     // Streams load both ends' CPUs: no probe starts before every latency is measured, and
     // the nodes probe in turns.
+    doing("waiting for every node's latencies".into());
     barrier.arrive(SLOT_LATENCY);
     await_count(area, SLOT_LATENCY, n, state)?;
     let mut bandwidth = vec![local_mbps; nodes.len()];
     for (turn, &prober) in nodes.iter().enumerate() {
+        doing(format!(
+            "bandwidth, turn {} of {}: node {prober} streams",
+            turn + 1,
+            nodes.len()
+        ));
         if prober == me {
             for (k, &j) in nodes.iter().enumerate().filter(|&(_, &j)| j != me) {
+                doing(format!("bandwidth: streaming from node {j}"));
                 bandwidth[k] = dialer
                     .stream_mbps(j)
                     .map_err(|why| MeasureError::Probe { node: j, why })?;
@@ -274,6 +309,7 @@ fn measure_on(
         area.mem.write64(p, o, bandwidth[k]);
     }
     // Exchange: everyone's row is written once the rows barrier opens.
+    doing("exchanging the rows".into());
     barrier.arrive(SLOT_ROWS);
     await_count(area, SLOT_ROWS, n, state)?;
     let mut latency_ns = Vec::new();

@@ -449,6 +449,8 @@ fn watch_vcpus(
     let tick = Duration::from_millis(50);
     let mut last: Vec<(u64, Instant)> = Vec::new();
     let mut sampled = Instant::now();
+    let started = sampled;
+    let mut said = sampled;
     while !stop.load(Ordering::Acquire) && platform.ended().is_none() {
         if returned.load(Ordering::Acquire) {
             return;
@@ -459,6 +461,26 @@ fn watch_vcpus(
         }
         sampled = Instant::now();
         let now = platform.vcpu_activity();
+        if sampled.duration_since(said) >= PROGRESS_EVERY {
+            // A boot takes seconds on hardware and minutes under emulation: say it goes on.
+            said = sampled;
+            let exits: u64 = now.iter().map(|a| a.exits).sum();
+            let served: u64 = node
+                .stats()
+                .iter()
+                .flat_map(|s| s.faults_served.iter().flatten())
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum();
+            tracing::info!(
+                elapsed_s = started.elapsed().as_secs(),
+                vcpu_exits = exits,
+                faults_served = served,
+                "Linux guest running for {} s: {} vCPU(s) here made {exits} exits, this \
+                 node served {served} faults",
+                started.elapsed().as_secs(),
+                now.len()
+            );
+        }
         last.resize(now.len(), (u64::MAX, sampled));
         let mut stalled = Vec::new();
         for (a, (exits, since)) in now.iter().zip(last.iter_mut()) {
@@ -508,6 +530,9 @@ fn watch_vcpus(
     );
     std::process::exit(1);
 }
+
+/// How often a running Linux guest's progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
 /// The state letter of thread `tid` of this process (`R` running, `S` or `D` asleep, ...),
 /// from `/proc/self/task/TID/stat`; `None` when that cannot be read.
