@@ -52,6 +52,34 @@ pub fn value_line(text: &str, value: &str, nth: usize) -> Option<usize> {
         .map(|(i, _)| i + 1)
 }
 
+/// The 1-based line where flow brackets (`[`, `{`, outside quotes and comments) first nest
+/// deeper than `max`, if they do.
+pub fn nested_deeper_than(text: &str, max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if prev.is_whitespace() => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > max {
+                        return Some(i + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +95,11 @@ mod tests {
         assert_eq!(key_line(yaml, "id", Some("3"), 1), Some(4));
         assert_eq!(key_line(yaml, "listen", None, 0), Some(3));
         assert_eq!(value_line(yaml, "127.0.0.1:7000", 0), Some(3));
+        // Nesting, with brackets in quotes and comments not counted.
+        assert_eq!(nested_deeper_than("a: [[1], {b: [2]}]\n", 3), None);
+        assert_eq!(nested_deeper_than("a: [[1], {b: [2]}]\n", 2), Some(1));
+        assert_eq!(nested_deeper_than("a: '[[[['\nb: 1 # [[[[\n", 1), None);
+        assert_eq!(nested_deeper_than("a: [\n [\n  [\n", 2), Some(3));
         // A key that only starts like another is not it.
         assert_eq!(key_line("idle = \"spin\"\n", "id", None, 0), None);
     }

@@ -237,6 +237,12 @@ pub struct Inventory {
     pub path: PathBuf,
 }
 
+/// Largest inventory read or parsed.
+pub const MAX_INVENTORY_BYTES: usize = 1 << 20;
+
+/// Deepest flow nesting (`[`, `{`) a YAML inventory may have.
+const MAX_YAML_NESTING: usize = 32;
+
 /// The DNS name a node's certificate must be valid for.
 pub fn node_name(id: u16) -> String {
     format!("node-{id}.ssi-dp")
@@ -245,9 +251,22 @@ pub fn node_name(id: u16) -> String {
 impl Inventory {
     /// Reads, parses and checks an inventory file.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        use std::io::Read as _;
+        let read = |source| InventoryError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_INVENTORY_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8 text",
+            ))
         })?;
         Self::parse(&text, path)
     }
@@ -260,6 +279,26 @@ impl Inventory {
 
     /// Parses and checks inventory text in `format`.
     pub fn parse_as(text: &str, path: &Path, format: Format) -> Result<Inventory, InventoryError> {
+        let bounds = |message: String| InventoryError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        if text.len() > MAX_INVENTORY_BYTES {
+            return Err(bounds(format!(
+                "larger than {MAX_INVENTORY_BYTES} bytes; an inventory of 64 nodes takes a few \
+                 tens of KiB"
+            )));
+        }
+        // The YAML parser's time grows with the square of the nesting depth (200 000 nested
+        // brackets took minutes): nothing in an inventory nests deeper than a few levels.
+        if format == Format::Yaml {
+            if let Some(line) = locate::nested_deeper_than(text, MAX_YAML_NESTING) {
+                return Err(bounds(format!(
+                    "line {line}: brackets nested deeper than {MAX_YAML_NESTING} levels; an \
+                     inventory needs three"
+                )));
+            }
+        }
         let parsed = match format {
             Format::Toml => toml::from_str(text).map_err(|e| e.to_string()),
             Format::Yaml => yaml_serde::from_str(text).map_err(|e| e.to_string()),
@@ -573,6 +612,18 @@ node:
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 10"), "{e}");
+    }
+
+    #[test]
+    fn refuses_oversized_and_deeply_nested_text_at_once() {
+        let deep = format!("cluster: {}{}\n", "[".repeat(200_000), "]".repeat(200_000));
+        let t = std::time::Instant::now();
+        let e = Inventory::parse(&deep, Path::new("/x/i.yaml")).unwrap_err();
+        assert!(e.to_string().contains("nested deeper than 32"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        let big = format!("{GOOD}\n#{}\n", "x".repeat(MAX_INVENTORY_BYTES));
+        let e = Inventory::parse(&big, Path::new("/x/i.toml")).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
     }
 
     #[test]
