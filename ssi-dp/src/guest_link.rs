@@ -184,6 +184,8 @@ impl PlatformLink {
         let deadline = Instant::now() + timeout;
         let lower: Vec<u16> = peers.iter().copied().filter(|&p| p < me).collect();
         let mut got: Vec<u16> = Vec::new();
+        // A member can open channels as fast as it likes: their refusals are rate-limited.
+        let mut refusals = wire::ratelimit::LogLimiter::new(4, 1);
         while got.len() < lower.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             match expected.rx.recv_timeout(left) {
@@ -191,10 +193,10 @@ impl PlatformLink {
                     got.push(a.peer_node);
                     out.push((a.peer_node, a.stream, a.keys));
                 }
-                Ok(a) => tracing::warn!(
+                Ok(a) => refusals.warn(format_args!(
                     "refusing a guest platform channel from node {}: not expected here",
                     a.peer_node
-                ),
+                )),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     return Err(PlatformLinkError::NotOpened {
                         missing: lower.iter().copied().filter(|p| !got.contains(p)).collect(),

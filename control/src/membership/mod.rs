@@ -791,7 +791,9 @@ impl Loop {
                 // Server side: the client's certificate must be valid for the id it claims.
                 let verified = self.links[i].server_conn().map(|c| check_peer(c, id));
                 if !matches!(verified, Some(Ok(()))) {
-                    tracing::warn!("refused a control connection claiming node {id}: certificate does not match");
+                    self.refusals.warn(format_args!(
+                        "refused a control connection claiming node {id}: certificate does not match"
+                    ));
                     return true;
                 }
                 if self.leaving {
@@ -811,9 +813,9 @@ impl Loop {
                             dead: true,
                         });
                         let _ = self.links[i].flush();
-                        tracing::warn!(
+                        self.refusals.warn(format_args!(
                             "refused node {id}: it was declared dead or left and is not readmitted"
-                        );
+                        ));
                         return true;
                     }
                     Heard::Unknown => {
