@@ -59,6 +59,22 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The command of node `id` (0 or 1) of a two-node loopback cluster on `ports`: 16 MiB
+/// each, its shard on CPU `id`, idle `block`, the secret in `secret`; the job's arguments
+/// are the caller's. (Tests that need the `Command` itself, for its environment; [`launch`]
+/// starts nodes with inherited listeners otherwise.)
+pub fn pair_node(id: u16, ports: [u16; 2], secret: &std::path::Path) -> Command {
+    let (me, other) = (id as usize, 1 - id as usize);
+    let mut c = Command::new(ssi_dp_bin());
+    c.args(["--node-id", &id.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{}", ports[me])])
+        .args(["--peer", &format!("{other}@127.0.0.1:{}", ports[other])])
+        .args(["--memory", "16M", "--cores", &me.to_string()])
+        .args(["--idle", "block", "--cluster-secret-file"])
+        .arg(secret);
+    c
+}
+
 /// Writes a 32-byte secret file and returns its path.
 pub fn secret_file(dir: &std::path::Path, name: &str, byte: u8) -> PathBuf {
     let p = dir.join(name);

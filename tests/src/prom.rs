@@ -130,23 +130,13 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
-    /// The samples of the instant query `q` as `(node label, value)`; empty on an error.
+    /// The samples of the instant query `q` as `(node label, value)`; empty on an error
+    /// (a sample without a `node` label is left out).
     pub fn node_values(&self, q: &str) -> Vec<(String, f64)> {
-        let Some(v) = self.query(q) else {
-            return Vec::new();
-        };
-        v["data"]["result"]
-            .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter_map(|s| {
-                        let node = s["metric"]["node"].as_str()?.to_string();
-                        let val = s["value"][1].as_str()?.parse().ok()?;
-                        Some((node, val))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.samples(q)
+            .into_iter()
+            .filter_map(|(mut labels, v)| Some((labels.remove("node")?, v)))
+            .collect()
     }
 }
 

@@ -87,17 +87,8 @@ fn run_pair(
     // The nodes must run at the same time (each waits for the other to form the mesh).
     let handles: Vec<_> = (0..2u16)
         .map(|id| {
-            let mut c = Command::new(ssi_dp_bin());
-            c.args(["--node-id", &id.to_string()])
-                .args(["--listen", &format!("127.0.0.1:{}", ports[id as usize])])
-                .args([
-                    "--peer",
-                    &format!("{}@127.0.0.1:{}", 1 - id, ports[1 - id as usize]),
-                ])
-                .args(["--memory", "16M", "--cores", &(id % 2).to_string()])
-                .args(["--idle", "block", "--cluster-secret-file"])
-                .arg(secret)
-                .args(["--workload", "counters", "--ops", "500"])
+            let mut c = ssi_tests::pair_node(id, ports, secret);
+            c.args(["--workload", "counters", "--ops", "500"])
                 .args(["--log-format", "json", "--connect-timeout", "30"])
                 .args(extra[id as usize]);
             match rust_log[id as usize] {

@@ -5,20 +5,10 @@
 //! breaks `rate()` and `histogram_quantile()`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use ssi_tests::prom::http_get;
 use ssi_tests::{launch, scratch_dir, secret_file, NodeOpts};
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split("\r\n\r\n").nth(1).map(str::to_string)
-}
 
 /// `series labels without le -> (le -> cumulative count)` of the service-time histogram.
 type Buckets = BTreeMap<String, BTreeMap<String, u64>>;
@@ -51,7 +41,7 @@ fn buckets(text: &str) -> Buckets {
 }
 
 fn scrape(api: u16) -> Buckets {
-    let text = get(api, "/metrics").expect("GET /metrics");
+    let text = http_get(api, "/metrics").expect("GET /metrics");
     let b = buckets(&text);
     assert!(!b.is_empty(), "no service-time series in:\n{text}");
     b
@@ -97,7 +87,7 @@ fn service_time_buckets_do_not_change_between_scrapes() {
     // Early: the first faults have been served; the largest value is still small.
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
-        let b = get(apis[0], "/metrics")
+        let b = http_get(apis[0], "/metrics")
             .map(|t| buckets(&t))
             .unwrap_or_default();
         if b.values().any(|s| s.values().any(|&c| c > 0)) {

@@ -90,28 +90,19 @@ fn a_node_tells_its_service_manager_it_serves_pings_the_watchdog_and_stops() {
         .collect();
     let handles: Vec<_> = (0..2u16)
         .map(|id| {
-            let mut c = Command::new(ssi_dp_bin());
-            c.args(["--node-id", &id.to_string()])
-                .args(["--listen", &format!("127.0.0.1:{}", ports[id as usize])])
-                .args([
-                    "--peer",
-                    &format!("{}@127.0.0.1:{}", 1 - id, ports[1 - id as usize]),
-                ])
-                .args(["--memory", "16M", "--cores", &(id % 2).to_string()])
-                .args(["--idle", "block", "--cluster-secret-file"])
-                .arg(&s)
-                .args([
-                    "--workload",
-                    "counters",
-                    "--ops",
-                    "200",
-                    "--linger-secs",
-                    "2",
-                ])
-                .env("NOTIFY_SOCKET", &sockets[id as usize].0)
-                // Pings every 100 ms: at least ten over the 2 s of lingering.
-                .env("WATCHDOG_USEC", "200000")
-                .env_remove("WATCHDOG_PID");
+            let mut c = ssi_tests::pair_node(id, ports, &s);
+            c.args([
+                "--workload",
+                "counters",
+                "--ops",
+                "200",
+                "--linger-secs",
+                "2",
+            ])
+            .env("NOTIFY_SOCKET", &sockets[id as usize].0)
+            // Pings every 100 ms: at least ten over the 2 s of lingering.
+            .env("WATCHDOG_USEC", "200000")
+            .env_remove("WATCHDOG_PID");
             std::thread::spawn(move || c.output().expect("run ssi-dp"))
         })
         .collect();
