@@ -249,3 +249,67 @@ fn the_udev_rule_lets_the_ssi_dp_group_run_nodes_without_root() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The container recipe cannot be built here (no registry for its base images), so its parts
+/// that can be checked are: the build stage's commands after `cargo build` run against this
+/// build with `/out` in a scratch directory, and every file the final stage copies from the
+/// build stage is one those commands made.
+#[test]
+fn the_container_recipe_runs_its_commands_against_this_build() {
+    let text = std::fs::read_to_string(repo().join("packaging/oci/Containerfile"))
+        .expect("read the Containerfile");
+    let out = scratch_dir("oci").join("out");
+    // Instructions with their continuation lines joined.
+    let joined = text.replace("\\\n", " ");
+    let instructions: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let build_run = instructions
+        .iter()
+        .find(|l| l.starts_with("RUN cargo build"))
+        .expect("a RUN cargo build step");
+    assert!(build_run.contains("-p ssi-dp"), "{build_run}");
+    // Every command of that step after the build itself, with this build's binary.
+    let bin = ssi_dp_bin();
+    let commands: Vec<String> = build_run["RUN ".len()..]
+        .split("&&")
+        .map(str::trim)
+        .filter(|c| !c.starts_with("cargo build"))
+        .map(|c| {
+            c.replace("target/release/ssi-dp", bin.to_str().unwrap())
+                .replace("/out", out.to_str().unwrap())
+        })
+        .collect();
+    assert!(commands.len() >= 3, "{commands:?}");
+    for c in &commands {
+        let o = Command::new("bash").args(["-euc", c]).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let copies: Vec<&str> = instructions
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY --from=build "))
+        .collect();
+    assert!(copies.len() >= 3, "{copies:?}");
+    for c in copies {
+        let src = c.split_whitespace().next().unwrap();
+        let made = Path::new(&src.replace("/out", out.to_str().unwrap())).to_path_buf();
+        assert!(
+            made.exists(),
+            "the final stage copies {src}, which the build did not make"
+        );
+    }
+    assert!(out.join("man/ssi-dp.1").exists());
+    let entry = instructions
+        .iter()
+        .find(|l| l.starts_with("ENTRYPOINT"))
+        .expect("an ENTRYPOINT");
+    assert!(entry.contains("/usr/local/bin/ssi-dp"), "{entry}");
+    assert!(text.contains("COPY --from=build /out/ssi-dp /usr/local/bin/ssi-dp"));
+    let _ = std::fs::remove_dir_all(out.parent().unwrap());
+}
