@@ -277,7 +277,8 @@ fn misconfigurations_give_clear_errors() {
         assert_eq!(code, 2, "{a:?} should exit 2:\n{out}");
         assert!(out.contains(want), "{a:?} should say {want:?}:\n{out}");
     }
-    // RDMA asked for on a host without it: refused at start with what the machine has.
+    // RDMA asked for on a host without it: refused at start with what the machine has, as
+    // a usage error (exit 2: change --transport, or the host).
     let (code, out) = run_alone(&[
         "--node-id",
         "0",
@@ -288,7 +289,7 @@ fn misconfigurations_give_clear_errors() {
         "--cluster-secret-file",
         &sp,
     ]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("--transport verbs was asked for, but ")
             && out.contains("; use --transport auto (TCP)"),
@@ -482,7 +483,8 @@ fn missing_privileges_are_explained() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    // A missing privilege is exit 2 (docs/operations.md, Exit codes): fix and run again.
+    assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains("vm.unprivileged_userfaultfd"),
         "the error must say how to grant access:\n{text}"
