@@ -205,11 +205,14 @@ impl Membership {
         });
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s2, st2) = (shared.clone(), stop.clone());
+        // The peers count as heard from now, not from when the thread first runs: a stop in
+        // between is this node's silence, and the loop must see it as a gap.
+        let origin = Instant::now();
         let thread = std::thread::Builder::new()
             .name("ssi-dp-membership".into())
             .spawn(move || {
                 lower_priority();
-                Loop::new(cfg, node, s2, rx, st2).run();
+                Loop::new(cfg, node, s2, rx, st2, origin).run();
             })
             .map_err(|e| MembershipError::Unavailable(e.to_string()))?;
         Ok(Membership {
@@ -519,8 +522,8 @@ impl Loop {
         shared: Arc<Shared>,
         cmds: Receiver<Cmd>,
         stop: Arc<std::sync::atomic::AtomicBool>,
+        origin: Instant,
     ) -> Loop {
-        let origin = Instant::now();
         let mut detector = Detector::new(cfg.suspect, cfg.dead);
         let nodes = node.nodes();
         let mut dial_at = Vec::new();
@@ -572,7 +575,9 @@ impl Loop {
 
     fn run(mut self) {
         let mut changes = Vec::new();
-        let mut last_tick = Instant::now();
+        // From the moment the peers were counted heard (`watch` at 0): a stop before this
+        // thread first ran is a gap too.
+        let mut last_tick = self.origin;
         while !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
             self.accept();
             self.dial();

@@ -281,6 +281,9 @@ pub fn run(a: NodeArgs) -> i32 {
             };
         }
     };
+    // Watching for this node's own pauses starts at formation: a stop while the rest of the
+    // node starts up (control plane, API, workload) can get it declared dead as well.
+    let mut pause = PauseWatch::new(pause_threshold);
     tracing::info!(
         formed_in_s = forming.elapsed().as_secs_f64(),
         "{}; cluster formed, serving",
@@ -388,7 +391,6 @@ pub fn run(a: NodeArgs) -> i32 {
     };
     let mut worker = worker;
     let mut code = exit::OK;
-    let mut pause = PauseWatch::new(pause_threshold);
     let mut death_seen: Option<Instant> = None;
     let mut dumps = DumpTimer {
         every: (a.hist_interval > 0).then(|| Duration::from_secs(a.hist_interval)),
