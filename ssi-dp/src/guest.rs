@@ -77,6 +77,8 @@ pub struct GuestSpec {
     pub vcpu_cores: Vec<usize>,
     /// Rounds or lock acquisitions per vCPU (atomics, ticket lock).
     pub iterations: u64,
+    /// Pages each vCPU touches once (fault-latency guest).
+    pub touch_pages: u32,
     /// Give up after this long.
     pub timeout: Duration,
     /// The nodes that take part (they meet at the host-area barriers), sorted.
@@ -100,6 +102,13 @@ pub struct GuestExtras {
     pub latency_ns: Option<hdrhistogram::Histogram<u64>>,
 }
 
+/// Results one vCPU's report slot holds: after a 5-word head, (key, value) pairs of words.
+const REPORT_RESULTS: u64 = (SLOT_PAGES * PAGE_SIZE / 8 - 5) / 2;
+
+/// Most pages a vCPU of the fault-latency guest may touch: one result per touch and a checksum
+/// must fit its report slot, through which the other nodes read it.
+pub const MAX_TOUCH_PAGES: u32 = REPORT_RESULTS as u32 - 1;
+
 /// Report slots in the host area.
 struct Reports(HostArea);
 
@@ -113,8 +122,7 @@ impl Reports {
             Outcome::Stopped | Outcome::PoweredOff | Outcome::Reset => (2, 0),
             Outcome::Failed(_) => (3, 0),
         };
-        let cap = (SLOT_PAGES * PAGE_SIZE / 8 - 5) / 2;
-        let n = (r.results.len() as u64).min(cap);
+        let n = (r.results.len() as u64).min(REPORT_RESULTS);
         let dropped = r.dropped_results + r.results.len() as u64 - n;
         let head = [u64::from(r.vcpu), code, status, n, dropped];
         let page0 = self.0.slot(r.vcpu);
@@ -182,12 +190,13 @@ fn summary(v: &Verdict, extras: &GuestExtras) -> String {
         Verdict::ParallelSum { total } => format!("array sum {total:#x} (exact)"),
         Verdict::FaultLatency { ticks } => match &extras.latency_ns {
             Some(h) => format!(
-                "{} first touches (each vCPU reads the pages of the next vCPU's slice), guest-side latency p50 {:.1}us p99 {:.1}us p99.9 {:.1}us max {:.1}us",
+                "{} first touches (each vCPU reads the pages of the next vCPU's slice), guest-side latency p50 {:.1}us p99 {:.1}us p99.9 {:.1}us max {:.1}us mean {:.1}us",
                 h.len(),
                 h.value_at_quantile(0.5) as f64 / 1e3,
                 h.value_at_quantile(0.99) as f64 / 1e3,
                 h.value_at_quantile(0.999) as f64 / 1e3,
-                h.max() as f64 / 1e3
+                h.max() as f64 / 1e3,
+                h.mean() / 1e3
             ),
             None => format!("{} first touches (no TSC frequency to convert them)", ticks.len()),
         },
@@ -224,6 +233,7 @@ pub fn run(
     let barrier = Barrier::new(area.mem, area.page(GUEST_BARRIERS), parties);
     let mut params = GuestParams::new(spec.vcpus);
     params.iterations = spec.iterations;
+    params.touch_pages = spec.touch_pages;
 
     // The node homing page 0 writes the guest; nobody starts a vCPU before it is done.
     let loader = node.layout().home_of(0)?.get() == me;
@@ -334,5 +344,13 @@ mod tests {
         assert_eq!(default_local_vcpus(4, &[0, 1], 1), vec![1, 3]);
         assert_eq!(default_local_vcpus(2, &[3], 3), vec![0, 1]);
         assert!(default_local_vcpus(2, &[0, 1], 5).is_empty());
+    }
+
+    #[test]
+    fn the_touch_limit_in_the_help_is_what_a_report_slot_holds() {
+        // --guest-touch-pages' help names this number.
+        assert_eq!(MAX_TOUCH_PAGES, 3836);
+        assert!((u64::from(MAX_TOUCH_PAGES) + 1) * 16 + 40 <= SLOT_PAGES * PAGE_SIZE);
+        assert!((u64::from(MAX_TOUCH_PAGES) + 2) * 16 + 40 > SLOT_PAGES * PAGE_SIZE);
     }
 }

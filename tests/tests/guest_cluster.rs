@@ -84,3 +84,77 @@ fn fault_latency_guest_reports_every_touch() {
     // 2 vCPUs x 256 pages, each a first touch measured in the guest with rdtsc.
     check("test:fault-latency", "512 first touches");
 }
+
+/// The layout `guest-vcpus` (bench) measures: node 0 homes no memory and runs every vCPU, node
+/// 1 homes all of it (and so loads the guest), so every first touch is a remote read served
+/// by node 1. `--guest-touch-pages` sizes the slices.
+#[test]
+fn fault_latency_guest_on_a_memoryless_node_faults_every_touch_remotely() {
+    kvm_or_fail();
+    let dir = scratch_dir("guest-touch-remote");
+    let s = secret_file(&dir, "secret", 22);
+    let s = s.display().to_string();
+    let node = |id: u16, local: &str, cores: &str, mem: &str| {
+        let a = [
+            "--cores",
+            cores,
+            "--idle",
+            "block",
+            "--cluster-secret-file",
+            &s,
+            "--guest",
+            "test:fault-latency",
+            "--vcpus",
+            "3",
+            "--local-vcpus",
+            local,
+            "--vcpu-cores",
+            "0",
+            "--guest-touch-pages",
+            "1500",
+            "--guest-timeout",
+            "120",
+        ];
+        NodeOpts::new(id, &a).memory(mem)
+    };
+    let r = wait_all(
+        launch(&[node(0, "0-2", "1", "0"), node(1, "none", "0", "48M")]),
+        TIMEOUT,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_all_ok(&r);
+    let out0 = &r[0].2;
+    assert!(out0.contains("4500 first touches"), "{out0}");
+    assert!(
+        out0.contains(" mean "),
+        "the guest line gives the mean:\n{out0}"
+    );
+    // Every touch is a remote read on node 0 (page-table walks and the loader's writes
+    // add a few more).
+    let reads: u64 = out0
+        .lines()
+        .find(|l| l.trim_start().starts_with("read-remote"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no read-remote row:\n{out0}"));
+    assert!(
+        reads >= 4500,
+        "{reads} remote reads for 4500 touches:\n{out0}"
+    );
+}
+
+#[test]
+fn a_touch_count_beyond_the_report_slot_is_refused() {
+    let out = std::process::Command::new(ssi_tests::ssi_dp_bin())
+        .args([
+            "--guest",
+            "test:fault-latency",
+            "--guest-touch-pages",
+            "3837",
+        ])
+        .output()
+        .expect("run ssi-dp");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--guest-touch-pages"), "{err}");
+    assert!(err.contains("3836"), "{err}");
+}

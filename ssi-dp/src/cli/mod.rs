@@ -247,6 +247,12 @@ pub struct NodeArgs {
     /// Rounds or lock acquisitions per vCPU for the atomics and ticket-lock guests.
     #[arg(long, default_value_t = 2000)]
     pub guest_iterations: u64,
+    /// Pages each vCPU of the fault-latency guest touches once (its slice; the guest's data
+    /// span must hold one slice per vCPU). At most 3 836: each touch's sample travels to the
+    /// other nodes in the vCPU's report slot.
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::guest::MAX_TOUCH_PAGES)))]
+    pub guest_touch_pages: u32,
     /// Stop the guest's vCPUs after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub guest_timeout: u64,

@@ -623,6 +623,7 @@ fn job(
         local_vcpus,
         vcpu_cores,
         iterations: a.guest_iterations,
+        touch_pages: a.guest_touch_pages,
         timeout: Duration::from_secs(a.guest_timeout),
         participants: participants.to_vec(),
     };
