@@ -22,6 +22,16 @@ pub enum StopReason {
     /// The cluster declared this node dead (it was paused or cut off for longer than the
     /// failure timeout); it must rejoin as a new node.
     DeclaredDead,
+    /// A memory operation the protocol asked for (install, write-protect, write-unprotect,
+    /// drop, wake) failed on `page`: this node's memory no longer matches what its protocol
+    /// recorded (a copy left writable or mapped, or a thread never woken), so it stops rather
+    /// than serve wrong data. The shard logged the kernel's error.
+    MemoryOp {
+        /// The operation, as the log names it.
+        op: &'static str,
+        /// The page.
+        page: u64,
+    },
 }
 
 impl std::fmt::Display for StopReason {
@@ -37,6 +47,9 @@ impl std::fmt::Display for StopReason {
                 write!(f, "page {page} was lost with the node that held it")
             }
             StopReason::DeclaredDead => f.write_str("the cluster declared this node dead"),
+            StopReason::MemoryOp { op, page } => {
+                write!(f, "the {op} of page {page} failed")
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use engine::config::{ClusterSpec, NodeSpec};
 use engine::idle::IdlePolicy;
 use engine::node::{Node, NodeConfig};
+use engine::node_state::StopReason;
 
 fn start_pair() -> (Node, Node) {
     let l0 = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -81,6 +82,38 @@ fn two_in_process_nodes_share_memory() {
     n0.leave(Duration::from_secs(10))
         .expect("node 0 hands its replicas back");
     assert_eq!(word(&n0, 300).load(Ordering::SeqCst), 3001);
+    n0.shutdown();
+    n1.shutdown();
+}
+
+/// A memory operation the protocol asked for that fails stops the node with the reason: here
+/// node 0's copy of a page it homes is taken out of its userfaultfd, so the write-protect it
+/// must apply before answering node 1's read fails (ENOENT), and node 0 records
+/// `StopReason::MemoryOp` instead of going on with a copy it can no longer protect.
+#[test]
+fn a_failed_write_protect_stops_the_node() {
+    let (n0, n1) = start_pair();
+    let page = 3u64;
+    word(&n0, page).store(7, Ordering::SeqCst);
+    assert_eq!(n0.state().fatal(), None);
+    let addr = n0.region().page_addr(page);
+    n0.region()
+        .uffd_of(page)
+        .unregister(addr, 4096)
+        .expect("unregister one page");
+    assert_eq!(word(&n1, page).load(Ordering::SeqCst), 7);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while n0.state().fatal().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        n0.state().fatal(),
+        Some(StopReason::MemoryOp {
+            op: "write-protect",
+            page
+        })
+    );
+    assert_eq!(n1.state().fatal(), None);
     n0.shutdown();
     n1.shutdown();
 }

@@ -120,6 +120,7 @@ impl<T: Transport> Io<T> {
                     bump(&self.stats.drops);
                     if let Err(e) = self.region.discard(page) {
                         self.log.warn(format_args!("cannot drop page {page}: {e}"));
+                        self.memory_op_failed("drop", page);
                     }
                 }
                 Action::Wake { page } => self.wake(page),
@@ -267,8 +268,10 @@ impl<T: Transport> Io<T> {
                 }
                 Ok(other) => {
                     self.log.warn(format_args!(
-                        "install of page {page} did not complete: {other:?}"
+                        "install of page {page} did not complete after {tries} retries: \
+                         {other:?}"
                     ));
+                    self.memory_op_failed("install", page);
                     return;
                 }
                 Err(e) => {
@@ -293,6 +296,7 @@ impl<T: Transport> Io<T> {
                 Err(e) => return self.ioctl_failed("write-unprotect", page, &e),
             }
         }
+        self.still_busy("write-unprotect", page);
     }
 
     fn write_protect(&mut self, page: u64) {
@@ -311,6 +315,7 @@ impl<T: Transport> Io<T> {
                 Err(e) => return self.ioctl_failed("write-protect", page, &e),
             }
         }
+        self.still_busy("write-protect", page);
     }
 
     fn wake(&mut self, page: u64) {
@@ -347,9 +352,33 @@ impl<T: Transport> Io<T> {
         }
     }
 
-    fn ioctl_failed(&mut self, what: &str, page: u64, e: &OpError) {
+    #[cold]
+    fn ioctl_failed(&mut self, what: &'static str, page: u64, e: &OpError) {
         self.log
             .warn(format_args!("{what} of page {page} failed: {e}"));
+        self.memory_op_failed(what, page);
+    }
+
+    #[cold]
+    fn still_busy(&mut self, what: &'static str, page: u64) {
+        self.log.warn(format_args!(
+            "{what} of page {page} was still refused as busy (EAGAIN: the address space was \
+             changing) after {IOCTL_RETRIES} tries"
+        ));
+        self.memory_op_failed(what, page);
+    }
+
+    /// A memory operation the protocol relies on did not happen: the page's mapping no longer
+    /// matches the protocol's record, so the node stops ([`StopReason::MemoryOp`]); whoever
+    /// runs it reports the reason and exits. Once per node: the first failure is the cause.
+    #[cold]
+    fn memory_op_failed(&mut self, op: &'static str, page: u64) {
+        if self.state.fatal().is_none() {
+            self.log.warn(format_args!(
+                "this node stops: its memory no longer matches its protocol state (page {page})"
+            ));
+        }
+        self.state.set_fatal(StopReason::MemoryOp { op, page });
     }
 
     fn send(&mut self, to: NodeId, msg: Msg, data: Option<DataSource>, after: &mut Aftermath) {

@@ -101,6 +101,17 @@ pub fn explain(reason: StopReason, pause: Option<Duration>, layout: &Layout) -> 
              new node, with a new id"
                 .into(),
         ),
+        StopReason::MemoryOp { op, page } => (
+            FAILED,
+            format!(
+                "the {op} of guest page {page} (address {:#x}) failed (the kernel's error is \
+                 logged above): this node's memory no longer matches its protocol state, so it \
+                 stops rather than serve stale or unprotected data. Out of memory (ENOMEM: a \
+                 cgroup limit or an overcommitted host) is the usual cause; give the node more \
+                 memory",
+                page * PAGE_SIZE
+            ),
+        ),
     }
 }
 
@@ -156,6 +167,16 @@ mod tests {
         );
         let overflow = StopReason::Protocol(FatalReason::ActionOverflow);
         assert_eq!(explain(overflow, None, &layout()).0, FAILED);
+        let op = StopReason::MemoryOp {
+            op: "write-protect",
+            page: 5,
+        };
+        let (code, line) = explain(op, None, &layout());
+        assert_eq!(code, FAILED);
+        assert!(
+            line.contains("the write-protect of guest page 5 (address 0x5000) failed"),
+            "{line}"
+        );
         // After a pause past the failure timeout, a peer's "death" is this node's own.
         let (code, line) = explain(home, Some(Duration::from_secs(10)), &layout());
         assert_eq!(code, DECLARED_DEAD);
