@@ -618,8 +618,9 @@ impl<T: Transport> Shard<T> {
         work += self.retry_faults();
         if let Some(to) = self.machine.draining() {
             // A leaving node's drain may use half of what the connection to its successor
-            // holds; acknowledgements make room again (and wake this shard).
-            let room = self.io.sessions.room(to) / 2;
+            // holds, whatever else is in flight; acknowledgements make room again (and wake
+            // this shard).
+            let room = self.io.sessions.bulk_room(to);
             self.machine.allow_drain(room as u32);
         }
         work += self.run_timers();

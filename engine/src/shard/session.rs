@@ -714,19 +714,24 @@ impl Sessions {
         })
     }
 
-    /// How many more frames (each with a page) this shard could keep for `node` now: the
-    /// least room of its sessions, and of the page copies.
-    pub fn room(&self, node: NodeId) -> usize {
+    /// How many more frames (each with a page) bulk traffic to `node` may add now (a leaving
+    /// node's drain): what its sessions hold beyond half of the window, and page copies beyond
+    /// half of the pool. The other half is the protocol's own frames' to use, so a drain that
+    /// runs ahead of the successor's acknowledgements stalls instead of filling the window
+    /// (which treats the successor as failed).
+    pub fn bulk_room(&self, node: NodeId) -> usize {
         let n = node.index();
         let base = self.base[n];
         if base == u32::MAX {
             return 0;
         }
+        let half = self.window / 2;
+        let pool_half = self.pages.len() / PAGE_SIZE / 2;
         (base..base + u32::from(self.shards[n]))
-            .map(|i| self.window.saturating_sub(self.list[i as usize].ring.len()))
+            .map(|i| half.saturating_sub(self.list[i as usize].ring.len()))
             .min()
             .unwrap_or(0)
-            .min(self.free_pages.len())
+            .min(self.free_pages.len().saturating_sub(pool_half))
     }
 
     /// Whether every frame kept for any live session has been acknowledged.
@@ -1011,6 +1016,33 @@ mod tests {
             a.send(8, None),
             Err(SendError::Session(SessionError::Full { frames: 8, .. }))
         ));
+    }
+
+    #[test]
+    fn bulk_traffic_leaves_half_of_the_window_and_the_pool_to_the_rest() {
+        let (net, mut a, mut b) = world();
+        at(&net, 100);
+        a.poll(100).unwrap();
+        b.poll(100).unwrap();
+        // Window 8 frames, pool 4 page copies: bulk may use 4 frames and 2 copies.
+        assert_eq!(a.s.bulk_room(n(1)), 2);
+        assert!(a.send(1, Some(1)).unwrap());
+        assert_eq!(a.s.bulk_room(n(1)), 1);
+        assert!(a.send(2, Some(1)).unwrap());
+        assert_eq!(a.s.bulk_room(n(1)), 0, "half of the pool is in use");
+        // The protocol's own frames still find room, page copies included.
+        assert!(a.send(3, Some(1)).unwrap());
+        assert!(a.send(4, None).unwrap());
+        assert!(a.send(5, None).unwrap());
+        assert_eq!(a.s.bulk_room(n(1)), 0);
+        assert_eq!(a.s.bulk_room(n(7)), 0, "no session with node 7");
+        // Acknowledged frames make room again.
+        at(&net, 200);
+        b.poll(200).unwrap();
+        assert_eq!(b.s.ack_due(&mut b.t, 200 + ACK_DELAY_NS, ACK_DELAY_NS), 1);
+        at(&net, 300);
+        a.poll(300).unwrap();
+        assert_eq!(a.s.bulk_room(n(1)), 2);
     }
 
     #[test]
