@@ -106,9 +106,8 @@ pub fn explain(reason: StopReason, pause: Option<Duration>, layout: &Layout) -> 
             format!(
                 "the {op} of guest page {page} (address {:#x}) failed (the kernel's error is \
                  logged above): this node's memory no longer matches its protocol state, so it \
-                 stops rather than serve stale or unprotected data. Out of memory (ENOMEM: a \
-                 cgroup limit or an overcommitted host) is the usual cause; give the node more \
-                 memory",
+                 stops rather than serve stale or unprotected data. If the error is ENOMEM, the \
+                 node ran out of memory (a cgroup limit or an overcommitted host): give it more",
                 page * PAGE_SIZE
             ),
         ),
