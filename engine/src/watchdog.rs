@@ -119,6 +119,11 @@ impl Watchdog {
             .spawn(move || {
                 while !state.stopping() {
                     std::thread::sleep(SAMPLE);
+                    if state.fatal().is_some() {
+                        // The node stops on a recorded failure and says why; its shards no
+                        // longer serve (faults stay waiting by design), which is no stall.
+                        continue;
+                    }
                     let now = Instant::now();
                     for (i, (stats, cpu, m)) in watched.iter_mut().enumerate() {
                         let asleep = doorbells.get(i).is_some_and(Doorbell::is_sleeping);
