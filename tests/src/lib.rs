@@ -347,3 +347,39 @@ pub mod prom;
 
 /// The guest-side checker (`ssi-guest-check`) packed into a Linux initramfs.
 pub mod initramfs;
+
+/// Arguments of a node in a fault-latency test guest run of `vcpus` vCPUs, each touching
+/// `touches` pages once: `local` are its vCPUs (`none` to only serve memory), its shard on
+/// `cores`, vCPU threads on CPU 0, `block` idle.
+pub fn fault_latency_guest_args(
+    secret: &str,
+    vcpus: u32,
+    local: &str,
+    cores: &str,
+    touches: u32,
+    timeout_s: u32,
+) -> Vec<String> {
+    [
+        "--cores",
+        cores,
+        "--idle",
+        "block",
+        "--cluster-secret-file",
+        secret,
+        "--guest",
+        "test:fault-latency",
+        "--vcpus",
+        &vcpus.to_string(),
+        "--local-vcpus",
+        local,
+        "--vcpu-cores",
+        "0",
+        "--guest-touch-pages",
+        &touches.to_string(),
+        "--guest-timeout",
+        &timeout_s.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}

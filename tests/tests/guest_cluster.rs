@@ -95,27 +95,8 @@ fn fault_latency_guest_on_a_memoryless_node_faults_every_touch_remotely() {
     let s = secret_file(&dir, "secret", 22);
     let s = s.display().to_string();
     let node = |id: u16, local: &str, cores: &str, mem: &str| {
-        let a = [
-            "--cores",
-            cores,
-            "--idle",
-            "block",
-            "--cluster-secret-file",
-            &s,
-            "--guest",
-            "test:fault-latency",
-            "--vcpus",
-            "3",
-            "--local-vcpus",
-            local,
-            "--vcpu-cores",
-            "0",
-            "--guest-touch-pages",
-            "1500",
-            "--guest-timeout",
-            "120",
-        ];
-        NodeOpts::new(id, &a).memory(mem)
+        let a = ssi_tests::fault_latency_guest_args(&s, 3, local, cores, 1500, 120);
+        NodeOpts::new(id, &a.iter().map(String::as_str).collect::<Vec<_>>()).memory(mem)
     };
     let r = wait_all(
         launch(&[node(0, "0-2", "1", "0"), node(1, "none", "0", "48M")]),

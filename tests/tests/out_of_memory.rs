@@ -57,27 +57,8 @@ fn a_node_out_of_memory_stops_with_the_reason() {
     // stays charged where it was (cgroup v1 does not move charges), so the installs meet the
     // limit, not the process's start-up.
     let node = |id: u16, local: &str, cores: &str, mem: &str| {
-        let a = [
-            "--cores",
-            cores,
-            "--idle",
-            "block",
-            "--cluster-secret-file",
-            &s,
-            "--guest",
-            "test:fault-latency",
-            "--vcpus",
-            "4",
-            "--local-vcpus",
-            local,
-            "--vcpu-cores",
-            "0",
-            "--guest-touch-pages",
-            "3800",
-            "--guest-timeout",
-            "60",
-        ];
-        NodeOpts::new(id, &a).memory(mem)
+        let a = ssi_tests::fault_latency_guest_args(&s, 4, local, cores, 3800, 60);
+        NodeOpts::new(id, &a.iter().map(String::as_str).collect::<Vec<_>>()).memory(mem)
     };
     let cg = Memcg::new(&format!("ssi-tests-oom-{}", std::process::id()), 32 << 20);
     let mut nodes = launch(&[node(0, "0-3", "1", "0"), node(1, "none", "0", "256M")]);

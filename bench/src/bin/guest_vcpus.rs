@@ -136,9 +136,11 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn default_ssi_dp() -> PathBuf {
-    let me = std::env::current_exe().unwrap_or_default();
-    me.with_file_name("ssi-dp")
+/// `ssi-dp` next to this binary.
+fn default_ssi_dp() -> Result<PathBuf, String> {
+    std::env::current_exe()
+        .map(|me| me.with_file_name("ssi-dp"))
+        .map_err(|e| format!("cannot tell where this binary is ({e}): give --ssi-dp PATH"))
 }
 
 /// Waits for `child` up to `deadline` (killing it past that), then returns whether it exited 0
@@ -254,7 +256,13 @@ fn main() {
         eprintln!("guest-vcpus: --vcpus takes counts from 1 to 64");
         std::process::exit(2);
     }
-    let bin = a.ssi_dp.clone().unwrap_or_else(default_ssi_dp);
+    let bin = match a.ssi_dp.clone().map_or_else(default_ssi_dp, Ok) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("guest-vcpus: {e}");
+            std::process::exit(2);
+        }
+    };
     if !bin.is_file() {
         eprintln!(
             "guest-vcpus: {} does not exist: build it (cargo build --release -p ssi-dp) or give \
